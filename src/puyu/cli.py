@@ -1,0 +1,67 @@
+"""The `puyu` console script. Each subcommand lives in its own module, which defines
+`add_arguments(parser)` and `run(args) -> int | None`; this file only maps names to modules,
+imported lazily so `puyu info` does not pay for FastAPI or Ray."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help). Keep in step with the README's command table.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("puyu.info", "parameters, weight bytes, KV-cache bytes and memory at a context length"),
+    "convert": ("puyu.convert", "convert a checkpoint between InternLM2 and LLaMA layouts"),
+    "tokenizer": ("puyu.tokenizer", "train or inspect a SentencePiece tokenizer"),
+    "generate": ("puyu.generate", "generate text for prompts with the engine"),
+    "chat": ("puyu.chat", "interactive terminal chat (optionally with tools and the interpreter)"),
+    "train": ("puyu.train", "training stages: pretrain, longctx, sft, tokenize; and recipes"),
+    "serve": ("puyu.server", "OpenAI-compatible HTTP server with a web chat"),
+    "data": ("puyu.data.cli", "the pretraining data-cleaning pipeline"),
+    "demo": ("puyu.demo", "run the main end-to-end job (what `make demo` runs)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="puyu", description="InternLM2 end to end.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and (e.name == module or module.startswith(e.name + ".")):
+                p.set_defaults(_missing=f"`puyu {name}` is not available in this build ({module} missing)")
+                continue
+            p.set_defaults(_missing=f"`puyu {name}` needs an optional dependency: {e.name} "
+                                    f"(pip install 'puyu[all]')")
+            continue
+        mod.add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    if getattr(args, "_missing", None):
+        print(f"error: {args._missing}", file=sys.stderr)
+        return 2
+    from puyu.errors import PuyuError
+
+    mod = importlib.import_module(args._module)
+    try:
+        rc = mod.run(args)
+    except PuyuError as e:  # user-facing errors: one clear line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
