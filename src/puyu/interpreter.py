@@ -187,13 +187,13 @@ class Interpreter:
         with self._lock:
             if self._closed:
                 return
-            self._closed = reason
             if self._idle_timer:
                 self._idle_timer.cancel()
             if not self._owns_workdir:
                 self._stop_kernel()
                 self.sandbox.release()
             self._finalizer()
+            self._closed = reason  # last: `closed` means the kernel is gone and the files are cleaned up
 
     @staticmethod
     def _cleanup(res: dict) -> None:

@@ -304,8 +304,9 @@ class Sandbox:
         for p in sorted(ro, key=len):
             if os.path.exists(p) and not any(p != q and p.startswith(q.rstrip("/") + "/") for q in ro):
                 mount(["--ro-bind", p, p], p)
-        a += ["--proc", "/proc", "--dev", "/dev"]
-        mount(["--perms", "1777", "--size", str(lim.tmpfs_bytes), "--tmpfs", "/tmp"], "/tmp")
+        a += ["--proc", "/proc", "--dev", "/dev",
+              "--perms", "1777", "--size", str(lim.tmpfs_bytes), "--tmpfs", "/tmp"]
+        made.add("/tmp")  # empty, so parents of binds below it are created like the others
         a += ["--perms", "1777", "--size", str(lim.tmpfs_bytes), "--tmpfs", "/dev/shm"]
         for d in (self.runtime_dir, self.workdir):
             mount(["--bind", str(d), str(d)], str(d))

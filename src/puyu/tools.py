@@ -172,7 +172,10 @@ def tool(func: Callable | None = None, *, name: str | None = None, description: 
     """Make a `Tool` from a typed function (usable as `@tool` or `@tool(name=...)`)."""
     def make(f: Callable) -> Tool:
         doc_desc, doc_params = _parse_docstring(f.__doc__ or "")
-        hints = typing.get_type_hints(f)
+        try:
+            hints = typing.get_type_hints(f)
+        except NameError as e:  # string annotations (PEP 563) naming something not importable here
+            raise TypeError(f"tool {f.__name__}: cannot resolve its type hints: {e}") from None
         props: dict[str, dict] = {}
         required: list[str] = []
         for p in inspect.signature(f).parameters.values():
