@@ -1,0 +1,150 @@
+"""Helpers for the server tests: a tiny tokenizer, a nano-tiny model fine-tuned in a few seconds to answer
+a weather question with a tool call (and to answer after the tool result), and a real uvicorn server on
+a free loopback port running in a background thread.
+
+The fine-tuning prompts are built by the server's own prompt code (`chat_prompt`), so the token ids the
+model learns are exactly those the server will feed it.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+from pathlib import Path
+
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather for a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+QUESTION = "What is the weather in Paris?"
+CALL_ARGS = {"city": "Paris"}
+TOOL_RESULT = "sunny, 21 C"
+ANSWER = "It is sunny and 21 C in Paris."
+GREETING, GREETING_ANSWER = "Hello", "Hello! I am puyu, how can I help you today?"
+
+_WORDS = ("the weather city sunny rain cloud paris london tokyo model tool call answer hello help you today "
+          "what is in it and how can i am get name parameters type object string function").split()
+
+
+def corpus(n_lines: int = 1500, seed: int = 0) -> str:
+    """Plain lines plus the chat, tool-call and JSON pieces the tests use, so those strings tokenize short."""
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 12))) for _ in range(n_lines)]
+    lines += [QUESTION, ANSWER, GREETING_ANSWER, TOOL_RESULT,
+              '{"name": "get_weather", "parameters": {"city": "Paris"}}',
+              '[{"name": "get_weather", "description": "Current weather for a city", "parameters": '
+              '{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]'] * 40
+    rng.shuffle(lines)
+    return "\n".join(lines) + "\n"
+
+
+def make_tokenizer(directory: Path, vocab_size: int = 600):
+    from puyu.tokenizer import train_tokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "corpus.txt").write_text(corpus(), encoding="utf-8")
+    return train_tokenizer([directory / "corpus.txt"], directory / "tok", vocab_size=vocab_size)
+
+
+def training_examples(tok) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, target ids) pairs, prompts rendered exactly as the server renders them."""
+    import json
+
+    from puyu.chat_format import ACTION_END, ACTION_START, IM_END, PLUGIN
+    from puyu.openai_schema import ChatCompletionRequest
+    from puyu.server_chat import chat_prompt
+
+    call = f'{ACTION_START}{PLUGIN}\n{{"name": "get_weather", "parameters": {json.dumps(CALL_ARGS)}}}{ACTION_END}'
+    first = [{"role": "user", "content": QUESTION}]
+    second = first + [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "get_weather", "arguments": json.dumps(CALL_ARGS)}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": TOOL_RESULT}]
+    cases = [(first, TOOLS, call), (second, TOOLS, ANSWER + IM_END),
+             ([{"role": "user", "content": GREETING}], None, GREETING_ANSWER + IM_END)]
+    out = []
+    for messages, tools, target in cases:
+        req = ChatCompletionRequest.model_validate({"messages": messages, **({"tools": tools} if tools else {})})
+        out.append((chat_prompt(tok, req).ids, tok.encode(target, allow_special=True)))
+    return out
+
+
+def finetune_tool_model(tok, out_dir: Path, steps: int = 400, max_seconds: float = 60.0) -> Path:
+    """nano-tiny (vocab matched to `tok`) trained until greedy decoding reproduces every target."""
+    import torch
+
+    from puyu.checkpoint import save_pretrained
+    from puyu.config import get_preset
+    from puyu.model import InternLM2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = get_preset("nano-tiny", vocab_size=tok.vocab_size)
+    model = InternLM2ForCausalLM(cfg).reset_parameters(seed=0)
+    examples = training_examples(tok)
+    width = max(len(p) + len(t) for p, t in examples)
+    assert width < cfg.max_position_embeddings, f"training sequence of {width} tokens does not fit"
+    ids = torch.full((len(examples), width), tok.eos_id, dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    for i, (p, t) in enumerate(examples):
+        seq = p + t
+        ids[i, :len(seq)] = torch.tensor(seq)
+        labels[i, len(p) - 1:len(seq) - 1] = torch.tensor(t)  # predict each target token from the one before
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    start = time.monotonic()
+    model.train()
+    for step in range(steps):
+        logits = model(ids)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        # Done when teacher-forced argmax reproduces every target token (so greedy decoding does) with
+        # some margin left (low loss).
+        if step % 5 == 4 and loss.item() < 0.1:
+            with torch.no_grad():
+                pred = model(ids).argmax(-1)
+            if bool((pred[labels != -100] == labels[labels != -100]).all()):
+                break
+        if time.monotonic() - start > max_seconds:
+            raise RuntimeError(f"fine-tuning did not converge in {max_seconds} s (loss {loss.item():.3f})")
+    model.eval()
+    save_pretrained(model, out_dir, tokenizer=tok)
+    return out_dir
+
+
+class ServerThread:
+    """uvicorn serving `app` on 127.0.0.1 at a free port, in a daemon thread; `stop()` shuts it down."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
+                                timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02):
+    """Poll `predicate()` until it returns a truthy value (returned) or `timeout` passes (returns None)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
