@@ -204,7 +204,6 @@ def test_config_errors_and_mode_none(tmp_path):
     assert sb.command(["/bin/true"])[-1] == "/bin/true"
 
 
-@pytest.mark.slow
 def test_unshare_fallback_blocks_network_and_protects_host(tmp_path):
     """The mode used where bubblewrap is missing: namespaces, but the host's file system."""
     if probe("unshare") is not None:
