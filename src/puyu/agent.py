@@ -261,10 +261,11 @@ class Agent:
             return ToolResult.failure("the code interpreter is not enabled in this conversation; answer "
                                       "directly or use one of the declared tools")
         from puyu.interpreter import InterpreterError
+        from puyu.sandbox import SandboxError
 
         try:
             r = self.interpreter.run(code)
-        except InterpreterError as e:  # the kernel cannot start or the session was closed
+        except (InterpreterError, SandboxError) as e:  # no kernel can start, or the session was closed
             return ToolResult.failure(str(e))
         return ToolResult(r.for_model(), ok=r.error is None, error=r.error, images=list(r.images))
 

@@ -402,6 +402,8 @@ class Interpreter:
                 path = self._save_png(base64.b64decode(png))
                 if path:
                     res.images.append(path)
+            else:
+                out.add(f"[image not saved: more than {self.max_images} images in one run]\n")
             return  # the text/plain of a figure is "<Figure size ...>": noise for the model
         text = data.get("text/plain")
         if text:
