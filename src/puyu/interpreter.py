@@ -9,7 +9,9 @@ traceback text in `.text` plus a one-line `.error`; a cell that runs past the wa
 interrupted (KeyboardInterrupt; state kept) or, if the kernel does not yield within a grace period,
 the kernel is restarted (state lost, `.restarted` set, said in `.error`); a kernel that dies (segfault,
 `os._exit`, the memory or CPU limit, a killed parent) is restarted and reported the same way. Output
-beyond `max_output_chars` keeps its head and tail with a marker in between. Figures (matplotlib's
+beyond `max_output_chars` keeps its head and tail with a marker in between (one output message is
+decoded whole before that: a single 400 MB print costs this process ~1 GB for a moment, bounded by the
+kernel's own memory limit; a ZeroMQ message-size cap was tried and loses all later output). Figures (matplotlib's
 inline backend, or any `image/png` display) are written as `figure_NNN.png` in the session directory.
 
 The kernel talks to this process over Unix-domain sockets (ZeroMQ ipc transport) in a private
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import dataclasses
 import os
 import queue
 import re
@@ -42,6 +45,11 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 # this process fires when the *thread* that forked it exits, so a short-lived request thread (a server
 # worker) must not be the parent.
 _LAUNCHER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="puyu-kernel-launcher")
+
+
+def _close_client(client) -> None:
+    client.stop_channels()
+    client.context.destroy(linger=0)  # each client has its own context (see _start_kernel)
 
 
 class InterpreterError(RuntimeError):
@@ -124,7 +132,7 @@ class Interpreter:
         self.max_images = max_images
         config = sandbox or SandboxConfig()
         if limits is not None:
-            config.limits = limits
+            config = dataclasses.replace(config, limits=limits)  # never edit the caller's config
         self._owns_workdir = workdir is None
         if workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="puyu-session-")).resolve()
@@ -200,7 +208,7 @@ class Interpreter:
         # A static function over a plain dict so weakref.finalize (also run at exit) holds no self.
         client, proc, sandbox = res.get("client"), res.get("proc"), res.get("sandbox")
         if client is not None:
-            client.stop_channels()
+            _close_client(client)
             res["client"] = None
         if proc is not None and sandbox is not None:
             sandbox.kill(proc)
@@ -230,6 +238,7 @@ class Interpreter:
 
     # ---- kernel process --------------------------------------------------------------------------
     def _start_kernel(self) -> None:
+        import zmq
         from jupyter_client import BlockingKernelClient
         from jupyter_client.connect import write_connection_file
 
@@ -251,7 +260,7 @@ class Interpreter:
         log = self.runtime_dir / "kernel.log"
         proc = _LAUNCHER.submit(self.sandbox.spawn, argv, log, env).result()
         self._res["proc"] = proc
-        client = BlockingKernelClient()
+        client = BlockingKernelClient(context=zmq.Context())  # private: closed with the client
         client.load_connection_file(conn)
         client.start_channels(stdin=False, hb=False)
         self._res["client"] = client
@@ -285,7 +294,7 @@ class Interpreter:
     def _stop_kernel(self) -> None:
         client, proc = self._res["client"], self._res["proc"]
         if client is not None:
-            client.stop_channels()
+            _close_client(client)
             self._res["client"] = None
         if proc is not None:
             self.sandbox.kill(proc)
@@ -388,8 +397,8 @@ class Interpreter:
             if not saw_error:  # the iopub error message was dropped: use the reply's traceback
                 out.add(_ANSI.sub("", "\n".join(c.get("traceback", []))) + "\n")
             res.error = f"{c.get('ename', 'Error')}: {c.get('evalue', '')}".rstrip(": ")
-            if interrupted:
-                res.error = f"timed out after {timeout:g} s and was interrupted (variables are kept)"
+        if interrupted and not res.restarted:
+            res.error = f"timed out after {timeout:g} s and was interrupted (variables are kept)"
         if not res.restarted:
             self._reap_fork_bomb(res)
         res.text, res.truncated = out.text(), out.dropped > 0
