@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from puyu.interpreter import Interpreter, InterpreterError, RunResult, _Output
+from puyu.interpreter import Interpreter, InterpreterError, RunResult, _Output, read_png
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,12 @@ def test_planted_figure_name_is_not_followed(it, tmp_path):
     r = it.run("import matplotlib.pyplot as plt\nplt.plot([0, 1])")
     assert victim.read_text() == "keep me"
     assert len(r.images) == 1 and not r.images[0].endswith(f"figure_{n:03d}.png")
+    # Sending an image on: a figure swapped for a link to a host file after saving is refused.
+    assert read_png(r.images[0], it.workdir).startswith(b"\x89PNG")
+    it.run(f"import os\nos.remove({r.images[0]!r})\nos.symlink({str(victim)!r}, {r.images[0]!r})")
+    assert read_png(r.images[0], it.workdir) is None
+    it.run("open('fake.png', 'w').write('not a png')")
+    assert read_png(it.workdir / "fake.png", it.workdir) is None
 
 
 def test_csv_is_loaded_summarised_and_charted(it):

@@ -52,6 +52,23 @@ def _close_client(client) -> None:
     client.context.destroy(linger=0)  # each client has its own context (see _start_kernel)
 
 
+def read_png(path: str | os.PathLike, workdir: str | os.PathLike, max_bytes: int = 8 << 20) -> bytes | None:
+    """The bytes of an image result, or None if it is not a PNG file inside `workdir` of at most
+    `max_bytes`. Use this (not open()) to send images on: code in the kernel can replace a figure with a
+    link to a host file after it was saved, and this process may be root."""
+    root = Path(workdir).resolve()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        real = Path(os.readlink(f"/proc/self/fd/{fd}")) if os.path.exists("/proc/self/fd") else Path(path)
+        if not real.is_relative_to(root) or os.fstat(fd).st_size > max_bytes:
+            return None
+        data = f.read(max_bytes + 1)
+    return data if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) <= max_bytes else None
+
+
 class InterpreterError(RuntimeError):
     """The interpreter itself cannot work (kernel does not start, session closed); not user-code errors."""
 
