@@ -78,9 +78,9 @@ class SandboxWarning(UserWarning):
 class Limits:
     """Per-kernel resource limits (setrlimit), inherited by everything the kernel starts."""
 
-    memory_bytes: int = 4 << 30  # RLIMIT_AS; pandas + matplotlib + ipykernel use ~1.5 GiB of address space
+    memory_bytes: int = 4 << 30  # RLIMIT_AS; a kernel with pandas + pyplot loaded peaks at ~1.1 GiB (measured)
     cpu_seconds: int = 1800  # RLIMIT_CPU over the kernel's whole life; SIGXCPU kills it, then a restart
-    max_processes: int = 64  # RLIMIT_NPROC; threads count, an idle kernel has ~11
+    max_processes: int = 64  # RLIMIT_NPROC; threads count, a kernel with pandas + pyplot has 12
     max_file_bytes: int = 1 << 30  # RLIMIT_FSIZE; Python ignores SIGXFSZ, so big writes fail with EFBIG
     max_open_files: int = 1024
     tmpfs_bytes: int = 512 << 20  # size of the private /tmp and /dev/shm under bwrap (host RAM)
