@@ -231,6 +231,10 @@ class Engine:
             raise EngineError(f"the KV cache would hold less than one block of {block_size} tokens "
                               f"({per_token} bytes per token); raise cache_tokens or cache_bytes")
         self.cache = PagedKVCache(cfg, num_blocks, block_size, dtype=self.dtype, device=self.device)
+        # A vocabulary padded beyond the tokenizer's pieces: never sample ids the tokenizer cannot decode.
+        self._vocab_limit = None
+        if tokenizer is not None and tokenizer.vocab_size < cfg.vocab_size:
+            self._vocab_limit = tokenizer.vocab_size
         self._waiting: deque[_Request] = deque()
         self._running: list[_Request] = []
         self._ids = itertools.count()
@@ -267,6 +271,16 @@ class Engine:
         finally:
             if not handle.done:
                 handle.cancel()
+
+    def fit(self, prompt: str | list[int], params: SamplingParams) -> SamplingParams:
+        """`params` with max_new_tokens lowered, if needed, to what the whole cache can hold after this
+        prompt (for open-ended chat turns; generation then ends with 'length' when the cache is full).
+        Raises CacheFullError when the prompt alone does not fit."""
+        n = len(self.tokenizer.encode(prompt, allow_special=True)) if isinstance(prompt, str) else len(prompt)
+        room = self.cache.capacity_tokens - n
+        if room < 1:
+            self.cache.check_fits(n + 1)
+        return replace(params, max_new_tokens=min(params.max_new_tokens, room))
 
     def prompt_logits(self, prompt: str | list[int], max_new_tokens: int = 0) -> torch.Tensor:
         """Logits [T, V] (float32) for every prompt position, computed by chunked prefill through the
@@ -437,6 +451,8 @@ class Engine:
     def _sample_and_emit(self, reqs: list[_Request], logits: torch.Tensor) -> None:
         """logits [B, V] -> one new token per request, streamed; finished requests leave the batch."""
         params = [r.params for r in reqs]
+        if self._vocab_limit is not None:
+            logits[:, self._vocab_limit:] = float("-inf")
         tokens = sample(logits, params, [r.generator for r in reqs], [r.seen for r in reqs])  # [B]
         lps = token_logprobs(logits, tokens).tolist() if any(p.logprobs for p in params) else None
         for i, (r, t) in enumerate(zip(reqs, tokens.tolist())):
@@ -493,20 +509,27 @@ class Engine:
 
 
 def chat_policy(engine: Engine, params: SamplingParams | None = None):
-    """An agent policy backed by the engine: `policy(messages, tools=None, interpreter=None)` renders
-    the InternLM2 chat template and yields text chunks as they stream, stopping at `</s>` and
-    `<|im_end|>` (tool-call markers such as `<|action_start|>` pass through as text)."""
-    from puyu.chat_format import render_chat
+    """An agent policy backed by the engine (`puyu.agent.Policy`): `policy(messages, tools=None,
+    interpreter=None)` renders the InternLM2 chat template and yields the assistant turn's text as it
+    streams. It stops at `</s>` and `<|im_end|>`; with tools or the interpreter on it also stops right
+    after `<|action_end|>` (the marker is yielded, so the caller sees the complete action)."""
+    from puyu.chat_format import ACTION_END, render_chat
 
-    if engine.tokenizer is None:
+    tok = engine.tokenizer
+    if tok is None:
         raise EngineError("chat_policy needs an engine with a tokenizer")
     base = params or SamplingParams()
-    p = replace(base, stop_token_ids=sorted(set(base.stop_token_ids) | set(engine.tokenizer.stop_ids)))
+    chat_stops = set(base.stop_token_ids) | set(tok.stop_ids)
+    action_end = tok.special_ids[ACTION_END]
 
     def policy(messages, tools=None, interpreter=None) -> Iterator[str]:
+        stops = chat_stops | ({action_end} if tools or interpreter else set())
         prompt = render_chat(messages, tools=tools, interpreter=interpreter)
+        p = engine.fit(prompt, replace(base, stop_token_ids=sorted(stops)))
         for delta in engine.stream(prompt, p):
             if delta.text:
                 yield delta.text
+            if delta.token_ids and delta.token_ids[-1] == action_end and action_end in stops:
+                yield ACTION_END
 
     return policy
