@@ -8,6 +8,7 @@ model learns are exactly those the server will feed it.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import threading
@@ -111,6 +112,49 @@ def finetune_tool_model(tok, out_dir: Path, steps: int = 400, max_seconds: float
     model.eval()
     save_pretrained(model, out_dir, tokenizer=tok)
     return out_dir
+
+
+_CACHE: dict[str, object] = {}
+
+
+def tool_model(tmp_path_factory):
+    """(tokenizer, checkpoint dir) of the fine-tuned tool model, built once per test process."""
+    if "tool_model" not in _CACHE:
+        root = tmp_path_factory.mktemp("tool_model")
+        tok = make_tokenizer(root)
+        _CACHE["tool_model"] = (tok, finetune_tool_model(tok, root / "model"))
+    return _CACHE["tool_model"]
+
+
+class RecordingEngine:
+    """The real engine, with every submitted handle recorded (to check from outside that a request was
+    aborted rather than finished). Everything else is delegated unchanged.
+
+    `slow(seconds)` makes every model forward sleep that long first, like a bigger model: nano-tiny
+    decodes a token in well under a millisecond, so without it a 200-token request is over before a
+    client can disconnect from it. The model, engine and server are otherwise untouched."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self.handles: list = []
+        self._delay = 0.0
+        engine.model.register_forward_pre_hook(lambda module, args: time.sleep(self._delay) if self._delay else None)
+
+    @contextlib.contextmanager
+    def slow(self, seconds: float):
+        self._delay = seconds
+        try:
+            yield
+        finally:
+            self._delay = 0.0
+
+    def submit(self, prompt, params=None):
+        handle = self._engine.submit(prompt, params)
+        self.handles.append(handle)
+        return handle
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
 
 
 class ServerThread:

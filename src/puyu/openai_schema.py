@@ -7,8 +7,8 @@ value or an argument the server does not know is a 400 whose body names the fiel
 
 OpenAI fields that puyu accepts but does not implement are accepted only at their neutral value
 (`presence_penalty: 0`, `logit_bias: {}`, `n: 1`, ...); anything else is rejected with a message saying so,
-never silently ignored. puyu extensions: `top_k`, `repetition_penalty`, `session_id` and `interpreter`
-(the server-side code interpreter, see `puyu.server`).
+never silently ignored. puyu extensions: `top_k`, `repetition_penalty`, `ignore_eos` (generate exactly
+`max_tokens`, for benchmarks), `session_id` and `interpreter` (the server-side code interpreter).
 
 Responses are built from the models below and dumped with `exclude_none=True`, which is how OpenAI's
 own streaming deltas look (absent, not null, fields).
@@ -191,6 +191,7 @@ class _GenerationRequest(_Strict):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
+    ignore_eos: bool = False  # puyu extension (as in vLLM): do not stop at end tokens; for benchmarks
 
     @field_validator("stop")
     @classmethod

@@ -127,7 +127,8 @@ class _State:
             top_p=1.0 if req.top_p is None else req.top_p,
             top_k=req.top_k or 0,
             repetition_penalty=req.repetition_penalty or 1.0,
-            seed=req.seed, stop=req.stop_list(), stop_token_ids=list(stop_token_ids))
+            seed=req.seed, stop=req.stop_list(), ignore_eos=req.ignore_eos,
+            stop_token_ids=[] if req.ignore_eos else list(stop_token_ids))
 
     def submit(self, ids: list[int], params, handles: list) -> EngineStream:
         """Submit to the engine (after `admit`); a request it refuses leaves the queue and is a 4xx/503."""

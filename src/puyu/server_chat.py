@@ -110,7 +110,8 @@ def chat_prompt(tokenizer, req: ChatCompletionRequest, interpreter=None) -> Prom
     if tools and choice == "required":
         forced = f"{ACTION_START}{PLUGIN}\n"
     elif tools and isinstance(choice, NamedToolChoice):
-        forced = f'{ACTION_START}{PLUGIN}\n{{"name": {json.dumps(choice.function.name)}, "parameters": '
+        # Ends before the space: a trailing "▁" piece would split the usual '▁{"' token (BPE boundary).
+        forced = f'{ACTION_START}{PLUGIN}\n{{"name": {json.dumps(choice.function.name)}, "parameters":'
     stops = list(tokenizer.stop_ids)
     if tools or interpreter:
         stops.append(tokenizer.special_ids[ACTION_END])
