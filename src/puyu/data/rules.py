@@ -1,0 +1,317 @@
+"""Rule-based filters: Gopher quality and repetition, C4 line rules, abnormal characters, punctuation.
+
+InternLM2 report, section 3.1.1 ("rule-based stage"): heuristics on separators and line breaks, the
+frequency of abnormal characters and the distribution of punctuation, on top of the usual web-text
+rules. The report gives no thresholds; each class below says where its numbers come from. Words are
+whitespace-separated tokens throughout (cheap, and what the Gopher rules were stated in).
+
+Drop reasons read `step: what value <op> threshold`; the part before the number is what the stats
+count, so each rule is one row of the report.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+
+import numpy as np
+
+from puyu.data.base import Step
+from puyu.data.documents import Document
+
+PUNCT = string.punctuation + "\u2010\u2011\u2012\u2013\u2014\u2015\u2018\u2019\u201c\u201d\u2026\u00ab\u00bb\u00bf\u00a1"
+STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")  # Gopher, Rae et al. 2021, App. A
+_HAS_ALPHA = re.compile(r"\S*[^\W\d_]\S*")
+_PARAGRAPHS = re.compile(r"\n{2,}")
+_LINES = re.compile(r"\n+")
+
+
+class GopherQuality(Step):
+    """The Gopher quality filter (Rae et al. 2021, "Scaling Language Models", Appendix A.1.1): keep a
+    document when it has 50 to 100,000 words, a mean word length of 3 to 10 characters, a
+    symbol-to-word ratio below 0.1 for '#' and for ellipses, at most 90% of lines starting with a bullet,
+    at most 30% of lines ending with an ellipsis, at least 80% of words containing a letter, and at
+    least 2 of the stop words the, be, to, of, and, that, have, with."""
+
+    name = "gopher_quality"
+    category = "rules"
+
+    def __init__(self, min_words: int = 50, max_words: int = 100_000, min_mean_word_length: float = 3,
+                 max_mean_word_length: float = 10, max_symbol_word_ratio: float = 0.1,
+                 max_bullet_lines: float = 0.9, max_ellipsis_lines: float = 0.3,
+                 min_alpha_words: float = 0.8, min_stop_words: int = 2,
+                 stop_words: list[str] | tuple[str, ...] = STOP_WORDS):
+        self.min_words, self.max_words = min_words, max_words
+        self.min_mean_word_length, self.max_mean_word_length = min_mean_word_length, max_mean_word_length
+        self.max_symbol_word_ratio = max_symbol_word_ratio
+        self.max_bullet_lines, self.max_ellipsis_lines = max_bullet_lines, max_ellipsis_lines
+        self.min_alpha_words, self.min_stop_words = min_alpha_words, min_stop_words
+        self.stop_words = frozenset(stop_words)
+
+    def process(self, doc: Document) -> str | None:
+        text = doc.text
+        words = text.split()
+        # words made only of punctuation ("-", "...") do not count as words
+        stripped = [w.strip(PUNCT) for w in words]
+        real = [w for w in stripped if w]
+        n = len(real)
+        if n < self.min_words:
+            return f"gopher_quality: too few words {n} < {self.min_words}"
+        if n > self.max_words:
+            return f"gopher_quality: too many words {n} > {self.max_words}"
+        mean_len = sum(map(len, real)) / n
+        if not self.min_mean_word_length <= mean_len <= self.max_mean_word_length:
+            return (f"gopher_quality: mean word length {mean_len:.1f} outside "
+                    f"[{self.min_mean_word_length}, {self.max_mean_word_length}]")
+        n_all = len(words)
+        if text.count("#") / n_all > self.max_symbol_word_ratio:
+            return f"gopher_quality: hash-to-word ratio {text.count('#') / n_all:.2f} > {self.max_symbol_word_ratio}"
+        ell = (text.count("...") + text.count("\u2026")) / n_all
+        if ell > self.max_symbol_word_ratio:
+            return f"gopher_quality: ellipsis-to-word ratio {ell:.2f} > {self.max_symbol_word_ratio}"
+        lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
+        bullets = sum(ln.startswith(("\u2022", "-", "*", "\u00b7")) for ln in lines) / len(lines)
+        if bullets > self.max_bullet_lines:
+            return f"gopher_quality: bullet lines {bullets:.2f} > {self.max_bullet_lines}"
+        ell_lines = sum(ln.endswith(("...", "\u2026")) for ln in lines) / len(lines)
+        if ell_lines > self.max_ellipsis_lines:
+            return f"gopher_quality: ellipsis lines {ell_lines:.2f} > {self.max_ellipsis_lines}"
+        alpha = len(_HAS_ALPHA.findall(text)) / n_all
+        if alpha < self.min_alpha_words:
+            return f"gopher_quality: alphabetic words {alpha:.2f} < {self.min_alpha_words}"
+        stops = len(self.stop_words.intersection(w.lower() for w in stripped))
+        if stops < self.min_stop_words:
+            return f"gopher_quality: stop words {stops} < {self.min_stop_words}"
+        return None
+
+
+def _duplicate_share(parts: list[str]) -> tuple[float, int]:
+    """(fraction of parts that repeat an earlier part, characters in those repeats)."""
+    seen: set[str] = set()
+    dup = dup_chars = 0
+    for p in parts:
+        if p in seen:
+            dup += 1
+            dup_chars += len(p)
+        else:
+            seen.add(p)
+    return dup / max(len(parts), 1), dup_chars
+
+
+class GopherRepetition(Step):
+    """The Gopher repetition filter (Rae et al. 2021, Table A1). Drop when
+
+    - duplicate lines are > 30% of lines or hold > 20% of characters; same for paragraphs;
+    - the most frequent 2-, 3-, 4-gram covers > 20%, 18%, 16% of the characters;
+    - duplicated 5..10-grams cover > 15, 14, 13, 12, 11, 10% of the characters.
+
+    "Characters" here are the characters of the words (whitespace excluded) for the n-gram rules, and of
+    the text for the line/paragraph rules. A duplicated n-gram is one occurring more than once; every
+    occurrence counts and overlapping occurrences are counted once, as the paper specifies. n-grams are
+    compared by 64-bit rolling hashes of the words, computed with numpy."""
+
+    name = "gopher_repetition"
+    category = "rules"
+
+    def __init__(self, max_dup_line_frac: float = 0.30, max_dup_para_frac: float = 0.30,
+                 max_dup_line_char_frac: float = 0.20, max_dup_para_char_frac: float = 0.20,
+                 top_ngram_char_frac: dict | None = None, dup_ngram_char_frac: dict | None = None):
+        self.max_dup_line_frac, self.max_dup_para_frac = max_dup_line_frac, max_dup_para_frac
+        self.max_dup_line_char_frac, self.max_dup_para_char_frac = max_dup_line_char_frac, max_dup_para_char_frac
+        top = top_ngram_char_frac or {2: 0.20, 3: 0.18, 4: 0.16}
+        dup = dup_ngram_char_frac or {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+        self.top = {int(k): float(v) for k, v in top.items()}
+        self.dup = {int(k): float(v) for k, v in dup.items()}
+
+    def process(self, doc: Document) -> str | None:
+        text = doc.text
+        n_chars = max(len(text), 1)
+        paras = _PARAGRAPHS.split(text.strip())
+        frac, chars = _duplicate_share(paras)
+        if frac > self.max_dup_para_frac:
+            return f"gopher_repetition: duplicate paragraphs {frac:.2f} > {self.max_dup_para_frac}"
+        if chars / n_chars > self.max_dup_para_char_frac:
+            return f"gopher_repetition: duplicate paragraph chars {chars / n_chars:.2f} > {self.max_dup_para_char_frac}"
+        lines = _LINES.split(text.strip())
+        frac, chars = _duplicate_share(lines)
+        if frac > self.max_dup_line_frac:
+            return f"gopher_repetition: duplicate lines {frac:.2f} > {self.max_dup_line_frac}"
+        if chars / n_chars > self.max_dup_line_char_frac:
+            return f"gopher_repetition: duplicate line chars {chars / n_chars:.2f} > {self.max_dup_line_char_frac}"
+        return self._ngram_rules(text.split())
+
+    def _ngram_rules(self, words: list[str]) -> str | None:
+        w = len(words)
+        if w < 2:
+            return None
+        ids = np.fromiter((hash(x) for x in words), dtype=np.int64, count=w).view(np.uint64)
+        lens = np.fromiter(map(len, words), dtype=np.int64, count=w)
+        total = float(lens.sum())
+        cum = np.concatenate(([0], np.cumsum(lens)))
+        h = ids.copy()
+        prime = np.uint64(1_099_511_628_211)  # FNV-64 prime; any large odd multiplier will do
+        for n in range(2, max([*self.top, *self.dup]) + 1):
+            if n > w:
+                break
+            h = h[:-1] * prime + ids[n - 1:]  # hash of words[i:i+n]; uint64 arithmetic wraps
+            if n in self.top:
+                _, first, counts = np.unique(h, return_index=True, return_counts=True)
+                k = int(counts.argmax())
+                if counts[k] > 1:
+                    i = int(first[k])
+                    frac = counts[k] * (cum[i + n] - cum[i]) / total
+                    if frac > self.top[n]:
+                        return f"gopher_repetition: top {n}-gram chars {frac:.2f} > {self.top[n]}"
+            if n in self.dup:
+                _, inv, counts = np.unique(h, return_inverse=True, return_counts=True)
+                starts = np.nonzero(counts[inv] > 1)[0]
+                if len(starts) == 0:
+                    continue
+                cover = np.zeros(w + 1, dtype=np.int64)
+                np.add.at(cover, starts, 1)
+                np.add.at(cover, starts + n, -1)
+                frac = float(lens[np.cumsum(cover)[:w] > 0].sum()) / total
+                if frac > self.dup[n]:
+                    return f"gopher_repetition: duplicate {n}-gram chars {frac:.2f} > {self.dup[n]}"
+        return None
+
+
+C4_POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
+_C4_CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
+_SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)")
+
+
+class C4Rules(Step):
+    """C4's line and page rules (Raffel et al. 2020, "Exploring the Limits of Transfer Learning",
+    section 2.2): keep only lines ending in terminal punctuation (. ! ? ") and with at least 3 words;
+    remove lines mentioning javascript; drop pages with "lorem ipsum" or a curly bracket; drop pages with
+    fewer than 5 sentences. The TFDS C4 code adds: remove lines with cookie/terms-of-use notices, lines
+    with a word over 1000 characters, and Wikipedia citation marks.
+
+    Each rule can be switched off: corpora that mix in code should set `drop_curly_brace` and
+    `terminal_punct_lines` off (C4 wanted no code; InternLM2 curates code separately). Blank lines are
+    kept so paragraphs survive. Sentences are counted as terminal-punctuation marks followed by a space
+    or the end of a line."""
+
+    name = "c4"
+    category = "rules"
+
+    def __init__(self, terminal_punct_lines: bool = True, min_words_per_line: int = 3,
+                 min_sentences: int = 5, drop_lorem_ipsum: bool = True, drop_curly_brace: bool = True,
+                 drop_javascript_lines: bool = True, drop_policy_lines: bool = True,
+                 max_word_length: int = 1000, remove_citations: bool = True):
+        self.terminal_punct_lines = terminal_punct_lines
+        self.min_words_per_line = min_words_per_line
+        self.min_sentences = min_sentences
+        self.drop_lorem_ipsum, self.drop_curly_brace = drop_lorem_ipsum, drop_curly_brace
+        self.drop_javascript_lines, self.drop_policy_lines = drop_javascript_lines, drop_policy_lines
+        self.max_word_length = max_word_length
+        self.remove_citations = remove_citations
+
+    def process(self, doc: Document) -> str | None:
+        low = doc.text.lower()
+        if self.drop_lorem_ipsum and "lorem ipsum" in low:
+            return "c4: lorem ipsum"
+        if self.drop_curly_brace and "{" in doc.text:
+            return "c4: curly bracket"
+        kept: list[str] = []
+        changed = False
+        sentences = 0
+        for line in doc.text.split("\n"):
+            s = line.strip()
+            if not s:
+                kept.append("")
+                continue
+            if self.remove_citations and "[" in s:
+                s2 = _C4_CITATION.sub("", s)
+                changed |= s2 != s
+                s = s2
+            words = s.split()
+            ls = s.lower()
+            if ((self.terminal_punct_lines and (not s.endswith((".", "!", "?", '"')) or s.endswith("...")))
+                    or len(words) < self.min_words_per_line
+                    or any(len(w) > self.max_word_length for w in words)
+                    or (self.drop_javascript_lines and "javascript" in ls)
+                    or (self.drop_policy_lines and any(p in ls for p in C4_POLICY))):
+                changed = True
+                continue
+            sentences += len(_SENTENCE_END.findall(s))
+            kept.append(s)
+        if sentences < self.min_sentences:
+            return f"c4: too few sentences {sentences} < {self.min_sentences}"
+        if changed:
+            doc.text = re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip()
+        return None
+
+
+# Characters that are never abnormal: word characters of any script, whitespace, printable ASCII,
+# general punctuation (dashes, quotes, ellipsis), Latin-1 punctuation and currency signs.
+_ABNORMAL = re.compile(r"[^\w\s!-~\u2010-\u2027\u00a1-\u00bf\u00d7\u00f7\u20a0-\u20bf\u3000-\u303f\uff01-\uff5e]")
+
+
+class Characters(Step):
+    """Abnormal characters and line-break anomalies (InternLM2 report 3.1.1 names both as rule
+    families, without thresholds).
+
+    - abnormal characters: anything that is not a letter or digit of any script, whitespace, printable
+      ASCII, common punctuation or a currency sign: U+FFFD replacement characters from undecodable bytes,
+      box drawing, private-use code points, stray symbols. Drop above `max_abnormal_ratio` of all
+      characters. 0.1 is our choice: it tolerates the occasional emoji or symbol and is measured on the
+      synthetic corpus in the run report.
+    - line breaks: drop when newlines per word exceed `max_newline_ratio` (0.3, the FineWeb quality
+      filter's "new_line_ratio", Penedo et al. 2024), i.e. text chopped into fragments."""
+
+    name = "characters"
+    category = "rules"
+
+    def __init__(self, max_abnormal_ratio: float = 0.1, max_newline_ratio: float = 0.3):
+        self.max_abnormal_ratio = max_abnormal_ratio
+        self.max_newline_ratio = max_newline_ratio
+
+    def process(self, doc: Document) -> str | None:
+        text = doc.text
+        if not text.isascii():
+            ratio = len(_ABNORMAL.findall(text)) / max(len(text), 1)
+            if ratio > self.max_abnormal_ratio:
+                return f"characters: abnormal characters {ratio:.2f} > {self.max_abnormal_ratio}"
+        words = max(len(text.split()), 1)
+        nl = text.count("\n") / words
+        if nl > self.max_newline_ratio:
+            return f"characters: newlines per word {nl:.2f} > {self.max_newline_ratio}"
+        return None
+
+
+_LINE_END = (".", "!", "?", '"', "'", ":", ";", ")", "\u201d", "\u3002", "\uff01", "\uff1f")
+
+
+class Punctuation(Step):
+    """Punctuation distribution (InternLM2 report 3.1.1 lists it as a rule family, without numbers).
+
+    - line endings: drop when at most `min_line_punct` of the non-empty lines end in punctuation
+      (0.12, the FineWeb quality filter's "line_punct_thr", Penedo et al. 2024): keyword lists, menus
+      and SEO spam;
+    - density: drop when punctuation marks exceed `max_punct_ratio` of the non-space characters
+      (0.25, our choice; ordinary prose is 2-4%, Python code 8-15%): "!!!???" spam and symbol art."""
+
+    name = "punctuation"
+    category = "rules"
+
+    def __init__(self, min_line_punct: float = 0.12, max_punct_ratio: float = 0.25):
+        self.min_line_punct = min_line_punct
+        self.max_punct_ratio = max_punct_ratio
+        self._table = str.maketrans("", "", PUNCT)
+
+    def process(self, doc: Document) -> str | None:
+        text = doc.text
+        lines = [ln.rstrip() for ln in text.split("\n") if ln.strip()]
+        if not lines:
+            return "punctuation: no lines"
+        ends = sum(ln.endswith(_LINE_END) for ln in lines) / len(lines)
+        if ends <= self.min_line_punct:
+            return f"punctuation: lines ending in punctuation {ends:.2f} <= {self.min_line_punct}"
+        compact = "".join(text.split())
+        n_punct = len(compact) - len(compact.translate(self._table))
+        ratio = n_punct / max(len(compact), 1)
+        if ratio > self.max_punct_ratio:
+            return f"punctuation: punctuation share {ratio:.2f} > {self.max_punct_ratio}"
+        return None

@@ -1,0 +1,116 @@
+"""Safety filtering: domain blocklist, word blocklist, and a trainable unsafe-content classifier.
+
+InternLM2 report, section 3.1.1 ("safety filtering"): a domain blocklist (about 13M unsafe domains) and
+a word blocklist (36,289 words), then pornography and toxicity classifiers. The lists here are small
+files the recipe names; the classifier is trained on labelled text (by default the synthetic set: toxic
+and sexual-spam documents vs clean documents and adverts).
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+from puyu.data.base import Step
+from puyu.data.classifiers import TextClassifier, training_data
+from puyu.data.documents import Document
+from puyu.errors import ConfigError
+
+
+def load_list(items: list[str] | None, file: str | None, what: str) -> list[str]:
+    """Entries from `items` and/or a file (one per line; blank lines and '#' comments skipped)."""
+    out = [str(x).strip().lower() for x in (items or [])]
+    if file:
+        try:
+            with open(file, encoding="utf-8") as f:
+                out += [ln.strip().lower() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+        except OSError as e:
+            raise ConfigError(f"{what}: cannot read {file}: {e.strerror}") from e
+    out = [x for x in out if x]
+    if not out:
+        raise ConfigError(f"{what} needs a non-empty `{what.split('_')[0]}s` list or `file`")
+    return out
+
+
+def url_host(url: str) -> str:
+    try:
+        return (urlsplit(url if "//" in url else "//" + url).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+class DomainBlocklist(Step):
+    """Drop documents whose metadata URL is on a blocked domain or any subdomain of one
+    (m.example.com matches example.com). Documents without a URL pass."""
+
+    name = "domain_blocklist"
+    category = "safety"
+
+    def __init__(self, domains: list[str] | None = None, file: str | None = None, url_key: str = "url"):
+        self.domains = frozenset(d.lstrip(".") for d in load_list(domains, file, "domain_blocklist"))
+        self.url_key = url_key
+
+    def blocked(self, host: str) -> str | None:
+        parts = host.split(".")
+        for i in range(len(parts) - 1):
+            cand = ".".join(parts[i:])
+            if cand in self.domains:
+                return cand
+        return None
+
+    def process(self, doc: Document) -> str | None:
+        url = doc.metadata.get(self.url_key)
+        if not isinstance(url, str):
+            return None
+        hit = self.blocked(url_host(url))
+        return f"domain_blocklist: blocked domain ({hit})" if hit else None
+
+
+class WordBlocklist(Step):
+    """Drop documents containing more than `max_hits` occurrences of blocklisted words (whole words,
+    case-insensitive). `max_hits` 0, i.e. any hit drops, is C4's rule (Raffel et al. 2020, section 2.2,
+    with the "List of Dirty, Naughty, Obscene or Otherwise Bad Words")."""
+
+    name = "word_blocklist"
+    category = "safety"
+
+    def __init__(self, words: list[str] | None = None, file: str | None = None, max_hits: int = 0):
+        self.words = sorted(set(load_list(words, file, "word_blocklist")), key=len, reverse=True)
+        self.max_hits = max_hits
+        self._re = re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, self.words)) + r")(?!\w)", re.IGNORECASE)
+
+    def process(self, doc: Document) -> str | None:
+        hits = self._re.findall(doc.text)
+        if len(hits) > self.max_hits:
+            shown = ", ".join(sorted({h.lower() for h in hits})[:5])
+            return f"word_blocklist: blocked words ({shown})"
+        return None
+
+
+class SafetyClassifier(Step):
+    """Drop documents the classifier scores unsafe with probability >= `threshold` (0.5: the
+    classifier's own decision boundary; the InternLM2 report does not publish its thresholds). Training
+    data: `train` (see puyu.data.classifiers); its labels must include "unsafe". Writes
+    metadata["unsafe_prob"]."""
+
+    name = "safety_classifier"
+    category = "safety"
+    observe = ("unsafe_prob",)
+    batch_size = 256
+
+    def __init__(self, threshold: float = 0.5, train: dict | None = None):
+        self.threshold = threshold
+        self.train = train
+        self.clf: TextClassifier | None = None
+
+    def setup(self) -> None:
+        texts, labels = training_data(self.train, "safety", default_seed=2000)
+        self.clf = TextClassifier().fit(texts, labels)
+
+    def process_batch(self, docs: list[Document]) -> list[str | None]:
+        probs = self.clf.proba([d.text for d in docs], "unsafe")
+        out: list[str | None] = []
+        for doc, p in zip(docs, probs):
+            doc.metadata["unsafe_prob"] = round(float(p), 4)
+            out.append(f"safety_classifier: unsafe {p:.2f} >= {self.threshold}" if p >= self.threshold else None)
+        return out

@@ -1,0 +1,321 @@
+"""A synthetic dirty corpus with known labels, and the seed/training sets the learned steps need.
+
+Every document carries metadata["synthetic"] = {"label", "domain", "source"?, "jaccard"?}. `LABELS`
+says, for each label, which steps ought to drop it (or modify it, for repairable defects); the run
+report turns the per-label counts each step records into precision and recall. Labels:
+
+  clean              a document in one of four domains (knowledge, math, code, other): keep
+  related            a clean document's sibling at Jaccard 0.2-0.5 (shares phrases, not a copy): keep
+  exact_dup          a copy of an earlier clean document                 -> exact_dedup
+  near_dup           an edited copy at Jaccard 0.75-0.95 of an earlier one -> minhash
+  mojibake           UTF-8 read as Latin-1: repairable                   -> normalise modifies, keep
+  boilerplate_lines  cookie/javascript/policy notices mixed into a clean document -> c4 modifies, keep
+  foreign            French, German or Spanish                            -> language
+  short              one to three sentences                               -> gopher_quality
+  repetitive         one line repeated 8-14 times                         -> gopher_repetition
+  lorem              a lorem ipsum placeholder paragraph                  -> c4
+  symbol_noise       runs of box-drawing and replacement characters       -> characters
+  garbled            15% of bytes corrupted                               -> characters
+  seo_spam           keyword lines without punctuation                    -> punctuation
+  bad_domain         a clean document hosted on a blocklisted domain      -> domain_blocklist
+  bad_words          a clean document with blocklisted words              -> word_blocklist
+  toxic              harassment without any blocklisted word              -> safety_classifier
+  advert             advertising copy                                     -> quality
+  word_salad         a clean document's words shuffled                    -> quality
+
+Derived documents (copies, near-copies, siblings) are placed after their source in corpus order, so
+"keep the first" dedup should keep the source. Each shard file also gets one line of invalid UTF-8
+and one line of broken JSON, which the reader must reject (counted in _manifest.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from dataclasses import dataclass
+
+from puyu.data.documents import Document, JsonlWriter
+from puyu.data.minhash import jaccard, shingles
+from puyu.data.synthetic_text import BOILERPLATE, DOMAINS, KNOWLEDGE, OTHER, TextGen
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    share: float  # fraction of the corpus
+    drop: tuple[str, ...] = ()  # steps that should drop it
+    modify: tuple[str, ...] = ()  # steps that should repair it (and keep it)
+
+
+LABELS: dict[str, LabelSpec] = {
+    "clean": LabelSpec(0.51),
+    "related": LabelSpec(0.03),
+    "exact_dup": LabelSpec(0.05, drop=("exact_dedup",)),
+    "near_dup": LabelSpec(0.05, drop=("minhash",)),
+    "mojibake": LabelSpec(0.03, modify=("normalise",)),
+    "boilerplate_lines": LabelSpec(0.03, modify=("c4",)),
+    "foreign": LabelSpec(0.03, drop=("language",)),
+    "short": LabelSpec(0.02, drop=("gopher_quality",)),
+    "repetitive": LabelSpec(0.03, drop=("gopher_repetition",)),
+    "lorem": LabelSpec(0.02, drop=("c4",)),
+    "symbol_noise": LabelSpec(0.02, drop=("characters",)),
+    "garbled": LabelSpec(0.02, drop=("characters",)),
+    "seo_spam": LabelSpec(0.02, drop=("punctuation",)),
+    "bad_domain": LabelSpec(0.02, drop=("domain_blocklist",)),
+    "bad_words": LabelSpec(0.02, drop=("word_blocklist",)),
+    "toxic": LabelSpec(0.03, drop=("safety_classifier",)),
+    "advert": LabelSpec(0.03, drop=("quality",)),
+    "word_salad": LabelSpec(0.03, drop=("quality",)),
+}
+# Clean documents are knowledge-heavy; math and code are the "weak domains" that top-ups raise.
+DOMAIN_MIX = {"knowledge": 0.45, "other": 0.35, "math": 0.12, "code": 0.08}
+UNSAFE_WORDS = ("porn", "xxx", "nsfw", "hentai", "camgirl", "nudes", "escort", "viagra")
+BLOCKED_DOMAINS = ("casino-jackpot.example", "hot-cams.example", "cheap-pills.example", "free-warez.example")
+
+
+class Generator:
+    """Deterministic corpus builder: the same (seed, split) gives the same documents."""
+
+    def __init__(self, seed: int = 0, split: str = "all"):
+        self.rng = random.Random(seed)
+        self.text = TextGen(self.rng, split)
+        self.seed = seed
+        self._n = 0
+
+    def _doc(self, text: str, label: str, domain: str, url: str | None = None, **extra) -> Document:
+        self._n += 1
+        site = url or f"https://www.{self.text.name().lower()}.org/{self.text.name().lower()}"
+        meta = {"url": site, "synthetic": {"label": label, "domain": domain, **extra}}
+        return Document(f"syn{self.seed}-{self._n:06d}", text, meta)
+
+    def domain(self) -> str:
+        return self.rng.choices(list(DOMAIN_MIX), weights=list(DOMAIN_MIX.values()))[0]
+
+    def clean(self, domain: str | None = None) -> Document:
+        d = domain or self.domain()
+        return self._doc(self.text.document(d), "clean", d)
+
+    def near_copy(self, doc: Document, lo: float, hi: float, label: str) -> Document:
+        """An edited copy of `doc` at shingle Jaccard ~U(lo, hi) to it: near-duplicates swap a few words
+        (precise control), siblings ("related") swap whole sentences for another document's."""
+        domain = doc.metadata["synthetic"]["domain"]
+        target = self.rng.uniform(lo, hi)
+        if label == "near_dup":
+            text, sim = make_near_duplicate(doc.text, target, self.rng, self.text, invented=False)
+        else:
+            for _ in range(8):  # a pool of sentences sharing nothing with `doc` can run short: retry
+                pool = " ".join(self.text.document(domain) for _ in range(4))
+                text, sim = make_sibling(doc.text, target, self.rng, pool)
+                if sim <= hi + 0.05:
+                    break
+            else:  # still too similar (a short or code-heavy document): edit words instead
+                text, sim = make_near_duplicate(doc.text, target, self.rng, self.text, invented=False)
+        return self._doc(text, label, domain, source=doc.id, jaccard=round(sim, 3))
+
+    def dirty(self, label: str) -> Document:
+        t, r = self.text, self.rng
+        if label == "foreign":
+            return self._doc(t.foreign(r.choice(["fr", "de", "es"])), label, "other")
+        if label == "toxic":
+            return self._doc(t.toxic(), label, "other")
+        if label == "advert":
+            return self._doc(t.advert(), label, "other")
+        if label == "seo_spam":
+            return self._doc(t.seo_spam(), label, "other")
+        if label == "short":
+            return self._doc(" ".join(t.prose(r.choice([KNOWLEDGE, OTHER]), r.randint(1, 3))), label, "other")
+        base = self.clean()
+        d, text = base.metadata["synthetic"]["domain"], base.text
+        if label == "word_salad":
+            return self._doc(t.word_salad(text), label, d)
+        if label == "repetitive":
+            return self._doc(t.repetitive(text), label, d)
+        if label == "lorem":
+            paras = text.split("\n\n")
+            paras.insert(r.randint(0, len(paras)), "Lorem ipsum dolor sit amet, consectetur adipiscing elit.")
+            return self._doc("\n\n".join(paras), label, d)
+        if label == "symbol_noise":
+            return self._doc(t.symbol_noise(text), label, d)
+        if label == "garbled":
+            return self._doc(t.garble(text), label, d)
+        if label == "mojibake":
+            return self._doc(t.mojibake(text), label, d)
+        if label == "boilerplate_lines":
+            lines = text.split("\n")
+            for line in r.sample(BOILERPLATE, 2):
+                lines.insert(r.randint(0, len(lines)), line)
+            return self._doc("\n".join(lines), label, d)
+        if label == "bad_domain":
+            host = r.choice(["", "www.", "m."]) + r.choice(BLOCKED_DOMAINS)
+            return self._doc(text, label, d, url=f"https://{host}/{t.name().lower()}")
+        if label == "bad_words":
+            words = r.sample(UNSAFE_WORDS, 2)
+            extra = f"Watch free {words[0]} clips and more {words[1]} content on our partner site."
+            paras = text.split("\n\n")
+            paras.insert(r.randint(0, len(paras)), extra)
+            return self._doc("\n\n".join(paras), label, d)
+        raise ValueError(f"no generator for label {label!r}")
+
+    def corpus(self, n_docs: int, labels: dict[str, LabelSpec] | None = None) -> list[Document]:
+        """`n_docs` documents with label shares from `labels`, in corpus order."""
+        labels = labels or LABELS
+        counts = {lab: round(spec.share * n_docs) for lab, spec in labels.items()}
+        counts["clean"] += n_docs - sum(counts.values())
+        clean = [self.clean() for _ in range(counts["clean"])]
+        base = clean + [self.dirty(lab) for lab in labels if lab not in ("clean", *DERIVED)
+                        for _ in range(counts[lab])]
+        self.rng.shuffle(base)
+        keyed: list[tuple[float, Document]] = [(float(i), doc) for i, doc in enumerate(base)]
+        pos = {doc.id: i for i, doc in enumerate(base)}
+        for lab in DERIVED:
+            for _ in range(counts.get(lab, 0)):
+                src = self.rng.choice(clean)
+                if lab == "exact_dup":
+                    copy = self._doc(src.text, lab, src.metadata["synthetic"]["domain"], source=src.id)
+                else:
+                    lo, hi = (0.75, 0.95) if lab == "near_dup" else (0.2, 0.5)
+                    copy = self.near_copy(src, lo, hi, lab)
+                # anywhere after its source: "keep the first" must keep the source
+                keyed.append((self.rng.uniform(pos[src.id] + 0.5, len(base)), copy))
+        keyed.sort(key=lambda kv: kv[0])
+        return [doc for _, doc in keyed]
+
+
+DERIVED = ("exact_dup", "near_dup", "related")
+
+
+def _edit_to_jaccard(text: str, units: list[str], new_units: list[str], sep: str, target: float,
+                     rng: random.Random, ngram: int) -> tuple[str, float]:
+    """Swap units (words or sentences) for their replacements, in a fixed random order, as many as
+    bring the shingle Jaccard to `text` closest to `target` (binary search: similarity falls as more
+    units are swapped). Returns (edited text, its exact Jaccard to `text`)."""
+    order = list(range(len(units)))
+    rng.shuffle(order)
+
+    def edited(m: int) -> str:
+        chosen = set(order[:m])
+        return sep.join(new_units[i] if i in chosen else units[i] for i in range(len(units)))
+
+    lo, hi = 0, len(units)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if jaccard(text, edited(mid), ngram) <= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    # lo is the first count at or below target; the count before it may land closer
+    cands = [(abs(jaccard(text, t, ngram) - target), t) for t in {edited(lo), edited(max(lo - 1, 0))}]
+    out = min(cands)[1]
+    return out, jaccard(text, out, ngram)
+
+
+def make_near_duplicate(text: str, target: float, rng: random.Random, gen: TextGen, ngram: int = 5,
+                        invented: bool = True) -> tuple[str, float]:
+    """Word-level edit of `text` to Jaccard ~`target`: words are replaced by invented words (or
+    ordinary ones with `invented=False`)."""
+    units = text.split(" ")
+    new_units = gen.replace_words(text, list(range(len(units))), invented).split(" ")
+    return _edit_to_jaccard(text, units, new_units, " ", target, rng, ngram)
+
+
+_SENTENCE_GAP = re.compile(r"(?<=[.!?]) ")
+
+
+def make_sibling(text: str, target: float, rng: random.Random, replacement_text: str,
+                 ngram: int = 5) -> tuple[str, float]:
+    """Sentence-level edit: sentences of `text` are swapped for sentences of `replacement_text` (another
+    document of the same domain) until the Jaccard to `text` is <= `target`. Reads naturally: a
+    related page that shares some sentences, not a copy."""
+    units = _SENTENCE_GAP.split(text)
+    own = set(shingles(text, ngram))
+    # only sentences sharing no n-gram with `text` or each other: the sibling then repeats nothing
+    # internally (which the Gopher repetition filter would rightly flag); units beyond the pool stay
+    pool = []
+    for u in dict.fromkeys(_SENTENCE_GAP.split(replacement_text)):
+        sh = set(shingles(u, ngram))
+        if not own & sh:
+            pool.append(u)
+            own |= sh
+    rng.shuffle(pool)
+    new_units = [pool[i] if i < len(pool) else units[i] for i in range(len(units))]
+    return _edit_to_jaccard(text, units, new_units, " ", target, rng, ngram)
+
+
+# ---------------------------------------------------------------- files
+
+
+def write_corpus(out_dir: str, n_docs: int = 2000, shards: int = 8, seed: int = 0,
+                 broken_lines: bool = True) -> dict:
+    """Write the corpus as `shards` files out_dir/shard_XXXXX.jsonl.zst plus _manifest.json (label
+    counts, planted reader errors). Contiguous chunks, so corpus order = (shard, line). Returns the
+    manifest."""
+    docs = Generator(seed).corpus(n_docs)
+    os.makedirs(out_dir, exist_ok=True)
+    labels: dict[str, int] = {}
+    for d in docs:
+        lab = d.metadata["synthetic"]["label"]
+        labels[lab] = labels.get(lab, 0) + 1
+    reader_errors = 0
+    for k in range(shards):
+        w = JsonlWriter(os.path.join(out_dir, f"shard_{k:05d}.jsonl.zst"))
+        chunk = docs[k * len(docs) // shards:(k + 1) * len(docs) // shards]
+        for i, d in enumerate(chunk):
+            w.write(d.to_record())
+            if broken_lines and i == len(chunk) // 2:
+                w.write_raw(b'{"id": "bad-utf8", "text": "caf\xe9 \xff\xfe"}')  # Latin-1 bytes: not UTF-8
+                w.write_raw(b'{"id": "truncated", "text": "the line ends here')
+                reader_errors += 2
+        w.close()
+    manifest = {"documents": len(docs), "shards": shards, "seed": seed, "labels": labels,
+                "reader_errors": reader_errors}
+    with open(os.path.join(out_dir, "_manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    return manifest
+
+
+# ---------------------------------------------------------------- training and seed sets
+
+
+def training_set(kind: str, n: int = 600, seed: int = 1000) -> tuple[list[str], list[str]]:
+    """Labelled texts for the learned steps, from generators separate from the corpus (other seeds,
+    half the toxic/advert templates):
+
+      quality  "high" (clean, the four domains in equal shares) vs "low" (adverts, word salad, SEO spam)
+      safety   "unsafe" (toxic, blocklisted words) vs "safe" (clean, adverts)
+      domain   knowledge / math / code / other (clean documents)
+      seed     clean documents, the four domains in equal shares (label "high")
+
+    Seed sets are balanced across domains, as curated seed corpora are: a seed drawn from the corpus
+    mixture would under-represent the weak domains and score them as low quality.
+    """
+    g = Generator(seed, split="train")
+    t = g.text
+    texts: list[str] = []
+    labels: list[str] = []
+    for i in range(n):
+        if kind == "seed":
+            texts.append(g.clean(DOMAINS[i % len(DOMAINS)]).text)
+            labels.append("high")
+        elif kind == "domain":
+            d = DOMAINS[i % len(DOMAINS)]
+            texts.append(t.document(d))
+            labels.append(d)
+        elif kind == "quality":
+            if i % 2 == 0:
+                texts.append(g.clean(DOMAINS[(i // 2) % len(DOMAINS)]).text)
+                labels.append("high")
+            else:
+                j = (i // 2) % 3
+                texts.append(t.advert() if j == 0 else t.seo_spam() if j == 1 else t.word_salad(g.clean().text))
+                labels.append("low")
+        elif kind == "safety":
+            if i % 2 == 0:
+                texts.append(t.toxic() if i % 4 == 0 else g.dirty("bad_words").text)
+                labels.append("unsafe")
+            else:
+                texts.append(g.clean().text if i % 4 == 1 else t.advert())
+                labels.append("safe")
+        else:
+            raise ValueError(f"unknown training set {kind!r}; expected quality, safety, domain or seed")
+    return texts, labels
