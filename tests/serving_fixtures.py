@@ -23,6 +23,15 @@ CALL_ARGS = {"city": "Paris"}
 TOOL_RESULT = "sunny, 21 C"
 ANSWER = "It is sunny and 21 C in Paris."
 GREETING, GREETING_ANSWER = "Hello", "Hello! I am puyu, how can I help you today?"
+# The data-analysis flow: a CSV uploaded into the session, a question, code run by the server-side
+# interpreter (a sum and a figure), the answer from its output. FILE_MESSAGE is the `user name=file`
+# turn the web page sends (InternLM2's format, sizes like "29B"/"10K").
+CSV_NAME, CSV = "sales.csv", "month,sales\n1,10\n2,20\n3,30\n"
+FILE_MESSAGE = {"role": "user", "name": "file", "content": f'[{{"path": "{CSV_NAME}", "size": "{len(CSV)}B"}}]'}
+DATA_QUESTION = "Plot the sales in sales.csv and give the total."
+CODE = 'import pandas as pd\ndf = pd.read_csv("sales.csv")\nprint(df["sales"].sum())\ndf.plot(x="month", y="sales");'
+CODE_OUTPUT = "60\n![image](figure_001.png)"  # what the interpreter tells the model (RunResult.for_model)
+DATA_ANSWER = "The total is 60; the plot is above."
 
 _WORDS = ("the weather city sunny rain cloud paris london tokyo model tool call answer hello help you today "
           "what is in it and how can i am get name parameters type object string function").split()
@@ -32,7 +41,10 @@ def corpus(n_lines: int = 1500, seed: int = 0) -> str:
     """Plain lines plus the chat, tool-call and JSON pieces the tests use, so those strings tokenize short."""
     rng = random.Random(seed)
     lines = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 12))) for _ in range(n_lines)]
-    lines += [QUESTION, ANSWER, GREETING_ANSWER, TOOL_RESULT,
+    from puyu.chat_format import DEFAULT_INTERPRETER_PROMPT
+
+    lines += [QUESTION, ANSWER, GREETING_ANSWER, TOOL_RESULT, DEFAULT_INTERPRETER_PROMPT, DATA_QUESTION,
+              DATA_ANSWER, FILE_MESSAGE["content"], CODE_OUTPUT, *CODE.split("\n"),
               '{"name": "get_weather", "parameters": {"city": "Paris"}}',
               '[{"name": "get_weather", "description": "Current weather for a city", "parameters": '
               '{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]'] * 40
@@ -40,7 +52,7 @@ def corpus(n_lines: int = 1500, seed: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_tokenizer(directory: Path, vocab_size: int = 600):
+def make_tokenizer(directory: Path, vocab_size: int = 800):
     from puyu.tokenizer import train_tokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -52,9 +64,9 @@ def training_examples(tok) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, target ids) pairs, prompts rendered exactly as the server renders them."""
     import json
 
-    from puyu.chat_format import ACTION_END, ACTION_START, IM_END, PLUGIN
+    from puyu.chat_format import ACTION_END, ACTION_START, IM_END, INTERPRETER, PLUGIN
     from puyu.openai_schema import ChatCompletionRequest
-    from puyu.server_chat import chat_prompt
+    from puyu.server_chat import chat_prompt, encode_chat
 
     call = f'{ACTION_START}{PLUGIN}\n{{"name": "get_weather", "parameters": {json.dumps(CALL_ARGS)}}}{ACTION_END}'
     first = [{"role": "user", "content": QUESTION}]
@@ -68,6 +80,13 @@ def training_examples(tok) -> list[tuple[list[int], list[int]]]:
     for messages, tools, target in cases:
         req = ChatCompletionRequest.model_validate({"messages": messages, **({"tools": tools} if tools else {})})
         out.append((chat_prompt(tok, req).ids, tok.encode(target, allow_special=True)))
+    # Interpreter turns, rendered as the agent's policy in puyu.server_sessions renders them.
+    data = [dict(FILE_MESSAGE), {"role": "user", "content": DATA_QUESTION}]
+    run = f"{ACTION_START}{INTERPRETER}\n```python\n{CODE}\n```{ACTION_END}"
+    after = data + [{"role": "assistant", "content": "", "code": CODE},
+                    {"role": "environment", "name": INTERPRETER, "content": CODE_OUTPUT}]
+    for messages, target in [(data, run), (after, DATA_ANSWER + IM_END)]:
+        out.append((encode_chat(tok, messages, None, True), tok.encode(target, allow_special=True)))
     return out
 
 
@@ -80,7 +99,8 @@ def finetune_tool_model(tok, out_dir: Path, steps: int = 400, max_seconds: float
     from puyu.model import InternLM2ForCausalLM
 
     torch.manual_seed(0)
-    cfg = get_preset("nano-tiny", vocab_size=tok.vocab_size)
+    # 512 positions (nano-tiny has 256): the interpreter's system turn makes those prompts ~300 tokens.
+    cfg = get_preset("nano-tiny", vocab_size=tok.vocab_size, max_position_embeddings=512)
     model = InternLM2ForCausalLM(cfg).reset_parameters(seed=0)
     examples = training_examples(tok)
     width = max(len(p) + len(t) for p, t in examples)
@@ -94,6 +114,20 @@ def finetune_tool_model(tok, out_dir: Path, steps: int = 400, max_seconds: float
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     start = time.monotonic()
     model.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is ~5x faster than two on a busy 2-core machine
+    try:
+        _train(model, opt, ids, labels, steps, start, max_seconds)
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    save_pretrained(model, out_dir, tokenizer=tok)
+    return out_dir
+
+
+def _train(model, opt, ids, labels, steps: int, start: float, max_seconds: float) -> None:
+    import torch
+
     for step in range(steps):
         logits = model(ids)
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
@@ -109,9 +143,6 @@ def finetune_tool_model(tok, out_dir: Path, steps: int = 400, max_seconds: float
                 break
         if time.monotonic() - start > max_seconds:
             raise RuntimeError(f"fine-tuning did not converge in {max_seconds} s (loss {loss.item():.3f})")
-    model.eval()
-    save_pretrained(model, out_dir, tokenizer=tok)
-    return out_dir
 
 
 _CACHE: dict[str, object] = {}

@@ -59,7 +59,7 @@ def test_list_models_and_health(client, stack):
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-17")
     h = httpx.get(stack[2].url + "/health").json()
-    assert h["status"] == "ok" and h["model"] == MODEL and h["context_length"] == 256
+    assert h["status"] == "ok" and h["model"] == MODEL and h["context_length"] == 512
     assert h["cache_blocks_total"] > 0 and h["interpreter"] is False
 
 
@@ -169,8 +169,8 @@ def _post(url: str, body, headers=None, path="/v1/chat/completions"):
     ({"messages": _user("x"), "n": 3}, 400, "n", "n must be 1"),
     ({"messages": _user("x"), "model": "gpt-9"}, 404, "model", "does not exist"),
     ({"messages": _user("x"), "interpreter": True}, 400, "interpreter", "--interpreter"),
-    ({"messages": _user("the weather " * 120)}, 400, "messages", "maximum context length is 256"),
-    ({"messages": _user("x"), "max_tokens": 250}, 400, "messages", "maximum context length"),
+    ({"messages": _user("the weather " * 300)}, 400, "messages", "maximum context length is 512"),
+    ({"messages": _user("x"), "max_tokens": 500}, 400, "messages", "maximum context length"),
 ])
 def test_bad_chat_requests(stack, body, status, param, words):
     r = _post(stack[2].url, body)
@@ -240,6 +240,61 @@ def test_queue_limit_gives_429(stack):
         assert "limit 1" in r.json()["error"]["message"]
     assert sf.wait_until(lambda: engine.stats()["running"] == 0)
     assert _post(url, {"messages": _user("x"), "max_tokens": 2}, auth).status_code == 200
+
+
+# ---- the server-side interpreter ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def interp_url(stack, tmp_path_factory):
+    srv = sf.ServerThread(create_app(stack[0], stack[1], MODEL, interpreter=True,
+                                     session_dir=tmp_path_factory.mktemp("sessions")))
+    yield srv.url
+    srv.stop()
+
+
+def _upload(url: str, session: str) -> dict:
+    r = httpx.post(f"{url}/v1/sessions/{session}/files", files={"file": (sf.CSV_NAME, sf.CSV.encode(), "text/csv")})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_uploads(interp_url):
+    assert _upload(interp_url, "up-1") == {"session_id": "up-1", "filename": sf.CSV_NAME, "bytes": len(sf.CSV)}
+    assert httpx.get(f"{interp_url}/v1/sessions/up-1/files").json() == [{"name": sf.CSV_NAME, "bytes": len(sf.CSV)}]
+    r = httpx.post(f"{interp_url}/v1/sessions/up-1/files", files={"file": ("../../etc/passwd", b"x")})
+    assert r.status_code == 200 and r.json()["filename"] == "passwd"  # reduced to a base name in the session
+    r = httpx.post(f"{interp_url}/v1/sessions/up-1/files", files={"file": ("...", b"x")})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "file"
+    r = httpx.post(f"{interp_url}/v1/sessions/bad.id/files", files={"file": ("a.csv", b"x")})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "session_id"
+    assert httpx.post(f"{interp_url}/v1/sessions/up-1/files", data={"x": "1"}).status_code == 400
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_server_side_interpreter_runs_code_on_the_upload(interp_url, stream):
+    session = f"data-{int(stream)}"
+    _upload(interp_url, session)
+    client = openai.OpenAI(base_url=interp_url + "/v1", api_key="x", max_retries=0, timeout=120)
+    messages = [sf.FILE_MESSAGE, {"role": "user", "content": sf.DATA_QUESTION}]
+    args = dict(model=MODEL, messages=messages, temperature=0, extra_body={"session_id": session})
+    if stream:
+        steps, text, finish = [], "", None
+        for c in client.chat.completions.create(stream=True, **args):
+            d = c.choices[0].delta
+            text += d.content or ""
+            steps += (d.model_extra or {}).get("interpreter") or []
+            finish = c.choices[0].finish_reason or finish
+    else:
+        r = client.chat.completions.create(**args)
+        steps, text, finish = r.choices[0].message.interpreter, r.choices[0].message.content, r.choices[0].finish_reason
+    (step,) = steps
+    assert step["code"] == sf.CODE and step["output"] == sf.CODE_OUTPUT and step.get("error") is None
+    assert len(step["images"]) == 1 and step["images"][0].startswith("data:image/png;base64,iVBOR")
+    assert text == sf.DATA_ANSWER and finish == "stop"
+
+
+def test_interpreter_and_tools_together_are_refused(interp_url):
+    r = _post(interp_url, {"messages": _user("x"), "tools": sf.TOOLS})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
 
 
 # ---- load and disconnects ---------------------------------------------------------------------------
