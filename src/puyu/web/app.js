@@ -8,7 +8,9 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { model: null, history: [], session: newSessionId(), controller: null, busy: false };
+const state = { model: null, history: [], session: newSessionId(), controller: null, busy: false,
+                interpreterAvailable: false, deltas: 0 };
+window.puyu = state;  // for debugging in the console (and the browser test)
 
 function newSessionId() {
   const bytes = new Uint8Array(12);
@@ -23,10 +25,14 @@ function authHeaders(extra) {
   return h;
 }
 
-function humanSize(n) {
-  if (n < 1024) return n + " B";
-  if (n < 1024 * 1024) return (n / 1024).toFixed(1) + " KB";
-  return (n / 1024 / 1024).toFixed(1) + " MB";
+// Sizes as InternLM2's file turns write them: "512B", "10K", "1.5M".
+function fileSize(n) {
+  let unit = "B";
+  for (unit of ["B", "K", "M", "G"]) {
+    if (n < 1024 || unit === "G") break;
+    n /= 1024;
+  }
+  return n.toFixed(1).replace(/\.0$/, "") + unit;
 }
 
 function el(tag, cls, text) {
@@ -73,6 +79,7 @@ async function refreshHealth() {
     const h = await resp.json();
     state.model = state.model || h.model;
     $("model-name").textContent = h.model + " · " + h.context_length + " tokens";
+    state.interpreterAvailable = h.interpreter;
     $("use-interpreter").disabled = !h.interpreter;
     if (!h.interpreter) $("use-interpreter").checked = false;
     setStatus(`ready · running ${h.running} · waiting ${h.waiting} · cache ${h.cache_blocks_used}/${h.cache_blocks_total} blocks`);
@@ -106,7 +113,8 @@ function requestBody() {
   if (penalty !== null && penalty !== 1) body.repetition_penalty = penalty;
   if (maxTokens !== null) body.max_tokens = Math.trunc(maxTokens);
   if (seed !== null) body.seed = Math.trunc(seed);
-  if ($("use-interpreter").checked) body.interpreter = true;
+  // Said explicitly: a server started with --interpreter would otherwise use it for every request.
+  if (state.interpreterAvailable) body.interpreter = $("use-interpreter").checked;
   const tools = $("tools").value.trim();
   if (tools) body.tools = JSON.parse(tools);  // a syntax error is shown to the user by the caller
   return body;
@@ -137,7 +145,7 @@ async function readSSE(resp, onEvent) {
 
 function renderStep(container, step) {
   const box = el("div", "step");
-  box.appendChild(el("div", "label", "🐍 interpreter"));
+  box.appendChild(el("div", "label", "interpreter · python"));
   box.appendChild(el("pre", "code", step.code));
   if (step.output || step.error) {
     const out = el("pre", "output" + (step.error ? " err" : ""), step.output || step.error);
@@ -155,7 +163,7 @@ function renderStep(container, step) {
 
 function renderToolCall(container, call, onReply) {
   const box = el("div", "tool-call");
-  box.appendChild(el("div", "label", "🔧 tool call: " + call.name));
+  box.appendChild(el("div", "label", "tool call · " + call.name));
   box.appendChild(el("pre", "", call.arguments));
   if (onReply) {
     const form = el("form", "tool-reply");
@@ -183,7 +191,9 @@ async function complete() {
     return;
   }
   setBusy(true);
-  const { msg, body: textBox } = addBubble("assistant streaming", "assistant");
+  const bubble = addBubble("assistant streaming", "assistant");
+  const msg = bubble.msg;
+  let textBox = bubble.body;  // text after the last interpreter step goes into a new box below it
   const calls = [];
   let content = "", finish = null, usage = null;
   const controller = new AbortController();
@@ -201,6 +211,7 @@ async function complete() {
       if (!choice) return;
       const d = choice.delta || {};
       if (d.content) {
+        state.deltas += 1;
         content += d.content;
         textBox.textContent += d.content;
       }
@@ -210,6 +221,8 @@ async function complete() {
         state.history.push({ role: "environment", name: "interpreter", content: step.output || step.error || "" });
         content = "";
         renderStep(msg, step);
+        textBox = el("div", "text");
+        msg.appendChild(textBox);
       }
       for (const t of d.tool_calls || []) {
         const c = calls[t.index] || (calls[t.index] = { id: "", name: "", arguments: "" });
@@ -273,10 +286,13 @@ async function upload() {
     const resp = await fetch(`v1/sessions/${state.session}/files`, { method: "POST", headers: authHeaders(), body: form });
     if (!resp.ok) throw new Error(await errorText(resp));
     const saved = await resp.json();
-    $("file-list").appendChild(el("li", "", `${saved.filename} (${humanSize(saved.bytes)})`));
-    // InternLM2 announces uploaded files in a `user name=file` turn.
-    state.history.push({ role: "user", name: "file", content: JSON.stringify([{ path: saved.filename, size: humanSize(saved.bytes) }]) });
-    addBubble("file", "file", `📎 ${saved.filename} uploaded (${humanSize(saved.bytes)})`);
+    const size = fileSize(saved.bytes);
+    $("file-list").appendChild(el("li", "", `${saved.filename} (${size})`));
+    // InternLM2 announces uploaded files in a `user name=file` turn, a JSON list written with
+    // Python's separators (", " and ": "), as in the published examples.
+    const listing = `[{"path": ${JSON.stringify(saved.filename)}, "size": ${JSON.stringify(size)}}]`;
+    state.history.push({ role: "user", name: "file", content: listing });
+    addBubble("file", "file", `uploaded ${saved.filename} (${size}) into this chat's session`);
   } catch (e) {
     addBubble("error", "upload failed", e.message);
   } finally {
