@@ -1,0 +1,114 @@
+"""Greedy task evaluation for trained models: arithmetic, passkey retrieval and chat behaviour.
+
+Generation goes through `puyu.engine.Engine` with `SamplingParams(temperature=0)` (greedy), the same
+path as `puyu generate` and `puyu chat`. Each scorer returns plain figures (accuracy, counts) and a few
+examples so the report can show what the model actually wrote.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from puyu.chat_format import IM_END, render_chat
+from puyu.train.synthetic import SYSTEM, TOOLS, Problem, passkey_prompt
+
+
+def _engine(model, tokenizer):
+    from puyu.engine import Engine
+
+    return Engine(model.eval(), tokenizer, max_batch_size=64)
+
+
+def _greedy(engine, prompts: list[list[int]], max_new: int, stop_ids: list[int]):
+    from puyu.sampling import SamplingParams
+
+    params = SamplingParams(max_new_tokens=max_new, temperature=0.0, stop_token_ids=stop_ids)
+    return engine.generate(prompts, params)
+
+
+def arithmetic_accuracy(model, tokenizer, problems: list[Problem], engine=None) -> dict:
+    """Raw completion: prompt `<s>12+34=`, greedy until `</s>`; exact match of the text with the answer."""
+    engine = engine or _engine(model, tokenizer)
+    t0 = time.perf_counter()
+    prompts = [[tokenizer.bos_id] + tokenizer.encode(p.prompt) for p in problems]
+    results = _greedy(engine, prompts, max_new=8, stop_ids=[tokenizer.eos_id])
+    correct, by_op, wrong = 0, {}, []
+    for p, r in zip(problems, results):
+        got = tokenizer.decode([t for t in r.token_ids if t != tokenizer.eos_id]).strip()
+        ok = got == p.answer
+        correct += ok
+        hit, n = by_op.get(p.op, (0, 0))
+        by_op[p.op] = (hit + ok, n + 1)
+        if not ok and len(wrong) < 8:
+            wrong.append(f"{p.prompt}{got}  (expected {p.answer})")
+    return {"accuracy": correct / max(len(problems), 1), "n": len(problems),
+            "by_op": {op: h / n for op, (h, n) in by_op.items()}, "wrong_examples": wrong,
+            "seconds": time.perf_counter() - t0}
+
+
+def chat_arithmetic_accuracy(model, tokenizer, problems: list[Problem], engine=None) -> dict:
+    """Through the chat template: user `12+34`-style question, the assistant must write `12+34=46`
+    (or just `46`) and end the turn with `<|im_end|>`."""
+    engine = engine or _engine(model, tokenizer)
+    prompts = [tokenizer.encode(render_chat([{"role": "user", "content": p.prompt}]), allow_special=True)
+               for p in problems]
+    results = _greedy(engine, prompts, max_new=16, stop_ids=tokenizer.stop_ids)
+    im_end = tokenizer.special_ids[IM_END]
+    correct = ended = 0
+    for p, r in zip(problems, results):
+        text = tokenizer.decode([t for t in r.token_ids if t not in tokenizer.stop_ids]).strip()
+        final = text.rsplit("=", 1)[-1].strip()
+        correct += final == p.answer
+        ended += bool(r.token_ids) and r.token_ids[-1] == im_end
+    n = max(len(problems), 1)
+    return {"accuracy": correct / n, "ends_with_im_end": ended / n, "n": len(problems)}
+
+
+def passkey_accuracy(model, tokenizer, n: int, target_tokens: int, seed: int = 0, engine=None) -> dict:
+    """Keys hidden at evenly spread depths in prompts of about `target_tokens` tokens (the filler is
+    sized so the whole prompt fits); greedy continuation must start with the 5-digit key."""
+    engine = engine or _engine(model, tokenizer)
+    rng = random.Random(f"puyu-passkey-eval-{seed}")
+    # Find the filler count whose prompt length is closest to (not above) target_tokens - 8.
+    probe = [len(tokenizer.encode(passkey_prompt(12345, k, 0.5))) + 1 for k in range(1, 400)]
+    fits = [k + 1 for k, length in enumerate(probe) if length <= target_tokens - 8]
+    n_filler = fits[-1] if fits else 1
+    keys = [rng.randrange(10000, 100000) for _ in range(n)]
+    depths = [(i + 0.5) / n for i in range(n)]
+    prompts = [[tokenizer.bos_id] + tokenizer.encode(passkey_prompt(k, n_filler, d)) for k, d in zip(keys, depths)]
+    results = _greedy(engine, prompts, max_new=6, stop_ids=[tokenizer.eos_id])
+    correct = 0
+    for k, r in zip(keys, results):
+        correct += tokenizer.decode(r.token_ids).strip().startswith(str(k))
+    return {"accuracy": correct / max(n, 1), "n": n, "prompt_tokens": len(prompts[0]), "n_filler": n_filler}
+
+
+SAMPLE_CHATS = [
+    {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi, who are you?"}]},
+    {"messages": [{"role": "user", "content": "What is 27+58?"}]},
+    {"messages": [{"role": "user", "content": "63-91="}]},
+    {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What does json.dumps do?"}]},
+    {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is the weather in Oslo?"}],
+     "tools": TOOLS},
+    {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Use Python to compute 123*456."}],
+     "interpreter": True},
+]
+
+
+def sample_chats(model, tokenizer, chats: list[dict] | None = None, engine=None) -> dict:
+    """Greedy replies to a few conversations; reports how many end their turn with `<|im_end|>`."""
+    engine = engine or _engine(model, tokenizer)
+    chats = chats or SAMPLE_CHATS
+    prompts = [tokenizer.encode(render_chat(c["messages"], tools=c.get("tools"), interpreter=c.get("interpreter")),
+                                allow_special=True) for c in chats]
+    results = _greedy(engine, prompts, max_new=96, stop_ids=tokenizer.stop_ids)
+    im_end = tokenizer.special_ids[IM_END]
+    samples = []
+    for c, r in zip(chats, results):
+        samples.append({"user": c["messages"][-1]["content"], "tools": bool(c.get("tools")),
+                        "interpreter": bool(c.get("interpreter")),
+                        "reply": tokenizer.decode(r.token_ids),
+                        "ends_with_im_end": bool(r.token_ids) and r.token_ids[-1] == im_end})
+    ended = sum(s["ends_with_im_end"] for s in samples)
+    return {"samples": samples, "ends_with_im_end": ended / max(len(samples), 1)}
