@@ -359,3 +359,21 @@ def test_chat_policy_streams_text_until_im_end(tiny_tokenizer):
     with eng:
         chunks = list(chat_policy(eng, SamplingParams(max_new_tokens=50))(messages))
     assert "".join(chunks) == reply and len(chunks) > 1
+
+
+def test_close_aborts_running_requests_and_dropped_engines_stop_their_thread(model):
+    import gc
+
+    eng = Engine(model, cache_tokens=1024)
+    h = eng.submit(random_ids(10, seed=1), SamplingParams(max_new_tokens=900, ignore_eos=True))
+    next(iter(h))
+    eng.close()
+    eng.close()  # idempotent
+    assert h.result().finish_reason == "abort" and eng.stats()["cache_blocks_used"] == 0
+    dropped = Engine(model, cache_tokens=256)
+    dropped.generate([[5, 6]], SamplingParams(max_new_tokens=2))
+    thread = dropped._thread
+    del dropped
+    gc.collect()
+    thread.join(timeout=10)
+    assert not thread.is_alive()

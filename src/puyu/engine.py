@@ -197,7 +197,13 @@ def _scheduler_main(engine_ref: weakref.ref, inbox: queue.SimpleQueue) -> None:
                 return
             if engine._run_until_idle(item) is _CLOSE:
                 return
-            del engine
+            del engine, item  # a queued job's closure holds the engine too
+
+
+def _stop_thread(inbox: queue.SimpleQueue, thread: threading.Thread) -> None:
+    inbox.put(_CLOSE)
+    if threading.current_thread() is not thread:
+        thread.join()
 
 
 class Engine:
@@ -244,7 +250,8 @@ class Engine:
         self._thread = threading.Thread(target=_scheduler_main, args=(weakref.ref(self), self._inbox),
                                         name="puyu-engine", daemon=True)
         self._thread.start()
-        self._finalizer = weakref.finalize(self, self._inbox.put, _CLOSE)
+        # Dropped without close(), or still open at interpreter exit: stop the thread cleanly.
+        self._finalizer = weakref.finalize(self, _stop_thread, self._inbox, self._thread)
 
     # ---- public API --------------------------------------------------------------------------------
     def submit(self, prompt: str | list[int], params: SamplingParams | None = None) -> RequestHandle:
