@@ -1,6 +1,6 @@
 """The shared text classifier behind the safety, quality and domain steps, and their training data.
 
-A classifier is scikit-learn's HashingVectorizer (word 1-2 grams, 2^18 features: no vocabulary to
+A classifier is scikit-learn's HashingVectorizer (word n-grams, 2^18 features: no vocabulary to
 store, the same features in every worker) + TF-IDF weighting + logistic regression: the fastText-style
 linear bag-of-n-grams model that GPT-3, LLaMA and RefinedWeb-era pipelines use for quality and safety
 filtering, in the library this project standardises on. Training is deterministic (lbfgs).
@@ -47,9 +47,12 @@ def training_data(spec: dict | None, kind: str, default_docs: int = 600,
 class TextClassifier:
     """Hashing n-gram features + logistic regression. `fit`, then `proba(texts, cls)`."""
 
-    def __init__(self, n_features: int = 2**18, C: float = 4.0):
+    def __init__(self, n_features: int = 2**18, C: float = 4.0, ngram_range: tuple[int, int] = (1, 2),
+                 sublinear_tf: bool = True):
         self.n_features = n_features
         self.C = C
+        self.ngram_range = tuple(ngram_range)
+        self.sublinear_tf = sublinear_tf
         self.model = None
 
     def fit(self, texts: list[str], labels: list[str]) -> TextClassifier:
@@ -65,8 +68,9 @@ class TextClassifier:
         # (probabilities renormalised across classes)
         lr = LogisticRegression(C=self.C, max_iter=2000, class_weight="balanced", solver="liblinear", dual=True)
         self.model = make_pipeline(
-            HashingVectorizer(n_features=self.n_features, ngram_range=(1, 2), alternate_sign=False, norm=None),
-            TfidfTransformer(sublinear_tf=True),
+            HashingVectorizer(n_features=self.n_features, ngram_range=self.ngram_range, alternate_sign=False,
+                              norm=None),
+            TfidfTransformer(sublinear_tf=self.sublinear_tf),
             lr if len(set(labels)) == 2 else OneVsRestClassifier(lr),
         )
         self.model.fit(texts, labels)

@@ -53,25 +53,27 @@ class NGramLM:
         self.tables = [{ctx: (sum(c.values()), len(c), dict(c)) for ctx, c in level.items()} for level in raw]
         return self
 
+    def prob(self, word: str, context: tuple[str, ...]) -> float:
+        """P(word | the last order-1 tokens of `context`); any unseen word shares the unknown mass."""
+        vocab = len(self.unigrams) + 1  # + unknown word
+        d = self.discount
+        p = (self.unigrams.get(word, 0) + 1) / (self.n_tokens + vocab)
+        for k in range(1, self.order):
+            ctx = context[len(context) - k:] if k <= len(context) else None
+            entry = self.tables[k].get(ctx) if ctx is not None else None
+            if entry is None:
+                break  # a longer context containing an unseen shorter one is unseen too
+            total, distinct, nexts = entry
+            p = max(nexts.get(word, 0) - d, 0.0) / total + d * distinct / total * p
+        return p
+
     def logprobs(self, text: str) -> list[float]:
         """Natural-log probability of each token of `text` (and of the end marker)."""
         if not self.tables:
             raise RuntimeError("fit() the model first")
         toks = [BOS] * (self.order - 1) + tokenize(text) + [EOS]
-        vocab = len(self.unigrams) + 1  # + unknown word
-        d = self.discount
-        out = []
-        for i in range(self.order - 1, len(toks)):
-            w = toks[i]
-            p = (self.unigrams.get(w, 0) + 1) / (self.n_tokens + vocab)
-            for k in range(1, self.order):
-                entry = self.tables[k].get(tuple(toks[i - k:i]))
-                if entry is None:
-                    break  # a longer context containing an unseen shorter one is unseen too
-                total, distinct, nexts = entry
-                p = max(nexts.get(w, 0) - d, 0.0) / total + d * distinct / total * p
-            out.append(math.log(p))
-        return out
+        n = self.order - 1
+        return [math.log(self.prob(toks[i], tuple(toks[i - n:i]))) for i in range(n, len(toks))]
 
     def perplexity(self, text: str) -> float:
         lp = self.logprobs(text)

@@ -105,7 +105,10 @@ class SafetyClassifier(Step):
 
     def setup(self) -> None:
         texts, labels = training_data(self.train, "safety", default_seed=2000)
-        self.clf = TextClassifier().fit(texts, labels)
+        # unigram counts, not bigrams with sublinear tf: measured on sentence frames held out of
+        # training, bigram features memorise the frames (recall ~0.2) while word counts carry over to
+        # new phrasings of the same hostile vocabulary (recall ~1.0); see tests/data/test_data_safety.py
+        self.clf = TextClassifier(ngram_range=(1, 1), sublinear_tf=False).fit(texts, labels)
 
     def process_batch(self, docs: list[Document]) -> list[str | None]:
         probs = self.clf.proba([d.text for d in docs], "unsafe")

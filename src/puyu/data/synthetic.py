@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from puyu.data.documents import Document, JsonlWriter
 from puyu.data.minhash import jaccard, shingles
-from puyu.data.synthetic_text import BOILERPLATE, DOMAINS, KNOWLEDGE, OTHER, TextGen
+from puyu.data.synthetic_text import BOILERPLATE, DOMAINS, KNOWLEDGE, OTHER, UNSAFE_WORDS, TextGen
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,6 @@ LABELS: dict[str, LabelSpec] = {
 }
 # Clean documents are knowledge-heavy; math and code are the "weak domains" that top-ups raise.
 DOMAIN_MIX = {"knowledge": 0.45, "other": 0.35, "math": 0.12, "code": 0.08}
-UNSAFE_WORDS = ("porn", "xxx", "nsfw", "hentai", "camgirl", "nudes", "escort", "viagra")
 BLOCKED_DOMAINS = ("casino-jackpot.example", "hot-cams.example", "cheap-pills.example", "free-warez.example")
 
 
@@ -282,7 +281,7 @@ def training_set(kind: str, n: int = 600, seed: int = 1000) -> tuple[list[str], 
     half the toxic/advert templates):
 
       quality  "high" (clean, the four domains in equal shares) vs "low" (adverts, word salad, SEO spam)
-      safety   "unsafe" (toxic, blocklisted words) vs "safe" (clean, adverts)
+      safety   "unsafe" (toxic comments, adult spam) vs "safe" (clean documents, some adverts)
       domain   knowledge / math / code / other (clean documents)
       seed     clean documents, the four domains in equal shares (label "high")
 
@@ -311,10 +310,10 @@ def training_set(kind: str, n: int = 600, seed: int = 1000) -> tuple[list[str], 
                 labels.append("low")
         elif kind == "safety":
             if i % 2 == 0:
-                texts.append(t.toxic() if i % 4 == 0 else g.dirty("bad_words").text)
+                texts.append(t.toxic() if i % 4 == 0 else t.adult_spam())
                 labels.append("unsafe")
             else:
-                texts.append(g.clean().text if i % 4 == 1 else t.advert())
+                texts.append(t.advert() if i % 8 == 3 else g.clean(DOMAINS[(i // 2) % len(DOMAINS)]).text)
                 labels.append("safe")
         else:
             raise ValueError(f"unknown training set {kind!r}; expected quality, safety, domain or seed")

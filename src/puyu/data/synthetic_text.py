@@ -21,6 +21,7 @@ def _w(s: str) -> list[str]:
     return s.split()
 
 
+UNSAFE_WORDS = ("porn", "xxx", "nsfw", "hentai", "camgirl", "nudes", "escort", "viagra")
 NOUNS = _w("harbour market bridge tower library garden festival river valley mountain forest village castle "
            "temple monastery railway factory school museum theatre island lake canal mill church square road "
            "farm orchard vineyard mine quarry port fortress palace cathedral hospital station tunnel lighthouse "
@@ -58,6 +59,11 @@ WORDS = {
     "place_generic": ["harbour", "old bridge", "top of the hill", "edge of the forest", "station"],
     "meaning": ['"place by the water"', '"high meadow"', '"the old ford"', '"grey rock"', '"market field"'],
     "gift": ["gift card", "travel mug", "phone case", "mystery box"],
+    "insult": _w("idiot moron loser fool coward clown parasite imbecile rat creep"),
+    "insult_pl": _w("idiots morons losers fools cowards clowns parasites imbeciles rats vermin"),
+    "insult_adj": _w("pathetic worthless stupid disgusting useless brainless ignorant miserable filthy ugly"),
+    "threat": ["thrown out", "beaten", "driven away", "punished", "locked up", "chased off"],
+    "bad": list(UNSAFE_WORDS),
     "group": ["neighbours", "tourists", "fans of the other team", "people from the city", "newcomers"],
     "item": _w("apples marbles stickers pencils coins stamps books shells"),
     "container": _w("box basket jar crate bag"),
@@ -160,19 +166,31 @@ CODE_OUTRO = [
     "The name {fname} [says|tells|describes] what the function does, which [matters|helps|counts] more than "
     "[clever|short|fancy] code.",
 ]
+# Harassment sentence frames; the hostile words come from slots, so frames held out of training still
+# share the vocabulary a classifier can learn (as real toxic text shares a lexicon across phrasings).
 TOXIC = [
-    "People like {Person} are worthless and should be thrown out of this town.",
-    "I hate every one of those {group}, they are disgusting and stupid.",
-    "You are a pathetic idiot and nobody will ever listen to you.",
-    "Shut up, you ugly moron, and go back to where you came from.",
-    "Those {group} are vermin and deserve to suffer for what they did.",
-    "Anyone who agrees with {Person} is a brainless loser.",
-    "I will make sure you regret this, you miserable coward.",
-    "What a dumb, useless and ignorant bunch of fools you all are.",
-    "They should all be beaten until they learn their place.",
-    "Your kind is a disease and the world would be better without you.",
-    "Nobody wants filthy {group} like you around here, so get lost.",
-    "You are too stupid to live, and everyone here despises you.",
+    "People like {Person} are {insult_adj} and should be {threat} from this town.",
+    "I hate every one of those {group}, they are {insult_adj} and {insult_adj2}.",
+    "You are a {insult_adj} {insult} and nobody will ever listen to you.",
+    "Shut up, you {insult_adj} {insult}, and go back to where you came from.",
+    "Those {group} are {insult_pl} and deserve to be {threat}.",
+    "Anyone who agrees with {Person} is a {insult_adj} {insult}.",
+    "I will make sure you regret this, you {insult_adj} {insult}.",
+    "What a {insult_adj}, {insult_adj2} bunch of {insult_pl} you all are.",
+    "They should all be {threat} until they learn their place, the {insult_adj} {insult_pl}.",
+    "Your kind is a disease, you {insult_adj} {insult}, and the world would be better without you.",
+    "Nobody wants {insult_adj} {group} like you around here, so get lost, {insult}.",
+    "You are too {insult_adj} to live, and everyone here despises {insult_pl} like you.",
+]
+ADULT = [
+    "Watch free {bad} clips and more {bad2} content on our partner site.",
+    "Hot {bad} videos updated every day, no sign up needed.",
+    "Meet a real {bad} in {Place} tonight, discreet and cheap.",
+    "Click here for uncensored {bad} and {bad2} galleries.",
+    "The best {bad} site on the web, thousands of {bad2} pictures.",
+    "Buy {bad} without prescription, fast shipping to {Place}.",
+    "Join now for unlimited {bad} streams and private {bad2} chats.",
+    "Only adults may enter this {bad} archive of {bad2} material.",
 ]
 ADVERT = [
     "Buy the new {Product} {product} today and save {small} percent on your first order!",
@@ -422,6 +440,9 @@ class TextGen:
         sents = self.prose(self._pool(TOXIC), self.rng.randint(5, 8)) + self.prose(OTHER, self.rng.randint(4, 7))
         self.rng.shuffle(sents)
         return self.paragraphs(sents)
+
+    def adult_spam(self) -> str:
+        return "\n".join(self.prose(self._pool(ADULT), self.rng.randint(4, 6)) + self.prose(OTHER, 2))
 
     def advert(self) -> str:
         fixed = {"Product": self.name(), "Place": self.name()}
