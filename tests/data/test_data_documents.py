@@ -51,10 +51,10 @@ def test_broken_lines_become_documents_with_errors(tmp_path):
                      b'{"id": "notext", "body": "x"}\n')
     docs = list(read_jsonl(str(path)))
     assert [d.error is None for d in docs] == [True, False, False, False, False]
-    assert docs[1].error.startswith("undecodable bytes at offset") and docs[1].id == "bad.jsonl:2"
-    assert docs[2].error.startswith("malformed json")
+    assert docs[1].error == "undecodable bytes (at offset 29)" and docs[1].id == "bad.jsonl:2"
+    assert docs[2].error.startswith("malformed json (")
     assert docs[3].error == "record is not a JSON object"
-    assert docs[4].error == "no string field 'text'" and docs[4].id == "notext"
+    assert docs[4].error == "no string text field ('text')" and docs[4].id == "notext"
 
 
 def test_parquet_round_trip_and_metadata(tmp_path):
@@ -90,7 +90,7 @@ def test_text_folder_shards_and_undecodable_files(tmp_path):
     assert sorted(d.id for d in docs) == sorted(["broken.txt", "f0.txt", "f1.txt", "f2.txt", "f3.txt", "f4.txt",
                                                  "sub/g.md"])
     broken = next(d for d in docs if d.id == "broken.txt")
-    assert broken.error == "undecodable bytes at offset 4" and broken.text.startswith("abc")
+    assert broken.error == "undecodable bytes (at offset 4)" and broken.text.startswith("abc")
     assert list_shards([str(root)], files_per_shard=3) == shards  # same order every time
 
 

@@ -5,7 +5,6 @@ documents generated apart from the training data."""
 from __future__ import annotations
 
 import json
-import math
 import random
 
 import numpy as np

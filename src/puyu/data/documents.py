@@ -132,7 +132,7 @@ def _record_to_doc(rec: object, where: str, text_key: str, id_key: str) -> Docum
     doc_id = rec.get(id_key)
     doc_id = where if doc_id is None else str(doc_id)
     if not isinstance(text, str):
-        return Document(doc_id, "", {}, error=f"no string field {text_key!r}")
+        return Document(doc_id, "", {}, error=f"no string text field ({text_key!r})")
     meta = rec.get("metadata")
     if not isinstance(meta, dict):
         # flat records: every other field becomes metadata
@@ -152,12 +152,12 @@ def read_jsonl(path: str, text_key: str = "text", id_key: str = "id") -> Iterato
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 yield Document(where, raw.decode("utf-8", errors="replace"), {},
-                               error=f"undecodable bytes at offset {e.start}")
+                               error=f"undecodable bytes (at offset {e.start})")
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                yield Document(where, line, {}, error=f"malformed json: {e.msg}")
+                yield Document(where, line, {}, error=f"malformed json ({e.msg})")
                 continue
             yield _record_to_doc(rec, where, text_key, id_key)
 
@@ -191,7 +191,7 @@ def read_text_files(paths: tuple[str, ...], root: str | None = None) -> Iterator
             yield Document(doc_id, data.decode("utf-8"), {"source": doc_id})
         except UnicodeDecodeError as e:
             yield Document(doc_id, data.decode("utf-8", errors="replace"), {"source": doc_id},
-                           error=f"undecodable bytes at offset {e.start}")
+                           error=f"undecodable bytes (at offset {e.start})")
 
 
 def read_shard(shard: Shard, text_key: str = "text", id_key: str = "id",

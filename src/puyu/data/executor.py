@@ -129,11 +129,12 @@ def _checked(docs: Iterable[Document], ctx: Context) -> Iterator[Document]:
     """Route reader errors (undecodable bytes, broken JSON) to the rejects as step `reader`."""
     st = ctx.stats("reader")
     for doc in docs:
-        st.record(doc, doc.error, modified=False)
-        if doc.error is None:
+        reason = None if doc.error is None else f"reader: {doc.error}"
+        st.record(doc, reason, modified=False)
+        if reason is None:
             yield doc
         else:
-            ctx.reject(doc, "reader", f"reader: {doc.error}")
+            ctx.reject(doc, "reader", reason)
 
 
 _decisions_cache: dict[tuple, list] = {}

@@ -16,6 +16,7 @@ report turns the per-label counts each step records into precision and recall. L
   lorem              a lorem ipsum placeholder paragraph                  -> c4
   symbol_noise       runs of box-drawing and replacement characters       -> characters
   garbled            15% of bytes corrupted                               -> characters
+                     (normalise may touch both on the way: neither required nor wrong)
   seo_spam           keyword lines without punctuation                    -> punctuation
   bad_domain         a clean document hosted on a blocklisted domain      -> domain_blocklist
   bad_words          a clean document with blocklisted words              -> word_blocklist
@@ -46,6 +47,7 @@ class LabelSpec:
     share: float  # fraction of the corpus
     drop: tuple[str, ...] = ()  # steps that should drop it
     modify: tuple[str, ...] = ()  # steps that should repair it (and keep it)
+    may_modify: tuple[str, ...] = ()  # steps whose edits are fine but not required
 
 
 LABELS: dict[str, LabelSpec] = {
@@ -59,8 +61,9 @@ LABELS: dict[str, LabelSpec] = {
     "short": LabelSpec(0.02, drop=("gopher_quality",)),
     "repetitive": LabelSpec(0.03, drop=("gopher_repetition",)),
     "lorem": LabelSpec(0.02, drop=("c4",)),
-    "symbol_noise": LabelSpec(0.02, drop=("characters",)),
-    "garbled": LabelSpec(0.02, drop=("characters",)),
+    # normalisation may legitimately touch text with broken characters before `characters` drops it
+    "symbol_noise": LabelSpec(0.02, drop=("characters",), may_modify=("normalise",)),
+    "garbled": LabelSpec(0.02, drop=("characters",), may_modify=("normalise",)),
     "seo_spam": LabelSpec(0.02, drop=("punctuation",)),
     "bad_domain": LabelSpec(0.02, drop=("domain_blocklist",)),
     "bad_words": LabelSpec(0.02, drop=("word_blocklist",)),

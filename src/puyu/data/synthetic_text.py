@@ -497,6 +497,8 @@ class TextGen:
             m = re.match(r"^(.*?)([.,!?;:\"')]*)$", parts[i], re.S)
             core, tail = m.group(1), m.group(2)
             head = core[: core.rfind("\n") + 1]  # keep anything up to a line break in this token
+            if not any(c.isalnum() for c in core[len(head):]):
+                continue  # indentation or punctuation: nothing to replace
             new = self.name().lower() if invented else self.rng.choice(NOUNS + ADJS)
             parts[i] = head + new + tail
         return " ".join(parts)
