@@ -11,8 +11,7 @@ import pytest
 import yaml
 
 from puyu.cli import main
-from puyu.data.pipeline import STEPS, load_recipe, parse_recipe, run_recipe
-from puyu.data.pipeline import clean_texts
+from puyu.data.pipeline import STEPS, clean_texts, load_recipe, parse_recipe, run_recipe
 from puyu.data.report import aggregate, precision_recall
 from puyu.errors import ConfigError
 
