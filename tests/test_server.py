@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -292,6 +295,16 @@ def test_server_side_interpreter_runs_code_on_the_upload(interp_url, stream):
     assert text == sf.DATA_ANSWER and finish == "stop"
 
 
+def test_interpreter_without_a_session(interp_url):
+    """No session id: a throw-away interpreter; a turn without code is answered directly."""
+    client = openai.OpenAI(base_url=interp_url + "/v1", api_key="x", max_retries=0, timeout=60)
+    r = client.chat.completions.create(model=MODEL, messages=_user(sf.GREETING), temperature=0, max_tokens=30)
+    assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens > 0
+    off = client.chat.completions.create(model=MODEL, messages=_user(sf.GREETING), temperature=0,
+                                         extra_body={"interpreter": False})
+    assert off.choices[0].message.content == sf.GREETING_ANSWER  # the plain chat prompt again
+
+
 def test_interpreter_and_tools_together_are_refused(interp_url):
     r = _post(interp_url, {"messages": _user("x"), "tools": sf.TOOLS})
     assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
@@ -337,6 +350,7 @@ def test_32_concurrent_streaming_clients(stack):
     (ARTIFACTS / "server_concurrency.json").write_text(json.dumps(report, indent=2) + "\n")
     print("\nconcurrency:", report)
     assert sf.wait_until(lambda: engine.stats()["cache_blocks_used"] == 0 and engine.stats()["running"] == 0)
+    assert stack[2].app.state.puyu.active == 0
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -366,6 +380,36 @@ def test_disconnect_cancels_and_frees_the_slot(stack, client, stream):
     freed = sf.wait_until(lambda: (s := engine.stats())["running"] == 0 and s["cache_blocks_used"] ==
                           before["cache_blocks_used"] and s["cache_blocks_reserved"] == before["cache_blocks_reserved"])
     assert freed, engine.stats()
+    assert sf.wait_until(lambda: stack[2].app.state.puyu.active == 0)  # and left the server's queue
     assert stack[2].server.server_state.tasks is not None  # the server is still up
     assert client.chat.completions.create(model=MODEL, messages=_user(sf.GREETING), temperature=0
                                           ).choices[0].message.content == sf.GREETING_ANSWER
+
+
+# ---- the command line ---------------------------------------------------------------------------------
+def test_puyu_serve_command(tmp_path_factory):
+    """`puyu serve` as a user runs it: a subprocess on a loopback port, stopped with Ctrl-C (exit 0)."""
+    _, model_dir = sf.tool_model(tmp_path_factory)
+    port = sf.free_port()
+    cmd = [sys.executable, "-m", "puyu.cli", "serve", "--model", str(model_dir), "--port", str(port),
+           "--api-key", KEY, "--served-model-name", "cli-model", "--max-batch-size", "4", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        try:
+            return httpx.get(url + "/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return proc.poll() is not None  # exited: stop waiting, fail below
+
+    try:
+        assert sf.wait_until(up, timeout=90, interval=0.2) and proc.poll() is None, proc.stdout.read()
+        client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+        assert [m.id for m in client.models.list()] == ["cli-model"]
+        r = client.chat.completions.create(model="cli-model", messages=_user(sf.GREETING), temperature=0)
+        assert r.choices[0].message.content == sf.GREETING_ANSWER
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert f"puyu serving cli-model at http://127.0.0.1:{port}/" in out

@@ -94,15 +94,13 @@ class _State:
         self.context = limits.context_length or getattr(cfg, "max_position_embeddings", None) or 4096
         self.active = 0
 
-    def admit(self) -> None:
+    def admit(self) -> _Ticket:
         if self.active >= self.limits.max_queue:
             raise APIError(429, f"the server is busy: {self.active} requests are queued or running "
                                 f"(limit {self.limits.max_queue}); retry later",
                            type="rate_limit_error", code="queue_full")
         self.active += 1
-
-    def release(self) -> None:
-        self.active -= 1
+        return _Ticket(self)
 
     def sampling(self, req, prompt_len: int, stop_token_ids: list[int]):
         """SamplingParams for a request whose prompt has `prompt_len` tokens, or a 400 if it cannot fit."""
@@ -130,17 +128,17 @@ class _State:
             seed=req.seed, stop=req.stop_list(), ignore_eos=req.ignore_eos,
             stop_token_ids=[] if req.ignore_eos else list(stop_token_ids))
 
-    def submit(self, ids: list[int], params, handles: list) -> EngineStream:
+    def submit(self, ids: list[int], params, ticket: _Ticket) -> EngineStream:
         """Submit to the engine (after `admit`); a request it refuses leaves the queue and is a 4xx/503."""
         from puyu.kv_cache import CacheFullError
 
         try:
-            return EngineStream(self.engine, ids, params, handles)
+            return EngineStream(self.engine, ids, params, ticket.handles)
         except CacheFullError as e:
-            self.release()
+            ticket.close()
             raise APIError(400, str(e), param="max_tokens", code="context_length_exceeded") from None
         except PuyuError as e:
-            self.release()
+            ticket.close()
             raise APIError(503, f"the engine cannot take requests: {e}", type="server_error",
                            code="engine_unavailable") from None
 
@@ -286,7 +284,8 @@ def create_app(engine, tokenizer, model_name: str, *, api_key: str | None = None
         state.check_model(model_id)
         return ModelCard(id=model_name, max_model_len=state.context).dump()
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=errors)
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, response_model_exclude_none=True,
+              responses=errors)
     async def chat_completions(req: ChatCompletionRequest, request: Request):
         state.check_model(req.model)
         use_interpreter = state.interpreter if req.interpreter is None else req.interpreter
@@ -298,35 +297,34 @@ def create_app(engine, tokenizer, model_name: str, *, api_key: str | None = None
                                 "one request; send one of them", param="tools")
         prompt = chat_prompt(tokenizer, req, interpreter=True if use_interpreter else None)
         params = state.sampling(req, len(prompt.ids), prompt.stop_token_ids)
-        handles: list = []
-        state.admit()
+        ticket = state.admit()
         if use_interpreter:
-            events = interpreter_events(engine, tokenizer, sessions, req, prompt, params, state.context, handles)
+            events = interpreter_events(engine, tokenizer, sessions, req, prompt, params, state.context,
+                                        ticket.handles)
         else:
-            events = chat_events(state.submit(prompt.ids, params, handles), prompt)
+            events = chat_events(state.submit(prompt.ids, params, ticket), prompt)
         cid = new_id("chatcmpl")
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse(_chat_chunks(cid, model_name, events, include_usage), events, handles, state)
-        result = await _collect(request, events, handles, state)
+            return _sse(_chat_chunks(cid, model_name, events, include_usage), events, ticket)
+        result = await _collect(request, events, ticket)
         if result is None:
             return Response(status_code=499)
         return _chat_response(cid, model_name, result).dump()
 
-    @app.post("/v1/completions", response_model=Completion, responses=errors)
+    @app.post("/v1/completions", response_model=Completion, response_model_exclude_none=True, responses=errors)
     async def completions(req: CompletionRequest, request: Request):
         state.check_model(req.model)
         text = req.prompt_text()
         ids = tokenizer.encode(text, add_bos=True)
         params = state.sampling(req, len(ids), tokenizer.stop_ids)
-        handles: list = []
-        state.admit()
-        events = completion_events(state.submit(ids, params, handles), echo=text if req.echo else "")
+        ticket = state.admit()
+        events = completion_events(state.submit(ids, params, ticket), echo=text if req.echo else "")
         cid = new_id("cmpl")
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse(_completion_chunks(cid, model_name, events, include_usage), events, handles, state)
-        result = await _collect(request, events, handles, state)
+            return _sse(_completion_chunks(cid, model_name, events, include_usage), events, ticket)
+        result = await _collect(request, events, ticket)
         if result is None:
             return Response(status_code=499)
         return Completion(id=cid, model=model_name, usage=result["usage"], choices=[CompletionChoice(
@@ -343,28 +341,39 @@ def create_app(engine, tokenizer, model_name: str, *, api_key: str | None = None
     return app
 
 
-def _finish(handles: list, state: _State) -> None:
-    """Synchronous end of a request: cancel its engine requests (a no-op for finished ones; frees the
-    cache of running ones at once) and leave the queue. Safe inside a cancelled task."""
-    for h in handles:
-        if not h.done:
-            h.cancel()
-    state.release()
+class _Ticket:
+    """One admitted request: its engine handles, and its place in the queue until `close()`."""
+
+    def __init__(self, state: _State):
+        self.state, self.handles, self.open = state, [], True
+
+    def close(self) -> None:
+        """Cancel the request's unfinished engine requests (frees their cache at once) and leave the
+        queue. Synchronous and idempotent, so it is safe inside a cancelled task and may run twice."""
+        for h in self.handles:
+            if not h.done:
+                h.cancel()
+        if self.open:
+            self.open = False
+            self.state.active -= 1
 
 
-def _sse(chunks: AsyncIterator[str], events, handles: list, state: _State):
-    """A text/event-stream response; when it ends for any reason (done, error, client gone) its engine
-    requests are cancelled and it leaves the queue, then the generators are closed."""
+def _sse(chunks: AsyncIterator[str], events, ticket: _Ticket):
+    """A text/event-stream response; when it ends for any reason (done, error, client gone) the ticket
+    is closed, then the generators. The background task closes it too, for a client that left before
+    the body generator ever started (whose `finally` then never runs)."""
+    from starlette.background import BackgroundTask
+
     async def body():
         try:
             async for chunk in chunks:
                 yield chunk
         finally:
-            _finish(handles, state)
+            ticket.close()
             await chunks.aclose()
             await events.aclose()
 
-    return StreamingResponse(body(), media_type="text/event-stream",
+    return StreamingResponse(body(), media_type="text/event-stream", background=BackgroundTask(ticket.close),
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -420,7 +429,7 @@ def _usage(ev: Event) -> Usage:
                  total_tokens=ev.prompt_tokens + ev.completion_tokens)
 
 
-async def _collect(request, events: AsyncIterator[Event], handles: list, state: _State) -> dict | None:
+async def _collect(request, events: AsyncIterator[Event], ticket: _Ticket) -> dict | None:
     """Run a non-streaming request to the end; None if the client disconnected first (the engine request
     is then cancelled and its cache freed)."""
 
@@ -449,7 +458,7 @@ async def _collect(request, events: AsyncIterator[Event], handles: list, state: 
                 await asyncio.gather(task, return_exceptions=True)
                 return None
     finally:
-        _finish(handles, state)
+        ticket.close()
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
