@@ -28,10 +28,10 @@ def server(tmp_path_factory):
     from puyu.engine import Engine
 
     tok, model_dir = sf.tool_model(tmp_path_factory)
-    engine = Engine(load_model(model_dir), tok, max_batch_size=4)
+    engine = sf.RecordingEngine(Engine(load_model(model_dir), tok, max_batch_size=4))
     sessions = tmp_path_factory.mktemp("web_sessions")
     srv = sf.ServerThread(create_app(engine, tok, MODEL, interpreter=True, session_dir=sessions))
-    yield srv.url, sessions
+    yield srv.url, sessions, engine
     srv.stop()
     engine.close()
 
@@ -119,3 +119,17 @@ def test_csv_upload_and_interpreter_with_inline_figure(page, server):
     assert answer.locator(".text").first.inner_text() == ""  # the model wrote no text before its code
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web_chat.png"), full_page=True)
+
+
+def test_stop_button_aborts_the_generation(page, server):
+    engine = server[2]
+    with engine.slow(0.1):  # 0.1 s a token: the answer takes well over a second
+        page.fill("#prompt", sf.GREETING)
+        page.press("#prompt", "Enter")
+        page.wait_for_function("window.puyu.deltas > 0")
+        page.click("#stop")
+        page.wait_for_selector("#send:not([disabled])")
+    assert "finish: stopped" in _last_assistant(page).locator(".usage").inner_text()
+    result = engine.handles[-1].result(timeout=10)
+    assert result.finish_reason == "abort" and len(result.token_ids) < 14  # the full answer is 14 tokens
+    assert sf.wait_until(lambda: engine.stats()["running"] == 0 and engine.stats()["cache_blocks_used"] == 0)

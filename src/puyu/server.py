@@ -7,7 +7,7 @@ Endpoints (all JSON; errors in OpenAI's shape `{"error": {"message", "type", "pa
     GET  /v1/models, /v1/models/{id}      the one served model
     POST /v1/chat/completions             messages, tools, tool_choice, stream (SSE, `data: [DONE]`),
                                           stream_options.include_usage; puyu extras: top_k,
-                                          repetition_penalty, session_id, interpreter
+                                          repetition_penalty, ignore_eos, session_id, interpreter
     POST /v1/completions                  raw text continuation (one prompt), stream or not
     POST /v1/sessions/{id}/files          multipart upload into the session directory (web chat data files)
     GET  /v1/sessions/{id}/files          the session's files
