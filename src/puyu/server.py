@@ -86,6 +86,9 @@ class Limits:
 
 
 class _State:
+    """What the routes share: engine, tokenizer, limits, and `active`, the number of admitted requests
+    (changed only on the event loop thread)."""
+
     def __init__(self, engine, tokenizer, model_name: str, limits: Limits, api_key: str | None,
                  sessions: Sessions, interpreter: bool):
         self.engine, self.tokenizer, self.model_name = engine, tokenizer, model_name
