@@ -363,14 +363,14 @@ def test_disconnect_cancels_and_frees_the_slot(stack, client, stream):
     # ignore_eos: the request would run exactly max_tokens tokens if nobody cancelled it
     body = {"messages": _user("the city"), "max_tokens": max_tokens, "ignore_eos": True, "stream": stream}
     if stream:
-        with engine.slow(0.02), httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as r:
+        with engine.slow(0.05), httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as r:
             lines = r.iter_lines()
             got = [line for line, _ in zip(lines, range(6)) if line.startswith("data:")]
             assert len(got) >= 2
             during = engine.stats()
         # leaving the block closed the connection mid-stream
     else:
-        with engine.slow(0.02), pytest.raises(httpx.ReadTimeout):
+        with engine.slow(0.05), pytest.raises(httpx.ReadTimeout):
             httpx.post(url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=0.3))
         during = engine.stats()
     assert during["running"] + during["waiting"] >= 1
@@ -413,3 +413,22 @@ def test_puyu_serve_command(tmp_path_factory):
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert f"puyu serving cli-model at http://127.0.0.1:{port}/" in out
+
+
+def test_uploads_never_follow_links_planted_in_the_session(tmp_path):
+    """Kernel code can write the session directory; a link it plants must not make the (possibly root)
+    server write, list or serve a host file."""
+    from puyu.server_sessions import Sessions, _data_url
+
+    host_file = tmp_path / "host_secret.txt"
+    host_file.write_text("secret")
+    sessions = Sessions(tmp_path / "sessions")
+    d = sessions.directory("s1")
+    (d / "data.csv").symlink_to(host_file)
+    (d / "leak.png").symlink_to(host_file)
+    assert [f["name"] for f in sessions.files("s1")] == []  # links are not listed (nor their sizes)
+    sessions.save("s1", "data.csv", b"a,b\n1,2\n")
+    assert host_file.read_text() == "secret"  # the link was replaced, not written through
+    assert (d / "data.csv").read_bytes() == b"a,b\n1,2\n" and not (d / "data.csv").is_symlink()
+    assert _data_url(str(d / "leak.png"), d) is None
+    sessions.close()

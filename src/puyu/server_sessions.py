@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 from collections import OrderedDict
@@ -75,16 +77,27 @@ class Sessions:
     def save(self, session_id: str, filename: str | None, data: bytes) -> UploadResult:
         d = self.directory(session_id)
         name = safe_filename(filename)
-        existing = {p.name for p in d.iterdir() if p.is_file()}
+        existing = {p.name for p in d.iterdir() if _regular(p)}
         if name not in existing and len(existing) >= self.max_files:
             raise APIError(400, f"session {session_id} already holds {len(existing)} files (limit "
                                 f"{self.max_files})", param="file", code="too_many_files")
-        (d / name).write_bytes(data)
+        # The kernel can write this directory, so it may have planted a link under this name: remove
+        # whatever is there and create the file afresh, never following a link (this process may be root).
+        target = d / name
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            target.unlink()
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise APIError(400, f"cannot store {name!r} in session {session_id}: {e.strerror}",
+                           param="file") from None
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         return UploadResult(session_id=session_id, filename=name, bytes=len(data))
 
     def files(self, session_id: str) -> list[dict]:
         d = self.directory(session_id)
-        return [{"name": p.name, "bytes": p.stat().st_size} for p in sorted(d.iterdir()) if p.is_file()]
+        return [{"name": p.name, "bytes": p.lstat().st_size} for p in sorted(d.iterdir()) if _regular(p)]
 
     def interpreter(self, session_id: str):
         """The session's interpreter, started on first use (least recently used ones are closed)."""
@@ -125,11 +138,16 @@ class _Cancelled(Exception):
     pass
 
 
-def _data_url(path: str) -> str | None:
-    p = Path(path)
-    if not p.is_file() or p.stat().st_size > MAX_IMAGE_BYTES:
-        return None
-    return "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode("ascii")
+def _regular(p: Path) -> bool:
+    """A regular file itself, not a link (links planted by kernel code must not reveal host files)."""
+    return stat.S_ISREG(p.lstat().st_mode)
+
+
+def _data_url(path: str, workdir: Path) -> str | None:
+    from puyu.interpreter import read_png
+
+    data = read_png(path, workdir, max_bytes=MAX_IMAGE_BYTES)  # no links out of the session, PNG only
+    return None if data is None else "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 async def interpreter_events(engine, tokenizer, sessions: Sessions, req: ChatCompletionRequest, prompt: Prompt,
@@ -213,7 +231,7 @@ async def interpreter_events(engine, tokenizer, sessions: Sessions, req: ChatCom
             elif isinstance(ev, ToolOutput) and step is not None:
                 step["output"], step["error"] = ev.content, ev.error
             elif isinstance(ev, Image) and step is not None:
-                url = _data_url(ev.path)
+                url = _data_url(ev.path, interp.workdir)
                 if url:
                     step["images"].append(url)
             elif isinstance(ev, AgentError) and ev.fatal:
