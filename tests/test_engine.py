@@ -71,6 +71,16 @@ def test_greedy_equals_naive_loop_with_chunked_prefill_and_late_arrivals(model):
         assert r.prompt_token_ids == p
 
 
+def test_a_burst_of_short_prompts_is_prefilled_together(model):
+    prompts = [random_ids(n, seed=200 + n) for n in (3, 9, 5, 12, 1, 7, 4, 10)]
+    with Engine(model, max_batch_size=8, cache_tokens=1024, prefill_chunk=64) as eng:
+        results = eng.generate(prompts, SamplingParams(max_new_tokens=10, ignore_eos=True))
+        steps = eng.stats()["steps"]
+    for p, r in zip(prompts, results):
+        assert r.token_ids == naive_greedy(model, p, 10, eos=None)
+    assert steps == 9  # one packed prefill (+ first decode), then all decode together: 1 + 8
+
+
 def test_chunked_prefill_logits_equal_one_shot(model):
     ids = random_ids(200, seed=5)
     with Engine(model, cache_tokens=512, block_size=8, prefill_chunk=24) as eng:
@@ -377,3 +387,16 @@ def test_close_aborts_running_requests_and_dropped_engines_stop_their_thread(mod
     gc.collect()
     thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("which", ["tiny_tokenizer", "ref_tokenizer"])
+def test_incremental_detokenizer_is_exact_on_mixed_text(which, request):
+    from puyu.detokenize import IncrementalDetokenizer
+
+    tok = request.getfixturevalue(which)  # the real InternLM2 tokenizer is skipped where absent
+    text = "InternLM2 书生·浦语 🦄🐉 naïve café  spaces\n\ttabs <|im_end|> 12345 ∑∫ 𝔘𝔫𝔦 done"
+    ids = tok.encode(text, allow_special=True)
+    detok = IncrementalDetokenizer(tok)
+    deltas = [detok.push(i) for i in ids] + [detok.flush()]
+    assert "".join(deltas) == tok.decode(ids) == text
+    assert not any("\ufffd" in d for d in deltas)

@@ -112,7 +112,8 @@ def test_prefill_chunks_and_ragged_decode_match_reference():
 def test_contiguous_sequence_is_read_without_gather():
     cache = PagedKVCache(CFG, num_blocks=8, block_size=4)
     s = SequenceBlocks(cache, 20)
-    hook = AttentionBatch.prefill(cache, s, 0, 10)
+    assert AttentionBatch.prefill(cache, s, 0, 6).fresh  # nothing cached yet: nothing to read
+    hook = AttentionBatch.prefill(cache, s, 6, 4)
     assert s.contiguous and hook.span == (0, 3) and hook.table is None
 
 
@@ -121,3 +122,31 @@ def test_chunk_shrinks_to_bound_the_mask():
     t = max_chunk_for(200_000, 2048, 64 << 20)
     assert 16 <= t < 2048 and t * (200_000 + t) * 4 <= 64 << 20
     assert max_chunk_for(10**9, 2048, 1) == 16  # always progresses
+
+
+def test_packed_prefill_attends_within_each_prompt_and_fills_the_cache():
+    torch.manual_seed(1)
+    L, H, K, D = CFG.num_hidden_layers, CFG.num_attention_heads, CFG.num_key_value_heads, CFG.head_dim
+    cache = PagedKVCache(CFG, num_blocks=8, block_size=4)
+    lens = [3, 6]
+    seqs = [SequenceBlocks(cache, n + 1) for n in lens]
+    kv = [(torch.randn(L, K, n + 1, D), torch.randn(L, K, n + 1, D)) for n in lens]
+    hook = AttentionBatch.packed(cache, seqs, lens)
+    q = torch.randn(1, H, sum(lens), D)
+    for layer in range(L):
+        k = torch.cat([kv[b][0][layer][:, :n] for b, n in enumerate(lens)], dim=1)[None]  # [1, K, 9, D]
+        v = torch.cat([kv[b][1][layer][:, :n] for b, n in enumerate(lens)], dim=1)[None]
+        out = hook.attend(layer, q, k, v)[0]
+        for b, (lo, n) in enumerate(zip([0, 3], lens)):
+            ref = reference_attention(q[0][:, lo:lo + n], kv[b][0][layer][:, :n], kv[b][1][layer][:, :n],
+                                      torch.arange(n))
+            torch.testing.assert_close(out[:, lo:lo + n], ref, atol=1e-5, rtol=1e-5)
+    # The cache now holds both prompts: a decode step reads them back.
+    hook = AttentionBatch.decode(cache, seqs, lens)
+    q = torch.randn(2, H, 1, D)
+    for layer in range(L):
+        out = hook.attend(layer, q, torch.stack([kv[b][0][layer][:, n:n + 1] for b, n in enumerate(lens)]),
+                          torch.stack([kv[b][1][layer][:, n:n + 1] for b, n in enumerate(lens)]))
+        for b, n in enumerate(lens):
+            ref = reference_attention(q[b], kv[b][0][layer], kv[b][1][layer], torch.tensor([n]))
+            torch.testing.assert_close(out[b], ref, atol=1e-5, rtol=1e-5)

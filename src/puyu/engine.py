@@ -8,10 +8,12 @@ How a step runs (one background scheduler thread owns the model and the cache; o
 work into its inbox, so submission and cancellation are thread-safe without locks around the model):
 1. admit waiting requests first come first served while fewer than `max_batch_size` run and the cache
    can reserve each one's whole budget (prompt + max_new_tokens, see `puyu.kv_cache`);
-2. prefill: one chunk of at most `prefill_chunk` prompt tokens of the oldest request still prefilling
-   (`prefill`); the chunk's [T, S] mask is kept under `mask_bytes` by shrinking the chunk as the
-   context grows, so a 200K-token prompt never builds a T x T matrix. When its prompt is done, the
-   request samples its first token from the last position's logits;
+2. prefill: up to `prefill_chunk` prompt tokens, oldest request first. Short prompts not started yet
+   are packed whole into one forward (`prefill_packed`, block-diagonal causal mask), so a burst of
+   requests joins the decode batch in the same step; a long prompt goes in chunks (`prefill`) whose
+   [T, S] mask is kept under `mask_bytes` by shrinking the chunk as the context grows, so a
+   200K-token prompt never builds a T x T matrix. A request whose prompt is done samples its first
+   token from the last position's logits;
 3. decode: one forward for all running requests that have finished prefilling, each feeding its last
    token at its own position (`decode`), then one batched sampling call (`puyu.sampling.sample`).
 Requests join and leave between steps; a finished or cancelled request frees its blocks at once.
@@ -136,6 +138,7 @@ class RequestHandle:
 
 
 # ---- the two forward passes ---------------------------------------------------------------------------
+@torch.inference_mode()
 def prefill(model, cache: PagedKVCache, seq: SequenceBlocks, token_ids: list[int], start: int,
             base: float | None, all_logits: bool = False) -> torch.Tensor:
     """Run prompt tokens at positions [start, start + T) of one sequence whose first `start` tokens are
@@ -150,6 +153,22 @@ def prefill(model, cache: PagedKVCache, seq: SequenceBlocks, token_ids: list[int
     return model.output(hidden[0] if all_logits else hidden[0, -1:]).float()  # [T or 1, V]
 
 
+@torch.inference_mode()
+def prefill_packed(model, cache: PagedKVCache, seqs: list[SequenceBlocks], prompts: list[list[int]],
+                   base: float | None) -> torch.Tensor:
+    """Whole prompts of several fresh sequences (sharing one RoPE base) in one forward, packed into a
+    single row with a block-diagonal causal mask -> logits [n, V] of each prompt's last position."""
+    device = cache.device
+    lengths = [len(p) for p in prompts]
+    ids = torch.tensor([[t for p in prompts for t in p]], device=device)  # [1, N]
+    pos = torch.cat([torch.arange(n, device=device) for n in lengths])[None]  # [1, N]
+    hook = AttentionBatch.packed(cache, seqs, lengths)
+    hidden = model(ids, position_ids=pos, cache=hook, rope_base=base, return_hidden=True)  # [1, N, C]
+    last = torch.tensor(lengths, device=device).cumsum(0) - 1  # [n]
+    return model.output(hidden[0, last]).float()  # [n, V]
+
+
+@torch.inference_mode()
 def decode(model, cache: PagedKVCache, seqs: list[SequenceBlocks], tokens: list[int], positions: list[int],
            bases: list[float | None]) -> torch.Tensor:
     """One token per sequence: tokens[b] at positions[b] (keys 0..positions[b]) -> logits [B, V]."""
@@ -267,8 +286,8 @@ class Engine:
         if len(plist) != len(prompts):
             raise EngineError(f"got {len(plist)} SamplingParams for {len(prompts)} prompts")
         reqs = [self._make_request(p, sp) for p, sp in zip(prompts, plist)]  # validate all first
-        handles = [RequestHandle(self, self._enqueue(r)) for r in reqs]
-        return [h.result() for h in handles]
+        self._enqueue(*reqs)  # one job: they are admitted together
+        return [RequestHandle(self, r).result() for r in reqs]
 
     def stream(self, prompt: str | list[int], params: SamplingParams | None = None) -> Iterator[StreamDelta]:
         """Iterate one request's deltas; leaving the loop early cancels the request."""
@@ -367,11 +386,11 @@ class Engine:
             req.seen[torch.tensor(ids, device=self.device)] = True
         return req
 
-    def _enqueue(self, req: _Request) -> _Request:
+    def _enqueue(self, *reqs: _Request) -> _Request:
         if self._closed:
             raise EngineError("the engine is closed")
-        self._inbox.put(lambda: self._waiting.append(req))
-        return req
+        self._inbox.put(lambda: self._waiting.extend(reqs))
+        return reqs[-1]
 
     def _call(self, fn) -> None:
         """Run fn on the scheduler thread between steps and wait for it (directly once closed)."""
@@ -391,11 +410,19 @@ class Engine:
 
     # ---- the scheduler (scheduler thread only) ----------------------------------------------------------------
     def _run_until_idle(self, item):
+        """Run queued jobs and steps until nothing is waiting or running. All jobs already in the inbox
+        run before each step, so requests submitted together are admitted together."""
         while True:
-            if item is _CLOSE:
-                return _CLOSE
-            if item is not None:
+            while item is not None:
+                if item is _CLOSE:
+                    return _CLOSE
                 item()
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    item = None
+            if not self._waiting and not self._running:
+                return None
             try:
                 self._step()
             except Exception as e:  # a failure in a forward: fail the running requests, keep the process
@@ -403,8 +430,6 @@ class Engine:
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
-                if not self._waiting and not self._running:
-                    return None
                 item = None
 
     def _step(self) -> None:
@@ -412,9 +437,7 @@ class Engine:
         if not self._running:
             return
         self._counters["steps"] += 1
-        pre = next((r for r in self._running if r.computed < len(r.prompt)), None)
-        if pre is not None:
-            self._prefill_step(pre)
+        self._prefill_step([r for r in self._running if r.computed < len(r.prompt)])
         ready = [r for r in self._running if r.computed >= len(r.prompt)]
         if ready:
             self._decode_step(ready)
@@ -432,10 +455,36 @@ class Engine:
             r.seq = SequenceBlocks(self.cache, r.budget)
             self._running.append(r)
 
-    def _prefill_step(self, r: _Request) -> None:
+    def _prefill_step(self, reqs: list[_Request]) -> None:
+        """Spend up to `prefill_chunk` prompt tokens this step, oldest request first: whole short prompts
+        not started yet are packed into one forward (so a burst of requests joins the decode batch
+        together); a long or half-done prompt gets one chunk of its own."""
+        budget, fresh = self.prefill_chunk, []
+        for r in reqs:
+            if budget <= 0:
+                break
+            P = len(r.prompt)
+            if r.computed == 0 and r.score is None and P <= budget and (not fresh or r.base == fresh[0].base):
+                fresh.append(r)
+                budget -= P
+                continue
+            start = r.computed
+            n = min(P - start, budget if start == 0 else
+                    max_chunk_for(start, budget, self.mask_bytes, self.cache.k.element_size()))
+            self._prefill_chunk(r, n)
+            budget -= n
+        if len(fresh) == 1:
+            self._prefill_chunk(fresh[0], len(fresh[0].prompt))
+        elif fresh:
+            logits = prefill_packed(self.model, self.cache, [r.seq for r in fresh], [r.prompt for r in fresh],
+                                    fresh[0].base)  # [n, V]
+            for r in fresh:
+                r.computed = len(r.prompt)
+            self._counters["prefill_tokens"] += sum(len(r.prompt) for r in fresh)
+            self._sample_and_emit(fresh, logits)
+
+    def _prefill_chunk(self, r: _Request, n: int) -> None:
         start, P = r.computed, len(r.prompt)
-        n = min(P - start, self.prefill_chunk if start == 0 else
-                max_chunk_for(start, self.prefill_chunk, self.mask_bytes, self.cache.k.element_size()))
         logits = prefill(self.model, self.cache, r.seq, r.prompt[start:start + n], start, r.base,
                          all_logits=r.score is not None)  # [n or 1, V]
         r.computed += n

@@ -168,21 +168,24 @@ def _additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 class AttentionBatch:
-    """The `cache` hook for one forward over B sequences with T new tokens each (prefill: B = 1).
+    """The `cache` hook for one forward: B sequences with T new tokens each (decode: T = 1; a prefill
+    chunk: B = 1), or several fresh prompts packed into one row (`packed`).
 
-    slots [B * T]: where the new keys/values go; seqs: their block tables; ctx_lens: keys per sequence
-    after this step. Build with `prefill` or `decode`."""
+    slots [B * T]: where the new keys/values go; seqs: their block tables; max_keys: keys of the
+    longest sequence after this step; fresh: no earlier keys exist, so attention runs on the new keys
+    alone (the cache is written, not read). Build with `prefill`, `packed` or `decode`."""
 
     def __init__(self, cache: PagedKVCache, seqs: list[SequenceBlocks], slots: torch.Tensor, max_keys: int,
-                 mask: torch.Tensor | None, causal: bool):
+                 mask: torch.Tensor | None, causal: bool, fresh: bool = False):
         self.cache, self.slots, self.S, self.mask, self.causal = cache, slots, max_keys, mask, causal
+        self.fresh, self.span, self.table = fresh, None, None
         P = cache.block_size
         nb = math.ceil(max_keys / P)
-        if len(seqs) == 1 and seqs[0].contiguous:
+        if fresh:
+            pass
+        elif len(seqs) == 1 and seqs[0].contiguous:
             self.span = (seqs[0].blocks[0], nb)  # read a view, no gather
-            self.table = None
         else:
-            self.span = None
             self.table = torch.stack([_padded(s.table, nb) for s in seqs]).reshape(-1)  # [B * nb]
         self.B, self.nb = len(seqs), nb
 
@@ -192,11 +195,26 @@ class AttentionBatch:
         end = start + length
         seq.ensure(end)
         if start == 0:
-            return cls(cache, [seq], seq.slots(0, end), end, None, causal=True)
+            return cls(cache, [seq], seq.slots(0, end), end, None, causal=True, fresh=True)
         q_pos = torch.arange(start, end, device=cache.device)[:, None]  # [T, 1]
         k_pos = torch.arange(end, device=cache.device)[None, :]  # [1, S]
         mask = _additive_mask(k_pos <= q_pos, cache.dtype)[None, None]  # [1, 1, T, S]
         return cls(cache, [seq], seq.slots(start, end), end, mask, causal=False)
+
+    @classmethod
+    def packed(cls, cache: PagedKVCache, seqs: list[SequenceBlocks], lengths: list[int]) -> AttentionBatch:
+        """Whole prompts of several fresh sequences concatenated into one row of sum(lengths) tokens:
+        each token attends causally within its own prompt (a block-diagonal causal mask)."""
+        for s, n in zip(seqs, lengths):
+            s.ensure(n)
+        slots = torch.cat([s.slots(0, n) for s, n in zip(seqs, lengths)])  # [N]
+        dev = cache.device
+        doc = torch.repeat_interleave(torch.arange(len(lengths), device=dev), torch.tensor(lengths, device=dev))
+        N = doc.shape[0]
+        idx = torch.arange(N, device=dev)
+        allowed = (doc[:, None] == doc[None, :]) & (idx[None, :] <= idx[:, None])  # [N, N]
+        return cls(cache, seqs, slots, N, _additive_mask(allowed, cache.dtype)[None, None], causal=False,
+                   fresh=True)
 
     @classmethod
     def decode(cls, cache: PagedKVCache, seqs: list[SequenceBlocks], positions: list[int]) -> AttentionBatch:
@@ -228,7 +246,10 @@ class AttentionBatch:
         ks, vs = self.cache.k[layer_idx], self.cache.v[layer_idx]  # [N, P, K, D]
         ks.view(-1, K, D).index_copy_(0, self.slots, k.transpose(1, 2).reshape(B * T, K, D).to(ks.dtype))
         vs.view(-1, K, D).index_copy_(0, self.slots, v.transpose(1, 2).reshape(B * T, K, D).to(vs.dtype))
-        keys, values = self._read(ks), self._read(vs)  # [B, K, S, D]
+        if self.fresh:
+            keys, values = k, v  # [B, K, T, D]: nothing earlier to attend to
+        else:
+            keys, values = self._read(ks), self._read(vs)  # [B, K, S, D]
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=self.mask, is_causal=self.causal,
                                               enable_gqa=True)  # [B, H, T, D]
 
