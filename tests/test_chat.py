@@ -86,7 +86,7 @@ def test_puyu_chat_in_a_pseudo_terminal(tiny_checkpoint, setup):
     assert len(_printable_run(first)) >= 2  # something definite to look for on the terminal
     exe = Path(sys.executable).with_name("puyu")
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "TERM": "dumb"}
-    child = pexpect.spawn(str(exe), ["chat", "--model", str(tiny_checkpoint), "--max-new-tokens", "8",
+    child = pexpect.spawn(str(exe), ["chat", str(tiny_checkpoint), "--max-new-tokens", "8",
                                      "--cache-tokens", "256"], env=env, encoding="utf-8", timeout=90)
     try:
         child.expect_exact(">>> ")
@@ -132,3 +132,10 @@ def test_tools_flag_runs_the_agent_through_the_engine(tiny_tokenizer):
     assert "[plugin] calculator({'expression': '2+3'})" in text and "[result] 5" in text and "junk" not in text
     assert [m["role"] for m in s.messages] == ["user", "assistant", "environment", "assistant"]
     assert s.messages[1]["tool_calls"][0]["function"] == {"name": "calculator", "arguments": {"expression": "2+3"}}
+
+
+def test_chat_without_a_model_is_a_clear_error(capsys):
+    from puyu.cli import main
+
+    assert main(["chat"]) == 1
+    assert "which model?" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """`puyu chat`: a multi-turn terminal chat with the InternLM2 template, streamed as it decodes.
 
-    puyu chat --model runs/sft                      # plain chat
+    puyu chat --model runs/sft                      # plain chat (or: puyu chat runs/sft)
     puyu chat --model runs/sft --system "Be brief."
     puyu chat --model runs/sft --tools --interpreter  # the agent: calculator and a sandboxed Python
 
@@ -31,7 +31,8 @@ HELP = "commands: /reset  /system TEXT  /exit"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_model_arguments(p)
+    p.add_argument("model_path", nargs="?", metavar="MODEL", help="same as --model")
+    add_model_arguments(p, required=False)
     add_sampling_arguments(p, max_new_tokens=1024)
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--tools", action="store_true", help="let the model call the built-in tools (calculator ...)")
@@ -144,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
         pass
+    args.model = args.model or args.model_path
+    if not args.model:
+        raise PuyuError("which model? puyu chat --model PATH (a checkpoint directory)")
     model, tokenizer = load_model_and_tokenizer(args, need_tokenizer=True)
     params = sampling_from_args(args, tokenizer.stop_ids)
     with make_engine(args, model, tokenizer, max_batch_size=1) as engine:

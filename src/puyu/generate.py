@@ -21,8 +21,9 @@ from puyu.errors import PuyuError
 
 
 # ---- shared with puyu chat ------------------------------------------------------------------------
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="checkpoint directory (InternLM2 or LLaMA layout) or preset name")
+def add_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required,
+                   help="checkpoint directory (InternLM2 or LLaMA layout) or preset name")
     p.add_argument("--tokenizer", help="tokenizer directory or .model file (default: the checkpoint's own)")
     p.add_argument("--dtype", help="float32 (CPU default), bfloat16, float16")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
