@@ -24,7 +24,9 @@ from puyu.errors import PuyuError
 STEPS = ["normalise", "characters", "punctuation", "gopher_quality", "gopher_repetition",
          {"c4": {"terminal_punct_lines": False, "min_words_per_line": 0, "drop_curly_brace": False,
                  "remove_citations": False}},
-         "exact_dedup", "minhash", {"word_blocklist": {"words": ["xxx", "porn", "nsfw", "escort"]}}]
+         "exact_dedup", "minhash", {"word_blocklist": {"words": ["xxx", "porn", "nsfw", "escort"]}},
+         # a learned step: a rerun retrains it, so training must be repeatable for outputs to match
+         {"safety_classifier": {"train": {"synthetic": {"docs": 200, "seed": 5}}}}]
 
 
 def recipe(workdir, corpus, workers=1, steps=STEPS) -> dict:

@@ -66,7 +66,9 @@ class TextClassifier:
         # liblinear in the dual (fewer samples than features) fits in milliseconds where lbfgs takes
         # seconds on these sparse problems; it is binary-only, so several classes go one-vs-rest
         # (probabilities renormalised across classes)
-        lr = LogisticRegression(C=self.C, max_iter=2000, class_weight="balanced", solver="liblinear", dual=True)
+        # liblinear shuffles the data: a fixed random_state makes training (and so every rerun) repeatable
+        lr = LogisticRegression(C=self.C, max_iter=2000, class_weight="balanced", solver="liblinear", dual=True,
+                                random_state=0)
         self.model = make_pipeline(
             HashingVectorizer(n_features=self.n_features, ngram_range=self.ngram_range, alternate_sign=False,
                               norm=None),
