@@ -231,6 +231,7 @@ def test_bad_requests_and_arguments(model):
         with pytest.raises(EngineError, match="2 SamplingParams for 1"):
             eng.generate([[5]], [SamplingParams(), SamplingParams()])
         assert eng.generate([[5]], SamplingParams(max_new_tokens=0))[0].finish_reason == "length"
+        assert eng.generate([]) == []
     with pytest.raises(EngineError, match="closed"):
         eng.submit([5])
     with pytest.raises(EngineError, match="max_batch_size"):

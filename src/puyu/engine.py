@@ -282,6 +282,8 @@ class Engine:
         """Generate for every prompt (batched continuously); results in the order of `prompts`."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
+        if not prompts:
+            return []
         plist = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
         if len(plist) != len(prompts):
             raise EngineError(f"got {len(plist)} SamplingParams for {len(prompts)} prompts")
