@@ -3,10 +3,14 @@ tiny random model saved as a Hugging Face directory."""
 
 from __future__ import annotations
 
-import random
-from pathlib import Path
+import os
 
-import pytest
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported; see puyu/cli.py
+
+import random  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 REF_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "internlm2" / "tokenizer.model"
 
