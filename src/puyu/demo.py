@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     if path is None and Path("recipes/nano.yaml").is_file():
         path = "recipes/nano.yaml"
     recipe = load_recipe(path, args.overrides, cls=NanoRecipe)
-    report = run_nano(recipe, resume=args.resume)
+    run_nano(recipe, resume=args.resume)
     print(f"\nreport: {Path(recipe.out_dir) / 'report.md'}; chat model: {Path(recipe.out_dir) / 'chat'} "
           f"(try `puyu chat {Path(recipe.out_dir) / 'chat'}`)")
     return 0  # targets met or missed are printed and written to the report; the run itself succeeded

@@ -33,7 +33,8 @@ def write_recipe(path: Path, shards, **sections) -> Path:
         "data": {"train": [str(train_dir)], "val": [str(val_dir)], "tokenizer": str(tok_dir), "seq_len": 64},
         "optim": {"lr": 3e-3, "warmup_steps": 5},
         "train": {"out_dir": str(path.parent / "out"), "steps": 20, "batch_size": 8, "eval_every": 10,
-                  "log_every": 1, "save_every": 10, "progress": False, "device": "cpu", "save_hf": False},
+                  "log_every": 1, "save_every": 10, "progress": False, "device": "cpu", "save_hf": False,
+                  "precision": "fp32"},
     }
     for sec, values in sections.items():
         recipe.setdefault(sec, {}).update(values)

@@ -84,7 +84,7 @@ def wrap(model: nn.Module, info: DistInfo, strategy: str) -> nn.Module:
         from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh(info.device.type, (info.world_size,))
-        for layer in model.model.layers:
+        for layer in model.lm.model.layers:  # model is the LossModel around the causal LM
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
         return model

@@ -38,9 +38,7 @@ class MetricsLog:
     def log(self, kind: str, step: int, **values) -> None:
         if not self.enabled:
             return
-        rec = {"kind": kind, "step": step}
-        for k, v in values.items():
-            rec[k] = round(v, 6) if isinstance(v, float) else v
+        rec = {"kind": kind, "step": step, **values}  # floats kept exact (JSON writes the shortest repr)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec) + "\n")
 

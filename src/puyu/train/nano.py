@@ -88,6 +88,8 @@ class NanoRecipe:
     out_dir: str = "runs/nano"
     seed: int = 0
     device: str | None = "cpu"
+    precision: str = "auto"  # bf16 autocast where the CPU does bf16 natively (see pretrain.py), else fp32
+    threads: int | str | None = "auto"
     vocab_size: int = 2048
     preset: str = "nano"
     model_overrides: dict = field(default_factory=dict)
@@ -235,7 +237,8 @@ def stage_recipe(r: NanoRecipe, name: str, init: str | None) -> Recipe:
                            weight_decay=st.weight_decay, grad_clip=st.grad_clip),
         train=TrainSection(out_dir=str(out / name), steps=st.steps, batch_size=st.batch_size, seed=r.seed,
                            device=r.device, eval_every=st.eval_every, eval_batches=4, log_every=10,
-                           save_every=max(st.steps // 4, 1), keep_checkpoints=1, progress=r.progress),
+                           save_every=max(st.steps // 4, 1), keep_checkpoints=1, progress=r.progress,
+                           precision=r.precision, threads=r.threads),
         dist=DistSection(),
     )
 
@@ -379,7 +382,8 @@ def _write_report(out: Path, rep: dict) -> None:
         f"Command: `puyu demo` (= `puyu train nano recipes/nano.yaml`). Output: `{out}`.", "",
         "## Targets (greedy decoding)", "",
         "| target | measured | met |", "|---|---|---|",
-        *[f"| {k} | {v['value']:.3f} | {'yes' if v['met'] else 'no'} |" for k, v in rep["targets"].items()],
+        *[f"| {k.replace('|', '&#124;')} | {v['value']:.3f} | {'yes' if v['met'] else 'no'} |"
+          for k, v in rep["targets"].items()],
         "", "## Results", "",
         f"- a+b, a-b with a, b < 100 (base model, {ev['base_arith_100']['n']} held-out problems): "
         f"{pct(ev['base_arith_100']['accuracy'])} (by op: "

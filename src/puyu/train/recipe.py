@@ -88,6 +88,8 @@ class TrainSection:
     save_hf: bool = True
     hf_dtype: str | None = None  # storage dtype of hf/ (None: the training dtype, float32)
     progress: bool = True
+    precision: str = "auto"  # "fp32", "bf16" (autocast; fp32 master weights) or "auto" (see pretrain.py)
+    threads: int | str | None = None  # torch CPU threads: None = torch's default, "auto" = by system load
 
 
 @dataclass
@@ -111,6 +113,10 @@ class Recipe:
     dist: DistSection = field(default_factory=DistSection)
 
     def validate(self) -> None:
+        if self.train.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {self.train.precision!r}")
+        if isinstance(self.train.threads, str) and self.train.threads != "auto":
+            raise ConfigError(f"train.threads must be a number, auto or null, got {self.train.threads!r}")
         if self.data.pack not in ("stream", "docs"):
             raise ConfigError(f"data.pack must be 'stream' or 'docs', got {self.data.pack!r}")
         if self.dist.strategy not in ("ddp", "fsdp"):

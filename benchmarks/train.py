@@ -1,0 +1,168 @@
+"""Training throughput: puyu's training step against Hugging Face `LlamaForCausalLM` in a plain loop.
+
+    .venv/bin/python benchmarks/train.py                       # nano shape, batch 16 x 256, fp32 CPU
+    .venv/bin/python benchmarks/train.py --preset nano --batch 16 --seq 256 --steps 20 --threads 2
+
+Both models get the same shape (hidden, intermediate, layers, heads, kv heads, vocab, RoPE base), the
+same random token batch and the same AdamW; each step is forward, cross-entropy over every position,
+backward, clip, optimizer step. Reported per variant: median seconds per step, training tokens/s, and
+model FLOPs utilisation (MFU) against this machine's measured fp32 matmul peak (the best of a few
+square matmuls, measured here first). FLOPs per token are 6 x matmul parameters (forward and backward)
+plus 6 x layers x T x hidden for causal attention scores and values.
+
+Variants: `hf` (LlamaForCausalLM, eager, its default attention), `puyu` (the training loop's
+LossModel in eager mode) and `puyu-compiled` (the same under `torch.compile`). The variants run
+interleaved, step by step in rotating order, so that load from other processes on a shared machine
+falls on all of them alike. Prints one JSON line per variant and a summary; `--json FILE` writes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def matmul_peak(threads: int, seconds: float = 1.0) -> float:
+    """Best fp32 matmul FLOP/s over a few square sizes (what this machine can do at most)."""
+    best = 0.0
+    for n in (512, 1024, 2048):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        for _ in range(2):
+            a @ b
+        t0, it = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds:
+            a @ b
+            it += 1
+        best = max(best, 2 * n**3 * it / (time.perf_counter() - t0))
+    return best
+
+
+def flops_per_token(cfg, seq: int) -> float:
+    C, L, F_, V = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, cfg.vocab_size
+    H, K, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    matmul_params = L * (C * (H + 2 * K) * D + H * D * C + 3 * C * F_) + C * V
+    return 6 * matmul_params + 6 * L * seq * C
+
+
+def hf_model(cfg):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hc = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                     num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+                     num_key_value_heads=cfg.num_key_value_heads, max_position_embeddings=cfg.max_position_embeddings,
+                     rope_theta=cfg.rope_theta, rms_norm_eps=cfg.rms_norm_eps, tie_word_embeddings=False,
+                     attention_bias=False)
+    m = LlamaForCausalLM(hc).float().train()
+
+    def step_loss(x, y):
+        logits = m(input_ids=x).logits  # [B, T, V]
+        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.reshape(-1))
+    return m, step_loss
+
+
+def puyu_model(cfg, compile_: bool):
+    from puyu.model import InternLM2ForCausalLM
+    from puyu.train.pretrain import LossModel
+
+    net = LossModel(InternLM2ForCausalLM(cfg).reset_parameters(seed=0), doc_mask=False).train()
+    fwd = torch.compile(net) if compile_ else net
+
+    def step_loss(x, y):
+        mask = torch.ones_like(x, dtype=torch.bool)
+        loss_sum, n = fwd(x, y, mask, x, x)
+        return loss_sum / n
+    return net, step_loss
+
+
+class Runner:
+    """One variant's model, loss function and AdamW; `step()` runs one full training step."""
+
+    def __init__(self, name: str, model, step_loss, x, y):
+        self.name, self.model, self.step_loss, self.x, self.y = name, model, step_loss, x, y
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8,
+                                     weight_decay=0.1, foreach=True)
+        self.times: list[float] = []
+        self.loss = float("nan")
+
+    def step(self, record: bool) -> float:
+        t0 = time.perf_counter()
+        loss = self.step_loss(self.x, self.y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        self.loss = float(loss.detach())
+        if record:
+            self.times.append(dt)
+        return dt
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="nano")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--variants", default="hf,puyu,puyu-compiled")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    from puyu.config import get_preset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    cfg = get_preset(args.preset)
+    peak = matmul_peak(threads)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), generator=g)
+    x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    fpt = flops_per_token(cfg, args.seq)
+    runners = []
+    for name in args.variants.split(","):
+        torch.manual_seed(0)
+        if name == "hf":
+            model, fn = hf_model(cfg)
+        elif name in ("puyu", "puyu-compiled"):
+            model, fn = puyu_model(cfg, compile_=name == "puyu-compiled")
+        else:
+            ap.error(f"unknown variant {name}")
+        runners.append(Runner(name, model, fn, x, y))
+    first = {r.name: sum(r.step(record=False) for _ in range(args.warmup)) for r in runners}  # incl. compile
+    # Interleave the variants in rounds so that load from other processes on a shared machine falls
+    # on all of them alike; report each variant's median step time.
+    for i in range(args.steps):
+        for r in runners[i % len(runners):] + runners[:i % len(runners)]:
+            r.step(record=True)
+    results = []
+    for r in runners:
+        s_step = statistics.median(r.times)
+        tok_s = args.batch * args.seq / s_step
+        res = {"variant": r.name, "s_per_step": s_step, "warmup_s": first[r.name], "loss": r.loss,
+               "tokens_per_s": tok_s, "mfu": tok_s * fpt / peak, "preset": args.preset, "batch": args.batch,
+               "seq": args.seq, "threads": threads, "peak_gflops": peak / 1e9}
+        results.append(res)
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}), flush=True)
+    by = {r["variant"]: r for r in results}
+    if "hf" in by:
+        for name in ("puyu", "puyu-compiled"):
+            if name in by:
+                print(f"{name}: {by[name]['tokens_per_s']:,.0f} tok/s = {by[name]['tokens_per_s'] / by['hf']['tokens_per_s']:.2f}x "
+                      f"HF LlamaForCausalLM ({by['hf']['tokens_per_s']:,.0f} tok/s); MFU {100 * by[name]['mfu']:.1f}% "
+                      f"of {peak / 1e9:.0f} GFLOP/s measured fp32 matmul peak ({threads} threads)")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
