@@ -48,6 +48,26 @@ def test_shingles_ignore_case_and_punctuation():
     assert jaccard("a b c d e f", "a b c d e f") == 1.0
 
 
+def test_shingle_hashes_are_the_shingle_set():
+    step = MinHashDedup()
+    for base, near, _ in [(a, b, j) for a, b, j in pairs_small()]:
+        for text in (base, near):
+            assert len(set(step.shingle_hashes(text))) == len(set(shingles(text)))
+        # shared shingles hash alike: the hashed sets have the same Jaccard as the string sets
+        ha, hb = set(step.shingle_hashes(base)), set(step.shingle_hashes(near))
+        assert abs(len(ha & hb) / len(ha | hb) - jaccard(base, near)) < 1e-12
+    assert step.shingle_hashes("") == [] and len(step.shingle_hashes("just three words")) == 1
+
+
+def pairs_small():
+    rng = random.Random(3)
+    gen = TextGen(rng)
+    for _ in range(20):
+        base = " ".join(gen.name().lower() for _ in range(120))
+        near, j = make_near_duplicate(base, rng.uniform(0.3, 0.95), rng, gen)
+        yield base, near, j
+
+
 def test_minhash_recall_and_false_positives_at_controlled_jaccard(pairs):
     docs = [Document(f"{side}{k}", text) for k, (a, b, _) in enumerate(pairs) for side, text in (("a", a), ("b", b))]
     half = len(docs) // 2  # pairs straddle nothing here, but the corpus is split into two shards

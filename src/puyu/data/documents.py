@@ -24,6 +24,23 @@ from pathlib import Path
 
 from puyu.errors import PuyuError
 
+try:  # orjson (in the `data` extra) is several times faster; the stdlib is the fallback
+    import orjson
+
+    def _dumps(record: dict) -> bytes:
+        return orjson.dumps(record)
+
+    def _loads_fast(raw: bytes):
+        return orjson.loads(raw)
+except ImportError:  # pragma: no cover - exercised only without the data extra
+    orjson = None
+
+    def _dumps(record: dict) -> bytes:
+        return json.dumps(record, ensure_ascii=False).encode("utf-8")
+
+    def _loads_fast(raw: bytes):
+        return json.loads(raw.decode("utf-8"))
+
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonl.gz", ".ndjson.gz", ".jsonl.zst", ".ndjson.zst")
 PARQUET_SUFFIXES = (".parquet",)
 
@@ -149,6 +166,11 @@ def read_jsonl(path: str, text_key: str = "text", id_key: str = "id") -> Iterato
             if not raw.strip():
                 continue
             try:
+                yield _record_to_doc(_loads_fast(raw), where, text_key, id_key)
+                continue
+            except ValueError:
+                pass  # the slow path below says what is wrong with the line
+            try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 yield Document(where, raw.decode("utf-8", errors="replace"), {},
@@ -227,7 +249,7 @@ class JsonlWriter:
         self.count = 0
 
     def write(self, record: dict) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+        self._f.write(_dumps(record) + b"\n")
         self.count += 1
 
     def write_raw(self, line: bytes) -> None:

@@ -31,6 +31,11 @@ from puyu.data.base import Context, GlobalStep, drop_by_index
 from puyu.data.documents import Document
 
 _WORD = re.compile(r"[^\W_]+")
+_MULT = np.uint64(0x100000001B3)  # FNV-64 prime: the polynomial base for combining word hashes
+
+
+def _identity(x: int) -> int:
+    return x
 
 
 def shingle_words(text: str) -> list[str]:
@@ -79,15 +84,30 @@ class MinHashDedup(GlobalStep):
         if self._template is None:
             from datasketch import MinHash
 
-            # crc32 is a fast stable 32-bit hash; the affine32 scheme passes each value through
-            # murmur3's fmix32 finalizer before permuting, so crc's linearity does not bias the minima
-            self._template = MinHash(num_perm=self.num_perm, seed=self.seed, hashfunc=zlib.crc32)
+            # shingles arrive already hashed to 32 bits (see shingle_hashes); the affine32 scheme
+            # passes each value through murmur3's fmix32 finalizer before permuting
+            self._template = MinHash(num_perm=self.num_perm, seed=self.seed, hashfunc=_identity)
         return self._template
+
+    def shingle_hashes(self, text: str) -> list[int]:
+        """32-bit hashes of the word n-gram shingles of `text` (the same set as `shingles`): each
+        word is hashed once (crc32, stable across processes, unlike Python's hash), and n-grams are
+        combined polynomially in numpy instead of joining and hashing n-word strings."""
+        words = shingle_words(text)
+        if not words:
+            return []
+        ids = np.array([zlib.crc32(w.encode("utf-8")) for w in words], dtype=np.uint64)
+        n = min(self.ngram, len(ids))  # a text shorter than n words is one shingle
+        width = len(ids) - n + 1
+        h = ids[:width].copy()
+        for k in range(1, n):
+            h = h * _MULT + ids[k:k + width]  # uint64 arithmetic wraps
+        return ((h >> np.uint64(32)) ^ h).astype(np.uint32).tolist()
 
     def signature_of(self, text: str) -> np.ndarray:
         """The MinHash signature (num_perm uint32 values) of a text; all-0xFFFFFFFF when empty."""
         m = self._minhash().copy()
-        m.update_batch([s.encode("utf-8") for s in shingles(text, self.ngram)])
+        m.update_batch(self.shingle_hashes(text))
         return m.hashvalues
 
     def signature(self, doc: Document) -> tuple[str, np.ndarray]:

@@ -79,7 +79,7 @@ class GopherQuality(Step):
         alpha = len(_HAS_ALPHA.findall(text)) / n_all
         if alpha < self.min_alpha_words:
             return f"gopher_quality: alphabetic words {alpha:.2f} < {self.min_alpha_words}"
-        stops = len(self.stop_words.intersection(w.lower() for w in stripped))
+        stops = len(self.stop_words.intersection(map(str.lower, stripped)))
         if stops < self.min_stop_words:
             return f"gopher_quality: stop words {stops} < {self.min_stop_words}"
         return None
@@ -144,8 +144,8 @@ class GopherRepetition(Step):
         w = len(words)
         if w < 2:
             return None
-        ids = np.fromiter((hash(x) for x in words), dtype=np.int64, count=w).view(np.uint64)
-        lens = np.fromiter(map(len, words), dtype=np.int64, count=w)
+        ids = np.array(list(map(hash, words)), dtype=np.int64).view(np.uint64)
+        lens = np.array(list(map(len, words)), dtype=np.int64)
         total = float(lens.sum())
         cum = np.concatenate(([0], np.cumsum(lens)))
         h = ids.copy()
@@ -154,19 +154,27 @@ class GopherRepetition(Step):
             if n > w:
                 break
             h = h[:-1] * prime + ids[n - 1:]  # hash of words[i:i+n]; uint64 arithmetic wraps
+            order = np.argsort(h, kind="stable")
+            hs = h[order]
+            same = hs[1:] == hs[:-1]  # neighbours in sorted order with the same n-gram
+            if not same.any():
+                return None  # no n-gram repeats, so no longer one can: every remaining rule passes
             if n in self.top:
-                _, first, counts = np.unique(h, return_index=True, return_counts=True)
-                k = int(counts.argmax())
-                if counts[k] > 1:
-                    i = int(first[k])
-                    frac = counts[k] * (cum[i + n] - cum[i]) / total
-                    if frac > self.top[n]:
-                        return f"gopher_repetition: top {n}-gram chars {frac:.2f} > {self.top[n]}"
+                # run lengths of equal hashes in sorted order; the longest run is the top n-gram. Among
+                # tied n-grams take the longest in characters: hash order (random per process) must not
+                # decide, or reruns could disagree
+                starts = np.flatnonzero(np.concatenate(([True], ~same)))
+                runs = np.diff(np.concatenate((starts, [len(hs)])))
+                top = runs.max()
+                first = order[starts[runs == top]]
+                frac = top * float((cum[first + n] - cum[first]).max()) / total
+                if frac > self.top[n]:
+                    return f"gopher_repetition: top {n}-gram chars {frac:.2f} > {self.top[n]}"
             if n in self.dup:
-                _, inv, counts = np.unique(h, return_inverse=True, return_counts=True)
-                starts = np.nonzero(counts[inv] > 1)[0]
-                if len(starts) == 0:
-                    continue
+                dup_sorted = np.zeros(len(hs), dtype=bool)
+                dup_sorted[1:] |= same
+                dup_sorted[:-1] |= same
+                starts = order[dup_sorted]  # every occurrence of every repeated n-gram
                 cover = np.zeros(w + 1, dtype=np.int64)
                 np.add.at(cover, starts, 1)
                 np.add.at(cover, starts + n, -1)
@@ -177,6 +185,7 @@ class GopherRepetition(Step):
 
 
 C4_POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
+_C4_POLICY_RE = re.compile("|".join(map(re.escape, C4_POLICY)))
 _C4_CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)")
 
@@ -230,9 +239,9 @@ class C4Rules(Step):
             ls = s.lower()
             if ((self.terminal_punct_lines and (not s.endswith((".", "!", "?", '"')) or s.endswith("...")))
                     or len(words) < self.min_words_per_line
-                    or any(len(w) > self.max_word_length for w in words)
+                    or max(map(len, words), default=0) > self.max_word_length
                     or (self.drop_javascript_lines and "javascript" in ls)
-                    or (self.drop_policy_lines and any(p in ls for p in C4_POLICY))):
+                    or (self.drop_policy_lines and _C4_POLICY_RE.search(ls))):
                 changed = True
                 continue
             sentences += len(_SENTENCE_END.findall(s))
