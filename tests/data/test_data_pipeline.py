@@ -150,3 +150,13 @@ def test_clean_texts_in_memory(tmp_path):
     texts = good[:6] + [good[0], "too short", gen.foreign("de")] + good[6:]
     kept = clean_texts(texts, workdir=str(tmp_path / "mem"), shards=3)
     assert [k.strip() for k in kept] == [g.strip() for g in good]
+
+
+def test_parquet_output_and_result_documents(tmp_path, small_corpus):
+    res = run_recipe(parse_recipe({"workdir": str(tmp_path / "w"), "input": {"paths": [small_corpus]},
+                                   "output": {"format": "parquet"}, "report": False,
+                                   "steps": ["normalise", "exact_dedup"]}), progress=False)
+    assert all(p.endswith(".parquet") for p in res.output_files) and len(res.output_files) == 4
+    docs = list(res.documents())
+    assert len(docs) == res.documents_out == 600 - 30  # 5% of the corpus are exact copies
+    assert all(d.metadata["synthetic"]["label"] != "exact_dup" for d in docs)

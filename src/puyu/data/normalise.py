@@ -30,8 +30,8 @@ class Normalise(Step):
       skipping pure ASCII keeps this step cheap.
     - `form`: Unicode normalisation form (NFC, as ftfy and most pretraining pipelines use).
     - whitespace: CRLF -> LF, control characters removed, runs of blanks inside a line become one space
-      (leading indentation is kept: it carries meaning in code), trailing blanks removed, three or
-      more newlines become a paragraph break.
+      (leading indentation is kept: it carries meaning in code; `collapse_spaces: false` keeps
+      aligned columns too), trailing blanks removed, three or more newlines become a paragraph break.
     The document's text object is only replaced when something changed, so the stats count
     "modified" exactly.
     """
@@ -39,12 +39,14 @@ class Normalise(Step):
     name = "normalise"
     category = "normalise"
 
-    def __init__(self, fix_encoding: bool = True, form: str = "NFC", min_chars: int = 1):
+    def __init__(self, fix_encoding: bool = True, form: str = "NFC", min_chars: int = 1,
+                 collapse_spaces: bool = True):
         if form not in ("NFC", "NFKC", "NFD", "NFKD"):
             raise ValueError(f"form must be a Unicode normalisation form, not {form!r}")
         self.fix_encoding = fix_encoding
         self.form = form
         self.min_chars = min_chars
+        self.collapse_spaces = collapse_spaces
 
     def normalise(self, text: str) -> str:
         if not text.isascii():
@@ -57,7 +59,8 @@ class Normalise(Step):
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
         text = _CONTROL.sub("", text)
-        text = _SPACES.sub(" ", text)
+        if self.collapse_spaces:
+            text = _SPACES.sub(" ", text)
         text = _TRAILING.sub("\n", text)
         text = _BLANKS.sub("\n\n", text)
         return text.strip("\n").rstrip()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 from collections import Counter
 
@@ -142,7 +143,7 @@ def _charts(agg: dict, out_dir: str) -> list[tuple[str, str]]:
     ax.bar(order, drops, color="#de2d26", label="dropped")
     ax.set_ylabel("documents")
     ax.set_title("Documents in and dropped per step")
-    ax.tick_params(axis="x", rotation=40)
+    plt.setp(ax.get_xticklabels(), rotation=40, ha="right")
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "counts.png"), dpi=110)
@@ -174,9 +175,11 @@ def _charts(agg: dict, out_dir: str) -> list[tuple[str, str]]:
                 spec = LABELS.get(g)
                 name = "all" if spec is None else ("dirty" if spec.drop else "clean-like")
                 buckets.setdefault(name, []).extend(vals)
+            log = "perplexity" in key  # spans orders of magnitude
             for name, vals in sorted(buckets.items()):
+                vals = [math.log10(max(v, 1e-9)) for v in vals] if log else vals
                 ax.hist(vals, bins=40, alpha=0.6, label=f"{name} ({len(vals)})")
-            ax.set_title(f"{s}: {key}", fontsize=9)
+            ax.set_title(f"{s}: {'log10 ' if log else ''}{key}", fontsize=9)
             ax.legend(fontsize=7)
         for ax in list(axes.flat)[len(series):]:
             ax.axis("off")
