@@ -160,3 +160,13 @@ def test_parquet_output_and_result_documents(tmp_path, small_corpus):
     docs = list(res.documents())
     assert len(docs) == res.documents_out == 600 - 30  # 5% of the corpus are exact copies
     assert all(d.metadata["synthetic"]["label"] != "exact_dup" for d in docs)
+
+
+def test_dedup_steps_keep_documentation_and_drop_copies(tmp_path):
+    from puyu.data.pipeline import DEDUP_STEPS
+
+    page = "\n".join(f"    method_{i}(self, key, default=None)\n        Return the value for key {i}." for i in range(30))
+    other = page.replace("value", "entry").replace("key", "name")
+    near = page.replace("Return the value for key 7.", "Return a value for key 7.")
+    kept = clean_texts([page, other, page, near], workdir=str(tmp_path / "d"), steps=DEDUP_STEPS, shards=2)
+    assert kept == [page, other]  # aligned, symbol-heavy text survives; the copy and near-copy do not

@@ -1,6 +1,7 @@
 """Recipes: a YAML file (or dict) naming the input, the steps in order and their options, the output and
 the executor; `run_recipe` runs one end to end and writes its report. Also the Python entry points
-`clean_documents` / `clean_texts` for corpora held in memory (the nano training corpus uses these).
+`clean_documents` / `clean_texts` for corpora held in memory (how the nano training corpus can go
+through the pipeline: `clean_texts(texts, workdir, steps=DEDUP_STEPS)`).
 
 Recipe keys (unknown keys anywhere are an error that names them; relative paths are relative to the
 current directory, so recipes are run from the repository root):
@@ -280,6 +281,10 @@ def run_recipe(recipe: Recipe | str, *, workers: int | None = None, executor: st
 
 # ---------------------------------------------------------------- in-memory corpora
 
+# For documentation and code (e.g. the nano corpus of pydoc pages): web-text rules drop ~80% of such
+# text (symbol-heavy lines, short lines), so only repair and deduplicate, keeping aligned columns.
+DEDUP_STEPS: list = [{"normalise": {"collapse_spaces": False}}, "exact_dedup", "minhash"]
+
 DEFAULT_TEXT_STEPS: list = [
     "normalise", "characters", "punctuation", {"language": {"languages": ["en"]}}, "gopher_quality",
     "gopher_repetition", {"c4": {"terminal_punct_lines": False, "min_words_per_line": 0,
@@ -293,8 +298,10 @@ def clean_documents(docs: Iterable[str | Document | dict], workdir: str, steps: 
                     report: bool = True) -> RunResult:
     """Clean an in-memory corpus: write it as `shards` JSONL shards under workdir/input, run `steps`
     (default DEFAULT_TEXT_STEPS: rules, language, exact and MinHash dedup; no learned steps, since their
-    default training data is synthetic) and return the RunResult (`.documents()` iterates what was
-    kept, in input order). Always starts fresh."""
+    default training data is synthetic; DEDUP_STEPS for documentation/code) and return the RunResult
+    (`.documents()` iterates what was kept, in input order; `.report` is the Markdown report). Always
+    starts fresh. With workers > 1 the caller's script needs the usual `if __name__ == "__main__":`
+    guard (worker processes are spawned)."""
     items = []
     for i, d in enumerate(docs):
         if isinstance(d, str):
