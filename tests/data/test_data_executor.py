@@ -90,7 +90,13 @@ def test_two_workers_and_resume_match_one_worker(small_corpus, reference, tmp_pa
     os.remove(os.path.join(tmp_path, "stages", str(last), "shard_00001.done.json"))
     os.remove(res.output_files[1])
     before = {p: os.stat(p).st_mtime_ns for p in res.output_files if os.path.exists(p)}
+    # half-written files of a killed attempt at that shard are cleared before it is redone
+    stale = [res.output_files[1] + ".tmp.99999",
+             os.path.join(tmp_path, "stages", str(last), "shard_00001.done.json.tmp.99999")]
+    for p in stale:
+        open(p, "w").write("partial")
     run_recipe(parse_recipe(recipe(tmp_path, small_corpus, workers=1)), progress=False)
+    assert not any(os.path.exists(p) for p in stale)
     assert {p: os.stat(p).st_mtime_ns for p in before} == before  # finished shards untouched
     assert rows(os.path.join(tmp_path, "output", "*.jsonl.zst")) == ref_out
 

@@ -159,8 +159,10 @@ def run_shard(job: Job, j: int, shard_index: int) -> dict:
     t0 = time.time()
     os.makedirs(job.stage_dir(j), exist_ok=True)
     out_path = job.out_path(j, shard)
-    for stale in glob.glob(glob.escape(out_path) + ".tmp.*") + glob.glob(glob.escape(job.rejects_path(j, shard)) + ".tmp.*"):
-        os.remove(stale)  # left by a killed run; never a file some live process writes (see pdeathsig)
+    stale = [glob.escape(p) + ".tmp.*" for p in (out_path, job.rejects_path(j, shard), job.sig_path(j, shard),
+                                                  job.marker(j, shard))]
+    for path in (f for pattern in stale for f in glob.glob(pattern)):
+        os.remove(path)  # left by a killed run; never a file a live process writes (see pdeathsig)
     rejects: list[JsonlWriter] = []
 
     def sink(doc: Document, step: str, reason: str) -> None:
@@ -209,6 +211,8 @@ def reduce_stage(job: Job, j: int) -> dict:
     if os.path.exists(path) and os.path.exists(summary_path):
         with open(summary_path) as f:
             return json.load(f)
+    for path in glob.glob(glob.escape(job.stage_dir(j)) + "/decisions.*.tmp.*"):
+        os.remove(path)  # from a driver killed while writing
     packed = []
     for shard in job.shards:
         with open(job.sig_path(j - 1, shard), "rb") as f:
