@@ -275,7 +275,6 @@ def run_recipe(recipe: Recipe | str, *, workers: int | None = None, executor: st
         from puyu.data.report import write_report
 
         report = write_report(recipe.workdir)
-        _log(progress, f"report: {report}")
     return RunResult(recipe.workdir, job.output_files(), report, n_in, n_out, seconds)
 
 
