@@ -10,8 +10,10 @@ model FLOPs utilisation (MFU) against this machine's measured fp32 matmul peak (
 square matmuls, measured here first). FLOPs per token are 6 x matmul parameters (forward and backward)
 plus 6 x layers x T x hidden for causal attention scores and values.
 
-Variants: `hf` (LlamaForCausalLM, eager, its default attention), `puyu` (the training loop's
-LossModel in eager mode) and `puyu-compiled` (the same under `torch.compile`). The variants run
+Variants: `hf` (LlamaForCausalLM, eager, its default attention, fp32), `puyu` (the training loop's
+LossModel, eager, fp32), `hf-bf16` / `puyu-bf16` (the same under bf16 autocast, which the training
+loop's `precision: auto` picks on CPUs with native bf16, like this one) and `puyu-compiled` (fp32 under
+`torch.compile`). MFU is against the measured peak of the variant's matmul dtype. The variants run
 interleaved, step by step in rotating order, so that load from other processes on a shared machine
 falls on all of them alike. Prints one JSON line per variant and a summary; `--json FILE` writes them.
 """
@@ -28,11 +30,11 @@ import torch
 import torch.nn.functional as F
 
 
-def matmul_peak(threads: int, seconds: float = 1.0) -> float:
-    """Best fp32 matmul FLOP/s over a few square sizes (what this machine can do at most)."""
+def matmul_peak(dtype=torch.float32, seconds: float = 1.0) -> float:
+    """Best matmul FLOP/s in `dtype` over a few square sizes (what this machine can do at most)."""
     best = 0.0
     for n in (512, 1024, 2048):
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         for _ in range(2):
             a @ b
         t0, it = time.perf_counter(), 0
@@ -48,6 +50,14 @@ def flops_per_token(cfg, seq: int) -> float:
     H, K, D = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     matmul_params = L * (C * (H + 2 * K) * D + H * D * C + 3 * C * F_) + C * V
     return 6 * matmul_params + 6 * L * seq * C
+
+
+def autocast_wrap(step_loss):
+    """The same step under bf16 autocast (fp32 weights and optimizer, bf16 matmuls)."""
+    def wrapped(x, y):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return step_loss(x, y)
+    return wrapped
 
 
 def hf_model(cfg):
@@ -112,7 +122,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--variants", default="hf,puyu,puyu-compiled")
+    ap.add_argument("--variants", default="hf,puyu,hf-bf16,puyu-bf16",
+                    help="comma list of hf, hf-bf16, puyu, puyu-bf16, puyu-compiled")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     from puyu.config import get_preset
@@ -121,7 +132,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     cfg = get_preset(args.preset)
-    peak = matmul_peak(threads)
+    peak = matmul_peak(torch.float32)
+    peak_bf16 = matmul_peak(torch.bfloat16)
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), generator=g)
     x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
@@ -129,12 +141,14 @@ def main(argv=None) -> int:
     runners = []
     for name in args.variants.split(","):
         torch.manual_seed(0)
-        if name == "hf":
+        if name in ("hf", "hf-bf16"):
             model, fn = hf_model(cfg)
-        elif name in ("puyu", "puyu-compiled"):
+        elif name in ("puyu", "puyu-bf16", "puyu-compiled"):
             model, fn = puyu_model(cfg, compile_=name == "puyu-compiled")
         else:
             ap.error(f"unknown variant {name}")
+        if name.endswith("-bf16"):
+            fn = autocast_wrap(fn)
         runners.append(Runner(name, model, fn, x, y))
     first = {r.name: sum(r.step(record=False) for _ in range(args.warmup)) for r in runners}  # incl. compile
     # Interleave the variants in rounds so that load from other processes on a shared machine falls
@@ -146,18 +160,21 @@ def main(argv=None) -> int:
     for r in runners:
         s_step = statistics.median(r.times)
         tok_s = args.batch * args.seq / s_step
+        p = peak_bf16 if r.name.endswith("-bf16") else peak
         res = {"variant": r.name, "s_per_step": s_step, "warmup_s": first[r.name], "loss": r.loss,
-               "tokens_per_s": tok_s, "mfu": tok_s * fpt / peak, "preset": args.preset, "batch": args.batch,
-               "seq": args.seq, "threads": threads, "peak_gflops": peak / 1e9}
+               "tokens_per_s": tok_s, "mfu": tok_s * fpt / p, "preset": args.preset, "batch": args.batch,
+               "seq": args.seq, "threads": threads, "peak_gflops": p / 1e9}
         results.append(res)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}), flush=True)
     by = {r["variant"]: r for r in results}
-    if "hf" in by:
-        for name in ("puyu", "puyu-compiled"):
-            if name in by:
-                print(f"{name}: {by[name]['tokens_per_s']:,.0f} tok/s = {by[name]['tokens_per_s'] / by['hf']['tokens_per_s']:.2f}x "
-                      f"HF LlamaForCausalLM ({by['hf']['tokens_per_s']:,.0f} tok/s); MFU {100 * by[name]['mfu']:.1f}% "
-                      f"of {peak / 1e9:.0f} GFLOP/s measured fp32 matmul peak ({threads} threads)")
+    print(f"measured matmul peak ({threads} threads): fp32 {peak / 1e9:.0f} GFLOP/s, bf16 {peak_bf16 / 1e9:.0f} GFLOP/s")
+    for name, r in by.items():
+        line = f"{name:14s} {r['tokens_per_s']:>9,.0f} tok/s  MFU {100 * r['mfu']:5.1f}% of {r['peak_gflops']:.0f} GFLOP/s"
+        if "hf" in by and name != "hf":
+            line += f"  {r['tokens_per_s'] / by['hf']['tokens_per_s']:.2f}x HF fp32"
+        if name.startswith("puyu") and name.endswith("-bf16") and "hf-bf16" in by:
+            line += f"  {r['tokens_per_s'] / by['hf-bf16']['tokens_per_s']:.2f}x HF bf16"
+        print(line)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)

@@ -38,8 +38,8 @@ def _val(out: Path) -> list[tuple[int, float]]:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_losses(tmp_path, tiny_shards):
-    steps = 120
-    sections = dict(train={"steps": steps, "save_every": 15, "eval_every": 30, "keep_checkpoints": 2})
+    steps = 80
+    sections = dict(train={"steps": steps, "save_every": 10, "eval_every": 20, "keep_checkpoints": 2})
     (tmp_path / "ref").mkdir()
     ref = write_recipe(tmp_path / "ref" / "r.yaml", tiny_shards, **sections)
     subprocess.run(_cmd(ref), check=True, env=ENV, capture_output=True, timeout=600)
@@ -55,7 +55,7 @@ def test_sigkill_then_resume_gives_the_same_losses(tmp_path, tiny_shards):
     while time.time() < deadline and proc.poll() is None:
         if (out / "metrics.jsonl").exists():
             done = _losses(out)
-            if done and done[-1][0] >= 40:  # past the checkpoints at 15 and 30, mid-way
+            if done and done[-1][0] >= 25:  # past the checkpoints at 10 and 20, before the end
                 proc.send_signal(signal.SIGKILL)
                 killed_at = done[-1][0]
                 break
@@ -118,23 +118,29 @@ def test_corrupt_or_partial_checkpoint_is_refused_and_previous_stays_usable(tmp_
     assert ST.find_latest(root) == root / "step_000050"
 
 
-def test_resume_cli_skips_a_corrupt_newest_checkpoint(tmp_path, tiny_shards):
-    """End to end: the newest checkpoint is corrupted on disk; `--resume` warns, uses the previous one,
-    and the finished run matches an uninterrupted one."""
-    sections = dict(train={"steps": 30, "save_every": 10, "eval_every": 10, "keep_checkpoints": 3})
+def test_resume_skips_a_corrupt_newest_checkpoint(tmp_path, tiny_shards, capsys):
+    """End to end through the loop: the newest checkpoint is corrupted on disk; resuming warns, uses the
+    previous one, and the finished run matches an uninterrupted one."""
+    import torch
+
+    from puyu.train.pretrain import train
+    from puyu.train.recipe import load_recipe
+
+    torch.set_num_threads(1)
+    sections = dict(train={"steps": 24, "save_every": 8, "eval_every": 8, "keep_checkpoints": 3})
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    ref = write_recipe(tmp_path / "a" / "r.yaml", tiny_shards, **sections)
-    subprocess.run(_cmd(ref), check=True, env=ENV, capture_output=True, timeout=600)
-
-    rec = write_recipe(tmp_path / "b" / "r.yaml", tiny_shards, **sections)
+    train(load_recipe(write_recipe(tmp_path / "a" / "r.yaml", tiny_shards, **sections)))
+    rec = load_recipe(write_recipe(tmp_path / "b" / "r.yaml", tiny_shards, **sections))
+    train(rec)
     out = tmp_path / "b" / "out"
-    subprocess.run(_cmd(rec), check=True, env=ENV, capture_output=True, timeout=600)
-    newest = out / "checkpoints" / "step_000030"
+    newest = out / "checkpoints" / "step_000024"
     blob = bytearray((newest / "state.pt").read_bytes())
     blob[-10] ^= 0x55
     (newest / "state.pt").write_bytes(bytes(blob))
-    res = subprocess.run(_cmd(rec, "--resume"), env=ENV, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
-    assert "step_000030 is corrupt" in res.stderr and "step_000020" in res.stderr
+    capsys.readouterr()
+    summary = train(rec, resume=True)
+    err = capsys.readouterr().err
+    assert "step_000024 is corrupt" in err and "resumed from" in err and "step_000016" in err
+    assert summary["start_step"] == 16
     assert _losses(out) == _losses(tmp_path / "a" / "out")

@@ -22,6 +22,7 @@ def test_formats_masks_and_boundaries(tmp_path, tiny_tokenizer):
     with open(tmp_path / "b.jsonl", "w", encoding="utf-8") as f:
         f.write(json.dumps({"text": "print 1 2 3"}) + "\n\n")
         f.write(json.dumps({"prompt": "12+34=", "completion": "46"}) + "\n")
+        f.write(json.dumps({"segments": [["1+2=", False], ["3", True], ["\n5-7=", False], ["-2", True]]}) + "\n")
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -29,20 +30,25 @@ def test_formats_masks_and_boundaries(tmp_path, tiny_tokenizer):
     meta = S.tokenize_to_shard([tmp_path / "a.txt", tmp_path / "b.jsonl", tmp_path / "c.parquet"],
                                tmp_path / "out", tok, progress=False)
     tokens, mask, docs, vocab = _read(tmp_path / "out")
-    assert vocab == tok.vocab_size and tokens.dtype == np.uint16 and meta["n_docs"] == 5
+    assert vocab == tok.vocab_size and tokens.dtype == np.uint16 and meta["n_docs"] == 6
     expected = [
         ([tok.bos_id] + tok.encode("the model reads\ntokens and text\n") + [tok.eos_id], None),
         ([tok.bos_id] + tok.encode("print 1 2 3") + [tok.eos_id], None),
         ([tok.bos_id] + tok.encode("12+34="), tok.encode("46") + [tok.eos_id]),
+        ([tok.bos_id] + tok.encode("1+2="), tok.encode("3"), tok.encode("\n5-7="), tok.encode("-2") + [tok.eos_id]),
         ([tok.bos_id] + tok.encode("while the engine") + [tok.eos_id], None),
         ([tok.bos_id] + tok.encode("batches requests") + [tok.eos_id], None),
     ]
     at = 0
-    for k, (first, completion) in enumerate(expected):
+    for k, (first, *rest) in enumerate(expected):
         assert docs[k] == at
-        ids = first + (completion or [])
+        if rest == [None]:  # a text document: every token but <s> is a target
+            ids, want_mask = first, [0] + [1] * (len(first) - 1)
+        else:  # alternating untrained / trained pieces
+            pieces = [first, *rest]
+            ids = [t for piece in pieces for t in piece]
+            want_mask = [i % 2 for i, piece in enumerate(pieces) for _ in piece]
         assert tokens[at:at + len(ids)].tolist() == ids
-        want_mask = [0] + [1] * (len(first) - 1) if completion is None else [0] * len(first) + [1] * len(completion)
         assert mask[at:at + len(ids)].tolist() == want_mask
         at += len(ids)
     assert at == len(tokens) == meta["n_tokens"]

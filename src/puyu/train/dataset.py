@@ -47,14 +47,6 @@ class Batch:
         return int(self.loss_mask.sum())
 
 
-def _doc_layout(doc_index: np.ndarray, starts_in_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-token doc id and position within the document for one row of T + 1 tokens.
-    doc_index [T + 1]: which document each token belongs to; starts_in_row [T + 1]: index in the row
-    where that token's document (or its part in this row) starts."""
-    positions = np.arange(len(doc_index)) - starts_in_row
-    return doc_index, positions
-
-
 class Rows:
     """Common ordering logic. Subclasses define `n_rows` and `row(i) -> (tokens, mask, doc, pos)`,
     each an int64/uint8 array of T + 1."""
@@ -128,10 +120,9 @@ class StreamRows(Rows):
 
     def row(self, i: int):
         a, b = i * self.seq_len, i * self.seq_len + self.seq_len + 1
-        doc_index = np.searchsorted(self.doc_starts, np.arange(a, b), side="right") - 1  # [T + 1]
-        start = np.maximum(self.doc_starts[np.maximum(doc_index, 0)], a) - a  # start inside the row
-        doc, pos = _doc_layout(doc_index, start)
-        return self.tokens[a:b], self.mask[a:b], doc, pos
+        doc = np.searchsorted(self.doc_starts, np.arange(a, b), side="right") - 1  # [T + 1] document index
+        start = np.maximum(self.doc_starts[np.maximum(doc, 0)], a) - a  # [T + 1] its start inside the row
+        return self.tokens[a:b], self.mask[a:b], doc, np.arange(b - a) - start
 
 
 class DocRows(Rows):
@@ -177,8 +168,7 @@ class DocRows(Rows):
             start[at:at + n] = at
             at += n
         start[at:] = at
-        doc_, pos = _doc_layout(doc, start)
-        return tokens, mask, doc_, pos
+        return tokens, mask, doc, np.arange(L) - start
 
 
 def make_rows(kind: str, tokens, mask, doc_starts, seq_len: int, seed: int, pad_id: int = 2) -> Rows:

@@ -70,10 +70,10 @@ def passkey_accuracy(model, tokenizer, n: int, target_tokens: int, seed: int = 0
     sized so the whole prompt fits); greedy continuation must start with the 5-digit key."""
     engine = engine or _engine(model, tokenizer)
     rng = random.Random(f"puyu-passkey-eval-{seed}")
-    # Find the filler count whose prompt length is closest to (not above) target_tokens - 8.
-    probe = [len(tokenizer.encode(passkey_prompt(12345, k, 0.5))) + 1 for k in range(1, 400)]
-    fits = [k + 1 for k, length in enumerate(probe) if length <= target_tokens - 8]
-    n_filler = fits[-1] if fits else 1
+    # The most filler blocks such that prompt + answer (6 new tokens) stays within target_tokens.
+    n_filler = 0
+    while len(tokenizer.encode(passkey_prompt(99999, n_filler + 1, 0.5))) + 1 + 6 <= target_tokens:
+        n_filler += 1
     keys = [rng.randrange(10000, 100000) for _ in range(n)]
     depths = [(i + 0.5) / n for i in range(n)]
     prompts = [[tokenizer.bos_id] + tokenizer.encode(passkey_prompt(k, n_filler, d)) for k, d in zip(keys, depths)]

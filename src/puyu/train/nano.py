@@ -39,22 +39,27 @@ from puyu.train.recipe import (
 
 @dataclass
 class CorpusSection:
-    """Sizes of the generated data. `arithmetic` problems are prompt/completion records; passkey
-    documents have `passkey_filler` (pretraining) or `long_passkey_filler` (long-context) filler blocks."""
+    """Sizes of the generated data. `arithmetic` problems are prompt/completion records. Passkey
+    documents are sized in tokens once the tokenizer exists: `passkey_tokens` (pretraining) and
+    `long_passkey_tokens` (long-context) give the [shortest, longest] document."""
 
-    docs_chars: int = 1_000_000
+    docs_chars: int = 500_000
     doc_chunk_chars: int = 1200
-    arithmetic: int = 400_000
-    arithmetic_p_big: float = 0.25
-    passkey: int = 3000
-    passkey_filler: list = field(default_factory=lambda: [1, 8])
-    long_passkey: int = 1200
-    long_passkey_filler: list = field(default_factory=lambda: [8, 34])
-    long_docs_chars: int = 300_000
-    long_arithmetic: int = 40_000
-    chats: int = 8000
+    arithmetic: int = 200_000
+    arithmetic_p_big: float = 0.15
+    arithmetic_p_sheet: float = 0.25  # worksheets of 2-4 problems (see synthetic.arithmetic_records)
+    passkey: int = 7000
+    passkey_tokens: list = field(default_factory=lambda: [0, 128])
+    copy: int = 30000
+    pretrain_chats: int = 15000  # arithmetic chats mixed into pretraining (loss on the assistant turn)
+    copy_items: list = field(default_factory=lambda: [3, 12])
+    long_passkey: int = 3000
+    long_passkey_tokens: list = field(default_factory=lambda: [100, 512])
+    long_docs_chars: int = 200_000
+    long_arithmetic: int = 60_000
+    chats: int = 6000
     chat_weights: dict = field(default_factory=lambda: {
-        "arithmetic": 0.35, "docs": 0.15, "greeting": 0.15, "tool": 0.2, "interpreter": 0.15})
+        "arithmetic": 0.4, "docs": 0.12, "greeting": 0.13, "tool": 0.2, "interpreter": 0.15})
     test_small: int = 400
     test_big: int = 200
     val_fraction: float = 0.01
@@ -96,11 +101,11 @@ class NanoRecipe:
     progress: bool = True
     corpus: CorpusSection = field(default_factory=CorpusSection)
     pretrain: StageSection = field(default_factory=lambda: StageSection(
-        seq_len=128, steps=1500, batch_size=32, lr=3e-3, warmup_steps=50, eval_every=150))
+        seq_len=128, steps=2600, batch_size=12, lr=1e-3, warmup_steps=30, eval_every=200))
     longctx: StageSection = field(default_factory=lambda: StageSection(
-        seq_len=512, steps=120, batch_size=8, lr=1e-3, warmup_steps=10, eval_every=60, rope_theta=100_000.0))
+        seq_len=512, steps=300, batch_size=4, lr=1e-3, warmup_steps=10, eval_every=150, rope_theta=100_000.0))
     sft: StageSection = field(default_factory=lambda: StageSection(
-        seq_len=256, steps=250, batch_size=16, lr=1e-3, warmup_steps=20, eval_every=125))
+        seq_len=256, steps=150, batch_size=16, lr=5e-4, warmup_steps=15, eval_every=75))
     eval: EvalSection = field(default_factory=EvalSection)
 
     def validate(self) -> None:
@@ -175,11 +180,13 @@ def build_corpus(r: NanoRecipe, data: Path) -> dict:
         used += len(ch)
     facts = docstring_facts()
     bar.update()
-    pre = docs_pre + S.arithmetic_records(rng, c.arithmetic, c.arithmetic_p_big, exclude)
+    pre = docs_pre + S.arithmetic_records(rng, c.arithmetic, c.arithmetic_p_big, exclude, c.arithmetic_p_sheet)
     bar.update()
-    pre += S.passkey_records(rng, c.passkey, *c.passkey_filler)
-    long = docs_long + S.passkey_records(rng, c.long_passkey, *c.long_passkey_filler)
-    long += S.arithmetic_records(rng, c.long_arithmetic, c.arithmetic_p_big, exclude)
+    pre += S.copy_records(rng, c.copy, *c.copy_items)
+    pre += [S.arithmetic_chat(rng, exclude, c.arithmetic_p_big) for _ in range(c.pretrain_chats)]
+    long = list(docs_long)
+    long += S.arithmetic_records(rng, c.long_arithmetic, c.arithmetic_p_big, exclude, c.arithmetic_p_sheet)
+    long += S.copy_records(rng, c.copy // 10, *c.copy_items)
     bar.update()
     chats = S.chat_records(rng, c.chats, exclude, facts, c.chat_weights)
     bar.update()
@@ -194,30 +201,47 @@ def build_corpus(r: NanoRecipe, data: Path) -> dict:
     with open(data / "tokenizer_text.txt", "w", encoding="utf-8") as f:
         for d in docs_pre:
             f.write(d["text"])
-        for rec in pre[len(docs_pre):len(docs_pre) + 20000]:
-            f.write(rec.get("text") or rec["prompt"] + rec["completion"] + "\n")
-        for rec in chats[:3000]:
-            f.write(render_chat(rec["messages"], tools=rec.get("tools"), interpreter=rec.get("interpreter"),
-                                add_generation_prompt=False) + "\n")
+        for rec in pre[:20000] + chats[:3000] + S.passkey_records(rng, 300, 0, 12):  # a sample of every kind
+            if "messages" in rec:
+                f.write(render_chat(rec["messages"], tools=rec.get("tools"), interpreter=rec.get("interpreter"),
+                                    add_generation_prompt=False) + "\n")
+            elif "prompt" in rec:
+                f.write(rec["prompt"] + rec["completion"] + "\n")
+            elif "segments" in rec:
+                f.write("".join(t for t, _ in rec["segments"]) + "\n")
+            else:
+                f.write(rec["text"] + "\n")
     with open(data / "test_problems.json", "w", encoding="utf-8") as f:
-        json.dump({"small": [p.prompt + p.answer for p in small], "big": [p.prompt + p.answer for p in big]}, f)
+        json.dump({"small": [[p.a, p.op, p.b] for p in small], "big": [[p.a, p.op, p.b] for p in big]}, f)
     bar.update()
     bar.close()
     return {"records": counts, "docs_chars": used, "modules": len(pages), "doc_facts": len(facts)}
 
 
+def write_passkey_docs(r: NanoRecipe, data: Path, tok) -> dict:
+    """Passkey documents sized in tokens with the trained tokenizer, for the pretraining and long-context
+    stages (`passkey_<stage>_<split>.jsonl`); returns the filler ranges used."""
+    from puyu.train import synthetic as S
+
+    c = r.corpus
+    rng = random.Random(f"puyu-passkey-{r.seed}")
+    ranges = {}
+    for name, n, (lo_t, hi_t) in (("pretrain", c.passkey, c.passkey_tokens),
+                                  ("longctx", c.long_passkey, c.long_passkey_tokens)):
+        lo, hi = S.passkey_filler_range(tok, lo_t, hi_t)
+        train, val = _split(S.passkey_records(rng, n, lo, hi), c.val_fraction, rng)
+        S.write_jsonl(data / f"passkey_{name}_train.jsonl", train)
+        S.write_jsonl(data / f"passkey_{name}_val.jsonl", val)
+        ranges[name] = {"filler_blocks": [lo, hi], "docs": n}
+    return ranges
+
+
 def _load_tests(data: Path):
+    """The held-out test problems written by `build_corpus`: (a, b < 100 list, a, b < 1000 list)."""
     from puyu.train.synthetic import Problem
 
-    def parse(s: str) -> Problem:
-        q, _ = s.split("=")
-        op = "+" if "+" in q else "-"
-        a, b = q.split(op, 1) if op == "+" else (q[: q.index("-", 1 if q.startswith("-") else 0)],
-                                                 q[q.index("-", 1 if q.startswith("-") else 0) + 1:])
-        return Problem(int(a), op, int(b))
-
     t = json.loads((data / "test_problems.json").read_text(encoding="utf-8"))
-    return [parse(s) for s in t["small"]], [parse(s) for s in t["big"]]
+    return [Problem(*p) for p in t["small"]], [Problem(*p) for p in t["big"]]
 
 
 # ---- stage recipes -------------------------------------------------------------------------------
@@ -278,10 +302,11 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
     tok = load_tokenizer(tok_dir)
     # shards
     def make_shards():
-        metas = {}
+        metas = {"passkey": write_passkey_docs(r, data, tok)}
         for name in ("pretrain", "longctx", "sft"):
             for split in ("train", "val"):
-                meta = tokenize_to_shard([data / f"{name}_{split}.jsonl"], shards / f"{name}_{split}", tok,
+                extra = [data / f"passkey_{name}_{split}.jsonl"] if name != "sft" else []
+                meta = tokenize_to_shard([data / f"{name}_{split}.jsonl"] + extra, shards / f"{name}_{split}", tok,
                                          progress=r.progress)
                 metas[f"{name}_{split}"] = {"tokens": meta["n_tokens"], "docs": meta["n_docs"],
                                             "loss_tokens": meta["n_loss_tokens"]}
@@ -293,7 +318,8 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
 
     def task_hook(lm, step: int, elapsed: float) -> dict:
         res = E.arithmetic_accuracy(lm, tok, curve_probs)
-        return {"arith_acc_100": res["accuracy"], "minutes": elapsed / 60}
+        pk = E.passkey_accuracy(lm, tok, 10, r.pretrain.seq_len, seed=r.seed + 1)
+        return {"arith_acc_100": res["accuracy"], "passkey_short": pk["accuracy"], "minutes": elapsed / 60}
 
     # pretrain -> longctx -> sft
     stages = [("pretrain", None), ("longctx", str(out / "pretrain" / "hf")), ("sft", str(out / "longctx" / "hf"))]

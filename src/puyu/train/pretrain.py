@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from puyu.config import ModelConfig, get_preset
-from puyu.errors import ConfigError
+from puyu.errors import ConfigError, PuyuError
 from puyu.model import InternLM2ForCausalLM
 from puyu.train import distributed as D
 from puyu.train.dataset import Batch, make_rows
@@ -44,6 +44,10 @@ from puyu.train.optim import build_optimizer, clip_grad_norm, lr_at, set_lr
 from puyu.train.recipe import Recipe, to_dict
 from puyu.train.shards import load_shards
 from puyu.train.state import find_latest, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+
+class TrainingError(PuyuError):
+    """Training cannot go on (for example the loss became NaN or infinite)."""
 
 
 class LossModel(nn.Module):
@@ -138,18 +142,46 @@ def autocast_context(precision: str, device: torch.device):
     return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), "bf16 autocast"
 
 
-def resolve_threads(threads) -> int:
-    """Set torch's CPU thread count: an int as given; "auto" uses every core on a quiet machine and one
-    thread when other processes keep the cores busy (load average above half the cores), where
-    synchronising two threads costs more than the second thread gains; None keeps torch's default."""
+def _cpu_counters() -> tuple[float, float, float] | None:
+    """(busy seconds of the whole machine from /proc/stat, this process's CPU seconds, wall seconds)."""
     import os
 
-    if threads == "auto":
-        cores = os.cpu_count() or 1
-        threads = 1 if os.getloadavg()[0] > 0.5 * cores else cores
-    if isinstance(threads, int) and threads > 0:
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), time.process_time(), time.perf_counter()
+
+
+class ThreadGovernor:
+    """Chooses torch's CPU thread count. An int is used as given and None keeps torch's default.
+    "auto" uses every core while the machine is otherwise quiet and fewer (one on two cores) while other
+    processes keep cores busy: on a small shared CPU, threads that wait for each other at every
+    operator then run 2-3x slower than one thread alone (measured on this project's 2-core machine).
+    The choice is revisited every `every_s` seconds from the machine's busy time minus our own."""
+
+    def __init__(self, setting, every_s: float = 30.0):
+        import os
+
+        self.auto, self.every_s, self.cores = setting == "auto", every_s, os.cpu_count() or 1
+        if isinstance(setting, int) and setting > 0:
+            torch.set_num_threads(setting)
+        self.last = _cpu_counters()
+        if self.auto and self.last is not None:
+            time.sleep(0.3)  # a first short sample
+            self.update(force=True)
+
+    def update(self, force: bool = False) -> int:
+        if self.auto and self.last is not None and (force or time.perf_counter() - self.last[2] >= self.every_s):
+            now = _cpu_counters()
+            others = max(0.0, ((now[0] - self.last[0]) - (now[1] - self.last[1])) / max(now[2] - self.last[2], 1e-6))
+            self.last = now
+            want = self.cores if others < 0.5 else max(1, self.cores - round(others))
+            if want != torch.get_num_threads():
+                torch.set_num_threads(want)
+        return torch.get_num_threads()
 
 
 # ---- evaluation ----------------------------------------------------------------------------------
@@ -233,7 +265,8 @@ def train(recipe: Recipe, resume: bool = False, stage: str = "pretrain", task_ho
         net = D.wrap(LossModel(lm, recipe.data.doc_mask).to(info.device), info, recipe.dist.strategy)
         optimizer = build_optimizer(net, opt_cfg.lr, opt_cfg.betas, opt_cfg.eps, opt_cfg.weight_decay)
         autocast, precision = autocast_context(tr.precision, info.device)
-        threads = resolve_threads(tr.threads) if info.device.type == "cpu" else None
+        governor = ThreadGovernor(tr.threads) if info.device.type == "cpu" else None
+        threads = governor.update() if governor else None
         metrics = MetricsLog(out / "metrics.jsonl", enabled=info.is_main)
 
         # ---- resume ----
@@ -278,6 +311,7 @@ def train(recipe: Recipe, resume: bool = False, stage: str = "pretrain", task_ho
         for step in range(start_step, tr.steps):
             lr = lr_at(step, tr.steps, opt_cfg.lr, opt_cfg.warmup_steps, opt_cfg.min_lr_ratio)
             set_lr(optimizer, lr)
+            threads = governor.update() if governor else None
             batch: Batch = rows.next_batch(tr.batch_size, info.rank, info.world_size)
             micro = [batch.rows(i * per_proc, (i + 1) * per_proc) for i in range(tr.grad_accum)]
             # The global number of target tokens of this step normalises every process's loss.
@@ -296,14 +330,14 @@ def train(recipe: Recipe, resume: bool = False, stage: str = "pretrain", task_ho
             optimizer.zero_grad(set_to_none=True)
             train_loss = float(D.all_reduce_sum(loss_total, info)) / n_global
             if not math.isfinite(train_loss):
-                raise FloatingPointError(f"[{stage}] loss became {train_loss} at step {step + 1}; "
+                raise TrainingError(f"[{stage}] loss became {train_loss} at step {step + 1}; "
                                          f"lower optim.lr or raise optim.warmup_steps")
             tokens_seen += tr.batch_size * recipe.data.seq_len
             done = step + 1
             elapsed = time.perf_counter() - t_start
             tok_s = tokens_seen / max(elapsed, 1e-9)
             if done % tr.log_every == 0 or done == tr.steps:
-                metrics.log("train", done, loss=train_loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tok_s,
+                metrics.log("train", done, loss=train_loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tok_s, threads=threads,
                             elapsed_s=elapsed)
             if val_rows is not None and (done % tr.eval_every == 0 or done == tr.steps):
                 val_loss = evaluate(net, val_rows, tr.eval_batches, tr.batch_size, info, autocast)
@@ -314,7 +348,8 @@ def train(recipe: Recipe, resume: bool = False, stage: str = "pretrain", task_ho
                     D.unwrap(net).lm.train()
                     metrics.log("task", done, elapsed_s=time.perf_counter() - t_start, **figures)
                 D.barrier(info)
-            bar.set_postfix_str(f"loss {train_loss:.3f} val {val_loss:.3f} lr {lr:.2e} {tok_s:,.0f} tok/s")
+            bar.set_postfix_str(f"loss {train_loss:.3f} val {val_loss:.3f} lr {lr:.2e} {tok_s:,.0f} tok/s"
+                                + (f" {threads}t" if threads else ""))
             bar.update(1)
             if done % tr.save_every == 0 or done == tr.steps:
                 checkpoint(done)

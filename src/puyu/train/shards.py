@@ -15,6 +15,8 @@ Inputs, streamed record by record (never loaded whole):
 - `*.jsonl`: one record per line, one of
     {"text": str}                                   loss on every token,
     {"prompt": str, "completion": str}              loss on the completion and the closing `</s>`,
+    {"segments": [[str, bool], ...]}                pieces tokenized one by one, loss where the flag is
+                                                    true, and on the closing `</s>`,
     {"messages": [...], "tools": [...], "interpreter": ...}
                                                     rendered with the InternLM2 chat template, loss on
                                                     assistant turns only (see `chat_tokens`);
@@ -56,6 +58,17 @@ def record_tokens(tok, record: dict, where: str) -> tuple[list[int], list[int]]:
             return chat_tokens(tok, msgs, tools=record.get("tools"), interpreter=record.get("interpreter"))
         except (KeyError, TypeError, ValueError) as e:
             raise ShardError(f"{where}: cannot render conversation ({e})") from None
+    if "segments" in record:
+        segs = record["segments"]
+        if not isinstance(segs, list) or not segs or not all(
+                isinstance(x, list) and len(x) == 2 and isinstance(x[0], str) and isinstance(x[1], bool) for x in segs):
+            raise ShardError(f"{where}: 'segments' must be a non-empty list of [text, train_on_it] pairs")
+        ids, mask = [tok.bos_id], [0]
+        for text, train_on in segs:
+            part = tok.encode(text)
+            ids += part
+            mask += [int(train_on)] * len(part)
+        return ids + [tok.eos_id], mask + [1]
     if "prompt" in record and "completion" in record:
         p, c = record["prompt"], record["completion"]
         if not isinstance(p, str) or not isinstance(c, str):

@@ -7,6 +7,7 @@
   out of every training record, so the reported accuracy is on problems the model never saw.
 - Passkey retrieval: a 5-digit key hidden at a random depth in repeated filler text, asked for at the
   end (the "needle in a haystack" test of the long-context literature, scaled down).
+- Copying: "Repeat after me" records with random content, which teach copying from the context.
 - Short chats, tool-call dialogues and code-interpreter dialogues in the InternLM2 chat format
   (`messages` records with `tools` / `interpreter`, rendered by `puyu.chat_format`).
 """
@@ -54,15 +55,30 @@ def held_out_problems(seed: int, n_small: int, n_big: int) -> tuple[list[Problem
     return out[0], out[1]
 
 
-def arithmetic_records(rng: random.Random, n: int, p_big: float, exclude: set[Problem]) -> list[dict]:
-    """`n` prompt/completion records; a fraction `p_big` with operands < 1000, the rest < 100."""
-    out = []
-    while len(out) < n:
+def _training_problem(rng: random.Random, p_big: float, exclude: set[Problem]) -> Problem:
+    while True:
         limit = 1000 if rng.random() < p_big else 100
         p = Problem(rng.randrange(limit), rng.choice(OPS), rng.randrange(limit))
-        if p in exclude:
-            continue
-        out.append({"prompt": p.prompt, "completion": p.answer})
+        if p not in exclude:
+            return p
+
+
+def arithmetic_records(rng: random.Random, n: int, p_big: float, exclude: set[Problem],
+                       p_sheet: float = 0.0, max_sheet: int = 4) -> list[dict]:
+    """`n` records; a fraction `p_big` of problems with operands < 1000, the rest < 100. Most are one
+    problem (prompt/completion); a fraction `p_sheet` are "worksheets" of 2..max_sheet problems, one
+    per line, trained on every answer, so that problems also appear after other text in a document."""
+    out = []
+    while len(out) < n:
+        if rng.random() < p_sheet:
+            segs = []
+            for k in range(rng.randint(2, max_sheet)):
+                p = _training_problem(rng, p_big, exclude)
+                segs += [[("\n" if k else "") + p.prompt, False], [p.answer, True]]
+            out.append({"segments": segs})
+        else:
+            p = _training_problem(rng, p_big, exclude)
+            out.append({"prompt": p.prompt, "completion": p.answer})
     return out
 
 
@@ -81,6 +97,16 @@ def passkey_prompt(key: int, n_filler: int, depth: float) -> str:
     return PASSKEY_INTRO + FILLER * before + needle + FILLER * (n_filler - before) + PASSKEY_QUESTION
 
 
+def passkey_filler_range(tokenizer, min_tokens: int, max_tokens: int) -> tuple[int, int]:
+    """Filler-block counts (lo, hi) whose whole passkey document (`<s>`, prompt, key, `</s>`) is
+    about `min_tokens` to at most `max_tokens` tokens with this tokenizer."""
+    frame = len(tokenizer.encode(passkey_prompt(99999, 0, 0.5) + "99999.")) + 2
+    block = len(tokenizer.encode(FILLER * 8)) / 8
+    hi = max(0, int((max_tokens - frame) // block))
+    lo = min(hi, max(0, -int(-(min_tokens - frame) // block)))
+    return lo, hi
+
+
 def passkey_records(rng: random.Random, n: int, min_filler: int, max_filler: int) -> list[dict]:
     """Passkey documents as plain text (loss on every token: the filler repeats and the key is said
     again at the end, which teaches copying from far back)."""
@@ -89,6 +115,24 @@ def passkey_records(rng: random.Random, n: int, min_filler: int, max_filler: int
         key = rng.randrange(10000, 100000)
         prompt = passkey_prompt(key, rng.randint(min_filler, max_filler), rng.random())
         out.append({"text": f"{prompt}{key}."})
+    return out
+
+
+# ---- copying -------------------------------------------------------------------------------------
+COPY_WORDS = ("red green blue apple river stone seven lamp cloud paper tiger music north silver "
+              "window garden bread candle forest orange").split()
+
+
+def copy_records(rng: random.Random, n: int, min_items: int, max_items: int) -> list[dict]:
+    """"Repeat after me" records: a random sequence of numbers and words, then the same sequence as the
+    completion. The content is random, so it can only be predicted by copying from the context; this
+    grows the copying (induction) circuits that passkey retrieval and chat answers rely on."""
+    out = []
+    for _ in range(n):
+        items = [str(rng.randrange(10 ** rng.randint(1, 5))) if rng.random() < 0.5 else rng.choice(COPY_WORDS)
+                 for _ in range(rng.randint(min_items, max_items))]
+        seq = " ".join(items)
+        out.append({"prompt": f"Repeat after me: {seq}\nRepeat:", "completion": " " + seq})
     return out
 
 
@@ -109,11 +153,7 @@ ARITH_QUESTIONS = ["{p}", "What is {q}?", "Compute {q}.", "{q} = ?", "Please cal
 
 
 def arithmetic_chat(rng: random.Random, exclude: set[Problem], p_big: float) -> dict:
-    while True:
-        limit = 1000 if rng.random() < p_big else 100
-        p = Problem(rng.randrange(limit), rng.choice(OPS), rng.randrange(limit))
-        if p not in exclude:
-            break
+    p = _training_problem(rng, p_big, exclude)
     q = rng.choice(ARITH_QUESTIONS).format(p=p.prompt, q=p.prompt[:-1])
     msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": f"{p.prompt}{p.answer}"}]
     if rng.random() < 0.5:
