@@ -66,3 +66,15 @@ def tiny_checkpoint(tmp_path_factory, tiny_tokenizer):
     d = tmp_path_factory.mktemp("tiny_ckpt")
     save_pretrained(model, d, tokenizer=tiny_tokenizer)
     return d
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tiny-model forwards on one thread: at nano sizes a second thread costs more in
+    synchronisation than it saves, and the suite shares a 2-core machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from puyu.chat import ChatSession
 from puyu.chat_format import render_chat
@@ -19,13 +18,7 @@ from puyu.engine import Engine
 from puyu.sampling import SamplingParams
 from puyu.tokenizer import load_tokenizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

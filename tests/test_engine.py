@@ -19,15 +19,7 @@ from puyu.model import InternLM2ForCausalLM
 from puyu.rope import dynamic_base
 from puyu.sampling import SamplingParams
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy shared CPU the OpenMP spin-waits
-    of idle worker threads slow every op several-fold. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,7 @@ from puyu.checkpoint import load_model
 from puyu.cli import main
 from puyu.tokenizer import load_tokenizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @torch.inference_mode()

@@ -27,7 +27,6 @@ Text and prompt/completion documents are `<s> ... </s>`; chat documents are the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from puyu.errors import PuyuError
+from puyu.train.state import sha256_file
 
 FLUSH_TOKENS = 1 << 20  # write to disk (and record progress) about every million tokens
 
@@ -123,13 +123,6 @@ def iter_records(path: Path) -> Iterator[tuple[str, object]]:
         raise ShardError(f"{path}: unsupported input type {suffix!r} (use .txt, .jsonl or .parquet)")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -155,7 +148,7 @@ def tokenize_to_shard(inputs: list[str | Path], out_dir: str | Path, tokenizer, 
     for f in files:
         if not f.is_file():
             raise ShardError(f"input {f} does not exist")
-    tok_sha = _sha256(tokenizer.model_file)
+    tok_sha = sha256_file(tokenizer.model_file)
     identity = {"inputs": [str(f) for f in files], "sizes": [f.stat().st_size for f in files],
                 "tokenizer_sha256": tok_sha}
     meta_path, prog_path = out / "meta.json", out / "progress.json"

@@ -33,7 +33,8 @@ FORMAT = 1
 _STEP_DIR = re.compile(r"step_(\d+)")
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -89,7 +90,7 @@ def save_checkpoint(ckpt_root: str | Path, step: int, payload: dict, keep: int =
         f.flush()
         os.fsync(f.fileno())
     manifest = {"format": FORMAT, "step": step,
-                "files": {"state.pt": {"bytes": state_file.stat().st_size, "sha256": _sha256(state_file)}}}
+                "files": {"state.pt": {"bytes": state_file.stat().st_size, "sha256": sha256_file(state_file)}}}
     with open(tmp / "manifest.json", "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1)
         f.flush()
@@ -141,7 +142,7 @@ def verify_checkpoint(path: str | Path) -> dict:
         if size != info["bytes"]:
             raise CheckpointError(f"checkpoint {path} is truncated or partial: {name} has {size} bytes, "
                                   f"the manifest says {info['bytes']}")
-        if _sha256(f) != info["sha256"]:
+        if sha256_file(f) != info["sha256"]:
             raise CheckpointError(f"checkpoint {path} is corrupt: the SHA-256 of {name} does not match its manifest")
     return manifest
 
