@@ -332,14 +332,27 @@ class Sandbox:
             a.extend(opt)
             trees.append(dst.rstrip("/") or "/")
 
-        # Parents before children; skip paths already inside another read-only bind.
-        for p in sorted(ro, key=len):
-            if os.path.exists(p) and not any(p != q and p.startswith(q.rstrip("/") + "/") for q in ro):
+        # Parents before children; skip paths already inside another read-only bind. Paths under /tmp
+        # or /dev/shm (a checkout and its venv cloned under /tmp, say) are bound after the private
+        # tmpfs is mounted there, or the tmpfs would hide them.
+        private = ("/tmp", "/dev/shm")
+        wanted = [p for p in sorted(ro, key=len)
+                  if os.path.exists(p) and not any(p != q and p.startswith(q.rstrip("/") + "/") for q in ro)]
+
+        def under_private(p: str) -> bool:
+            return any(p == t or p.startswith(t + "/") for t in private)
+
+        for p in wanted:
+            if not under_private(p):
                 mount(["--ro-bind", p, p], p)
         a += ["--proc", "/proc", "--dev", "/dev",
               "--perms", "1777", "--size", str(lim.tmpfs_bytes), "--tmpfs", "/tmp"]
         made.add("/tmp")  # empty, so parents of binds below it are created like the others
         a += ["--perms", "1777", "--size", str(lim.tmpfs_bytes), "--tmpfs", "/dev/shm"]
+        made.add("/dev/shm")
+        for p in wanted:
+            if under_private(p):
+                mount(["--ro-bind", p, p], p)
         for d in (self.runtime_dir, self.workdir):
             mount(["--bind", str(d), str(d)], str(d))
         if self.uid is None:  # otherwise the shim changes directory once it has the sandbox uid
