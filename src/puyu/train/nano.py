@@ -53,7 +53,7 @@ class CorpusSection:
     copy: int = 30000
     pretrain_chats: int = 15000  # arithmetic chats mixed into pretraining (loss on the assistant turn)
     copy_items: list = field(default_factory=lambda: [3, 12])
-    long_passkey: int = 3000
+    long_passkey: int = 4500
     long_passkey_tokens: list = field(default_factory=lambda: [100, 512])
     long_docs_chars: int = 200_000
     long_arithmetic: int = 60_000
@@ -103,7 +103,7 @@ class NanoRecipe:
     pretrain: StageSection = field(default_factory=lambda: StageSection(
         seq_len=128, steps=2600, batch_size=12, lr=1e-3, warmup_steps=30, eval_every=200))
     longctx: StageSection = field(default_factory=lambda: StageSection(
-        seq_len=512, steps=300, batch_size=4, lr=1e-3, warmup_steps=10, eval_every=150, rope_theta=100_000.0))
+        seq_len=512, steps=400, batch_size=4, lr=1e-3, warmup_steps=10, eval_every=200, rope_theta=100_000.0))
     sft: StageSection = field(default_factory=lambda: StageSection(
         seq_len=256, steps=150, batch_size=16, lr=5e-4, warmup_steps=15, eval_every=75))
     eval: EvalSection = field(default_factory=EvalSection)
