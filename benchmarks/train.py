@@ -7,7 +7,7 @@ Both models get the same shape (hidden, intermediate, layers, heads, kv heads, v
 same random token batch and the same AdamW; each step is forward, cross-entropy over every position,
 backward, clip, optimizer step. Reported per variant: median seconds per step, training tokens/s, and
 model FLOPs utilisation (MFU) against this machine's measured fp32 matmul peak (the best of a few
-square matmuls, measured here first). FLOPs per token are 6 x matmul parameters (forward and backward)
+square matmuls, measured before and after the runs, the best kept). FLOPs per token are 6 x matmul parameters (forward and backward)
 plus 6 x layers x T x hidden for causal attention scores and values.
 
 Variants: `hf` (LlamaForCausalLM, eager, its default attention, fp32), `puyu` (the training loop's
@@ -156,6 +156,10 @@ def main(argv=None) -> int:
     for i in range(args.steps):
         for r in runners[i % len(runners):] + runners[:i % len(runners)]:
             r.step(record=True)
+    # Measure the peaks again after the runs and keep the best: on a shared machine a single
+    # measurement can be depressed by another process, which would inflate MFU.
+    peak = max(peak, matmul_peak(torch.float32))
+    peak_bf16 = max(peak_bf16, matmul_peak(torch.bfloat16))
     results = []
     for r in runners:
         s_step = statistics.median(r.times)
