@@ -46,7 +46,7 @@ class CorpusSection:
     docs_chars: int = 500_000
     doc_chunk_chars: int = 1200
     arithmetic: int = 200_000
-    arithmetic_p_big: float = 0.15
+    arithmetic_p_big: float = 0.1
     arithmetic_p_sheet: float = 0.25  # worksheets of 2-4 problems (see synthetic.arithmetic_records)
     passkey: int = 7000
     passkey_tokens: list = field(default_factory=lambda: [0, 128])
@@ -101,7 +101,7 @@ class NanoRecipe:
     progress: bool = True
     corpus: CorpusSection = field(default_factory=CorpusSection)
     pretrain: StageSection = field(default_factory=lambda: StageSection(
-        seq_len=128, steps=2600, batch_size=12, lr=1e-3, warmup_steps=30, eval_every=200))
+        seq_len=128, steps=3200, batch_size=12, lr=1e-3, warmup_steps=30, eval_every=200))
     longctx: StageSection = field(default_factory=lambda: StageSection(
         seq_len=512, steps=400, batch_size=4, lr=1e-3, warmup_steps=10, eval_every=200, rope_theta=100_000.0))
     sft: StageSection = field(default_factory=lambda: StageSection(
