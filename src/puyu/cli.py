@@ -65,7 +65,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    return int(rc or 0)
+    rc = int(rc or 0)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and argv is None:
+        # A torchrun worker whose work is done and whose process group is destroyed leaves now: the
+        # interpreter's teardown can meet gloo's C++ threads and abort (pytorch/pytorch#179291), turning a
+        # finished run into a failed one.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
 
 
 if __name__ == "__main__":

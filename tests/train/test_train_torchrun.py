@@ -60,3 +60,18 @@ def test_two_processes_match_one(tmp_path, tiny_shards, strategy):
     m2 = load_model(tmp_path / "two" / "out" / "hf")
     for (n, p1), (_, p2) in zip(m1.named_parameters(), m2.named_parameters()):
         assert (p1 - p2).abs().max() < 1e-4, n
+
+
+@pytest.mark.slow
+def test_failed_run_exits_with_its_error_and_does_not_hang(tmp_path, tiny_shards):
+    """A loss that diverges on every rank ends the torchrun job with the training error and a non-zero
+    status, promptly (the process group is aborted, not torn down collectively)."""
+    sections = dict(train={"steps": 30, "batch_size": 8, "eval_every": 30, "save_every": 30},
+                    optim={"lr": 1e6, "warmup_steps": 1, "grad_clip": 0.0},
+                    dist={"strategy": "ddp", "backend": "gloo"})
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_shards, **sections)
+    res = subprocess.run(_torchrun() + ["--standalone", "--nproc_per_node=2", "-m", "puyu.cli", "train",
+                                        "pretrain", str(recipe)], env=ENV, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode != 0
+    assert "loss became" in res.stderr, res.stderr[-3000:]

@@ -65,8 +65,24 @@ def setup(device: str | None = None, backend: str | None = None) -> DistInfo:
     return DistInfo(rank, world, local, dev, backend)
 
 
-def cleanup(info: DistInfo) -> None:
-    if info.distributed and dist.is_initialized():
+def cleanup(info: DistInfo, ok: bool = True) -> None:
+    """End the process group. On success every rank first meets at a barrier, so no rank tears down its
+    gloo/nccl threads while a peer still talks to it (a rank that exited early was seen to abort with
+    "terminate called without an active exception" under load); after a failure the group is aborted
+    without a collective (a barrier would hang on the peers still inside one) and torchrun reaps the rest."""
+    if not (info.distributed and dist.is_initialized()):
+        return
+    if ok:
+        dist.barrier()
+        dist.destroy_process_group()
+        return
+    pg = dist.distributed_c10d._get_default_group()
+    if hasattr(pg, "abort"):
+        try:
+            pg.abort()
+        except Exception:  # abort is best effort; the failure that brought us here is what the user sees
+            pass
+    else:
         dist.destroy_process_group()
 
 

@@ -228,6 +228,7 @@ def train(recipe: Recipe, resume: bool = False, stage: str = "pretrain", task_ho
     recipe.validate()
     tr, opt_cfg = recipe.train, recipe.optim
     info = D.setup(tr.device, recipe.dist.backend)
+    ok = False
     try:
         torch.manual_seed(tr.seed)
         random.seed(tr.seed)
@@ -362,13 +363,14 @@ def train(recipe: Recipe, resume: bool = False, stage: str = "pretrain", task_ho
             hf_dir = save_hf(net, cfg, out / "hf", tokenizer, info, tr.hf_dtype)
         if info.is_main:
             plot_losses({stage: out / "metrics.jsonl"}, out / "loss.png", title=f"{stage} loss")
+        ok = True
         return {"stage": stage, "steps": tr.steps, "start_step": start_step, "train_loss": train_loss,
                 "val_loss": val_loss, "tokens": tokens_seen, "seconds": elapsed,
                 "tokens_per_s": tokens_seen / max(elapsed, 1e-9), "hf_dir": str(hf_dir) if hf_dir else None,
                 "out_dir": str(out), "parameters": sum(p.numel() for p in lm.parameters()),
                 "rows": rows.n_rows, "world_size": info.world_size, "precision": precision, "threads": threads}
     finally:
-        D.cleanup(info)
+        D.cleanup(info, ok)
 
 
 def run_longctx(recipe: Recipe, resume: bool = False) -> dict:
