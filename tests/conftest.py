@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported; see puyu/cli.py
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # before torch is imported; see puyu/cli.py
 
 import random  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -78,7 +78,7 @@ def test_puyu_chat_in_a_pseudo_terminal(tiny_checkpoint, setup):
     first = expected_reply(engine, [{"role": "user", "content": "hello"}], params)
     assert len(_printable_run(first)) >= 2  # something definite to look for on the terminal
     exe = Path(sys.executable).with_name("puyu")
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "TERM": "dumb"}
+    env = {**os.environ, "GOMP_SPINCOUNT": "1000", "OMP_NUM_THREADS": "1", "TERM": "dumb"}
     child = pexpect.spawn(str(exe), ["chat", str(tiny_checkpoint), "--max-new-tokens", "8",
                                      "--cache-tokens", "256"], env=env, encoding="utf-8", timeout=90)
     try:

@@ -42,10 +42,12 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
 
+from puyu.decode_step import DecodeStep, RowSplitter
 from puyu.detokenize import IncrementalDetokenizer, StopStringMatcher
 from puyu.errors import PuyuError
 from puyu.kv_cache import AttentionBatch, PagedKVCache, SequenceBlocks, max_chunk_for
@@ -170,17 +172,21 @@ def prefill_packed(model, cache: PagedKVCache, seqs: list[SequenceBlocks], promp
 
 @torch.inference_mode()
 def decode(model, cache: PagedKVCache, seqs: list[SequenceBlocks], tokens: list[int], positions: list[int],
-           bases: list[float | None]) -> torch.Tensor:
-    """One token per sequence: tokens[b] at positions[b] (keys 0..positions[b]) -> logits [B, V]."""
+           bases: list[float | None], step: DecodeStep | None = None) -> torch.Tensor:
+    """One token per sequence: tokens[b] at positions[b] (keys 0..positions[b]) -> logits [B, V].
+    With `step` (a `DecodeStep` of `model`) the streamlined decode forward runs; else the model's own."""
     device = cache.device
-    ids = torch.tensor(tokens, device=device)[:, None]  # [B, 1]
-    pos = torch.tensor(positions, device=device)[:, None]  # [B, 1]
+    ids = torch.tensor(tokens, device=device)  # [B]
+    pos = torch.tensor(positions, device=device)  # [B]
     hook = AttentionBatch.decode(cache, seqs, positions)
     if bases[0] is None or all(b == bases[0] for b in bases):
         base = bases[0]
     else:
         base = torch.tensor(bases, dtype=torch.float64, device=device)  # [B]
-    hidden = model(ids, position_ids=pos, cache=hook, rope_base=base, return_hidden=True)  # [B, 1, C]
+    if step is not None and not step.hooked():
+        return step(ids, pos, hook, base)  # [B, V]
+    hidden = model(ids[:, None], position_ids=pos[:, None], cache=hook, rope_base=base,
+                   return_hidden=True)  # [B, 1, C]
     return model.output(hidden[:, 0]).float()  # [B, V]
 
 
@@ -205,9 +211,10 @@ def _default_cache_bytes(device: torch.device) -> int:
 _CLOSE = object()
 
 
-def _scheduler_main(engine_ref: weakref.ref, inbox: queue.SimpleQueue) -> None:
+def _scheduler_main(engine_ref: weakref.ref, inbox: queue.SimpleQueue, threads: int) -> None:
     """The scheduler thread. Holds the engine only weakly while idle, so an engine that is dropped
     without `close()` is still collected (its finaliser puts _CLOSE in the inbox)."""
+    torch.set_num_threads(threads)  # OpenMP thread counts are per thread: a new thread starts at the default
     with torch.inference_mode():
         while True:
             item = inbox.get()
@@ -231,13 +238,25 @@ class Engine:
     max_batch_size: requests decoded together; cache_tokens / cache_bytes: KV cache size (the smaller
     wins; default `max_batch_size * max_position_embeddings` tokens within a quarter of free memory);
     block_size: tokens per cache block; prefill_chunk: prompt tokens per prefill forward; mask_bytes:
-    bound on a prefill chunk's attention mask (chunks shrink at long context to respect it)."""
+    bound on a prefill chunk's attention mask (chunks shrink at long context to respect it);
+    fast_decode: decode steps through `puyu.decode_step.DecodeStep` (same function, fewer ops, large
+    matrix-vector products split across threads) instead of the model's generic forward;
+    threads: intra-op threads of the engine's own thread (default: what `torch.get_num_threads()` says
+    in the thread that builds the engine). A forward with little work (under `SMALL_FORWARD_FLOPS`)
+    runs on one thread: the model runs on the engine's thread, not the process's first thread, and
+    there each OpenMP parallel op paid ~85 µs more to start its workers (libgomp 4.5 in torch 2.13,
+    measured on the 2-core CPU: a [16, 256] x [256, 704] product 41 µs from the first thread, 127 µs
+    from a second one, 62 µs on one core). Large matrix-vector products are split over `threads`
+    Python threads by `RowSplitter` instead."""
+
+    SMALL_FORWARD_FLOPS = 512e6
 
     def __init__(self, model, tokenizer=None, *, max_batch_size: int = 16, cache_tokens: int | None = None,
                  cache_bytes: int | None = None, block_size: int = 32, prefill_chunk: int = 2048,
-                 mask_bytes: int = 256 << 20):
+                 mask_bytes: int = 256 << 20, fast_decode: bool = True, threads: int | None = None):
+        threads = torch.get_num_threads() if threads is None else threads
         for name, v in [("max_batch_size", max_batch_size), ("block_size", block_size),
-                        ("prefill_chunk", prefill_chunk), ("mask_bytes", mask_bytes)]:
+                        ("prefill_chunk", prefill_chunk), ("mask_bytes", mask_bytes), ("threads", threads)]:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise EngineError(f"Engine argument '{name}' must be a positive integer, got {v!r}")
         self.model, self.tokenizer, self.config = model, tokenizer, model.config
@@ -256,6 +275,10 @@ class Engine:
             raise EngineError(f"the KV cache would hold less than one block of {block_size} tokens "
                               f"({per_token} bytes per token); raise cache_tokens or cache_bytes")
         self.cache = PagedKVCache(cfg, num_blocks, block_size, dtype=self.dtype, device=self.device)
+        self.threads = threads
+        self._decoder = (DecodeStep(model, RowSplitter(threads)) if fast_decode and DecodeStep.supports(model)
+                         else None)
+        self._flops_per_token = 2 * sum(p.numel() for p in model.parameters())
         # A vocabulary padded beyond the tokenizer's pieces: never sample ids the tokenizer cannot decode.
         self._vocab_limit = None
         if tokenizer is not None and tokenizer.vocab_size < cfg.vocab_size:
@@ -266,7 +289,7 @@ class Engine:
         self._counters = {"steps": 0, "decode_steps": 0, "prefill_tokens": 0, "generated_tokens": 0}
         self._closed = False
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=_scheduler_main, args=(weakref.ref(self), self._inbox),
+        self._thread = threading.Thread(target=_scheduler_main, args=(weakref.ref(self), self._inbox, threads),
                                         name="puyu-engine", daemon=True)
         self._thread.start()
         # Dropped without close(), or still open at interpreter exit: stop the thread cleanly.
@@ -343,6 +366,8 @@ class Engine:
                 item()
         for r in list(self._running) + list(self._waiting):
             self._finish(r, "abort")
+        if self._decoder is not None:
+            self._decoder.close()
 
     def __enter__(self) -> Engine:
         return self
@@ -478,8 +503,9 @@ class Engine:
         if len(fresh) == 1:
             self._prefill_chunk(fresh[0], len(fresh[0].prompt))
         elif fresh:
-            logits = prefill_packed(self.model, self.cache, [r.seq for r in fresh], [r.prompt for r in fresh],
-                                    fresh[0].base)  # [n, V]
+            with self._threads_for(sum(len(r.prompt) for r in fresh)):
+                logits = prefill_packed(self.model, self.cache, [r.seq for r in fresh],
+                                        [r.prompt for r in fresh], fresh[0].base)  # [n, V]
             for r in fresh:
                 r.computed = len(r.prompt)
             self._counters["prefill_tokens"] += sum(len(r.prompt) for r in fresh)
@@ -487,8 +513,9 @@ class Engine:
 
     def _prefill_chunk(self, r: _Request, n: int) -> None:
         start, P = r.computed, len(r.prompt)
-        logits = prefill(self.model, self.cache, r.seq, r.prompt[start:start + n], start, r.base,
-                         all_logits=r.score is not None)  # [n or 1, V]
+        with self._threads_for(n):
+            logits = prefill(self.model, self.cache, r.seq, r.prompt[start:start + n], start, r.base,
+                             all_logits=r.score is not None)  # [n or 1, V]
         r.computed += n
         self._counters["prefill_tokens"] += n
         if r.score is not None:
@@ -498,9 +525,22 @@ class Engine:
         elif r.computed == P:
             self._sample_and_emit([r], logits)
 
+    @contextmanager
+    def _threads_for(self, tokens: int):
+        """One intra-op thread for a forward over `tokens` tokens with little work (class docstring)."""
+        small = self.threads > 1 and tokens * self._flops_per_token < self.SMALL_FORWARD_FLOPS
+        if small:
+            torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            if small:
+                torch.set_num_threads(self.threads)
+
     def _decode_step(self, reqs: list[_Request]) -> None:
-        logits = decode(self.model, self.cache, [r.seq for r in reqs], [r.output[-1] for r in reqs],
-                        [r.computed for r in reqs], [r.base for r in reqs])  # [B, V]
+        with self._threads_for(len(reqs)):
+            logits = decode(self.model, self.cache, [r.seq for r in reqs], [r.output[-1] for r in reqs],
+                            [r.computed for r in reqs], [r.base for r in reqs], self._decoder)  # [B, V]
         for r in reqs:
             r.computed += 1
         self._counters["decode_steps"] += 1

@@ -45,6 +45,7 @@ class CorpusSection:
 
     docs_chars: int = 500_000
     doc_chunk_chars: int = 1200
+    clean: bool = True  # pass the documentation through puyu.data (repair, exact + MinHash dedup)
     arithmetic: int = 200_000
     arithmetic_p_big: float = 0.1
     arithmetic_p_sheet: float = 0.25  # worksheets of 2-4 problems (see synthetic.arithmetic_records)
@@ -173,6 +174,15 @@ def build_corpus(r: NanoRecipe, data: Path) -> dict:
             buf += para + "\n\n"
         if buf.strip():
             chunks.append(buf)
+    cleaning = None
+    if c.clean:  # the data pipeline's repair and dedup steps (web-text rules would drop most of pydoc)
+        from puyu.data.pipeline import DEDUP_STEPS, clean_documents
+
+        result = clean_documents(chunks, str(data / "clean"), steps=DEDUP_STEPS, shards=2)
+        kept = [d.text for d in result.documents()]
+        cleaning = {"documents_in": len(chunks), "documents_kept": len(kept),
+                    "report": result.report}
+        chunks = kept
     rng.shuffle(chunks)
     docs_pre, docs_long, used = [], [], 0
     for ch in chunks:
@@ -215,7 +225,8 @@ def build_corpus(r: NanoRecipe, data: Path) -> dict:
         json.dump({"small": [[p.a, p.op, p.b] for p in small], "big": [[p.a, p.op, p.b] for p in big]}, f)
     bar.update()
     bar.close()
-    return {"records": counts, "docs_chars": used, "modules": len(pages), "doc_facts": len(facts)}
+    return {"records": counts, "docs_chars": used, "modules": len(pages), "doc_facts": len(facts),
+            "cleaning": cleaning}
 
 
 def write_passkey_docs(r: NanoRecipe, data: Path, tok) -> dict:
@@ -420,6 +431,9 @@ def _write_report(out: Path, rep: dict) -> None:
         f"{ev['passkey']['n']} depths): {pct(ev['passkey']['accuracy'])}",
         f"- arithmetic < 100 through the chat template (chat model): {pct(ev['chat_arith_100']['accuracy'])}; "
         f"turns ending with <|im_end|>: {pct(ev['chat_arith_100']['ends_with_im_end'])}",
+        *([f"- documentation cleaned by `puyu.data` (repair, exact and MinHash dedup): "
+           f"{cl['documents_kept']} of {cl['documents_in']} chunks kept (report: {cl['report']})"]
+          if (cl := rep.get("stages", {}).get("corpus", {}).get("cleaning")) else []),
         "", "## Wall time per stage (seconds)", "",
         "| stage | seconds |", "|---|---|", *[f"| {k} | {v:.0f} |" for k, v in t.items()],
         "", "## Arithmetic accuracy (< 100, held out) during pretraining", "",
