@@ -102,7 +102,7 @@ class NanoRecipe:
     progress: bool = True
     corpus: CorpusSection = field(default_factory=CorpusSection)
     pretrain: StageSection = field(default_factory=lambda: StageSection(
-        seq_len=128, steps=3200, batch_size=12, lr=1e-3, warmup_steps=30, eval_every=200))
+        seq_len=128, steps=4800, batch_size=12, lr=1e-3, warmup_steps=30, eval_every=200))
     longctx: StageSection = field(default_factory=lambda: StageSection(
         seq_len=512, steps=400, batch_size=4, lr=1e-3, warmup_steps=10, eval_every=200, rope_theta=100_000.0))
     sft: StageSection = field(default_factory=lambda: StageSection(
