@@ -246,8 +246,8 @@ class Engine:
     runs on one thread: the model runs on the engine's thread, not the process's first thread, and
     there each OpenMP parallel op paid ~85 µs more to start its workers (libgomp 4.5 in torch 2.13,
     measured on the 2-core CPU: a [16, 256] x [256, 704] product 41 µs from the first thread, 127 µs
-    from a second one, 62 µs on one core). Large matrix-vector products are split over `threads`
-    Python threads by `RowSplitter` instead."""
+    from a second one, 62 µs on one core). Large matrix-vector products are split across `threads`
+    cores by `RowSplitter` instead."""
 
     SMALL_FORWARD_FLOPS = 512e6
 

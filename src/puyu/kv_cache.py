@@ -230,7 +230,7 @@ class AttentionBatch:
             mask = _additive_mask(k_pos < lens, cache.dtype)[:, None, None, :]  # [B, 1, 1, S]
         return cls(cache, seqs, slots, S, mask, causal=False)
 
-    def read(self, store: torch.Tensor) -> torch.Tensor:
+    def _read(self, store: torch.Tensor) -> torch.Tensor:
         """store [N, P, K, D] -> this batch's keys or values [B, K, S, D] (a strided view or a gather)."""
         _, P, K, D = store.shape
         if self.span is not None:
@@ -249,7 +249,7 @@ class AttentionBatch:
         if self.fresh:
             keys, values = k, v  # [B, K, T, D]: nothing earlier to attend to
         else:
-            keys, values = self.read(ks), self.read(vs)  # [B, K, S, D]
+            keys, values = self._read(ks), self._read(vs)  # [B, K, S, D]
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=self.mask, is_causal=self.causal,
                                               enable_gqa=True)  # [B, H, T, D]
 
