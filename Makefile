@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.puyu-installed
-APT_PKGS := bubblewrap chromium tmux
+APT_PKGS := bubblewrap chromium tmux gcc libc6-dev
 
 .PHONY: demo test test-fast lint install system-deps clean
 
@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages: bubblewrap (interpreter sandbox), chromium (web-page test), tmux. Needs root.
+# Debian packages: bubblewrap (interpreter sandbox), chromium (web-page test), tmux, gcc + libc6-dev (the
+# engine's native decode kernel, puyu/fused_decode.c, compiled on first use). Needs root.
 system-deps:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -33,8 +33,18 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 
-from puyu.kv_cache import AttentionBatch
+from puyu.kv_cache import AttentionBatch, PagedKVCache, SequenceBlocks
 from puyu.rope import cos_sin
+
+
+def has_forward_hooks(modules) -> bool:
+    """True while any forward hook is registered on one of `modules` (or globally): the streamlined
+    steps do not call the modules' forwards, so the engine then uses the model's own forward."""
+    from torch.nn.modules import module as M
+
+    if M._global_forward_hooks or M._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 class RowSplitter:
@@ -114,13 +124,7 @@ class DecodeStep:
         self._modules = list(model.modules())
 
     def hooked(self) -> bool:
-        """True while any forward hook is registered on the model (or globally): this step does not call
-        the modules' forwards, so the engine then uses the model's own forward, where hooks run."""
-        from torch.nn.modules import module as M
-
-        if M._global_forward_hooks or M._global_forward_pre_hooks:
-            return True
-        return any(m._forward_hooks or m._forward_pre_hooks for m in self._modules)
+        return has_forward_hooks(self._modules)
 
     @staticmethod
     def supports(model) -> bool:
@@ -140,6 +144,18 @@ class DecodeStep:
         if lin.bias is None and not self.splitter.wants(a, w):
             return torch.addmm(x, a, w.t())
         return x + self.splitter.linear(a, w, lin.bias)
+
+    @torch.inference_mode()
+    def run(self, cache: PagedKVCache, seqs: list[SequenceBlocks], tokens: list[int], positions: list[int],
+            bases: list[float | None]) -> torch.Tensor:
+        """One token per sequence: tokens[b] at positions[b] (keys 0..positions[b]) -> logits [B, V]."""
+        device = cache.device
+        hook = AttentionBatch.decode(cache, seqs, positions)
+        if bases[0] is None or all(b == bases[0] for b in bases):
+            base = bases[0]
+        else:
+            base = torch.tensor(bases, dtype=torch.float64, device=device)  # [B]
+        return self(torch.tensor(tokens, device=device), torch.tensor(positions, device=device), hook, base)
 
     @torch.inference_mode()
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, hook: AttentionBatch,

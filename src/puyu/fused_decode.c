@@ -1,0 +1,699 @@
+/* The whole InternLM2 decode forward for B sequences in one native call (float32, CPU).
+ *
+ * Built and loaded by puyu/fused_decode.py (which documents when it is used and why); the Python side
+ * checks every shape, dtype and layout before calling, so this file trusts its arguments.
+ *
+ * One call runs: embedding rows -> per layer [RMSNorm, wqkv, RoPE on the query and key slots, store
+ * k/v in the paged cache, attention over each sequence's cached keys, wo + residual, RMSNorm, w1/w3,
+ * silu(gate) * up, w2 + residual] -> final RMSNorm -> output head -> logits [B, V].
+ *
+ * Matrix products keep PyTorch's nn.Linear layout (W [N, K], y = x W^T): every output is a dot product
+ * of an input row and a weight row. The AVX-512 kernel computes 16 dot products at a time in 16
+ * accumulators (tiles of 1x16, 2x8 or 4x4 input rows x weight rows) and folds them into one vector of
+ * 16 sums with a transposing reduction. Weight rows are split across a small pool of worker threads
+ * (the caller is part 0); workers spin briefly between parallel regions and then sleep on a condition
+ * variable. Without AVX-512 the same loops run in portable C.
+ *
+ * Cache layout (puyu.kv_cache.PagedKVCache): k/v [L, N_blocks, P, K, D]; token t of a sequence sits in
+ * block table[t / P], offset t % P.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define PUYU_AVX512 1
+#else
+#define PUYU_AVX512 0
+#endif
+
+#define MAX_THREADS 64
+
+/* ---------------------------------------------------------------- thread pool ---------------- */
+
+typedef void (*task_fn)(void *ctx, int part, int parts);
+
+static struct {
+    pthread_mutex_t owner;   /* one caller uses the workers at a time; others run alone */
+    pthread_mutex_t m;
+    pthread_cond_t cv;
+    atomic_uint gen;         /* bumped once per parallel region */
+    atomic_int pending;      /* workers still inside the current region */
+    atomic_int sleepers;
+    task_fn fn;
+    void *ctx;
+    int parts;
+    int workers;             /* started worker threads */
+    long spin_ns;            /* how long an idle worker spins before sleeping */
+    int atfork;
+    unsigned start_gen[MAX_THREADS];  /* gen when worker i was created: it waits for the next one */
+} pool = {.owner = PTHREAD_MUTEX_INITIALIZER, .m = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static inline long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static void *worker_main(void *arg) {
+    int me = (int)(intptr_t)arg;
+    unsigned seen = pool.start_gen[me];  /* not gen itself: a region may start before this thread runs */
+    for (;;) {
+        unsigned g;
+        long t0 = now_ns();
+        int spins = 0;
+        while ((g = atomic_load_explicit(&pool.gen, memory_order_acquire)) == seen) {
+            cpu_relax();
+            if ((++spins & 255) == 0 && now_ns() - t0 > pool.spin_ns) {
+                pthread_mutex_lock(&pool.m);
+                atomic_fetch_add(&pool.sleepers, 1);
+                while ((g = atomic_load(&pool.gen)) == seen)
+                    pthread_cond_wait(&pool.cv, &pool.m);
+                atomic_fetch_sub(&pool.sleepers, 1);
+                pthread_mutex_unlock(&pool.m);
+                break;
+            }
+        }
+        seen = g;
+        if (me < pool.parts)
+            pool.fn(pool.ctx, me, pool.parts);
+        atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_acq_rel);
+    }
+    return NULL;
+}
+
+static void pool_after_fork(void) {
+    /* The child has no worker threads: start afresh. */
+    pthread_mutex_init(&pool.owner, NULL);
+    pthread_mutex_init(&pool.m, NULL);
+    pthread_cond_init(&pool.cv, NULL);
+    atomic_store(&pool.sleepers, 0);
+    atomic_store(&pool.pending, 0);
+    pool.workers = 0;
+}
+
+/* Start workers so that `threads` parts can run (caller holds pool.owner). -> parts available. */
+static int pool_grow(int threads) {
+    if (!pool.atfork) {
+        pthread_atfork(NULL, NULL, pool_after_fork);
+        pool.atfork = 1;
+    }
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    while (pool.workers + 1 < threads) {
+        pthread_t th;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pool.start_gen[pool.workers + 1] = atomic_load(&pool.gen);
+        int rc = pthread_create(&th, &attr, worker_main, (void *)(intptr_t)(pool.workers + 1));
+        pthread_attr_destroy(&attr);
+        if (rc != 0) break;
+        pool.workers++;
+    }
+    return pool.workers + 1 < threads ? pool.workers + 1 : threads;
+}
+
+/* Run fn(ctx, p, parts) for p in [0, parts): part 0 on the caller, the others on workers. */
+static void run_parallel(task_fn fn, void *ctx, int parts) {
+    if (parts <= 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    pool.fn = fn;
+    pool.ctx = ctx;
+    pool.parts = parts;
+    atomic_store(&pool.pending, pool.workers);
+    atomic_fetch_add(&pool.gen, 1);
+    if (atomic_load(&pool.sleepers)) {
+        pthread_mutex_lock(&pool.m);
+        pthread_cond_broadcast(&pool.cv);
+        pthread_mutex_unlock(&pool.m);
+    }
+    fn(ctx, 0, parts);
+    while (atomic_load_explicit(&pool.pending, memory_order_acquire) != 0)
+        cpu_relax();
+}
+
+/* [lo, hi) of part p when n items are split into `parts` runs aligned to `align`. */
+static inline void split_range(int n, int p, int parts, int align, int *lo, int *hi) {
+    int units = (n + align - 1) / align;
+    int a = (int)((long)units * p / parts) * align, b = (int)((long)units * (p + 1) / parts) * align;
+    *lo = a < n ? a : n;
+    *hi = b < n ? b : n;
+}
+
+/* ---------------------------------------------------------------- matrix products ------------- */
+
+#if PUYU_AVX512
+/* r[i] = sum of the 16 lanes of v[i], for i in 0..15. */
+static inline __m512 reduce16(const __m512 *v) {
+    __m512 s[8], t[4], e, f;
+    for (int i = 0; i < 8; i++) {
+        __m512 a = v[2 * i], b = v[2 * i + 1];
+        /* per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] */
+        s[i] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    }
+    for (int i = 0; i < 4; i++) {
+        __m512 a = s[2 * i], b = s[2 * i + 1];
+        /* per lane: [v0, v1, v2, v3] partial sums of this 4-vector group */
+        t[i] = _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+    }
+    e = _mm512_add_ps(_mm512_shuffle_f32x4(t[0], t[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                      _mm512_shuffle_f32x4(t[0], t[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    f = _mm512_add_ps(_mm512_shuffle_f32x4(t[2], t[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                      _mm512_shuffle_f32x4(t[2], t[3], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(e, f, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(e, f, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* 16 dot products: MR input rows x NR weight rows (MR * NR == 16), sums in row-major order. */
+static inline __attribute__((always_inline)) __m512 tile16(const int MR, const int NR, int K, const float *x,
+                                                           int ldx, const float *w, int ldw) {
+    __m512 acc[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 wv[16], xv[16];
+#pragma GCC unroll 16
+        for (int j = 0; j < NR; j++) wv[j] = _mm512_loadu_ps(w + (long)j * ldw + k);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) xv[i] = _mm512_loadu_ps(x + (long)i * ldx + k);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 16
+            for (int j = 0; j < NR; j++) acc[i * NR + j] = _mm512_fmadd_ps(xv[i], wv[j], acc[i * NR + j]);
+    }
+    if (k < K) {
+        __mmask16 mk = (__mmask16)((1u << (K - k)) - 1);
+        __m512 wv[16], xv[16];
+#pragma GCC unroll 16
+        for (int j = 0; j < NR; j++) wv[j] = _mm512_maskz_loadu_ps(mk, w + (long)j * ldw + k);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) xv[i] = _mm512_maskz_loadu_ps(mk, x + (long)i * ldx + k);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 16
+            for (int j = 0; j < NR; j++) acc[i * NR + j] = _mm512_fmadd_ps(xv[i], wv[j], acc[i * NR + j]);
+    }
+    return reduce16(acc);
+}
+
+static inline float dot(const float *a, const float *b, int K) {
+    __m512 acc = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k), acc);
+    if (k < K) {
+        __mmask16 mk = (__mmask16)((1u << (K - k)) - 1);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a + k), _mm512_maskz_loadu_ps(mk, b + k), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+#else
+static inline float dot(const float *a, const float *b, int K) {
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int k = 0;
+    for (; k + 8 <= K; k += 8)
+        for (int j = 0; j < 8; j++) acc[j] += a[k + j] * b[k + j];
+    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; k < K; k++) s += a[k] * b[k];
+    return s;
+}
+#endif
+
+/* Store one finished output: y = (accumulate ? y : 0) + bias + sum. */
+static inline void put(float *y, float sum, const float *bias, int n, int accumulate) {
+    float v = sum + (bias ? bias[n] : 0.0f);
+    *y = accumulate ? *y + v : v;
+}
+
+/* y[m, n] (+)= x[m, :] . W[n, :] (+ bias[n]) for m < M, n in [n0, n1). x [M, K] (row stride ldx),
+ * W [N, K] contiguous, y [M, *] (row stride ldy). Weight rows are visited in chunks that stay in cache
+ * while every input row passes over them. */
+static void gemm_nt(int M, int K, const float *x, int ldx, const float *W, const float *bias, float *y, int ldy,
+                    int n0, int n1, int accumulate) {
+    int chunk = (int)((256L * 1024) / ((long)K * 4));
+    chunk = chunk < 16 ? 16 : chunk / 16 * 16;
+    for (int c0 = n0; c0 < n1; c0 += chunk) {
+        int c1 = c0 + chunk < n1 ? c0 + chunk : n1;
+        int m = 0;
+#if PUYU_AVX512
+        for (; m + 4 <= M; m += 4) {
+            int n = c0;
+            for (; n + 4 <= c1; n += 4) {
+                __m512 r = tile16(4, 4, K, x + (long)m * ldx, ldx, W + (long)n * K, K);
+                __m128 b4 = bias ? _mm_loadu_ps(bias + n) : _mm_setzero_ps();
+                float *y0 = y + (long)m * ldy + n;
+                __m128 r0 = _mm_add_ps(_mm512_castps512_ps128(r), b4), r1 = _mm_add_ps(_mm512_extractf32x4_ps(r, 1), b4);
+                __m128 r2 = _mm_add_ps(_mm512_extractf32x4_ps(r, 2), b4), r3 = _mm_add_ps(_mm512_extractf32x4_ps(r, 3), b4);
+                if (accumulate) {
+                    r0 = _mm_add_ps(r0, _mm_loadu_ps(y0)), r1 = _mm_add_ps(r1, _mm_loadu_ps(y0 + ldy));
+                    r2 = _mm_add_ps(r2, _mm_loadu_ps(y0 + 2L * ldy)), r3 = _mm_add_ps(r3, _mm_loadu_ps(y0 + 3L * ldy));
+                }
+                _mm_storeu_ps(y0, r0), _mm_storeu_ps(y0 + ldy, r1);
+                _mm_storeu_ps(y0 + 2L * ldy, r2), _mm_storeu_ps(y0 + 3L * ldy, r3);
+            }
+            for (; n < c1; n++)
+                for (int i = 0; i < 4; i++)
+                    put(y + (long)(m + i) * ldy + n, dot(x + (long)(m + i) * ldx, W + (long)n * K, K), bias, n, accumulate);
+        }
+        for (; m + 2 <= M; m += 2) {
+            int n = c0;
+            for (; n + 8 <= c1; n += 8) {
+                __m512 r = tile16(2, 8, K, x + (long)m * ldx, ldx, W + (long)n * K, K);
+                __m256 b8 = bias ? _mm256_loadu_ps(bias + n) : _mm256_setzero_ps();
+                float *y0 = y + (long)m * ldy + n;
+                __m256 r0 = _mm256_add_ps(_mm512_castps512_ps256(r), b8);
+                __m256 r1 = _mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r), 1)), b8);
+                if (accumulate) r0 = _mm256_add_ps(r0, _mm256_loadu_ps(y0)), r1 = _mm256_add_ps(r1, _mm256_loadu_ps(y0 + ldy));
+                _mm256_storeu_ps(y0, r0), _mm256_storeu_ps(y0 + ldy, r1);
+            }
+            for (; n < c1; n++)
+                for (int i = 0; i < 2; i++)
+                    put(y + (long)(m + i) * ldy + n, dot(x + (long)(m + i) * ldx, W + (long)n * K, K), bias, n, accumulate);
+        }
+        for (; m < M; m++) {
+            int n = c0;
+            for (; n + 16 <= c1; n += 16) {
+                __m512 r = tile16(1, 16, K, x + (long)m * ldx, ldx, W + (long)n * K, K);
+                float *y0 = y + (long)m * ldy + n;
+                if (bias) r = _mm512_add_ps(r, _mm512_loadu_ps(bias + n));
+                if (accumulate) r = _mm512_add_ps(r, _mm512_loadu_ps(y0));
+                _mm512_storeu_ps(y0, r);
+            }
+            for (; n < c1; n++) put(y + (long)m * ldy + n, dot(x + (long)m * ldx, W + (long)n * K, K), bias, n, accumulate);
+        }
+#else
+        for (; m < M; m++)
+            for (int n = c0; n < c1; n++)
+                put(y + (long)m * ldy + n, dot(x + (long)m * ldx, W + (long)n * K, K), bias, n, accumulate);
+#endif
+    }
+}
+
+/* ---------------------------------------------------------------- elementwise ----------------- */
+
+static void rms_norm(int M, int C, const float *x, const float *w, float eps, float *y) {
+    for (int m = 0; m < M; m++) {
+        const float *r = x + (long)m * C;
+        float ss = dot(r, r, C);
+        float inv = 1.0f / sqrtf(ss / (float)C + eps);
+        float *o = y + (long)m * C;
+        for (int c = 0; c < C; c++) o[c] = r[c] * inv * w[c];
+    }
+}
+
+#if PUYU_AVX512
+/* exp(x), x clamped to [-87, 88]: 2^n * p(r), r = x - n ln2, |r| <= ln2 / 2, degree-6 series (~1 ulp). */
+static inline __m512 exp512(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+#endif
+
+/* s[i] = exp(s[i] - max) for i < n; returns the sum. */
+static float softmax_exp(float *s, int n, float mx) {
+    int i = 0;
+    float sum = 0.0f;
+#if PUYU_AVX512
+    __m512 vs = _mm512_setzero_ps(), vm = _mm512_set1_ps(mx);
+    for (; i + 16 <= n; i += 16) {
+        __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(s + i), vm));
+        _mm512_storeu_ps(s + i, e);
+        vs = _mm512_add_ps(vs, e);
+    }
+    if (i < n) {
+        __mmask16 mk = (__mmask16)((1u << (n - i)) - 1);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, s + i), vm));
+        _mm512_mask_storeu_ps(s + i, mk, e);
+        vs = _mm512_add_ps(vs, _mm512_maskz_mov_ps(mk, e));
+        i = n;
+    }
+    sum = _mm512_reduce_add_ps(vs);
+#endif
+    for (; i < n; i++) {
+        s[i] = expf(s[i] - mx);
+        sum += s[i];
+    }
+    return sum;
+}
+
+/* g[i] = silu(g[i]) * u[i] for i < n. */
+static void silu_mul(float *g, const float *u, int n) {
+    int i = 0;
+#if PUYU_AVX512
+    __m512 one = _mm512_set1_ps(1.0f);
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_loadu_ps(g + i);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), v));
+        _mm512_storeu_ps(g + i, _mm512_mul_ps(_mm512_div_ps(v, _mm512_add_ps(one, e)), _mm512_loadu_ps(u + i)));
+    }
+#endif
+    for (; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+/* ---------------------------------------------------------------- the forward ----------------- */
+
+typedef struct {
+    int B, C, H, K, D, F, V, L, P, nblocks, threads, has_bias;
+    float eps, pos_div;
+    const int64_t *tokens, *positions;
+    const float *invf;      /* [B or 1, D/2] inverse frequencies */
+    int invf_stride;        /* 0 when every row shares one base */
+    const int64_t *const *tables;  /* per row: its block table */
+    float *kc, *vc;         /* [L, nblocks, P, K, D] */
+    const float *const *w;  /* 3 + 9 * L pointers, see fused_decode.py */
+    float *logits;          /* [B, V] */
+    int min_parallel;       /* weight elements below which a product runs on one thread */
+    int split_rows;         /* rows per thread from which threads split the batch's rows, not weights */
+    const int64_t *out_rows; /* rows whose logits are wanted (a prefill's last tokens); NULL: every row */
+    int n_out;
+} Args;
+
+typedef struct {
+    const Args *a;
+    int layer;
+    /* scratch */
+    float *x, *h, *qkv, *att, *g1, *g3, *cs, *scores;
+    long *slots;  /* [B, smax]: cache slot of each row's tokens */
+    int smax;
+    /* the current product */
+    int M, Kd, N, accumulate;
+    const float *in, *W, *bias, *W3;
+    float *out;
+} Ctx;
+
+static void task_linear(void *p, int part, int parts) {
+    Ctx *c = (Ctx *)p;
+    int lo, hi;
+    split_range(c->N, part, parts, 16, &lo, &hi);
+    if (lo < hi) gemm_nt(c->M, c->Kd, c->in, c->Kd, c->W, c->bias, c->out, c->N, lo, hi, c->accumulate);
+}
+
+static void task_gate_up(void *p, int part, int parts) {
+    Ctx *c = (Ctx *)p;
+    int lo, hi, F = c->N;
+    split_range(F, part, parts, 16, &lo, &hi);
+    if (lo >= hi) return;
+    gemm_nt(c->M, c->Kd, c->in, c->Kd, c->W, NULL, c->g1, F, lo, hi, 0);
+    gemm_nt(c->M, c->Kd, c->in, c->Kd, c->W3, NULL, c->g3, F, lo, hi, 0);
+    for (int m = 0; m < c->M; m++) silu_mul(c->g1 + (long)m * F + lo, c->g3 + (long)m * F + lo, hi - lo);
+}
+
+static void linear(Ctx *c, int M, int Kd, const float *in, const float *W, const float *bias, float *out, int N,
+                   int accumulate) {
+    c->M = M, c->Kd = Kd, c->in = in, c->W = W, c->bias = bias, c->out = out, c->N = N, c->accumulate = accumulate;
+    int parts = (long)N * Kd < c->a->min_parallel ? 1 : c->a->threads;
+    run_parallel(task_linear, c, parts);
+}
+
+#if PUYU_AVX512
+/* o[q] = sum_t p[q][t] * v_t for the n_rep queries of a group, NV vectors per head: each value row is
+ * loaded once for up to 16 / NV queries, whose outputs stay in registers. */
+static inline __attribute__((always_inline)) void weighted_values(const int NV, int n_rep, int S, const float *p,
+                                                                  const float *vc, const long *slot, long kstride,
+                                                                  float *o) {
+    for (int q0 = 0; q0 < n_rep; q0 += 16 / NV) {
+        int nq = n_rep - q0 < 16 / NV ? n_rep - q0 : 16 / NV;
+        __m512 acc[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+        for (int t = 0; t < S; t++) {
+            const float *vt = vc + slot[t] * kstride;
+            __m512 v[8];
+#pragma GCC unroll 8
+            for (int i = 0; i < NV; i++) v[i] = _mm512_loadu_ps(vt + 16 * i);
+#pragma GCC unroll 16
+            for (int q = 0; q < 16 / NV; q++) {
+                if (q < nq) {
+                    __m512 pq = _mm512_set1_ps(p[(long)(q0 + q) * S + t]);
+#pragma GCC unroll 8
+                    for (int i = 0; i < NV; i++) acc[q * NV + i] = _mm512_fmadd_ps(pq, v[i], acc[q * NV + i]);
+                }
+            }
+        }
+        for (int q = 0; q < nq; q++)
+            for (int i = 0; i < NV; i++) _mm512_storeu_ps(o + (long)(q0 + q) * NV * 16 + 16 * i, acc[q * NV + i]);
+    }
+}
+#endif
+
+/* Attention of one (row, kv group): its n_rep query heads over positions 0..pos of the row. Keys are
+ * taken 16 at a time: each query's 16 dot products are folded by reduce16 into one vector of scores. */
+static void attend_group(Ctx *c, int b, int g, float *scores) {
+    const Args *a = c->a;
+    int K = a->K, D = a->D, H = a->H, n_rep = H / K;
+    int S = (int)a->positions[b] + 1;
+    const long *slot = c->slots + (long)b * c->smax;
+    long layer_off = (long)c->layer * a->nblocks * a->P * K * D;
+    const float *kc = a->kc + layer_off + (long)g * D, *vc = a->vc + layer_off + (long)g * D;
+    const float *q = c->qkv + (long)b * (H + 2 * K) * D + (long)g * (n_rep + 2) * D;  /* n_rep heads */
+    float scale = 1.0f / sqrtf((float)D);
+    long kstride = (long)K * D;  /* floats between consecutive slots */
+    for (int t0 = 0; t0 < S; t0 += 16) {
+        int n = S - t0 < 16 ? S - t0 : 16;
+        const float *kp[16];
+        for (int j = 0; j < n; j++) kp[j] = kc + slot[t0 + j] * kstride;
+        for (int r = 0; r < n_rep; r++) {
+            const float *qr = q + (long)r * D;
+            float *s = scores + (long)r * S + t0;
+#if PUYU_AVX512
+            if (n == 16 && D % 16 == 0) {
+                __m512 acc[16];
+                for (int j = 0; j < 16; j++) {
+                    __m512 v = _mm512_mul_ps(_mm512_loadu_ps(qr), _mm512_loadu_ps(kp[j]));
+                    for (int d = 16; d < D; d += 16)
+                        v = _mm512_fmadd_ps(_mm512_loadu_ps(qr + d), _mm512_loadu_ps(kp[j] + d), v);
+                    acc[j] = v;
+                }
+                _mm512_storeu_ps(s, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(scale)));
+                continue;
+            }
+#endif
+            for (int j = 0; j < n; j++) s[j] = dot(qr, kp[j], D) * scale;
+        }
+    }
+    for (int r = 0; r < n_rep; r++) {
+        float *s = scores + (long)r * S;
+        float mx = s[0];
+        for (int t = 1; t < S; t++) mx = s[t] > mx ? s[t] : mx;
+        float inv = 1.0f / softmax_exp(s, S, mx);
+        for (int t = 0; t < S; t++) s[t] *= inv;
+        inv = 1.0f;
+        float *o = c->att + (long)b * H * D + (long)(g * n_rep + r) * D;
+#if PUYU_AVX512
+        if (D == 32 || D == 64 || D == 128) continue;  /* done below, all queries at once */
+#endif
+        for (int d = 0; d < D; d++) o[d] = 0.0f;
+        for (int t = 0; t < S; t++) {
+            const float *vt = vc + slot[t] * kstride;
+            float pt = s[t];
+            for (int d = 0; d < D; d++) o[d] += pt * vt[d];
+        }
+        for (int d = 0; d < D; d++) o[d] *= inv;
+    }
+#if PUYU_AVX512
+    if (D == 32 || D == 64 || D == 128) {
+        float *o = c->att + (long)b * H * D + (long)g * n_rep * D;
+        if (D == 32) weighted_values(2, n_rep, S, scores, vc, slot, kstride, o);
+        else if (D == 64) weighted_values(4, n_rep, S, scores, vc, slot, kstride, o);
+        else weighted_values(8, n_rep, S, scores, vc, slot, kstride, o);
+    }
+#endif
+}
+
+static void task_attention(void *p, int part, int parts) {
+    Ctx *c = (Ctx *)p;
+    const Args *a = c->a;
+    int lo, hi, items = a->B * a->K;
+    split_range(items, part, parts, 1, &lo, &hi);
+    float *scores = c->scores + (long)part * (a->H / a->K) * c->smax;
+    for (int it = lo; it < hi; it++) attend_group(c, it / a->K, it % a->K, scores);
+}
+
+/* RoPE on the query and key slots of each group, then the key and value into the cache. */
+static void rope_and_store(Ctx *c) {
+    const Args *a = c->a;
+    int K = a->K, D = a->D, H = a->H, n_rep = H / K, half = D / 2, P = a->P;
+    long layer_off = (long)c->layer * a->nblocks * P * K * D;
+    for (int b = 0; b < a->B; b++) {
+        const float *cs = c->cs + (long)b * D;  /* cos [half], sin [half] */
+        float *row = c->qkv + (long)b * (H + 2 * K) * D;
+        long slot = c->slots[(long)b * c->smax + a->positions[b]];
+        for (int g = 0; g < K; g++) {
+            float *grp = row + (long)g * (n_rep + 2) * D;
+            for (int r = 0; r <= n_rep; r++) {  /* the n_rep queries, then the key */
+                float *v = grp + (long)r * D;
+                for (int i = 0; i < half; i++) {
+                    float x1 = v[i], x2 = v[i + half], co = cs[i], si = cs[half + i];
+                    v[i] = x1 * co - x2 * si;
+                    v[i + half] = x2 * co + x1 * si;
+                }
+            }
+            memcpy(a->kc + layer_off + (slot * K + g) * D, grp + (long)n_rep * D, sizeof(float) * D);
+            memcpy(a->vc + layer_off + (slot * K + g) * D, grp + (long)(n_rep + 1) * D, sizeof(float) * D);
+        }
+    }
+}
+
+#ifdef PUYU_PROFILE
+double puyu_prof[8];
+#define PROF(i) do { long _n = now_ns(); puyu_prof[i] += (_n - _t) * 1e-9; _t = _n; } while (0)
+#else
+#define PROF(i) do { } while (0)
+#endif
+
+static void forward(const Args *a, Ctx *c) {
+#ifdef PUYU_PROFILE
+    long _t = now_ns();
+#endif
+    int B = a->B, C = a->C, H = a->H, K = a->K, D = a->D, F = a->F;
+    int QKV = (H + 2 * K) * D;
+    const float *const *w = a->w;
+    for (int b = 0; b < B; b++) memcpy(c->x + (long)b * C, w[0] + a->tokens[b] * (long)C, sizeof(float) * C);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t <= (int)a->positions[b]; t++)
+            c->slots[(long)b * c->smax + t] = a->tables[b][t / a->P] * a->P + t % a->P;
+    int half = D / 2;
+    for (int b = 0; b < B; b++) {
+        const float *inv = a->invf + (long)b * a->invf_stride;
+        float pos = (float)a->positions[b];
+        if (a->pos_div != 1.0f) pos = pos / a->pos_div;
+        for (int i = 0; i < half; i++) {
+            float ang = pos * inv[i];
+            c->cs[(long)b * D + i] = cosf(ang);
+            c->cs[(long)b * D + half + i] = sinf(ang);
+        }
+    }
+    for (int l = 0; l < a->L; l++) {
+        const float *const *lw = w + 3 + 9 * l;  /* attn_norm, wqkv, bqkv, wo, bo, ffn_norm, w1, w3, w2 */
+        c->layer = l;
+        PROF(0);
+        rms_norm(B, C, c->x, lw[0], a->eps, c->h);
+        linear(c, B, C, c->h, lw[1], lw[2], c->qkv, QKV, 0);
+        PROF(1);
+        rope_and_store(c);
+        PROF(2);
+        run_parallel(task_attention, c, B * K >= 2 ? a->threads : 1);
+        PROF(3);
+        linear(c, B, H * D, c->att, lw[3], lw[4], c->x, C, 1);
+        PROF(4);
+        rms_norm(B, C, c->x, lw[5], a->eps, c->h);
+        c->M = B, c->Kd = C, c->in = c->h, c->W = lw[6], c->W3 = lw[7], c->N = F;
+        run_parallel(task_gate_up, c, (long)F * C < a->min_parallel ? 1 : a->threads);
+        PROF(5);
+        linear(c, B, F, c->g1, lw[8], NULL, c->x, C, 1);
+        PROF(6);
+    }
+    if (a->out_rows) {  /* only the rows asked for: norm them into h's first rows, then the head */
+        for (int i = 0; i < a->n_out; i++) rms_norm(1, C, c->x + a->out_rows[i] * (long)C, w[1], a->eps, c->h + (long)i * C);
+        linear(c, a->n_out, C, c->h, w[2], NULL, a->logits, a->V, 0);
+    } else {
+        rms_norm(B, C, c->x, w[1], a->eps, c->h);
+        linear(c, B, C, c->h, w[2], NULL, a->logits, a->V, 0);
+    }
+    PROF(7);
+}
+
+static int max_keys(const Args *a) {
+    int smax = 1;
+    for (int b = 0; b < a->B; b++)
+        if ((int)a->positions[b] + 1 > smax) smax = (int)a->positions[b] + 1;
+    return smax;
+}
+
+/* Part p of a row split: the whole forward for rows [r0, r1) of the batch on this thread alone, in
+ * the rows' own slices of the scratch (so no data crosses cores inside the step). */
+static void task_rows(void *p, int part, int parts) {
+    const Ctx *c = (const Ctx *)p;
+    const Args *a = c->a;
+    int r0, r1;
+    split_range(a->B, part, parts, 1, &r0, &r1);
+    if (r0 >= r1) return;
+    Args sub = *a;
+    sub.B = r1 - r0, sub.threads = 1;
+    sub.tokens += r0, sub.positions += r0, sub.tables += r0, sub.logits += (long)r0 * a->V;
+    sub.invf += (long)r0 * a->invf_stride;
+    Ctx s = *c;
+    s.a = &sub;
+    s.x += (long)r0 * a->C, s.h += (long)r0 * a->C, s.qkv += (long)r0 * (a->H + 2 * a->K) * a->D;
+    s.att += (long)r0 * a->H * a->D, s.g1 += (long)r0 * a->F, s.g3 += (long)r0 * a->F, s.cs += (long)r0 * a->D;
+    s.scores += (long)part * (a->H / a->K) * c->smax;
+    s.slots += (long)r0 * c->smax;
+    forward(&sub, &s);
+}
+
+/* Scratch layout for `threads` parts: floats first, then the slot table (8-byte aligned). */
+static long scratch_floats(const Args *a, int threads, int smax) {
+    int B = a->B, C = a->C, H = a->H, K = a->K, D = a->D, F = a->F;
+    long n = 2L * B * C + (long)B * (H + 2 * K) * D + (long)B * H * D + 2L * B * F + (long)B * D
+             + (long)threads * (H / K) * smax;
+    return n + (n & 1);
+}
+
+/* Bytes of scratch memory puyu_decode needs for these arguments. */
+long puyu_decode_scratch_bytes(const Args *a) {
+    int smax = max_keys(a), threads = a->threads < 1 ? 1 : a->threads;
+    return sizeof(float) * scratch_floats(a, threads, smax) + sizeof(long) * (long)a->B * smax;
+}
+
+/* The entry point; `scratch` holds puyu_decode_scratch_bytes(a) bytes (kept by the caller, so no
+ * allocation happens per call). */
+void puyu_decode(const Args *a, void *scratch, long spin_ns) {
+    int B = a->B, C = a->C, H = a->H, K = a->K, D = a->D, F = a->F;
+    int smax = max_keys(a);
+    Args local = *a;
+    int threads = a->threads < 1 ? 1 : a->threads;
+    int own = 0;
+    if (threads > 1 && pthread_mutex_trylock(&pool.owner) == 0) {
+        own = 1;
+        pool.spin_ns = spin_ns;
+        threads = pool_grow(threads);
+    } else {
+        threads = 1;
+    }
+    local.threads = threads;
+    long n_x = (long)B * C, n_qkv = (long)B * (H + 2 * K) * D, n_att = (long)B * H * D, n_f = (long)B * F;
+    float *buf = (float *)scratch;
+    Ctx c;
+    memset(&c, 0, sizeof c);
+    c.a = &local;
+    c.x = buf, c.h = c.x + n_x, c.qkv = c.h + n_x, c.att = c.qkv + n_qkv, c.g1 = c.att + n_att, c.g3 = c.g1 + n_f;
+    c.cs = c.g3 + n_f, c.scores = c.cs + (long)B * D, c.smax = smax;
+    c.slots = (long *)(buf + scratch_floats(a, a->threads < 1 ? 1 : a->threads, smax));
+    if (threads > 1 && !a->out_rows && B >= a->split_rows * threads)
+        run_parallel(task_rows, &c, threads);  /* each core runs the whole forward for its own rows */
+    else
+        forward(&local, &c);  /* one set of rows; every product's weight rows split across cores */
+    if (own) pthread_mutex_unlock(&pool.owner);
+}
+
+/* Which kernel this build uses: 1 = AVX-512, 0 = portable C. */
+int puyu_decode_isa(void) { return PUYU_AVX512; }
+
+/* A bare product for tests and benchmarks: y = x W^T (+ bias), y [M, N]. */
+void puyu_linear(int M, int K, int N, const float *x, const float *W, const float *bias, float *y) {
+    gemm_nt(M, K, x, K, W, bias, y, N, 0, N, 0);
+}
