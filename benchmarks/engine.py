@@ -20,6 +20,9 @@
    The 24 GiB lengths are predictions from the measured figures, not runs (a 12M-token nano prefill
    takes days on a CPU).
 
+The engine runs its default decode path, printed with the figures: the native kernel of
+`puyu/fused_decode.py` where it builds, else `DecodeStep`.
+
 Items 2-4 run in fresh subprocesses so each peak RSS is its own. GOMP_SPINCOUNT=1000 is set before torch
 loads, as `puyu` does (see puyu/cli.py: a short spin, then sleep).
 """
@@ -173,8 +176,9 @@ def bench_nano(args) -> dict:
     got = ours(prompts[:1], N)[0].token_ids
     eos = model.config.eos_token_id
     cut = min([ref.index(eos)] if eos in ref else [N], default=N)
+    path = eng.stats()["decode_path"]
     eng.close()
-    return {"hf_single_tok_s": hf_single, "puyu_single_tok_s": pu_single,
+    return {"decode_path": path, "hf_single_tok_s": hf_single, "puyu_single_tok_s": pu_single,
             f"puyu_{B}_concurrent_tok_s": pu_multi, f"hf_batch{B}_tok_s": hf_multi,
             "single_ratio": pu_single / hf_single, "concurrent_ratio_vs_hf_single": pu_multi / hf_single,
             "greedy_tokens_agree": got[:cut] == ref[:cut], "agree_prefix": cut}
@@ -242,7 +246,7 @@ def child_big(args) -> dict:
     return {"bandwidth_GBs": bw / 1e9, "weight_bytes_per_token": weight_bytes, "decode_tok_s": tok_s,
             "roofline_tok_s": roofline, "roofline_fraction": tok_s / roofline, "prompt": P,
             "prefill_s": t1, "peak_rss_bytes": peak_rss(), "kv_bytes_per_token": cfg.kv_bytes_per_token(4),
-            "mask_bytes": eng.mask_bytes}
+            "mask_bytes": eng.mask_bytes, "decode_path": eng.stats()["decode_path"]}
 
 
 def run_child(name: str, args) -> dict:
@@ -280,7 +284,7 @@ def main() -> None:
         return
     res = {"threads": args.threads, "torch": torch.__version__, "nano": bench_nano(args)}
     n = res["nano"]
-    print(f"threads={args.threads}  torch {torch.__version__}")
+    print(f"threads={args.threads}  torch {torch.__version__}  engine decode path: {n['decode_path']}")
     print(f"[nano] single stream: puyu {n['puyu_single_tok_s']:.0f} tok/s vs transformers "
           f"{n['hf_single_tok_s']:.0f} tok/s -> {n['single_ratio']:.2f}x (goal >= 5x)")
     c = args.concurrent

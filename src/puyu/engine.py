@@ -16,6 +16,8 @@ work into its inbox, so submission and cancellation are thread-safe without lock
    token from the last position's logits;
 3. decode: one forward for all running requests that have finished prefilling, each feeding its last
    token at its own position (`decode`), then one batched sampling call (`puyu.sampling.sample`).
+   For a float32 model on the CPU the forward is one native call (`puyu.fused_decode`, which also takes
+   short fresh prompts in step 2); elsewhere `puyu.decode_step.DecodeStep` or the model's own forward.
 Requests join and leave between steps; a finished or cancelled request frees its blocks at once.
 
 Dynamic NTK (the rule this engine uses). With `rope_scaling = {"type": "dynamic", ...}` the RoPE base

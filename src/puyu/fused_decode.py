@@ -8,8 +8,14 @@ wqkv, RoPE, paged-cache store and attention, wo, SwiGLU, residuals), final norm 
 single call with no allocation per op, an AVX-512 matrix kernel, and its own small thread pool that splits
 every product's weight rows across cores. No library does this for PyTorch CPU tensors without a
 compile step of its own (`torch.compile` needs a C++ toolchain too, recompiles as the cache grows, and
-leaves one Python-level call per fused region), so the kernel is ~400 lines of C that the project owns
+leaves one Python-level call per fused region), so the kernel is ~700 lines of C that the project owns
 and tests against the model's forward (`tests/test_fused_decode.py`).
+
+Threads: with few rows (a single stream) each matrix product's weight rows are split across the cores;
+with at least `split_rows` rows per core each core runs the whole forward for its own rows of the batch,
+so no data crosses cores inside the step. Short fresh prompts are prefilled by the same call (`prefill`):
+every prompt token is a row at its own position, and each row attends to its sequence's keys up to
+itself, which the call has just written to the cache.
 
 When it runs: CPU, float32 weights and cache, puyu's own `InternLM2ForCausalLM`, no forward hooks on the
 model (the engine then uses the model's forward, where hooks run), a C compiler present (`cc`, or `$CC`).
