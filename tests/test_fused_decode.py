@@ -8,6 +8,7 @@ updates seen, fallbacks when the kernel cannot apply, fork safety and two engine
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 
 import pytest
@@ -209,6 +210,25 @@ def test_a_compile_error_is_reported(monkeypatch, tmp_path):
     with pytest.raises(FusedDecodeUnavailable, match="failed"):
         fd.load()
     assert not list((tmp_path / "kernels").glob("*.so"))  # nothing half-written left behind
+
+
+def test_unwritable_cache_dir_and_a_damaged_library(monkeypatch, tmp_path):
+    monkeypatch.setattr(fd, "_libs", {})
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("PUYU_CACHE_DIR", str(blocker))  # kernels/ cannot be created under a file
+    monkeypatch.setattr(fd.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    assert fd.cache_dir() == tmp_path / "tmp" / f"puyu-{os.getuid()}" / "kernels"
+    lib = fd.load()
+    built = list(fd.cache_dir().glob("fused_decode-*.so"))
+    assert len(built) == 1 and lib.puyu_decode_isa() in (0, 1)
+    damaged = tmp_path / "damaged.so"
+    damaged.write_bytes(b"not a shared object")
+    # Replaced, not overwritten in place: this process still has the old file mapped.
+    os.replace(damaged, built[0])  # damaged: rebuilt on the next load
+    monkeypatch.setattr(fd, "_libs", {})
+    assert fd.load().puyu_decode_isa() in (0, 1)
 
 
 def _decode_in_child(q):

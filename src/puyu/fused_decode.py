@@ -87,11 +87,41 @@ def _cpu_flags() -> str:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("PUYU_CACHE_DIR") or Path.home() / ".cache" / "puyu") / "kernels"
+    """Where built kernels live: $PUYU_CACHE_DIR/kernels or ~/.cache/puyu/kernels; a per-user folder in the
+    temporary directory when that cannot be created (a read-only home)."""
+    preferred = Path(os.environ.get("PUYU_CACHE_DIR") or Path.home() / ".cache" / "puyu") / "kernels"
+    try:
+        preferred.mkdir(parents=True, exist_ok=True)
+        if os.access(preferred, os.W_OK):
+            return preferred
+    except OSError:
+        pass
+    fallback = Path(tempfile.gettempdir()) / f"puyu-{os.getuid()}" / "kernels"
+    fallback.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return fallback
 
 
 _libs: dict[tuple[str, ...], ctypes.CDLL] = {}
 _build_lock = threading.Lock()
+
+
+def _build(cc: str, flags: tuple[str, ...], out: Path) -> None:
+    """Compile SOURCE into `out` atomically (a temporary file renamed into place)."""
+    try:
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        os.close(fd)
+    except OSError as e:
+        raise FusedDecodeUnavailable(f"cannot write the built kernel to {out.parent}: {e}") from e
+    try:
+        r = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            raise FusedDecodeUnavailable(f"building {SOURCE.name} with {cc} failed:\n{r.stderr[-2000:]}")
+        os.replace(tmp, out)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise FusedDecodeUnavailable(f"building {SOURCE.name} with {cc} failed: {e}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def load(flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL:
@@ -107,26 +137,21 @@ def load(flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL:
             raise FusedDecodeUnavailable(f"no C compiler ({cc}): {e}") from e
         key = hashlib.sha256(b"\0".join(x.encode() for x in (SOURCE.read_text(), " ".join(flags), version,
                                                               _cpu_flags()))).hexdigest()[:16]
-        out = cache_dir() / f"fused_decode-{key}.so"
+        try:
+            out = cache_dir() / f"fused_decode-{key}.so"
+        except OSError as e:
+            raise FusedDecodeUnavailable(f"no writable folder for the built kernel: {e}") from e
         if not out.exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-            os.close(fd)
-            try:
-                r = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
-                                   timeout=300)
-                if r.returncode != 0:
-                    raise FusedDecodeUnavailable(f"building {SOURCE.name} with {cc} failed:\n{r.stderr[-2000:]}")
-                os.replace(tmp, out)
-            except (OSError, subprocess.SubprocessError) as e:
-                raise FusedDecodeUnavailable(f"building {SOURCE.name} with {cc} failed: {e}") from e
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            _build(cc, flags, out)
         try:
             lib = ctypes.CDLL(str(out))
-        except OSError as e:
-            raise FusedDecodeUnavailable(f"loading {out} failed: {e}") from e
+        except OSError:  # a damaged file from elsewhere: build it again, once
+            out.unlink(missing_ok=True)
+            _build(cc, flags, out)
+            try:
+                lib = ctypes.CDLL(str(out))
+            except OSError as e:
+                raise FusedDecodeUnavailable(f"loading {out} failed: {e}") from e
         lib.puyu_decode.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p, ctypes.c_long]
         lib.puyu_decode.restype = None
         lib.puyu_decode_scratch_bytes.argtypes = [ctypes.POINTER(_Args)]
@@ -166,10 +191,13 @@ class FusedDecode:
 
     threads: cores to split each matrix product over (the caller is one of them); spin_us: how long idle
     worker threads spin before sleeping (a decode loop calls again within tens of µs); min_parallel:
-    weight elements below which a product runs on the calling thread alone (the hand-off costs ~1 µs)."""
+    weight elements below which a product runs on the calling thread alone (the hand-off costs ~1 µs);
+    split_rows: rows per core from which the cores split the batch instead of the weights (medians of a
+    nano step on 2 cores, weights vs rows split: 148 vs 209 µs at 2 rows, 178 vs 224 at 4, 273 vs 261 at
+    8, 486 vs 427 at 16, 897 vs 797 at 32)."""
 
     def __init__(self, model, threads: int = 1, spin_us: float = 200.0, min_parallel: int = 16384,
-                 split_rows: int = 2, flags: tuple[str, ...] = FLAGS):
+                 split_rows: int = 4, flags: tuple[str, ...] = FLAGS):
         if not self.supports(model):
             raise FusedDecodeUnavailable("the fused decode needs puyu's InternLM2ForCausalLM in float32 on the CPU")
         self.lib = load(flags)
