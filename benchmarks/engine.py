@@ -157,7 +157,8 @@ def bench_nano(args) -> dict:
                                do_sample=False, pad_token_id=model.config.pad_token_id,
                                streamer=streamer)[:, x.shape[1]:]
 
-    eng = Engine(model, max_batch_size=max(B, 1), cache_tokens=B * (P + N) + 1024)
+    # No prefix reuse: repeated prompts would skip prefill, which transformers cannot do.
+    eng = Engine(model, max_batch_size=max(B, 1), cache_tokens=B * (P + N) + 1024, prefix_cache=False)
 
     def ours(ids: list[list[int]], n: int):
         return eng.generate(ids, SamplingParams(max_new_tokens=n, ignore_eos=True))
@@ -192,7 +193,7 @@ def child_long(args) -> dict:
 
     model = random_model("nano")
     P = args.long_prompt
-    eng = Engine(model, max_batch_size=1, cache_tokens=P + 64, block_size=32)
+    eng = Engine(model, max_batch_size=1, cache_tokens=P + 64, block_size=32, prefix_cache=False)
     ids = torch.randint(3, model.config.vocab_size, (P,), generator=torch.Generator().manual_seed(0)).tolist()
     one = SamplingParams(max_new_tokens=1)
     # Half-length prompts first (twice: the first run also warms the allocator), so the RSS growth to
@@ -234,7 +235,7 @@ def child_big(args) -> dict:
 
     bw = bandwidth()
     P, N = args.big_prompt, args.big_new_tokens
-    eng = Engine(model, max_batch_size=1, cache_tokens=P + N + 64)
+    eng = Engine(model, max_batch_size=1, cache_tokens=P + N + 64, prefix_cache=False)
     ids = torch.randint(3, cfg.vocab_size, (P,), generator=torch.Generator().manual_seed(0)).tolist()
     t = time.perf_counter()
     stamps = stream_stamps(eng, ids, N)

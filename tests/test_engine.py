@@ -393,3 +393,54 @@ def test_incremental_detokenizer_is_exact_on_mixed_text(which, request):
     deltas = [detok.push(i) for i in ids] + [detok.flush()]
     assert "".join(deltas) == tok.decode(ids) == text
     assert not any("\ufffd" in d for d in deltas)
+
+
+@pytest.mark.parametrize("fast", [True, "step"])
+def test_prefix_reuse_skips_cached_prompt_blocks_and_changes_no_token(model, fast):
+    """A shared system prompt, then a next chat turn that sends the previous answer back: the cached
+    blocks are adopted (fewer prefill tokens) and every output equals the no-reuse engine's."""
+    system = random_ids(37, seed=20)
+    first = system + random_ids(5, seed=21)
+    p = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    outs = {}
+    for reuse in (True, False):
+        with Engine(model, cache_tokens=512, block_size=8, max_batch_size=4, fast_decode=fast,
+                    prefix_cache=reuse) as eng:
+            r1 = eng.generate([first], p)[0]
+            hits1 = eng.stats()["prefix_hit_tokens"]
+            r2 = eng.generate([system + random_ids(9, seed=22)], p)[0]  # same system prompt
+            hits2 = eng.stats()["prefix_hit_tokens"] - hits1
+            turn2 = first + r1.token_ids + random_ids(6, seed=23)  # the conversation goes on
+            r3 = eng.generate([turn2], p)[0]
+            hits3 = eng.stats()["prefix_hit_tokens"] - hits1 - hits2
+            outs[reuse] = [r1.token_ids, r2.token_ids, r3.token_ids]
+            if reuse:
+                assert (hits1, hits2) == (0, 32)  # the 4 full blocks of the 37-token system prompt
+                # prompt and answer were cached up to the answer's last token: 42 + 11 = 53 -> 6 blocks
+                assert hits3 == 48
+                assert eng.stats()["cache_blocks_used"] == 0 and eng.stats()["cache_blocks_kept"] > 0
+            else:
+                assert hits1 == hits2 == hits3 == 0
+    assert outs[True] == outs[False]
+    assert outs[True][2] == naive_greedy(model, turn2, 12, eos=None)
+
+
+def test_prefix_reuse_respects_the_rope_base_and_cache_pressure():
+    cfg = get_preset("nano-tiny")
+    dyn = InternLM2ForCausalLM(cfg.replace(rope_scaling={"type": "dynamic", "factor": 2.0},
+                                           max_position_embeddings=32)).reset_parameters(seed=0).eval()
+    prompt = random_ids(40, seed=30)
+    with Engine(dyn, cache_tokens=256, block_size=8, max_batch_size=2) as eng:
+        eng.generate([prompt], SamplingParams(max_new_tokens=4, ignore_eos=True))
+        eng.generate([prompt], SamplingParams(max_new_tokens=9, ignore_eos=True))  # a larger base
+        assert eng.stats()["prefix_hit_tokens"] == 0
+        eng.generate([prompt], SamplingParams(max_new_tokens=4, ignore_eos=True))  # the first one's base
+        assert eng.stats()["prefix_hit_tokens"] == 32
+    # A cache too small to keep everything: kept prefixes are evicted, every request still runs right.
+    prompts = [random_ids(30, seed=40 + i) for i in range(6)]
+    p = SamplingParams(max_new_tokens=10, ignore_eos=True)
+    with Engine(model := InternLM2ForCausalLM(cfg).reset_parameters(seed=0).eval(), cache_tokens=96,
+                block_size=8, max_batch_size=2) as eng:
+        got = [r.token_ids for r in eng.generate(prompts + prompts[:2], p)]
+        assert eng.stats()["cache_blocks_used"] == 0
+    assert got == [naive_greedy(model, x, 10, eos=None) for x in prompts + prompts[:2]]

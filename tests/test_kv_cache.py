@@ -150,3 +150,47 @@ def test_packed_prefill_attends_within_each_prompt_and_fills_the_cache():
         for b, n in enumerate(lens):
             ref = reference_attention(q[b], kv[b][0][layer], kv[b][1][layer], torch.tensor([n]))
             torch.testing.assert_close(out[b], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_prefix_blocks_are_registered_found_adopted_kept_and_evicted():
+    cache = PagedKVCache(CFG, num_blocks=6, block_size=4)
+    tokens = list(range(10, 20))  # 10 tokens: 2 full blocks
+    keys = cache.prefix_keys(tokens, None)
+    assert len(keys) == 2 and keys[1][1] == keys[0][0]  # each key chains its parent's
+    a = SequenceBlocks(cache, budget_tokens=12)
+    a.ensure(10)
+    assert cache.lookup(keys) == []  # nothing registered yet
+    a.register(keys)
+    assert cache.lookup(keys) == a.blocks[:2]
+    assert cache.lookup(cache.prefix_keys(tokens, 20000.0)) == []  # another RoPE base: other keys/values
+    assert cache.lookup(cache.prefix_keys(tokens[:4] + [99] + tokens[5:], None)) == a.blocks[:1]
+    a.free()
+    assert (cache.blocks_used, cache.blocks_kept, cache.blocks_free) == (0, 2, 6)  # kept, and free capacity
+    hits = cache.lookup(keys)
+    b = SequenceBlocks(cache, budget_tokens=16, prefix=hits)  # adopts 2, reserves 2 more
+    assert b.blocks == hits and cache.blocks_kept == 0 and cache.reserved == 2 and cache.blocks_used == 2
+    c = SequenceBlocks(cache, budget_tokens=8, prefix=hits[:1])  # a shared block: two holders
+    c.free()
+    assert cache.blocks_used == 2  # still held by b
+    b.free()
+    assert cache.blocks_kept == 2 and cache.reserved == 0
+    # Pressure: a sequence needing every block evicts the kept prefixes, which are forgotten.
+    d = SequenceBlocks(cache, budget_tokens=24)
+    d.ensure(24)
+    assert sorted(d.blocks) == list(range(6)) and cache.lookup(keys) == []
+    d.free()
+    assert (cache.blocks_used, cache.blocks_kept, cache.blocks_free) == (0, 0, 6)
+
+
+def test_adopting_more_than_fits_is_refused_without_side_effects():
+    cache = PagedKVCache(CFG, num_blocks=3, block_size=4)
+    a = SequenceBlocks(cache, budget_tokens=8)
+    a.ensure(8)
+    keys = cache.prefix_keys(list(range(8)), None)
+    a.register(keys)
+    a.free()
+    other = SequenceBlocks(cache, budget_tokens=4)  # 1 of 3 blocks reserved
+    with pytest.raises(PuyuError, match="cannot reserve"):
+        SequenceBlocks(cache, budget_tokens=16, prefix=cache.lookup(keys))  # 2 adopted + 2 new > 2 left
+    assert cache.blocks_kept == 2 and cache.reserved == 1  # nothing held by the refused sequence
+    other.free()

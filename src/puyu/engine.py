@@ -100,6 +100,7 @@ class _Request:
     score: list | None = None  # prompt-logits requests collect [T, V] chunks here
     seq: SequenceBlocks | None = None
     computed: int = 0  # tokens whose keys/values are in the cache
+    keys: list | None = None  # prefix keys of the prompt's full blocks (prefix reuse)
     output: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
@@ -286,6 +287,10 @@ class Engine:
     model, a C compiler), else `puyu.decode_step.DecodeStep` (PyTorch ops, fewer than the model's
     forward, large matrix-vector products split across threads); "fused" or "step" to insist on one;
     False = the model's generic forward;
+    prefix_cache: keep the cache blocks of finished prompts and answers (full blocks only) and let later
+    requests that start with the same tokens (and RoPE base) adopt them instead of prefilling them again:
+    a chat's next turn, a shared system prompt, an agent's growing history (`puyu.kv_cache`, "Prefix
+    reuse"); `stats()["prefix_hit_tokens"]` counts the prompt tokens so skipped;
     threads: intra-op threads of the engine's own thread (default: what `torch.get_num_threads()` says
     in the thread that builds the engine). A forward with little work (under `SMALL_FORWARD_FLOPS`)
     runs on one thread: the model runs on the engine's thread, not the process's first thread, and
@@ -298,7 +303,8 @@ class Engine:
 
     def __init__(self, model, tokenizer=None, *, max_batch_size: int = 16, cache_tokens: int | None = None,
                  cache_bytes: int | None = None, block_size: int = 32, prefill_chunk: int = 2048,
-                 mask_bytes: int = 256 << 20, fast_decode: bool = True, threads: int | None = None):
+                 mask_bytes: int = 256 << 20, fast_decode: bool | str = True, threads: int | None = None,
+                 prefix_cache: bool = True):
         threads = torch.get_num_threads() if threads is None else threads
         for name, v in [("max_batch_size", max_batch_size), ("block_size", block_size),
                         ("prefill_chunk", prefill_chunk), ("mask_bytes", mask_bytes), ("threads", threads)]:
@@ -321,6 +327,7 @@ class Engine:
                               f"({per_token} bytes per token); raise cache_tokens or cache_bytes")
         self.cache = PagedKVCache(cfg, num_blocks, block_size, dtype=self.dtype, device=self.device)
         self.threads = threads
+        self.prefix_cache = bool(prefix_cache)
         self._decoder, self.decode_path = self._make_decoder(fast_decode, model, threads)
         self._flops_per_token = 2 * sum(p.numel() for p in model.parameters())
         # A vocabulary padded beyond the tokenizer's pieces: never sample ids the tokenizer cannot decode.
@@ -330,7 +337,8 @@ class Engine:
         self._waiting: deque[_Request] = deque()
         self._running: list[_Request] = []
         self._ids = itertools.count()
-        self._counters = {"steps": 0, "decode_steps": 0, "prefill_tokens": 0, "generated_tokens": 0}
+        self._counters = {"steps": 0, "decode_steps": 0, "prefill_tokens": 0, "generated_tokens": 0,
+                          "prefix_hit_tokens": 0}
         self._closed = False
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=_scheduler_main, args=(weakref.ref(self), self._inbox, threads),
@@ -404,7 +412,8 @@ class Engine:
     def stats(self) -> dict:
         c = self.cache
         return {"cache_blocks_total": c.num_blocks, "cache_blocks_used": c.blocks_used,
-                "cache_blocks_reserved": c.reserved, "block_size": c.block_size,
+                "cache_blocks_reserved": c.reserved, "cache_blocks_kept": c.blocks_kept,
+                "block_size": c.block_size,
                 "cache_tokens": c.capacity_tokens, "kv_bytes_per_token": c.bytes_per_token,
                 "running": len(self._running), "waiting": len(self._waiting), "decode_path": self.decode_path,
                 **self._counters}
@@ -537,73 +546,93 @@ class Engine:
                 self._waiting.popleft()
                 self._finish(r, "length")
                 continue
-            if not self.cache.can_reserve(self.cache.blocks_for(r.budget)):
+            hits = []
+            if self.prefix_cache and r.score is None:
+                if r.keys is None:
+                    r.keys = self.cache.prefix_keys(r.prompt, r.base)
+                # the prompt's last token is always computed: its logits give the first new token
+                hits = self.cache.lookup(r.keys[:(len(r.prompt) - 1) // self.cache.block_size])
+            need = self.cache.blocks_for(r.budget) - len(hits) + self.cache.adopt_cost(hits)
+            if not self.cache.can_reserve(need):
                 return
             self._waiting.popleft()
-            r.seq = SequenceBlocks(self.cache, r.budget)
+            r.seq = SequenceBlocks(self.cache, r.budget, prefix=hits)
+            r.computed = len(hits) * self.cache.block_size
+            self._counters["prefix_hit_tokens"] += r.computed
             self._running.append(r)
 
     def _prefill_step(self, reqs: list[_Request]) -> None:
-        """Spend up to `prefill_chunk` prompt tokens this step, oldest request first: whole short prompts
-        not started yet are packed into one forward (so a burst of requests joins the decode batch
-        together); a long or half-done prompt gets one chunk of its own."""
-        budget, fresh = self.prefill_chunk, []
+        """Spend up to `prefill_chunk` prompt tokens this step, oldest request first. Requests whose whole
+        rest of prompt fits are done together (so a burst of requests joins the decode batch at once):
+        through the native kernel in one call where it applies, else fresh prompts packed into one
+        PyTorch forward and partly cached ones (prefix hits) a forward each. A long prompt gets one chunk
+        of its own."""
+        budget, group = self.prefill_chunk, []
         for r in reqs:
             if budget <= 0:
                 break
-            P = len(r.prompt)
-            if r.computed == 0 and r.score is None and P <= budget and (not fresh or r.base == fresh[0].base):
-                fresh.append(r)
-                budget -= P
+            P, start = len(r.prompt), r.computed
+            if r.score is None and P - start <= budget and (not group or r.base == group[0].base):
+                group.append(r)
+                budget -= P - start
                 continue
-            start = r.computed
             n = min(P - start, budget if start == 0 else
                     max_chunk_for(start, budget, self.mask_bytes, self.cache.k.element_size()))
             self._prefill_chunk(r, n)
             budget -= n
-        if not fresh or self._prefill_fused(fresh):
+        if not group or self._prefill_fused(group):
             return
-        if len(fresh) == 1:
-            self._prefill_chunk(fresh[0], len(fresh[0].prompt))
-            return
-        with self._threads_for(sum(len(r.prompt) for r in fresh)):
-            logits = prefill_packed(self.model, self.cache, [r.seq for r in fresh],
-                                    [r.prompt for r in fresh], fresh[0].base)  # [n, V]
-        self._prefilled(fresh, logits)
+        fresh = [r for r in group if r.computed == 0]
+        for r in group:
+            if r.computed > 0 or len(fresh) == 1:
+                self._prefill_chunk(r, len(r.prompt) - r.computed)
+        if len(fresh) > 1:
+            with self._threads_for(sum(len(r.prompt) for r in fresh)):
+                logits = prefill_packed(self.model, self.cache, [r.seq for r in fresh],
+                                        [r.prompt for r in fresh], fresh[0].base)  # [n, V]
+            self._prefilled(fresh, logits)
 
-    def _prefill_fused(self, fresh: list[_Request]) -> bool:
-        """Short fresh prompts through the native kernel, every token a row of one call (see
+    def _prefill_fused(self, group: list[_Request]) -> bool:
+        """The rest of short prompts through the native kernel, every token a row of one call (see
         `FusedDecode.prefill`). -> False where it does not apply (then PyTorch's forward runs)."""
-        step, prompts = self._decoder, [r.prompt for r in fresh]
-        if not isinstance(step, FusedDecode) or step.hooked() or not step.can_prefill(prompts):
+        step = self._decoder
+        if not isinstance(step, FusedDecode) or step.hooked() or not step.can_prefill(
+                [r.prompt for r in group], [r.computed for r in group]):
             return False
         try:
-            logits = step.prefill(self.cache, [r.seq for r in fresh], prompts, [r.base for r in fresh])  # [n, V]
+            logits = step.prefill(self.cache, [r.seq for r in group], [r.prompt for r in group],
+                                  [r.base for r in group], [r.computed for r in group])  # [n, V]
         except FusedDecodeUnavailable as e:
             log.warning("fused prefill skipped: %s", e)
             return False
-        self._prefilled(fresh, logits)
+        self._prefilled(group, logits)
         return True
 
-    def _prefilled(self, fresh: list[_Request], logits: torch.Tensor) -> None:
-        for r in fresh:
+    def _prefilled(self, group: list[_Request], logits: torch.Tensor) -> None:
+        """The prompts of `group` are now cached whole: register them for reuse, sample, stream."""
+        for r in group:
+            self._counters["prefill_tokens"] += len(r.prompt) - r.computed
             r.computed = len(r.prompt)
-        self._counters["prefill_tokens"] += sum(len(r.prompt) for r in fresh)
-        self._sample_and_emit(fresh, logits)
+            if r.keys is not None:
+                r.seq.register(r.keys)
+        self._sample_and_emit(group, logits)
 
     def _prefill_chunk(self, r: _Request, n: int) -> None:
         start, P = r.computed, len(r.prompt)
         with self._threads_for(n):
             logits = prefill(self.model, self.cache, r.seq, r.prompt[start:start + n], start, r.base,
                              all_logits=r.score is not None)  # [n or 1, V]
-        r.computed += n
-        self._counters["prefill_tokens"] += n
         if r.score is not None:
+            r.computed += n
+            self._counters["prefill_tokens"] += n
             r.score.append(logits.cpu())
             if r.computed == P:
                 self._finish(r, "length")
-        elif r.computed == P:
-            self._sample_and_emit([r], logits)
+        elif start + n == P:
+            self._prefilled([r], logits)
+        else:
+            r.computed += n
+            self._counters["prefill_tokens"] += n
 
     @contextmanager
     def _threads_for(self, tokens: int):
@@ -666,6 +695,10 @@ class Engine:
         if r.done.is_set():
             return
         if r.seq is not None:
+            if self.prefix_cache and r.keys is not None and r.computed > len(r.prompt):
+                # generated tokens too: the next turn of a chat sends this answer back in its prompt
+                cached = (r.prompt + r.output)[:r.computed]
+                r.seq.register(self.cache.prefix_keys(cached, r.base))
             r.seq.free()
         if r in self._running:
             self._running.remove(r)

@@ -267,21 +267,25 @@ class FusedDecode:
     # table of that size, and its attention is written for decode; long prompts use PyTorch's).
     PREFILL_ROWS_X_KEYS = 1 << 18
 
-    def can_prefill(self, prompts: list[list[int]]) -> bool:
-        return sum(map(len, prompts)) * max(map(len, prompts)) <= self.PREFILL_ROWS_X_KEYS
+    def can_prefill(self, prompts: list[list[int]], starts: list[int] | None = None) -> bool:
+        starts = starts or [0] * len(prompts)
+        rows = sum(len(p) - s for p, s in zip(prompts, starts))
+        return rows * max(map(len, prompts)) <= self.PREFILL_ROWS_X_KEYS
 
     @torch.inference_mode()
-    def prefill(self, cache, seqs, prompts: list[list[int]], bases: list[float | None]) -> torch.Tensor:
-        """Whole fresh prompts (nothing cached yet), every token a row of one call: each row attends to
-        its own sequence's keys up to itself -> logits [n, V] of each prompt's last token."""
-        tokens, positions, tables, last = [], [], [], []
-        for s, p in zip(seqs, prompts):
+    def prefill(self, cache, seqs, prompts: list[list[int]], bases: list[float | None],
+                starts: list[int] | None = None) -> torch.Tensor:
+        """Prompt tokens from `starts[i]` on (the earlier ones are cached; default: none), every token a row
+        of one call: each row attends to its own sequence's keys up to itself -> logits [n, V] of each
+        prompt's last token."""
+        tokens, positions, tables, last, row_bases = [], [], [], [], []
+        for s, p, b, st in zip(seqs, prompts, bases, starts or [0] * len(prompts)):
             s.ensure(len(p))
-            tokens += p
-            positions += range(len(p))
-            tables += [s.table] * len(p)
+            tokens += p[st:]
+            positions += range(st, len(p))
+            tables += [s.table] * (len(p) - st)
+            row_bases += [b] * (len(p) - st)
             last.append(len(tokens) - 1)
-        row_bases = [b for p, b in zip(prompts, bases) for _ in p]
         return self._call(cache, tables, tokens, positions, row_bases, last)
 
     def _call(self, cache, tables, tokens, positions, bases, out_rows) -> torch.Tensor:

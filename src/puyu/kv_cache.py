@@ -13,6 +13,16 @@ therefore never find the pool empty (no preemption, no out-of-memory mid-generat
 clear error; the pool's memory is not touched until blocks are first used, so the process's resident
 size grows with the tokens actually cached.
 
+Prefix reuse. A full block of a sequence's tokens can be registered under a key that chains the keys
+of all blocks before it, the block's tokens and the RoPE base the keys were rotated with
+(`prefix_keys`): the same key means the same keys and values. A later sequence whose prompt starts with
+the same tokens under the same base `lookup`s those blocks and adopts them (a reference count per block)
+instead of computing them again. A registered block whose last reference is released is not freed but
+kept, evictable, in least-recently-used order: `take` uses never-registered free blocks first, then
+evicts the oldest kept prefix. Kept blocks count as free capacity (`blocks_free`, `can_reserve`), not as
+used. Shared blocks are full and never written again: a sequence only writes past its prompt's shared
+part.
+
 `AttentionBatch` is the model's `cache` hook for one forward: it writes the new keys/values of each
 layer into their slots, reads back each sequence's keys/values (a view when the sequence's blocks are
 contiguous, else a gather through the block table) and runs `scaled_dot_product_attention` with a mask
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -55,8 +66,12 @@ class PagedKVCache:
         # torch.empty: pages are only touched (and counted in RSS) when a block is first used.
         self.k = torch.empty(shape, dtype=dtype, device=self.device)  # [L, N, P, K, D]
         self.v = torch.empty(shape, dtype=dtype, device=self.device)  # [L, N, P, K, D]
-        self._free = list(range(num_blocks))  # a heap
+        self._free = list(range(num_blocks))  # a heap of blocks holding nothing worth keeping
         self.reserved = 0  # blocks promised to sequences but not taken yet
+        self._refs = [0] * num_blocks  # sequences holding each block
+        self._index: dict[int, int] = {}  # prefix key -> block
+        self._key_of: dict[int, tuple] = {}  # block -> (key, parent key, base, tokens) of its prefix
+        self._kept: OrderedDict[int, None] = OrderedDict()  # registered blocks nobody holds, oldest first
 
     # ---- sizes -----------------------------------------------------------------------------------
     @property
@@ -70,11 +85,18 @@ class PagedKVCache:
 
     @property
     def blocks_free(self) -> int:
-        return len(self._free)
+        """Blocks that can be taken: empty ones and kept prefixes nobody holds."""
+        return len(self._free) + len(self._kept)
 
     @property
     def blocks_used(self) -> int:
-        return self.num_blocks - len(self._free)
+        """Blocks held by live sequences."""
+        return self.num_blocks - self.blocks_free
+
+    @property
+    def blocks_kept(self) -> int:
+        """Registered prefix blocks nobody holds (reusable until evicted)."""
+        return len(self._kept)
 
     def blocks_for(self, tokens: int) -> int:
         return max(1, math.ceil(tokens / self.block_size))
@@ -89,54 +111,122 @@ class PagedKVCache:
                 f"shorten the prompt, lower max_new_tokens, or give the engine a larger cache_tokens/cache_bytes")
 
     def can_reserve(self, blocks: int) -> bool:
-        return blocks <= len(self._free) - self.reserved
+        return blocks <= self.blocks_free - self.reserved
 
     def reserve(self, blocks: int) -> None:
         if not self.can_reserve(blocks):
-            raise PuyuError(f"cannot reserve {blocks} blocks: {len(self._free) - self.reserved} unreserved")
+            raise PuyuError(f"cannot reserve {blocks} blocks: {self.blocks_free - self.reserved} unreserved")
         self.reserved += blocks
 
     def take(self) -> int:
-        """One reserved block, zeroed so that masked padding never multiplies stale NaN/inf."""
+        """One reserved block (an empty one, else the oldest kept prefix, which is forgotten), zeroed so
+        that masked padding never multiplies stale NaN/inf."""
         if self.reserved <= 0:
             raise RuntimeError("take() without a reservation")
         self.reserved -= 1
-        block = heapq.heappop(self._free)
+        if self._free:
+            block = heapq.heappop(self._free)
+        else:
+            block, _ = self._kept.popitem(last=False)
+            self._forget(block)
+        self._refs[block] = 1
         self.k[:, block].zero_()
         self.v[:, block].zero_()
         return block
 
     def release(self, blocks: list[int], unused_reservation: int) -> None:
         for b in blocks:
-            heapq.heappush(self._free, b)
+            self._refs[b] -= 1
+            if self._refs[b] == 0:
+                if b in self._key_of:
+                    self._kept[b] = None  # newest at the end
+                else:
+                    heapq.heappush(self._free, b)
         self.reserved -= unused_reservation
+
+    # ---- prefix reuse ----------------------------------------------------------------------------
+    def prefix_keys(self, tokens: list[int], base: float | None) -> list[tuple]:
+        """(key, parent key, base, block tokens) for each full block of `tokens`."""
+        P, out, parent = self.block_size, [], 0
+        for i in range(len(tokens) // P):
+            block = tuple(tokens[i * P:(i + 1) * P])
+            key = hash((parent, base, block))
+            out.append((key, parent, base, block))
+            parent = key
+        return out
+
+    def lookup(self, keys: list[tuple]) -> list[int]:
+        """Blocks holding the longest registered run of `keys` from the first."""
+        hits = []
+        for entry in keys:
+            b = self._index.get(entry[0])
+            if b is None or self._key_of.get(b) != entry:  # the full entry guards against hash collisions
+                break
+            hits.append(b)
+        return hits
+
+    def adopt_cost(self, blocks: list[int]) -> int:
+        """Free capacity that adopting `blocks` uses up: those that are kept but held by nobody."""
+        return sum(1 for b in blocks if self._refs[b] == 0)
+
+    def register(self, blocks: list[int], keys: list[tuple]) -> None:
+        """Make full blocks findable by their prefix keys (a block or key already registered is left)."""
+        for b, entry in zip(blocks, keys):
+            if entry[0] in self._index or b in self._key_of:
+                continue
+            self._index[entry[0]] = b
+            self._key_of[b] = entry
+
+    def _forget(self, block: int) -> None:
+        entry = self._key_of.pop(block, None)
+        if entry is not None and self._index.get(entry[0]) == block:
+            del self._index[entry[0]]
+
+    def _hold(self, block: int) -> None:
+        if self._refs[block] == 0:
+            self._kept.pop(block, None)
+        self._refs[block] += 1
 
 
 class SequenceBlocks:
-    """One sequence's block table. Reserves `budget_tokens` worth of blocks on creation; `ensure(n)`
-    takes blocks until `n` tokens fit; `free()` returns everything (idempotent)."""
+    """One sequence's block table. Reserves `budget_tokens` worth of blocks on creation (less the
+    `prefix` blocks it adopts: registered blocks holding its first tokens); `ensure(n)` takes blocks
+    until `n` tokens fit; `free()` returns everything (idempotent)."""
 
-    def __init__(self, cache: PagedKVCache, budget_tokens: int):
+    def __init__(self, cache: PagedKVCache, budget_tokens: int, prefix: list[int] = ()):
         self.cache = cache
         self.budget = cache.blocks_for(budget_tokens)
-        cache.reserve(self.budget)
+        prefix = list(prefix)
+        if len(prefix) > self.budget:
+            raise RuntimeError("a sequence cannot adopt more blocks than its budget")
+        need = self.budget - len(prefix)
+        if not cache.can_reserve(need + cache.adopt_cost(prefix)):  # adopted kept blocks leave the free pool
+            raise PuyuError(f"cannot reserve {need} blocks and adopt {len(prefix)}: "
+                            f"{cache.blocks_free - cache.reserved} unreserved")
+        for b in prefix:
+            cache._hold(b)
+        cache.reserve(need)
         self.blocks: list[int] = []
         self.table = torch.zeros(self.budget, dtype=torch.long, device=cache.device)  # [budget]
         self.contiguous = True
         self.freed = False
+        for b in prefix:
+            self._append(b)
+
+    def _append(self, b: int) -> None:
+        if not self.blocks:
+            self.table.fill_(b)  # padding entries point at a real block of this sequence
+        elif b != self.blocks[-1] + 1:
+            self.contiguous = False
+        self.table[len(self.blocks)] = b
+        self.blocks.append(b)
 
     def ensure(self, tokens: int) -> None:
         P = self.cache.block_size
         while len(self.blocks) * P < tokens:
             if len(self.blocks) >= self.budget:
                 raise RuntimeError(f"sequence exceeded its reserved budget of {self.budget} blocks")
-            b = self.cache.take()
-            if not self.blocks:
-                self.table.fill_(b)  # padding entries point at a real, zeroed block of this sequence
-            elif b != self.blocks[-1] + 1:
-                self.contiguous = False
-            self.table[len(self.blocks)] = b
-            self.blocks.append(b)
+            self._append(self.cache.take())
 
     def slot(self, pos: int) -> int:
         P = self.cache.block_size
@@ -153,6 +243,10 @@ class SequenceBlocks:
             self.freed = True
             self.cache.release(self.blocks, self.budget - len(self.blocks))
             self.blocks = []
+
+    def register(self, keys: list[tuple]) -> None:
+        """Register this sequence's first len(keys) blocks (full, computed) for reuse."""
+        self.cache.register(self.blocks[:len(keys)], keys)
 
 
 def _padded(table: torch.Tensor, n: int) -> torch.Tensor:
