@@ -19,6 +19,8 @@
    prompt that fits a 24 GiB machine: (24 GiB - everything but the KV cache) / KV bytes per token.
    The 24 GiB lengths are predictions from the measured figures, not runs (a 12M-token nano prefill
    takes days on a CPU).
+5. prefix reuse (nano): 8 requests one after another sharing a long system prompt, wall time with and
+   without it. Items 1-4 run with prefix reuse off, so repeated prompts are prefilled like transformers'.
 
 The engine runs its default decode path, printed with the figures: the native kernel of
 `puyu/fused_decode.py` where it builds, else `DecodeStep`.
@@ -185,6 +187,37 @@ def bench_nano(args) -> dict:
             "greedy_tokens_agree": got[:cut] == ref[:cut], "agree_prefix": cut}
 
 
+# ---- 5. prefix reuse ----------------------------------------------------------------------------------------
+def bench_prefix(args) -> dict:
+    """8 requests one after another (chat turns, agent steps) sharing a long system prompt, nano preset:
+    wall time with prefix reuse against the same engine without it."""
+    from puyu.config import get_preset
+    from puyu.engine import Engine
+    from puyu.model import InternLM2ForCausalLM
+    from puyu.sampling import SamplingParams
+
+    model = InternLM2ForCausalLM(get_preset("nano")).reset_parameters(seed=0).eval()
+    g = torch.Generator().manual_seed(0)
+    system = torch.randint(3, model.config.vocab_size, (args.shared_prefix,), generator=g).tolist()
+    users = [torch.randint(3, model.config.vocab_size, (20,), generator=g).tolist() for _ in range(8)]
+    params = SamplingParams(max_new_tokens=16, ignore_eos=True)
+    out = {}
+    for reuse in (False, True):
+        best = float("inf")
+        for _ in range(2):
+            with Engine(model, max_batch_size=8, cache_tokens=4 * (args.shared_prefix + 64) + 1024,
+                        prefix_cache=reuse) as eng:
+                eng.generate([users[0]], params)  # warm up
+                t = time.perf_counter()
+                for u in users:
+                    eng.generate([system + u], params)
+                best = min(best, time.perf_counter() - t)
+                hits = eng.stats()["prefix_hit_tokens"]
+        out["with" if reuse else "without"] = {"seconds": best, "prefix_hit_tokens": hits}
+    out["speedup"] = out["without"]["seconds"] / out["with"]["seconds"]
+    return out
+
+
 # ---- 2-4. children -----------------------------------------------------------------------------------------
 def child_long(args) -> dict:
     """nano: a long prompt through chunked prefill; resident KV bytes per token and peak RSS."""
@@ -275,6 +308,7 @@ def main() -> None:
     ap.add_argument("--long-prompt", type=int, default=32768, help="nano prompt for the KV / RSS figures")
     ap.add_argument("--big-prompt", type=int, default=256, help="1.8B prompt for the RSS figure")
     ap.add_argument("--big-new-tokens", type=int, default=12)
+    ap.add_argument("--shared-prefix", type=int, default=1000, help="system prompt tokens in the prefix-reuse run")
     ap.add_argument("--skip-1_8b", action="store_true", help="skip the 1.8B roofline (needs ~9 GB RAM)")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -313,6 +347,10 @@ def main() -> None:
               f"{100 * big['roofline_fraction']:.0f}% (goal >= 80%)")
         print(f"[1.8B fp32] {big['prompt']}-token prompt: peak RSS {big['peak_rss_bytes'] / GIB:.2f} GiB -> "
               f"longest prompt in 24 GiB ~{big_max:,} tokens (predicted)")
+    pre = res["prefix"] = bench_prefix(args)
+    print(f"[nano] 8 requests in turn sharing a {args.shared_prefix}-token prefix: {pre['with']['seconds'] * 1e3:.0f} ms "
+          f"with prefix reuse vs {pre['without']['seconds'] * 1e3:.0f} ms without -> {pre['speedup']:.1f}x "
+          f"({pre['with']['prefix_hit_tokens']} prompt tokens adopted from the cache)")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
 

@@ -32,6 +32,9 @@ CASES = {  # head_dim: 32 and 64 take the vector attention paths, 16 and 24 the 
                        rope_scaling={"type": "linear", "factor": 2.0}),
     "d32-dynamic": dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=1,
                         rope_scaling={"type": "dynamic", "factor": 2.0}),
+    # hidden and intermediate >= 1024: one-row products take the large-weight path
+    "d128-wide": dict(hidden_size=1024, intermediate_size=1056, num_hidden_layers=1, num_attention_heads=8,
+                      num_key_value_heads=2),
 }
 # (threads, kernel options): one thread; two threads splitting each product's weight rows; two threads
 # each running the whole forward for its own rows of the batch.
@@ -60,11 +63,12 @@ def full_logits(model, tokens: list[int], base) -> torch.Tensor:
 def test_linear_matches_torch(flags):
     g = torch.Generator().manual_seed(0)
     for m in (1, 2, 3, 4, 5, 7, 9, 16):
-        for n, k in [(48, 64), (45, 70), (17, 33), (130, 16), (5, 300)]:  # tails in rows, columns and K
+        # tails in rows, columns and K; K >= 1024 takes the one-row path for large weights (rows8)
+        for n, k in [(48, 64), (45, 70), (17, 33), (130, 16), (5, 300), (8, 1024), (13, 1056), (27, 1030)]:
             x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
             for bias in (b, None):
                 got, ref = fd.linear(x, w, bias, flags=flags), torch.nn.functional.linear(x, w, bias)
-                assert torch.allclose(got, ref, atol=1e-4, rtol=1e-5), (m, n, k, (got - ref).abs().max())
+                assert torch.allclose(got, ref, atol=3e-4, rtol=1e-5), (m, n, k, (got - ref).abs().max())
 
 
 @pytest.mark.parametrize("split", sorted(SPLITS))
@@ -95,7 +99,10 @@ def test_decode_logits_equal_full_forward(case, split):
                      [bases[i] for i in live], step)
         for row, i in enumerate(live):
             ref = full_logits(model, tokens[i], bases[i])[-1]
-            assert torch.allclose(got[row], ref, atol=2e-5, rtol=1e-5), (case, split, i, (got[row] - ref).abs().max())
+            # fp32 rounding grows with the logits (the model's own cached decode differs from its full
+            # forward by ~2e-5 at |logit| ~9 in the wide case)
+            tol = 2e-5 * max(1.0, float(ref.abs().max()) / 2)
+            assert torch.allclose(got[row], ref, atol=tol, rtol=1e-5), (case, split, i, (got[row] - ref).abs().max())
 
 
 @pytest.mark.parametrize("case", ["d32-gqa2", "d16-gqa4-bias", "d32-dynamic"])

@@ -210,6 +210,34 @@ static inline __attribute__((always_inline)) __m512 tile16(const int MR, const i
     return reduce16(acc);
 }
 
+/* One input row against 8 weight rows, two accumulators per row along K (k steps of 32): fewer
+ * concurrent streams than tile16(1, 16), which reads DRAM-resident weights ~10% faster (measured on
+ * 64 MB matrices, 2 threads: 67.6 vs 60.7 GB/s when a 2-thread sum read 72). Sums in out[0..7]. */
+static inline void rows8(int K, const float *x, const float *w, int ldw, float *out) {
+    __m512 acc[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m512 x0 = _mm512_loadu_ps(x + k), x1 = _mm512_loadu_ps(x + k + 16);
+#pragma GCC unroll 8
+        for (int r = 0; r < 8; r++) {
+            acc[2 * r] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(w + (long)r * ldw + k), acc[2 * r]);
+            acc[2 * r + 1] = _mm512_fmadd_ps(x1, _mm512_loadu_ps(w + (long)r * ldw + k + 16), acc[2 * r + 1]);
+        }
+    }
+    for (; k < K; k += 16) {
+        __mmask16 mk = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1);
+        __m512 x0 = _mm512_maskz_loadu_ps(mk, x + k);
+#pragma GCC unroll 8
+        for (int r = 0; r < 8; r++)
+            acc[2 * r] = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(mk, w + (long)r * ldw + k), acc[2 * r]);
+    }
+    float tmp[16];
+    _mm512_storeu_ps(tmp, reduce16(acc));
+    for (int r = 0; r < 8; r++) out[r] = tmp[2 * r] + tmp[2 * r + 1];
+}
+
 static inline float dot(const float *a, const float *b, int K) {
     __m512 acc = _mm512_setzero_ps();
     int k = 0;
@@ -282,6 +310,16 @@ static void gemm_nt(int M, int K, const float *x, int ldx, const float *W, const
             for (; n < c1; n++)
                 for (int i = 0; i < 2; i++)
                     put(y + (long)(m + i) * ldy + n, dot(x + (long)(m + i) * ldx, W + (long)n * K, K), bias, n, accumulate);
+        }
+        if (M == 1 && K >= 1024) {  /* one row against large weights: memory-bound, see rows8 */
+            float sums[8];
+            int n = c0;
+            for (; n + 8 <= c1; n += 8) {
+                rows8(K, x, W + (long)n * K, K, sums);
+                for (int j = 0; j < 8; j++) put(y + n + j, sums[j], bias, n + j, accumulate);
+            }
+            for (; n < c1; n++) put(y + n, dot(x, W + (long)n * K, K), bias, n, accumulate);
+            m = 1;
         }
         for (; m < M; m++) {
             int n = c0;
