@@ -190,6 +190,10 @@ def test_weights_that_stop_being_float32_fall_back_to_the_model_forward(caplog):
         got = eng.generate([[3, 4, 5]], SamplingParams(max_new_tokens=4, ignore_eos=True))[0].token_ids
     assert got == want  # the same numbers, read by the model's own forward
     assert "fused decode step skipped" in caplog.text and "not a contiguous float32" in caplog.text
+    step = FusedDecode(model)
+    model.model.layers[0].attention.wo.weight = torch.nn.Parameter(torch.zeros(3, 3))  # never read past it
+    with pytest.raises(FusedDecodeUnavailable, match=r"shape \(3, 3\), the config says"):
+        step._weights()
 
 
 def test_no_compiler_means_the_torch_step(monkeypatch, tmp_path, caplog):

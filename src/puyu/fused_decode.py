@@ -211,11 +211,15 @@ class FusedDecode:
             att, ff = layer.attention, layer.feed_forward
             mods += [layer.attention_norm, att.wqkv, att.wqkv, att.wo, att.wo, layer.ffn_norm, ff.w1, ff.w3, ff.w2]
         # Per layer: attn_norm, wqkv, wqkv bias, wo, wo bias, ffn_norm, w1, w3, w2 (the order in the C file).
-        self._slots = [(mod, "weight") for mod in mods[:3]]
+        c = self.cfg
+        C, V, F, QKV, HD = (c.hidden_size, c.vocab_size, c.intermediate_size,
+                            (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim,
+                            c.num_attention_heads * c.head_dim)
+        self._slots = [(mods[0], "weight", (V, C)), (mods[1], "weight", (C,)), (mods[2], "weight", (V, C))]
+        names = ["weight", "weight", "bias", "weight", "bias", "weight", "weight", "weight", "weight"]
+        shapes = [(C,), (QKV, C), (QKV,), (C, HD), (C,), (C,), (F, C), (F, C), (C, F)]
         for i in range(len(m.layers)):
-            base = 3 + 9 * i
-            names = ["weight", "weight", "bias", "weight", "bias", "weight", "weight", "weight", "weight"]
-            self._slots += [(mods[base + j], names[j]) for j in range(9)]
+            self._slots += [(mods[3 + 9 * i + j], names[j], shapes[j]) for j in range(9)]
         self._modules = list(model.modules())
         self._ptrs: tuple[int, ...] | None = None
         self._wtable = None
@@ -238,13 +242,18 @@ class FusedDecode:
 
     def _weights(self):
         """The C pointer table of the current weights (rebuilt and re-checked when any storage moved)."""
-        tensors = [getattr(mod, name) for mod, name in self._slots]
+        tensors = [getattr(mod, name) for mod, name, _ in self._slots]
         ptrs = tuple(0 if t is None else t.data_ptr() for t in tensors)
         if ptrs != self._ptrs:
-            for (mod, name), t in zip(self._slots, tensors):
-                if t is not None and (t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous()):
+            for (mod, name, shape), t in zip(self._slots, tensors):
+                if t is None:
+                    continue
+                if t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous():
                     raise FusedDecodeUnavailable(f"{type(mod).__name__}.{name} is not a contiguous float32 CPU "
                                                  f"tensor ({t.dtype}, {t.device}); the fused decode cannot read it")
+                if tuple(t.shape) != shape:  # the kernel reads by the config's sizes: never past a tensor
+                    raise FusedDecodeUnavailable(f"{type(mod).__name__}.{name} has shape {tuple(t.shape)}, "
+                                                 f"the config says {shape}")
             self._wtable = (ctypes.c_void_p * len(ptrs))(*ptrs)
             self._ptrs = ptrs
         return self._wtable
