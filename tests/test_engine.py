@@ -444,3 +444,28 @@ def test_prefix_reuse_respects_the_rope_base_and_cache_pressure():
         got = [r.token_ids for r in eng.generate(prompts + prompts[:2], p)]
         assert eng.stats()["cache_blocks_used"] == 0
     assert got == [naive_greedy(model, x, 10, eos=None) for x in prompts + prompts[:2]]
+
+
+def test_the_rest_of_a_cached_prompt_keeps_the_mask_bound(model, monkeypatch):
+    """After a prefix hit, the uncached rest is prefilled in chunks whose [T, S] mask fits mask_bytes."""
+    import puyu.engine as E
+
+    calls = []
+    real = E.prefill
+
+    def spy(model_, cache, seq, token_ids, start, base, all_logits=False):
+        calls.append((len(token_ids), start))
+        return real(model_, cache, seq, token_ids, start, base, all_logits)
+
+    monkeypatch.setattr(E, "prefill", spy)
+    shared = random_ids(200, seed=50)
+    p = SamplingParams(max_new_tokens=4, ignore_eos=True)
+    with Engine(model, cache_tokens=1024, block_size=8, fast_decode="step", mask_bytes=64 * 1024) as eng:
+        eng.generate([shared], p)
+        calls.clear()
+        longer = shared + random_ids(120, seed=51)
+        got = eng.generate([longer], p)[0].token_ids
+        assert eng.stats()["prefix_hit_tokens"] == 200  # 25 full blocks of 8
+    assert calls and calls[0][1] == 200 and sum(t for t, _ in calls) == 320 - 200 and len(calls) > 1
+    assert all(t * (s + t) * 4 <= 64 * 1024 or t == 16 for t, s in calls)
+    assert got == naive_greedy(model, longer, 4, eos=None)

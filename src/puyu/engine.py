@@ -572,12 +572,13 @@ class Engine:
             if budget <= 0:
                 break
             P, start = len(r.prompt), r.computed
-            if r.score is None and P - start <= budget and (not group or r.base == group[0].base):
+            # a chunk after cached tokens is bounded by its [T, S] attention mask (mask_bytes)
+            most = budget if start == 0 else max_chunk_for(start, budget, self.mask_bytes, self.cache.k.element_size())
+            if r.score is None and P - start <= most and (not group or r.base == group[0].base):
                 group.append(r)
                 budget -= P - start
                 continue
-            n = min(P - start, budget if start == 0 else
-                    max_chunk_for(start, budget, self.mask_bytes, self.cache.k.element_size()))
+            n = min(P - start, most)
             self._prefill_chunk(r, n)
             budget -= n
         if not group or self._prefill_fused(group):
