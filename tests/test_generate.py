@@ -27,9 +27,10 @@ def naive_greedy(model, ids, n, stops=(2,)):
     return out
 
 
-def test_json_output_for_several_prompts_equals_naive_greedy(tiny_checkpoint, capsys):
+@pytest.mark.parametrize("extra", [[], ["--no-prefix-cache"]], ids=["prefix-cache", "no-prefix-cache"])
+def test_json_output_for_several_prompts_equals_naive_greedy(tiny_checkpoint, capsys, extra):
     rc = main(["generate", "--model", str(tiny_checkpoint), "hello world", "你好 😀", "x",
-               "--max-new-tokens", "12", "--json", "--logprobs"])
+               "--max-new-tokens", "12", "--json", "--logprobs", *extra])
     assert rc == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["prompt"] for r in rows] == ["hello world", "你好 😀", "x"]

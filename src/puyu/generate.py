@@ -29,6 +29,8 @@ def add_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> No
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--cache-tokens", type=int, help="KV cache size in tokens (default: sized from memory)")
     p.add_argument("--prefill-chunk", type=int, default=2048, help="prompt tokens per prefill forward")
+    p.add_argument("--no-prefix-cache", action="store_true",
+                   help="prefill every prompt in full (default: reuse cached blocks of earlier prompts and answers)")
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
@@ -75,7 +77,7 @@ def make_engine(args: argparse.Namespace, model, tokenizer, max_batch_size: int 
     from puyu.engine import Engine
 
     return Engine(model, tokenizer, max_batch_size=max_batch_size, cache_tokens=args.cache_tokens,
-                  prefill_chunk=args.prefill_chunk)
+                  prefill_chunk=args.prefill_chunk, prefix_cache=not getattr(args, "no_prefix_cache", False))
 
 
 # ---- puyu generate -----------------------------------------------------------------------------------

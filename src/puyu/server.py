@@ -491,6 +491,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--max-batch-size", type=int, default=32, help="sequences decoded together")
     p.add_argument("--cache-tokens", type=int, help="KV-cache capacity in tokens (default: the engine's)")
+    p.add_argument("--no-prefix-cache", action="store_true",
+                   help="prefill every prompt in full (default: reuse cached blocks of earlier prompts and answers)")
     p.add_argument("--context-length", type=int, help="longest prompt + completion (default: the model's)")
     p.add_argument("--max-tokens", type=int, default=Limits.max_tokens, help="largest max_tokens allowed")
     p.add_argument("--max-queue", type=int, default=Limits.max_queue,
@@ -520,7 +522,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.served_model_name or Path(str(args.model).rstrip("/")).name
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         log.warning("listening on %s without --api-key: anyone who can reach it can use the model", args.host)
-    engine_kwargs = {"max_batch_size": args.max_batch_size}
+    engine_kwargs = {"max_batch_size": args.max_batch_size, "prefix_cache": not args.no_prefix_cache}
     if args.cache_tokens:
         engine_kwargs["cache_tokens"] = args.cache_tokens
     engine = Engine(model, tokenizer, **engine_kwargs)
