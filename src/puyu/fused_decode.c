@@ -10,9 +10,14 @@
  * Matrix products keep PyTorch's nn.Linear layout (W [N, K], y = x W^T): every output is a dot product
  * of an input row and a weight row. The AVX-512 kernel computes 16 dot products at a time in 16
  * accumulators (tiles of 1x16, 2x8 or 4x4 input rows x weight rows) and folds them into one vector of
- * 16 sums with a transposing reduction. Weight rows are split across a small pool of worker threads
- * (the caller is part 0); workers spin briefly between parallel regions and then sleep on a condition
- * variable. Without AVX-512 the same loops run in portable C.
+ * 16 sums with a transposing reduction; one row against large weights reads 8 weight rows at a time
+ * (rows8). A small pool of worker threads (the caller is part 0) splits either each product's weight
+ * rows (few input rows) or the batch's rows, each core then running the whole forward for its own rows
+ * (task_rows); workers spin briefly between parallel regions and then sleep on a condition variable.
+ * A prefill is the same call with one row per prompt token (out_rows picks the rows whose logits are
+ * wanted). Without AVX-512 the same loops run in portable C.
+ *
+ * Built with -DPUYU_PROFILE, the per-phase seconds of every call accumulate in puyu_prof[8] (see forward).
  *
  * Cache layout (puyu.kv_cache.PagedKVCache): k/v [L, N_blocks, P, K, D]; token t of a sequence sits in
  * block table[t / P], offset t % P.

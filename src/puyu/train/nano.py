@@ -104,7 +104,7 @@ class NanoRecipe:
     pretrain: StageSection = field(default_factory=lambda: StageSection(
         seq_len=128, steps=4800, batch_size=12, lr=1e-3, warmup_steps=30, eval_every=200))
     longctx: StageSection = field(default_factory=lambda: StageSection(
-        seq_len=512, steps=400, batch_size=4, lr=1e-3, warmup_steps=10, eval_every=200, rope_theta=100_000.0))
+        seq_len=512, steps=800, batch_size=4, lr=1e-3, warmup_steps=10, eval_every=200, rope_theta=100_000.0))
     sft: StageSection = field(default_factory=lambda: StageSection(
         seq_len=256, steps=150, batch_size=16, lr=5e-4, warmup_steps=15, eval_every=75))
     eval: EvalSection = field(default_factory=EvalSection)
