@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import make_model
 
-from puyu.config import ModelConfig
 from puyu.decode_step import DecodeStep, RowSplitter
 from puyu.engine import Engine, decode, prefill, request_rope_base
 from puyu.kv_cache import PagedKVCache, SequenceBlocks
-from puyu.model import InternLM2ForCausalLM
 from puyu.sampling import SamplingParams
 
 CASES = {
@@ -21,18 +20,6 @@ CASES = {
     "mqa-linear": dict(num_key_value_heads=1, rope_scaling={"type": "linear", "factor": 2.0}),
     "dynamic": dict(rope_scaling={"type": "dynamic", "factor": 2.0}),
 }
-
-
-def make_model(**kw) -> InternLM2ForCausalLM:
-    base = dict(vocab_size=131, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=32, rope_theta=10000.0, torch_dtype="float32")
-    model = InternLM2ForCausalLM(ModelConfig(**{**base, **kw})).reset_parameters(std=0.1, seed=1).eval()
-    if kw.get("bias"):
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name.endswith(".bias"):
-                    p.uniform_(-0.2, 0.2)
-    return model
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["one-call", "row-split"])

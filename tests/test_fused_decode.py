@@ -13,9 +13,9 @@ import threading
 
 import pytest
 import torch
+from tiny_models import make_model as tiny_model
 
 import puyu.fused_decode as fd
-from puyu.config import ModelConfig
 from puyu.engine import Engine, decode, prefill, request_rope_base
 from puyu.fused_decode import PORTABLE_FLAGS, FusedDecode, FusedDecodeUnavailable
 from puyu.kv_cache import PagedKVCache, SequenceBlocks
@@ -43,15 +43,7 @@ SPLITS = {"one-thread": (1, {}), "weight-rows": (2, dict(min_parallel=0, split_r
 
 
 def make_model(**kw) -> InternLM2ForCausalLM:
-    base = dict(vocab_size=131, hidden_size=64, intermediate_size=100, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=32, rope_theta=10000.0, torch_dtype="float32")
-    model = InternLM2ForCausalLM(ModelConfig(**{**base, **kw})).reset_parameters(std=0.1, seed=1).eval()
-    if kw.get("bias"):
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name.endswith(".bias"):
-                    p.uniform_(-0.2, 0.2)
-    return model
+    return tiny_model(**{"intermediate_size": 100, **kw})  # 100: a K that is not a multiple of 16
 
 
 def full_logits(model, tokens: list[int], base) -> torch.Tensor:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from puyu.kv_cache import AttentionBatch, PagedKVCache, SequenceBlocks
-from puyu.rope import cos_sin
+from puyu.rope import batch_base, cos_sin
 
 
 def has_forward_hooks(modules) -> bool:
@@ -151,11 +151,8 @@ class DecodeStep:
         """One token per sequence: tokens[b] at positions[b] (keys 0..positions[b]) -> logits [B, V]."""
         device = cache.device
         hook = AttentionBatch.decode(cache, seqs, positions)
-        if bases[0] is None or all(b == bases[0] for b in bases):
-            base = bases[0]
-        else:
-            base = torch.tensor(bases, dtype=torch.float64, device=device)  # [B]
-        return self(torch.tensor(tokens, device=device), torch.tensor(positions, device=device), hook, base)
+        return self(torch.tensor(tokens, device=device), torch.tensor(positions, device=device), hook,
+                    batch_base(bases, device))
 
     @torch.inference_mode()
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, hook: AttentionBatch,

@@ -57,7 +57,7 @@ from puyu.errors import PuyuError
 from puyu.fused_decode import FusedDecode, FusedDecodeUnavailable
 from puyu.fused_decode import available as fused_available
 from puyu.kv_cache import AttentionBatch, PagedKVCache, SequenceBlocks, max_chunk_for
-from puyu.rope import dynamic_base
+from puyu.rope import batch_base, dynamic_base
 from puyu.sampling import SamplingParams, make_generator, sample, token_logprobs
 
 log = logging.getLogger(__name__)
@@ -192,12 +192,8 @@ def decode(model, cache: PagedKVCache, seqs: list[SequenceBlocks], tokens: list[
             log.warning("fused decode step skipped: %s", e)
     device = cache.device
     hook = AttentionBatch.decode(cache, seqs, positions)
-    if bases[0] is None or all(b == bases[0] for b in bases):
-        base = bases[0]
-    else:
-        base = torch.tensor(bases, dtype=torch.float64, device=device)  # [B]
     hidden = model(torch.tensor(tokens, device=device)[:, None], position_ids=torch.tensor(positions, device=device)[:, None],
-                   cache=hook, rope_base=base, return_hidden=True)  # [B, 1, C]
+                   cache=hook, rope_base=batch_base(bases, device), return_hidden=True)  # [B, 1, C]
     return model.output(hidden[:, 0]).float()  # [B, V]
 
 

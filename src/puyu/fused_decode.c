@@ -271,6 +271,14 @@ static inline void put(float *y, float sum, const float *bias, int n, int accumu
     *y = accumulate ? *y + v : v;
 }
 
+/* The outputs a tile leaves over: rows [m0, m0 + rows) x weight rows [n0, n1), one dot product each. */
+static inline void dots(int m0, int rows, int n0, int n1, int K, const float *x, int ldx, const float *W,
+                        const float *bias, float *y, int ldy, int accumulate) {
+    for (int n = n0; n < n1; n++)
+        for (int i = m0; i < m0 + rows; i++)
+            put(y + (long)i * ldy + n, dot(x + (long)i * ldx, W + (long)n * K, K), bias, n, accumulate);
+}
+
 /* y[m, n] (+)= x[m, :] . W[n, :] (+ bias[n]) for m < M, n in [n0, n1). x [M, K] (row stride ldx),
  * W [N, K] contiguous, y [M, *] (row stride ldy). Weight rows are visited in chunks that stay in cache
  * while every input row passes over them. */
@@ -280,8 +288,8 @@ static void gemm_nt(int M, int K, const float *x, int ldx, const float *W, const
     chunk = chunk < 16 ? 16 : chunk / 16 * 16;
     for (int c0 = n0; c0 < n1; c0 += chunk) {
         int c1 = c0 + chunk < n1 ? c0 + chunk : n1;
-        int m = 0;
 #if PUYU_AVX512
+        int m = 0;
         for (; m + 4 <= M; m += 4) {
             int n = c0;
             for (; n + 4 <= c1; n += 4) {
@@ -297,9 +305,7 @@ static void gemm_nt(int M, int K, const float *x, int ldx, const float *W, const
                 _mm_storeu_ps(y0, r0), _mm_storeu_ps(y0 + ldy, r1);
                 _mm_storeu_ps(y0 + 2L * ldy, r2), _mm_storeu_ps(y0 + 3L * ldy, r3);
             }
-            for (; n < c1; n++)
-                for (int i = 0; i < 4; i++)
-                    put(y + (long)(m + i) * ldy + n, dot(x + (long)(m + i) * ldx, W + (long)n * K, K), bias, n, accumulate);
+            dots(m, 4, n, c1, K, x, ldx, W, bias, y, ldy, accumulate);
         }
         for (; m + 2 <= M; m += 2) {
             int n = c0;
@@ -312,9 +318,7 @@ static void gemm_nt(int M, int K, const float *x, int ldx, const float *W, const
                 if (accumulate) r0 = _mm256_add_ps(r0, _mm256_loadu_ps(y0)), r1 = _mm256_add_ps(r1, _mm256_loadu_ps(y0 + ldy));
                 _mm256_storeu_ps(y0, r0), _mm256_storeu_ps(y0 + ldy, r1);
             }
-            for (; n < c1; n++)
-                for (int i = 0; i < 2; i++)
-                    put(y + (long)(m + i) * ldy + n, dot(x + (long)(m + i) * ldx, W + (long)n * K, K), bias, n, accumulate);
+            dots(m, 2, n, c1, K, x, ldx, W, bias, y, ldy, accumulate);
         }
         if (M == 1 && K >= 1024) {  /* one row against large weights: memory-bound, see rows8 */
             float sums[8];
@@ -323,7 +327,7 @@ static void gemm_nt(int M, int K, const float *x, int ldx, const float *W, const
                 rows8(K, x, W + (long)n * K, K, sums);
                 for (int j = 0; j < 8; j++) put(y + n + j, sums[j], bias, n + j, accumulate);
             }
-            for (; n < c1; n++) put(y + n, dot(x, W + (long)n * K, K), bias, n, accumulate);
+            dots(0, 1, n, c1, K, x, ldx, W, bias, y, ldy, accumulate);
             m = 1;
         }
         for (; m < M; m++) {
@@ -335,12 +339,10 @@ static void gemm_nt(int M, int K, const float *x, int ldx, const float *W, const
                 if (accumulate) r = _mm512_add_ps(r, _mm512_loadu_ps(y0));
                 _mm512_storeu_ps(y0, r);
             }
-            for (; n < c1; n++) put(y + (long)m * ldy + n, dot(x + (long)m * ldx, W + (long)n * K, K), bias, n, accumulate);
+            dots(m, 1, n, c1, K, x, ldx, W, bias, y, ldy, accumulate);
         }
 #else
-        for (; m < M; m++)
-            for (int n = c0; n < c1; n++)
-                put(y + (long)m * ldy + n, dot(x + (long)m * ldx, W + (long)n * K, K), bias, n, accumulate);
+        dots(0, M, c0, c1, K, x, ldx, W, bias, y, ldy, accumulate);
 #endif
     }
 }

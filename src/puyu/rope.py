@@ -32,6 +32,14 @@ def dynamic_base(cfg: ModelConfig, total_len: int | torch.Tensor) -> float | tor
     return base * ((f * total_len / L) - (f - 1)) ** (d / (d - 2))
 
 
+def batch_base(bases: list[float | None], device=None) -> float | torch.Tensor | None:
+    """The `rope_base` argument for a batch of requests with fixed bases: the shared value when all agree
+    (None = the config's), else a float64 tensor [B] of per-request bases."""
+    if bases[0] is None or all(b == bases[0] for b in bases):
+        return bases[0]
+    return torch.tensor(bases, dtype=torch.float64, device=device)  # [B]
+
+
 def inv_freq(base: float | torch.Tensor, head_dim: int, device=None) -> torch.Tensor:
     """[d/2] for a float base, [B, d/2] for a tensor of bases [B]. float32, like the references."""
     exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
