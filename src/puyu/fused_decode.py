@@ -242,7 +242,7 @@ class FusedDecode:
 
     def _weights(self):
         """The C pointer table of the current weights (rebuilt and re-checked when any storage moved)."""
-        tensors = [getattr(mod, name) for mod, name, _ in self._slots]
+        tensors = [mod._parameters.get(name) for mod, name, _ in self._slots]  # nn.Module keeps them here
         ptrs = tuple(0 if t is None else t.data_ptr() for t in tensors)
         if ptrs != self._ptrs:
             for (mod, name, shape), t in zip(self._slots, tensors):
