@@ -64,6 +64,7 @@ def test_list_models_and_health(client, stack):
     h = httpx.get(stack[2].url + "/health").json()
     assert h["status"] == "ok" and h["model"] == MODEL and h["context_length"] == 512
     assert h["cache_blocks_total"] > 0 and h["interpreter"] is False
+    assert h["decode_path"] in ("fused-avx512", "fused-c", "torch-step") and h["prefix_hit_tokens"] >= 0
 
 
 def test_chat_non_streaming_and_streaming_agree(client):
@@ -102,9 +103,10 @@ def test_text_completions(client, stack):
     assert echo.choices[0].text == "the weather" + r.choices[0].text
 
 
-def test_tool_round_trip(client):
+def test_tool_round_trip(client, stack):
     messages = _user(sf.QUESTION)
     r = client.chat.completions.create(model=MODEL, messages=messages, tools=sf.TOOLS, temperature=0)
+    hits = httpx.get(stack[2].url + "/health").json()["prefix_hit_tokens"]
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls" and not choice.message.content
     (call,) = choice.message.tool_calls
@@ -114,6 +116,8 @@ def test_tool_round_trip(client):
                  {"role": "tool", "tool_call_id": call.id, "content": sf.TOOL_RESULT}]
     r2 = client.chat.completions.create(model=MODEL, messages=messages, tools=sf.TOOLS, temperature=0)
     assert r2.choices[0].message.content == sf.ANSWER and r2.choices[0].finish_reason == "stop"
+    # the second turn's prompt starts with the first one's (tools, question, the call): taken from the cache
+    assert httpx.get(stack[2].url + "/health").json()["prefix_hit_tokens"] > hits
 
 
 def test_tool_call_streamed_as_deltas(client):

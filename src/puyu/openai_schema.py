@@ -447,6 +447,9 @@ class Health(_Out):
     waiting: int
     cache_blocks_used: int
     cache_blocks_total: int
+    cache_blocks_kept: int = 0  # blocks of finished prompts kept for prefix reuse (free capacity)
+    prefix_hit_tokens: int = 0  # prompt tokens taken from the cache instead of prefilled, since start
+    decode_path: str = ""  # fused-avx512 / fused-c (native kernel), torch-step or model
     context_length: int
     interpreter: bool  # whether chat requests may use the server-side interpreter
 

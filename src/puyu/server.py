@@ -275,7 +275,9 @@ def create_app(engine, tokenizer, model_name: str, *, api_key: str | None = None
         s = engine.stats()
         return Health(model=model_name, running=s.get("running", 0), waiting=s.get("waiting", 0),
                       cache_blocks_used=s.get("cache_blocks_used", 0),
-                      cache_blocks_total=s.get("cache_blocks_total", 0), context_length=state.context,
+                      cache_blocks_total=s.get("cache_blocks_total", 0),
+                      cache_blocks_kept=s.get("cache_blocks_kept", 0), prefix_hit_tokens=s.get("prefix_hit_tokens", 0),
+                      decode_path=s.get("decode_path", ""), context_length=state.context,
                       interpreter=state.interpreter).dump()
 
     @app.get("/v1/models", response_model=ModelList, responses=errors)
