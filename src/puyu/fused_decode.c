@@ -279,6 +279,31 @@ static inline void dots(int m0, int rows, int n0, int n1, int K, const float *x,
             put(y + (long)i * ldy + n, dot(x + (long)i * ldx, W + (long)n * K, K), bias, n, accumulate);
 }
 
+#if PUYU_AVX512
+/* Input rows [m, m + MR) against weight rows [c0, c1) in MR x NR tiles, then the leftover weight rows.
+ * A tile's sums come row-major in one vector; row i's NR sums are moved to the front and stored. */
+static inline __attribute__((always_inline)) void tile_rows(const int MR, const int NR, int m, int c0, int c1, int K,
+                                                            const float *x, int ldx, const float *W,
+                                                            const float *bias, float *y, int ldy, int accumulate) {
+    const __mmask16 mk = NR == 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << NR) - 1);
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    int n = c0;
+    for (; n + NR <= c1; n += NR) {
+        __m512 r = tile16(MR, NR, K, x + (long)m * ldx, ldx, W + (long)n * K, K);
+        __m512 b = bias ? _mm512_maskz_loadu_ps(mk, bias + n) : _mm512_setzero_ps();
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; i++) {
+            __m512 v = i == 0 ? r : _mm512_permutexvar_ps(_mm512_add_epi32(iota, _mm512_set1_epi32(i * NR)), r);
+            float *yi = y + (long)(m + i) * ldy + n;
+            v = _mm512_add_ps(v, b);
+            if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mk, yi));
+            _mm512_mask_storeu_ps(yi, mk, v);
+        }
+    }
+    dots(m, MR, n, c1, K, x, ldx, W, bias, y, ldy, accumulate);
+}
+#endif
+
 /* y[m, n] (+)= x[m, :] . W[n, :] (+ bias[n]) for m < M, n in [n0, n1). x [M, K] (row stride ldx),
  * W [N, K] contiguous, y [M, *] (row stride ldy). Weight rows are visited in chunks that stay in cache
  * while every input row passes over them. */
@@ -290,36 +315,8 @@ static void gemm_nt(int M, int K, const float *x, int ldx, const float *W, const
         int c1 = c0 + chunk < n1 ? c0 + chunk : n1;
 #if PUYU_AVX512
         int m = 0;
-        for (; m + 4 <= M; m += 4) {
-            int n = c0;
-            for (; n + 4 <= c1; n += 4) {
-                __m512 r = tile16(4, 4, K, x + (long)m * ldx, ldx, W + (long)n * K, K);
-                __m128 b4 = bias ? _mm_loadu_ps(bias + n) : _mm_setzero_ps();
-                float *y0 = y + (long)m * ldy + n;
-                __m128 r0 = _mm_add_ps(_mm512_castps512_ps128(r), b4), r1 = _mm_add_ps(_mm512_extractf32x4_ps(r, 1), b4);
-                __m128 r2 = _mm_add_ps(_mm512_extractf32x4_ps(r, 2), b4), r3 = _mm_add_ps(_mm512_extractf32x4_ps(r, 3), b4);
-                if (accumulate) {
-                    r0 = _mm_add_ps(r0, _mm_loadu_ps(y0)), r1 = _mm_add_ps(r1, _mm_loadu_ps(y0 + ldy));
-                    r2 = _mm_add_ps(r2, _mm_loadu_ps(y0 + 2L * ldy)), r3 = _mm_add_ps(r3, _mm_loadu_ps(y0 + 3L * ldy));
-                }
-                _mm_storeu_ps(y0, r0), _mm_storeu_ps(y0 + ldy, r1);
-                _mm_storeu_ps(y0 + 2L * ldy, r2), _mm_storeu_ps(y0 + 3L * ldy, r3);
-            }
-            dots(m, 4, n, c1, K, x, ldx, W, bias, y, ldy, accumulate);
-        }
-        for (; m + 2 <= M; m += 2) {
-            int n = c0;
-            for (; n + 8 <= c1; n += 8) {
-                __m512 r = tile16(2, 8, K, x + (long)m * ldx, ldx, W + (long)n * K, K);
-                __m256 b8 = bias ? _mm256_loadu_ps(bias + n) : _mm256_setzero_ps();
-                float *y0 = y + (long)m * ldy + n;
-                __m256 r0 = _mm256_add_ps(_mm512_castps512_ps256(r), b8);
-                __m256 r1 = _mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r), 1)), b8);
-                if (accumulate) r0 = _mm256_add_ps(r0, _mm256_loadu_ps(y0)), r1 = _mm256_add_ps(r1, _mm256_loadu_ps(y0 + ldy));
-                _mm256_storeu_ps(y0, r0), _mm256_storeu_ps(y0 + ldy, r1);
-            }
-            dots(m, 2, n, c1, K, x, ldx, W, bias, y, ldy, accumulate);
-        }
+        for (; m + 4 <= M; m += 4) tile_rows(4, 4, m, c0, c1, K, x, ldx, W, bias, y, ldy, accumulate);
+        for (; m + 2 <= M; m += 2) tile_rows(2, 8, m, c0, c1, K, x, ldx, W, bias, y, ldy, accumulate);
         if (M == 1 && K >= 1024) {  /* one row against large weights: memory-bound, see rows8 */
             float sums[8];
             int n = c0;
@@ -330,17 +327,7 @@ static void gemm_nt(int M, int K, const float *x, int ldx, const float *W, const
             dots(0, 1, n, c1, K, x, ldx, W, bias, y, ldy, accumulate);
             m = 1;
         }
-        for (; m < M; m++) {
-            int n = c0;
-            for (; n + 16 <= c1; n += 16) {
-                __m512 r = tile16(1, 16, K, x + (long)m * ldx, ldx, W + (long)n * K, K);
-                float *y0 = y + (long)m * ldy + n;
-                if (bias) r = _mm512_add_ps(r, _mm512_loadu_ps(bias + n));
-                if (accumulate) r = _mm512_add_ps(r, _mm512_loadu_ps(y0));
-                _mm512_storeu_ps(y0, r);
-            }
-            dots(m, 1, n, c1, K, x, ldx, W, bias, y, ldy, accumulate);
-        }
+        for (; m < M; m++) tile_rows(1, 16, m, c0, c1, K, x, ldx, W, bias, y, ldy, accumulate);
 #else
         dots(0, M, c0, c1, K, x, ldx, W, bias, y, ldy, accumulate);
 #endif
