@@ -157,6 +157,7 @@ def test_prefix_blocks_are_registered_found_adopted_kept_and_evicted():
     tokens = list(range(10, 20))  # 10 tokens: 2 full blocks
     keys = cache.prefix_keys(tokens, None)
     assert len(keys) == 2 and keys[1][1] == keys[0][0]  # each key chains its parent's
+    assert cache.prefix_keys(tokens + [7] * 6, None, known=keys) == cache.prefix_keys(tokens + [7] * 6, None)
     a = SequenceBlocks(cache, budget_tokens=12)
     a.ensure(10)
     assert cache.lookup(keys) == []  # nothing registered yet

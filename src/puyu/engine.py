@@ -548,8 +548,7 @@ class Engine:
                     r.keys = self.cache.prefix_keys(r.prompt, r.base)
                 # the prompt's last token is always computed: its logits give the first new token
                 hits = self.cache.lookup(r.keys[:(len(r.prompt) - 1) // self.cache.block_size])
-            need = self.cache.blocks_for(r.budget) - len(hits) + self.cache.adopt_cost(hits)
-            if not self.cache.can_reserve(need):
+            if not self.cache.can_admit(r.budget, hits):
                 return
             self._waiting.popleft()
             r.seq = SequenceBlocks(self.cache, r.budget, prefix=hits)
@@ -695,7 +694,7 @@ class Engine:
             if self.prefix_cache and r.keys is not None and r.computed > len(r.prompt):
                 # generated tokens too: the next turn of a chat sends this answer back in its prompt
                 cached = (r.prompt + r.output)[:r.computed]
-                r.seq.register(self.cache.prefix_keys(cached, r.base))
+                r.seq.register(self.cache.prefix_keys(cached, r.base, known=r.keys))
             r.seq.free()
         if r in self._running:
             self._running.remove(r)

@@ -409,7 +409,7 @@ static void silu_mul(float *g, const float *u, int n) {
 /* ---------------------------------------------------------------- the forward ----------------- */
 
 typedef struct {
-    int B, C, H, K, D, F, V, L, P, nblocks, threads, has_bias;
+    int B, C, H, K, D, F, V, L, P, nblocks, threads;
     float eps, pos_div;
     const int64_t *tokens, *positions;
     const float *invf;      /* [B or 1, D/2] inverse frequencies */
@@ -532,8 +532,7 @@ static void attend_group(Ctx *c, int b, int g, float *scores) {
         float mx = s[0];
         for (int t = 1; t < S; t++) mx = s[t] > mx ? s[t] : mx;
         float inv = 1.0f / softmax_exp(s, S, mx);
-        for (int t = 0; t < S; t++) s[t] *= inv;
-        inv = 1.0f;
+        for (int t = 0; t < S; t++) s[t] *= inv;  /* probabilities: the value sums below need no scaling */
         float *o = c->att + (long)b * H * D + (long)(g * n_rep + r) * D;
 #if PUYU_AVX512
         if (D == 32 || D == 64 || D == 128) continue;  /* done below, all queries at once */
@@ -544,7 +543,6 @@ static void attend_group(Ctx *c, int b, int g, float *scores) {
             float pt = s[t];
             for (int d = 0; d < D; d++) o[d] += pt * vt[d];
         }
-        for (int d = 0; d < D; d++) o[d] *= inv;
     }
 #if PUYU_AVX512
     if (D == 32 || D == 64 || D == 128) {

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from puyu.decode_step import has_forward_hooks
 from puyu.errors import PuyuError
 from puyu.rope import inv_freq
 
@@ -67,7 +68,7 @@ class _Args(ctypes.Structure):
     """Mirrors `Args` in fused_decode.c (field order and types must match)."""
 
     _fields_ = [(n, ctypes.c_int) for n in
-                ("B", "C", "H", "K", "D", "F", "V", "L", "P", "nblocks", "threads", "has_bias")] + [
+                ("B", "C", "H", "K", "D", "F", "V", "L", "P", "nblocks", "threads")] + [
         ("eps", ctypes.c_float), ("pos_div", ctypes.c_float),
         ("tokens", ctypes.c_void_p), ("positions", ctypes.c_void_p),
         ("invf", ctypes.c_void_p), ("invf_stride", ctypes.c_int),
@@ -236,8 +237,6 @@ class FusedDecode:
         return all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
 
     def hooked(self) -> bool:
-        from puyu.decode_step import has_forward_hooks
-
         return has_forward_hooks(self._modules)
 
     def _weights(self):
@@ -315,8 +314,7 @@ class FusedDecode:
         a.B, a.C, a.H, a.K, a.D = B, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         a.F, a.V, a.L, a.P, a.nblocks = (cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers,
                                          cache.block_size, cache.num_blocks)
-        a.threads, a.has_bias, a.min_parallel, a.split_rows = (self.threads, int(cfg.bias), self.min_parallel,
-                                                               self.split_rows)
+        a.threads, a.min_parallel, a.split_rows = self.threads, self.min_parallel, self.split_rows
         a.eps = cfg.rms_norm_eps
         a.pos_div = cfg.rope_factor if cfg.rope_type == "linear" else 1.0
         a.tokens, a.positions = ctypes.addressof(tok), ctypes.addressof(pos)

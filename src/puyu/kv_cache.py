@@ -113,6 +113,11 @@ class PagedKVCache:
     def can_reserve(self, blocks: int) -> bool:
         return blocks <= self.blocks_free - self.reserved
 
+    def can_admit(self, budget_tokens: int, prefix: list[int] = ()) -> bool:
+        """Whether a sequence of `budget_tokens` adopting the `prefix` blocks fits now: its new blocks, plus
+        the adopted blocks that were kept free (adopting them takes them out of the free pool)."""
+        return self.can_reserve(self.blocks_for(budget_tokens) - len(prefix) + self.adopt_cost(prefix))
+
     def reserve(self, blocks: int) -> None:
         if not self.can_reserve(blocks):
             raise PuyuError(f"cannot reserve {blocks} blocks: {self.blocks_free - self.reserved} unreserved")
@@ -145,10 +150,12 @@ class PagedKVCache:
         self.reserved -= unused_reservation
 
     # ---- prefix reuse ----------------------------------------------------------------------------
-    def prefix_keys(self, tokens: list[int], base: float | None) -> list[tuple]:
-        """(key, parent key, base, block tokens) for each full block of `tokens`."""
-        P, out, parent = self.block_size, [], 0
-        for i in range(len(tokens) // P):
+    def prefix_keys(self, tokens: list[int], base: float | None, known: list[tuple] = ()) -> list[tuple]:
+        """(key, parent key, base, block tokens) for each full block of `tokens`; `known`: the keys of its
+        first blocks, already computed (they are kept and the chain goes on from the last)."""
+        P, out = self.block_size, list(known)
+        parent = out[-1][0] if out else 0
+        for i in range(len(out), len(tokens) // P):
             block = tuple(tokens[i * P:(i + 1) * P])
             key = hash((parent, base, block))
             out.append((key, parent, base, block))
@@ -199,13 +206,12 @@ class SequenceBlocks:
         prefix = list(prefix)
         if len(prefix) > self.budget:
             raise RuntimeError("a sequence cannot adopt more blocks than its budget")
-        need = self.budget - len(prefix)
-        if not cache.can_reserve(need + cache.adopt_cost(prefix)):  # adopted kept blocks leave the free pool
-            raise PuyuError(f"cannot reserve {need} blocks and adopt {len(prefix)}: "
+        if not cache.can_admit(budget_tokens, prefix):
+            raise PuyuError(f"cannot reserve {self.budget - len(prefix)} blocks and adopt {len(prefix)}: "
                             f"{cache.blocks_free - cache.reserved} unreserved")
         for b in prefix:
             cache._hold(b)
-        cache.reserve(need)
+        cache.reserve(self.budget - len(prefix))
         self.blocks: list[int] = []
         self.table = torch.zeros(self.budget, dtype=torch.long, device=cache.device)  # [budget]
         self.contiguous = True
