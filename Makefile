@@ -31,6 +31,7 @@ demo: $(STAMP)
 	$(VENV)/bin/puyu demo
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest -q
 
 test-fast: $(STAMP)
@@ -38,6 +39,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

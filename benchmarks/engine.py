@@ -26,7 +26,7 @@ The engine runs its default decode path, printed with the figures: the native ke
 `puyu/fused_decode.py` where it builds, else `DecodeStep`.
 
 Items 2-4 run in fresh subprocesses so each peak RSS is its own. GOMP_SPINCOUNT=1000 is set before torch
-loads, as `puyu` does (see puyu/cli.py: a short spin, then sleep).
+loads, as `puyu` does (see puyu/cli/__init__.py: a short spin, then sleep).
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ def peak_rss() -> int:
 
 def random_model(preset: str, seed: int = 0):
     """A preset-shaped model with small uniform weights, built without the slow per-layer init."""
-    from puyu.config import get_preset
-    from puyu.model import InternLM2ForCausalLM
+    from puyu.model.config import get_preset
+    from puyu.model.transformer import InternLM2ForCausalLM
 
     with torch.device("meta"):
         m = InternLM2ForCausalLM(get_preset(preset))
@@ -99,7 +99,7 @@ def decode_rate(stamps: list[float]) -> float:
 
 
 def stream_stamps(engine, ids: list[int], n: int) -> list[float]:
-    from puyu.sampling import SamplingParams
+    from puyu.engine.sampling import SamplingParams
 
     stamps = []
     for d in engine.stream(ids, SamplingParams(max_new_tokens=n, ignore_eos=True)):
@@ -136,12 +136,12 @@ def timed(fn, repeat: int = 3) -> float:
 def bench_nano(args) -> dict:
     from transformers import LlamaForCausalLM
 
-    from puyu.checkpoint import save_pretrained
-    from puyu.config import get_preset
-    from puyu.convert import convert
-    from puyu.engine import Engine
-    from puyu.model import InternLM2ForCausalLM
-    from puyu.sampling import SamplingParams
+    from puyu.engine.sampling import SamplingParams
+    from puyu.engine.scheduler import Engine
+    from puyu.model.checkpoint import save_pretrained
+    from puyu.model.config import get_preset
+    from puyu.model.convert import convert
+    from puyu.model.transformer import InternLM2ForCausalLM
 
     model = InternLM2ForCausalLM(get_preset("nano")).reset_parameters(seed=0).eval()
     with tempfile.TemporaryDirectory() as d:
@@ -191,10 +191,10 @@ def bench_nano(args) -> dict:
 def bench_prefix(args) -> dict:
     """8 requests one after another (chat turns, agent steps) sharing a long system prompt, nano preset:
     wall time with prefix reuse against the same engine without it."""
-    from puyu.config import get_preset
-    from puyu.engine import Engine
-    from puyu.model import InternLM2ForCausalLM
-    from puyu.sampling import SamplingParams
+    from puyu.engine.sampling import SamplingParams
+    from puyu.engine.scheduler import Engine
+    from puyu.model.config import get_preset
+    from puyu.model.transformer import InternLM2ForCausalLM
 
     model = InternLM2ForCausalLM(get_preset("nano")).reset_parameters(seed=0).eval()
     g = torch.Generator().manual_seed(0)
@@ -221,8 +221,8 @@ def bench_prefix(args) -> dict:
 # ---- 2-4. children -----------------------------------------------------------------------------------------
 def child_long(args) -> dict:
     """nano: a long prompt through chunked prefill; resident KV bytes per token and peak RSS."""
-    from puyu.engine import Engine
-    from puyu.sampling import SamplingParams
+    from puyu.engine.sampling import SamplingParams
+    from puyu.engine.scheduler import Engine
 
     model = random_model("nano")
     P = args.long_prompt
@@ -251,7 +251,7 @@ def child_long(args) -> dict:
 
 def child_big(args) -> dict:
     """1.8B shape fp32: memory bandwidth, decode tokens/s vs the roofline, peak RSS of a short prompt."""
-    from puyu.engine import Engine
+    from puyu.engine.scheduler import Engine
 
     model = random_model("internlm2-1_8b")
     cfg = model.config

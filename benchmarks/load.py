@@ -26,7 +26,7 @@ def rss():
             return int(line.split()[1]) * 1024
 which, path = sys.argv[1], sys.argv[2]
 if which == 'puyu':
-    import puyu.checkpoint as ck
+    import puyu.model.checkpoint as ck
 else:
     import transformers
 base = rss()
@@ -48,10 +48,10 @@ print(json.dumps({'base': base, 'peak': peak, 'touched': touched, 'seconds': dt}
 def make_checkpoint(d: Path, layers: int) -> None:
     import torch
 
-    from puyu.checkpoint import write_state_dict
-    from puyu.config import get_preset
-    from puyu.convert import convert
-    from puyu.model import InternLM2ForCausalLM
+    from puyu.model.checkpoint import write_state_dict
+    from puyu.model.config import get_preset
+    from puyu.model.convert import convert
+    from puyu.model.transformer import InternLM2ForCausalLM
 
     if not (d / "il2" / "config.json").exists():
         cfg = get_preset("internlm2-1_8b", num_hidden_layers=layers, torch_dtype="bfloat16")

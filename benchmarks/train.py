@@ -77,7 +77,7 @@ def hf_model(cfg):
 
 
 def puyu_model(cfg, compile_: bool):
-    from puyu.model import InternLM2ForCausalLM
+    from puyu.model.transformer import InternLM2ForCausalLM
     from puyu.train.pretrain import LossModel
 
     net = LossModel(InternLM2ForCausalLM(cfg).reset_parameters(seed=0), doc_mask=False).train()
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
                     help="comma list of hf, hf-bf16, puyu, puyu-bf16, puyu-compiled")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    from puyu.config import get_preset
+    from puyu.model.config import get_preset
 
     if args.threads:
         torch.set_num_threads(args.threads)

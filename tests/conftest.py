@@ -38,7 +38,7 @@ def sample_text(n_lines: int = 2000, seed: int = 0) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
-    from puyu.tokenizer import train_tokenizer
+    from puyu.model.tokenizer import train_tokenizer
 
     d = tmp_path_factory.mktemp("tiny_tok")
     (d / "corpus.txt").write_text(sample_text(), encoding="utf-8")
@@ -49,7 +49,7 @@ def tiny_tokenizer(tmp_path_factory):
 def ref_tokenizer():
     if not REF_TOKENIZER.exists():
         pytest.skip(f"reference InternLM2 tokenizer not found at {REF_TOKENIZER}")
-    from puyu.tokenizer import load_tokenizer
+    from puyu.model.tokenizer import load_tokenizer
 
     return load_tokenizer(REF_TOKENIZER)
 
@@ -57,9 +57,9 @@ def ref_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_tokenizer):
     """A random nano-tiny model with the tiny tokenizer's vocab, saved as a Hugging Face directory."""
-    from puyu.checkpoint import save_pretrained
-    from puyu.config import get_preset
-    from puyu.model import InternLM2ForCausalLM
+    from puyu.model.checkpoint import save_pretrained
+    from puyu.model.config import get_preset
+    from puyu.model.transformer import InternLM2ForCausalLM
 
     cfg = get_preset("nano-tiny", vocab_size=tiny_tokenizer.vocab_size)
     model = InternLM2ForCausalLM(cfg).reset_parameters(seed=0)

@@ -41,7 +41,7 @@ def corpus(n_lines: int = 1500, seed: int = 0) -> str:
     """Plain lines plus the chat, tool-call and JSON pieces the tests use, so those strings tokenize short."""
     rng = random.Random(seed)
     lines = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 12))) for _ in range(n_lines)]
-    from puyu.chat_format import DEFAULT_INTERPRETER_PROMPT
+    from puyu.model.chat_format import DEFAULT_INTERPRETER_PROMPT
 
     lines += [QUESTION, ANSWER, GREETING_ANSWER, TOOL_RESULT, DEFAULT_INTERPRETER_PROMPT, DATA_QUESTION,
               DATA_ANSWER, FILE_MESSAGE["content"], CODE_OUTPUT, *CODE.split("\n"),
@@ -53,7 +53,7 @@ def corpus(n_lines: int = 1500, seed: int = 0) -> str:
 
 
 def make_tokenizer(directory: Path, vocab_size: int = 800):
-    from puyu.tokenizer import train_tokenizer
+    from puyu.model.tokenizer import train_tokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "corpus.txt").write_text(corpus(), encoding="utf-8")
@@ -64,9 +64,9 @@ def training_examples(tok) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, target ids) pairs, prompts rendered exactly as the server renders them."""
     import json
 
-    from puyu.chat_format import ACTION_END, ACTION_START, IM_END, INTERPRETER, PLUGIN
-    from puyu.openai_schema import ChatCompletionRequest
-    from puyu.server_chat import chat_prompt, encode_chat
+    from puyu.model.chat_format import ACTION_END, ACTION_START, IM_END, INTERPRETER, PLUGIN, encode_chat
+    from puyu.serve.chat import chat_prompt
+    from puyu.serve.openai_schema import ChatCompletionRequest
 
     call = f'{ACTION_START}{PLUGIN}\n{{"name": "get_weather", "parameters": {json.dumps(CALL_ARGS)}}}{ACTION_END}'
     first = [{"role": "user", "content": QUESTION}]
@@ -80,7 +80,7 @@ def training_examples(tok) -> list[tuple[list[int], list[int]]]:
     for messages, tools, target in cases:
         req = ChatCompletionRequest.model_validate({"messages": messages, **({"tools": tools} if tools else {})})
         out.append((chat_prompt(tok, req).ids, tok.encode(target, allow_special=True)))
-    # Interpreter turns, rendered as the agent's policy in puyu.server_sessions renders them.
+    # Interpreter turns, rendered as the agent's policy in puyu.serve.sessions renders them.
     data = [dict(FILE_MESSAGE), {"role": "user", "content": DATA_QUESTION}]
     run = f"{ACTION_START}{INTERPRETER}\n```python\n{CODE}\n```{ACTION_END}"
     after = data + [{"role": "assistant", "content": "", "code": CODE},
@@ -94,9 +94,9 @@ def finetune_tool_model(tok, out_dir: Path, steps: int = 400, max_seconds: float
     """nano-tiny (vocab matched to `tok`) trained until greedy decoding reproduces every target."""
     import torch
 
-    from puyu.checkpoint import save_pretrained
-    from puyu.config import get_preset
-    from puyu.model import InternLM2ForCausalLM
+    from puyu.model.checkpoint import save_pretrained
+    from puyu.model.config import get_preset
+    from puyu.model.transformer import InternLM2ForCausalLM
 
     torch.manual_seed(0)
     # 512 positions (nano-tiny has 256): the interpreter's system turn makes those prompts ~300 tokens.

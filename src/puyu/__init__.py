@@ -11,17 +11,17 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ModelConfig": "puyu.config",
-    "get_preset": "puyu.config",
-    "load_model": "puyu.checkpoint",
-    "save_pretrained": "puyu.checkpoint",
-    "load_tokenizer": "puyu.tokenizer",
-    "train_tokenizer": "puyu.tokenizer",
-    "render_chat": "puyu.chat_format",
-    "SamplingParams": "puyu.sampling",
-    "Engine": "puyu.engine",
-    "Interpreter": "puyu.interpreter",
-    "Agent": "puyu.agent",
+    "ModelConfig": "puyu.model.config",
+    "get_preset": "puyu.model.config",
+    "load_model": "puyu.model.checkpoint",
+    "save_pretrained": "puyu.model.checkpoint",
+    "load_tokenizer": "puyu.model.tokenizer",
+    "train_tokenizer": "puyu.model.tokenizer",
+    "render_chat": "puyu.model.chat_format",
+    "SamplingParams": "puyu.engine.sampling",
+    "Engine": "puyu.engine.scheduler",
+    "Interpreter": "puyu.agent.interpreter",
+    "Agent": "puyu.agent.loop",
 }
 
 __all__ = list(_EXPORTS) + ["__version__"]

@@ -15,7 +15,7 @@ from puyu.train.recipe import load_recipe
 
 
 def test_short_pretraining_beats_uniform_by_far(tmp_path, tiny_shards):
-    from puyu.checkpoint import load_model
+    from puyu.model.checkpoint import load_model
     from puyu.train.metrics import read_metrics
     from puyu.train.pretrain import train
 
@@ -50,8 +50,8 @@ def test_schedule_warmup_cosine_to_ten_percent():
 
 
 def test_weight_decay_on_matrices_only():
-    from puyu.config import get_preset
-    from puyu.model import InternLM2ForCausalLM
+    from puyu.model.config import get_preset
+    from puyu.model.transformer import InternLM2ForCausalLM
 
     model = InternLM2ForCausalLM(get_preset("nano-tiny", bias=True))
     decay, no_decay = param_groups(model, 0.1)
@@ -82,7 +82,7 @@ def test_clear_errors_for_bad_setups(tmp_path, tiny_shards):
 def test_longctx_stage_continues_with_new_rope_theta(tmp_path, tiny_shards):
     """The long-context stage loads the pretrained weights, trains at a longer seq_len with a larger
     RoPE base, and writes that base into the saved config."""
-    from puyu.checkpoint import load_model
+    from puyu.model.checkpoint import load_model
     from puyu.train.pretrain import run_longctx, train
 
     torch.set_num_threads(1)

@@ -45,7 +45,7 @@ def test_types_are_checked():
 
 
 def test_nested_section_keeps_parent_defaults():
-    from puyu.train.nano import NanoRecipe
+    from puyu.recipes.nano import NanoRecipe
 
     r = load_recipe(None, ["longctx.steps=3"], cls=NanoRecipe)
     assert r.longctx.steps == 3
@@ -55,8 +55,8 @@ def test_nested_section_keeps_parent_defaults():
 
 @pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_example_recipes_parse(path):
-    from puyu.train import TokenizeRecipe
-    from puyu.train.nano import NanoRecipe
+    from puyu.recipes.nano import NanoRecipe
+    from puyu.train.recipe import TokenizeRecipe
 
     header = path.read_text(encoding="utf-8").splitlines()[0]
     assert header.startswith("# ") and "puyu" in header, f"{path.name}: first line must be the command"
@@ -67,7 +67,7 @@ def test_example_recipes_parse(path):
 
 def test_nano_yaml_matches_builtin_defaults():
     """`make demo` uses recipes/nano.yaml when present, the built-in defaults otherwise: keep them equal."""
-    from puyu.train.nano import NanoRecipe
+    from puyu.recipes.nano import NanoRecipe
     from puyu.train.recipe import to_dict
 
     assert to_dict(load_recipe(REPO / "recipes" / "nano.yaml", cls=NanoRecipe)) == to_dict(NanoRecipe())

@@ -7,9 +7,8 @@ import json
 
 import pytest
 
-from puyu.chat_format import IM_END, interpreter_action, plugin_action, render_chat
-from puyu.train.sft import chat_tokens
-from puyu.train.synthetic import TOOLS
+from puyu.model.chat_format import IM_END, chat_tokens, interpreter_action, plugin_action, render_chat
+from puyu.tasks.synthetic import TOOLS
 
 CONVERSATION = [
     {"role": "system", "content": "You are puyu."},

@@ -54,7 +54,7 @@ def test_two_processes_match_one(tmp_path, tiny_shards, strategy):
     for (step, la), (_, lb) in zip(_losses(tmp_path / "one" / "out", "val"), _losses(tmp_path / "two" / "out", "val")):
         assert abs(la - lb) < 1e-5, f"validation at step {step}: {la} vs {lb}"
     # The final weights were gathered and written once, loadable like any Hugging Face directory.
-    from puyu.checkpoint import load_model
+    from puyu.model.checkpoint import load_model
 
     m1 = load_model(tmp_path / "one" / "out" / "hf")
     m2 = load_model(tmp_path / "two" / "out" / "hf")

@@ -10,6 +10,8 @@ report, and a synthetic dirty corpus with known labels to measure every step on.
 
 Heavy dependencies (scikit-learn, datasketch, langid, ftfy, pyarrow, ray) are imported by the modules
 that need them, so `import puyu.data` stays light.
+
+Layer rule (import-linter, pyproject.toml): imports nothing of puyu but `puyu.errors`.
 """
 
 from puyu.data.documents import Document

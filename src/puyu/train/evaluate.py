@@ -1,6 +1,6 @@
 """Greedy task evaluation for trained models: arithmetic, passkey retrieval and chat behaviour.
 
-Generation goes through `puyu.engine.Engine` with `SamplingParams(temperature=0)` (greedy), the same
+Generation goes through `puyu.engine.scheduler.Engine` with `SamplingParams(temperature=0)` (greedy), the same
 path as `puyu generate` and `puyu chat`. Each scorer returns plain figures (accuracy, counts) and a few
 examples so the report can show what the model actually wrote.
 """
@@ -10,18 +10,18 @@ from __future__ import annotations
 import random
 import time
 
-from puyu.chat_format import IM_END, render_chat
-from puyu.train.synthetic import SYSTEM, TOOLS, Problem, passkey_prompt
+from puyu.model.chat_format import IM_END, render_chat
+from puyu.tasks.synthetic import SYSTEM, TOOLS, Problem, passkey_prompt
 
 
 def _engine(model, tokenizer):
-    from puyu.engine import Engine
+    from puyu.engine.scheduler import Engine
 
     return Engine(model.eval(), tokenizer, max_batch_size=64)
 
 
 def _greedy(engine, prompts: list[list[int]], max_new: int, stop_ids: list[int]):
-    from puyu.sampling import SamplingParams
+    from puyu.engine.sampling import SamplingParams
 
     params = SamplingParams(max_new_tokens=max_new, temperature=0.0, stop_token_ids=stop_ids)
     return engine.generate(prompts, params)

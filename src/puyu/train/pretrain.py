@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from puyu.config import ModelConfig, get_preset
 from puyu.errors import ConfigError, PuyuError
-from puyu.model import InternLM2ForCausalLM
+from puyu.model.config import ModelConfig, get_preset
+from puyu.model.transformer import InternLM2ForCausalLM
 from puyu.train import distributed as D
 from puyu.train.dataset import Batch, make_rows
 from puyu.train.metrics import MetricsLog, plot_losses
@@ -84,7 +84,7 @@ def build_model(recipe: Recipe, vocab_size: int) -> tuple[InternLM2ForCausalLM, 
             model.load_state_dict({k.removeprefix("lm."): v for k, v in payload["model"].items()})
             source = f"training checkpoint {init}"
         else:
-            from puyu.checkpoint import load_model
+            from puyu.model.checkpoint import load_model
 
             model = load_model(init, dtype="float32", device="cpu")
             source = f"weights {init}"
@@ -206,7 +206,7 @@ def evaluate(net: nn.Module, rows, n_batches: int, batch_size: int, info: D.Dist
 
 def save_hf(net: nn.Module, cfg: ModelConfig, out: Path, tokenizer, info: D.DistInfo, dtype=None) -> Path | None:
     """Write the final weights as a Hugging Face InternLM2 directory (rank 0)."""
-    from puyu.checkpoint import save_pretrained
+    from puyu.model.checkpoint import save_pretrained
 
     state = D.full_model_state(net)
     if not info.is_main:
@@ -237,7 +237,7 @@ def train(recipe: Recipe, resume: bool = False, stage: str = "pretrain", task_ho
             out.mkdir(parents=True, exist_ok=True)
         tokenizer = None
         if recipe.data.tokenizer:
-            from puyu.tokenizer import load_tokenizer
+            from puyu.model.tokenizer import load_tokenizer
 
             tokenizer = load_tokenizer(recipe.data.tokenizer)
         pad_id = tokenizer.pad_id if tokenizer is not None else 2

@@ -8,7 +8,7 @@ of `Recipe` (`model`, `data`, `optim`, `train`, `dist`); each section is a datac
 - `--set optim.lr=3e-4` parses the value with YAML (so `true`, `null`, `[a, b]` work) and applies it
   before type checking, so overrides obey the same rules as the file.
 
-The nano recipe (`puyu.train.nano`) has its own top-level dataclass built from the same sections.
+The nano recipe (`puyu.recipes.nano`) has its own top-level dataclass built from the same sections.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from puyu.errors import ConfigError
 
 @dataclass
 class ModelSection:
-    """Which model to train. `preset` names a `puyu.config` preset (random init with `train.seed`);
+    """Which model to train. `preset` names a `puyu.model.config` preset (random init with `train.seed`);
     `init` is a checkpoint to start from instead: a Hugging Face directory or a training checkpoint
     directory (`.../checkpoints/step_000100`). `overrides` change preset fields (e.g. `vocab_size`);
     `rope_theta` and `max_position_embeddings` set those fields after loading (the long-context stage)."""
@@ -270,3 +270,19 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cls
     if hasattr(recipe, "validate"):
         recipe.validate()
     return recipe
+
+
+@dataclass
+class TokenizeRecipe:
+    """`puyu train tokenize`: `inputs` (.txt/.jsonl/.parquet files) -> shard directory `out_dir`."""
+
+    inputs: list = field(default_factory=list)
+    out_dir: str = "runs/shards/train"
+    tokenizer: str = ""
+    progress: bool = True
+
+    def validate(self) -> None:
+        if not self.inputs:
+            raise ConfigError("tokenize: list the input files under 'inputs'")
+        if not self.tokenizer:
+            raise ConfigError("tokenize: set 'tokenizer' (a directory holding tokenizer.model)")

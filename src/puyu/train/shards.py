@@ -53,7 +53,7 @@ def record_tokens(tok, record: dict, where: str) -> tuple[list[int], list[int]]:
         if not isinstance(msgs, list) or not msgs:
             raise ShardError(f"{where}: 'messages' must be a non-empty list")
         try:
-            from puyu.train.sft import chat_tokens
+            from puyu.model.chat_format import chat_tokens
 
             return chat_tokens(tok, msgs, tools=record.get("tools"), interpreter=record.get("interpreter"))
         except (KeyError, TypeError, ValueError) as e:

@@ -1,0 +1,72 @@
+"""`puyu train`: command dispatch for the training stages and the recipes that chain them.
+
+    puyu train tokenize RECIPE.yaml            text / JSONL / Parquet -> packed token shards
+    puyu train pretrain RECIPE.yaml            pretraining from a preset (or from weights)
+    puyu train longctx  RECIPE.yaml            continue at a longer seq_len with a larger rope_theta
+    puyu train sft      RECIPE.yaml            supervised fine-tuning on conversations
+    puyu train nano     recipes/nano.yaml      the whole nano recipe (what `puyu demo` runs)
+
+Every form takes `--set section.key=value` overrides (repeatable) and `--resume` (continue from the
+newest valid checkpoint in `train.out_dir/checkpoints`; the nano recipe skips finished stages).
+The stages run unchanged under `torchrun --nproc_per_node=N -m puyu.cli train pretrain ...`.
+
+The stages themselves live in `puyu.train` (see its docstring); the nano recipe in `puyu.recipes.nano`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+STAGES = ("tokenize", "pretrain", "longctx", "sft", "nano")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("stage", choices=STAGES, help="what to run")
+    p.add_argument("recipe", help="recipe YAML file (its header comment gives the command)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set optim.lr=3e-4 (repeatable)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest valid checkpoint (nano: skip finished stages)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from puyu.train.recipe import Recipe, TokenizeRecipe, load_recipe
+
+    if args.stage == "tokenize":
+        from puyu.model.tokenizer import load_tokenizer
+        from puyu.train.shards import tokenize_to_shard
+
+        r = load_recipe(args.recipe, args.overrides, cls=TokenizeRecipe)
+        meta = tokenize_to_shard(r.inputs, r.out_dir, load_tokenizer(r.tokenizer), progress=r.progress)
+        print(f"{meta['n_tokens']:,} tokens in {meta['n_docs']:,} documents -> {r.out_dir}")
+        return 0
+    if args.stage == "nano":
+        from puyu.recipes.nano import NanoRecipe, run_nano
+
+        r = load_recipe(args.recipe, args.overrides, cls=NanoRecipe)
+        run_nano(r, resume=args.resume)
+        return 0
+    recipe = load_recipe(args.recipe, args.overrides, cls=Recipe)
+    if args.stage == "pretrain":
+        from puyu.train.pretrain import train
+
+        summary = train(recipe, resume=args.resume, stage="pretrain")
+    elif args.stage == "longctx":
+        from puyu.train.pretrain import run_longctx
+
+        summary = run_longctx(recipe, resume=args.resume)
+    else:
+        from puyu.train.sft import run_sft
+
+        summary = run_sft(recipe, resume=args.resume)
+    if summary.get("world_size", 1) == 1 or _is_rank0():
+        print(json.dumps({k: v for k, v in summary.items()}, indent=1), file=sys.stdout)
+    return 0
+
+
+def _is_rank0() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"

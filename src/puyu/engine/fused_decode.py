@@ -1,0 +1,334 @@
+"""The decode forward as one native call: `fused_decode.c`, compiled on first use and loaded with ctypes.
+
+Why native code. A decode step of a small model is a few dozen tiny operations; through PyTorch each
+costs its dispatch and launch (~2-5 µs), which is most of the step for the nano models this project
+trains: the 220 aten ops of a nano step take ~0.6 ms while its arithmetic (6.7 MFLOP over 13 MB of
+weights) needs ~0.1 ms. `fused_decode.c` runs the whole step — embedding, every layer (RMSNorm, packed
+wqkv, RoPE, paged-cache store and attention, wo, SwiGLU, residuals), final norm and output head — in a
+single call with no allocation per op, an AVX-512 matrix kernel, and its own small thread pool that splits
+every product's weight rows across cores. No library does this for PyTorch CPU tensors without a
+compile step of its own (`torch.compile` needs a C++ toolchain too, recompiles as the cache grows, and
+leaves one Python-level call per fused region), so the kernel is ~700 lines of C that the project owns
+and tests against the model's forward (`tests/test_fused_decode.py`).
+
+Threads: with few rows (a single stream) each matrix product's weight rows are split across the cores;
+with at least `split_rows` rows per core each core runs the whole forward for its own rows of the batch,
+so no data crosses cores inside the step. Short fresh prompts are prefilled by the same call (`prefill`):
+every prompt token is a row at its own position, and each row attends to its sequence's keys up to
+itself, which the call has just written to the cache.
+
+When it runs: CPU, float32 weights and cache, puyu's own `InternLM2ForCausalLM`, no forward hooks on the
+model (the engine then uses the model's forward, where hooks run), a C compiler present (`cc`, or `$CC`).
+Otherwise the engine uses `puyu.engine.decode_step.DecodeStep` (PyTorch ops) and says so in `Engine.stats()`.
+`PUYU_FUSED_DECODE=0` turns the kernel off.
+
+Build: `cc -O3 -march=native -shared` into `$PUYU_CACHE_DIR` (default `~/.cache/puyu/kernels`), named by
+a hash of the source, the flags, the compiler's version and the CPU's feature flags, so a changed source
+or another machine sharing the home directory builds its own. The build is atomic (rename), so parallel
+processes never load a half-written library.
+
+Weights are read from the model's modules at every call (never copied), so in-place updates between
+calls (optimizer steps during RL rollouts) are decoded with the current weights; a parameter moved to
+new storage is noticed by its data pointer and re-checked.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+from puyu.engine.decode_step import has_forward_hooks
+from puyu.errors import PuyuError
+from puyu.model.rope import inv_freq
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("fused_decode.c")
+# -funroll-loops and Sapphire Rapids scheduling: the 16-row products ran 155-172 GFLOP/s per core with
+# -O3 -march=native alone, 216-230 with both (gcc 12 on a Zen 5 core it cannot name; peak 272).
+_TUNE = ("-mtune=sapphirerapids",) if platform.machine() in ("x86_64", "AMD64") else ()
+FLAGS = ("-O3", "-march=native", *_TUNE, "-funroll-loops", "-fno-math-errno", "-fPIC", "-shared", "-pthread")
+PORTABLE_FLAGS = ("-O3", "-funroll-loops", "-fno-math-errno", "-fPIC", "-shared", "-pthread")  # no AVX-512 (tests)
+
+
+class FusedDecodeUnavailable(PuyuError):
+    """The native decode kernel cannot be built or loaded here (the engine falls back to PyTorch ops)."""
+
+
+class _Args(ctypes.Structure):
+    """Mirrors `Args` in fused_decode.c (field order and types must match)."""
+
+    _fields_ = [(n, ctypes.c_int) for n in
+                ("B", "C", "H", "K", "D", "F", "V", "L", "P", "nblocks", "threads")] + [
+        ("eps", ctypes.c_float), ("pos_div", ctypes.c_float),
+        ("tokens", ctypes.c_void_p), ("positions", ctypes.c_void_p),
+        ("invf", ctypes.c_void_p), ("invf_stride", ctypes.c_int),
+        ("tables", ctypes.c_void_p), ("kc", ctypes.c_void_p), ("vc", ctypes.c_void_p),
+        ("w", ctypes.c_void_p), ("logits", ctypes.c_void_p), ("min_parallel", ctypes.c_int),
+        ("split_rows", ctypes.c_int), ("out_rows", ctypes.c_void_p), ("n_out", ctypes.c_int)]
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def cache_dir() -> Path:
+    """Where built kernels live: $PUYU_CACHE_DIR/kernels or ~/.cache/puyu/kernels; a per-user folder in the
+    temporary directory when that cannot be created (a read-only home)."""
+    preferred = Path(os.environ.get("PUYU_CACHE_DIR") or Path.home() / ".cache" / "puyu") / "kernels"
+    try:
+        preferred.mkdir(parents=True, exist_ok=True)
+        if os.access(preferred, os.W_OK):
+            return preferred
+    except OSError:
+        pass
+    fallback = Path(tempfile.gettempdir()) / f"puyu-{os.getuid()}" / "kernels"
+    fallback.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return fallback
+
+
+_libs: dict[tuple[str, ...], ctypes.CDLL] = {}
+_build_lock = threading.Lock()
+
+
+def _build(cc: str, flags: tuple[str, ...], out: Path) -> None:
+    """Compile SOURCE into `out` atomically (a temporary file renamed into place)."""
+    try:
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        os.close(fd)
+    except OSError as e:
+        raise FusedDecodeUnavailable(f"cannot write the built kernel to {out.parent}: {e}") from e
+    try:
+        r = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            raise FusedDecodeUnavailable(f"building {SOURCE.name} with {cc} failed:\n{r.stderr[-2000:]}")
+        os.replace(tmp, out)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise FusedDecodeUnavailable(f"building {SOURCE.name} with {cc} failed: {e}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load(flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL:
+    """Build (once per source/flags/compiler/CPU) and load the kernel library. Raises
+    FusedDecodeUnavailable with the compiler's message when it cannot."""
+    with _build_lock:
+        if flags in _libs:
+            return _libs[flags]
+        cc = os.environ.get("CC", "cc")
+        try:
+            version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError) as e:
+            raise FusedDecodeUnavailable(f"no C compiler ({cc}): {e}") from e
+        key = hashlib.sha256(b"\0".join(x.encode() for x in (SOURCE.read_text(), " ".join(flags), version,
+                                                              _cpu_flags()))).hexdigest()[:16]
+        try:
+            out = cache_dir() / f"fused_decode-{key}.so"
+        except OSError as e:
+            raise FusedDecodeUnavailable(f"no writable folder for the built kernel: {e}") from e
+        if not out.exists():
+            _build(cc, flags, out)
+        try:
+            lib = ctypes.CDLL(str(out))
+        except OSError:  # a damaged file from elsewhere: build it again, once
+            out.unlink(missing_ok=True)
+            _build(cc, flags, out)
+            try:
+                lib = ctypes.CDLL(str(out))
+            except OSError as e:
+                raise FusedDecodeUnavailable(f"loading {out} failed: {e}") from e
+        lib.puyu_decode.argtypes = [ctypes.POINTER(_Args), ctypes.c_void_p, ctypes.c_long]
+        lib.puyu_decode.restype = None
+        lib.puyu_decode_scratch_bytes.argtypes = [ctypes.POINTER(_Args)]
+        lib.puyu_decode_scratch_bytes.restype = ctypes.c_long
+        lib.puyu_decode_isa.restype = ctypes.c_int
+        lib.puyu_linear.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4
+        lib.puyu_linear.restype = None
+        _libs[flags] = lib
+        return lib
+
+
+def available() -> bool:
+    """True when the kernel is enabled and builds here (the reason is logged once when it does not)."""
+    if os.environ.get("PUYU_FUSED_DECODE", "1") == "0":
+        return False
+    try:
+        load()
+        return True
+    except FusedDecodeUnavailable as e:
+        log.warning("native decode kernel unavailable, using PyTorch ops: %s", e)
+        return False
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, flags=FLAGS) -> torch.Tensor:
+    """x [M, K] @ w[N, K]^T (+ b) with the kernel's matrix product, one thread (tests, benchmarks)."""
+    x, w = x.float().contiguous(), w.float().contiguous()
+    y = torch.empty(x.shape[0], w.shape[0])
+    bias = b.float().contiguous() if b is not None else None
+    load(flags).puyu_linear(x.shape[0], x.shape[1], w.shape[0], x.data_ptr(), w.data_ptr(),
+                            bias.data_ptr() if bias is not None else None, y.data_ptr())
+    return y
+
+
+class FusedDecode:
+    """`step.run(cache, seqs, tokens, positions, bases) -> logits [B, V]` for an `InternLM2ForCausalLM`
+    in float32 on the CPU, through the native kernel (module docstring).
+
+    threads: cores to split each matrix product over (the caller is one of them); spin_us: how long idle
+    worker threads spin before sleeping (a decode loop calls again within tens of µs); min_parallel:
+    weight elements below which a product runs on the calling thread alone (the hand-off costs ~1 µs);
+    split_rows: rows per core from which the cores split the batch instead of the weights (medians of a
+    nano step on 2 cores, weights vs rows split: 148 vs 209 µs at 2 rows, 178 vs 224 at 4, 273 vs 261 at
+    8, 486 vs 427 at 16, 897 vs 797 at 32)."""
+
+    def __init__(self, model, threads: int = 1, spin_us: float = 200.0, min_parallel: int = 16384,
+                 split_rows: int = 4, flags: tuple[str, ...] = FLAGS):
+        if not self.supports(model):
+            raise FusedDecodeUnavailable("the fused decode needs puyu's InternLM2ForCausalLM in float32 on the CPU")
+        self.lib = load(flags)
+        self.isa = "avx512" if self.lib.puyu_decode_isa() else "c"
+        self.model, self.cfg = model, model.config
+        self.threads, self.spin_ns, self.min_parallel = max(1, int(threads)), int(spin_us * 1000), min_parallel
+        self.split_rows = split_rows
+        m = model.model
+        mods = [m.tok_embeddings, m.norm, model.output]
+        for layer in m.layers:
+            att, ff = layer.attention, layer.feed_forward
+            mods += [layer.attention_norm, att.wqkv, att.wqkv, att.wo, att.wo, layer.ffn_norm, ff.w1, ff.w3, ff.w2]
+        # Per layer: attn_norm, wqkv, wqkv bias, wo, wo bias, ffn_norm, w1, w3, w2 (the order in the C file).
+        c = self.cfg
+        C, V, F, QKV, HD = (c.hidden_size, c.vocab_size, c.intermediate_size,
+                            (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim,
+                            c.num_attention_heads * c.head_dim)
+        self._slots = [(mods[0], "weight", (V, C)), (mods[1], "weight", (C,)), (mods[2], "weight", (V, C))]
+        names = ["weight", "weight", "bias", "weight", "bias", "weight", "weight", "weight", "weight"]
+        shapes = [(C,), (QKV, C), (QKV,), (C, HD), (C,), (C,), (F, C), (F, C), (C, F)]
+        for i in range(len(m.layers)):
+            self._slots += [(mods[3 + 9 * i + j], names[j], shapes[j]) for j in range(9)]
+        self._modules = list(model.modules())
+        self._ptrs: tuple[int, ...] | None = None
+        self._wtable = None
+        self._invf: dict[float, torch.Tensor] = {}
+        self._args = _Args()
+        self._scratch = torch.empty(0, dtype=torch.uint8)  # grown on demand, reused by every call
+
+    @staticmethod
+    def supports(model) -> bool:
+        from puyu.model.transformer import InternLM2ForCausalLM
+
+        if not isinstance(model, InternLM2ForCausalLM) or model.config.head_dim % 2:
+            return False
+        return all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
+
+    def hooked(self) -> bool:
+        return has_forward_hooks(self._modules)
+
+    def _weights(self):
+        """The C pointer table of the current weights (rebuilt and re-checked when any storage moved)."""
+        tensors = [mod._parameters.get(name) for mod, name, _ in self._slots]  # nn.Module keeps them here
+        ptrs = tuple(0 if t is None else t.data_ptr() for t in tensors)
+        if ptrs != self._ptrs:
+            for (mod, name, shape), t in zip(self._slots, tensors):
+                if t is None:
+                    continue
+                if t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous():
+                    raise FusedDecodeUnavailable(f"{type(mod).__name__}.{name} is not a contiguous float32 CPU "
+                                                 f"tensor ({t.dtype}, {t.device}); the fused decode cannot read it")
+                if tuple(t.shape) != shape:  # the kernel reads by the config's sizes: never past a tensor
+                    raise FusedDecodeUnavailable(f"{type(mod).__name__}.{name} has shape {tuple(t.shape)}, "
+                                                 f"the config says {shape}")
+            self._wtable = (ctypes.c_void_p * len(ptrs))(*ptrs)
+            self._ptrs = ptrs
+        return self._wtable
+
+    def _inv_freq(self, base: float | None) -> torch.Tensor:
+        key = self.cfg.rope_theta if base is None else float(base)
+        t = self._invf.get(key)
+        if t is None:
+            t = self._invf[key] = inv_freq(key, self.cfg.head_dim).float().contiguous()  # [D/2]
+        return t
+
+    @torch.inference_mode()
+    def run(self, cache, seqs, tokens: list[int], positions: list[int], bases: list[float | None]) -> torch.Tensor:
+        """One token per sequence: tokens[b] at positions[b] (keys 0..positions[b]) -> logits [B, V]."""
+        for s, p in zip(seqs, positions):
+            s.ensure(p + 1)
+        return self._call(cache, [s.table for s in seqs], tokens, positions, bases, None)
+
+    # Prompts go through the kernel while rows x longest prompt stays under this (the kernel keeps a slot
+    # table of that size, and its attention is written for decode; long prompts use PyTorch's).
+    PREFILL_ROWS_X_KEYS = 1 << 18
+
+    def can_prefill(self, prompts: list[list[int]], starts: list[int] | None = None) -> bool:
+        starts = starts or [0] * len(prompts)
+        rows = sum(len(p) - s for p, s in zip(prompts, starts))
+        return rows * max(map(len, prompts)) <= self.PREFILL_ROWS_X_KEYS
+
+    @torch.inference_mode()
+    def prefill(self, cache, seqs, prompts: list[list[int]], bases: list[float | None],
+                starts: list[int] | None = None) -> torch.Tensor:
+        """Prompt tokens from `starts[i]` on (the earlier ones are cached; default: none), every token a row
+        of one call: each row attends to its own sequence's keys up to itself -> logits [n, V] of each
+        prompt's last token."""
+        tokens, positions, tables, last, row_bases = [], [], [], [], []
+        for s, p, b, st in zip(seqs, prompts, bases, starts or [0] * len(prompts)):
+            s.ensure(len(p))
+            tokens += p[st:]
+            positions += range(st, len(p))
+            tables += [s.table] * (len(p) - st)
+            row_bases += [b] * (len(p) - st)
+            last.append(len(tokens) - 1)
+        return self._call(cache, tables, tokens, positions, row_bases, last)
+
+    def _call(self, cache, tables, tokens, positions, bases, out_rows) -> torch.Tensor:
+        cfg, B = self.cfg, len(tokens)
+        if cache.k.dtype != torch.float32 or cache.k.device.type != "cpu":
+            raise FusedDecodeUnavailable("the fused decode needs a float32 CPU KV cache")
+        if all(b == bases[0] for b in bases):
+            invf, stride = self._inv_freq(bases[0]), 0
+        else:
+            invf, stride = torch.stack([self._inv_freq(b) for b in bases]), cfg.head_dim // 2  # [B, D/2]
+        tok = (ctypes.c_int64 * B)(*tokens)
+        pos = (ctypes.c_int64 * B)(*positions)
+        tab = (ctypes.c_void_p * B)(*[t.data_ptr() for t in tables])
+        n_out = B if out_rows is None else len(out_rows)
+        out = None if out_rows is None else (ctypes.c_int64 * n_out)(*out_rows)
+        logits = torch.empty(n_out, cfg.vocab_size)
+        a = self._args
+        a.B, a.C, a.H, a.K, a.D = B, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        a.F, a.V, a.L, a.P, a.nblocks = (cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers,
+                                         cache.block_size, cache.num_blocks)
+        a.threads, a.min_parallel, a.split_rows = self.threads, self.min_parallel, self.split_rows
+        a.eps = cfg.rms_norm_eps
+        a.pos_div = cfg.rope_factor if cfg.rope_type == "linear" else 1.0
+        a.tokens, a.positions = ctypes.addressof(tok), ctypes.addressof(pos)
+        a.invf, a.invf_stride = invf.data_ptr(), stride
+        a.tables = ctypes.addressof(tab)
+        a.kc, a.vc = cache.k.data_ptr(), cache.v.data_ptr()
+        a.w = ctypes.addressof(self._weights())
+        a.logits = logits.data_ptr()
+        a.out_rows, a.n_out = (None, 0) if out is None else (ctypes.addressof(out), n_out)
+        need = self.lib.puyu_decode_scratch_bytes(ctypes.byref(a))
+        if self._scratch.numel() < need:
+            self._scratch = torch.empty(need + need // 2, dtype=torch.uint8)
+        self.lib.puyu_decode(ctypes.byref(a), self._scratch.data_ptr(), self.spin_ns)
+        return logits
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,148 @@
+"""`puyu generate`: complete prompts with the engine, streaming for one prompt, batched for several.
+
+    puyu generate --model runs/nano "Once upon a time"
+    puyu generate --model internlm2-chat-1_8b --chat "What is 2+2?" --max-new-tokens 64
+    puyu generate --model nano --ids "1 15 300 27" --temperature 0.8 --seed 0 --json
+
+Text prompts get `<s>` in front (unless `--no-bos`); `--chat` wraps each prompt as a user turn of the
+InternLM2 template (and stops at `<|im_end|>`). A preset name gives a randomly initialised model, so
+text needs `--tokenizer`, or give token ids with `--ids`. The sampling flags here are shared with
+`puyu chat` (`add_sampling_arguments`, `sampling_from_args`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from puyu.errors import PuyuError
+
+
+# ---- shared with puyu chat ------------------------------------------------------------------------
+def add_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required,
+                   help="checkpoint directory (InternLM2 or LLaMA layout) or preset name")
+    p.add_argument("--tokenizer", help="tokenizer directory or .model file (default: the checkpoint's own)")
+    p.add_argument("--dtype", help="float32 (CPU default), bfloat16, float16")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--cache-tokens", type=int, help="KV cache size in tokens (default: sized from memory)")
+    p.add_argument("--prefill-chunk", type=int, default=2048, help="prompt tokens per prefill forward")
+    p.add_argument("--no-prefix-cache", action="store_true",
+                   help="prefill every prompt in full (default: reuse cached blocks of earlier prompts and answers)")
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0, help="0 = off")
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--seed", type=int)
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    g.add_argument("--stop-token-id", action="append", type=int, default=[], metavar="ID", help="repeatable")
+
+
+def sampling_from_args(args: argparse.Namespace, extra_stop_ids: list[int] | None = None, **more):
+    from puyu.engine.sampling import SamplingParams
+
+    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                          top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                          stop=list(args.stop), stop_token_ids=sorted(set(args.stop_token_id) | set(extra_stop_ids or [])),
+                          **more)
+
+
+def load_model_and_tokenizer(args: argparse.Namespace, need_tokenizer: bool):
+    """The model, and its tokenizer: --tokenizer, else the checkpoint directory's, else None."""
+    from puyu.model.checkpoint import load_model
+    from puyu.model.tokenizer import load_tokenizer
+
+    tok_path = args.tokenizer
+    if tok_path is None and Path(args.model).is_dir() and (Path(args.model) / "tokenizer.model").exists():
+        tok_path = args.model
+    if tok_path is None and need_tokenizer:
+        raise PuyuError(f"{args.model} has no tokenizer.model: pass --tokenizer DIR"
+                        + (" (or token ids with --ids)" if hasattr(args, "ids") else ""))
+    tokenizer = load_tokenizer(tok_path) if tok_path is not None else None
+    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
+        raise PuyuError(f"the tokenizer has {tokenizer.vocab_size} pieces but the model's vocabulary is "
+                        f"{model.config.vocab_size}: they do not belong together")
+    return model, tokenizer
+
+
+def make_engine(args: argparse.Namespace, model, tokenizer, max_batch_size: int = 16):
+    from puyu.engine.scheduler import Engine
+
+    return Engine(model, tokenizer, max_batch_size=max_batch_size, cache_tokens=args.cache_tokens,
+                  prefill_chunk=args.prefill_chunk, prefix_cache=not getattr(args, "no_prefix_cache", False))
+
+
+# ---- puyu generate -----------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompts", nargs="*", help="prompts (text, or ids with --ids); '-' reads one from stdin")
+    add_model_arguments(p)
+    add_sampling_arguments(p, max_new_tokens=128)
+    p.add_argument("--ids", action="store_true", help="prompts are token ids separated by spaces or commas")
+    p.add_argument("--chat", action="store_true", help="wrap each prompt as a user turn of the chat template")
+    p.add_argument("--system", help="system prompt for --chat")
+    p.add_argument("--no-bos", action="store_true", help="do not put <s> in front of text prompts")
+    p.add_argument("--ignore-eos", action="store_true", help="keep going past </s> (benchmarks)")
+    p.add_argument("--logprobs", action="store_true", help="report each token's log-probability (with --json)")
+    p.add_argument("--json", action="store_true", help="one JSON object per prompt instead of plain text")
+    p.add_argument("--max-batch-size", type=int, default=16)
+
+
+def _parse_ids(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(",", " ").split()]
+    except ValueError:
+        raise PuyuError(f"--ids prompt {text!r} is not a list of integers") from None
+
+
+def build_prompts(args: argparse.Namespace, tokenizer) -> list:
+    texts = [sys.stdin.read() if t == "-" else t for t in args.prompts]
+    if not texts:
+        raise PuyuError("no prompt given: puyu generate --model M \"your prompt\"")
+    if args.ids:
+        return [_parse_ids(t) for t in texts]
+    if args.chat:
+        from puyu.model.chat_format import render_chat
+
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        return [render_chat(system + [{"role": "user", "content": t}]) for t in texts]
+    # Prompts are encoded with special tokens allowed (engine contract); "<s>" here is the bos id.
+    return [t if args.no_bos else "<s>" + t for t in texts]
+
+
+def run(args: argparse.Namespace) -> int:
+    model, tokenizer = load_model_and_tokenizer(args, need_tokenizer=not args.ids)
+    prompts = build_prompts(args, tokenizer)
+    stop_ids = tokenizer.stop_ids if (args.chat and tokenizer is not None) else []
+    params = sampling_from_args(args, stop_ids, ignore_eos=args.ignore_eos, logprobs=args.logprobs)
+    with make_engine(args, model, tokenizer, max_batch_size=args.max_batch_size) as engine:
+        if len(prompts) == 1 and not args.json:
+            finish = None
+            for delta in engine.stream(prompts[0], params):
+                if tokenizer is None and delta.token_ids:
+                    sys.stdout.write(" ".join(map(str, delta.token_ids)) + " ")
+                sys.stdout.write(delta.text)
+                sys.stdout.flush()
+                finish = delta.finish_reason or finish
+            sys.stdout.write("\n")
+            print(f"[finish: {finish}]", file=sys.stderr)
+            return 0
+        results = engine.generate(prompts, params)
+    for i, r in enumerate(results):
+        if args.json:
+            row = {"prompt": args.prompts[i], "text": r.text, "token_ids": r.token_ids,
+                   "finish_reason": r.finish_reason, "prompt_tokens": len(r.prompt_token_ids)}
+            if r.logprobs is not None:
+                row["logprobs"] = r.logprobs
+            print(json.dumps(row, ensure_ascii=False))
+        else:
+            body = r.text if tokenizer is not None else " ".join(map(str, r.token_ids))
+            print(f"=== [{i}] finish: {r.finish_reason}\n{body}")
+    return 0

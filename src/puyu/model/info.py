@@ -1,0 +1,121 @@
+"""`puyu info PATH_OR_PRESET`: parameter count by module group, weight bytes per dtype, KV-cache bytes per
+token, and the memory needed at a context length. Counts come from instantiating the model on the meta
+device (no memory), so they are the module's own numbers, not a formula's."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from puyu.errors import PuyuError
+from puyu.model.config import PRESETS, ModelConfig, get_preset
+from puyu.model.transformer import InternLM2ForCausalLM
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+GROUPS = [("embeddings", "model.tok_embeddings."), ("attention", ".attention."),
+          ("feed_forward", ".feed_forward."), ("norms", "norm."), ("output", "output.")]
+
+
+def resolve_config(path_or_preset: str) -> ModelConfig:
+    p = Path(path_or_preset)
+    if p.is_dir() or p.name == "config.json":
+        from puyu.model.llama_layout import config_from_llama, detect_layout
+
+        d = p if p.is_dir() else p.parent
+        if detect_layout(d) == "llama":
+            return config_from_llama(json.loads((d / "config.json").read_text(encoding="utf-8")))
+        return ModelConfig.load(p)
+    if path_or_preset in PRESETS:
+        return get_preset(path_or_preset)
+    raise PuyuError(f"{path_or_preset!r} is neither a checkpoint directory nor a preset ({', '.join(PRESETS)})")
+
+
+def parameter_groups(cfg: ModelConfig) -> dict[str, int]:
+    with torch.device("meta"):
+        model = InternLM2ForCausalLM(cfg)
+    counts = {g: 0 for g, _ in GROUPS}
+    for name, p in model.named_parameters():
+        for group, marker in GROUPS:
+            if marker in name or name.startswith(marker):
+                counts[group] += p.numel()
+                break
+        else:
+            raise AssertionError(f"parameter {name} fits no group")
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def summary(cfg: ModelConfig, context: int = 4096, kv_dtype: str = "bfloat16",
+            weight_dtype: str = "bfloat16") -> dict:
+    groups = parameter_groups(cfg)
+    total = groups["total"]
+    weight_bytes = {dt: total * b for dt, b in DTYPE_BYTES.items()}
+    kv_tok = {dt: cfg.kv_bytes_per_token(b) for dt, b in DTYPE_BYTES.items()}
+    kv_ctx = kv_tok[kv_dtype] * context
+    # Working memory of one prefill chunk of 2,048 tokens is small next to these; logits of one
+    # position (vocab x 4 bytes) likewise. Reported separately so the sum stays honest.
+    chunk = 2048
+    act = chunk * (cfg.hidden_size * 4 + cfg.intermediate_size * 2 + cfg.vocab_size) * 4
+    return {
+        "config": {"hidden": cfg.hidden_size, "intermediate": cfg.intermediate_size,
+                   "layers": cfg.num_hidden_layers, "heads": cfg.num_attention_heads,
+                   "kv_heads": cfg.num_key_value_heads, "head_dim": cfg.head_dim, "vocab": cfg.vocab_size,
+                   "max_position_embeddings": cfg.max_position_embeddings, "rope_theta": cfg.rope_theta,
+                   "rope_scaling": cfg.rope_scaling},
+        "parameters": groups,
+        "weight_bytes": weight_bytes,
+        "kv_bytes_per_token": kv_tok,
+        "context": context,
+        "kv_dtype": kv_dtype,
+        "weight_dtype": weight_dtype,
+        "kv_bytes_at_context": kv_ctx,
+        "activation_bytes_prefill_chunk_fp32": act,
+        "total_bytes_at_context": weight_bytes[weight_dtype] + kv_ctx + act,
+    }
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.2f} GiB"
+
+
+def format_summary(s: dict) -> str:
+    lines = []
+    c = s["config"]
+    lines.append(f"layers {c['layers']}, hidden {c['hidden']}, intermediate {c['intermediate']}, heads "
+                 f"{c['heads']} (kv {c['kv_heads']}, head_dim {c['head_dim']}), vocab {c['vocab']}, "
+                 f"rope_theta {c['rope_theta']:g}, rope_scaling {c['rope_scaling']}")
+    lines.append("")
+    lines.append(f"{'parameters':<16}{'count':>18}{'share':>9}")
+    total = s["parameters"]["total"]
+    for g, n in s["parameters"].items():
+        lines.append(f"{g:<16}{n:>18,}{100 * n / total:>8.1f}%")
+    lines.append("")
+    lines.append(f"{'dtype':<16}{'weights':>18}{'KV / token':>16}")
+    for dt in DTYPE_BYTES:
+        lines.append(f"{dt:<16}{_gib(s['weight_bytes'][dt]):>18}{s['kv_bytes_per_token'][dt] / 1024:>13,.1f} KiB")
+    lines.append("")
+    lines.append(f"at context {s['context']:,} tokens ({s['weight_dtype']} weights, {s['kv_dtype']} KV cache):")
+    lines.append(f"  weights            {_gib(s['weight_bytes'][s['weight_dtype']]):>14}")
+    lines.append(f"  KV cache           {_gib(s['kv_bytes_at_context']):>14}")
+    lines.append(f"  prefill workspace  {_gib(s['activation_bytes_prefill_chunk_fp32']):>14}  (2,048-token chunk, fp32)")
+    lines.append(f"  total              {_gib(s['total_bytes_at_context']):>14}")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="checkpoint directory or preset (" + ", ".join(PRESETS) + ")")
+    p.add_argument("--context", type=int, default=4096, help="context length for the memory estimate")
+    p.add_argument("--kv-dtype", default="bfloat16", choices=list(DTYPE_BYTES))
+    p.add_argument("--weight-dtype", default="bfloat16", choices=list(DTYPE_BYTES))
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.context <= 0:
+        raise PuyuError("--context must be positive")
+    s = summary(resolve_config(args.model), args.context, args.kv_dtype, args.weight_dtype)
+    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    return 0

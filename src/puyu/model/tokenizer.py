@@ -1,0 +1,234 @@
+"""SentencePiece tokenizers with InternLM2's chat tokens: load, encode/decode, train, save.
+
+With the real InternLM2 `tokenizer.model` the chat tokens are spare pieces renamed by hand
+(`[UNUSED_TOKEN_141..146]` -> ids 92538..92543); a tokenizer trained by puyu carries pieces literally
+named `<|im_start|>` etc. Either way `special_ids` maps the chat-token text to its id.
+
+Injection safety: with `allow_special=False` (the default, for user text) no special or user-defined
+piece can come out of `encode`: text such as "<|im_start|>" or "[UNUSED_TOKEN_146]" stays plain text.
+Templates encode with `allow_special=True`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from puyu.errors import TokenizerError
+from puyu.model.chat_format import BOS, CHAT_TOKENS, EOS, IM_END, chat_template
+
+# The real InternLM2 tokenizer's spare pieces behind the chat tokens (docs/internlm2.md).
+_INTERNLM2_RAW = {tok: f"[UNUSED_TOKEN_{141 + i}]" for i, tok in enumerate(CHAT_TOKENS)}
+
+
+class Tokenizer:
+    def __init__(self, model_file: str | Path):
+        import sentencepiece as spm
+
+        self.model_file = Path(model_file)
+        if not self.model_file.exists():
+            raise TokenizerError(f"tokenizer file {self.model_file} does not exist")
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
+        except (RuntimeError, OSError) as e:
+            raise TokenizerError(f"{self.model_file} is not a SentencePiece model ({e})") from None
+        sp = self.sp
+        self.vocab_size = sp.get_piece_size()
+        self.unk_id, self.bos_id, self.eos_id = sp.unk_id(), sp.bos_id(), sp.eos_id()
+        self.pad_id = sp.pad_id() if sp.pad_id() >= 0 else self.eos_id
+        self.special_ids: dict[str, int] = {BOS: self.bos_id, EOS: self.eos_id}
+        for tok in CHAT_TOKENS:
+            for piece in (tok, _INTERNLM2_RAW[tok]):
+                pid = sp.piece_to_id(piece)
+                if pid != self.unk_id and sp.id_to_piece(pid) == piece:
+                    self.special_ids[tok] = pid
+                    break
+            else:
+                raise TokenizerError(f"{self.model_file} has no piece for chat token {tok}")
+        self.id_to_special = {i: t for t, i in self.special_ids.items()}
+        # Pieces that raw SentencePiece would match inside plain text: user-defined and special pieces.
+        self._protected = sorted({sp.id_to_piece(i) for i in range(self.vocab_size)
+                                  if sp.is_control(i) is False and _is_user_defined(sp, i) and len(sp.id_to_piece(i)) > 1}
+                                 | set(self.special_ids), key=len, reverse=True)
+        self._protected_ids = {sp.piece_to_id(p) for p in self._protected if sp.piece_to_id(p) != self.unk_id}
+        self._protected_ids |= set(self.special_ids.values())
+        self._special_re = re.compile("(" + "|".join(re.escape(t) for t in
+                                                     sorted(self.special_ids, key=len, reverse=True)) + ")")
+        self._protected_re = re.compile("|".join(re.escape(p) for p in self._protected))
+
+    # ---- encode / decode ---------------------------------------------------------------------
+    @property
+    def stop_ids(self) -> list[int]:
+        """Chat models stop on </s> and <|im_end|>."""
+        return [self.eos_id, self.special_ids[IM_END]]
+
+    def _encode_plain(self, text: str) -> list[int]:
+        if not text:
+            return []
+        ids = self.sp.encode(text)
+        if not self._protected_ids.intersection(ids):
+            return ids
+        # Break every protected string after its first character so no special piece can match.
+        out: list[int] = []
+        pos = 0
+        for m in self._protected_re.finditer(text):
+            out += self.sp.encode(text[pos:m.start()]) if m.start() > pos else []
+            s = m.group(0)
+            out += self.sp.encode(s[0]) + self._encode_plain(s[1:])
+            pos = m.end()
+        out += self._encode_plain(text[pos:]) if pos < len(text) else []
+        return out
+
+    def encode(self, text: str, add_bos: bool = False, allow_special: bool = False) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects str, got {type(text).__name__}")
+        ids = [self.bos_id] if add_bos else []
+        if not allow_special:
+            return ids + self._encode_plain(text)
+        for part in self._special_re.split(text):
+            if part in self.special_ids:
+                ids.append(self.special_ids[part])
+            elif part:
+                ids += self._encode_plain(part)
+        return ids
+
+    def decode(self, ids, skip_special: bool = False) -> str:
+        out: list[str] = []
+        run: list[int] = []
+        for i in ids:
+            i = int(i)
+            if i in self.id_to_special:
+                if run:
+                    out.append(self.sp.decode(run))
+                    run = []
+                if not skip_special:
+                    out.append(self.id_to_special[i])
+            else:
+                run.append(i)
+        if run:
+            out.append(self.sp.decode(run))
+        return "".join(out)
+
+    def id_to_piece(self, i: int) -> str:
+        return self.id_to_special.get(i) or self.sp.id_to_piece(i)
+
+    # ---- saving --------------------------------------------------------------------------------
+    def hf_config(self) -> dict:
+        added = {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                          "single_word": False, "special": True}
+                 for t, i in sorted(self.special_ids.items(), key=lambda kv: kv[1])}
+        if self.unk_id >= 0:
+            added[str(self.unk_id)] = {"content": "<unk>", "lstrip": False, "normalized": False,
+                                       "rstrip": False, "single_word": False, "special": True}
+        return {
+            "tokenizer_class": "LlamaTokenizer", "add_bos_token": False, "add_eos_token": False,
+            "add_prefix_space": False, "legacy": True, "clean_up_tokenization_spaces": False,
+            "bos_token": BOS, "eos_token": EOS, "unk_token": "<unk>", "pad_token": EOS,
+            "additional_special_tokens": list(CHAT_TOKENS), "added_tokens_decoder": added,
+            "model_max_length": 1_000_000, "chat_template": chat_template(),
+        }
+
+    def save(self, directory: str | Path) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        if self.model_file.resolve() != (d / "tokenizer.model").resolve():
+            shutil.copy2(self.model_file, d / "tokenizer.model")
+        (d / "tokenizer_config.json").write_text(json.dumps(self.hf_config(), indent=2, ensure_ascii=False) + "\n",
+                                                 encoding="utf-8")
+        special_map = {"bos_token": BOS, "eos_token": EOS, "unk_token": "<unk>", "pad_token": EOS,
+                       "additional_special_tokens": list(CHAT_TOKENS)}
+        (d / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n", encoding="utf-8")
+
+
+def _is_user_defined(sp, i: int) -> bool:
+    # sentencepiece exposes no is_user_defined(); user-defined pieces are those that are not normal,
+    # control, unknown, byte or unused. `sp.is_*` answers for the latter.
+    if sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i) or sp.is_unused(i):
+        return False
+    return _piece_types(sp).get(i) == 4  # ModelProto.SentencePiece.USER_DEFINED
+
+
+_TYPES_CACHE: dict[int, dict[int, int]] = {}
+
+
+def _piece_types(sp) -> dict[int, int]:
+    key = id(sp)
+    if key not in _TYPES_CACHE:
+        from sentencepiece import sentencepiece_model_pb2 as pb
+
+        m = pb.ModelProto()
+        m.ParseFromString(sp.serialized_model_proto())
+        _TYPES_CACHE[key] = {i: p.type for i, p in enumerate(m.pieces) if p.type != 1}
+    return _TYPES_CACHE[key]
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """A directory holding `tokenizer.model`, or the `.model` file itself."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "tokenizer.model"
+    return Tokenizer(p)
+
+
+# ---- training ------------------------------------------------------------------------------------
+def train_tokenizer(inputs: list[str | Path], out_dir: str | Path, vocab_size: int = 2048,
+                    max_sentences: int = 2_000_000, character_coverage: float = 0.9995) -> Tokenizer:
+    """Train a BPE SentencePiece tokenizer like InternLM2's (byte fallback, identity normalizer, no dummy
+    prefix) but with digits split one by one (better arithmetic at small scale), and the chat tokens
+    plus newline as atomic pieces. Writes `tokenizer.model` and `tokenizer_config.json` into `out_dir`."""
+    import sentencepiece as spm
+
+    files = [str(p) for p in inputs]
+    for f in files:
+        if not Path(f).is_file():
+            raise TokenizerError(f"tokenizer training input {f} does not exist")
+    if vocab_size < 256 + len(CHAT_TOKENS) + 16:
+        raise TokenizerError(f"vocab_size {vocab_size} is too small (byte fallback alone needs 256 pieces)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = os.path.join(tmp, "tokenizer")
+        try:
+            spm.SentencePieceTrainer.train(
+                input=files, model_prefix=prefix, model_type="bpe", vocab_size=vocab_size,
+                byte_fallback=True, split_digits=True, normalization_rule_name="identity",
+                add_dummy_prefix=False, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+                unk_id=0, bos_id=1, eos_id=2, pad_id=-1, user_defined_symbols=list(CHAT_TOKENS) + ["\n"],
+                character_coverage=character_coverage, input_sentence_size=max_sentences,
+                shuffle_input_sentence=True, max_sentence_length=16384, num_threads=os.cpu_count() or 1,
+                hard_vocab_limit=False, minloglevel=2,
+            )
+        except RuntimeError as e:
+            raise TokenizerError(f"tokenizer training failed: {e}") from None
+        shutil.copy2(prefix + ".model", out / "tokenizer.model")
+    tok = Tokenizer(out / "tokenizer.model")
+    tok.save(out)
+    return tok
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="tok_command", metavar="ACTION", required=True)
+    t = sub.add_parser("train", help="train a BPE tokenizer with the InternLM2 chat tokens")
+    t.add_argument("inputs", nargs="+", help="text files")
+    t.add_argument("--out", required=True, help="output directory")
+    t.add_argument("--vocab-size", type=int, default=2048)
+    e = sub.add_parser("encode", help="show the ids and pieces of a text")
+    e.add_argument("--tokenizer", required=True, help="directory or tokenizer.model")
+    e.add_argument("text")
+    e.add_argument("--allow-special", action="store_true", help="map chat-token text to special ids")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.tok_command == "train":
+        tok = train_tokenizer(args.inputs, args.out, vocab_size=args.vocab_size)
+        print(f"trained tokenizer with {tok.vocab_size} pieces -> {args.out}")
+    else:
+        tok = load_tokenizer(args.tokenizer)
+        ids = tok.encode(args.text, allow_special=args.allow_special)
+        print(json.dumps({"ids": ids, "pieces": [tok.id_to_piece(i) for i in ids]}, ensure_ascii=False))
+    return 0

@@ -1,0 +1,481 @@
+"""The nano recipe: InternLM2's whole path at toy scale, end to end on a CPU (what `puyu demo` runs).
+
+Stages (each with its own progress bar; `--resume` skips finished ones):
+  corpus     stdlib documentation text (pydoc) + synthetic tasks: arithmetic within 100 and 1000,
+             passkey retrieval, short chats, tool-call and interpreter dialogues (`synthetic.py`);
+             a seeded set of arithmetic test problems is held out of all training data
+  tokenizer  BPE with byte fallback, digits split one by one, chat tokens atomic
+  shards     JSONL -> packed token shards with loss masks
+  pretrain   nano InternLM2 from random init at `pretrain.seq_len` (the "4K" stage, scaled down)
+  longctx    continue at `longctx.seq_len` with `longctx.rope_theta` (the "32K, larger base" stage)
+  sft        conversations, loss on assistant turns only
+  eval       greedy: a+b / a-b on the held-out problems (< 100 and < 1000), passkey at the long-context
+             training length, arithmetic through the chat template, sample chats
+Outputs in `out_dir`: data/, tokenizer/, pretrain/, longctx/, sft/ (each with metrics.jsonl, loss.png,
+checkpoints/, hf/), chat/ (the final chat model as a Hugging Face directory), report.md, report.json,
+loss.png (all stages) and accuracy.png (arithmetic accuracy against minutes of pretraining).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from puyu.train.recipe import (
+    DataSection,
+    DistSection,
+    ModelSection,
+    OptimSection,
+    Recipe,
+    TrainSection,
+    to_dict,
+)
+
+
+@dataclass
+class CorpusSection:
+    """Sizes of the generated data. `arithmetic` problems are prompt/completion records. Passkey
+    documents are sized in tokens once the tokenizer exists: `passkey_tokens` (pretraining) and
+    `long_passkey_tokens` (long-context) give the [shortest, longest] document."""
+
+    docs_chars: int = 500_000
+    doc_chunk_chars: int = 1200
+    clean: bool = True  # pass the documentation through puyu.data (repair, exact + MinHash dedup)
+    arithmetic: int = 200_000
+    arithmetic_p_big: float = 0.1
+    arithmetic_p_sheet: float = 0.25  # worksheets of 2-4 problems (see synthetic.arithmetic_records)
+    passkey: int = 7000
+    passkey_tokens: list = field(default_factory=lambda: [0, 128])
+    copy: int = 30000
+    pretrain_chats: int = 15000  # arithmetic chats mixed into pretraining (loss on the assistant turn)
+    copy_items: list = field(default_factory=lambda: [3, 12])
+    long_passkey: int = 4500
+    long_passkey_tokens: list = field(default_factory=lambda: [100, 512])
+    long_docs_chars: int = 200_000
+    long_arithmetic: int = 60_000
+    chats: int = 6000
+    chat_weights: dict = field(default_factory=lambda: {
+        "arithmetic": 0.4, "docs": 0.12, "greeting": 0.13, "tool": 0.2, "interpreter": 0.15})
+    test_small: int = 400
+    test_big: int = 200
+    val_fraction: float = 0.01
+
+
+@dataclass
+class StageSection:
+    """One training stage of the nano recipe (see `Recipe` for the meaning of each knob)."""
+
+    seq_len: int = 128
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 200
+    doc_mask: bool = True
+    rope_theta: float | None = None
+
+
+@dataclass
+class EvalSection:
+    passkey_n: int = 50
+    task_eval_problems: int = 200  # held-out < 100 problems scored during pretraining (the curve)
+
+
+@dataclass
+class NanoRecipe:
+    out_dir: str = "runs/nano"
+    seed: int = 0
+    device: str | None = "cpu"
+    precision: str = "auto"  # bf16 autocast where the CPU does bf16 natively (see pretrain.py), else fp32
+    threads: int | str | None = "auto"
+    vocab_size: int = 2048
+    preset: str = "nano"
+    model_overrides: dict = field(default_factory=dict)
+    progress: bool = True
+    corpus: CorpusSection = field(default_factory=CorpusSection)
+    pretrain: StageSection = field(default_factory=lambda: StageSection(
+        seq_len=128, steps=4800, batch_size=12, lr=1e-3, warmup_steps=30, eval_every=200))
+    longctx: StageSection = field(default_factory=lambda: StageSection(
+        seq_len=512, steps=800, batch_size=4, lr=1e-3, warmup_steps=10, eval_every=200, rope_theta=100_000.0))
+    sft: StageSection = field(default_factory=lambda: StageSection(
+        seq_len=256, steps=150, batch_size=16, lr=5e-4, warmup_steps=15, eval_every=75))
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    def validate(self) -> None:
+        from puyu.errors import ConfigError
+
+        if self.longctx.rope_theta is None:
+            raise ConfigError("longctx.rope_theta must be set (the long-context stage raises the RoPE base)")
+        for name in ("pretrain", "longctx", "sft"):
+            st: StageSection = getattr(self, name)
+            if st.steps <= 0 or st.batch_size <= 0 or st.seq_len < 2:
+                raise ConfigError(f"{name}: steps, batch_size and seq_len must be positive")
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+def _log(msg: str) -> None:
+    print(f"[nano] {msg}", file=sys.stderr, flush=True)
+
+
+def _done_marker(d: Path) -> Path:
+    return d / "done.json"
+
+
+def _finished(d: Path, resume: bool):
+    m = _done_marker(d)
+    if resume and m.exists():
+        return json.loads(m.read_text(encoding="utf-8"))
+    return None
+
+
+def _mark_done(d: Path, info: dict) -> dict:
+    d.mkdir(parents=True, exist_ok=True)
+    _done_marker(d).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    return info
+
+
+def _split(records: list[dict], val_fraction: float, rng: random.Random) -> tuple[list[dict], list[dict]]:
+    rng.shuffle(records)
+    n_val = max(1, int(len(records) * val_fraction))
+    return records[n_val:], records[:n_val]
+
+
+# ---- stage: corpus -------------------------------------------------------------------------------
+def build_corpus(r: NanoRecipe, data: Path) -> dict:
+    """Write the JSONL inputs of every stage and the tokenizer's training text into `data`."""
+    from tqdm import tqdm
+
+    from puyu.model.chat_format import render_chat
+    from puyu.tasks import synthetic as S
+    from puyu.train.corpus import docstring_facts, stdlib_docs
+
+    c = r.corpus
+    data.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(r.seed)
+    small, big = S.held_out_problems(r.seed, c.test_small, c.test_big)
+    exclude = set(small) | set(big)
+    bar = tqdm(total=6, desc="corpus", disable=not r.progress, dynamic_ncols=True)
+    pages = stdlib_docs(c.docs_chars + c.long_docs_chars)
+    chunks = []
+    for page in pages:  # pydoc pages cut into paragraph-aligned documents of about doc_chunk_chars
+        buf = ""
+        for para in page["text"].split("\n\n"):
+            if buf and len(buf) + len(para) > c.doc_chunk_chars:
+                chunks.append(buf)
+                buf = ""
+            buf += para + "\n\n"
+        if buf.strip():
+            chunks.append(buf)
+    cleaning = None
+    if c.clean:  # the data pipeline's repair and dedup steps (web-text rules would drop most of pydoc)
+        from puyu.data.pipeline import DEDUP_STEPS, clean_documents
+
+        result = clean_documents(chunks, str(data / "clean"), steps=DEDUP_STEPS, shards=2)
+        kept = [d.text for d in result.documents()]
+        cleaning = {"documents_in": len(chunks), "documents_kept": len(kept),
+                    "report": result.report}
+        chunks = kept
+    rng.shuffle(chunks)
+    docs_pre, docs_long, used = [], [], 0
+    for ch in chunks:
+        (docs_pre if used < c.docs_chars else docs_long).append({"text": ch})
+        used += len(ch)
+    facts = docstring_facts()
+    bar.update()
+    pre = docs_pre + S.arithmetic_records(rng, c.arithmetic, c.arithmetic_p_big, exclude, c.arithmetic_p_sheet)
+    bar.update()
+    pre += S.copy_records(rng, c.copy, *c.copy_items)
+    pre += [S.arithmetic_chat(rng, exclude, c.arithmetic_p_big) for _ in range(c.pretrain_chats)]
+    long = list(docs_long)
+    long += S.arithmetic_records(rng, c.long_arithmetic, c.arithmetic_p_big, exclude, c.arithmetic_p_sheet)
+    long += S.copy_records(rng, c.copy // 10, *c.copy_items)
+    bar.update()
+    chats = S.chat_records(rng, c.chats, exclude, facts, c.chat_weights)
+    bar.update()
+    counts = {}
+    for name, recs in (("pretrain", pre), ("longctx", long), ("sft", chats)):
+        train, val = _split(recs, c.val_fraction, rng)
+        S.write_jsonl(data / f"{name}_train.jsonl", train)
+        S.write_jsonl(data / f"{name}_val.jsonl", val)
+        counts[name] = {"train": len(train), "val": len(val)}
+    bar.update()
+    # Tokenizer training text: documentation, a slice of every synthetic kind, rendered chats.
+    with open(data / "tokenizer_text.txt", "w", encoding="utf-8") as f:
+        for d in docs_pre:
+            f.write(d["text"])
+        for rec in pre[:20000] + chats[:3000] + S.passkey_records(rng, 300, 0, 12):  # a sample of every kind
+            if "messages" in rec:
+                f.write(render_chat(rec["messages"], tools=rec.get("tools"), interpreter=rec.get("interpreter"),
+                                    add_generation_prompt=False) + "\n")
+            elif "prompt" in rec:
+                f.write(rec["prompt"] + rec["completion"] + "\n")
+            elif "segments" in rec:
+                f.write("".join(t for t, _ in rec["segments"]) + "\n")
+            else:
+                f.write(rec["text"] + "\n")
+    with open(data / "test_problems.json", "w", encoding="utf-8") as f:
+        json.dump({"small": [[p.a, p.op, p.b] for p in small], "big": [[p.a, p.op, p.b] for p in big]}, f)
+    bar.update()
+    bar.close()
+    return {"records": counts, "docs_chars": used, "modules": len(pages), "doc_facts": len(facts),
+            "cleaning": cleaning}
+
+
+def write_passkey_docs(r: NanoRecipe, data: Path, tok) -> dict:
+    """Passkey documents sized in tokens with the trained tokenizer, for the pretraining and long-context
+    stages (`passkey_<stage>_<split>.jsonl`); returns the filler ranges used."""
+    from puyu.tasks import synthetic as S
+
+    c = r.corpus
+    rng = random.Random(f"puyu-passkey-{r.seed}")
+    ranges = {}
+    for name, n, (lo_t, hi_t) in (("pretrain", c.passkey, c.passkey_tokens),
+                                  ("longctx", c.long_passkey, c.long_passkey_tokens)):
+        lo, hi = S.passkey_filler_range(tok, lo_t, hi_t)
+        train, val = _split(S.passkey_records(rng, n, lo, hi), c.val_fraction, rng)
+        S.write_jsonl(data / f"passkey_{name}_train.jsonl", train)
+        S.write_jsonl(data / f"passkey_{name}_val.jsonl", val)
+        ranges[name] = {"filler_blocks": [lo, hi], "docs": n}
+    return ranges
+
+
+def _load_tests(data: Path):
+    """The held-out test problems written by `build_corpus`: (a, b < 100 list, a, b < 1000 list)."""
+    from puyu.tasks.synthetic import Problem
+
+    t = json.loads((data / "test_problems.json").read_text(encoding="utf-8"))
+    return [Problem(*p) for p in t["small"]], [Problem(*p) for p in t["big"]]
+
+
+# ---- stage recipes -------------------------------------------------------------------------------
+def stage_recipe(r: NanoRecipe, name: str, init: str | None) -> Recipe:
+    """The generic `Recipe` for one nano stage (also what `recipes/pretrain_example.yaml` spells out)."""
+    st: StageSection = getattr(r, name)
+    out = Path(r.out_dir)
+    shards = out / "shards"
+    return Recipe(
+        model=ModelSection(preset=None if init else r.preset, init=init, overrides=dict(r.model_overrides),
+                           rope_theta=st.rope_theta,
+                           max_position_embeddings=max(st.seq_len, 512) if init else None),
+        data=DataSection(train=[str(shards / f"{name}_train")], val=[str(shards / f"{name}_val")],
+                         tokenizer=str(out / "tokenizer"), seq_len=st.seq_len, doc_mask=st.doc_mask,
+                         pack="docs" if name == "sft" else "stream"),
+        optim=OptimSection(lr=st.lr, warmup_steps=st.warmup_steps, min_lr_ratio=st.min_lr_ratio,
+                           weight_decay=st.weight_decay, grad_clip=st.grad_clip),
+        train=TrainSection(out_dir=str(out / name), steps=st.steps, batch_size=st.batch_size, seed=r.seed,
+                           device=r.device, eval_every=st.eval_every, eval_batches=4, log_every=10,
+                           save_every=max(st.steps // 4, 1), keep_checkpoints=1, progress=r.progress,
+                           precision=r.precision, threads=r.threads),
+        dist=DistSection(),
+    )
+
+
+# ---- the recipe ----------------------------------------------------------------------------------
+def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
+    """Run every stage; write report.md / report.json; return the report dict."""
+    from puyu.model.checkpoint import load_model
+    from puyu.model.tokenizer import load_tokenizer, train_tokenizer
+    from puyu.train import evaluate as E
+    from puyu.train.pretrain import run_longctx, train
+    from puyu.train.sft import run_sft
+    from puyu.train.shards import tokenize_to_shard
+
+    r.validate()
+    out = Path(r.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data, tok_dir, shards = out / "data", out / "tokenizer", out / "shards"
+    timings: dict[str, float] = {}
+    report: dict = {"recipe": to_dict(r), "stages": {}}
+    t_all = time.perf_counter()
+
+    def timed(name: str, fn):
+        t0 = time.perf_counter()
+        res = fn()
+        timings[name] = round(time.perf_counter() - t0, 1)
+        _log(f"{name} finished in {timings[name]:.0f} s")
+        return res
+
+    # corpus
+    info = _finished(data, resume) or timed("corpus", lambda: _mark_done(data, build_corpus(r, data)))
+    report["stages"]["corpus"] = info
+    # tokenizer
+    if not (_finished(tok_dir, resume) and (tok_dir / "tokenizer.model").exists()):
+        timed("tokenizer", lambda: train_tokenizer([data / "tokenizer_text.txt"], tok_dir, vocab_size=r.vocab_size))
+        _mark_done(tok_dir, {})
+    tok = load_tokenizer(tok_dir)
+    # shards
+    def make_shards():
+        metas = {"passkey": write_passkey_docs(r, data, tok)}
+        for name in ("pretrain", "longctx", "sft"):
+            for split in ("train", "val"):
+                extra = [data / f"passkey_{name}_{split}.jsonl"] if name != "sft" else []
+                meta = tokenize_to_shard([data / f"{name}_{split}.jsonl"] + extra, shards / f"{name}_{split}", tok,
+                                         progress=r.progress)
+                metas[f"{name}_{split}"] = {"tokens": meta["n_tokens"], "docs": meta["n_docs"],
+                                            "loss_tokens": meta["n_loss_tokens"]}
+        return metas
+    report["stages"]["shards"] = _finished(shards, resume) or timed("shards", lambda: _mark_done(shards, make_shards()))
+
+    small, big = _load_tests(data)
+    curve_probs = small[: r.eval.task_eval_problems]
+
+    def task_hook(lm, step: int, elapsed: float) -> dict:
+        res = E.arithmetic_accuracy(lm, tok, curve_probs)
+        pk = E.passkey_accuracy(lm, tok, 10, r.pretrain.seq_len, seed=r.seed + 1)
+        return {"arith_acc_100": res["accuracy"], "passkey_short": pk["accuracy"], "minutes": elapsed / 60}
+
+    # pretrain -> longctx -> sft
+    stages = [("pretrain", None), ("longctx", str(out / "pretrain" / "hf")), ("sft", str(out / "longctx" / "hf"))]
+    for name, init in stages:
+        d = out / name
+        done = _finished(d, resume)
+        if done:
+            report["stages"][name] = done
+            continue
+        rec = stage_recipe(r, name, init)
+        if name == "pretrain":
+            fn = lambda rec=rec: train(rec, resume=resume, stage="pretrain", task_hook=task_hook)  # noqa: E731
+        elif name == "longctx":
+            fn = lambda rec=rec: run_longctx(rec, resume=resume)  # noqa: E731
+        else:
+            fn = lambda rec=rec: run_sft(rec, resume=resume)  # noqa: E731
+        summary = timed(name, fn)
+        summary["wall_s"] = timings[name]
+        report["stages"][name] = _mark_done(d, summary)
+
+    # chat model directory
+    chat_dir = out / "chat"
+    if chat_dir.exists():
+        shutil.rmtree(chat_dir)
+    shutil.copytree(out / "sft" / "hf", chat_dir)
+
+    # eval
+    def run_eval() -> dict:
+        from tqdm import tqdm
+
+        bar = tqdm(total=5, desc="eval", disable=not r.progress, dynamic_ncols=True)
+        base = load_model(out / "longctx" / "hf", dtype="float32", device="cpu")
+        res = {"base_arith_100": E.arithmetic_accuracy(base, tok, small)}
+        bar.update()
+        res["base_arith_1000"] = E.arithmetic_accuracy(base, tok, big)
+        bar.update()
+        res["passkey"] = E.passkey_accuracy(base, tok, r.eval.passkey_n, r.longctx.seq_len, seed=r.seed)
+        bar.update()
+        chat = load_model(chat_dir, dtype="float32", device="cpu")
+        res["chat_arith_100"] = E.chat_arithmetic_accuracy(chat, tok, small)
+        bar.update()
+        res["chat_samples"] = E.sample_chats(chat, tok)
+        bar.update()
+        bar.close()
+        return res
+    report["eval"] = timed("eval", run_eval)
+    timings["total"] = round(time.perf_counter() - t_all, 1)
+    report["timings_s"] = timings
+    report["curve"] = _curve(out / "pretrain" / "metrics.jsonl")
+    report["targets"] = _targets(report)
+    report["ok"] = all(t["met"] for t in report["targets"].values())
+    _write_report(out, report)
+    _print_summary(report)
+    return report
+
+
+def _curve(metrics_path: Path) -> list[dict]:
+    from puyu.train.metrics import read_metrics
+
+    return [{"step": m["step"], "minutes": round(m["minutes"], 2), "arith_acc_100": m["arith_acc_100"]}
+            for m in read_metrics(metrics_path) if m.get("kind") == "task"]
+
+
+def _targets(rep: dict) -> dict:
+    ev = rep["eval"]
+    return {
+        "arith_100 >= 95%": {"value": ev["base_arith_100"]["accuracy"], "met": ev["base_arith_100"]["accuracy"] >= 0.95},
+        "passkey >= 90%": {"value": ev["passkey"]["accuracy"], "met": ev["passkey"]["accuracy"] >= 0.90},
+        "chat turns end with <|im_end|>": {"value": ev["chat_samples"]["ends_with_im_end"],
+                                           "met": ev["chat_samples"]["ends_with_im_end"] == 1.0},
+        "total <= 20 min": {"value": rep["timings_s"]["total"] / 60, "met": rep["timings_s"]["total"] <= 1200},
+    }
+
+
+def _write_report(out: Path, rep: dict) -> None:
+    from puyu.train.metrics import plot_losses
+
+    (out / "report.json").write_text(json.dumps(rep, indent=1, default=str) + "\n", encoding="utf-8")
+    plot_losses({s: out / s / "metrics.jsonl" for s in ("pretrain", "longctx", "sft")}, out / "loss.png",
+                title="nano recipe: pretrain, long-context, SFT")
+    _plot_curve(rep["curve"], out / "accuracy.png")
+    ev, t = rep["eval"], rep["timings_s"]
+    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    lines = [
+        "# nano recipe report", "",
+        f"Command: `puyu demo` (= `puyu train nano recipes/nano.yaml`). Output: `{out}`.", "",
+        "## Targets (greedy decoding)", "",
+        "| target | measured | met |", "|---|---|---|",
+        *[f"| {k.replace('|', '&#124;')} | {v['value']:.3f} | {'yes' if v['met'] else 'no'} |"
+          for k, v in rep["targets"].items()],
+        "", "## Results", "",
+        f"- a+b, a-b with a, b < 100 (base model, {ev['base_arith_100']['n']} held-out problems): "
+        f"{pct(ev['base_arith_100']['accuracy'])} (by op: "
+        + ", ".join(f"{k} {pct(v)}" for k, v in ev["base_arith_100"]["by_op"].items()) + ")",
+        f"- a+b, a-b with a, b < 1000 (base model, {ev['base_arith_1000']['n']} held-out problems): "
+        f"{pct(ev['base_arith_1000']['accuracy'])}",
+        f"- passkey retrieval at the long-context training length ({ev['passkey']['prompt_tokens']} tokens, "
+        f"{ev['passkey']['n']} depths): {pct(ev['passkey']['accuracy'])}",
+        f"- arithmetic < 100 through the chat template (chat model): {pct(ev['chat_arith_100']['accuracy'])}; "
+        f"turns ending with <|im_end|>: {pct(ev['chat_arith_100']['ends_with_im_end'])}",
+        *([f"- documentation cleaned by `puyu.data` (repair, exact and MinHash dedup): "
+           f"{cl['documents_kept']} of {cl['documents_in']} chunks kept (report: {cl['report']})"]
+          if (cl := rep.get("stages", {}).get("corpus", {}).get("cleaning")) else []),
+        "", "## Wall time per stage (seconds)", "",
+        "| stage | seconds |", "|---|---|", *[f"| {k} | {v:.0f} |" for k, v in t.items()],
+        "", "## Arithmetic accuracy (< 100, held out) during pretraining", "",
+        "| step | minutes | accuracy |", "|---|---|---|",
+        *[f"| {c['step']} | {c['minutes']:.1f} | {pct(c['arith_acc_100'])} |" for c in rep["curve"]],
+        "", "## Sample chats (chat model, greedy)", "",
+    ]
+    for s in ev["chat_samples"]["samples"]:
+        extra = " [tools]" if s["tools"] else (" [interpreter]" if s["interpreter"] else "")
+        lines += [f"- **user**{extra}: {s['user']}", f"  **assistant**: `{s['reply']}`"]
+    lines += ["", "Wrong answers (first few): " + "; ".join(ev["base_arith_100"]["wrong_examples"]), ""]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def _plot_curve(curve: list[dict], png: Path) -> None:
+    if not curve:
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    ax.plot([c["minutes"] for c in curve], [100 * c["arith_acc_100"] for c in curve], "o-")
+    ax.set_xlabel("minutes of pretraining")
+    ax.set_ylabel("held-out a±b < 100 accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+
+
+def _print_summary(rep: dict) -> None:
+    ev = rep["eval"]
+    print("\n=== nano recipe ===")
+    for k, v in rep["targets"].items():
+        print(f"{'MET ' if v['met'] else 'MISS'} {k}: {v['value']:.3f}")
+    print(f"a, b < 1000: {ev['base_arith_1000']['accuracy']:.3f}")
+    print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in rep["timings_s"].items()))
+    print("\nsample chats:")
+    for s in ev["chat_samples"]["samples"]:
+        print(f"  user: {s['user']}\n  assistant: {s['reply']}")

@@ -1,0 +1,269 @@
+"""Synthetic task data for the nano recipe, generated from a seed (identical on every machine).
+
+- Arithmetic: `a+b=` and `a-b=` with a, b < 100 and < 1000, as prompt/completion records
+  (`{"prompt": "12+34=", "completion": "46"}`; the shard writer adds `<s>` and `</s>`, and trains on the
+  completion and `</s>` only). The question is written exactly as a user types it; the answer is the
+  plain decimal result (negative results keep their sign). A fixed, seeded set of test problems is held
+  out of every training record, so the reported accuracy is on problems the model never saw.
+- Passkey retrieval: a 5-digit key hidden at a random depth in repeated filler text, asked for at the
+  end (the "needle in a haystack" test of the long-context literature, scaled down).
+- Copying: "Repeat after me" records with random content, which teach copying from the context.
+- Short chats, tool-call dialogues and code-interpreter dialogues in the InternLM2 chat format
+  (`messages` records with `tools` / `interpreter`, rendered by `puyu.model.chat_format`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+# ---- arithmetic ----------------------------------------------------------------------------------
+OPS = ("+", "-")
+
+
+def answer(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b
+
+
+@dataclass(frozen=True)
+class Problem:
+    a: int
+    op: str
+    b: int
+
+    @property
+    def prompt(self) -> str:
+        return f"{self.a}{self.op}{self.b}="
+
+    @property
+    def answer(self) -> str:
+        return str(answer(self.a, self.op, self.b))
+
+
+def held_out_problems(seed: int, n_small: int, n_big: int) -> tuple[list[Problem], list[Problem]]:
+    """Test problems: `n_small` with a, b < 100 and `n_big` with a, b < 1000 (distinct, half + half -),
+    drawn from their own seed. Training generators skip all of them."""
+    rng = random.Random(f"puyu-arith-test-{seed}")
+    out = []
+    for n, limit in ((n_small, 100), (n_big, 1000)):
+        chosen: set[Problem] = set()
+        while len(chosen) < n:
+            op = OPS[len(chosen) % 2]
+            chosen.add(Problem(rng.randrange(limit), op, rng.randrange(limit)))
+        out.append(sorted(chosen, key=lambda p: (p.op, p.a, p.b)))
+    return out[0], out[1]
+
+
+def _training_problem(rng: random.Random, p_big: float, exclude: set[Problem]) -> Problem:
+    while True:
+        limit = 1000 if rng.random() < p_big else 100
+        p = Problem(rng.randrange(limit), rng.choice(OPS), rng.randrange(limit))
+        if p not in exclude:
+            return p
+
+
+def arithmetic_records(rng: random.Random, n: int, p_big: float, exclude: set[Problem],
+                       p_sheet: float = 0.0, max_sheet: int = 4) -> list[dict]:
+    """`n` records; a fraction `p_big` of problems with operands < 1000, the rest < 100. Most are one
+    problem (prompt/completion); a fraction `p_sheet` are "worksheets" of 2..max_sheet problems, one
+    per line, trained on every answer, so that problems also appear after other text in a document."""
+    out = []
+    while len(out) < n:
+        if rng.random() < p_sheet:
+            segs = []
+            for k in range(rng.randint(2, max_sheet)):
+                p = _training_problem(rng, p_big, exclude)
+                segs += [[("\n" if k else "") + p.prompt, False], [p.answer, True]]
+            out.append({"segments": segs})
+        else:
+            p = _training_problem(rng, p_big, exclude)
+            out.append({"prompt": p.prompt, "completion": p.answer})
+    return out
+
+
+# ---- passkey -------------------------------------------------------------------------------------
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+PASSKEY_INTRO = ("There is an important pass key hidden inside a lot of irrelevant text. Find it and "
+                 "memorize it. I will quiz you about the pass key.\n")
+PASSKEY_QUESTION = "\nWhat is the pass key? The pass key is "
+
+
+def passkey_prompt(key: int, n_filler: int, depth: float) -> str:
+    """The passkey prompt with `n_filler` filler blocks, the key after a fraction `depth` of them.
+    The model must continue with the key's digits."""
+    before = round(n_filler * depth)
+    needle = f"The pass key is {key}. Remember it. {key} is the pass key. "
+    return PASSKEY_INTRO + FILLER * before + needle + FILLER * (n_filler - before) + PASSKEY_QUESTION
+
+
+def passkey_filler_range(tokenizer, min_tokens: int, max_tokens: int) -> tuple[int, int]:
+    """Filler-block counts (lo, hi) whose whole passkey document (`<s>`, prompt, key, `</s>`) is
+    about `min_tokens` to at most `max_tokens` tokens with this tokenizer."""
+    frame = len(tokenizer.encode(passkey_prompt(99999, 0, 0.5) + "99999.")) + 2
+    block = len(tokenizer.encode(FILLER * 8)) / 8
+    hi = max(0, int((max_tokens - frame) // block))
+    lo = min(hi, max(0, -int(-(min_tokens - frame) // block)))
+    return lo, hi
+
+
+def passkey_records(rng: random.Random, n: int, min_filler: int, max_filler: int) -> list[dict]:
+    """Passkey documents as plain text (loss on every token: the filler repeats and the key is said
+    again at the end, which teaches copying from far back)."""
+    out = []
+    for _ in range(n):
+        key = rng.randrange(10000, 100000)
+        prompt = passkey_prompt(key, rng.randint(min_filler, max_filler), rng.random())
+        out.append({"text": f"{prompt}{key}."})
+    return out
+
+
+# ---- copying -------------------------------------------------------------------------------------
+COPY_WORDS = ("red green blue apple river stone seven lamp cloud paper tiger music north silver "
+              "window garden bread candle forest orange").split()
+
+
+def copy_records(rng: random.Random, n: int, min_items: int, max_items: int) -> list[dict]:
+    """"Repeat after me" records: a random sequence of numbers and words, then the same sequence as the
+    completion. The content is random, so it can only be predicted by copying from the context; this
+    grows the copying (induction) circuits that passkey retrieval and chat answers rely on."""
+    out = []
+    for _ in range(n):
+        items = [str(rng.randrange(10 ** rng.randint(1, 5))) if rng.random() < 0.5 else rng.choice(COPY_WORDS)
+                 for _ in range(rng.randint(min_items, max_items))]
+        seq = " ".join(items)
+        out.append({"prompt": f"Repeat after me: {seq}\nRepeat:", "completion": " " + seq})
+    return out
+
+
+# ---- chats ---------------------------------------------------------------------------------------
+SYSTEM = "You are puyu, a small assistant trained from scratch on a CPU. Answer briefly."
+GREETINGS = [
+    ("Hello!", "Hello! How can I help you today?"),
+    ("Hi, who are you?", "I am puyu, a small InternLM2-style model trained from scratch on a CPU."),
+    ("What can you do?", "I can do small sums, find a pass key in a text, call tools and run Python code."),
+    ("Thank you!", "You are welcome."),
+    ("Good morning.", "Good morning! What would you like to do?"),
+    ("What is InternLM2?", "InternLM2 is an open large language model family from Shanghai AI Laboratory."),
+    ("Which architecture do you use?", "A decoder-only transformer with grouped-query attention, RMSNorm, "
+     "SwiGLU and rotary position embeddings, like InternLM2."),
+    ("Bye.", "Goodbye!"),
+]
+ARITH_QUESTIONS = ["{p}", "What is {q}?", "Compute {q}.", "{q} = ?", "Please calculate {q}."]
+
+
+def arithmetic_chat(rng: random.Random, exclude: set[Problem], p_big: float) -> dict:
+    p = _training_problem(rng, p_big, exclude)
+    q = rng.choice(ARITH_QUESTIONS).format(p=p.prompt, q=p.prompt[:-1])
+    msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": f"{p.prompt}{p.answer}"}]
+    if rng.random() < 0.5:
+        msgs.insert(0, {"role": "system", "content": SYSTEM})
+    return {"messages": msgs}
+
+
+def doc_chat(rng: random.Random, doc_facts: list[tuple[str, str]]) -> dict:
+    """A question about a standard-library function answered with the first line of its docstring."""
+    name, line = rng.choice(doc_facts)
+    q = rng.choice(["What does {n} do?", "Explain {n} briefly.", "What is {n} for?"]).format(n=name)
+    return {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q},
+                         {"role": "assistant", "content": f"{name}: {line}"}]}
+
+
+def greeting_chat(rng: random.Random) -> dict:
+    turns = rng.sample(GREETINGS, k=rng.randint(1, 2))
+    msgs = [{"role": "system", "content": SYSTEM}] if rng.random() < 0.7 else []
+    for q, a in turns:
+        msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    return {"messages": msgs}
+
+
+TOOLS = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "Current weather of a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+    {"type": "function", "function": {
+        "name": "get_time", "description": "Current local time of a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+]
+CITIES = ["Paris", "Shanghai", "Tokyo", "Lima", "Oslo", "Cairo", "Sydney", "Boston", "Delhi", "Rome"]
+CONDITIONS = ["sunny", "cloudy", "rainy", "windy", "snowy", "foggy"]
+
+
+def tool_chat(rng: random.Random) -> dict:
+    """User asks; assistant calls a tool (plugin action); the environment answers; assistant replies."""
+    city = rng.choice(CITIES)
+    if rng.random() < 0.5:
+        q = rng.choice(["What is the weather in {c}?", "How is the weather in {c} today?", "Weather in {c}?"])
+        call, temp, cond = "get_weather", rng.randint(-5, 35), rng.choice(CONDITIONS)
+        result = json.dumps({"city": city, "temperature_c": temp, "condition": cond})
+        reply = f"It is {cond} in {city}, {temp} degrees Celsius."
+    else:
+        q = rng.choice(["What time is it in {c}?", "Tell me the time in {c}.", "Local time in {c}?"])
+        call, hh, mm = "get_time", rng.randrange(24), rng.randrange(60)
+        result = json.dumps({"city": city, "time": f"{hh:02d}:{mm:02d}"})
+        reply = f"It is {hh:02d}:{mm:02d} in {city}."
+    msgs = [{"role": "system", "content": SYSTEM},
+            {"role": "user", "content": q.format(c=city)},
+            {"role": "assistant", "content": "",
+             "tool_calls": [{"type": "function", "function": {"name": call, "arguments": {"city": city}}}]},
+            {"role": "tool", "content": result},
+            {"role": "assistant", "content": reply}]
+    return {"messages": msgs, "tools": TOOLS}
+
+
+def interpreter_chat(rng: random.Random) -> dict:
+    """User asks for a computation; assistant writes Python (interpreter action); the environment
+    returns the printed output; assistant states the result."""
+    kind = rng.randrange(3)
+    if kind == 0:
+        a, b = rng.randrange(100, 10000), rng.randrange(100, 10000)
+        q, code, out = f"Use Python to compute {a}*{b}.", f"print({a} * {b})", str(a * b)
+        reply = f"{a}*{b} = {out}."
+    elif kind == 1:
+        n = rng.randrange(5, 40)
+        q, code, out = f"What is the sum of the integers from 1 to {n}? Use code.", f"print(sum(range(1, {n + 1})))", str(n * (n + 1) // 2)
+        reply = f"The sum is {out}."
+    else:
+        n = rng.randrange(3, 15)
+        q = f"Run code to find {n} factorial."
+        code = f"import math\nprint(math.factorial({n}))"
+        out = str(_factorial(n))
+        reply = f"{n}! = {out}."
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q},
+            {"role": "assistant", "content": "", "code": code},
+            {"role": "environment", "name": "interpreter", "content": out},
+            {"role": "assistant", "content": reply}]
+    return {"messages": msgs, "interpreter": True}
+
+
+def _factorial(n: int) -> int:
+    out = 1
+    for i in range(2, n + 1):
+        out *= i
+    return out
+
+
+def chat_records(rng: random.Random, n: int, exclude: set[Problem], doc_facts: list[tuple[str, str]],
+                 weights: dict[str, float]) -> list[dict]:
+    """`n` conversations drawn by `weights` over kinds: arithmetic, docs, greeting, tool, interpreter."""
+    kinds = list(weights)
+    out = []
+    for _ in range(n):
+        kind = rng.choices(kinds, weights=[weights[k] for k in kinds])[0]
+        if kind == "arithmetic":
+            out.append(arithmetic_chat(rng, exclude, p_big=0.2))
+        elif kind == "docs" and doc_facts:
+            out.append(doc_chat(rng, doc_facts))
+        elif kind == "tool":
+            out.append(tool_chat(rng))
+        elif kind == "interpreter":
+            out.append(interpreter_chat(rng))
+        else:
+            out.append(greeting_chat(rng))
+    return out
+
+
+def write_jsonl(path, records: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")

@@ -1,0 +1,88 @@
+"""The nano recipe's data and plumbing: held-out test problems stay out of training data, passkey
+documents fit their token budget, and a miniature run of every stage writes the report and a chat
+model that loads."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from puyu.tasks import synthetic as S
+
+
+def test_held_out_problems_never_reach_training_data():
+    small, big = S.held_out_problems(0, 300, 100)
+    assert len(set(small)) == 300 and len(set(big)) == 100
+    assert all(p.a < 100 and p.b < 100 for p in small) and {p.op for p in small} == {"+", "-"}
+    exclude = set(small) | set(big)
+    rng = random.Random(1)
+    recs = S.arithmetic_records(rng, 30000, 0.3, exclude)
+    seen = {r["prompt"] for r in recs}
+    assert not seen & {p.prompt for p in exclude}
+    chats = [S.arithmetic_chat(rng, exclude, 0.3) for _ in range(3000)]
+    asked = {c["messages"][-1]["content"].split("=")[0] for c in chats}
+    assert not asked & {p.prompt[:-1] for p in exclude}
+    # Answers are plain decimals, negative results keep their sign.
+    assert S.Problem(12, "-", 34).answer == "-22" and S.Problem(99, "+", 99).answer == "198"
+
+
+def test_passkey_documents_fit_their_token_budget(tiny_tokenizer):
+    tok = tiny_tokenizer
+    lo, hi = S.passkey_filler_range(tok, 100, 300)
+    assert 0 <= lo <= hi
+    rng = random.Random(0)
+    for rec in S.passkey_records(rng, 40, lo, hi):
+        n = len(tok.encode(rec["text"])) + 2
+        assert n <= 300 + 2, n  # concatenated filler may merge across block edges, never grow much
+        key = rec["text"].rsplit(" ", 1)[-1].rstrip(".")
+        assert rec["text"].count(key) == 3 and len(key) == 5
+
+
+def test_copy_and_tool_records_render(tiny_tokenizer):
+    from puyu.model.chat_format import chat_tokens, render_chat
+
+    rng = random.Random(0)
+    for rec in S.copy_records(rng, 5, 3, 6):
+        assert rec["prompt"].split("Repeat after me: ")[1].split("\n")[0] == rec["completion"].strip()
+    for rec in [S.tool_chat(rng), S.interpreter_chat(rng), S.greeting_chat(rng)]:
+        text = render_chat(rec["messages"], tools=rec.get("tools"), interpreter=rec.get("interpreter"),
+                           add_generation_prompt=False)
+        ids, mask = chat_tokens(tiny_tokenizer, rec["messages"], tools=rec.get("tools"),
+                                interpreter=rec.get("interpreter"))
+        assert any(mask) and ids == tiny_tokenizer.encode(text, allow_special=True)
+
+
+@pytest.mark.slow
+def test_miniature_nano_run_writes_report_and_chat_model(tmp_path):
+    import torch
+
+    from puyu.model.checkpoint import load_model
+    from puyu.recipes.nano import NanoRecipe, run_nano
+    from puyu.train.recipe import load_recipe
+
+    torch.set_num_threads(1)
+    tiny = ["corpus.docs_chars=30000", "corpus.long_docs_chars=10000", "corpus.arithmetic=3000",
+            "corpus.passkey=60", "corpus.long_passkey=30", "corpus.copy=300", "corpus.pretrain_chats=100",
+            "corpus.long_arithmetic=300", "corpus.chats=200", "corpus.val_fraction=0.1", "corpus.test_small=20",
+            "corpus.test_big=10", "vocab_size=400", "model_overrides={hidden_size: 64, intermediate_size: 176, "
+            "num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2}",
+            "pretrain.steps=6", "pretrain.eval_every=3", "longctx.steps=2", "longctx.eval_every=2",
+            "longctx.seq_len=256", "corpus.long_passkey_tokens=[50, 256]",
+            "sft.steps=2", "sft.eval_every=2", "eval.passkey_n=3", "eval.task_eval_problems=5",
+            f"out_dir={tmp_path / 'nano'}", "progress=false", "threads=1"]
+    rec = load_recipe(None, tiny, cls=NanoRecipe)
+    report = run_nano(rec)
+    out = tmp_path / "nano"
+    for f in ("report.md", "report.json", "loss.png", "chat/config.json", "chat/tokenizer.model"):
+        assert (out / f).exists(), f
+    saved = json.loads((out / "report.json").read_text())
+    assert set(saved["targets"]) == set(report["targets"])
+    assert 0.0 <= saved["eval"]["base_arith_100"]["accuracy"] <= 1.0
+    assert len(saved["curve"]) == 2 and saved["timings_s"]["total"] > 0
+    chat = load_model(out / "chat")
+    assert chat.config.rope_theta == rec.longctx.rope_theta and chat.config.hidden_size == 64
+    # --resume skips every finished stage.
+    again = run_nano(rec, resume=True)
+    assert "pretrain" not in again["timings_s"] and again["stages"]["pretrain"]["steps"] == 6
