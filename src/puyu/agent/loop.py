@@ -27,7 +27,9 @@ with `Error(fatal=True)` and `Final(reason="error")`.
 
 Messages appended to the history use `render_chat`'s contract: an assistant message with `tool_calls`
 or `code`, then `{"role": "environment", "name": "<|plugin|>" or "<|interpreter|>", "content": ...}`.
-A malformed action is kept verbatim in the assistant content, as the model wrote it.
+A malformed action is replayed as the model wrote it, in the message's `raw_action`
+(`{"type": "plugin"|"interpreter"|"unknown", "text": ...}`), never as marker text inside `content`
+(contents are always encoded as plain text).
 """
 
 from __future__ import annotations
@@ -39,8 +41,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from puyu.agent.protocol import (
-    ACTION_END,
-    ACTION_START,
     INTERPRETER,
     PLUGIN,
     ActionError,
@@ -250,8 +250,8 @@ class Agent:
         else:
             assert isinstance(action, ActionError)
             marker = INTERPRETER if action.kind == "interpreter" else PLUGIN
-            head = f"{ACTION_START}{marker}\n" if action.kind != "unknown" else ACTION_START
-            history.append({"role": "assistant", "content": f"{text}{head}{action.raw}{ACTION_END}"})
+            history.append({"role": "assistant", "content": text,
+                            "raw_action": {"type": action.kind, "text": action.raw}})
             yield ToolCall(step, action.kind, action.name or "", {})
             yield from self._result(step, action.name or action.kind, ToolResult.failure(action.message),
                                     marker, history)

@@ -32,7 +32,9 @@ whole sequence with `rope_base` pinned to the same value. Linear scaling needs n
 Stopping: a request stops at the model's `eos_token_id` (unless `ignore_eos`), at any of its
 `stop_token_ids` (the stop token is kept in `token_ids` but not in the text), at a stop string (matched
 across token boundaries; the match is never emitted), at `max_new_tokens` ('length'), or when cancelled
-('abort'). Prompts given as strings are encoded with `allow_special=True` (they are rendered templates).
+('abort'). Prompts given as strings are encoded with `allow_special=True`: marker text in them becomes
+special ids, which is right for a raw completion prompt written by its user and wrong for a chat whose
+contents come from elsewhere; chats are submitted as ids from `puyu.model.chat_format.encode_chat`.
 """
 
 from __future__ import annotations
@@ -770,10 +772,11 @@ class Engine:
 
 def chat_policy(engine: Engine, params: SamplingParams | None = None):
     """An agent policy backed by the engine (`puyu.agent.loop.Policy`): `policy(messages, tools=None,
-    interpreter=None)` renders the InternLM2 chat template and yields the assistant turn's text as it
-    streams. It stops at `</s>` and `<|im_end|>`; with tools or the interpreter on it also stops right
+    interpreter=None)` encodes the conversation with `puyu.model.chat_format.encode_chat` (only template
+    markers are special ids; contents and tool results are plain text) and yields the assistant turn's
+    text as it streams. It stops at `</s>` and `<|im_end|>`; with tools or the interpreter on it also stops right
     after `<|action_end|>` (the marker is yielded, so the caller sees the complete action)."""
-    from puyu.model.chat_format import ACTION_END, render_chat
+    from puyu.model.chat_format import ACTION_END, encode_chat
 
     tok = engine.tokenizer
     if tok is None:
@@ -784,7 +787,7 @@ def chat_policy(engine: Engine, params: SamplingParams | None = None):
 
     def policy(messages, tools=None, interpreter=None) -> Iterator[str]:
         stops = chat_stops | ({action_end} if tools or interpreter else set())
-        prompt = render_chat(messages, tools=tools, interpreter=interpreter)
+        prompt = encode_chat(tok, messages, tools, interpreter)
         p = engine.fit(prompt, replace(base, stop_token_ids=sorted(stops)))
         for delta in engine.stream(prompt, p):
             if delta.text:
