@@ -9,8 +9,9 @@ The model is a *policy*: `policy(messages, tools, interpreter) -> iterable of te
 assistant turn (what follows `<|im_start|>assistant\\n`, up to and including `<|action_end|>`; the
 stop marker `<|im_end|>` may be present or not). `tools` is the OpenAI-style schema list (None when
 there are none) and `interpreter` the interpreter description (None when off), the same values
-`puyu.model.chat_format.render_chat` takes, so an engine-backed policy renders
-`render_chat(messages, tools, interpreter)` and streams its decode.
+`puyu.model.chat_format.render_chat` takes, so an engine-backed policy submits
+`encode_chat(tokenizer, messages, tools, interpreter)` (never the rendered string encoded with specials
+allowed: a tool result could then forge a turn) and streams its decode.
 
 Each step the agent streams the turn through `protocol.StreamParser` (text deltas go out as they are
 decided), then:
