@@ -37,9 +37,10 @@ Messages (the OpenAI chat shapes, plus InternLM2's own) are dicts:
 Replayed actions end `<|action_end|>\n<|im_end|>\n`, with a newline before `<|im_end|>`: that is how
 InternLM2's SFT data was written (xtuner's InternLM2 role table puts "\n" after the action end, Lagent's
 InternLM2 protocol does the same, and so does the interpreter example of InternLM's chat-format
-document; its function-call example omits it). The project's InternLM2 fact sheet (shared docs, internlm2.md) says the same: replay it, parse either. The
-action itself, as the model writes it, ends at `<|action_end|>` (`plugin_action`, `interpreter_action`;
-servers stop there) and the parser (`puyu.agent.protocol`) accepts a turn with or without the newline.
+document; its function-call example omits it). The project's InternLM2 fact sheet (shared docs,
+internlm2.md) says the same: replay it, parse either. The action itself, as the model writes it, ends
+at `<|action_end|>` (`plugin_action`, `interpreter_action`; servers stop there) and the parser
+(`puyu.agent.protocol`) accepts a turn with or without the newline.
 
 Injection safety: only the markers the template writes (`<s>`, `<|im_start|>`, `<|im_end|>`,
 `<|action_start|>`, `<|action_end|>`, `<|plugin|>`, `<|interpreter|>`) become special token ids.
