@@ -1,7 +1,7 @@
 """puyu: InternLM2 end to end.
 
 Public API (imported lazily so `import puyu` stays light):
-    load_model, load_tokenizer, render_chat, ModelConfig, SamplingParams, Engine, Interpreter
+    load_model, load_tokenizer, render_chat, encode_chat, ModelConfig, SamplingParams, Engine, Interpreter
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ _EXPORTS = {
     "load_tokenizer": "puyu.model.tokenizer",
     "train_tokenizer": "puyu.model.tokenizer",
     "render_chat": "puyu.model.chat_format",
+    "encode_chat": "puyu.model.chat_format",
     "SamplingParams": "puyu.engine.sampling",
     "Engine": "puyu.engine.scheduler",
     "Interpreter": "puyu.agent.interpreter",

@@ -156,9 +156,12 @@ def test_malformed_calls_are_fed_back_and_recovered():
     assert result.reason == "answer" and result.text == "Lyon has 522250 inhabitants."
     outs = [e for e in result.events if isinstance(e, ToolOutput)]
     assert [o.ok for o in outs] == [False, False, False, False, False, True]
-    # The malformed call is kept in the history as the model wrote it, and still renders.
-    assert result.messages[1]["content"].endswith('"parameters": {"city": "Lyon"}' + ACTION_END)
-    render_chat(result.messages)
+    # The malformed call is kept in the history as the model wrote it (raw_action, not marker text in
+    # the content), and replays as the same action.
+    assert result.messages[1]["raw_action"] == {"type": "plugin",
+                                                "text": '{"name": "get_population", "parameters": {"city": "Lyon"}'}
+    assert (f'{ACTION_START}{PLUGIN}\n{{"name": "get_population", "parameters": {{"city": "Lyon"}}{ACTION_END}\n'
+            f'<|im_end|>') in render_chat(result.messages)
 
 
 def test_step_limit():

@@ -164,3 +164,19 @@ def test_round_trip_with_chat_format():
                          add_generation_prompt=False)
     turn = prompt.split(f"{IM_START}assistant\n", 1)[1]
     assert parse_turn(turn).action.code == CODE
+
+
+@pytest.mark.parametrize("between", ["\n", ""])
+def test_replayed_action_with_or_without_the_newline_parses_alike(between):
+    """render_chat replays `<|action_end|>\\n<|im_end|>` (InternLM2's SFT format: xtuner, Lagent); the
+    function-call example of InternLM's chat-format document omits the newline. Both parse to the call."""
+    args = {"city": "Oslo"}
+    turn = "Let me check." + plugin_action("get_weather", args) + between + "<|im_end|>\n"
+    t = parse_turn(turn)
+    assert (t.text, t.action.name, t.action.arguments, t.closed) == ("Let me check.", "get_weather", args, True)
+    replay = render_chat([{"role": "user", "content": "q"}, {"role": "assistant", "content": "Let me check.",
+                          "tool_calls": [{"function": {"name": "get_weather", "arguments": args}}]}],
+                         add_generation_prompt=False)
+    assert replay.endswith(plugin_action("get_weather", args) + "\n<|im_end|>\n")
+    t2 = parse_turn(replay.split(f"{IM_START}assistant\n", 1)[1])
+    assert (t2.action.name, t2.action.arguments) == ("get_weather", args)

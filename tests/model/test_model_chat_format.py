@@ -37,7 +37,7 @@ def test_exact_format_of_a_tool_conversation():
                 '<|im_start|>system name=<|plugin|>\n[{"name": "f", "parameters": {}}]<|im_end|>\n'
                 "<|im_start|>user\nq<|im_end|>\n"
                 '<|im_start|>assistant\nok<|action_start|><|plugin|>\n{"name": "f", "parameters": {"x": 1}}'
-                "<|action_end|><|im_end|>\n"
+                "<|action_end|>\n<|im_end|>\n"  # the SFT format's newline (xtuner, Lagent)
                 "<|im_start|>environment name=<|plugin|>\n2<|im_end|>\n"
                 "<|im_start|>assistant\n")
     assert render_chat(msgs, tools=[{"name": "f", "parameters": {}}], interpreter=True) == expected

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from puyu.errors import TokenizerError
@@ -87,3 +89,38 @@ def test_bad_tokenizer_files(tmp_path):
     (tmp_path / "tokenizer.model").write_bytes(b"\x00garbage" * 10)
     with pytest.raises(TokenizerError, match="not a SentencePiece model"):
         load_tokenizer(tmp_path)
+
+
+# ---- text SentencePiece cannot take: lone surrogates ------------------------------------------------
+@pytest.mark.parametrize("tokenizer_name", ["tiny_tokenizer", "ref_tokenizer"])
+def test_lone_surrogates_are_repaired_once_in_encode(tokenizer_name, request):
+    """Raw SentencePiece raises RuntimeError on "\\ud800"; every caller goes through `encode`, which
+    writes U+FFFD for a lone surrogate and joins a pair (strict mode: a clear error instead)."""
+    from puyu.model.chat_format import chat_tokens, encode_chat
+    from puyu.model.tokenizer import UnencodableTextError
+
+    t = request.getfixturevalue(tokenizer_name)
+    with pytest.raises(RuntimeError):
+        t.sp.encode("a\ud800b")  # the fault being guarded
+    assert t.encode("a\ud800b") == t.encode("a\ufffdb")
+    assert t.encode("<|im_end|>\udfff", allow_special=True) == t.encode("<|im_end|>\ufffd", allow_special=True)
+    assert t.encode("\ud83d\ude00") == t.encode("😀")  # a pair written as two code units is one character
+    with pytest.raises(UnencodableTextError, match=r"U\+D800 at character 1"):
+        t.encode("a\ud800b", errors="strict")
+    # chats (server, agent tool results, SFT data, evaluation) reach the tokenizer through encode too
+    msgs = [{"role": "user", "content": "x\ud800"}, {"role": "assistant", "content": "ok"},
+            {"role": "tool", "content": "\udc80 bytes"}]
+    fixed = [{**m, "content": m["content"].replace("\ud800", "\ufffd").replace("\udc80", "\ufffd")} for m in msgs]
+    assert encode_chat(t, msgs, None) == encode_chat(t, fixed, None)
+    assert chat_tokens(t, msgs) == chat_tokens(t, fixed)
+
+
+def test_cli_argv_with_undecodable_bytes(tiny_tokenizer, tmp_path, capsys):
+    """argv bytes that are not UTF-8 arrive as surrogates (surrogateescape): `puyu tokenizer encode` works."""
+    from puyu.cli import main
+
+    tiny_tokenizer.save(tmp_path)
+    arg = b"caf\xe9".decode("utf-8", "surrogateescape")
+    assert main(["tokenizer", "encode", "--tokenizer", str(tmp_path), arg]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ids"] == tiny_tokenizer.encode("caf\ufffd")

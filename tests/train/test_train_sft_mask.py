@@ -27,9 +27,9 @@ CONVERSATION = [
 def _assistant_bodies() -> list[str]:
     """What the model must write for each assistant message, by the chat format's own helpers."""
     return [
-        "Let me check." + plugin_action("get_weather", {"city": "Oslo"}) + IM_END,
+        "Let me check." + plugin_action("get_weather", {"city": "Oslo"}) + "\n" + IM_END,
         "It is 3 degrees." + IM_END,
-        interpreter_action("print(12 * 34)") + IM_END,
+        interpreter_action("print(12 * 34)") + "\n" + IM_END,
         "12*34 = 408." + IM_END,
     ]
 

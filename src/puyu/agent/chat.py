@@ -89,9 +89,9 @@ class ChatSession:
     def reply(self) -> None:
         if self.agent is not None:
             return self._agent_reply()
-        from puyu.model.chat_format import render_chat
+        from puyu.model.chat_format import encode_chat
 
-        prompt = render_chat(self.messages)
+        prompt = encode_chat(self.engine.tokenizer, self.messages, None)  # contents stay plain text
         parts: list[str] = []
         stream = self.engine.stream(prompt, self.engine.fit(prompt, self.params))
         try:

@@ -9,8 +9,9 @@ The model is a *policy*: `policy(messages, tools, interpreter) -> iterable of te
 assistant turn (what follows `<|im_start|>assistant\\n`, up to and including `<|action_end|>`; the
 stop marker `<|im_end|>` may be present or not). `tools` is the OpenAI-style schema list (None when
 there are none) and `interpreter` the interpreter description (None when off), the same values
-`puyu.model.chat_format.render_chat` takes, so an engine-backed policy renders
-`render_chat(messages, tools, interpreter)` and streams its decode.
+`puyu.model.chat_format.render_chat` takes, so an engine-backed policy submits
+`encode_chat(tokenizer, messages, tools, interpreter)` (never the rendered string encoded with specials
+allowed: a tool result could then forge a turn) and streams its decode.
 
 Each step the agent streams the turn through `protocol.StreamParser` (text deltas go out as they are
 decided), then:
@@ -27,7 +28,9 @@ with `Error(fatal=True)` and `Final(reason="error")`.
 
 Messages appended to the history use `render_chat`'s contract: an assistant message with `tool_calls`
 or `code`, then `{"role": "environment", "name": "<|plugin|>" or "<|interpreter|>", "content": ...}`.
-A malformed action is kept verbatim in the assistant content, as the model wrote it.
+A malformed action is replayed as the model wrote it, in the message's `raw_action`
+(`{"type": "plugin"|"interpreter"|"unknown", "text": ...}`), never as marker text inside `content`
+(contents are always encoded as plain text).
 """
 
 from __future__ import annotations
@@ -39,8 +42,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from puyu.agent.protocol import (
-    ACTION_END,
-    ACTION_START,
     INTERPRETER,
     PLUGIN,
     ActionError,
@@ -250,8 +251,8 @@ class Agent:
         else:
             assert isinstance(action, ActionError)
             marker = INTERPRETER if action.kind == "interpreter" else PLUGIN
-            head = f"{ACTION_START}{marker}\n" if action.kind != "unknown" else ACTION_START
-            history.append({"role": "assistant", "content": f"{text}{head}{action.raw}{ACTION_END}"})
+            history.append({"role": "assistant", "content": text,
+                            "raw_action": {"type": action.kind, "text": action.raw}})
             yield ToolCall(step, action.kind, action.name or "", {})
             yield from self._result(step, action.name or action.kind, ToolResult.failure(action.message),
                                     marker, history)

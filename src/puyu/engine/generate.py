@@ -109,10 +109,11 @@ def build_prompts(args: argparse.Namespace, tokenizer) -> list:
     if args.ids:
         return [_parse_ids(t) for t in texts]
     if args.chat:
-        from puyu.model.chat_format import render_chat
+        from puyu.model.chat_format import encode_chat
 
         system = [{"role": "system", "content": args.system}] if args.system else []
-        return [render_chat(system + [{"role": "user", "content": t}]) for t in texts]
+        # ids: the prompt text is a user message (plain text), only the template's markers are special
+        return [encode_chat(tokenizer, system + [{"role": "user", "content": t}], None) for t in texts]
     # Prompts are encoded with special tokens allowed (engine contract); "<s>" here is the bos id.
     return [t if args.no_bos else "<s>" + t for t in texts]
 

@@ -184,6 +184,17 @@ class PagedKVCache:
             self._index[entry[0]] = b
             self._key_of[b] = entry
 
+    def forget_prefixes(self) -> int:
+        """Unregister every prefix block (held ones stay with their sequences; kept ones become free).
+        -> the number of blocks unregistered. Used when the weights that computed them have changed."""
+        n = len(self._key_of)
+        for b in list(self._key_of):
+            self._forget(b)
+        while self._kept:
+            b, _ = self._kept.popitem(last=False)
+            heapq.heappush(self._free, b)
+        return n
+
     def _forget(self, block: int) -> None:
         entry = self._key_of.pop(block, None)
         if entry is not None and self._index.get(entry[0]) == block:

@@ -32,7 +32,9 @@ whole sequence with `rope_base` pinned to the same value. Linear scaling needs n
 Stopping: a request stops at the model's `eos_token_id` (unless `ignore_eos`), at any of its
 `stop_token_ids` (the stop token is kept in `token_ids` but not in the text), at a stop string (matched
 across token boundaries; the match is never emitted), at `max_new_tokens` ('length'), or when cancelled
-('abort'). Prompts given as strings are encoded with `allow_special=True` (they are rendered templates).
+('abort'). Prompts given as strings are encoded with `allow_special=True`: marker text in them becomes
+special ids, which is right for a raw completion prompt written by its user and wrong for a chat whose
+contents come from elsewhere; chats are submitted as ids from `puyu.model.chat_format.encode_chat`.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class _Request:
     seq: SequenceBlocks | None = None
     computed: int = 0  # tokens whose keys/values are in the cache
     keys: list | None = None  # prefix keys of the prompt's full blocks (prefix reuse)
+    epoch: int = -1  # the engine's weights epoch at admission (its blocks are registered only within it)
     output: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
@@ -197,6 +200,13 @@ def decode(model, cache: PagedKVCache, seqs: list[SequenceBlocks], tokens: list[
     return model.output(hidden[:, 0]).float()  # [B, V]
 
 
+def weights_fingerprint(tensors: list[torch.Tensor]) -> tuple:
+    """What identifies the values of `tensors` cheaply: each one's in-place version counter and data
+    pointer. Changes on any in-place op seen by autograd's version counter and on any tensor replaced by
+    one in other memory; blind to writes through `.data` or foreign views (see `Engine`)."""
+    return tuple((t._version, t.data_ptr()) for t in tensors)
+
+
 def request_rope_base(cfg, prompt_len: int, max_new_tokens: int) -> float | None:
     """The fixed RoPE base of a request (module docstring); None when the config's base never changes."""
     if cfg.rope_type != "dynamic":
@@ -286,7 +296,20 @@ class Engine:
     prefix_cache: keep the cache blocks of finished prompts and answers (full blocks only) and let later
     requests that start with the same tokens (and RoPE base) adopt them instead of prefilling them again:
     a chat's next turn, a shared system prompt, an agent's growing history (`puyu.engine.kv_cache`, "Prefix
-    reuse"); `stats()["prefix_hit_tokens"]` counts the prompt tokens so skipped;
+    reuse"); `stats()["prefix_hit_tokens"]` counts the prompt tokens so skipped. Kept blocks are only
+    valid for the weights that computed them, and the engine (its native kernel included) reads the
+    model's weights in place, so an RL loop may update them between requests. The engine therefore keeps
+    a weights fingerprint: the `_version` counter and data pointer of every parameter and buffer
+    (`weights_fingerprint`). It is compared before each admission that could adopt blocks and before
+    each registration; when it differs, every kept prefix is forgotten (`stats()["prefix_flushes"]`)
+    and requests admitted under the older weights register nothing. Version counters move on every
+    in-place op on the tensor or a `detach()`ed view of it (`optimizer.step()`, `p.add_()`, `p.copy_()`,
+    `load_state_dict`, also under `torch.no_grad()`), and `p.data = x` changes the data pointer. Writes
+    that bypass the counter are invisible: in place through `p.data` (`p.data.add_()`), through numpy
+    views or DLPack, or by another process sharing the memory; so is a Parameter object swapped on the
+    module (the engine keeps the tensors it was built with). After such a write call
+    `invalidate_prefix_cache()`. A request running while the weights change keeps its own keys/values
+    (it is not restarted) but registers none of them;
     threads: intra-op threads of the engine's own thread (default: what `torch.get_num_threads()` says
     in the thread that builds the engine). A forward with little work (under `SMALL_FORWARD_FLOPS`)
     runs on one thread: the model runs on the engine's thread, not the process's first thread, and
@@ -334,7 +357,10 @@ class Engine:
         self._running: list[_Request] = []
         self._ids = itertools.count()
         self._counters = {"steps": 0, "decode_steps": 0, "prefill_tokens": 0, "generated_tokens": 0,
-                          "prefix_hit_tokens": 0}
+                          "prefix_hit_tokens": 0, "prefix_flushes": 0}
+        self._weights = list(model.parameters()) + list(model.buffers())
+        self._fingerprint = weights_fingerprint(self._weights)
+        self._epoch = 0  # bumped whenever kept prefixes are forgotten; requests register only in their own
         self._closed = False
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=_scheduler_main, args=(weakref.ref(self), self._inbox, threads),
@@ -404,6 +430,28 @@ class Engine:
         self._enqueue(req)
         RequestHandle(self, req).result()
         return torch.cat(req.score)
+
+    def invalidate_prefix_cache(self) -> None:
+        """Forget every kept prefix block now (thread-safe; waits for the scheduler between steps).
+        Needed only after weight writes the fingerprint cannot see (`p.data`, numpy views: see the class
+        docstring); in-place updates through the tensors themselves are detected without it."""
+        def flush():
+            self._fingerprint = weights_fingerprint(self._weights)
+            self._flush_prefixes()
+
+        self._call(flush)
+
+    def _flush_prefixes(self) -> None:
+        self.cache.forget_prefixes()
+        self._epoch += 1
+        self._counters["prefix_flushes"] += 1
+
+    def _weights_current(self) -> None:
+        """Forget kept prefixes if the weights changed since the last check (scheduler thread)."""
+        fp = weights_fingerprint(self._weights)
+        if fp != self._fingerprint:
+            self._fingerprint = fp
+            self._flush_prefixes()
 
     def stats(self) -> dict:
         c = self.cache
@@ -544,6 +592,7 @@ class Engine:
                 continue
             hits = []
             if self.prefix_cache and r.score is None:
+                self._weights_current()
                 if r.keys is None:
                     r.keys = self.cache.prefix_keys(r.prompt, r.base)
                 # the prompt's last token is always computed: its logits give the first new token
@@ -551,6 +600,7 @@ class Engine:
             if not self.cache.can_admit(r.budget, hits):
                 return
             self._waiting.popleft()
+            r.epoch = self._epoch
             r.seq = SequenceBlocks(self.cache, r.budget, prefix=hits)
             r.computed = len(hits) * self.cache.block_size
             self._counters["prefix_hit_tokens"] += r.computed
@@ -609,9 +659,14 @@ class Engine:
         for r in group:
             self._counters["prefill_tokens"] += len(r.prompt) - r.computed
             r.computed = len(r.prompt)
-            if r.keys is not None:
+            if r.keys is not None and self._may_register(r):
                 r.seq.register(r.keys)
         self._sample_and_emit(group, logits)
+
+    def _may_register(self, r: _Request) -> bool:
+        """Whether r's blocks were all computed with the current weights (checked now)."""
+        self._weights_current()
+        return r.epoch == self._epoch
 
     def _prefill_chunk(self, r: _Request, n: int) -> None:
         start, P = r.computed, len(r.prompt)
@@ -691,7 +746,7 @@ class Engine:
         if r.done.is_set():
             return
         if r.seq is not None:
-            if self.prefix_cache and r.keys is not None and r.computed > len(r.prompt):
+            if self.prefix_cache and r.keys is not None and r.computed > len(r.prompt) and self._may_register(r):
                 # generated tokens too: the next turn of a chat sends this answer back in its prompt
                 cached = (r.prompt + r.output)[:r.computed]
                 r.seq.register(self.cache.prefix_keys(cached, r.base, known=r.keys))
@@ -717,10 +772,11 @@ class Engine:
 
 def chat_policy(engine: Engine, params: SamplingParams | None = None):
     """An agent policy backed by the engine (`puyu.agent.loop.Policy`): `policy(messages, tools=None,
-    interpreter=None)` renders the InternLM2 chat template and yields the assistant turn's text as it
-    streams. It stops at `</s>` and `<|im_end|>`; with tools or the interpreter on it also stops right
+    interpreter=None)` encodes the conversation with `puyu.model.chat_format.encode_chat` (only template
+    markers are special ids; contents and tool results are plain text) and yields the assistant turn's
+    text as it streams. It stops at `</s>` and `<|im_end|>`; with tools or the interpreter on it also stops right
     after `<|action_end|>` (the marker is yielded, so the caller sees the complete action)."""
-    from puyu.model.chat_format import ACTION_END, render_chat
+    from puyu.model.chat_format import ACTION_END, encode_chat
 
     tok = engine.tokenizer
     if tok is None:
@@ -731,7 +787,7 @@ def chat_policy(engine: Engine, params: SamplingParams | None = None):
 
     def policy(messages, tools=None, interpreter=None) -> Iterator[str]:
         stops = chat_stops | ({action_end} if tools or interpreter else set())
-        prompt = render_chat(messages, tools=tools, interpreter=interpreter)
+        prompt = encode_chat(tok, messages, tools, interpreter)
         p = engine.fit(prompt, replace(base, stop_token_ids=sorted(stops)))
         for delta in engine.stream(prompt, p):
             if delta.text:

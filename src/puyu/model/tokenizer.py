@@ -6,13 +6,24 @@ named `<|im_start|>` etc. Either way `special_ids` maps the chat-token text to i
 
 Injection safety: with `allow_special=False` (the default, for user text) no special or user-defined
 piece can come out of `encode`: text such as "<|im_start|>" or "[UNUSED_TOKEN_146]" stays plain text.
-Templates encode with `allow_special=True`.
+Templates encode with `allow_special=True`; chats go through `puyu.model.chat_format.encode_chat`, which
+allows specials only for the template's own markers.
+
+Text SentencePiece cannot take: a Python string may hold lone UTF-16 surrogates ("\\ud800": valid in
+JSON, produced by `surrogateescape` when argv or a file holds bytes that are not UTF-8), which have no
+UTF-8 form, and SentencePiece fails on them. `encode` repairs them once, here, for every caller (CLI,
+agent tool results, interpreter output, training data, evaluation inputs): a surrogate pair is joined
+into its character and each lone surrogate becomes U+FFFD, the replacement character the data pipeline
+also uses. `errors="strict"` raises `UnencodableTextError` instead. The server refuses such text before
+it gets here (400 naming the field, `puyu.serve.openai_schema`). Every other code point (NUL, U+FFFE,
+private use, U+10FFFF) is encodable (byte fallback).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import shutil
@@ -20,7 +31,28 @@ import tempfile
 from pathlib import Path
 
 from puyu.errors import TokenizerError
-from puyu.model.chat_format import BOS, CHAT_TOKENS, EOS, IM_END, chat_template
+from puyu.model.chat_format import BOS, CHAT_TOKENS, EOS, IM_END, TEMPLATE_VERSION, chat_template
+
+log = logging.getLogger(__name__)
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+class UnencodableTextError(TokenizerError, ValueError):
+    """Text the tokenizer cannot encode (a lone surrogate) with `errors="strict"`."""
+
+
+def repair_text(text: str, errors: str = "replace") -> str:
+    """`text` with surrogate pairs joined and lone surrogates replaced by U+FFFD ("replace"), or an
+    UnencodableTextError naming the first one ("strict"). Text without surrogates is returned as is."""
+    m = _SURROGATE_RE.search(text)
+    if m is None:
+        return text
+    if errors == "strict":
+        raise UnencodableTextError(f"text contains a lone UTF-16 surrogate (U+{ord(m.group()):04X} at character "
+                                   f"{m.start()}), which is not valid Unicode and cannot be tokenized")
+    if errors != "replace":
+        raise ValueError(f"errors must be 'replace' or 'strict', got {errors!r}")
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 # The real InternLM2 tokenizer's spare pieces behind the chat tokens (docs/internlm2.md).
 _INTERNLM2_RAW = {tok: f"[UNUSED_TOKEN_{141 + i}]" for i, tok in enumerate(CHAT_TOKENS)}
@@ -84,9 +116,13 @@ class Tokenizer:
         out += self._encode_plain(text[pos:]) if pos < len(text) else []
         return out
 
-    def encode(self, text: str, add_bos: bool = False, allow_special: bool = False) -> list[int]:
+    def encode(self, text: str, add_bos: bool = False, allow_special: bool = False,
+               errors: str = "replace") -> list[int]:
+        """Ids of `text`. allow_special: marker text becomes special ids (module docstring); errors:
+        "replace" (lone surrogates -> U+FFFD) or "strict" (UnencodableTextError)."""
         if not isinstance(text, str):
             raise TypeError(f"encode expects str, got {type(text).__name__}")
+        text = repair_text(text, errors)
         ids = [self.bos_id] if add_bos else []
         if not allow_special:
             return ids + self._encode_plain(text)
@@ -131,6 +167,7 @@ class Tokenizer:
             "bos_token": BOS, "eos_token": EOS, "unk_token": "<unk>", "pad_token": EOS,
             "additional_special_tokens": list(CHAT_TOKENS), "added_tokens_decoder": added,
             "model_max_length": 1_000_000, "chat_template": chat_template(),
+            "puyu_chat_template_version": TEMPLATE_VERSION,
         }
 
     def save(self, directory: str | Path) -> None:
@@ -168,11 +205,63 @@ def _piece_types(sp) -> dict[int, int]:
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """A directory holding `tokenizer.model`, or the `.model` file itself."""
+    """A directory holding `tokenizer.model`, or the `.model` file itself. A directory whose
+    `tokenizer_config.json` carries an older puyu chat template gets a warning (see `template_status`)."""
     p = Path(path)
     if p.is_dir():
+        if template_status(p) == "outdated":
+            log.warning("%s carries an older puyu chat template (Hugging Face apply_chat_template would render "
+                        "differently from puyu); update it with: puyu tokenizer update-template %s", p, p)
         p = p / "tokenizer.model"
     return Tokenizer(p)
+
+
+# ---- the chat template saved beside the tokenizer ---------------------------------------------------
+_V1_SIGNATURE = "{%- set ns = namespace(start=0) -%}"  # puyu's template before versions were written
+
+
+def template_status(directory: str | Path) -> str:
+    """What `directory/tokenizer_config.json` holds: "absent" (no file or no chat_template), "current"
+    (this puyu's template), "outdated" (a template written by an older puyu: version key lower than
+    `TEMPLATE_VERSION`, or the unversioned first template) or "foreign" (anything else, e.g. InternLM's
+    own template: left alone). puyu itself never renders with the saved template; only Hugging Face
+    `apply_chat_template` users see the difference. Checkpoints saved since carry the current template
+    (`save_pretrained` rewrites it); older ones: `puyu tokenizer update-template DIR`."""
+    f = Path(directory) / "tokenizer_config.json"
+    if not f.is_file():
+        return "absent"
+    try:
+        cfg = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "foreign"
+    tmpl = cfg.get("chat_template") if isinstance(cfg, dict) else None
+    if not isinstance(tmpl, str):
+        return "absent"
+    if tmpl == chat_template():
+        return "current"
+    version = cfg.get("puyu_chat_template_version")
+    if (isinstance(version, int) and version < TEMPLATE_VERSION) or (version is None and _V1_SIGNATURE in tmpl):
+        return "outdated"
+    return "foreign"
+
+
+def update_template(directory: str | Path, force: bool = False) -> str:
+    """Rewrite the chat template (and its version) in `directory/tokenizer_config.json`, keeping every
+    other key. Only an "outdated" puyu template is replaced unless `force`. -> the status before."""
+    d = Path(directory)
+    status = template_status(d)
+    f = d / "tokenizer_config.json"
+    if not f.is_file():
+        raise TokenizerError(f"{f} does not exist")
+    if status == "current" or (status != "outdated" and not force):
+        return status
+    cfg = json.loads(f.read_text(encoding="utf-8"))
+    cfg["chat_template"] = chat_template()
+    cfg["puyu_chat_template_version"] = TEMPLATE_VERSION
+    tmp = f.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, f)
+    return status
 
 
 # ---- training ------------------------------------------------------------------------------------
@@ -221,9 +310,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--tokenizer", required=True, help="directory or tokenizer.model")
     e.add_argument("text")
     e.add_argument("--allow-special", action="store_true", help="map chat-token text to special ids")
+    u = sub.add_parser("update-template", help="rewrite an older puyu chat template in tokenizer_config.json")
+    u.add_argument("directory", help="checkpoint or tokenizer directory")
+    u.add_argument("--check", action="store_true", help="only report; exit 1 when the template is outdated")
+    u.add_argument("--force", action="store_true", help="also replace a template puyu did not write")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.tok_command == "update-template":
+        if args.check:
+            status = template_status(args.directory)
+            print(f"{args.directory}: chat template {status}")
+            return 1 if status == "outdated" else 0
+        before = update_template(args.directory, force=args.force)
+        done = before == "outdated" or (args.force and before != "current")
+        print(f"{args.directory}: chat template {before}" + (" -> rewritten" if done else " (left as is)"))
+        return 0
     if args.tok_command == "train":
         tok = train_tokenizer(args.inputs, args.out, vocab_size=args.vocab_size)
         print(f"trained tokenizer with {tok.vocab_size} pieces -> {args.out}")

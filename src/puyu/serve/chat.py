@@ -7,9 +7,9 @@ The server turns the same `Event` stream into one JSON response or into SSE chun
 non-streaming answers cannot drift apart.
 
 Contracts:
-- Message contents are encoded without special tokens (`allow_special=False`): a user or tool message
-  that contains the text "<|im_start|>" cannot forge a chat turn. Only the markers `render_chat` writes
-  become special ids. (Tool schemas and tool-call arguments are rendered as JSON by the template.)
+- Prompts are encoded by `puyu.model.chat_format.encode_chat`: only the markers the template writes
+  become special ids; message contents, names, replayed tool-call arguments, tool names, descriptions
+  and schemas are plain text, so "<|im_start|>" in any of them cannot forge a chat turn.
 - `tool_choice`: "none" leaves the tools out of the prompt; "auto" declares them; "required" starts the
   assistant turn with `<|action_start|><|plugin|>\\n` and a named choice also writes
   `{"name": "<name>", "parameters": ` so the model can only complete the call's arguments (prefix forcing,
@@ -89,7 +89,7 @@ def chat_prompt(tokenizer, req: ChatCompletionRequest, interpreter=None) -> Prom
         forced = f"{ACTION_START}{PLUGIN}\n"
     elif tools and isinstance(choice, NamedToolChoice):
         # Ends before the space: a trailing "▁" piece would split the usual '▁{"' token (BPE boundary).
-        forced = f'{ACTION_START}{PLUGIN}\n{{"name": {json.dumps(choice.function.name)}, "parameters":'
+        forced = f'{ACTION_START}{PLUGIN}\n{{"name": {json.dumps(choice.function.name, ensure_ascii=False)}, "parameters":'
     stops = list(tokenizer.stop_ids)
     if tools or interpreter:
         stops.append(tokenizer.special_ids[ACTION_END])

@@ -16,6 +16,7 @@ own streaming deltas look (absent, not null, fields).
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any, Literal
@@ -64,7 +65,10 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
     ("messages.0.role"), with OpenAI's wording for unknown arguments and malformed JSON."""
     if not errors:
         return "invalid request", None
-    e = errors[0]
+    # Text that is not Unicode is named first: inside a union (content: str | parts) the other member's
+    # mismatch would otherwise hide it.
+    e = next((x for x in errors if x.get("type") == "string_unicode" or "lone UTF-16 surrogate" in x.get("msg", "")),
+             errors[0])
     loc = [str(p) for p in e.get("loc", ())]
     loc = loc[1:] if loc and loc[0] in ("body", "path", "query", "header") else loc
     # Union members add their type name to the location ("stop.str"); keep only real field names.
@@ -78,6 +82,8 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
     if kind == "extra_forbidden":
         return f"unrecognized request argument supplied: {param}", param
     msg = e.get("msg", "invalid value")
+    if kind == "string_unicode":  # pydantic's own check of some str fields: lone surrogates, as ours says
+        msg = unencodable(e.get("input")) or msg
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
@@ -98,8 +104,34 @@ _MODEL_NAMES: set[str] = set()  # filled at the end of the module
 
 
 # ---- requests -------------------------------------------------------------------------------------
+def unencodable(v) -> str | None:
+    """A description of the first text in `v` (a string, or nested in lists and dict keys/values) that
+    is not valid Unicode (a lone UTF-16 surrogate such as "\\ud800", valid JSON but not text), or None.
+    Such text cannot be encoded by the tokenizer: requests carrying it are refused (400, the field named)."""
+    if isinstance(v, str):
+        m = _SURROGATE_RE.search(v)
+        return None if m is None else (f"contains a lone UTF-16 surrogate (U+{ord(m.group()):04X} at character "
+                                       f"{m.start()}), which is not valid Unicode text")
+    if isinstance(v, (list, tuple)):
+        return next((e for e in map(unencodable, v) if e), None)
+    if isinstance(v, dict):
+        return next((e for e in map(unencodable, [*v.keys(), *v.values()]) if e), None)
+    return None
+
+
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _valid_unicode(cls, v):
+        problem = unencodable(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
 
 class TextPart(_Strict):

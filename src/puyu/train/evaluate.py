@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 
-from puyu.model.chat_format import IM_END, render_chat
+from puyu.model.chat_format import IM_END, encode_chat
 from puyu.tasks.synthetic import SYSTEM, TOOLS, Problem, passkey_prompt
 
 
@@ -51,8 +51,7 @@ def chat_arithmetic_accuracy(model, tokenizer, problems: list[Problem], engine=N
     """Through the chat template: user `12+34`-style question, the assistant must write `12+34=46`
     (or just `46`) and end the turn with `<|im_end|>`."""
     engine = engine or _engine(model, tokenizer)
-    prompts = [tokenizer.encode(render_chat([{"role": "user", "content": p.prompt}]), allow_special=True)
-               for p in problems]
+    prompts = [encode_chat(tokenizer, [{"role": "user", "content": p.prompt}], None) for p in problems]
     results = _greedy(engine, prompts, max_new=16, stop_ids=tokenizer.stop_ids)
     im_end = tokenizer.special_ids[IM_END]
     correct = ended = 0
@@ -100,8 +99,7 @@ def sample_chats(model, tokenizer, chats: list[dict] | None = None, engine=None)
     """Greedy replies to a few conversations; reports how many end their turn with `<|im_end|>`."""
     engine = engine or _engine(model, tokenizer)
     chats = chats or SAMPLE_CHATS
-    prompts = [tokenizer.encode(render_chat(c["messages"], tools=c.get("tools"), interpreter=c.get("interpreter")),
-                                allow_special=True) for c in chats]
+    prompts = [encode_chat(tokenizer, c["messages"], c.get("tools"), c.get("interpreter")) for c in chats]
     results = _greedy(engine, prompts, max_new=96, stop_ids=tokenizer.stop_ids)
     im_end = tokenizer.special_ids[IM_END]
     samples = []
