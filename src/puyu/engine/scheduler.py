@@ -200,11 +200,38 @@ def decode(model, cache: PagedKVCache, seqs: list[SequenceBlocks], tokens: list[
     return model.output(hidden[:, 0]).float()  # [B, V]
 
 
+FINGERPRINT_SAMPLES = 64  # values sampled per tensor (evenly strided) for the weights fingerprint
+
+
 def weights_fingerprint(tensors: list[torch.Tensor]) -> tuple:
-    """What identifies the values of `tensors` cheaply: each one's in-place version counter and data
-    pointer. Changes on any in-place op seen by autograd's version counter and on any tensor replaced by
-    one in other memory; blind to writes through `.data` or foreign views (see `Engine`)."""
-    return tuple((t._version, t.data_ptr()) for t in tensors)
+    """What identifies the values of `tensors` cheaply: each one's object identity, in-place version
+    counter and data pointer, plus the bytes of `FINGERPRINT_SAMPLES` values read at an even stride
+    (a numpy view on the CPU).
+
+    The counters see every in-place op autograd tracks (`p.add_()`, `copy_`, `load_state_dict`, the
+    default optimizers); the identity sees Parameters swapped on the module (`load_state_dict(...,
+    assign=True)`); the sampled values see writes that bypass the counter and may reuse the same memory
+    (fused optimizers, `p.data.add_()`, `model.to(bf16).to(fp32)`, numpy views) whenever they change
+    any sampled value, which any dense update does. Blind only to a write that bypasses the counter and
+    changes no sampled element (a targeted write to a few other entries): call
+    `Engine.invalidate_prefix_cache()` after such a write."""
+    ids = tuple((id(t), t._version, t.data_ptr()) for t in tensors)
+    return ids, b"".join(_sampled_bytes(t) for t in tensors)
+
+
+def _sampled_bytes(t: torch.Tensor) -> bytes:
+    """The raw bytes of up to FINGERPRINT_SAMPLES values of `t` at an even stride (numpy views on the
+    CPU: ~1 us; a small gather elsewhere)."""
+    flat = t.detach().reshape(-1)
+    step = max(1, flat.numel() // FINGERPRINT_SAMPLES)
+    if flat.device.type == "cpu":
+        if flat.dtype in (torch.bfloat16, torch.float16):
+            flat = flat.view(torch.int16)
+        try:
+            return flat.numpy()[::step][:FINGERPRINT_SAMPLES].tobytes()
+        except TypeError:  # a dtype numpy lacks
+            pass
+    return flat[::step][:FINGERPRINT_SAMPLES].float().cpu().numpy().tobytes()
 
 
 def request_rope_base(cfg, prompt_len: int, max_new_tokens: int) -> float | None:
@@ -299,16 +326,15 @@ class Engine:
     reuse"); `stats()["prefix_hit_tokens"]` counts the prompt tokens so skipped. Kept blocks are only
     valid for the weights that computed them, and the engine (its native kernel included) reads the
     model's weights in place, so an RL loop may update them between requests. The engine therefore keeps
-    a weights fingerprint: the `_version` counter and data pointer of every parameter and buffer
-    (`weights_fingerprint`). It is compared before each admission that could adopt blocks and before
-    each registration; when it differs, every kept prefix is forgotten (`stats()["prefix_flushes"]`)
-    and requests admitted under the older weights register nothing. Version counters move on every
-    in-place op on the tensor or a `detach()`ed view of it (`optimizer.step()`, `p.add_()`, `p.copy_()`,
-    `load_state_dict`, also under `torch.no_grad()`), and `p.data = x` changes the data pointer. Writes
-    that bypass the counter are invisible: in place through `p.data` (`p.data.add_()`), through numpy
-    views or DLPack, or by another process sharing the memory; so is a Parameter object swapped on the
-    module (the engine keeps the tensors it was built with). After such a write call
-    `invalidate_prefix_cache()`. A request running while the weights change keeps its own keys/values
+    a weights fingerprint (`weights_fingerprint`: identity, `_version` counter and data pointer of every
+    parameter and buffer, and 64 sampled values of each). It is compared before each admission that
+    could adopt blocks and before each registration; when it differs, every kept prefix is forgotten
+    (`stats()["prefix_flushes"]`) and requests admitted under the older weights register nothing. It
+    sees in-place ops (`optimizer.step()`, fused optimizers too, `p.add_()`, `p.copy_()`,
+    `load_state_dict`, with or without `assign=True`), `p.data = x`, and dense writes through `.data` or
+    numpy views; it is blind only to a write that bypasses the version counter and changes none of the
+    sampled values. After such a write call `invalidate_prefix_cache()`. A request running while the
+    weights change keeps its own keys/values
     (it is not restarted) but registers none of them;
     threads: intra-op threads of the engine's own thread (default: what `torch.get_num_threads()` says
     in the thread that builds the engine). A forward with little work (under `SMALL_FORWARD_FLOPS`)
@@ -358,8 +384,7 @@ class Engine:
         self._ids = itertools.count()
         self._counters = {"steps": 0, "decode_steps": 0, "prefill_tokens": 0, "generated_tokens": 0,
                           "prefix_hit_tokens": 0, "prefix_flushes": 0}
-        self._weights = list(model.parameters()) + list(model.buffers())
-        self._fingerprint = weights_fingerprint(self._weights)
+        self._fingerprint = weights_fingerprint(self._weight_tensors())
         self._epoch = 0  # bumped whenever kept prefixes are forgotten; requests register only in their own
         self._closed = False
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -436,10 +461,14 @@ class Engine:
         Needed only after weight writes the fingerprint cannot see (`p.data`, numpy views: see the class
         docstring); in-place updates through the tensors themselves are detected without it."""
         def flush():
-            self._fingerprint = weights_fingerprint(self._weights)
+            self._fingerprint = weights_fingerprint(self._weight_tensors())
             self._flush_prefixes()
 
         self._call(flush)
+
+    def _weight_tensors(self) -> list[torch.Tensor]:
+        """The model's parameters and buffers as they are now (a swapped Parameter is seen)."""
+        return list(self.model.parameters()) + list(self.model.buffers())
 
     def _flush_prefixes(self) -> None:
         self.cache.forget_prefixes()
@@ -448,7 +477,7 @@ class Engine:
 
     def _weights_current(self) -> None:
         """Forget kept prefixes if the weights changed since the last check (scheduler thread)."""
-        fp = weights_fingerprint(self._weights)
+        fp = weights_fingerprint(self._weight_tensors())
         if fp != self._fingerprint:
             self._fingerprint = fp
             self._flush_prefixes()
