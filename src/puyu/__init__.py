@@ -1,7 +1,11 @@
 """puyu: InternLM2 end to end.
 
 Public API (imported lazily so `import puyu` stays light):
-    load_model, load_tokenizer, render_chat, encode_chat, ModelConfig, SamplingParams, Engine, Interpreter
+    load_model, load_tokenizer, render_chat, encode_chat, ModelConfig, SamplingParams, Engine, Interpreter,
+    Agent
+
+Modules inside the package never import this root (`from puyu import Engine`): that would let a lower
+layer reach a higher one past the import-linter contracts (tests/test_layers.py checks it).
 """
 
 from __future__ import annotations

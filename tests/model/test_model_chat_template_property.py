@@ -119,6 +119,21 @@ def test_the_issue_examples(hf):
     assert ours == theirs == ("error", "message 0: content part 0 is not a text part (InternLM2 chat takes text only)")
 
 
+@pytest.mark.parametrize("args, want", [
+    ("", ("ok", '"parameters": {}}')),
+    ("  ", ("ok", '"parameters": {}}')),
+    ('{"city": "Oslo"}', ("ok", '"parameters": {"city": "Oslo"}}')),
+    ("x y", ("error", "message 0: tool call arguments must be a JSON object")),
+    ("[1, 2]", ("error", "message 0: tool call arguments must be a JSON object")),
+])
+def test_argument_strings_render_or_fail_alike(hf, args, want):
+    """Clients replay "" for calls without arguments; strings that cannot be a JSON object fail alike."""
+    call = [{"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": args}}]}]
+    ours, theirs = _both(hf, call, None, None, False)
+    assert ours == theirs
+    assert ours[0] == want[0] and want[1] in ours[1]
+
+
 # ---- checkpoints saved with the older template -------------------------------------------------------
 V1 = Path(__file__).with_name("chat_template_v1.jinja")
 
@@ -152,3 +167,16 @@ def test_old_template_is_warned_about_and_rewritten(tiny_tokenizer, tmp_path, ca
     del cfg["puyu_chat_template_version"]
     (d / "tokenizer_config.json").write_text(json.dumps(cfg), encoding="utf-8")
     assert update_template(d) == "foreign" and template_status(d) == "foreign"
+
+
+def test_a_missing_template_is_reported_and_written(tiny_tokenizer, tmp_path):
+    from puyu.cli import main
+
+    tiny_tokenizer.save(tmp_path)
+    f = tmp_path / "tokenizer_config.json"
+    cfg = json.loads(f.read_text(encoding="utf-8"))
+    del cfg["chat_template"]
+    f.write_text(json.dumps(cfg), encoding="utf-8")
+    assert main(["tokenizer", "update-template", str(tmp_path), "--check"]) == 1
+    assert main(["tokenizer", "update-template", str(tmp_path)]) == 0
+    assert template_status(tmp_path) == "current"

@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `puyu info --json | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     rc = int(rc or 0)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and argv is None:
         # A torchrun worker whose work is done and whose process group is destroyed leaves now: the

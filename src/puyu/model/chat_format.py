@@ -23,9 +23,10 @@ Messages (the OpenAI chat shapes, plus InternLM2's own) are dicts:
 - `name` (optional): `role name=X` (`user name=file` announces uploaded files); "plugin"/"interpreter"
   (or the markers themselves) name the tool turns.
 - assistant `tool_calls`: OpenAI's `[{"type": "function", "function": {"name", "arguments"}}]` (or bare
-  `{"name", "arguments"|"parameters"}`). `arguments` may be a JSON string (kept verbatim; `render_chat`
-  also checks it is JSON, which the template cannot), an object (written as `json.dumps(x,
-  ensure_ascii=False)`) or null/absent (`{}`). InternLM2 calls one tool per turn; several calls in one
+  `{"name", "arguments"|"parameters"}`). `arguments` may be a JSON object string (kept verbatim; `render_chat`
+  also checks it is valid JSON, which the template cannot: the one documented difference), an object
+  (written as `json.dumps(x, ensure_ascii=False)`), null/absent or an empty string (`{}`, as clients
+  replay calls without arguments); any other string is refused by both with the same message. InternLM2 calls one tool per turn; several calls in one
   assistant message (OpenAI parallel calls) are rendered as consecutive actions in that turn, in order,
   and their results are the environment turns that follow (a documented mapping, the same in both).
 - assistant `code`: an interpreter action with a fenced python block.
@@ -150,6 +151,11 @@ def _assistant_body(m: dict, i: int) -> list[Piece]:
         args = fn.get("arguments")
         if args is None:
             args = fn.get("parameters")
+        if isinstance(args, str):  # clients replay "" for calls without arguments
+            if not args.strip():
+                args = None
+            elif not args.strip().startswith("{"):
+                raise ChatFormatError(f"message {i}: tool call arguments must be a JSON object")
         body += [(ACTION_START + PLUGIN + "\n", True, 1), (_call_json(fn["name"], args), False, 1),
                  (ACTION_END + "\n", True, 1)]
     if m.get("code") is not None:
@@ -215,7 +221,7 @@ def render_chat(messages: list[dict], tools: list[dict] | None = None, interpret
 # passes `messages`, `tools`, `add_generation_prompt`, and extra kwargs such as `interpreter`; its
 # sandbox provides `raise_exception`, `namespace` and a `tojson` that is json.dumps(x, ensure_ascii=False);
 # it drops message keys whose value is None). Errors: the same messages as `render_chat`.
-TEMPLATE_VERSION = 2  # bump with any change; tokenizer_config.json carries it as "puyu_chat_template_version"
+TEMPLATE_VERSION = 3  # bump with any change; tokenizer_config.json carries it as "puyu_chat_template_version"
 _ROLE_LIST = "[" + ", ".join(f"'{r}'" for r in ROLES) + "]"
 CHAT_TEMPLATE = (
     "{%- macro text(c, i) -%}"
@@ -282,7 +288,10 @@ CHAT_TEMPLATE = (
     "{%- endif -%}"
     "{%- set args = fn.get('arguments') -%}"
     "{%- if args is none -%}{%- set args = fn.get('parameters') -%}{%- endif -%}"
-    "{%- if args is none -%}{%- set args = {} -%}{%- endif -%}"
+    "{%- if args is none or (args is string and (args | trim) == '') -%}{%- set args = {} -%}{%- endif -%}"
+    "{%- if args is string and not (args | trim).startswith('{') -%}"
+    "{{ raise_exception('message ' ~ i ~ ': tool call arguments must be a JSON object') }}"
+    "{%- endif -%}"
     "{{ '<|action_start|><|plugin|>\n{\"name\": ' + (fn['name'] | tojson) + ', \"parameters\": ' }}"
     "{%- if args is string -%}{{ args }}{%- else -%}{{ args | tojson }}{%- endif -%}"
     "{{ '}<|action_end|>\n' }}"

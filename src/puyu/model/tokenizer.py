@@ -247,13 +247,14 @@ def template_status(directory: str | Path) -> str:
 
 def update_template(directory: str | Path, force: bool = False) -> str:
     """Rewrite the chat template (and its version) in `directory/tokenizer_config.json`, keeping every
-    other key. Only an "outdated" puyu template is replaced unless `force`. -> the status before."""
+    other key. Only an "outdated" puyu template is replaced (or a missing one written) unless `force`.
+    -> the status before."""
     d = Path(directory)
     status = template_status(d)
     f = d / "tokenizer_config.json"
     if not f.is_file():
         raise TokenizerError(f"{f} does not exist")
-    if status == "current" or (status != "outdated" and not force):
+    if status == "current" or (status not in ("outdated", "absent") and not force):
         return status
     cfg = json.loads(f.read_text(encoding="utf-8"))
     cfg["chat_template"] = chat_template()
@@ -321,9 +322,9 @@ def run(args: argparse.Namespace) -> int:
         if args.check:
             status = template_status(args.directory)
             print(f"{args.directory}: chat template {status}")
-            return 1 if status == "outdated" else 0
+            return 1 if status in ("outdated", "absent") else 0  # absent: the template would be missing
         before = update_template(args.directory, force=args.force)
-        done = before == "outdated" or (args.force and before != "current")
+        done = before in ("outdated", "absent") or (args.force and before != "current")
         print(f"{args.directory}: chat template {before}" + (" -> rewritten" if done else " (left as is)"))
         return 0
     if args.tok_command == "train":
