@@ -436,3 +436,20 @@ def test_uploads_never_follow_links_planted_in_the_session(tmp_path):
     assert (d / "data.csv").read_bytes() == b"a,b\n1,2\n" and not (d / "data.csv").is_symlink()
     assert _data_url(str(d / "leak.png"), d) is None
     sessions.close()
+
+
+def test_different_upload_names_never_share_a_file(tmp_path):
+    """Names that reduce to the same safe form (non-ASCII bytes, spaces) keep separate files; Chinese
+    names are kept as written; the same name uploaded again replaces its file."""
+    from puyu.serve.sessions import Sessions
+
+    sessions = Sessions(tmp_path / "sessions")
+    a = sessions.save("s1", "\udcff\udcfe.csv", b"first").filename
+    b = sessions.save("s1", "\udcfa\udcfb.csv", b"second").filename
+    c = sessions.save("s1", "数据 表.csv", b"third").filename
+    assert len({a, b, c}) == 3 and c.startswith("数据_表-") and c.endswith(".csv")
+    assert sessions.save("s1", "数据.csv", b"zh").filename == "数据.csv"
+    assert sessions.save("s1", "\udcff\udcfe.csv", b"again").filename == a
+    d = sessions.directory("s1")
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == {a: b"again", b: b"second", c: b"third", "数据.csv": b"zh"}
+    sessions.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import os
 import re
 import shutil
@@ -41,17 +42,29 @@ from puyu.serve.openai_schema import SESSION_PATTERN, APIError, ChatCompletionRe
 
 MAX_IMAGE_BYTES = 4 << 20  # larger figures are left out of the response (they stay in the session dir)
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_UNSAFE = re.compile(r"[^\w.-]+")  # \w is Unicode-aware: 数据.csv keeps its name
 
 
 def safe_filename(name: str | None) -> str:
-    """A base name that is safe to join to a session directory; a 400 if nothing usable remains."""
+    """A base name that is safe to join to a session directory; a 400 if nothing usable remains.
+
+    Letters and digits of any script, '.', '_' and '-' are kept; any other run becomes '_'. When
+    something was replaced, 8 hex digits of the original name's SHA-256 are added before the extension,
+    so two different names never land on one file (`a b.csv` -> `a_b-0c591648.csv`), while uploading
+    the same name again still replaces that file."""
     base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
-    base = _UNSAFE.sub("_", base).lstrip(".")[-128:]
-    if not base or base.strip("_") == "":
+    clean = _UNSAFE.sub("_", base).lstrip(".")
+    if not clean or clean.strip("_.") == "":
         raise APIError(400, f"the file name {name!r} has no usable characters; use letters, digits, '.', '_' "
                             f"or '-'", param="file")
-    return base
+    if clean != base:
+        tag = hashlib.sha256(base.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        stem, dot, ext = clean.rpartition(".")
+        clean = f"{stem}-{tag}.{ext}" if dot and stem else f"{clean}-{tag}"
+    if len(clean) > 128:
+        stem, dot, ext = clean.rpartition(".")
+        clean = (stem[: 127 - len(ext)] + "." + ext) if dot and len(ext) < 16 else clean[-128:]
+    return clean
 
 
 class Sessions:
