@@ -15,7 +15,8 @@
  * rows (few input rows) or the batch's rows, each core then running the whole forward for its own rows
  * (task_rows); workers spin briefly between parallel regions and then sleep on a condition variable.
  * A prefill is the same call with one row per prompt token (out_rows picks the rows whose logits are
- * wanted). Without AVX-512 the same loops run in portable C.
+ * wanted). Without AVX-512 but with AVX2 + FMA the same structure runs 8 wide (tile8: 1x8, 2x4 or 4x2
+ * tiles, reduce8; 8-key score blocks; value sums in slices of 64 floats); without either, portable C.
  *
  * Built with -DPUYU_PROFILE, the per-phase seconds of every call accumulate in puyu_prof[8] (see forward).
  *
@@ -29,11 +30,22 @@
 #include <string.h>
 #include <time.h>
 
+/* The instruction set is chosen at build time (fused_decode.py passes the flags): AVX-512 where the
+ * compiler targets it, else AVX2 + FMA, else portable C. */
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define PUYU_AVX512 1
+#define PUYU_AVX2 0
+#define PUYU_ISA 2
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define PUYU_AVX512 0
+#define PUYU_AVX2 1
+#define PUYU_ISA 1
 #else
 #define PUYU_AVX512 0
+#define PUYU_AVX2 0
+#define PUYU_ISA 0
 #endif
 
 #define MAX_THREADS 64
@@ -253,6 +265,80 @@ static inline float dot(const float *a, const float *b, int K) {
     }
     return _mm512_reduce_add_ps(acc);
 }
+#elif PUYU_AVX2
+/* r[i] = sum of the 8 lanes of v[i], for i in 0..7 (the 8-wide form of reduce16). */
+static inline __m256 reduce8(const __m256 *v) {
+    __m256 s[4], t[2];
+    for (int i = 0; i < 4; i++) {
+        __m256 a = v[2 * i], b = v[2 * i + 1];
+        s[i] = _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+    }
+    for (int i = 0; i < 2; i++) {
+        __m256 a = s[2 * i], b = s[2 * i + 1];
+        t[i] = _mm256_add_ps(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+    }
+    return _mm256_add_ps(_mm256_permute2f128_ps(t[0], t[1], 0x20), _mm256_permute2f128_ps(t[0], t[1], 0x31));
+}
+
+static inline __m256i tail_mask8(int n) {  /* lanes [0, n) set, n in 1..8 */
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+/* 8 dot products: MR input rows x NR weight rows (MR * NR == 8), sums in row-major order. With 16
+ * ymm registers, 8 accumulators + MR + NR loaded rows is the largest tile that does not spill: each
+ * weight vector loaded serves MR input rows, each input vector NR weight rows. */
+static inline __attribute__((always_inline)) __m256 tile8(const int MR, const int NR, int K, const float *x,
+                                                          int ldx, const float *w, int ldw) {
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 8 <= K; k += 8) {
+        __m256 wv[8], xv[8];
+#pragma GCC unroll 8
+        for (int j = 0; j < NR; j++) wv[j] = _mm256_loadu_ps(w + (long)j * ldw + k);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++) xv[i] = _mm256_loadu_ps(x + (long)i * ldx + k);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+            for (int j = 0; j < NR; j++) acc[i * NR + j] = _mm256_fmadd_ps(xv[i], wv[j], acc[i * NR + j]);
+    }
+    if (k < K) {
+        __m256i mk = tail_mask8(K - k);
+        __m256 wv[8], xv[8];
+#pragma GCC unroll 8
+        for (int j = 0; j < NR; j++) wv[j] = _mm256_maskload_ps(w + (long)j * ldw + k, mk);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++) xv[i] = _mm256_maskload_ps(x + (long)i * ldx + k, mk);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+            for (int j = 0; j < NR; j++) acc[i * NR + j] = _mm256_fmadd_ps(xv[i], wv[j], acc[i * NR + j]);
+    }
+    return reduce8(acc);
+}
+
+static inline float dot(const float *a, const float *b, int K) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), acc1);
+    }
+    for (; k < K; k += 8) {
+        __m256i mk = tail_mask8(K - k < 8 ? K - k : 8);
+        acc0 = _mm256_fmadd_ps(_mm256_maskload_ps(a + k, mk), _mm256_maskload_ps(b + k, mk), acc0);
+    }
+    return hsum8(_mm256_add_ps(acc0, acc1));
+}
 #else
 static inline float dot(const float *a, const float *b, int K) {
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -302,6 +388,30 @@ static inline __attribute__((always_inline)) void tile_rows(const int MR, const 
     }
     dots(m, MR, n, c1, K, x, ldx, W, bias, y, ldy, accumulate);
 }
+#elif PUYU_AVX2
+/* The AVX2 form of tile_rows: MR x NR tiles of 8 sums; row i's NR sums are lanes [i NR, (i + 1) NR). */
+static inline __attribute__((always_inline)) void tile_rows(const int MR, const int NR, int m, int c0, int c1, int K,
+                                                            const float *x, int ldx, const float *W,
+                                                            const float *bias, float *y, int ldy, int accumulate) {
+    int n = c0;
+    for (; n + NR <= c1; n += NR) {
+        __m256 r = tile8(MR, NR, K, x + (long)m * ldx, ldx, W + (long)n * K, K);
+        if (NR == 8) {
+            float *yi = y + (long)m * ldy + n;
+            if (bias) r = _mm256_add_ps(r, _mm256_loadu_ps(bias + n));
+            if (accumulate) r = _mm256_add_ps(r, _mm256_loadu_ps(yi));
+            _mm256_storeu_ps(yi, r);
+            continue;
+        }
+        float sums[8];
+        _mm256_storeu_ps(sums, r);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+            for (int j = 0; j < NR; j++) put(y + (long)(m + i) * ldy + n + j, sums[i * NR + j], bias, n + j, accumulate);
+    }
+    dots(m, MR, n, c1, K, x, ldx, W, bias, y, ldy, accumulate);
+}
 #endif
 
 /* y[m, n] (+)= x[m, :] . W[n, :] (+ bias[n]) for m < M, n in [n0, n1). x [M, K] (row stride ldx),
@@ -328,6 +438,11 @@ static void gemm_nt(int M, int K, const float *x, int ldx, const float *W, const
             m = 1;
         }
         for (; m < M; m++) tile_rows(1, 16, m, c0, c1, K, x, ldx, W, bias, y, ldy, accumulate);
+#elif PUYU_AVX2
+        int m = 0;
+        for (; m + 4 <= M; m += 4) tile_rows(4, 2, m, c0, c1, K, x, ldx, W, bias, y, ldy, accumulate);
+        for (; m + 2 <= M; m += 2) tile_rows(2, 4, m, c0, c1, K, x, ldx, W, bias, y, ldy, accumulate);
+        for (; m < M; m++) tile_rows(1, 8, m, c0, c1, K, x, ldx, W, bias, y, ldy, accumulate);
 #else
         dots(0, M, c0, c1, K, x, ldx, W, bias, y, ldy, accumulate);
 #endif
@@ -363,6 +478,24 @@ static inline __m512 exp512(__m512 x) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
 }
+#elif PUYU_AVX2
+/* exp512's method 8 lanes wide; 2^n is built in the exponent bits (n in [-126, 127] after the clamp). */
+static inline __m256 exp256(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187045e-06f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
 #endif
 
 /* s[i] = exp(s[i] - max) for i < n; returns the sum. */
@@ -384,6 +517,14 @@ static float softmax_exp(float *s, int n, float mx) {
         i = n;
     }
     sum = _mm512_reduce_add_ps(vs);
+#elif PUYU_AVX2
+    __m256 vs = _mm256_setzero_ps(), vm = _mm256_set1_ps(mx);
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + i), vm));
+        _mm256_storeu_ps(s + i, e);
+        vs = _mm256_add_ps(vs, e);
+    }
+    sum = hsum8(vs);
 #endif
     for (; i < n; i++) {
         s[i] = expf(s[i] - mx);
@@ -401,6 +542,13 @@ static void silu_mul(float *g, const float *u, int n) {
         __m512 v = _mm512_loadu_ps(g + i);
         __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), v));
         _mm512_storeu_ps(g + i, _mm512_mul_ps(_mm512_div_ps(v, _mm512_add_ps(one, e)), _mm512_loadu_ps(u + i)));
+    }
+#elif PUYU_AVX2
+    __m256 one = _mm256_set1_ps(1.0f);
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(g + i);
+        __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), v));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_div_ps(v, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
     }
 #endif
     for (; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
@@ -490,6 +638,35 @@ static inline __attribute__((always_inline)) void weighted_values(const int NV, 
             for (int i = 0; i < NV; i++) _mm512_storeu_ps(o + (long)(q0 + q) * NV * 16 + 16 * i, acc[q * NV + i]);
     }
 }
+#elif PUYU_AVX2
+/* The AVX2 form: NV (<= 8) vectors of 8 floats per value row (a slice of D at column d0), up to 8 / NV
+ * queries per pass; outputs o[q * D + d0 ...]. */
+static inline __attribute__((always_inline)) void weighted_values(const int NV, int n_rep, int S, const float *p,
+                                                                  const float *vc, const long *slot, long kstride,
+                                                                  float *o, int D, int d0) {
+    for (int q0 = 0; q0 < n_rep; q0 += 8 / NV) {
+        int nq = n_rep - q0 < 8 / NV ? n_rep - q0 : 8 / NV;
+        __m256 acc[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+        for (int t = 0; t < S; t++) {
+            const float *vt = vc + slot[t] * kstride + d0;
+            __m256 v[8];
+#pragma GCC unroll 8
+            for (int i = 0; i < NV; i++) v[i] = _mm256_loadu_ps(vt + 8 * i);
+#pragma GCC unroll 8
+            for (int q = 0; q < 8 / NV; q++) {
+                if (q < nq) {
+                    __m256 pq = _mm256_set1_ps(p[(long)(q0 + q) * S + t]);
+#pragma GCC unroll 8
+                    for (int i = 0; i < NV; i++) acc[q * NV + i] = _mm256_fmadd_ps(pq, v[i], acc[q * NV + i]);
+                }
+            }
+        }
+        for (int q = 0; q < nq; q++)
+            for (int i = 0; i < NV; i++) _mm256_storeu_ps(o + (long)(q0 + q) * D + d0 + 8 * i, acc[q * NV + i]);
+    }
+}
 #endif
 
 /* Attention of one (row, kv group): its n_rep query heads over positions 0..pos of the row. Keys are
@@ -523,6 +700,22 @@ static void attend_group(Ctx *c, int b, int g, float *scores) {
                 _mm512_storeu_ps(s, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(scale)));
                 continue;
             }
+#elif PUYU_AVX2
+            if (n >= 8 && D % 8 == 0) {  /* 8 keys at a time, then the rest one by one */
+                int j0 = 0;
+                for (; j0 + 8 <= n; j0 += 8) {
+                    __m256 acc[8];
+                    for (int j = 0; j < 8; j++) {
+                        const float *kj = kp[j0 + j];
+                        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(qr), _mm256_loadu_ps(kj));
+                        for (int d = 8; d < D; d += 8) v = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d), _mm256_loadu_ps(kj + d), v);
+                        acc[j] = v;
+                    }
+                    _mm256_storeu_ps(s + j0, _mm256_mul_ps(reduce8(acc), _mm256_set1_ps(scale)));
+                }
+                for (int j = j0; j < n; j++) s[j] = dot(qr, kp[j], D) * scale;
+                continue;
+            }
 #endif
             for (int j = 0; j < n; j++) s[j] = dot(qr, kp[j], D) * scale;
         }
@@ -536,6 +729,8 @@ static void attend_group(Ctx *c, int b, int g, float *scores) {
         float *o = c->att + (long)b * H * D + (long)(g * n_rep + r) * D;
 #if PUYU_AVX512
         if (D == 32 || D == 64 || D == 128) continue;  /* done below, all queries at once */
+#elif PUYU_AVX2
+        if (D % 16 == 0 && D <= 128) continue;  /* done below, all queries at once */
 #endif
         for (int d = 0; d < D; d++) o[d] = 0.0f;
         for (int t = 0; t < S; t++) {
@@ -550,6 +745,17 @@ static void attend_group(Ctx *c, int b, int g, float *scores) {
         if (D == 32) weighted_values(2, n_rep, S, scores, vc, slot, kstride, o);
         else if (D == 64) weighted_values(4, n_rep, S, scores, vc, slot, kstride, o);
         else weighted_values(8, n_rep, S, scores, vc, slot, kstride, o);
+    }
+#elif PUYU_AVX2
+    if (D % 16 == 0 && D <= 128) {
+        float *o = c->att + (long)b * H * D + (long)g * n_rep * D;
+        for (int d0 = 0; d0 < D; d0 += 64)  /* slices of 64, then 32 and/or 16 */
+                if (D - d0 >= 64) weighted_values(8, n_rep, S, scores, vc, slot, kstride, o, D, d0);
+                else if (D - d0 == 32) weighted_values(4, n_rep, S, scores, vc, slot, kstride, o, D, d0);
+                else if (D - d0 == 48) {
+                    weighted_values(4, n_rep, S, scores, vc, slot, kstride, o, D, d0);
+                    weighted_values(2, n_rep, S, scores, vc, slot, kstride, o, D, d0 + 32);
+                } else weighted_values(2, n_rep, S, scores, vc, slot, kstride, o, D, d0);
     }
 #endif
 }
@@ -720,8 +926,8 @@ void puyu_decode(const Args *a, void *scratch, long spin_ns) {
     if (own) pthread_mutex_unlock(&pool.owner);
 }
 
-/* Which kernel this build uses: 1 = AVX-512, 0 = portable C. */
-int puyu_decode_isa(void) { return PUYU_AVX512; }
+/* Which kernel this build uses: 2 = AVX-512, 1 = AVX2 + FMA, 0 = portable C. */
+int puyu_decode_isa(void) { return PUYU_ISA; }
 
 /* A bare product for tests and benchmarks: y = x W^T (+ bias), y [M, N]. */
 void puyu_linear(int M, int K, int N, const float *x, const float *W, const float *bias, float *y) {

@@ -5,11 +5,11 @@ costs its dispatch and launch (~2-5 µs), which is most of the step for the nano
 trains: the 220 aten ops of a nano step take ~0.6 ms while its arithmetic (6.7 MFLOP over 13 MB of
 weights) needs ~0.1 ms. `fused_decode.c` runs the whole step — embedding, every layer (RMSNorm, packed
 wqkv, RoPE, paged-cache store and attention, wo, SwiGLU, residuals), final norm and output head — in a
-single call with no allocation per op, an AVX-512 matrix kernel, and its own small thread pool that splits
-every product's weight rows across cores. No library does this for PyTorch CPU tensors without a
+single call with no allocation per op, a vectorised matrix kernel (AVX-512, or AVX2 + FMA), and its own
+small thread pool that splits every product's weight rows across cores. No library does this for PyTorch CPU tensors without a
 compile step of its own (`torch.compile` needs a C++ toolchain too, recompiles as the cache grows, and
 leaves one Python-level call per fused region), so the kernel is ~700 lines of C that the project owns
-and tests against the model's forward (`tests/test_fused_decode.py`).
+and tests against the model's forward (`tests/engine/test_engine_fused_decode.py`).
 
 Threads: with few rows (a single stream) each matrix product's weight rows are split across the cores;
 with at least `split_rows` rows per core each core runs the whole forward for its own rows of the batch,
@@ -22,10 +22,18 @@ model (the engine then uses the model's forward, where hooks run), a C compiler 
 Otherwise the engine uses `puyu.engine.decode_step.DecodeStep` (PyTorch ops) and says so in `Engine.stats()`.
 `PUYU_FUSED_DECODE=0` turns the kernel off.
 
-Build: `cc -O3 -march=native -shared` into `$PUYU_CACHE_DIR` (default `~/.cache/puyu/kernels`), named by
-a hash of the source, the flags, the compiler's version and the CPU's feature flags, so a changed source
-or another machine sharing the home directory builds its own. The build is atomic (rename), so parallel
-processes never load a half-written library.
+Instruction sets: the widest this CPU runs, from /proc/cpuinfo: AVX-512 (16-wide tiles of 1x16, 2x8 or
+4x4 rows), else AVX2 + FMA (8-wide tiles of 1x8, 2x4 or 4x2 rows: 8 accumulators plus the loaded rows fill
+the 16 ymm registers, so each weight vector loaded serves up to 4 rows of the batch), else portable C.
+`PUYU_KERNEL_ISA=avx512|avx2|portable` forces one (refused with a clear error where the CPU lacks it), so
+the AVX2 path can be measured and tested on an AVX-512 machine. `FusedDecode.isa` and the engine's
+`decode_path` (`fused-avx512`, `fused-avx2`, `fused-portable`) name the build that runs.
+
+Build: `cc -O3 -march=native -shared` (AVX2: plus `-mno-avx512f`; portable: no -march) into
+`$PUYU_CACHE_DIR` (default `~/.cache/puyu/kernels`), named by a hash of the source, the flags, the
+compiler's version and the CPU's feature flags, so a changed source, another instruction set or another
+machine sharing the home directory builds its own. The build is atomic (rename), so parallel processes
+never load a half-written library.
 
 Weights are read from the model's modules at every call (never copied), so in-place updates between
 calls (optimizer steps during RL rollouts) are decoded with the current weights; a parameter moved to
@@ -56,8 +64,14 @@ SOURCE = Path(__file__).with_name("fused_decode.c")
 # -funroll-loops and Sapphire Rapids scheduling: the 16-row products ran 155-172 GFLOP/s per core with
 # -O3 -march=native alone, 216-230 with both (gcc 12 on a Zen 5 core it cannot name; peak 272).
 _TUNE = ("-mtune=sapphirerapids",) if platform.machine() in ("x86_64", "AMD64") else ()
-FLAGS = ("-O3", "-march=native", *_TUNE, "-funroll-loops", "-fno-math-errno", "-fPIC", "-shared", "-pthread")
-PORTABLE_FLAGS = ("-O3", "-funroll-loops", "-fno-math-errno", "-fPIC", "-shared", "-pthread")  # no AVX-512 (tests)
+_COMMON = ("-funroll-loops", "-fno-math-errno", "-fPIC", "-shared", "-pthread")
+AVX512_FLAGS = ("-O3", "-march=native", *_TUNE, *_COMMON)
+# -mno-avx512f turns every AVX-512 subset off, so this build runs the AVX2 + FMA code on any CPU
+# (native keeps the machine's tuning); how an AVX2-only machine runs, measured on an AVX-512 one.
+AVX2_FLAGS = ("-O3", "-march=native", "-mno-avx512f", *_TUNE, *_COMMON)
+PORTABLE_FLAGS = ("-O3", *_COMMON)  # the compiler's baseline target: plain C loops
+ISA_FLAGS = {"avx512": AVX512_FLAGS, "avx2": AVX2_FLAGS, "portable": PORTABLE_FLAGS}
+ISA_NAMES = {2: "avx512", 1: "avx2", 0: "portable"}  # puyu_decode_isa()
 
 
 class FusedDecodeUnavailable(PuyuError):
@@ -85,6 +99,41 @@ def _cpu_flags() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+def cpu_isas() -> set[str]:
+    """The kernel builds this CPU can run: "portable" always, "avx2" with AVX2 and FMA, "avx512" with AVX-512F
+    (from /proc/cpuinfo; an unknown CPU gets "portable" only)."""
+    flags = set(_cpu_flags().split())
+    out = {"portable"}
+    if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= flags:
+        out.add("avx2")
+        if "avx512f" in flags:
+            out.add("avx512")
+    return out
+
+
+def default_isa() -> str:
+    """The build to use: $PUYU_KERNEL_ISA (avx512 | avx2 | portable) when set, else the widest this CPU runs.
+    Raises FusedDecodeUnavailable for an unknown name or an instruction set the CPU lacks."""
+    want = os.environ.get("PUYU_KERNEL_ISA", "").strip().lower()
+    have = cpu_isas()
+    if not want:
+        return "avx512" if "avx512" in have else "avx2" if "avx2" in have else "portable"
+    if want not in ISA_FLAGS:
+        raise FusedDecodeUnavailable(f"PUYU_KERNEL_ISA={want!r}: expected one of {', '.join(ISA_FLAGS)}")
+    if want not in have:
+        raise FusedDecodeUnavailable(f"PUYU_KERNEL_ISA={want}: this CPU cannot run it (it has {', '.join(sorted(have))})")
+    return want
+
+
+def default_flags() -> tuple[str, ...]:
+    """The compiler flags of `default_isa()`."""
+    return ISA_FLAGS[default_isa()]
+
+
+FLAGS = AVX512_FLAGS if "avx512" in cpu_isas() else AVX2_FLAGS if "avx2" in cpu_isas() else PORTABLE_FLAGS
+"""This CPU's widest build (what `default_flags()` gives without $PUYU_KERNEL_ISA)."""
 
 
 def cache_dir() -> Path:
@@ -125,9 +174,11 @@ def _build(cc: str, flags: tuple[str, ...], out: Path) -> None:
             os.unlink(tmp)
 
 
-def load(flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL:
-    """Build (once per source/flags/compiler/CPU) and load the kernel library. Raises
-    FusedDecodeUnavailable with the compiler's message when it cannot."""
+def load(flags: tuple[str, ...] | None = None) -> ctypes.CDLL:
+    """Build (once per source/flags/compiler/CPU) and load the kernel library; flags None = `default_flags()`.
+    Raises FusedDecodeUnavailable with the compiler's message when it cannot."""
+    if flags is None:
+        flags = default_flags()
     with _build_lock:
         if flags in _libs:
             return _libs[flags]
@@ -176,7 +227,7 @@ def available() -> bool:
         return False
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, flags=FLAGS) -> torch.Tensor:
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, flags=None) -> torch.Tensor:
     """x [M, K] @ w[N, K]^T (+ b) with the kernel's matrix product, one thread (tests, benchmarks)."""
     x, w = x.float().contiguous(), w.float().contiguous()
     y = torch.empty(x.shape[0], w.shape[0])
@@ -198,11 +249,11 @@ class FusedDecode:
     8, 486 vs 427 at 16, 897 vs 797 at 32)."""
 
     def __init__(self, model, threads: int = 1, spin_us: float = 200.0, min_parallel: int = 16384,
-                 split_rows: int = 4, flags: tuple[str, ...] = FLAGS):
+                 split_rows: int = 4, flags: tuple[str, ...] | None = None):
         if not self.supports(model):
             raise FusedDecodeUnavailable("the fused decode needs puyu's InternLM2ForCausalLM in float32 on the CPU")
         self.lib = load(flags)
-        self.isa = "avx512" if self.lib.puyu_decode_isa() else "c"
+        self.isa = ISA_NAMES[self.lib.puyu_decode_isa()]
         self.model, self.cfg = model, model.config
         self.threads, self.spin_ns, self.min_parallel = max(1, int(threads)), int(spin_us * 1000), min_parallel
         self.split_rows = split_rows
