@@ -449,6 +449,221 @@ static void gemm_nt(int M, int K, const float *x, int ldx, const float *W, const
     }
 }
 
+/* ---------------------------------------------------------------- stored formats ------------- */
+/* A weight matrix [N, K] in one of the stored formats (puyu/model/quant.py writes them):
+ *   F32  float32, row n at data + 4 K n
+ *   BF16 bfloat16 (the top half of a float32), row stride 2 K bytes
+ *   INT8 int8 q, w = q * scales[n] (symmetric, one scale per output row), row stride K bytes
+ *   INT4 4-bit q in [0, 15], w = (q - 8) * scales[n * ng + k / group], ng = ceil(K / group); rows padded to
+ *        Kp = ceil(K / 32) * 32 elements, stored in blocks of 32 elements = 16 bytes: byte i of a block
+ *        holds element i in its low nibble and element i + 16 in its high one (row stride Kp / 2 bytes).
+ * Products dequantize in registers (convert, subtract, scale) and accumulate in float32 as the float
+ * kernel does, so a product equals the float32 product on the dequantized weights up to float rounding. */
+enum { FMT_F32 = 0, FMT_BF16 = 1, FMT_INT8 = 2, FMT_INT4 = 3 };
+
+typedef struct {
+    int fmt, group;
+    const void *data;
+    const float *scales;
+} QW;
+
+static inline long q_row_bytes(int fmt, int K) {
+    switch (fmt) {
+    case FMT_BF16: return 2L * K;
+    case FMT_INT8: return K;
+    case FMT_INT4: return (K + 31) / 32 * 16L;
+    default: return 4L * K;
+    }
+}
+
+static inline int q_scales_per_row(const QW *q, int K) {
+    return q->fmt == FMT_INT8 ? 1 : q->fmt == FMT_INT4 ? (K + q->group - 1) / q->group : 0;
+}
+
+/* Element k of a row (row: its first byte; srow: its scales). */
+static inline float qval(const int fmt, const uint8_t *row, const float *srow, int G, int k) {
+    switch (fmt) {
+    case FMT_BF16: {
+        uint32_t bits = (uint32_t)((const uint16_t *)row)[k] << 16;
+        float f;
+        memcpy(&f, &bits, 4);
+        return f;
+    }
+    case FMT_INT8: return (float)((const int8_t *)row)[k] * srow[0];
+    case FMT_INT4: {
+        uint8_t byte = row[(k >> 5) * 16 + (k & 15)];
+        int q = (k & 31) < 16 ? byte & 15 : byte >> 4;
+        return (float)(q - 8) * srow[k / G];
+    }
+    default: return ((const float *)row)[k];
+    }
+}
+
+static inline float qdot_scalar(const int fmt, const float *x, const uint8_t *row, const float *srow, int G, int k0,
+                                int K) {
+    float s = 0.0f;
+    for (int k = k0; k < K; k++) s += x[k] * qval(fmt, row, srow, G, k);
+    return s;
+}
+
+#if PUYU_AVX512
+#define QVW 16
+typedef __m512 qvec;
+/* Elements [k, k + 16) of a row as floats; k is a multiple of 16 (so of the int4 half-blocks too). */
+static inline __attribute__((always_inline)) __m512 qload(const int fmt, const uint8_t *row, const float *srow,
+                                                          int G, int k) {
+    switch (fmt) {
+    case FMT_BF16:
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(row + 2L * k))), 16));
+    case FMT_INT8:
+        return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + k)))),
+                             _mm512_set1_ps(srow[0]));
+    case FMT_INT4: {
+        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + (k >> 5) * 16)));
+        if (k & 16) v = _mm512_srli_epi32(v, 4);
+        v = _mm512_and_si512(v, _mm512_set1_epi32(15));
+        return _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(8.0f)), _mm512_set1_ps(srow[k / G]));
+    }
+    default: return _mm512_loadu_ps((const float *)row + k);
+    }
+}
+#define QZERO() _mm512_setzero_ps()
+#define QLOADX(p) _mm512_loadu_ps(p)
+#define QFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define QREDUCE(acc) reduce16(acc)
+#define QSTORE(p, v) _mm512_storeu_ps(p, v)
+#elif PUYU_AVX2
+#define QVW 8
+typedef __m256 qvec;
+/* Elements [k, k + 8) of a row as floats; k is a multiple of 8. */
+static inline __attribute__((always_inline)) __m256 qload(const int fmt, const uint8_t *row, const float *srow,
+                                                          int G, int k) {
+    switch (fmt) {
+    case FMT_BF16:
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(row + 2L * k))), 16));
+    case FMT_INT8:
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(row + k)))),
+                             _mm256_set1_ps(srow[0]));
+    case FMT_INT4: {
+        __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row + (k >> 5) * 16 + (k & 15))));
+        if (k & 16) v = _mm256_srli_epi32(v, 4);
+        v = _mm256_and_si256(v, _mm256_set1_epi32(15));
+        return _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(8.0f)), _mm256_set1_ps(srow[k / G]));
+    }
+    default: return _mm256_loadu_ps((const float *)row + k);
+    }
+}
+#define QZERO() _mm256_setzero_ps()
+#define QLOADX(p) _mm256_loadu_ps(p)
+#define QFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define QREDUCE(acc) reduce8(acc)
+#define QSTORE(p, v) _mm256_storeu_ps(p, v)
+#endif
+
+#ifdef QVW
+/* MR input rows x NR stored weight rows (MR * NR <= QVW): sums[i * NR + j]. The whole-vector part of K
+ * in registers, the tail (K % QVW) in scalar code. */
+static inline __attribute__((always_inline)) void qtile(const int fmt, const int MR, const int NR, int K,
+                                                        const float *x, int ldx, const uint8_t *w, long rb,
+                                                        const float *sc, int ns, int G, float *sums) {
+    qvec acc[QVW];
+#pragma GCC unroll 16
+    for (int i = 0; i < QVW; i++) acc[i] = QZERO();
+    int k = 0;
+    for (; k + QVW <= K; k += QVW) {
+        qvec wv[QVW], xv[QVW];
+#pragma GCC unroll 16
+        for (int j = 0; j < NR; j++) wv[j] = qload(fmt, w + j * rb, sc + (long)j * ns, G, k);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) xv[i] = QLOADX(x + (long)i * ldx + k);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 16
+            for (int j = 0; j < NR; j++) acc[i * NR + j] = QFMA(xv[i], wv[j], acc[i * NR + j]);
+    }
+    QSTORE(sums, QREDUCE(acc));
+    if (k < K)
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j++)
+                sums[i * NR + j] += qdot_scalar(fmt, x + (long)i * ldx, w + j * rb, sc + (long)j * ns, G, k, K);
+}
+
+/* Input rows [m, m + MR) against stored rows [c0, c1) in MR x NR tiles, the leftover rows one by one. */
+static inline __attribute__((always_inline)) void qtile_rows(const int fmt, const int MR, const int NR, int m, int c0,
+                                                             int c1, int K, const float *x, int ldx, const QW *q,
+                                                             const float *bias, float *y, int ldy, int accumulate) {
+    long rb = q_row_bytes(fmt, K);
+    int ns = q_scales_per_row(q, K);
+    const uint8_t *W = (const uint8_t *)q->data;
+    float sums[QVW];
+    int n = c0;
+    for (; n + NR <= c1; n += NR) {
+        qtile(fmt, MR, NR, K, x + (long)m * ldx, ldx, W + n * rb, rb, q->scales + (long)n * ns, ns, q->group, sums);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 16
+            for (int j = 0; j < NR; j++) put(y + (long)(m + i) * ldy + n + j, sums[i * NR + j], bias, n + j, accumulate);
+    }
+    for (; n < c1; n++)
+        for (int i = 0; i < MR; i++) {
+            qtile(fmt, 1, 1, K, x + (long)(m + i) * ldx, ldx, W + n * rb, rb, q->scales + (long)n * ns, ns, q->group, sums);
+            put(y + (long)(m + i) * ldy + n, sums[0], bias, n, accumulate);
+        }
+}
+
+static inline __attribute__((always_inline)) void qgemm_fmt(const int fmt, int M, int K, const float *x, int ldx,
+                                                            const QW *q, const float *bias, float *y, int ldy, int c0,
+                                                            int c1, int accumulate) {
+    int m = 0;
+#if PUYU_AVX512
+    for (; m + 4 <= M; m += 4) qtile_rows(fmt, 4, 4, m, c0, c1, K, x, ldx, q, bias, y, ldy, accumulate);
+    for (; m + 2 <= M; m += 2) qtile_rows(fmt, 2, 8, m, c0, c1, K, x, ldx, q, bias, y, ldy, accumulate);
+    for (; m < M; m++) qtile_rows(fmt, 1, 16, m, c0, c1, K, x, ldx, q, bias, y, ldy, accumulate);
+#else
+    for (; m + 4 <= M; m += 4) qtile_rows(fmt, 4, 2, m, c0, c1, K, x, ldx, q, bias, y, ldy, accumulate);
+    for (; m + 2 <= M; m += 2) qtile_rows(fmt, 2, 4, m, c0, c1, K, x, ldx, q, bias, y, ldy, accumulate);
+    for (; m < M; m++) qtile_rows(fmt, 1, 8, m, c0, c1, K, x, ldx, q, bias, y, ldy, accumulate);
+#endif
+}
+#endif
+
+/* y[m, n] (+)= x[m, :] . Wq[n, :] (+ bias[n]) for m < M, n in [n0, n1), Wq in a stored format (not F32).
+ * Stored rows are visited in chunks of ~256 KB, as in gemm_nt. */
+static void qgemm_nt(int M, int K, const float *x, int ldx, const QW *q, const float *bias, float *y, int ldy,
+                     int n0, int n1, int accumulate) {
+    long rb = q_row_bytes(q->fmt, K);
+    int chunk = (int)((256L * 1024) / rb);
+    chunk = chunk < 16 ? 16 : chunk / 16 * 16;
+    for (int c0 = n0; c0 < n1; c0 += chunk) {
+        int c1 = c0 + chunk < n1 ? c0 + chunk : n1;
+#ifdef QVW
+        switch (q->fmt) {
+        case FMT_BF16: qgemm_fmt(FMT_BF16, M, K, x, ldx, q, bias, y, ldy, c0, c1, accumulate); break;
+        case FMT_INT8: qgemm_fmt(FMT_INT8, M, K, x, ldx, q, bias, y, ldy, c0, c1, accumulate); break;
+        default: qgemm_fmt(FMT_INT4, M, K, x, ldx, q, bias, y, ldy, c0, c1, accumulate); break;
+        }
+#else
+        int ns = q_scales_per_row(q, K);
+        const uint8_t *W = (const uint8_t *)q->data;
+        for (int n = c0; n < c1; n++)
+            for (int m = 0; m < M; m++)
+                put(y + (long)m * ldy + n,
+                    qdot_scalar(q->fmt, x + (long)m * ldx, W + n * rb, q->scales + (long)n * ns, q->group, 0, K),
+                    bias, n, accumulate);
+#endif
+    }
+}
+
+/* Row n of a stored matrix as float32 (an embedding lookup). */
+static void q_row(const QW *q, int K, long n, float *out) {
+    long rb = q_row_bytes(q->fmt, K);
+    int ns = q_scales_per_row(q, K);
+    const uint8_t *row = (const uint8_t *)q->data + n * rb;
+    for (int k = 0; k < K; k++) out[k] = qval(q->fmt, row, q->scales + n * ns, q->group, k);
+}
+
 /* ---------------------------------------------------------------- elementwise ----------------- */
 
 static void rms_norm(int M, int C, const float *x, const float *w, float eps, float *y) {
@@ -570,6 +785,7 @@ typedef struct {
     int split_rows;         /* rows per thread from which threads split the batch's rows, not weights */
     const int64_t *out_rows; /* rows whose logits are wanted (a prefill's last tokens); NULL: every row */
     int n_out;
+    const QW *q;            /* NULL, or per entry of w: its stored format (F32 entries read w) */
 } Args;
 
 typedef struct {
@@ -582,6 +798,7 @@ typedef struct {
     /* the current product */
     int M, Kd, N, accumulate;
     const float *in, *W, *bias, *W3;
+    const QW *Wq, *W3q;     /* the stored formats of W and W3; NULL: float32 */
     float *out;
 } Ctx;
 
@@ -589,7 +806,9 @@ static void task_linear(void *p, int part, int parts) {
     Ctx *c = (Ctx *)p;
     int lo, hi;
     split_range(c->N, part, parts, 16, &lo, &hi);
-    if (lo < hi) gemm_nt(c->M, c->Kd, c->in, c->Kd, c->W, c->bias, c->out, c->N, lo, hi, c->accumulate);
+    if (lo >= hi) return;
+    if (c->Wq) qgemm_nt(c->M, c->Kd, c->in, c->Kd, c->Wq, c->bias, c->out, c->N, lo, hi, c->accumulate);
+    else gemm_nt(c->M, c->Kd, c->in, c->Kd, c->W, c->bias, c->out, c->N, lo, hi, c->accumulate);
 }
 
 static void task_gate_up(void *p, int part, int parts) {
@@ -597,14 +816,23 @@ static void task_gate_up(void *p, int part, int parts) {
     int lo, hi, F = c->N;
     split_range(F, part, parts, 16, &lo, &hi);
     if (lo >= hi) return;
-    gemm_nt(c->M, c->Kd, c->in, c->Kd, c->W, NULL, c->g1, F, lo, hi, 0);
-    gemm_nt(c->M, c->Kd, c->in, c->Kd, c->W3, NULL, c->g3, F, lo, hi, 0);
+    if (c->Wq) qgemm_nt(c->M, c->Kd, c->in, c->Kd, c->Wq, NULL, c->g1, F, lo, hi, 0);
+    else gemm_nt(c->M, c->Kd, c->in, c->Kd, c->W, NULL, c->g1, F, lo, hi, 0);
+    if (c->W3q) qgemm_nt(c->M, c->Kd, c->in, c->Kd, c->W3q, NULL, c->g3, F, lo, hi, 0);
+    else gemm_nt(c->M, c->Kd, c->in, c->Kd, c->W3, NULL, c->g3, F, lo, hi, 0);
     for (int m = 0; m < c->M; m++) silu_mul(c->g1 + (long)m * F + lo, c->g3 + (long)m * F + lo, hi - lo);
 }
 
-static void linear(Ctx *c, int M, int Kd, const float *in, const float *W, const float *bias, float *out, int N,
+/* The stored format of weight entry i, or NULL when it is float32 (read through w[i]). */
+static inline const QW *qof(const Args *a, int i) {
+    return a->q && a->q[i].fmt != FMT_F32 ? &a->q[i] : NULL;
+}
+
+/* out (+)= in . W^T (+ bias) for weight entry wi of the table (float32 or a stored format). */
+static void linear(Ctx *c, int M, int Kd, const float *in, int wi, const float *bias, float *out, int N,
                    int accumulate) {
-    c->M = M, c->Kd = Kd, c->in = in, c->W = W, c->bias = bias, c->out = out, c->N = N, c->accumulate = accumulate;
+    c->M = M, c->Kd = Kd, c->in = in, c->W = c->a->w[wi], c->Wq = qof(c->a, wi), c->bias = bias, c->out = out;
+    c->N = N, c->accumulate = accumulate;
     int parts = (long)N * Kd < c->a->min_parallel ? 1 : c->a->threads;
     run_parallel(task_linear, c, parts);
 }
@@ -808,7 +1036,10 @@ static void forward(const Args *a, Ctx *c) {
     int B = a->B, C = a->C, H = a->H, K = a->K, D = a->D, F = a->F;
     int QKV = (H + 2 * K) * D;
     const float *const *w = a->w;
-    for (int b = 0; b < B; b++) memcpy(c->x + (long)b * C, w[0] + a->tokens[b] * (long)C, sizeof(float) * C);
+    const QW *emb = qof(a, 0);
+    for (int b = 0; b < B; b++)
+        if (emb) q_row(emb, C, a->tokens[b], c->x + (long)b * C);
+        else memcpy(c->x + (long)b * C, w[0] + a->tokens[b] * (long)C, sizeof(float) * C);
     for (int b = 0; b < B; b++)
         for (int t = 0; t <= (int)a->positions[b]; t++)
             c->slots[(long)b * c->smax + t] = a->tables[b][t / a->P] * a->P + t % a->P;
@@ -824,31 +1055,33 @@ static void forward(const Args *a, Ctx *c) {
         }
     }
     for (int l = 0; l < a->L; l++) {
-        const float *const *lw = w + 3 + 9 * l;  /* attn_norm, wqkv, bqkv, wo, bo, ffn_norm, w1, w3, w2 */
+        const int wl = 3 + 9 * l;
+        const float *const *lw = w + wl;  /* attn_norm, wqkv, bqkv, wo, bo, ffn_norm, w1, w3, w2 */
         c->layer = l;
         PROF(0);
         rms_norm(B, C, c->x, lw[0], a->eps, c->h);
-        linear(c, B, C, c->h, lw[1], lw[2], c->qkv, QKV, 0);
+        linear(c, B, C, c->h, wl + 1, lw[2], c->qkv, QKV, 0);
         PROF(1);
         rope_and_store(c);
         PROF(2);
         run_parallel(task_attention, c, B * K >= 2 ? a->threads : 1);
         PROF(3);
-        linear(c, B, H * D, c->att, lw[3], lw[4], c->x, C, 1);
+        linear(c, B, H * D, c->att, wl + 3, lw[4], c->x, C, 1);
         PROF(4);
         rms_norm(B, C, c->x, lw[5], a->eps, c->h);
         c->M = B, c->Kd = C, c->in = c->h, c->W = lw[6], c->W3 = lw[7], c->N = F;
+        c->Wq = qof(a, wl + 6), c->W3q = qof(a, wl + 7);
         run_parallel(task_gate_up, c, (long)F * C < a->min_parallel ? 1 : a->threads);
         PROF(5);
-        linear(c, B, F, c->g1, lw[8], NULL, c->x, C, 1);
+        linear(c, B, F, c->g1, wl + 8, NULL, c->x, C, 1);
         PROF(6);
     }
     if (a->out_rows) {  /* only the rows asked for: norm them into h's first rows, then the head */
         for (int i = 0; i < a->n_out; i++) rms_norm(1, C, c->x + a->out_rows[i] * (long)C, w[1], a->eps, c->h + (long)i * C);
-        linear(c, a->n_out, C, c->h, w[2], NULL, a->logits, a->V, 0);
+        linear(c, a->n_out, C, c->h, 2, NULL, a->logits, a->V, 0);
     } else {
         rms_norm(B, C, c->x, w[1], a->eps, c->h);
-        linear(c, B, C, c->h, w[2], NULL, a->logits, a->V, 0);
+        linear(c, B, C, c->h, 2, NULL, a->logits, a->V, 0);
     }
     PROF(7);
 }
@@ -933,3 +1166,11 @@ int puyu_decode_isa(void) { return PUYU_ISA; }
 void puyu_linear(int M, int K, int N, const float *x, const float *W, const float *bias, float *y) {
     gemm_nt(M, K, x, K, W, bias, y, N, 0, N, 0);
 }
+
+/* The same with W in a stored format (q->fmt != F32). */
+void puyu_qlinear(int M, int K, int N, const float *x, const QW *q, const float *bias, float *y) {
+    qgemm_nt(M, K, x, K, q, bias, y, N, 0, N, 0);
+}
+
+/* Row n of a stored matrix [*, K] as float32 (tests). */
+void puyu_qrow(int K, long n, const QW *q, float *out) { q_row(q, K, n, out); }

@@ -56,6 +56,7 @@ import torch
 
 from puyu.engine.decode_step import has_forward_hooks
 from puyu.errors import PuyuError
+from puyu.model.quant import FORMAT_CODES, QuantEmbedding, QuantLinear, model_format
 from puyu.model.rope import inv_freq
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,20 @@ class _Args(ctypes.Structure):
         ("invf", ctypes.c_void_p), ("invf_stride", ctypes.c_int),
         ("tables", ctypes.c_void_p), ("kc", ctypes.c_void_p), ("vc", ctypes.c_void_p),
         ("w", ctypes.c_void_p), ("logits", ctypes.c_void_p), ("min_parallel", ctypes.c_int),
-        ("split_rows", ctypes.c_int), ("out_rows", ctypes.c_void_p), ("n_out", ctypes.c_int)]
+        ("split_rows", ctypes.c_int), ("out_rows", ctypes.c_void_p), ("n_out", ctypes.c_int),
+        ("q", ctypes.c_void_p)]
+
+
+class _QW(ctypes.Structure):
+    """Mirrors `QW` in fused_decode.c: one weight matrix in a stored format (puyu.model.quant)."""
+
+    _fields_ = [("fmt", ctypes.c_int), ("group", ctypes.c_int), ("data", ctypes.c_void_p), ("scales", ctypes.c_void_p)]
+
+
+def _qw(packed) -> _QW:
+    """The kernel's descriptor of a `puyu.model.quant.Packed` (its tensors must outlive the call)."""
+    return _QW(FORMAT_CODES[packed.fmt], packed.group, packed.data.data_ptr(),
+               packed.scales.data_ptr() if packed.scales is not None else None)
 
 
 def _cpu_flags() -> str:
@@ -211,6 +225,10 @@ def load(flags: tuple[str, ...] | None = None) -> ctypes.CDLL:
         lib.puyu_decode_isa.restype = ctypes.c_int
         lib.puyu_linear.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4
         lib.puyu_linear.restype = None
+        lib.puyu_qlinear.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p, ctypes.POINTER(_QW)] + [ctypes.c_void_p] * 2
+        lib.puyu_qlinear.restype = None
+        lib.puyu_qrow.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.POINTER(_QW), ctypes.c_void_p]
+        lib.puyu_qrow.restype = None
         _libs[flags] = lib
         return lib
 
@@ -237,6 +255,27 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, flag
     return y
 
 
+def qlinear(x: torch.Tensor, packed, b: torch.Tensor | None = None, flags=None) -> torch.Tensor:
+    """x [M, K] @ W^T (+ b) with W a `puyu.model.quant.Packed` [N, K] in a stored format, read by the kernel
+    directly (one thread; tests, benchmarks)."""
+    x = x.float().contiguous()
+    N, K = packed.shape
+    if x.shape[1] != K:
+        raise FusedDecodeUnavailable(f"x has {x.shape[1]} columns, the weight {K}")
+    y = torch.empty(x.shape[0], N)
+    bias = b.float().contiguous() if b is not None else None
+    load(flags).puyu_qlinear(x.shape[0], K, N, x.data_ptr(), ctypes.byref(_qw(packed)),
+                             bias.data_ptr() if bias is not None else None, y.data_ptr())
+    return y
+
+
+def qrow(packed, n: int, flags=None) -> torch.Tensor:
+    """Row n of a packed matrix as the kernel reads it (an embedding lookup) -> float32 [K]."""
+    out = torch.empty(packed.shape[1])
+    load(flags).puyu_qrow(packed.shape[1], n, ctypes.byref(_qw(packed)), out.data_ptr())
+    return out
+
+
 class FusedDecode:
     """`step.run(cache, seqs, tokens, positions, bases) -> logits [B, V]` for an `InternLM2ForCausalLM`
     in float32 on the CPU, through the native kernel (module docstring).
@@ -254,6 +293,9 @@ class FusedDecode:
             raise FusedDecodeUnavailable("the fused decode needs puyu's InternLM2ForCausalLM in float32 on the CPU")
         self.lib = load(flags)
         self.isa = ISA_NAMES[self.lib.puyu_decode_isa()]
+        self.weights_format = model_format(model)  # of the linear layers; "f32" when none is packed
+        # what Engine.stats()["decode_path"] shows: the build, and the stored format when not float32
+        self.path = f"fused-{self.isa}" + ("" if self.weights_format == "f32" else f"-{self.weights_format}")
         self.model, self.cfg = model, model.config
         self.threads, self.spin_ns, self.min_parallel = max(1, int(threads)), int(spin_us * 1000), min_parallel
         self.split_rows = split_rows
@@ -274,7 +316,7 @@ class FusedDecode:
             self._slots += [(mods[3 + 9 * i + j], names[j], shapes[j]) for j in range(9)]
         self._modules = list(model.modules())
         self._ptrs: tuple[int, ...] | None = None
-        self._wtable = None
+        self._wtable = self._qtable = None
         self._invf: dict[float, torch.Tensor] = {}
         self._args = _Args()
         self._scratch = torch.empty(0, dtype=torch.uint8)  # grown on demand, reused by every call
@@ -285,18 +327,33 @@ class FusedDecode:
 
         if not isinstance(model, InternLM2ForCausalLM) or model.config.head_dim % 2:
             return False
-        return all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
+        return (all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
+                and all(b.device.type == "cpu" for b in model.buffers()))
 
     def hooked(self) -> bool:
         return has_forward_hooks(self._modules)
 
     def _weights(self):
-        """The C pointer table of the current weights (rebuilt and re-checked when any storage moved)."""
-        tensors = [mod._parameters.get(name) for mod, name, _ in self._slots]  # nn.Module keeps them here
-        ptrs = tuple(0 if t is None else t.data_ptr() for t in tensors)
+        """The C pointer table of the current weights (rebuilt and re-checked when any storage moved), and
+        the table of stored formats (None when every weight is float32)."""
+        tensors = []
+        for mod, name, _ in self._slots:
+            if isinstance(mod, (QuantLinear, QuantEmbedding)) and name == "weight":
+                tensors.append(mod.packed)
+            else:
+                tensors.append(mod._parameters.get(name))  # nn.Module keeps them here
+        ptrs = tuple(0 if t is None else (t.data.data_ptr(), 0 if t.scales is None else t.scales.data_ptr())
+                     if not isinstance(t, torch.Tensor) else t.data_ptr() for t in tensors)
         if ptrs != self._ptrs:
-            for (mod, name, shape), t in zip(self._slots, tensors):
+            qtable, packed_any = (_QW * len(ptrs))(), False
+            for i, ((mod, name, shape), t) in enumerate(zip(self._slots, tensors)):
                 if t is None:
+                    continue
+                if not isinstance(t, torch.Tensor):  # a Packed weight
+                    if t.shape != shape:
+                        raise FusedDecodeUnavailable(f"{type(mod).__name__} has shape {t.shape}, the config says {shape}")
+                    qtable[i] = _qw(t)
+                    packed_any = True
                     continue
                 if t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous():
                     raise FusedDecodeUnavailable(f"{type(mod).__name__}.{name} is not a contiguous float32 CPU "
@@ -304,7 +361,9 @@ class FusedDecode:
                 if tuple(t.shape) != shape:  # the kernel reads by the config's sizes: never past a tensor
                     raise FusedDecodeUnavailable(f"{type(mod).__name__}.{name} has shape {tuple(t.shape)}, "
                                                  f"the config says {shape}")
-            self._wtable = (ctypes.c_void_p * len(ptrs))(*ptrs)
+            self._wtable = (ctypes.c_void_p * len(ptrs))(*[p if isinstance(p, int) else p[0] for p in ptrs])
+            self._qtable = qtable if packed_any else None
+            self._packed = [t for t in tensors if t is not None and not isinstance(t, torch.Tensor)]  # kept alive
             self._ptrs = ptrs
         return self._wtable
 
@@ -373,6 +432,7 @@ class FusedDecode:
         a.tables = ctypes.addressof(tab)
         a.kc, a.vc = cache.k.data_ptr(), cache.v.data_ptr()
         a.w = ctypes.addressof(self._weights())
+        a.q = None if self._qtable is None else ctypes.addressof(self._qtable)
         a.logits = logits.data_ptr()
         a.out_rows, a.n_out = (None, 0) if out is None else (ctypes.addressof(out), n_out)
         need = self.lib.puyu_decode_scratch_bytes(ctypes.byref(a))
