@@ -145,7 +145,8 @@ class QuantLinear(nn.Module):
         self.fmt, self.group = packed.fmt, packed.group
         self.register_buffer("qweight", packed.data)
         self.register_buffer("scales", packed.scales)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().float().contiguous(), requires_grad=False)
+        self.register_parameter("bias", None if bias is None else
+                                nn.Parameter(bias.detach().float().contiguous(), requires_grad=False))
 
     @property
     def packed(self) -> Packed:
