@@ -26,6 +26,7 @@ def test_round_trip_error_bounds(shape):
     g = torch.Generator().manual_seed(0)
     w = torch.randn(*shape, generator=g) * torch.rand(shape[0], 1, generator=g)  # rows of different scales
     w[0, :3] = 0.0
+    w0 = w.clone()
     bf = quantize(w, "bf16").dequantize()
     assert ((bf - w).abs() <= w.abs() * 2.0 ** -8).all()  # bf16: 8 significant bits, round to nearest
     p8 = quantize(w, "int8")
@@ -42,6 +43,7 @@ def test_round_trip_error_bounds(shape):
             cols = slice(gi * group, min((gi + 1) * group, shape[1]))
             s = w[:, cols].abs().amax(1, keepdim=True) / 7
             assert ((d[:, cols] - w[:, cols]).abs() <= s / 2 + 1e-6).all(), group
+    assert torch.equal(w, w0)  # the caller's float weights are never changed
 
 
 def test_int4_layout_read_element_by_element():

@@ -181,6 +181,17 @@ def _set_param(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     mod._parameters[pname] = nn.Parameter(tensor, requires_grad=tensor.is_floating_point())
 
 
+def _trim_heap() -> None:
+    """Give the heap's freed pages back to the OS (glibc keeps them otherwise, and a quantizing load frees a
+    float temporary after every tensor)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _set_packed(model: nn.Module, name: str, packed: Packed) -> None:
     """Put a packed weight (`name` ends in .weight) in place of its float module, keeping any bias."""
     mod_name = name[: -len(".weight")]
@@ -259,6 +270,7 @@ def load_checkpoint(path: str | Path, dtype=None, device=None, weights: str | No
                 if layer_format(name, fmt) != "f32":  # packed now: one float matrix at a time
                     _set_packed(model, name, quantize(t, layer_format(name, fmt), group))
                     del t
+                    _trim_heap()
                     continue
                 if src_dtype != dtype:
                     t = t.to(dtype)

@@ -105,34 +105,46 @@ class Packed:
 
 def quantize(w: torch.Tensor, fmt: str, group: int = DEFAULT_GROUP) -> Packed:
     """A [N, K] weight (any float dtype) in format `fmt` (module docstring gives each format's rounding and
-    error bound). Works in float32 one matrix at a time."""
+    error bound). Rows are converted to float32 in chunks of ~16 MB, so the temporaries stay small next to
+    the packed result (what bounds peak memory while loading)."""
     check_format(fmt, group)
     if w.dim() != 2:
         raise QuantError(f"quantize expects a 2-D weight, got shape {list(w.shape)}")
+    if not w.is_floating_point():
+        raise QuantError(f"quantize expects a float weight, got {w.dtype}")
     N, K = w.shape
-    w = w.detach().to("cpu", torch.float32)
+    w = w.detach().to("cpu")
     if fmt == "f32":
-        return Packed(fmt, (N, K), w.contiguous(), None)
+        return Packed(fmt, (N, K), w.float().contiguous(), None)
     if fmt == "bf16":
         return Packed(fmt, (N, K), w.to(torch.bfloat16).contiguous(), None)
+    rows = max(1, (16 << 20) // (4 * max(K, 1)))
     if fmt == "int8":
-        s = w.abs().amax(dim=1) / 127.0
+        data, scales = torch.empty(N, K, dtype=torch.int8), torch.empty(N)
+        for r0 in range(0, N, rows):
+            c = w[r0:r0 + rows].to(torch.float32, copy=True)  # never the caller's tensor: changed in place below
+            s = c.abs().amax(dim=1) / 127.0
+            s = torch.where(s > 0, s, torch.ones_like(s))
+            data[r0:r0 + rows] = c.div_(s[:, None]).round_().clamp_(-127, 127).to(torch.int8)
+            scales[r0:r0 + rows] = s
+        return Packed(fmt, (N, K), data, scales)
+    ng, Kp = -(-K // group), -(-K // 32) * 32
+    width = max(ng * group, Kp)
+    data, scales = torch.empty(N, Kp // 2, dtype=torch.uint8), torch.empty(N, ng)
+    for r0 in range(0, N, rows):
+        c = w[r0:r0 + rows].to(torch.float32, copy=True)  # never the caller's tensor: changed in place below
+        n = c.shape[0]
+        padded = torch.zeros(n, width)
+        padded[:, :K] = c
+        g = padded[:, :ng * group].view(n, ng, group)
+        s = g.abs().amax(dim=2) / 7.0  # [n, ng]
         s = torch.where(s > 0, s, torch.ones_like(s))
-        q = torch.round(w / s[:, None]).clamp_(-127, 127).to(torch.int8)
-        return Packed(fmt, (N, K), q.contiguous(), s.contiguous())
-    ng = -(-K // group)
-    padded = torch.zeros(N, ng * group)
-    padded[:, :K] = w
-    g = padded.view(N, ng, group)
-    s = g.abs().amax(dim=2) / 7.0  # [N, ng]
-    s = torch.where(s > 0, s, torch.ones_like(s))
-    q = (torch.round(g / s[:, :, None]).clamp_(-7, 7) + 8).to(torch.uint8).view(N, ng * group)
-    Kp = -(-K // 32) * 32
-    q32 = torch.full((N, Kp), 8, dtype=torch.uint8)  # padding dequantizes to 0
-    q32[:, :K] = q[:, :K]
-    blocks = q32.view(N, Kp // 32, 2, 16)
-    data = (blocks[:, :, 0] | (blocks[:, :, 1] << 4)).reshape(N, Kp // 2).contiguous()
-    return Packed(fmt, (N, K), data, s.contiguous(), group)
+        g.div_(s[:, :, None]).round_().clamp_(-7, 7).add_(8)
+        padded[:, K:] = 8.0  # padding dequantizes to 0
+        blocks = padded[:, :Kp].to(torch.uint8).view(n, Kp // 32, 2, 16)
+        data[r0:r0 + rows] = (blocks[:, :, 0] | (blocks[:, :, 1] << 4)).reshape(n, Kp // 2)
+        scales[r0:r0 + rows] = s
+    return Packed(fmt, (N, K), data, scales, group)
 
 
 class QuantLinear(nn.Module):
