@@ -516,14 +516,14 @@ static inline __attribute__((always_inline)) __m512 qload(const int fmt, const u
     case FMT_BF16:
         return _mm512_castsi512_ps(_mm512_slli_epi32(
             _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(row + 2L * k))), 16));
-    case FMT_INT8:
-        return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + k)))),
-                             _mm512_set1_ps(srow[0]));
+    case FMT_INT8:  /* unscaled: qtile multiplies each row's sum by its scale once */
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + k))));
     case FMT_INT4: {
+        /* nibble -> (q - 8) by a 16-entry table lookup (one permute instead of convert + subtract) */
+        const __m512 lut = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
         __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + (k >> 5) * 16)));
         if (k & 16) v = _mm512_srli_epi32(v, 4);
-        v = _mm512_and_si512(v, _mm512_set1_epi32(15));
-        return _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(8.0f)), _mm512_set1_ps(srow[k / G]));
+        return _mm512_mul_ps(_mm512_permutexvar_ps(v, lut), _mm512_set1_ps(srow[k / G]));  /* uses the low 4 bits */
     }
     default: return _mm512_loadu_ps((const float *)row + k);
     }
@@ -543,9 +543,8 @@ static inline __attribute__((always_inline)) __m256 qload(const int fmt, const u
     case FMT_BF16:
         return _mm256_castsi256_ps(_mm256_slli_epi32(
             _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(row + 2L * k))), 16));
-    case FMT_INT8:
-        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(row + k)))),
-                             _mm256_set1_ps(srow[0]));
+    case FMT_INT8:  /* unscaled: qtile multiplies each row's sum by its scale once */
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(row + k))));
     case FMT_INT4: {
         __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row + (k >> 5) * 16 + (k & 15))));
         if (k & 16) v = _mm256_srli_epi32(v, 4);
@@ -584,6 +583,9 @@ static inline __attribute__((always_inline)) void qtile(const int fmt, const int
             for (int j = 0; j < NR; j++) acc[i * NR + j] = QFMA(xv[i], wv[j], acc[i * NR + j]);
     }
     QSTORE(sums, QREDUCE(acc));
+    if (fmt == FMT_INT8)
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j++) sums[i * NR + j] *= sc[(long)j * ns];
     if (k < K)
         for (int i = 0; i < MR; i++)
             for (int j = 0; j < NR; j++)

@@ -58,7 +58,7 @@ from puyu.engine.fused_decode import available as fused_available
 from puyu.engine.kv_cache import AttentionBatch, PagedKVCache, SequenceBlocks, max_chunk_for
 from puyu.engine.sampling import SamplingParams, make_generator, sample, token_logprobs
 from puyu.errors import PuyuError
-from puyu.model.quant import model_format
+from puyu.model.quant import QuantLinear, model_format
 from puyu.model.rope import batch_base, dynamic_base
 
 log = logging.getLogger(__name__)
@@ -326,7 +326,9 @@ class Engine:
         self.threads = threads
         self.prefix_cache = bool(prefix_cache)
         self._decoder, self.decode_path = self._make_decoder(fast_decode, model, threads)
-        self._flops_per_token = 2 * sum(p.numel() for p in model.parameters())
+        self._flops_per_token = 2 * (sum(p.numel() for p in model.parameters())  # packed layers hold buffers
+                                     + sum(m.in_features * m.out_features for m in model.modules()
+                                           if isinstance(m, QuantLinear)))
         # A vocabulary padded beyond the tokenizer's pieces: never sample ids the tokenizer cannot decode.
         self._vocab_limit = None
         if tokenizer is not None and tokenizer.vocab_size < cfg.vocab_size:
