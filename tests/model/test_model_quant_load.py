@@ -89,6 +89,11 @@ def test_memory_check_names_the_options():
         check_fits(cfg, "f32", 4, context=32768, available=12 << 30)
     figures = check_fits(cfg, "int4", 4, context=1000, available=64 << 30)
     assert figures["kv_bytes"] == cfg.kv_bytes_per_token(4) * 1000
+    from puyu.model.info import summary
+
+    s = summary(cfg, 200000, "bfloat16", weights="int4")  # puyu info --weights int4 --context 200000
+    assert s["total_bytes_at_context"] == (weight_bytes(cfg, "int4") + cfg.kv_bytes_per_token(2) * 200000
+                                           + s["activation_bytes_prefill_chunk_fp32"])
 
 
 def test_the_cli_refuses_before_loading(capsys):

@@ -17,8 +17,11 @@ so no data crosses cores inside the step. Short fresh prompts are prefilled by t
 every prompt token is a row at its own position, and each row attends to its sequence's keys up to
 itself, which the call has just written to the cache.
 
-When it runs: CPU, float32 weights and cache, puyu's own `InternLM2ForCausalLM`, no forward hooks on the
-model (the engine then uses the model's forward, where hooks run), a C compiler present (`cc`, or `$CC`).
+When it runs: CPU, float32 cache, puyu's own `InternLM2ForCausalLM` with float32 weights or packed ones
+(`puyu.model.quant`: bf16, int8 per output row, int4 in groups; the kernel reads the packed bytes and
+dequantizes in registers, accumulating in float32, so its logits equal the model's forward on the
+dequantized weights up to float32 rounding: tests/engine/test_engine_quant_decode.py), no forward hooks on
+the model (the engine then uses the model's forward, where hooks run), a C compiler present (`cc`, or `$CC`).
 Otherwise the engine uses `puyu.engine.decode_step.DecodeStep` (PyTorch ops) and says so in `Engine.stats()`.
 `PUYU_FUSED_DECODE=0` turns the kernel off.
 
@@ -37,7 +40,9 @@ never load a half-written library.
 
 Weights are read from the model's modules at every call (never copied), so in-place updates between
 calls (optimizer steps during RL rollouts) are decoded with the current weights; a parameter moved to
-new storage is noticed by its data pointer and re-checked.
+new storage is noticed by its data pointer and re-checked. Packed weights are the model's own buffers
+(a packed model has no float copy): updating float weights means quantizing again (`quantize_model_`),
+and the new buffers are picked up the same way.
 """
 
 from __future__ import annotations
