@@ -454,7 +454,8 @@ static void gemm_nt(int M, int K, const float *x, int ldx, const float *W, const
  *   F32  float32, row n at data + 4 K n
  *   BF16 bfloat16 (the top half of a float32), row stride 2 K bytes
  *   INT8 int8 q, w = q * scales[n] (symmetric, one scale per output row), row stride K bytes
- *   INT4 4-bit q in [0, 15], w = (q - 8) * scales[n * ng + k / group], ng = ceil(K / group); rows padded to
+ *   INT4 4-bit q in [0, 15], w = (q - 8) * scales[n * ng + k / group], ng = ceil(K / group), group a power of two
+ *        (32, 64 or 128: k / group is a shift); rows padded to
  *        Kp = ceil(K / 32) * 32 elements, stored in blocks of 32 elements = 16 bytes: byte i of a block
  *        holds element i in its low nibble and element i + 16 in its high one (row stride Kp / 2 bytes).
  * Products dequantize in registers (convert, subtract, scale) and accumulate in float32 as the float
@@ -493,7 +494,7 @@ static inline float qval(const int fmt, const uint8_t *row, const float *srow, i
     case FMT_INT4: {
         uint8_t byte = row[(k >> 5) * 16 + (k & 15)];
         int q = (k & 31) < 16 ? byte & 15 : byte >> 4;
-        return (float)(q - 8) * srow[k / G];
+        return (float)(q - 8) * srow[k >> __builtin_ctz(G)];
     }
     default: return ((const float *)row)[k];
     }
@@ -523,7 +524,7 @@ static inline __attribute__((always_inline)) __m512 qload(const int fmt, const u
         const __m512 lut = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
         __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + (k >> 5) * 16)));
         if (k & 16) v = _mm512_srli_epi32(v, 4);
-        return _mm512_mul_ps(_mm512_permutexvar_ps(v, lut), _mm512_set1_ps(srow[k / G]));  /* uses the low 4 bits */
+        return _mm512_mul_ps(_mm512_permutexvar_ps(v, lut), _mm512_set1_ps(srow[k >> __builtin_ctz(G)]));  /* uses the low 4 bits */
     }
     default: return _mm512_loadu_ps((const float *)row + k);
     }
@@ -549,7 +550,7 @@ static inline __attribute__((always_inline)) __m256 qload(const int fmt, const u
         __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row + (k >> 5) * 16 + (k & 15))));
         if (k & 16) v = _mm256_srli_epi32(v, 4);
         v = _mm256_and_si256(v, _mm256_set1_epi32(15));
-        return _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(8.0f)), _mm256_set1_ps(srow[k / G]));
+        return _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(8.0f)), _mm256_set1_ps(srow[k >> __builtin_ctz(G)]));
     }
     default: return _mm256_loadu_ps((const float *)row + k);
     }
