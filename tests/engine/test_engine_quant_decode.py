@@ -93,3 +93,14 @@ def test_engine_decodes_a_quantized_model(fmt):
     with Engine(model, max_batch_size=3, cache_tokens=256, block_size=4, fast_decode="step") as eng:
         assert eng.stats()["decode_path"] == f"model-{fmt}"  # the torch step reads float weights: not used
         assert [r.token_ids for r in eng.generate(prompts, params)] == ref
+
+
+def test_a_quantized_model_without_the_kernel_says_so(monkeypatch, caplog):
+    """No silent slow path: with the kernel off, the engine names the model's forward and the format, and
+    logs why (the forward dequantizes every layer at every step)."""
+    monkeypatch.setenv("PUYU_FUSED_DECODE", "0")
+    model = quantize_model_(make_model(), "int4")
+    with Engine(model, max_batch_size=1, cache_tokens=64, block_size=4) as eng:
+        assert eng.stats()["decode_path"] == "model-int4"
+        assert len(eng.generate([[3, 4]], SamplingParams(max_new_tokens=3, ignore_eos=True))[0].token_ids) == 3
+    assert "no native decode kernel for the int4 model" in caplog.text
