@@ -105,7 +105,7 @@ class Packed:
 
 def quantize(w: torch.Tensor, fmt: str, group: int = DEFAULT_GROUP) -> Packed:
     """A [N, K] weight (any float dtype) in format `fmt` (module docstring gives each format's rounding and
-    error bound). Rows are converted to float32 in chunks of ~16 MB, so the temporaries stay small next to
+    error bound). Rows are converted to float32 in chunks of ~4 MB, so the temporaries stay small next to
     the packed result (what bounds peak memory while loading)."""
     check_format(fmt, group)
     if w.dim() != 2:
@@ -118,7 +118,7 @@ def quantize(w: torch.Tensor, fmt: str, group: int = DEFAULT_GROUP) -> Packed:
         return Packed(fmt, (N, K), w.float().contiguous(), None)
     if fmt == "bf16":
         return Packed(fmt, (N, K), w.to(torch.bfloat16).contiguous(), None)
-    rows = max(1, (16 << 20) // (4 * max(K, 1)))
+    rows = max(1, (4 << 20) // (4 * max(K, 1)))
     if fmt == "int8":
         data, scales = torch.empty(N, K, dtype=torch.int8), torch.empty(N)
         for r0 in range(0, N, rows):
