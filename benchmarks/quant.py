@@ -18,7 +18,7 @@
    --context tokens: peak RSS and decode tokens/s. Needs ~4.5 GiB (7B int4) to ~12 GiB (20B int4): never
    run on the shared development machine; its figures are not in the README.
 
-llama.cpp is not compared here (see the README: `llama-cpp-python` was not built for this run).
+llama.cpp is not compared yet: building `llama-cpp-python` in its own environment was not attempted.
 The engine's decode path (kernel build and format) is printed with every figure.
 """
 
