@@ -23,7 +23,10 @@
    without it. Items 1-4 run with prefix reuse off, so repeated prompts are prefilled like transformers'.
 
 The engine runs its default decode path, printed with the figures: the native kernel of
-`puyu/fused_decode.py` where it builds, else `DecodeStep`.
+`puyu/fused_decode.py` where it builds (its instruction set is in the path's name: fused-avx512,
+fused-avx2, fused-portable; `PUYU_KERNEL_ISA=avx2` forces the AVX2 build, which with
+`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` for torch measures an AVX2-only machine's figures on
+an AVX-512 one), else `DecodeStep`.
 
 Items 2-4 run in fresh subprocesses so each peak RSS is its own. GOMP_SPINCOUNT=1000 is set before torch
 loads, as `puyu` does (see puyu/cli/__init__.py: a short spin, then sleep).
@@ -310,6 +313,7 @@ def main() -> None:
     ap.add_argument("--big-new-tokens", type=int, default=12)
     ap.add_argument("--shared-prefix", type=int, default=1000, help="system prompt tokens in the prefix-reuse run")
     ap.add_argument("--skip-1_8b", action="store_true", help="skip the 1.8B roofline (needs ~9 GB RAM)")
+    ap.add_argument("--nano-only", action="store_true", help="only item 1 (nano vs transformers)")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -319,7 +323,11 @@ def main() -> None:
         return
     res = {"threads": args.threads, "torch": torch.__version__, "nano": bench_nano(args)}
     n = res["nano"]
-    print(f"threads={args.threads}  torch {torch.__version__}  engine decode path: {n['decode_path']}")
+    from puyu.engine.fused_decode import cpu_isas
+
+    print(f"threads={args.threads}  torch {torch.__version__}  engine decode path: {n['decode_path']}  "
+          f"(PUYU_KERNEL_ISA={os.environ.get('PUYU_KERNEL_ISA', 'unset')}; this CPU runs {sorted(cpu_isas())}; "
+          f"torch ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', 'default')})")
     print(f"[nano] single stream: puyu {n['puyu_single_tok_s']:.0f} tok/s vs transformers "
           f"{n['hf_single_tok_s']:.0f} tok/s -> {n['single_ratio']:.2f}x (goal >= 5x)")
     c = args.concurrent
@@ -327,6 +335,8 @@ def main() -> None:
           f"{n['concurrent_ratio_vs_hf_single']:.1f}x transformers single stream (goal >= 30x); "
           f"transformers batch-{c} generate {n[f'hf_batch{c}_tok_s']:.0f} tok/s")
     print(f"[nano] greedy tokens agree with transformers over {n['agree_prefix']} tokens: {n['greedy_tokens_agree']}")
+    if args.nano_only:
+        return
     long = res["long"] = run_child("long", args)
     theory = long["kv_bytes_per_token_theory"]
     print(f"[nano] KV bytes/token (theory {theory}, cache accounting {long['kv_bytes_per_token_cache']}): "

@@ -1,8 +1,8 @@
 """The native decode kernel against independent references: its matrix product against torch's, its
 decode and prefill logits against the model's generic forward over the whole sequence (no cache), for
 head sizes that take the vector and the portable attention paths, GQA ratios, biases, every RoPE
-scaling with per-request bases, one thread and two (rows split, or weight rows split), and the build
-without AVX-512. Then the engine around it: same greedy tokens on every decode path, in-place weight
+scaling with per-request bases, one thread and two (rows split, or weight rows split), and each
+instruction set's build (AVX-512, AVX2 + FMA, portable C; skipped where the CPU lacks one). Then the engine around it: same greedy tokens on every decode path, in-place weight
 updates seen, fallbacks when the kernel cannot apply, fork safety and two engines at once."""
 
 from __future__ import annotations
@@ -51,8 +51,20 @@ def full_logits(model, tokens: list[int], base) -> torch.Tensor:
         return model(torch.tensor([tokens]), rope_base=base)[0]  # [T, V]
 
 
-@pytest.mark.parametrize("flags", [fd.FLAGS, PORTABLE_FLAGS], ids=["native", "portable"])
-def test_linear_matches_torch(flags):
+def isa_flags(isa: str) -> tuple[str, ...]:
+    """The build flags of one instruction set; skips (never fails) where this CPU cannot run it."""
+    if isa not in fd.cpu_isas():
+        pytest.skip(f"this CPU cannot run the {isa} build")
+    return fd.ISA_FLAGS[isa]
+
+
+ISAS = ["avx512", "avx2", "portable"]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_linear_matches_torch(isa):
+    flags = isa_flags(isa)
+    assert fd.ISA_NAMES[fd.load(flags).puyu_decode_isa()] == isa
     g = torch.Generator().manual_seed(0)
     for m in (1, 2, 3, 4, 5, 7, 9, 16):
         # tails in rows, columns and K; K >= 1024 takes the one-row path for large weights (rows8)
@@ -97,22 +109,50 @@ def test_decode_logits_equal_full_forward(case, split):
             assert torch.allclose(got[row], ref, atol=tol, rtol=1e-5), (case, split, i, (got[row] - ref).abs().max())
 
 
-@pytest.mark.parametrize("case", ["d32-gqa2", "d16-gqa4-bias", "d32-dynamic"])
-def test_portable_build_decodes_the_same(case):
+@pytest.mark.parametrize("isa", ["avx2", "portable"])
+@pytest.mark.parametrize("case", ["d32-gqa2", "d16-gqa4-bias", "d32-dynamic", "d64-mha", "d128-wide"])
+def test_narrower_builds_decode_the_same(case, isa):
+    """The AVX2 and portable builds (on any CPU that runs them) against the model's full forward: a
+    prefill, then decode steps with the batch's rows split across two threads and with the weights split."""
     model = make_model(**CASES[case])
     cfg = model.config
-    native, portable = FusedDecode(model, threads=2), FusedDecode(model, threads=2, flags=PORTABLE_FLAGS)
-    assert portable.isa == "c"
-    cache = PagedKVCache(cfg, num_blocks=40, block_size=8)
+    step = FusedDecode(model, threads=2, flags=isa_flags(isa))
+    assert step.isa == isa
+    cache = PagedKVCache(cfg, num_blocks=80, block_size=8)
     g = torch.Generator().manual_seed(5)
-    prompts = [torch.randint(3, cfg.vocab_size, (n,), generator=g).tolist() for n in (9, 30, 50)]
-    seqs = [SequenceBlocks(cache, len(p) + 1) for p in prompts]
-    bases = [request_rope_base(cfg, len(p), 1) for p in prompts]
-    a = native.prefill(cache, seqs, prompts, bases)
-    b = portable.prefill(cache, seqs, prompts, bases)
-    assert torch.allclose(a, b, atol=2e-5)
-    for p, base, row in zip(prompts, bases, a):
-        assert torch.allclose(row, full_logits(model, p, base)[-1], atol=2e-5)
+    prompts = [torch.randint(3, cfg.vocab_size, (n,), generator=g).tolist() for n in (9, 30, 50, 3, 17)]
+    seqs = [SequenceBlocks(cache, len(p) + 2) for p in prompts]
+    bases = [request_rope_base(cfg, len(p), 2) for p in prompts]
+    got = step.prefill(cache, seqs, prompts, bases)
+    tol = 2e-5 if case != "d128-wide" else 4e-5
+    for p, base, row in zip(prompts, bases, got):
+        assert torch.allclose(row, full_logits(model, p, base)[-1], atol=tol)
+    nxt = torch.randint(3, cfg.vocab_size, (len(prompts),), generator=g).tolist()
+    for split_rows in (1, 1000):
+        step.split_rows = split_rows
+        step.min_parallel = 0
+        got = decode(model, cache, seqs, nxt, [len(p) for p in prompts], bases, step)
+        for p, t, base, row in zip(prompts, nxt, bases, got):
+            ref = full_logits(model, p + [t], base)[-1]
+            assert torch.allclose(row, ref, atol=tol * max(1.0, float(ref.abs().max()) / 2)), (split_rows, (row - ref).abs().max())
+
+
+def test_isa_choice(monkeypatch):
+    """$PUYU_KERNEL_ISA forces a build; an unknown name or an instruction set the CPU lacks is refused."""
+    monkeypatch.setenv("PUYU_KERNEL_ISA", "portable")
+    assert fd.default_flags() == PORTABLE_FLAGS
+    monkeypatch.setenv("PUYU_KERNEL_ISA", "sse9")
+    with pytest.raises(FusedDecodeUnavailable, match="expected one of"):
+        fd.default_isa()
+    monkeypatch.setattr(fd, "_cpu_flags", lambda: "flags : fpu sse2")
+    monkeypatch.setenv("PUYU_KERNEL_ISA", "avx2")
+    with pytest.raises(FusedDecodeUnavailable, match="cannot run it"):
+        fd.default_isa()
+    monkeypatch.delenv("PUYU_KERNEL_ISA")
+    assert fd.default_isa() == "portable"
+    monkeypatch.setattr(fd, "_cpu_flags", lambda: "flags : fpu sse2 avx avx2 fma")
+    if fd.platform.machine() in ("x86_64", "AMD64"):
+        assert fd.default_isa() == "avx2"
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -225,13 +265,13 @@ def test_unwritable_cache_dir_and_a_damaged_library(monkeypatch, tmp_path):
     assert fd.cache_dir() == tmp_path / "tmp" / f"puyu-{os.getuid()}" / "kernels"
     lib = fd.load()
     built = list(fd.cache_dir().glob("fused_decode-*.so"))
-    assert len(built) == 1 and lib.puyu_decode_isa() in (0, 1)
+    assert len(built) == 1 and lib.puyu_decode_isa() in (0, 1, 2)
     damaged = tmp_path / "damaged.so"
     damaged.write_bytes(b"not a shared object")
     # Replaced, not overwritten in place: this process still has the old file mapped.
     os.replace(damaged, built[0])  # damaged: rebuilt on the next load
     monkeypatch.setattr(fd, "_libs", {})
-    assert fd.load().puyu_decode_isa() in (0, 1)
+    assert fd.load().puyu_decode_isa() in (0, 1, 2)
 
 
 def _decode_in_child(q):

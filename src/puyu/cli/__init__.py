@@ -23,6 +23,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("puyu.model.info", "parameters, weight bytes, KV-cache bytes and memory at a context length"),
     "convert": ("puyu.model.convert", "convert a checkpoint between InternLM2 and LLaMA layouts"),
+    "quantize": ("puyu.model.quantize", "write a checkpoint with bf16 / int8 / int4 weights for the CPU kernel"),
     "tokenizer": ("puyu.model.tokenizer", "train or inspect a SentencePiece tokenizer"),
     "generate": ("puyu.engine.generate", "generate text for prompts with the engine"),
     "chat": ("puyu.agent.chat", "interactive terminal chat (optionally with tools and the interpreter)"),

@@ -15,7 +15,8 @@
  * rows (few input rows) or the batch's rows, each core then running the whole forward for its own rows
  * (task_rows); workers spin briefly between parallel regions and then sleep on a condition variable.
  * A prefill is the same call with one row per prompt token (out_rows picks the rows whose logits are
- * wanted). Without AVX-512 the same loops run in portable C.
+ * wanted). Without AVX-512 but with AVX2 + FMA the same structure runs 8 wide (tile8: 1x8, 2x4 or 4x2
+ * tiles, reduce8; 8-key score blocks; value sums in slices of 64 floats); without either, portable C.
  *
  * Built with -DPUYU_PROFILE, the per-phase seconds of every call accumulate in puyu_prof[8] (see forward).
  *
@@ -29,11 +30,22 @@
 #include <string.h>
 #include <time.h>
 
+/* The instruction set is chosen at build time (fused_decode.py passes the flags): AVX-512 where the
+ * compiler targets it, else AVX2 + FMA, else portable C. */
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define PUYU_AVX512 1
+#define PUYU_AVX2 0
+#define PUYU_ISA 2
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define PUYU_AVX512 0
+#define PUYU_AVX2 1
+#define PUYU_ISA 1
 #else
 #define PUYU_AVX512 0
+#define PUYU_AVX2 0
+#define PUYU_ISA 0
 #endif
 
 #define MAX_THREADS 64
@@ -253,6 +265,80 @@ static inline float dot(const float *a, const float *b, int K) {
     }
     return _mm512_reduce_add_ps(acc);
 }
+#elif PUYU_AVX2
+/* r[i] = sum of the 8 lanes of v[i], for i in 0..7 (the 8-wide form of reduce16). */
+static inline __m256 reduce8(const __m256 *v) {
+    __m256 s[4], t[2];
+    for (int i = 0; i < 4; i++) {
+        __m256 a = v[2 * i], b = v[2 * i + 1];
+        s[i] = _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+    }
+    for (int i = 0; i < 2; i++) {
+        __m256 a = s[2 * i], b = s[2 * i + 1];
+        t[i] = _mm256_add_ps(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+    }
+    return _mm256_add_ps(_mm256_permute2f128_ps(t[0], t[1], 0x20), _mm256_permute2f128_ps(t[0], t[1], 0x31));
+}
+
+static inline __m256i tail_mask8(int n) {  /* lanes [0, n) set, n in 1..8 */
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+/* 8 dot products: MR input rows x NR weight rows (MR * NR == 8), sums in row-major order. With 16
+ * ymm registers, 8 accumulators + MR + NR loaded rows is the largest tile that does not spill: each
+ * weight vector loaded serves MR input rows, each input vector NR weight rows. */
+static inline __attribute__((always_inline)) __m256 tile8(const int MR, const int NR, int K, const float *x,
+                                                          int ldx, const float *w, int ldw) {
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 8 <= K; k += 8) {
+        __m256 wv[8], xv[8];
+#pragma GCC unroll 8
+        for (int j = 0; j < NR; j++) wv[j] = _mm256_loadu_ps(w + (long)j * ldw + k);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++) xv[i] = _mm256_loadu_ps(x + (long)i * ldx + k);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+            for (int j = 0; j < NR; j++) acc[i * NR + j] = _mm256_fmadd_ps(xv[i], wv[j], acc[i * NR + j]);
+    }
+    if (k < K) {
+        __m256i mk = tail_mask8(K - k);
+        __m256 wv[8], xv[8];
+#pragma GCC unroll 8
+        for (int j = 0; j < NR; j++) wv[j] = _mm256_maskload_ps(w + (long)j * ldw + k, mk);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++) xv[i] = _mm256_maskload_ps(x + (long)i * ldx + k, mk);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+            for (int j = 0; j < NR; j++) acc[i * NR + j] = _mm256_fmadd_ps(xv[i], wv[j], acc[i * NR + j]);
+    }
+    return reduce8(acc);
+}
+
+static inline float dot(const float *a, const float *b, int K) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), acc1);
+    }
+    for (; k < K; k += 8) {
+        __m256i mk = tail_mask8(K - k < 8 ? K - k : 8);
+        acc0 = _mm256_fmadd_ps(_mm256_maskload_ps(a + k, mk), _mm256_maskload_ps(b + k, mk), acc0);
+    }
+    return hsum8(_mm256_add_ps(acc0, acc1));
+}
 #else
 static inline float dot(const float *a, const float *b, int K) {
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -302,6 +388,30 @@ static inline __attribute__((always_inline)) void tile_rows(const int MR, const 
     }
     dots(m, MR, n, c1, K, x, ldx, W, bias, y, ldy, accumulate);
 }
+#elif PUYU_AVX2
+/* The AVX2 form of tile_rows: MR x NR tiles of 8 sums; row i's NR sums are lanes [i NR, (i + 1) NR). */
+static inline __attribute__((always_inline)) void tile_rows(const int MR, const int NR, int m, int c0, int c1, int K,
+                                                            const float *x, int ldx, const float *W,
+                                                            const float *bias, float *y, int ldy, int accumulate) {
+    int n = c0;
+    for (; n + NR <= c1; n += NR) {
+        __m256 r = tile8(MR, NR, K, x + (long)m * ldx, ldx, W + (long)n * K, K);
+        if (NR == 8) {
+            float *yi = y + (long)m * ldy + n;
+            if (bias) r = _mm256_add_ps(r, _mm256_loadu_ps(bias + n));
+            if (accumulate) r = _mm256_add_ps(r, _mm256_loadu_ps(yi));
+            _mm256_storeu_ps(yi, r);
+            continue;
+        }
+        float sums[8];
+        _mm256_storeu_ps(sums, r);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+            for (int j = 0; j < NR; j++) put(y + (long)(m + i) * ldy + n + j, sums[i * NR + j], bias, n + j, accumulate);
+    }
+    dots(m, MR, n, c1, K, x, ldx, W, bias, y, ldy, accumulate);
+}
 #endif
 
 /* y[m, n] (+)= x[m, :] . W[n, :] (+ bias[n]) for m < M, n in [n0, n1). x [M, K] (row stride ldx),
@@ -328,10 +438,233 @@ static void gemm_nt(int M, int K, const float *x, int ldx, const float *W, const
             m = 1;
         }
         for (; m < M; m++) tile_rows(1, 16, m, c0, c1, K, x, ldx, W, bias, y, ldy, accumulate);
+#elif PUYU_AVX2
+        int m = 0;
+        for (; m + 4 <= M; m += 4) tile_rows(4, 2, m, c0, c1, K, x, ldx, W, bias, y, ldy, accumulate);
+        for (; m + 2 <= M; m += 2) tile_rows(2, 4, m, c0, c1, K, x, ldx, W, bias, y, ldy, accumulate);
+        for (; m < M; m++) tile_rows(1, 8, m, c0, c1, K, x, ldx, W, bias, y, ldy, accumulate);
 #else
         dots(0, M, c0, c1, K, x, ldx, W, bias, y, ldy, accumulate);
 #endif
     }
+}
+
+/* ---------------------------------------------------------------- stored formats ------------- */
+/* A weight matrix [N, K] in one of the stored formats (puyu/model/quant.py writes them):
+ *   F32  float32, row n at data + 4 K n
+ *   BF16 bfloat16 (the top half of a float32), row stride 2 K bytes
+ *   INT8 int8 q, w = q * scales[n] (symmetric, one scale per output row), row stride K bytes
+ *   INT4 4-bit q in [0, 15], w = (q - 8) * scales[n * ng + k / group], ng = ceil(K / group), group a power of two
+ *        (32, 64 or 128: k / group is a shift); rows padded to
+ *        Kp = ceil(K / 32) * 32 elements, stored in blocks of 32 elements = 16 bytes: byte i of a block
+ *        holds element i in its low nibble and element i + 16 in its high one (row stride Kp / 2 bytes).
+ * Products dequantize in registers (convert, subtract, scale) and accumulate in float32 as the float
+ * kernel does, so a product equals the float32 product on the dequantized weights up to float rounding. */
+enum { FMT_F32 = 0, FMT_BF16 = 1, FMT_INT8 = 2, FMT_INT4 = 3 };
+
+typedef struct {
+    int fmt, group;
+    const void *data;
+    const float *scales;
+} QW;
+
+static inline long q_row_bytes(int fmt, int K) {
+    switch (fmt) {
+    case FMT_BF16: return 2L * K;
+    case FMT_INT8: return K;
+    case FMT_INT4: return (K + 31) / 32 * 16L;
+    default: return 4L * K;
+    }
+}
+
+static inline int q_scales_per_row(const QW *q, int K) {
+    return q->fmt == FMT_INT8 ? 1 : q->fmt == FMT_INT4 ? (K + q->group - 1) / q->group : 0;
+}
+
+/* Element k of a row (row: its first byte; srow: its scales). */
+static inline float qval(const int fmt, const uint8_t *row, const float *srow, int G, int k) {
+    switch (fmt) {
+    case FMT_BF16: {
+        uint32_t bits = (uint32_t)((const uint16_t *)row)[k] << 16;
+        float f;
+        memcpy(&f, &bits, 4);
+        return f;
+    }
+    case FMT_INT8: return (float)((const int8_t *)row)[k] * srow[0];
+    case FMT_INT4: {
+        uint8_t byte = row[(k >> 5) * 16 + (k & 15)];
+        int q = (k & 31) < 16 ? byte & 15 : byte >> 4;
+        return (float)(q - 8) * srow[k >> __builtin_ctz(G)];
+    }
+    default: return ((const float *)row)[k];
+    }
+}
+
+static inline float qdot_scalar(const int fmt, const float *x, const uint8_t *row, const float *srow, int G, int k0,
+                                int K) {
+    float s = 0.0f;
+    for (int k = k0; k < K; k++) s += x[k] * qval(fmt, row, srow, G, k);
+    return s;
+}
+
+#if PUYU_AVX512
+#define QVW 16
+typedef __m512 qvec;
+/* Elements [k, k + 16) of a row as floats; k is a multiple of 16 (so of the int4 half-blocks too). */
+static inline __attribute__((always_inline)) __m512 qload(const int fmt, const uint8_t *row, const float *srow,
+                                                          int G, int k) {
+    switch (fmt) {
+    case FMT_BF16:
+        return _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(row + 2L * k))), 16));
+    case FMT_INT8:  /* unscaled: qtile multiplies each row's sum by its scale once */
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + k))));
+    case FMT_INT4: {
+        /* nibble -> (q - 8) by a 16-entry table lookup (one permute instead of convert + subtract) */
+        const __m512 lut = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + (k >> 5) * 16)));
+        if (k & 16) v = _mm512_srli_epi32(v, 4);
+        return _mm512_mul_ps(_mm512_permutexvar_ps(v, lut), _mm512_set1_ps(srow[k >> __builtin_ctz(G)]));  /* uses the low 4 bits */
+    }
+    default: return _mm512_loadu_ps((const float *)row + k);
+    }
+}
+#define QZERO() _mm512_setzero_ps()
+#define QLOADX(p) _mm512_loadu_ps(p)
+#define QFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define QREDUCE(acc) reduce16(acc)
+#define QSTORE(p, v) _mm512_storeu_ps(p, v)
+#elif PUYU_AVX2
+#define QVW 8
+typedef __m256 qvec;
+/* Elements [k, k + 8) of a row as floats; k is a multiple of 8. */
+static inline __attribute__((always_inline)) __m256 qload(const int fmt, const uint8_t *row, const float *srow,
+                                                          int G, int k) {
+    switch (fmt) {
+    case FMT_BF16:
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(row + 2L * k))), 16));
+    case FMT_INT8:  /* unscaled: qtile multiplies each row's sum by its scale once */
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(row + k))));
+    case FMT_INT4: {
+        __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row + (k >> 5) * 16 + (k & 15))));
+        if (k & 16) v = _mm256_srli_epi32(v, 4);
+        v = _mm256_and_si256(v, _mm256_set1_epi32(15));
+        return _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(8.0f)), _mm256_set1_ps(srow[k >> __builtin_ctz(G)]));
+    }
+    default: return _mm256_loadu_ps((const float *)row + k);
+    }
+}
+#define QZERO() _mm256_setzero_ps()
+#define QLOADX(p) _mm256_loadu_ps(p)
+#define QFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define QREDUCE(acc) reduce8(acc)
+#define QSTORE(p, v) _mm256_storeu_ps(p, v)
+#endif
+
+#ifdef QVW
+/* MR input rows x NR stored weight rows (MR * NR <= QVW): sums[i * NR + j]. The whole-vector part of K
+ * in registers, the tail (K % QVW) in scalar code. */
+static inline __attribute__((always_inline)) void qtile(const int fmt, const int MR, const int NR, int K,
+                                                        const float *x, int ldx, const uint8_t *w, long rb,
+                                                        const float *sc, int ns, int G, float *sums) {
+    qvec acc[QVW];
+#pragma GCC unroll 16
+    for (int i = 0; i < QVW; i++) acc[i] = QZERO();
+    int k = 0;
+    for (; k + QVW <= K; k += QVW) {
+        qvec wv[QVW], xv[QVW];
+#pragma GCC unroll 16
+        for (int j = 0; j < NR; j++) wv[j] = qload(fmt, w + j * rb, sc + (long)j * ns, G, k);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) xv[i] = QLOADX(x + (long)i * ldx + k);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 16
+            for (int j = 0; j < NR; j++) acc[i * NR + j] = QFMA(xv[i], wv[j], acc[i * NR + j]);
+    }
+    QSTORE(sums, QREDUCE(acc));
+    if (fmt == FMT_INT8)
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j++) sums[i * NR + j] *= sc[(long)j * ns];
+    if (k < K)
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j++)
+                sums[i * NR + j] += qdot_scalar(fmt, x + (long)i * ldx, w + j * rb, sc + (long)j * ns, G, k, K);
+}
+
+/* Input rows [m, m + MR) against stored rows [c0, c1) in MR x NR tiles, the leftover rows one by one. */
+static inline __attribute__((always_inline)) void qtile_rows(const int fmt, const int MR, const int NR, int m, int c0,
+                                                             int c1, int K, const float *x, int ldx, const QW *q,
+                                                             const float *bias, float *y, int ldy, int accumulate) {
+    long rb = q_row_bytes(fmt, K);
+    int ns = q_scales_per_row(q, K);
+    const uint8_t *W = (const uint8_t *)q->data;
+    float sums[QVW];
+    int n = c0;
+    for (; n + NR <= c1; n += NR) {
+        qtile(fmt, MR, NR, K, x + (long)m * ldx, ldx, W + n * rb, rb, q->scales + (long)n * ns, ns, q->group, sums);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 16
+            for (int j = 0; j < NR; j++) put(y + (long)(m + i) * ldy + n + j, sums[i * NR + j], bias, n + j, accumulate);
+    }
+    for (; n < c1; n++)
+        for (int i = 0; i < MR; i++) {
+            qtile(fmt, 1, 1, K, x + (long)(m + i) * ldx, ldx, W + n * rb, rb, q->scales + (long)n * ns, ns, q->group, sums);
+            put(y + (long)(m + i) * ldy + n, sums[0], bias, n, accumulate);
+        }
+}
+
+static inline __attribute__((always_inline)) void qgemm_fmt(const int fmt, int M, int K, const float *x, int ldx,
+                                                            const QW *q, const float *bias, float *y, int ldy, int c0,
+                                                            int c1, int accumulate) {
+    int m = 0;
+#if PUYU_AVX512
+    for (; m + 4 <= M; m += 4) qtile_rows(fmt, 4, 4, m, c0, c1, K, x, ldx, q, bias, y, ldy, accumulate);
+    for (; m + 2 <= M; m += 2) qtile_rows(fmt, 2, 8, m, c0, c1, K, x, ldx, q, bias, y, ldy, accumulate);
+    for (; m < M; m++) qtile_rows(fmt, 1, 16, m, c0, c1, K, x, ldx, q, bias, y, ldy, accumulate);
+#else
+    for (; m + 4 <= M; m += 4) qtile_rows(fmt, 4, 2, m, c0, c1, K, x, ldx, q, bias, y, ldy, accumulate);
+    for (; m + 2 <= M; m += 2) qtile_rows(fmt, 2, 4, m, c0, c1, K, x, ldx, q, bias, y, ldy, accumulate);
+    for (; m < M; m++) qtile_rows(fmt, 1, 8, m, c0, c1, K, x, ldx, q, bias, y, ldy, accumulate);
+#endif
+}
+#endif
+
+/* y[m, n] (+)= x[m, :] . Wq[n, :] (+ bias[n]) for m < M, n in [n0, n1), Wq in a stored format (not F32).
+ * Stored rows are visited in chunks of ~256 KB, as in gemm_nt. */
+static void qgemm_nt(int M, int K, const float *x, int ldx, const QW *q, const float *bias, float *y, int ldy,
+                     int n0, int n1, int accumulate) {
+    long rb = q_row_bytes(q->fmt, K);
+    int chunk = (int)((256L * 1024) / rb);
+    chunk = chunk < 16 ? 16 : chunk / 16 * 16;
+    for (int c0 = n0; c0 < n1; c0 += chunk) {
+        int c1 = c0 + chunk < n1 ? c0 + chunk : n1;
+#ifdef QVW
+        switch (q->fmt) {
+        case FMT_BF16: qgemm_fmt(FMT_BF16, M, K, x, ldx, q, bias, y, ldy, c0, c1, accumulate); break;
+        case FMT_INT8: qgemm_fmt(FMT_INT8, M, K, x, ldx, q, bias, y, ldy, c0, c1, accumulate); break;
+        default: qgemm_fmt(FMT_INT4, M, K, x, ldx, q, bias, y, ldy, c0, c1, accumulate); break;
+        }
+#else
+        int ns = q_scales_per_row(q, K);
+        const uint8_t *W = (const uint8_t *)q->data;
+        for (int n = c0; n < c1; n++)
+            for (int m = 0; m < M; m++)
+                put(y + (long)m * ldy + n,
+                    qdot_scalar(q->fmt, x + (long)m * ldx, W + n * rb, q->scales + (long)n * ns, q->group, 0, K),
+                    bias, n, accumulate);
+#endif
+    }
+}
+
+/* Row n of a stored matrix as float32 (an embedding lookup). */
+static void q_row(const QW *q, int K, long n, float *out) {
+    long rb = q_row_bytes(q->fmt, K);
+    int ns = q_scales_per_row(q, K);
+    const uint8_t *row = (const uint8_t *)q->data + n * rb;
+    for (int k = 0; k < K; k++) out[k] = qval(q->fmt, row, q->scales + n * ns, q->group, k);
 }
 
 /* ---------------------------------------------------------------- elementwise ----------------- */
@@ -363,6 +696,24 @@ static inline __m512 exp512(__m512 x) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
 }
+#elif PUYU_AVX2
+/* exp512's method 8 lanes wide; 2^n is built in the exponent bits (n in [-126, 127] after the clamp). */
+static inline __m256 exp256(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187045e-06f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
 #endif
 
 /* s[i] = exp(s[i] - max) for i < n; returns the sum. */
@@ -384,6 +735,14 @@ static float softmax_exp(float *s, int n, float mx) {
         i = n;
     }
     sum = _mm512_reduce_add_ps(vs);
+#elif PUYU_AVX2
+    __m256 vs = _mm256_setzero_ps(), vm = _mm256_set1_ps(mx);
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + i), vm));
+        _mm256_storeu_ps(s + i, e);
+        vs = _mm256_add_ps(vs, e);
+    }
+    sum = hsum8(vs);
 #endif
     for (; i < n; i++) {
         s[i] = expf(s[i] - mx);
@@ -401,6 +760,13 @@ static void silu_mul(float *g, const float *u, int n) {
         __m512 v = _mm512_loadu_ps(g + i);
         __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), v));
         _mm512_storeu_ps(g + i, _mm512_mul_ps(_mm512_div_ps(v, _mm512_add_ps(one, e)), _mm512_loadu_ps(u + i)));
+    }
+#elif PUYU_AVX2
+    __m256 one = _mm256_set1_ps(1.0f);
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(g + i);
+        __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), v));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_div_ps(v, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
     }
 #endif
     for (; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
@@ -422,6 +788,7 @@ typedef struct {
     int split_rows;         /* rows per thread from which threads split the batch's rows, not weights */
     const int64_t *out_rows; /* rows whose logits are wanted (a prefill's last tokens); NULL: every row */
     int n_out;
+    const QW *q;            /* NULL, or per entry of w: its stored format (F32 entries read w) */
 } Args;
 
 typedef struct {
@@ -434,6 +801,7 @@ typedef struct {
     /* the current product */
     int M, Kd, N, accumulate;
     const float *in, *W, *bias, *W3;
+    const QW *Wq, *W3q;     /* the stored formats of W and W3; NULL: float32 */
     float *out;
 } Ctx;
 
@@ -441,7 +809,9 @@ static void task_linear(void *p, int part, int parts) {
     Ctx *c = (Ctx *)p;
     int lo, hi;
     split_range(c->N, part, parts, 16, &lo, &hi);
-    if (lo < hi) gemm_nt(c->M, c->Kd, c->in, c->Kd, c->W, c->bias, c->out, c->N, lo, hi, c->accumulate);
+    if (lo >= hi) return;
+    if (c->Wq) qgemm_nt(c->M, c->Kd, c->in, c->Kd, c->Wq, c->bias, c->out, c->N, lo, hi, c->accumulate);
+    else gemm_nt(c->M, c->Kd, c->in, c->Kd, c->W, c->bias, c->out, c->N, lo, hi, c->accumulate);
 }
 
 static void task_gate_up(void *p, int part, int parts) {
@@ -449,14 +819,23 @@ static void task_gate_up(void *p, int part, int parts) {
     int lo, hi, F = c->N;
     split_range(F, part, parts, 16, &lo, &hi);
     if (lo >= hi) return;
-    gemm_nt(c->M, c->Kd, c->in, c->Kd, c->W, NULL, c->g1, F, lo, hi, 0);
-    gemm_nt(c->M, c->Kd, c->in, c->Kd, c->W3, NULL, c->g3, F, lo, hi, 0);
+    if (c->Wq) qgemm_nt(c->M, c->Kd, c->in, c->Kd, c->Wq, NULL, c->g1, F, lo, hi, 0);
+    else gemm_nt(c->M, c->Kd, c->in, c->Kd, c->W, NULL, c->g1, F, lo, hi, 0);
+    if (c->W3q) qgemm_nt(c->M, c->Kd, c->in, c->Kd, c->W3q, NULL, c->g3, F, lo, hi, 0);
+    else gemm_nt(c->M, c->Kd, c->in, c->Kd, c->W3, NULL, c->g3, F, lo, hi, 0);
     for (int m = 0; m < c->M; m++) silu_mul(c->g1 + (long)m * F + lo, c->g3 + (long)m * F + lo, hi - lo);
 }
 
-static void linear(Ctx *c, int M, int Kd, const float *in, const float *W, const float *bias, float *out, int N,
+/* The stored format of weight entry i, or NULL when it is float32 (read through w[i]). */
+static inline const QW *qof(const Args *a, int i) {
+    return a->q && a->q[i].fmt != FMT_F32 ? &a->q[i] : NULL;
+}
+
+/* out (+)= in . W^T (+ bias) for weight entry wi of the table (float32 or a stored format). */
+static void linear(Ctx *c, int M, int Kd, const float *in, int wi, const float *bias, float *out, int N,
                    int accumulate) {
-    c->M = M, c->Kd = Kd, c->in = in, c->W = W, c->bias = bias, c->out = out, c->N = N, c->accumulate = accumulate;
+    c->M = M, c->Kd = Kd, c->in = in, c->W = c->a->w[wi], c->Wq = qof(c->a, wi), c->bias = bias, c->out = out;
+    c->N = N, c->accumulate = accumulate;
     int parts = (long)N * Kd < c->a->min_parallel ? 1 : c->a->threads;
     run_parallel(task_linear, c, parts);
 }
@@ -488,6 +867,35 @@ static inline __attribute__((always_inline)) void weighted_values(const int NV, 
         }
         for (int q = 0; q < nq; q++)
             for (int i = 0; i < NV; i++) _mm512_storeu_ps(o + (long)(q0 + q) * NV * 16 + 16 * i, acc[q * NV + i]);
+    }
+}
+#elif PUYU_AVX2
+/* The AVX2 form: NV (<= 8) vectors of 8 floats per value row (a slice of D at column d0), up to 8 / NV
+ * queries per pass; outputs o[q * D + d0 ...]. */
+static inline __attribute__((always_inline)) void weighted_values(const int NV, int n_rep, int S, const float *p,
+                                                                  const float *vc, const long *slot, long kstride,
+                                                                  float *o, int D, int d0) {
+    for (int q0 = 0; q0 < n_rep; q0 += 8 / NV) {
+        int nq = n_rep - q0 < 8 / NV ? n_rep - q0 : 8 / NV;
+        __m256 acc[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+        for (int t = 0; t < S; t++) {
+            const float *vt = vc + slot[t] * kstride + d0;
+            __m256 v[8];
+#pragma GCC unroll 8
+            for (int i = 0; i < NV; i++) v[i] = _mm256_loadu_ps(vt + 8 * i);
+#pragma GCC unroll 8
+            for (int q = 0; q < 8 / NV; q++) {
+                if (q < nq) {
+                    __m256 pq = _mm256_set1_ps(p[(long)(q0 + q) * S + t]);
+#pragma GCC unroll 8
+                    for (int i = 0; i < NV; i++) acc[q * NV + i] = _mm256_fmadd_ps(pq, v[i], acc[q * NV + i]);
+                }
+            }
+        }
+        for (int q = 0; q < nq; q++)
+            for (int i = 0; i < NV; i++) _mm256_storeu_ps(o + (long)(q0 + q) * D + d0 + 8 * i, acc[q * NV + i]);
     }
 }
 #endif
@@ -523,6 +931,22 @@ static void attend_group(Ctx *c, int b, int g, float *scores) {
                 _mm512_storeu_ps(s, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(scale)));
                 continue;
             }
+#elif PUYU_AVX2
+            if (n >= 8 && D % 8 == 0) {  /* 8 keys at a time, then the rest one by one */
+                int j0 = 0;
+                for (; j0 + 8 <= n; j0 += 8) {
+                    __m256 acc[8];
+                    for (int j = 0; j < 8; j++) {
+                        const float *kj = kp[j0 + j];
+                        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(qr), _mm256_loadu_ps(kj));
+                        for (int d = 8; d < D; d += 8) v = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d), _mm256_loadu_ps(kj + d), v);
+                        acc[j] = v;
+                    }
+                    _mm256_storeu_ps(s + j0, _mm256_mul_ps(reduce8(acc), _mm256_set1_ps(scale)));
+                }
+                for (int j = j0; j < n; j++) s[j] = dot(qr, kp[j], D) * scale;
+                continue;
+            }
 #endif
             for (int j = 0; j < n; j++) s[j] = dot(qr, kp[j], D) * scale;
         }
@@ -536,6 +960,8 @@ static void attend_group(Ctx *c, int b, int g, float *scores) {
         float *o = c->att + (long)b * H * D + (long)(g * n_rep + r) * D;
 #if PUYU_AVX512
         if (D == 32 || D == 64 || D == 128) continue;  /* done below, all queries at once */
+#elif PUYU_AVX2
+        if (D % 16 == 0 && D <= 128) continue;  /* done below, all queries at once */
 #endif
         for (int d = 0; d < D; d++) o[d] = 0.0f;
         for (int t = 0; t < S; t++) {
@@ -550,6 +976,17 @@ static void attend_group(Ctx *c, int b, int g, float *scores) {
         if (D == 32) weighted_values(2, n_rep, S, scores, vc, slot, kstride, o);
         else if (D == 64) weighted_values(4, n_rep, S, scores, vc, slot, kstride, o);
         else weighted_values(8, n_rep, S, scores, vc, slot, kstride, o);
+    }
+#elif PUYU_AVX2
+    if (D % 16 == 0 && D <= 128) {
+        float *o = c->att + (long)b * H * D + (long)g * n_rep * D;
+        for (int d0 = 0; d0 < D; d0 += 64)  /* slices of 64, then 32 and/or 16 */
+                if (D - d0 >= 64) weighted_values(8, n_rep, S, scores, vc, slot, kstride, o, D, d0);
+                else if (D - d0 == 32) weighted_values(4, n_rep, S, scores, vc, slot, kstride, o, D, d0);
+                else if (D - d0 == 48) {
+                    weighted_values(4, n_rep, S, scores, vc, slot, kstride, o, D, d0);
+                    weighted_values(2, n_rep, S, scores, vc, slot, kstride, o, D, d0 + 32);
+                } else weighted_values(2, n_rep, S, scores, vc, slot, kstride, o, D, d0);
     }
 #endif
 }
@@ -602,7 +1039,10 @@ static void forward(const Args *a, Ctx *c) {
     int B = a->B, C = a->C, H = a->H, K = a->K, D = a->D, F = a->F;
     int QKV = (H + 2 * K) * D;
     const float *const *w = a->w;
-    for (int b = 0; b < B; b++) memcpy(c->x + (long)b * C, w[0] + a->tokens[b] * (long)C, sizeof(float) * C);
+    const QW *emb = qof(a, 0);
+    for (int b = 0; b < B; b++)
+        if (emb) q_row(emb, C, a->tokens[b], c->x + (long)b * C);
+        else memcpy(c->x + (long)b * C, w[0] + a->tokens[b] * (long)C, sizeof(float) * C);
     for (int b = 0; b < B; b++)
         for (int t = 0; t <= (int)a->positions[b]; t++)
             c->slots[(long)b * c->smax + t] = a->tables[b][t / a->P] * a->P + t % a->P;
@@ -618,31 +1058,33 @@ static void forward(const Args *a, Ctx *c) {
         }
     }
     for (int l = 0; l < a->L; l++) {
-        const float *const *lw = w + 3 + 9 * l;  /* attn_norm, wqkv, bqkv, wo, bo, ffn_norm, w1, w3, w2 */
+        const int wl = 3 + 9 * l;
+        const float *const *lw = w + wl;  /* attn_norm, wqkv, bqkv, wo, bo, ffn_norm, w1, w3, w2 */
         c->layer = l;
         PROF(0);
         rms_norm(B, C, c->x, lw[0], a->eps, c->h);
-        linear(c, B, C, c->h, lw[1], lw[2], c->qkv, QKV, 0);
+        linear(c, B, C, c->h, wl + 1, lw[2], c->qkv, QKV, 0);
         PROF(1);
         rope_and_store(c);
         PROF(2);
         run_parallel(task_attention, c, B * K >= 2 ? a->threads : 1);
         PROF(3);
-        linear(c, B, H * D, c->att, lw[3], lw[4], c->x, C, 1);
+        linear(c, B, H * D, c->att, wl + 3, lw[4], c->x, C, 1);
         PROF(4);
         rms_norm(B, C, c->x, lw[5], a->eps, c->h);
         c->M = B, c->Kd = C, c->in = c->h, c->W = lw[6], c->W3 = lw[7], c->N = F;
+        c->Wq = qof(a, wl + 6), c->W3q = qof(a, wl + 7);
         run_parallel(task_gate_up, c, (long)F * C < a->min_parallel ? 1 : a->threads);
         PROF(5);
-        linear(c, B, F, c->g1, lw[8], NULL, c->x, C, 1);
+        linear(c, B, F, c->g1, wl + 8, NULL, c->x, C, 1);
         PROF(6);
     }
     if (a->out_rows) {  /* only the rows asked for: norm them into h's first rows, then the head */
         for (int i = 0; i < a->n_out; i++) rms_norm(1, C, c->x + a->out_rows[i] * (long)C, w[1], a->eps, c->h + (long)i * C);
-        linear(c, a->n_out, C, c->h, w[2], NULL, a->logits, a->V, 0);
+        linear(c, a->n_out, C, c->h, 2, NULL, a->logits, a->V, 0);
     } else {
         rms_norm(B, C, c->x, w[1], a->eps, c->h);
-        linear(c, B, C, c->h, w[2], NULL, a->logits, a->V, 0);
+        linear(c, B, C, c->h, 2, NULL, a->logits, a->V, 0);
     }
     PROF(7);
 }
@@ -720,10 +1162,18 @@ void puyu_decode(const Args *a, void *scratch, long spin_ns) {
     if (own) pthread_mutex_unlock(&pool.owner);
 }
 
-/* Which kernel this build uses: 1 = AVX-512, 0 = portable C. */
-int puyu_decode_isa(void) { return PUYU_AVX512; }
+/* Which kernel this build uses: 2 = AVX-512, 1 = AVX2 + FMA, 0 = portable C. */
+int puyu_decode_isa(void) { return PUYU_ISA; }
 
 /* A bare product for tests and benchmarks: y = x W^T (+ bias), y [M, N]. */
 void puyu_linear(int M, int K, int N, const float *x, const float *W, const float *bias, float *y) {
     gemm_nt(M, K, x, K, W, bias, y, N, 0, N, 0);
 }
+
+/* The same with W in a stored format (q->fmt != F32). */
+void puyu_qlinear(int M, int K, int N, const float *x, const QW *q, const float *bias, float *y) {
+    qgemm_nt(M, K, x, K, q, bias, y, N, 0, N, 0);
+}
+
+/* Row n of a stored matrix [*, K] as float32 (tests). */
+void puyu_qrow(int K, long n, const QW *q, float *out) { q_row(q, K, n, out); }

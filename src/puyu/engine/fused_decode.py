@@ -5,11 +5,11 @@ costs its dispatch and launch (~2-5 µs), which is most of the step for the nano
 trains: the 220 aten ops of a nano step take ~0.6 ms while its arithmetic (6.7 MFLOP over 13 MB of
 weights) needs ~0.1 ms. `fused_decode.c` runs the whole step — embedding, every layer (RMSNorm, packed
 wqkv, RoPE, paged-cache store and attention, wo, SwiGLU, residuals), final norm and output head — in a
-single call with no allocation per op, an AVX-512 matrix kernel, and its own small thread pool that splits
-every product's weight rows across cores. No library does this for PyTorch CPU tensors without a
+single call with no allocation per op, a vectorised matrix kernel (AVX-512, or AVX2 + FMA), and its own
+small thread pool that splits every product's weight rows across cores. No library does this for PyTorch CPU tensors without a
 compile step of its own (`torch.compile` needs a C++ toolchain too, recompiles as the cache grows, and
 leaves one Python-level call per fused region), so the kernel is ~700 lines of C that the project owns
-and tests against the model's forward (`tests/test_fused_decode.py`).
+and tests against the model's forward (`tests/engine/test_engine_fused_decode.py`).
 
 Threads: with few rows (a single stream) each matrix product's weight rows are split across the cores;
 with at least `split_rows` rows per core each core runs the whole forward for its own rows of the batch,
@@ -17,19 +17,32 @@ so no data crosses cores inside the step. Short fresh prompts are prefilled by t
 every prompt token is a row at its own position, and each row attends to its sequence's keys up to
 itself, which the call has just written to the cache.
 
-When it runs: CPU, float32 weights and cache, puyu's own `InternLM2ForCausalLM`, no forward hooks on the
-model (the engine then uses the model's forward, where hooks run), a C compiler present (`cc`, or `$CC`).
+When it runs: CPU, float32 cache, puyu's own `InternLM2ForCausalLM` with float32 weights or packed ones
+(`puyu.model.quant`: bf16, int8 per output row, int4 in groups; the kernel reads the packed bytes and
+dequantizes in registers, accumulating in float32, so its logits equal the model's forward on the
+dequantized weights up to float32 rounding: tests/engine/test_engine_quant_decode.py), no forward hooks on
+the model (the engine then uses the model's forward, where hooks run), a C compiler present (`cc`, or `$CC`).
 Otherwise the engine uses `puyu.engine.decode_step.DecodeStep` (PyTorch ops) and says so in `Engine.stats()`.
 `PUYU_FUSED_DECODE=0` turns the kernel off.
 
-Build: `cc -O3 -march=native -shared` into `$PUYU_CACHE_DIR` (default `~/.cache/puyu/kernels`), named by
-a hash of the source, the flags, the compiler's version and the CPU's feature flags, so a changed source
-or another machine sharing the home directory builds its own. The build is atomic (rename), so parallel
-processes never load a half-written library.
+Instruction sets: the widest this CPU runs, from /proc/cpuinfo: AVX-512 (16-wide tiles of 1x16, 2x8 or
+4x4 rows), else AVX2 + FMA (8-wide tiles of 1x8, 2x4 or 4x2 rows: 8 accumulators plus the loaded rows fill
+the 16 ymm registers, so each weight vector loaded serves up to 4 rows of the batch), else portable C.
+`PUYU_KERNEL_ISA=avx512|avx2|portable` forces one (refused with a clear error where the CPU lacks it), so
+the AVX2 path can be measured and tested on an AVX-512 machine. `FusedDecode.isa` and the engine's
+`decode_path` (`fused-avx512`, `fused-avx2`, `fused-portable`) name the build that runs.
+
+Build: `cc -O3 -march=native -shared` (AVX2: plus `-mno-avx512f`; portable: no -march) into
+`$PUYU_CACHE_DIR` (default `~/.cache/puyu/kernels`), named by a hash of the source, the flags, the
+compiler's version and the CPU's feature flags, so a changed source, another instruction set or another
+machine sharing the home directory builds its own. The build is atomic (rename), so parallel processes
+never load a half-written library.
 
 Weights are read from the model's modules at every call (never copied), so in-place updates between
 calls (optimizer steps during RL rollouts) are decoded with the current weights; a parameter moved to
-new storage is noticed by its data pointer and re-checked.
+new storage is noticed by its data pointer and re-checked. Packed weights are the model's own buffers
+(a packed model has no float copy): updating float weights means quantizing again (`quantize_model_`),
+and the new buffers are picked up the same way.
 """
 
 from __future__ import annotations
@@ -48,6 +61,7 @@ import torch
 
 from puyu.engine.decode_step import has_forward_hooks
 from puyu.errors import PuyuError
+from puyu.model.quant import FORMAT_CODES, QuantEmbedding, QuantLinear, model_format
 from puyu.model.rope import inv_freq
 
 log = logging.getLogger(__name__)
@@ -56,8 +70,14 @@ SOURCE = Path(__file__).with_name("fused_decode.c")
 # -funroll-loops and Sapphire Rapids scheduling: the 16-row products ran 155-172 GFLOP/s per core with
 # -O3 -march=native alone, 216-230 with both (gcc 12 on a Zen 5 core it cannot name; peak 272).
 _TUNE = ("-mtune=sapphirerapids",) if platform.machine() in ("x86_64", "AMD64") else ()
-FLAGS = ("-O3", "-march=native", *_TUNE, "-funroll-loops", "-fno-math-errno", "-fPIC", "-shared", "-pthread")
-PORTABLE_FLAGS = ("-O3", "-funroll-loops", "-fno-math-errno", "-fPIC", "-shared", "-pthread")  # no AVX-512 (tests)
+_COMMON = ("-funroll-loops", "-fno-math-errno", "-fPIC", "-shared", "-pthread")
+AVX512_FLAGS = ("-O3", "-march=native", *_TUNE, *_COMMON)
+# -mno-avx512f turns every AVX-512 subset off, so this build runs the AVX2 + FMA code on any CPU
+# (native keeps the machine's tuning); how an AVX2-only machine runs, measured on an AVX-512 one.
+AVX2_FLAGS = ("-O3", "-march=native", "-mno-avx512f", *_TUNE, *_COMMON)
+PORTABLE_FLAGS = ("-O3", *_COMMON)  # the compiler's baseline target: plain C loops
+ISA_FLAGS = {"avx512": AVX512_FLAGS, "avx2": AVX2_FLAGS, "portable": PORTABLE_FLAGS}
+ISA_NAMES = {2: "avx512", 1: "avx2", 0: "portable"}  # puyu_decode_isa()
 
 
 class FusedDecodeUnavailable(PuyuError):
@@ -74,7 +94,20 @@ class _Args(ctypes.Structure):
         ("invf", ctypes.c_void_p), ("invf_stride", ctypes.c_int),
         ("tables", ctypes.c_void_p), ("kc", ctypes.c_void_p), ("vc", ctypes.c_void_p),
         ("w", ctypes.c_void_p), ("logits", ctypes.c_void_p), ("min_parallel", ctypes.c_int),
-        ("split_rows", ctypes.c_int), ("out_rows", ctypes.c_void_p), ("n_out", ctypes.c_int)]
+        ("split_rows", ctypes.c_int), ("out_rows", ctypes.c_void_p), ("n_out", ctypes.c_int),
+        ("q", ctypes.c_void_p)]
+
+
+class _QW(ctypes.Structure):
+    """Mirrors `QW` in fused_decode.c: one weight matrix in a stored format (puyu.model.quant)."""
+
+    _fields_ = [("fmt", ctypes.c_int), ("group", ctypes.c_int), ("data", ctypes.c_void_p), ("scales", ctypes.c_void_p)]
+
+
+def _qw(packed) -> _QW:
+    """The kernel's descriptor of a `puyu.model.quant.Packed` (its tensors must outlive the call)."""
+    return _QW(FORMAT_CODES[packed.fmt], packed.group, packed.data.data_ptr(),
+               packed.scales.data_ptr() if packed.scales is not None else None)
 
 
 def _cpu_flags() -> str:
@@ -85,6 +118,41 @@ def _cpu_flags() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+def cpu_isas() -> set[str]:
+    """The kernel builds this CPU can run: "portable" always, "avx2" with AVX2 and FMA, "avx512" with AVX-512F
+    (from /proc/cpuinfo; an unknown CPU gets "portable" only)."""
+    flags = set(_cpu_flags().split())
+    out = {"portable"}
+    if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= flags:
+        out.add("avx2")
+        if "avx512f" in flags:
+            out.add("avx512")
+    return out
+
+
+def default_isa() -> str:
+    """The build to use: $PUYU_KERNEL_ISA (avx512 | avx2 | portable) when set, else the widest this CPU runs.
+    Raises FusedDecodeUnavailable for an unknown name or an instruction set the CPU lacks."""
+    want = os.environ.get("PUYU_KERNEL_ISA", "").strip().lower()
+    have = cpu_isas()
+    if not want:
+        return "avx512" if "avx512" in have else "avx2" if "avx2" in have else "portable"
+    if want not in ISA_FLAGS:
+        raise FusedDecodeUnavailable(f"PUYU_KERNEL_ISA={want!r}: expected one of {', '.join(ISA_FLAGS)}")
+    if want not in have:
+        raise FusedDecodeUnavailable(f"PUYU_KERNEL_ISA={want}: this CPU cannot run it (it has {', '.join(sorted(have))})")
+    return want
+
+
+def default_flags() -> tuple[str, ...]:
+    """The compiler flags of `default_isa()`."""
+    return ISA_FLAGS[default_isa()]
+
+
+FLAGS = AVX512_FLAGS if "avx512" in cpu_isas() else AVX2_FLAGS if "avx2" in cpu_isas() else PORTABLE_FLAGS
+"""This CPU's widest build (what `default_flags()` gives without $PUYU_KERNEL_ISA)."""
 
 
 def cache_dir() -> Path:
@@ -125,9 +193,11 @@ def _build(cc: str, flags: tuple[str, ...], out: Path) -> None:
             os.unlink(tmp)
 
 
-def load(flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL:
-    """Build (once per source/flags/compiler/CPU) and load the kernel library. Raises
-    FusedDecodeUnavailable with the compiler's message when it cannot."""
+def load(flags: tuple[str, ...] | None = None) -> ctypes.CDLL:
+    """Build (once per source/flags/compiler/CPU) and load the kernel library; flags None = `default_flags()`.
+    Raises FusedDecodeUnavailable with the compiler's message when it cannot."""
+    if flags is None:
+        flags = default_flags()
     with _build_lock:
         if flags in _libs:
             return _libs[flags]
@@ -160,6 +230,10 @@ def load(flags: tuple[str, ...] = FLAGS) -> ctypes.CDLL:
         lib.puyu_decode_isa.restype = ctypes.c_int
         lib.puyu_linear.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4
         lib.puyu_linear.restype = None
+        lib.puyu_qlinear.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p, ctypes.POINTER(_QW)] + [ctypes.c_void_p] * 2
+        lib.puyu_qlinear.restype = None
+        lib.puyu_qrow.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.POINTER(_QW), ctypes.c_void_p]
+        lib.puyu_qrow.restype = None
         _libs[flags] = lib
         return lib
 
@@ -176,7 +250,7 @@ def available() -> bool:
         return False
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, flags=FLAGS) -> torch.Tensor:
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, flags=None) -> torch.Tensor:
     """x [M, K] @ w[N, K]^T (+ b) with the kernel's matrix product, one thread (tests, benchmarks)."""
     x, w = x.float().contiguous(), w.float().contiguous()
     y = torch.empty(x.shape[0], w.shape[0])
@@ -184,6 +258,27 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, flag
     load(flags).puyu_linear(x.shape[0], x.shape[1], w.shape[0], x.data_ptr(), w.data_ptr(),
                             bias.data_ptr() if bias is not None else None, y.data_ptr())
     return y
+
+
+def qlinear(x: torch.Tensor, packed, b: torch.Tensor | None = None, flags=None) -> torch.Tensor:
+    """x [M, K] @ W^T (+ b) with W a `puyu.model.quant.Packed` [N, K] in a stored format, read by the kernel
+    directly (one thread; tests, benchmarks)."""
+    x = x.float().contiguous()
+    N, K = packed.shape
+    if x.shape[1] != K:
+        raise FusedDecodeUnavailable(f"x has {x.shape[1]} columns, the weight {K}")
+    y = torch.empty(x.shape[0], N)
+    bias = b.float().contiguous() if b is not None else None
+    load(flags).puyu_qlinear(x.shape[0], K, N, x.data_ptr(), ctypes.byref(_qw(packed)),
+                             bias.data_ptr() if bias is not None else None, y.data_ptr())
+    return y
+
+
+def qrow(packed, n: int, flags=None) -> torch.Tensor:
+    """Row n of a packed matrix as the kernel reads it (an embedding lookup) -> float32 [K]."""
+    out = torch.empty(packed.shape[1])
+    load(flags).puyu_qrow(packed.shape[1], n, ctypes.byref(_qw(packed)), out.data_ptr())
+    return out
 
 
 class FusedDecode:
@@ -198,11 +293,14 @@ class FusedDecode:
     8, 486 vs 427 at 16, 897 vs 797 at 32)."""
 
     def __init__(self, model, threads: int = 1, spin_us: float = 200.0, min_parallel: int = 16384,
-                 split_rows: int = 4, flags: tuple[str, ...] = FLAGS):
+                 split_rows: int = 4, flags: tuple[str, ...] | None = None):
         if not self.supports(model):
             raise FusedDecodeUnavailable("the fused decode needs puyu's InternLM2ForCausalLM in float32 on the CPU")
         self.lib = load(flags)
-        self.isa = "avx512" if self.lib.puyu_decode_isa() else "c"
+        self.isa = ISA_NAMES[self.lib.puyu_decode_isa()]
+        self.weights_format = model_format(model)  # of the linear layers; "f32" when none is packed
+        # what Engine.stats()["decode_path"] shows: the build, and the stored format when not float32
+        self.path = f"fused-{self.isa}" + ("" if self.weights_format == "f32" else f"-{self.weights_format}")
         self.model, self.cfg = model, model.config
         self.threads, self.spin_ns, self.min_parallel = max(1, int(threads)), int(spin_us * 1000), min_parallel
         self.split_rows = split_rows
@@ -223,7 +321,7 @@ class FusedDecode:
             self._slots += [(mods[3 + 9 * i + j], names[j], shapes[j]) for j in range(9)]
         self._modules = list(model.modules())
         self._ptrs: tuple[int, ...] | None = None
-        self._wtable = None
+        self._wtable = self._qtable = None
         self._invf: dict[float, torch.Tensor] = {}
         self._args = _Args()
         self._scratch = torch.empty(0, dtype=torch.uint8)  # grown on demand, reused by every call
@@ -234,18 +332,33 @@ class FusedDecode:
 
         if not isinstance(model, InternLM2ForCausalLM) or model.config.head_dim % 2:
             return False
-        return all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
+        return (all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
+                and all(b.device.type == "cpu" for b in model.buffers()))
 
     def hooked(self) -> bool:
         return has_forward_hooks(self._modules)
 
     def _weights(self):
-        """The C pointer table of the current weights (rebuilt and re-checked when any storage moved)."""
-        tensors = [mod._parameters.get(name) for mod, name, _ in self._slots]  # nn.Module keeps them here
-        ptrs = tuple(0 if t is None else t.data_ptr() for t in tensors)
+        """The C pointer table of the current weights (rebuilt and re-checked when any storage moved), and
+        the table of stored formats (None when every weight is float32)."""
+        tensors = []
+        for mod, name, _ in self._slots:
+            if isinstance(mod, (QuantLinear, QuantEmbedding)) and name == "weight":
+                tensors.append(mod.packed)
+            else:
+                tensors.append(mod._parameters.get(name))  # nn.Module keeps them here
+        ptrs = tuple(0 if t is None else (t.data.data_ptr(), 0 if t.scales is None else t.scales.data_ptr())
+                     if not isinstance(t, torch.Tensor) else t.data_ptr() for t in tensors)
         if ptrs != self._ptrs:
-            for (mod, name, shape), t in zip(self._slots, tensors):
+            qtable, packed_any = (_QW * len(ptrs))(), False
+            for i, ((mod, name, shape), t) in enumerate(zip(self._slots, tensors)):
                 if t is None:
+                    continue
+                if not isinstance(t, torch.Tensor):  # a Packed weight
+                    if t.shape != shape:
+                        raise FusedDecodeUnavailable(f"{type(mod).__name__} has shape {t.shape}, the config says {shape}")
+                    qtable[i] = _qw(t)
+                    packed_any = True
                     continue
                 if t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous():
                     raise FusedDecodeUnavailable(f"{type(mod).__name__}.{name} is not a contiguous float32 CPU "
@@ -253,7 +366,9 @@ class FusedDecode:
                 if tuple(t.shape) != shape:  # the kernel reads by the config's sizes: never past a tensor
                     raise FusedDecodeUnavailable(f"{type(mod).__name__}.{name} has shape {tuple(t.shape)}, "
                                                  f"the config says {shape}")
-            self._wtable = (ctypes.c_void_p * len(ptrs))(*ptrs)
+            self._wtable = (ctypes.c_void_p * len(ptrs))(*[p if isinstance(p, int) else p[0] for p in ptrs])
+            self._qtable = qtable if packed_any else None
+            self._packed = [t for t in tensors if t is not None and not isinstance(t, torch.Tensor)]  # kept alive
             self._ptrs = ptrs
         return self._wtable
 
@@ -322,6 +437,7 @@ class FusedDecode:
         a.tables = ctypes.addressof(tab)
         a.kc, a.vc = cache.k.data_ptr(), cache.v.data_ptr()
         a.w = ctypes.addressof(self._weights())
+        a.q = None if self._qtable is None else ctypes.addressof(self._qtable)
         a.logits = logits.data_ptr()
         a.out_rows, a.n_out = (None, 0) if out is None else (ctypes.addressof(out), n_out)
         need = self.lib.puyu_decode_scratch_bytes(ctypes.byref(a))

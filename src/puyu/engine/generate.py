@@ -27,10 +27,39 @@ def add_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> No
     p.add_argument("--tokenizer", help="tokenizer directory or .model file (default: the checkpoint's own)")
     p.add_argument("--dtype", help="float32 (CPU default), bfloat16, float16")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--cache-tokens", type=int, help="KV cache size in tokens (default: sized from memory)")
+    add_weights_arguments(p)
+    p.add_argument("--cache-tokens", type=int, help="KV cache size in tokens (default: --context, else sized from memory)")
     p.add_argument("--prefill-chunk", type=int, default=2048, help="prompt tokens per prefill forward")
     p.add_argument("--no-prefix-cache", action="store_true",
                    help="prefill every prompt in full (default: reuse cached blocks of earlier prompts and answers)")
+
+
+def add_weights_arguments(p: argparse.ArgumentParser) -> None:
+    """--weights / --group / --context / --no-memory-check (shared by generate, chat and serve)."""
+    p.add_argument("--weights", choices=["f32", "bf16", "int8", "int4"],
+                   help="store the linear layers packed (CPU): quantized tensor by tensor while loading "
+                        "(default: as the checkpoint is: float32, or the format `puyu quantize` wrote)")
+    p.add_argument("--group", type=int, default=64, help="int4 group size: 32, 64 or 128 (default 64)")
+    p.add_argument("--context", type=int,
+                   help="tokens of KV cache to reserve and to check memory for (default: the model's "
+                        "max_position_embeddings for the check; the cache is sized from memory)")
+    p.add_argument("--no-memory-check", action="store_true",
+                   help="load even when weights + KV cache look larger than the memory available")
+
+
+def check_memory(args: argparse.Namespace) -> None:
+    """Before loading: weights (in --weights) + KV cache for --context vs the memory available (CPU only);
+    raises puyu.model.memory.MemoryCheckError naming the options that help."""
+    from puyu.model.checkpoint import QUANT_KEY, resolve_device
+    from puyu.model.info import resolve_config
+    from puyu.model.memory import check_fits
+
+    if getattr(args, "no_memory_check", False) or resolve_device(args.device).type != "cpu":
+        return
+    cfg = resolve_config(str(args.model))
+    weights = args.weights or (cfg.extra.get(QUANT_KEY) or {}).get("weights") or "f32"
+    kv_bytes = 2 if str(args.dtype or "").lower() in ("bfloat16", "bf16", "float16", "fp16", "half") else 4
+    check_fits(cfg, weights, kv_bytes, getattr(args, "context", None), group=args.group)
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
@@ -66,7 +95,8 @@ def load_model_and_tokenizer(args: argparse.Namespace, need_tokenizer: bool):
         raise PuyuError(f"{args.model} has no tokenizer.model: pass --tokenizer DIR"
                         + (" (or token ids with --ids)" if hasattr(args, "ids") else ""))
     tokenizer = load_tokenizer(tok_path) if tok_path is not None else None
-    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    check_memory(args)
+    model = load_model(args.model, dtype=args.dtype, device=args.device, weights=args.weights, group=args.group)
     if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
         raise PuyuError(f"the tokenizer has {tokenizer.vocab_size} pieces but the model's vocabulary is "
                         f"{model.config.vocab_size}: they do not belong together")
@@ -76,7 +106,8 @@ def load_model_and_tokenizer(args: argparse.Namespace, need_tokenizer: bool):
 def make_engine(args: argparse.Namespace, model, tokenizer, max_batch_size: int = 16):
     from puyu.engine.scheduler import Engine
 
-    return Engine(model, tokenizer, max_batch_size=max_batch_size, cache_tokens=args.cache_tokens,
+    cache_tokens = args.cache_tokens or getattr(args, "context", None)
+    return Engine(model, tokenizer, max_batch_size=max_batch_size, cache_tokens=cache_tokens,
                   prefill_chunk=args.prefill_chunk, prefix_cache=not getattr(args, "no_prefix_cache", False))
 
 

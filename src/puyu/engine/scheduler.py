@@ -60,6 +60,7 @@ from puyu.engine.fused_decode import available as fused_available
 from puyu.engine.kv_cache import AttentionBatch, PagedKVCache, SequenceBlocks, max_chunk_for
 from puyu.engine.sampling import SamplingParams, make_generator, sample, token_logprobs
 from puyu.errors import PuyuError
+from puyu.model.quant import QuantLinear, model_format
 from puyu.model.rope import batch_base, dynamic_base
 
 log = logging.getLogger(__name__)
@@ -374,7 +375,9 @@ class Engine:
         self.threads = threads
         self.prefix_cache = bool(prefix_cache)
         self._decoder, self.decode_path = self._make_decoder(fast_decode, model, threads)
-        self._flops_per_token = 2 * sum(p.numel() for p in model.parameters())
+        self._flops_per_token = 2 * (sum(p.numel() for p in model.parameters())  # packed layers hold buffers
+                                     + sum(m.in_features * m.out_features for m in model.modules()
+                                           if isinstance(m, QuantLinear)))
         # A vocabulary padded beyond the tokenizer's pieces: never sample ids the tokenizer cannot decode.
         self._vocab_limit = None
         if tokenizer is not None and tokenizer.vocab_size < cfg.vocab_size:
@@ -399,14 +402,20 @@ class Engine:
     def _make_decoder(fast_decode, model, threads: int):
         if fast_decode not in (True, False, "fused", "step"):
             raise EngineError(f"fast_decode must be True, False, 'fused' or 'step', got {fast_decode!r}")
+        fmt = model_format(model)  # the stored format of the linear layers, "f32" unless quantized
+        slow = "" if fmt == "f32" else f"-{fmt}"
         if fast_decode is False or not DecodeStep.supports(model):
-            return None, "model"
+            return None, "model" + slow
         if fast_decode in (True, "fused") and FusedDecode.supports(model):
             if fast_decode == "fused" or fused_available():
                 step = FusedDecode(model, threads=threads)
-                return step, f"fused-{step.isa}"
+                return step, step.path
         if fast_decode == "fused":
-            raise EngineError("fast_decode='fused' needs puyu's model in float32 on the CPU")
+            raise EngineError("fast_decode='fused' needs puyu's model in float32 (or packed weights) on the CPU")
+        if fmt != "f32":  # DecodeStep reads float weights; the model's forward dequantizes each layer per call
+            log.warning("no native decode kernel for the %s model: decoding with the model's forward, which "
+                        "dequantizes every weight at every step (slow)", fmt)
+            return None, "model" + slow
         return DecodeStep(model, RowSplitter(threads)), "torch-step"
 
     # ---- public API --------------------------------------------------------------------------------

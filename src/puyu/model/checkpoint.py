@@ -24,10 +24,21 @@ from torch import nn
 
 from puyu.errors import CheckpointError, ConfigError
 from puyu.model.config import PRESETS, ModelConfig, get_preset
+from puyu.model.quant import (
+    DEFAULT_GROUP,
+    Packed,
+    QuantError,
+    check_format,
+    layer_format,
+    packed_module,
+    quantize,
+    quantize_model_,
+)
 from puyu.model.transformer import InternLM2ForCausalLM
 
 SIDE_FILES = ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"]
 ST_INDEX, BIN_INDEX = "model.safetensors.index.json", "pytorch_model.bin.index.json"
+QUANT_KEY = "puyu_quantization"  # config.json entry of a packed checkpoint (save_quantized)
 
 _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -170,20 +181,58 @@ def _set_param(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     mod._parameters[pname] = nn.Parameter(tensor, requires_grad=tensor.is_floating_point())
 
 
-def load_checkpoint(path: str | Path, dtype=None, device=None) -> InternLM2ForCausalLM:
+def _trim_heap() -> None:
+    """Give the heap's freed pages back to the OS (glibc keeps them otherwise, and a quantizing load frees a
+    float temporary after every tensor)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _set_packed(model: nn.Module, name: str, packed: Packed) -> None:
+    """Put a packed weight (`name` ends in .weight) in place of its float module, keeping any bias."""
+    mod_name = name[: -len(".weight")]
+    parent_name, _, attr = mod_name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, attr)
+    new = packed_module(mod_name, packed)
+    bias = old._parameters.get("bias") if isinstance(old, nn.Linear) else None
+    if bias is not None:  # loaded already, or still on the meta device until its tensor is read
+        new._parameters["bias"] = bias
+    setattr(parent, attr, new)
+
+
+def _check_weights(weights: str | None, group: int, device: torch.device) -> str:
+    fmt = weights or "f32"
+    check_format(fmt, group)
+    if fmt != "f32" and device.type != "cpu":
+        raise CheckpointError(f"weights={fmt!r} is a CPU format (the native decode kernel reads it); "
+                              f"load on the CPU or leave weights unset")
+    return fmt
+
+
+def load_checkpoint(path: str | Path, dtype=None, device=None, weights: str | None = None,
+                    group: int = DEFAULT_GROUP) -> InternLM2ForCausalLM:
     path = Path(path)
     device = resolve_device(device)
+    fmt = _check_weights(weights, group, device)
     from puyu.model.llama_layout import detect_layout
 
-    if detect_layout(path) == "llama":  # LLaMA layout: convert in memory
+    if detect_layout(path) == "llama":  # LLaMA layout: convert in memory (float copy first, then packed)
         from puyu.model.llama_layout import config_from_llama, state_dict_from_llama
 
         cfg = config_from_llama(json.loads((path / "config.json").read_text(encoding="utf-8")))
         sd = state_dict_from_llama(read_state_dict(path), cfg)
-        return _from_state_dict(cfg, sd, resolve_dtype(dtype, device), device)
+        return quantize_model_(_from_state_dict(cfg, sd, resolve_dtype(dtype, device), device), fmt, group)
     cfg = ModelConfig.load(path)
+    stored = cfg.extra.get(QUANT_KEY)
+    if stored is not None:
+        return _load_packed(path, cfg, stored, weights)
     dtype = resolve_dtype(dtype, device)
-    wm, fmt = weight_map(path)
+    wm, fmt_files = weight_map(path)
     with torch.device("meta"):
         model = InternLM2ForCausalLM(cfg)
     expected = dict(model.named_parameters())
@@ -194,12 +243,15 @@ def load_checkpoint(path: str | Path, dtype=None, device=None) -> InternLM2ForCa
     for name in expected:
         by_file.setdefault(wm[name], []).append(name)
     for file, names in sorted(by_file.items()):
-        if fmt == "bin":
+        if fmt_files == "bin":
             sd = _load_bin(file)
             for name in names:
                 src = sd.get(name if name in sd else "model.tok_embeddings.weight")
                 _check_shape(name, tuple(src.shape), tuple(expected[name].shape), file)
-                _set_param(model, name, src.to(dtype=dtype).clone().to(device))
+                if layer_format(name, fmt) != "f32":
+                    _set_packed(model, name, quantize(src, layer_format(name, fmt), group))
+                else:
+                    _set_param(model, name, src.to(dtype=dtype).clone().to(device))
             del sd
             continue
         header, start = _st_header(file)
@@ -215,10 +267,91 @@ def load_checkpoint(path: str | Path, dtype=None, device=None) -> InternLM2ForCa
                     raise CheckpointError(f"{file.name}: tensor {name!r} has non-float dtype {info['dtype']}")
                 t = torch.empty(info["shape"], dtype=src_dtype)
                 _readinto(f, t, start + info["data_offsets"][0])
+                if layer_format(name, fmt) != "f32":  # packed now: one float matrix at a time
+                    _set_packed(model, name, quantize(t, layer_format(name, fmt), group))
+                    del t
+                    _trim_heap()
+                    continue
                 if src_dtype != dtype:
                     t = t.to(dtype)
                 _set_param(model, name, t.to(device))
     return model.eval()
+
+
+def _load_packed(path: Path, cfg: ModelConfig, stored: dict, weights: str | None) -> InternLM2ForCausalLM:
+    """A checkpoint written by `save_quantized` (`puyu quantize`): packed tensors read as they are."""
+    fmt, group = stored.get("weights"), int(stored.get("group", DEFAULT_GROUP))
+    if weights not in (None, fmt):
+        raise CheckpointError(f"{path} holds {fmt} weights; it cannot be loaded as {weights} (quantize the float "
+                              f"checkpoint again with `puyu quantize SRC DST --weights {weights}`)")
+    try:
+        check_format(fmt, group)
+    except QuantError as e:
+        raise CheckpointError(f"{path}/config.json: {QUANT_KEY} is invalid: {e}") from None
+    wm, kind = weight_map(path)
+    if kind != "safetensors":
+        raise CheckpointError(f"{path}: a packed checkpoint must be stored as safetensors")
+    headers: dict[Path, tuple[dict, int]] = {}
+
+    def read(name: str) -> torch.Tensor:
+        if name not in wm:
+            raise CheckpointError(f"packed checkpoint {path} lacks tensor {name!r}")
+        file = wm[name]
+        if file not in headers:
+            headers[file] = _st_header(file)
+        header, start = headers[file]
+        info = header[name]
+        t = torch.empty(info["shape"], dtype=_ST_DTYPES[info["dtype"]])
+        with open(file, "rb", buffering=0) as f:
+            _readinto(f, t, start + info["data_offsets"][0])
+        return t
+
+    with torch.device("meta"):
+        model = InternLM2ForCausalLM(cfg)
+    for name, p in list(model.named_parameters()):
+        f = layer_format(name, fmt)
+        if f == "f32":
+            t = read(name)
+            _check_shape(name, tuple(t.shape), tuple(p.shape), wm[name])
+            _set_param(model, name, t.float())
+            continue
+        base = name[: -len(".weight")]
+        scales = read(base + ".scales") if f in ("int8", "int4") else None
+        try:
+            packed = Packed(f, tuple(p.shape), read(base + ".qweight"), scales, group)
+        except QuantError as e:
+            raise CheckpointError(f"{path}: {base}: {e}") from None
+        _set_packed(model, name, packed)
+    return model.eval()
+
+
+def save_quantized(src: str | Path, dst: str | Path, weights: str, group: int = DEFAULT_GROUP,
+                   max_shard_bytes: int | None = 4 << 30) -> Path:
+    """Quantize a float checkpoint directory (loaded tensor by tensor, see `load_checkpoint`) and write it as a
+    packed checkpoint that loads again without re-quantizing.
+
+    Format: safetensors; for each packed matrix X (every linear layer, the token embeddings and the output
+    head, in the formats of `puyu.model.quant.layer_format`): `X.qweight` (bf16 [N, K], int8 [N, K] or
+    uint8 [N, ceil(K/32)*16] for int4) and `X.scales` (float32 [N] for int8, [N, ceil(K/group)] for int4);
+    norms and biases float32 under their usual names. config.json records
+    `"puyu_quantization": {"weights", "group", "embeddings", "output"}`. Tokenizer and generation files are
+    copied."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    model = load_checkpoint(src, dtype="float32", device="cpu", weights=weights, group=group)
+    dst.mkdir(parents=True, exist_ok=True)
+    sd = {k: v for k, v in model.state_dict().items() if v is not None}
+    write_state_dict(sd, dst, max_shard_bytes=max_shard_bytes)
+    info = {"weights": weights, "group": group, "embeddings": layer_format("model.tok_embeddings.weight", weights),
+            "output": layer_format("output.weight", weights)}
+    cfg = model.config.replace(torch_dtype="float32")
+    cfg.extra = {**cfg.extra, QUANT_KEY: info}
+    cfg.save(dst)
+    for name in SIDE_FILES:
+        if (src / name).exists():
+            shutil.copyfile(src / name, dst / name)
+    return dst
 
 
 def _check_names(expected: dict, available: dict, path: Path) -> None:
@@ -250,18 +383,27 @@ def _from_state_dict(cfg: ModelConfig, sd: dict, dtype: torch.dtype, device: tor
     return model.eval()
 
 
-def load_model(path_or_preset: str | Path, dtype=None, device=None, seed: int = 0) -> InternLM2ForCausalLM:
+def load_model(path_or_preset: str | Path, dtype=None, device=None, seed: int = 0, weights: str | None = None,
+               group: int = DEFAULT_GROUP) -> InternLM2ForCausalLM:
     """A checkpoint directory (InternLM2 or LLaMA layout) or a preset name (random init, `seed`).
 
     Returns `InternLM2ForCausalLM` in eval mode; calling it on LongTensor [B, T] gives logits [B, T, vocab].
-    Defaults: float32 on CPU; bf16 (fp16 without bf16 support) on CUDA, when device is None and CUDA exists."""
+    Defaults: float32 on CPU; bf16 (fp16 without bf16 support) on CUDA, when device is None and CUDA exists.
+
+    weights: "bf16", "int8" or "int4" (`puyu.model.quant`; int4 groups of `group`) stores the linear layers
+    (and embeddings/head, see `quant.head_format`) packed for the CPU kernel; a checkpoint is quantized
+    tensor by tensor while it is read, so only one matrix exists in float32 at a time (an InternLM2-layout
+    directory; a LLaMA-layout one is converted in memory first). A checkpoint written by `puyu quantize`
+    loads packed as stored. Raises CheckpointError (bad files, a packed checkpoint asked for another
+    format, a non-CPU device) or QuantError (unknown format or group)."""
     p = Path(path_or_preset)
     if p.is_dir():
-        return load_checkpoint(p, dtype=dtype, device=device)
+        return load_checkpoint(p, dtype=dtype, device=device, weights=weights, group=group)
     if str(path_or_preset) in PRESETS:
         dev = resolve_device(device)
+        fmt = _check_weights(weights, group, dev)
         model = InternLM2ForCausalLM(get_preset(str(path_or_preset))).reset_parameters(seed=seed)
-        return model.to(device=dev, dtype=resolve_dtype(dtype, dev)).eval()
+        return quantize_model_(model.to(device=dev, dtype=resolve_dtype(dtype, dev)).eval(), fmt, group)
     raise CheckpointError(f"{path_or_preset!r} is neither a checkpoint directory nor a preset "
                           f"(presets: {', '.join(PRESETS)})")
 

@@ -49,10 +49,17 @@ def parameter_groups(cfg: ModelConfig) -> dict[str, int]:
 
 
 def summary(cfg: ModelConfig, context: int = 4096, kv_dtype: str = "bfloat16",
-            weight_dtype: str = "bfloat16") -> dict:
+            weight_dtype: str = "bfloat16", weights: str | None = None, group: int = 64) -> dict:
+    """weights: a packed format of `puyu.model.quant` (bf16/int8/int4, embeddings and head as loading stores
+    them) that replaces weight_dtype in the totals."""
+    from puyu.model.memory import weight_bytes as packed_bytes
+
     groups = parameter_groups(cfg)
     total = groups["total"]
     weight_bytes = {dt: total * b for dt, b in DTYPE_BYTES.items()}
+    if weights is not None:
+        weight_dtype = f"packed {weights}" + (f" (group {group})" if weights == "int4" else "")
+        weight_bytes[weight_dtype] = packed_bytes(cfg, weights, group)
     kv_tok = {dt: cfg.kv_bytes_per_token(b) for dt, b in DTYPE_BYTES.items()}
     kv_ctx = kv_tok[kv_dtype] * context
     # Working memory of one prefill chunk of 2,048 tokens is small next to these; logits of one
@@ -110,12 +117,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", type=int, default=4096, help="context length for the memory estimate")
     p.add_argument("--kv-dtype", default="bfloat16", choices=list(DTYPE_BYTES))
     p.add_argument("--weight-dtype", default="bfloat16", choices=list(DTYPE_BYTES))
+    p.add_argument("--weights", choices=["bf16", "int8", "int4"],
+                   help="packed format for the totals (as `--weights` loads it; overrides --weight-dtype)")
+    p.add_argument("--group", type=int, default=64, help="int4 group size")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.context <= 0:
         raise PuyuError("--context must be positive")
-    s = summary(resolve_config(args.model), args.context, args.kv_dtype, args.weight_dtype)
+    s = summary(resolve_config(args.model), args.context, args.kv_dtype, args.weight_dtype, args.weights, args.group)
     print(json.dumps(s, indent=2) if args.json else format_summary(s))
     return 0

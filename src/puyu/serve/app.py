@@ -43,6 +43,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
+from puyu.engine.generate import add_weights_arguments, check_memory
 from puyu.errors import PuyuError
 from puyu.serve.chat import EngineStream, Event, chat_events, chat_prompt, completion_events
 from puyu.serve.openai_schema import (
@@ -492,6 +493,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--served-model-name", help="model id reported by /v1/models (default: directory name)")
     p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: float32 on CPU, bf16 on GPU)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    add_weights_arguments(p)
     p.add_argument("--max-batch-size", type=int, default=32, help="sequences decoded together")
     p.add_argument("--cache-tokens", type=int, help="KV-cache capacity in tokens (default: the engine's)")
     p.add_argument("--no-prefix-cache", action="store_true",
@@ -517,7 +519,8 @@ def run(args: argparse.Namespace) -> int:
     from puyu.model.tokenizer import load_tokenizer
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    check_memory(args)
+    model = load_model(args.model, dtype=args.dtype, device=args.device, weights=args.weights, group=args.group)
     tokenizer = load_tokenizer(args.tokenizer or args.model)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise PuyuError(f"the tokenizer has {tokenizer.vocab_size} pieces but the model only "
@@ -526,8 +529,8 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         log.warning("listening on %s without --api-key: anyone who can reach it can use the model", args.host)
     engine_kwargs = {"max_batch_size": args.max_batch_size, "prefix_cache": not args.no_prefix_cache}
-    if args.cache_tokens:
-        engine_kwargs["cache_tokens"] = args.cache_tokens
+    if args.cache_tokens or args.context:
+        engine_kwargs["cache_tokens"] = args.cache_tokens or args.context
     engine = Engine(model, tokenizer, **engine_kwargs)
     limits = Limits(max_body_bytes=args.max_body_bytes, max_upload_bytes=args.max_upload_bytes,
                     max_tokens=args.max_tokens, max_queue=args.max_queue, context_length=args.context_length)

@@ -481,7 +481,7 @@ class Health(_Out):
     cache_blocks_total: int
     cache_blocks_kept: int = 0  # blocks of finished prompts kept for prefix reuse (free capacity)
     prefix_hit_tokens: int = 0  # prompt tokens taken from the cache instead of prefilled, since start
-    decode_path: str = ""  # fused-avx512 / fused-c (native kernel), torch-step or model
+    decode_path: str = ""  # fused-avx512 / fused-avx2 / fused-portable (native kernel), torch-step or model
     context_length: int
     interpreter: bool  # whether chat requests may use the server-side interpreter
 

@@ -1,0 +1,247 @@
+"""Packed weights (bf16 / int8 / int4, `puyu.model.quant`) measured against float32 in one run.
+
+    .venv/bin/python benchmarks/quant.py --model runs/nano/chat --tokens runs/nano/shards/longctx_val/tokens.bin
+    .venv/bin/python benchmarks/quant.py --skip-quality --shape internlm2-1_8b --formats int8,int4
+    .venv/bin/python benchmarks/quant.py --skip-quality --memory internlm2-7b --formats int4 --context 4096
+
+1. Quality (--model, a float checkpoint; --tokens, held-out token ids as a uint16 file such as a shard's
+   tokens.bin): perplexity of each format over windows of the model's max_position_embeddings, relative
+   to float32 (goals: int8 <= +0.5%, int4 <= +5%); greedy agreement over 128 new tokens through the engine
+   (its native kernel, the path printed) from prompts cut from the same text: the share of positions whose
+   token equals float32's, and the mean length of the common prefix.
+2. Speed (--shape): a randomly initialised model of that preset's shape, built packed tensor by tensor (no
+   float32 copy of the model: the 1.8B shape in float32 needs ~7 GB, so f32 runs only when asked for in
+   --formats), single-stream decode tokens/s through the engine against the memory roofline = measured
+   read bandwidth (the fastest 2-thread sum over a fresh 1 GiB buffer or over the packed weights, before
+   and after) / bytes read per token (every packed weight but the embedding table, plus the KV read).
+3. Memory (--memory PRESET): a 7B- or 20B-shaped packed model decoding with a KV cache reserved for
+   --context tokens: peak RSS and decode tokens/s. Needs ~4.5 GiB (7B int4) to ~12 GiB (20B int4): never
+   run on the shared development machine; its figures are not in the README.
+
+llama.cpp is not compared yet: building `llama-cpp-python` in its own environment was not attempted.
+The engine's decode path (kernel build and format) is printed with every figure.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import resource  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+GIB = 1 << 30
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# ---- 1. quality ----------------------------------------------------------------------------------------------
+def perplexity(model, tokens: torch.Tensor, window: int) -> float:
+    """exp(mean next-token loss) over consecutive windows of `window` tokens."""
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for s in range(0, len(tokens) - 1, window):
+            ids = tokens[s:s + window + 1]
+            if len(ids) < 2:
+                break
+            logits = model(ids[None, :-1])[0].float()
+            total += float(torch.nn.functional.cross_entropy(logits, ids[1:], reduction="sum"))
+            count += len(ids) - 1
+    return math.exp(total / count)
+
+
+def greedy(model, prompts: list[list[int]], n: int):
+    from puyu.engine.sampling import SamplingParams
+    from puyu.engine.scheduler import Engine
+
+    with Engine(model, max_batch_size=len(prompts), cache_tokens=len(prompts) * (max(map(len, prompts)) + n) + 256,
+                prefix_cache=False) as eng:
+        out = [r.token_ids for r in eng.generate(prompts, SamplingParams(max_new_tokens=n, ignore_eos=True))]
+        return out, eng.stats()["decode_path"]
+
+
+def bench_quality(args) -> dict:
+    from puyu.model.checkpoint import load_model
+
+    raw = np.fromfile(args.tokens, dtype=np.uint16)[: args.eval_tokens]
+    tokens = torch.from_numpy(raw.astype(np.int64))
+    ref_model = load_model(args.model, weights="f32")
+    window = min(ref_model.config.max_position_embeddings, 512)
+    prompts = [tokens[i * 997 % max(1, len(tokens) - 64):][:32].tolist() for i in range(args.prompts)]
+    n = min(128, ref_model.config.max_position_embeddings - 33)
+    res = {"window": window, "eval_tokens": len(tokens), "new_tokens": n}
+    ref_ppl = perplexity(ref_model, tokens, window)
+    ref_out, ref_path = greedy(ref_model, prompts, n)
+    res["f32"] = {"ppl": ref_ppl, "decode_path": ref_path}
+    print(f"[quality] {args.model}: {len(tokens)} held-out tokens, windows of {window}; f32 perplexity "
+          f"{ref_ppl:.4f} ({ref_path})", flush=True)
+    del ref_model
+    for fmt in [f for f in args.formats if f != "f32"]:
+        model = load_model(args.model, weights=fmt, group=args.group)
+        ppl = perplexity(model, tokens, window)
+        out, path = greedy(model, prompts, n)
+        same = sum(a == b for o, r in zip(out, ref_out) for a, b in zip(o, r)) / sum(map(len, ref_out))
+        prefix = []
+        for o, r in zip(out, ref_out):
+            k = 0
+            while k < len(r) and o[k] == r[k]:
+                k += 1
+            prefix.append(k)
+        res[fmt] = {"ppl": ppl, "ppl_increase": ppl / ref_ppl - 1, "greedy_same_share": same,
+                    "greedy_common_prefix": sum(prefix) / len(prefix), "decode_path": path}
+        goal = {"int8": " (goal <= 0.5%)", "int4": " (goal <= 5%)"}.get(fmt, "")
+        print(f"[quality] {fmt}: perplexity {ppl:.4f} = {100 * (ppl / ref_ppl - 1):+.2f}% vs f32{goal}; greedy "
+              f"tokens equal to f32's at {100 * same:.1f}% of {len(prompts)} x {n} positions, common prefix "
+              f"{sum(prefix) / len(prefix):.1f} tokens ({path})", flush=True)
+        del model
+    return res
+
+
+# ---- 2-3. speed and memory -------------------------------------------------------------------------------------
+def packed_random_model(preset: str, fmt: str, group: int, seed: int = 0):
+    """A preset-shaped model with small uniform weights, each matrix created in float32 and packed at once
+    (one float matrix at a time)."""
+    from puyu.model.checkpoint import _set_packed, _set_param
+    from puyu.model.config import get_preset
+    from puyu.model.quant import layer_format, quantize
+    from puyu.model.transformer import InternLM2ForCausalLM
+
+    with torch.device("meta"):
+        m = InternLM2ForCausalLM(get_preset(preset))
+    g = torch.Generator().manual_seed(seed)
+    for name, p in list(m.named_parameters()):
+        if name.endswith("norm.weight"):
+            _set_param(m, name, torch.ones(p.shape))
+            continue
+        t = torch.empty(p.shape).uniform_(-0.04, 0.04, generator=g)
+        f = layer_format(name, fmt)
+        if f == "f32":
+            _set_param(m, name, t)
+        else:
+            _set_packed(m, name, quantize(t, f, group))
+        del t
+    return m.eval()
+
+
+def read_bytes(model) -> int:
+    """Bytes a decode step reads: every weight tensor but the embedding table (one row of it is read)."""
+    return sum(t.nbytes for n, t in model.state_dict().items() if "tok_embeddings" not in n)
+
+
+def bandwidth(model) -> float:
+    """The fastest 2-thread read measured (bytes/s): a fresh 1 GiB buffer, or the model's own tensors."""
+    fresh = torch.empty(GIB // 4).uniform_()
+    tensors = [t for t in model.state_dict().values()]
+    nbytes = sum(t.nbytes for t in tensors)
+
+    def best(fn, n):
+        out = float("inf")
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            out = min(out, time.perf_counter() - t)
+        return out
+
+    def touch():
+        for t in tensors:
+            t.reshape(-1).view(torch.uint8).max()  # reads every byte, no widened copy
+
+    return max(GIB / best(fresh.sum, 5), nbytes / best(touch, 3))
+
+
+def decode_speed(model, prompt: int, new: int, context: int | None = None) -> dict:
+    from puyu.engine.sampling import SamplingParams
+    from puyu.engine.scheduler import Engine
+
+    cfg = model.config
+    ids = torch.randint(3, cfg.vocab_size, (prompt,), generator=torch.Generator().manual_seed(0)).tolist()
+    with Engine(model, max_batch_size=1, cache_tokens=context or (prompt + new + 64), prefix_cache=False) as eng:
+        stamps = []
+        t0 = time.perf_counter()
+        for d in eng.stream(ids, SamplingParams(max_new_tokens=new, ignore_eos=True)):
+            stamps += [time.perf_counter()] * len(d.token_ids)
+        path = eng.stats()["decode_path"]
+    return {"tok_s": (len(stamps) - 1) / (stamps[-1] - stamps[0]), "first_token_s": stamps[0] - t0,
+            "decode_path": path}
+
+
+def bench_speed(args) -> dict:
+    res = {}
+    for fmt in args.formats:
+        model = packed_random_model(args.shape, fmt, args.group)
+        bw = bandwidth(model)
+        r = decode_speed(model, args.prompt, args.new_tokens)
+        bw = max(bw, bandwidth(model))
+        kv = (args.prompt + args.new_tokens / 2) * model.config.kv_bytes_per_token(4)
+        per_token = read_bytes(model) + kv
+        roof = bw / per_token
+        res[fmt] = {**r, "bytes_per_token": per_token, "bandwidth_GBs": bw / 1e9, "roofline_tok_s": roof,
+                    "roofline_fraction": r["tok_s"] / roof, "peak_rss_bytes": peak_rss()}
+        print(f"[{args.shape} {fmt}] decode {r['tok_s']:.2f} tok/s; roofline {roof:.2f} tok/s ({bw / 1e9:.1f} GB/s / "
+              f"{per_token / 1e9:.3f} GB per token) -> {100 * r['tok_s'] / roof:.0f}% (goal >= 80%); "
+              f"path {r['decode_path']}; peak RSS so far {peak_rss() / GIB:.2f} GiB", flush=True)
+        del model
+    return res
+
+
+def bench_memory(args) -> dict:
+    """Run only where the memory allows (module docstring)."""
+    res = {}
+    for fmt in args.formats:
+        model = packed_random_model(args.memory, fmt, args.group)
+        r = decode_speed(model, args.prompt, args.new_tokens, context=args.context)
+        res[fmt] = {**r, "context_reserved": args.context, "peak_rss_bytes": peak_rss()}
+        print(f"[{args.memory} {fmt}] KV cache reserved for {args.context:,} tokens: decode {r['tok_s']:.3f} tok/s, "
+              f"first token {r['first_token_s']:.1f} s, peak RSS {peak_rss() / GIB:.2f} GiB ({r['decode_path']})",
+              flush=True)
+        del model
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--formats", default="f32,bf16,int8,int4", help="comma-separated, of f32,bf16,int8,int4")
+    ap.add_argument("--group", type=int, default=64, help="int4 group size")
+    ap.add_argument("--model", default="runs/nano/chat", help="float checkpoint for the quality figures")
+    ap.add_argument("--tokens", default="runs/nano/shards/longctx_val/tokens.bin", help="held-out ids (uint16)")
+    ap.add_argument("--eval-tokens", type=int, default=16384)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--shape", help="preset for the speed figures, e.g. internlm2-1_8b (f32 there needs ~7 GB)")
+    ap.add_argument("--memory", help="preset for the memory figures (internlm2-7b / internlm2-20b; never on a "
+                                     "shared machine)")
+    ap.add_argument("--context", type=int, default=4096, help="KV tokens reserved in --memory runs")
+    ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args()
+    args.formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    torch.set_num_threads(args.threads)
+    from puyu.engine.fused_decode import cpu_isas, default_isa
+
+    print(f"threads={args.threads}  torch {torch.__version__}  kernel build {default_isa()} (CPU runs "
+          f"{sorted(cpu_isas())}; PUYU_KERNEL_ISA={os.environ.get('PUYU_KERNEL_ISA', 'unset')})", flush=True)
+    res = {"threads": args.threads}
+    if not args.skip_quality:
+        res["quality"] = bench_quality(args)
+    if args.shape:
+        res["speed"] = bench_speed(args)
+    if args.memory:
+        res["memory"] = bench_memory(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
