@@ -284,8 +284,10 @@ def run_recipe(recipe: Recipe | str, *, workers: int | None = None, executor: st
 # text (symbol-heavy lines, short lines), so only repair and deduplicate, keeping aligned columns.
 DEDUP_STEPS: list = [{"normalise": {"collapse_spaces": False}}, "exact_dedup", "minhash"]
 
+# Bilingual by default (InternLM2's corpus is Chinese and English): every rule step picks Chinese or
+# English thresholds per document (puyu.data.thresholds), code passes the prose rules
 DEFAULT_TEXT_STEPS: list = [
-    "normalise", "characters", "punctuation", {"language": {"languages": ["en"]}}, "gopher_quality",
+    "normalise", "characters", "punctuation", {"language": {"languages": ["zh", "en"]}}, "gopher_quality",
     "gopher_repetition", {"c4": {"terminal_punct_lines": False, "min_words_per_line": 0,
                                  "drop_curly_brace": False, "remove_citations": False}},
     "exact_dedup", "minhash",

@@ -31,6 +31,7 @@ from puyu.data.base import Step
 from puyu.data.classifiers import TextClassifier, training_data
 from puyu.data.documents import Document
 from puyu.data.ngram import NGramLM
+from puyu.data.segment import Segmented, segmented
 from puyu.errors import ConfigError
 
 DIMENSIONS = ("fluency", "density", "classifier")
@@ -91,9 +92,9 @@ class QualityScore(Step):
         self.ref_cr = np.sort([compression_ratio(t) for t in ref])
         self.clf = TextClassifier().fit(texts, labels)
 
-    def score(self, text: str, p_high: float) -> dict:
+    def score(self, text: str | Segmented, p_high: float) -> dict:
         ppl = self.lm.perplexity(text)
-        cr = compression_ratio(text)
+        cr = compression_ratio(text if isinstance(text, str) else text.text)
         dims = {"fluency": calibrated(self.ref_ppl, ppl, higher_is_better=False),
                 "density": calibrated(self.ref_cr, cr, higher_is_better=True),
                 "classifier": float(p_high)}
@@ -103,10 +104,10 @@ class QualityScore(Step):
                 "perplexity": round(ppl, 2), "compression": round(cr, 4)}
 
     def process_batch(self, docs: list[Document]) -> list[str | None]:
-        p_high = self.clf.proba([d.text for d in docs], "high")
+        p_high = self.clf.proba([segmented(d) for d in docs], "high")
         out: list[str | None] = []
         for doc, p in zip(docs, p_high):
-            v = self.score(doc.text, p)
+            v = self.score(segmented(doc), p)
             doc.metadata["value"] = v
             out.append(f"quality: value {v['score']:.2f} < {self.min_value}" if v["score"] < self.min_value else None)
         return out
