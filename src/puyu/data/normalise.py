@@ -161,12 +161,16 @@ CODE_SUFFIXES = (".py", ".c", ".h", ".cc", ".cpp", ".hpp", ".java", ".js", ".ts"
 
 
 def code_share(text: str) -> float:
-    """Share of non-empty lines that look like source code (statements, definitions, braces,
-    assignments, indented blocks, comments)."""
-    lines = [ln for ln in text.split("\n") if ln.strip()]
-    if not lines:
-        return 0.0
-    return sum(1 for ln in lines if _CODE_LINE.search(ln)) / len(lines)
+    """Share of the characters (of non-empty lines) on lines that look like source code (statements,
+    definitions, braces, assignments, indented blocks, comments). By characters, not lines: a tutorial
+    whose prose paragraphs are long lines and whose code is many short ones is mostly prose."""
+    total = code = 0
+    for ln in text.split("\n"):
+        n = len(ln.strip())
+        total += n
+        if n and _CODE_LINE.search(ln):
+            code += n
+    return code / total if total else 0.0
 
 
 def is_code(doc: Document, min_share: float = 0.5) -> bool:
