@@ -7,8 +7,9 @@ control characters, no runs of spaces, at most one blank line between paragraphs
 
 Chinese punctuation is kept as written: full-width commas, full stops, brackets and quotes (，。（）「」)
 are the normal punctuation of Chinese text, and the tokenizer (InternLM2's has them as tokens) and the
-rule steps (segment.PUNCT, rules' line endings) know them. ftfy's `fix_character_width`, which would
-turn them into ASCII, is therefore off; full-width Latin letters and digits (ＡＢＣ１２３), which are the
+rule steps (segment.PUNCT, rules' line endings) know them. ftfy's `fix_character_width` and
+`uncurl_quotes`, which would turn them (and the curly quotes “” Chinese uses) into ASCII, are therefore
+off; full-width Latin letters and digits (ＡＢＣ１２３), which are the
 same words in another width, are mapped to ASCII on purpose.
 """
 
@@ -126,7 +127,8 @@ class Normalise(Step):
                 import ftfy
 
                 fixed, _ = legacy_cjk_mojibake(text)
-                text = ftfy.fix_text(fixed or text, normalization=self.form, fix_character_width=False)
+                text = ftfy.fix_text(fixed or text, normalization=self.form, fix_character_width=False,
+                                      uncurl_quotes=False)
             else:
                 text = unicodedata.normalize(self.form, text)
             text = text.translate(_WIDTH)

@@ -434,9 +434,12 @@ def training_set(kind: str, n: int = 600, seed: int = 1000, zh: int | None = Non
             raise ValueError(f"unknown training set {kind!r}; expected quality, safety, domain or seed")
     z = g.zh
     for i in range(n // 3 if zh is None else zh):
-        d = DOMAINS[i % len(DOMAINS)]
+        j = i if kind in ("seed", "domain", "safety") else i // 2  # quality alternates high and low
+        d = DOMAINS[j % len(DOMAINS)]
         if kind in ("seed", "domain", "safety") or i % 2 == 0:
-            texts.append(z.document(d))
+            # every fifth high-quality example is mixed Chinese-English prose (not for the domain set,
+            # whose labels it would blur)
+            texts.append(z.mixed() if kind != "domain" and j % 5 == 4 else z.document(d))
             labels.append({"seed": "high", "domain": d, "safety": "safe", "quality": "high"}[kind])
         else:
             texts.append(z.seo_spam() if (i // 2) % 2 == 0 else z.word_salad(z.document(d)))
