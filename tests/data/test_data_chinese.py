@@ -236,3 +236,13 @@ def test_classifiers_and_lm_work_on_segmented_chinese():
     assert acc >= 0.9
     lm = NGramLM(3).fit([t for t, _ in zh])
     assert lm.perplexity(segment(ML)) > lm.perplexity(segment(held[0][0]))  # in-domain text is likelier
+
+
+def test_language_of_mixed_documents():
+    """English with one Chinese sentence is English (langid alone said Latin, score 1.0, on such
+    pages); Chinese with English terms is Chinese; both are kept by the bilingual default."""
+    en_major = doc(EN + "\n\n" + "周末里，孩子们在广场上跳绳，笑声此起彼伏。")
+    zh_major = doc("我们使用 Python 和 pandas 处理数据，每周自动生成一份报告。" + CITY)
+    reasons = Language().process_batch([en_major, zh_major])
+    assert reasons == [None, None]
+    assert en_major.metadata["language"] == "en" and zh_major.metadata["language"] == "zh"

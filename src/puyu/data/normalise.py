@@ -199,7 +199,8 @@ class Language(Step):
     The default is bilingual, `languages: [zh, en]`, as InternLM2's corpus is. Mixed Chinese-English
     documents: langid's answer between zh and en on them is unstable, so a document whose CJK share is
     at least `segment.CJK_MAJORITY` (0.3) counts as zh when zh is allowed, with the score langid gives
-    zh + en together (the Chinese thresholds of the later steps apply to it either way).
+    zh + en together (the Chinese thresholds of the later steps apply to it either way); a document with
+    less CJK text than that is identified on its text with the CJK runs removed.
 
     Code: files with a source-code suffix and documents whose lines are mostly code (`code_share` >=
     `min_code_share`, 0.5) are labelled "code" (language_score 1) and kept when `keep_code` (default),
@@ -233,11 +234,17 @@ class Language(Step):
 
     def process_batch(self, docs: list[Document]) -> list[str | None]:
         from puyu.data.segment import CJK_MAJORITY, cjk_share
+        from puyu.data.segment import CJK_RUN as _CJK_RUNS
 
         # langid's own classify() does a uint32 x float32 product that numpy cannot hand to BLAS
         # (~7 ms a document); stacking the feature vectors as float32 makes it one fast matrix product.
         ident = self.identifier
-        fv = np.stack([ident.instance2fv(d.text[: self.max_chars]) for d in docs]).astype(np.float32)
+        shares = [cjk_share(d.text) for d in docs]
+        # a document with a little CJK text (below CJK_MAJORITY) is identified by its other text: langid's
+        # byte n-grams are thrown by the CJK bytes (an English page quoting one Chinese sentence came out
+        # as Latin with score 1.0)
+        texts = [_CJK_RUNS.sub(" ", d.text) if 0 < sh < CJK_MAJORITY else d.text for d, sh in zip(docs, shares)]
+        fv = np.stack([ident.instance2fv(t[: self.max_chars]) for t in texts]).astype(np.float32)
         logp = fv @ ident.nb_ptc + ident.nb_pc  # (B, n_languages) log-probabilities
         logp = logp - logp.max(axis=1, keepdims=True)
         probs = np.exp(logp)
@@ -245,8 +252,7 @@ class Language(Step):
         classes = [str(c) for c in ident.nb_classes]
         zh_en = [classes.index("zh"), classes.index("en")]
         out: list[str | None] = []
-        for doc, row in zip(docs, probs):
-            share = cjk_share(doc.text)
+        for doc, row, share in zip(docs, probs, shares):
             doc.metadata["cjk_share"] = round(share, 4)
             if self.keep_code and is_code(doc, self.min_code_share):
                 doc.metadata["language"] = "code"
