@@ -34,8 +34,9 @@ GOPHER_QUALITY = {
         "stop_words": ("the", "be", "to", "of", "and", "that", "have", "with"),
     },
     "zh": {  # FineWeb-2 cmn_Hani.yml: avg word length [1, 5] (jieba words), max_non_alpha_words_ratio
-        # 0.735 (datatrove applies it as the minimum share of words with a letter; punctuation marks are
-        # tokens there as here), its stop-word list, min_stop_words 2 (fineweb-2-pipeline.py); word
+        # 0.735 (datatrove applies it as the minimum share of words with a letter; we take the share over
+        # tokens with a letter or digit, leaving out punctuation marks and operators, which would drop
+        # Chinese math: rules.GopherQuality), its stop-word list, min_stop_words 2 (fineweb-2-pipeline.py); word
         # count bounds are datatrove's defaults (50, 100,000), which FineWeb-2 left unchanged
         "min_words": 50, "max_words": 100_000, "min_mean_word_length": 1.0, "max_mean_word_length": 5.0,
         "min_alpha_words": 0.735, "min_stop_words": 2,
