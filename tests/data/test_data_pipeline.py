@@ -12,7 +12,7 @@ import yaml
 
 from puyu.cli import main
 from puyu.data.pipeline import STEPS, clean_texts, load_recipe, parse_recipe, run_recipe
-from puyu.data.report import aggregate, precision_recall
+from puyu.data.report import aggregate, languages, precision_recall
 from puyu.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -56,7 +56,8 @@ def test_shipped_recipes_parse_and_give_their_command(path):
         assert name in STEPS
         opts = {} if isinstance(spec, str) else spec[name] or {}
         if "file" in opts:
-            assert os.path.exists(os.path.join(REPO, opts["file"])), opts["file"]
+            for f in [opts["file"]] if isinstance(opts["file"], str) else opts["file"]:
+                assert os.path.exists(os.path.join(REPO, f)), f
 
 
 def test_text_folder_recipe_on_a_folder(tmp_path, monkeypatch):
@@ -106,7 +107,7 @@ def test_cli_synth_steps_and_errors(tmp_path, capsys):
 def test_full_synthetic_recipe_reports_precision_and_recall(tmp_path, capsys, monkeypatch):
     data = yaml.safe_load(open(os.path.join(REPO, "recipes", "data", "synthetic.yaml")))
     data["workdir"] = str(tmp_path / "syn")
-    data["synthetic"] = {"docs": 700, "shards": 3, "seed": 5}
+    data["synthetic"].update(docs=700, shards=3, seed=5)  # keeps the recipe's Chinese and mixed shares
     data["executor"] = {"kind": "local", "workers": 1}
     for spec in data["steps"]:  # smaller training sets keep the test quick
         opts = next(iter(spec.values()))
@@ -127,7 +128,25 @@ def test_full_synthetic_recipe_reports_precision_and_recall(tmp_path, capsys, mo
                 ("normalise", "modify")]:
         r = pr[key]
         assert r["recall"] >= 0.9, (key, r)
-        assert r["precision"] >= (0.75 if key in (("quality", "drop"), ("normalise", "modify")) else 0.95), (key, r)
+        if key != ("quality", "drop"):  # quality is scored per language below
+            assert r["precision"] >= (0.75 if key == ("normalise", "modify") else 0.95), (key, r)
+    # per language: the recipe's corpus is 30% Chinese and 4% mixed (synthetic.yaml)
+    assert languages(agg) == ["en", "mixed", "zh"]
+    en = {(r["step"], r["action"]): r for r in precision_recall(agg, "en")}
+    assert en[("quality", "drop")]["precision"] >= 0.75 and en[("quality", "drop")]["recall"] >= 0.9
+    zh = {(r["step"], r["action"]): r for r in precision_recall(agg, "zh")}
+    for key in [("normalise", "drop"), ("normalise", "modify"), ("punctuation", "drop"), ("gopher_quality", "drop"),
+                ("gopher_repetition", "drop"), ("c4", "modify"), ("exact_dedup", "drop"), ("minhash", "drop"),
+                ("word_blocklist", "drop")]:
+        assert zh[key]["recall"] >= 0.9 and zh[key]["precision"] >= 0.95, (key, zh[key])
+    # the Chinese quality score is the weak spot (see README): word salad is caught, but the value
+    # score also drops some clean Chinese documents; this pins that it stays a minority
+    zq = zh[("quality", "drop")]
+    assert zq["recall"] >= 0.6, zq
+    zh_clean = agg["steps"]["quality"]["langs"]["zh"]["clean"]
+    assert zh_clean[1] <= 0.3 * zh_clean[0], zh_clean
+    mixed = {(r["step"], r["action"]): r for r in precision_recall(agg, "mixed")}
+    assert all(r["fp"] <= 1 for r in mixed.values()), mixed  # mixed documents are all clean: kept
     report = open(os.path.join(data["workdir"], "report", "report.md")).read()
     assert "## Precision and recall on the synthetic labels" in report and "## Domain mixture" in report
     for png in ("counts.png", "reasons.png", "scores.png", "domains.png"):

@@ -13,8 +13,9 @@ A pipeline is a list of steps. Two kinds:
 
 `Context` holds one shard's statistics: for each step, documents in / dropped / modified, drop reasons,
 sampled score values (metadata keys listed in `Step.observe`), and, when documents carry a ground-truth
-label (metadata["synthetic"]["label"], set by `puyu.data.synthetic`), the same counts per label, from
-which the run report computes precision and recall.
+label (metadata["synthetic"]["label"], set by `puyu.data.synthetic`), the same counts per label and per
+(synthetic language, label), from which the run report computes precision and recall overall and per
+language.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class StepStats:
         self.added = 0
         self.reasons: Counter[str] = Counter()
         self.labels: dict[str, list[int]] = {}  # label -> [in, dropped, modified]
+        self.langs: dict[str, dict[str, list[int]]] = {}  # synthetic language -> the same table
         self.values: dict[str, dict[str, list[float]]] = {}  # key -> group -> sampled values
         self.categories: dict[str, Counter[str]] = {}  # key -> value -> count (e.g. domain)
         self._seen: Counter[tuple[str, str]] = Counter()
@@ -63,10 +65,12 @@ class StepStats:
         self.n_in += 1
         label = truth(doc)
         if label is not None:
-            row = self.labels.setdefault(label, [0, 0, 0])
-            row[0] += 1
-            row[1] += reason is not None
-            row[2] += modified and reason is None
+            lang = truth(doc, "lang") or "en"
+            for table in (self.labels, self.langs.setdefault(lang, {})):
+                row = table.setdefault(label, [0, 0, 0])
+                row[0] += 1
+                row[1] += reason is not None
+                row[2] += modified and reason is None
         if reason is not None:
             self.dropped += 1
             # reasons carry numbers ("value 0.21 < 0.50"); count by the part before ':' or digits
@@ -89,7 +93,7 @@ class StepStats:
 
     def to_dict(self) -> dict:
         return {"in": self.n_in, "dropped": self.dropped, "modified": self.modified, "added": self.added,
-                "reasons": dict(self.reasons), "labels": self.labels, "values": self.values,
+                "reasons": dict(self.reasons), "labels": self.labels, "langs": self.langs, "values": self.values,
                 "categories": {k: dict(v) for k, v in self.categories.items()}}
 
 

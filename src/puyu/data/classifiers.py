@@ -1,7 +1,8 @@
 """The shared text classifier behind the safety, quality and domain steps, and their training data.
 
-A classifier is scikit-learn's HashingVectorizer (word n-grams, 2^18 features: no vocabulary to
-store, the same features in every worker) + TF-IDF weighting + logistic regression: the fastText-style
+A classifier is scikit-learn's HashingVectorizer (word n-grams over `segment.classifier_tokens`: jieba
+words in Chinese, scikit-learn's usual words elsewhere; 2^18 features: no vocabulary to store, the
+same features in every worker) + TF-IDF weighting + logistic regression: the fastText-style
 linear bag-of-n-grams model that GPT-3, LLaMA and RefinedWeb-era pipelines use for quality and safety
 filtering, in the library this project standardises on. Training is deterministic (lbfgs).
 
@@ -69,9 +70,12 @@ class TextClassifier:
         # liblinear shuffles the data: a fixed random_state makes training (and so every rerun) repeatable
         lr = LogisticRegression(C=self.C, max_iter=2000, class_weight="balanced", solver="liblinear", dual=True,
                                 random_state=0)
+        from puyu.data.segment import classifier_tokens
+
+        # the tokenizer lower-cases and takes texts or cached segmentations (steps pass the latter)
         self.model = make_pipeline(
             HashingVectorizer(n_features=self.n_features, ngram_range=self.ngram_range, alternate_sign=False,
-                              norm=None),
+                              norm=None, tokenizer=classifier_tokens, token_pattern=None, lowercase=False),
             TfidfTransformer(sublinear_tf=self.sublinear_tf),
             lr if len(set(labels)) == 2 else OneVsRestClassifier(lr),
         )
@@ -82,13 +86,14 @@ class TextClassifier:
     def classes(self) -> list[str]:
         return [str(c) for c in self.model.classes_]
 
-    def predict_proba(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), n_classes) probabilities, columns in `classes` order."""
+    def predict_proba(self, texts: list) -> np.ndarray:
+        """(len(texts), n_classes) probabilities, columns in `classes` order; items are texts or
+        `segment.Segmented` (a document's cached segmentation)."""
         if self.model is None:
             raise RuntimeError("fit() the classifier first")
         return self.model.predict_proba(texts)
 
-    def proba(self, texts: list[str], cls: str) -> np.ndarray:
+    def proba(self, texts: list, cls: str) -> np.ndarray:
         if cls not in self.classes:
             raise ConfigError(f"training labels {self.classes} do not include {cls!r}")
         return self.predict_proba(texts)[:, self.classes.index(cls)]

@@ -1,7 +1,7 @@
 """`puyu data ...`: run a cleaning recipe, generate the synthetic corpus, rewrite a report, list steps.
 
     puyu data run recipes/data/synthetic.yaml [--workers 2] [--executor ray] [--fresh]
-    puyu data synth runs/data/corpus --docs 2000 --shards 8 --seed 0
+    puyu data synth runs/data/corpus --docs 2000 --shards 8 --seed 0 [--zh-share 0.3 --mixed-share 0.04]
     puyu data report runs/data/synthetic
     puyu data steps
 """
@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import argparse
+
+from puyu.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--docs", type=int, default=2000)
     p.add_argument("--shards", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--zh-share", type=float, default=0.0, help="fraction of Chinese documents (default 0)")
+    p.add_argument("--mixed-share", type=float, default=0.0, help="fraction of mixed Chinese-English documents")
     p = sub.add_parser("report", help="(re)write the Markdown + PNG report of a run")
     p.add_argument("workdir")
     sub.add_parser("steps", help="list the available steps and their options")
@@ -45,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "synth":
         from puyu.data.synthetic import write_corpus
 
-        m = write_corpus(args.out_dir, args.docs, args.shards, args.seed)
+        if not (0 <= args.zh_share and 0 <= args.mixed_share and args.zh_share + args.mixed_share <= 1):
+            raise ConfigError("--zh-share and --mixed-share must be >= 0 and sum to at most 1")
+        m = write_corpus(args.out_dir, args.docs, args.shards, args.seed, zh_share=args.zh_share,
+                         mixed_share=args.mixed_share)
         print(f"{m['documents']} documents in {args.shards} shards -> {args.out_dir} "
               f"(+{m['reader_errors']} broken lines); labels: "
               + ", ".join(f"{k} {v}" for k, v in sorted(m["labels"].items())))

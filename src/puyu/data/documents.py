@@ -50,12 +50,14 @@ class Document:
     """One document. `metadata` travels with it through every step and into the outputs.
 
     `error` is set only by readers, for input that could not be parsed; such a document is rejected
-    before any step sees it."""
+    before any step sees it. `cache` holds per-document work that steps share (the segmentation, see
+    puyu.data.segment) and is never written out."""
 
     id: str
     text: str
     metadata: dict = field(default_factory=dict)
     error: str | None = None
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def to_record(self) -> dict:
         return {"id": self.id, "text": self.text, "metadata": self.metadata}

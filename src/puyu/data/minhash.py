@@ -3,9 +3,15 @@
 InternLM2 report, section 3.1.1: MinHash deduplication on 5-gram shingles with 128 hash functions and
 a Jaccard threshold of 0.7. Those are the defaults here.
 
+Shingles are 5-grams of `segment.shingle_units`: lower-cased words in space-separated text, single
+characters in CJK runs (character 5-grams; jieba-word 5-grams would turn each edit into up to five
+broken word grams and put edited Chinese copies near the threshold), with Traditional characters
+folded to Simplified (OpenCC t2s) so the two scripts of one text are near-duplicates. Exact dedup is
+not folded: it stays byte-exact.
+
 How it runs (a `GlobalStep`):
   map     for each surviving document, its 128-value MinHash signature (`datasketch.MinHash`, the
-          affine32 permutation scheme) over word 5-gram shingles; one (n, 128) uint32 array per shard.
+          affine32 permutation scheme) over 5-gram shingles of words / CJK characters; one (n, 128) uint32 array per shard.
   decide  in the driver, documents are visited in corpus order (shard, position). Each is queried in a
           `datasketch.MinHashLSH` index of the documents kept so far; candidates are verified with the
           128-permutation Jaccard estimate >= threshold. A verified match means drop ("near-duplicate
@@ -21,7 +27,6 @@ what keeps false positives under 1% for pairs at J <= 0.5. tests/data/test_data_
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections.abc import Iterable, Iterator
 
@@ -29,8 +34,8 @@ import numpy as np
 
 from puyu.data.base import Context, GlobalStep, drop_by_index
 from puyu.data.documents import Document
+from puyu.data.segment import shingle_units
 
-_WORD = re.compile(r"[^\W_]+")
 _MULT = np.uint64(0x100000001B3)  # FNV-64 prime: the polynomial base for combining word hashes
 
 
@@ -39,13 +44,14 @@ def _identity(x: int) -> int:
 
 
 def shingle_words(text: str) -> list[str]:
-    """Lower-cased words with punctuation removed: near-duplicates that differ only in case,
-    punctuation or spacing then share all their shingles."""
-    return _WORD.findall(text.lower())
+    """Shingle units: lower-cased words with punctuation removed, one unit per CJK character
+    (Traditional folded to Simplified): near-duplicates that differ only in case, punctuation,
+    spacing or Chinese script then share all their shingles."""
+    return shingle_units(text)
 
 
 def shingles(text: str, n: int = 5) -> list[str]:
-    """Word n-gram shingles (as space-joined strings). A text shorter than n words is one shingle."""
+    """Unit n-gram shingles (as space-joined strings). A text shorter than n units is one shingle."""
     words = shingle_words(text)
     if len(words) < n:
         return [" ".join(words)] if words else []
@@ -90,8 +96,8 @@ class MinHashDedup(GlobalStep):
         return self._template
 
     def shingle_hashes(self, text: str) -> list[int]:
-        """32-bit hashes of the word n-gram shingles of `text` (the same set as `shingles`): each
-        word is hashed once (crc32, stable across processes, unlike Python's hash), and n-grams are
+        """32-bit hashes of the unit n-gram shingles of `text` (the same set as `shingles`): each
+        unit is hashed once (crc32, stable across processes, unlike Python's hash), and n-grams are
         combined polynomially in numpy instead of joining and hashing n-word strings."""
         words = shingle_words(text)
         if not words:

@@ -5,7 +5,8 @@ Wikipedia; the InternLM2 launch article scores "language quality" among its valu
 model is trained on the high-quality seed set itself, with interpolated absolute discounting (Ney, Essen
 & Kneser 1994, D = 0.75): each order's counts are discounted by D and the freed mass goes to the next
 lower order, down to an add-one unigram over the vocabulary plus an unknown word. Numbers are mapped to
-one token, so "41 plus 10" and "87 plus 3" look alike to the model.
+one token, so "41 plus 10" and "87 plus 3" look alike to the model. Chinese is modelled over jieba
+words (puyu.data.segment): a word trigram model over segmented text, as for English.
 """
 
 from __future__ import annotations
@@ -15,13 +16,19 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
+from puyu.data.segment import Segmented, as_segmented
+
 _TOKEN = re.compile(r"[^\W\d_]+|\d+(?:[.,]\d+)*|[^\w\s]")
 BOS, EOS, NUM = "<s>", "</s>", "<num>"
 
 
-def tokenize(text: str) -> list[str]:
-    """Lower-cased words, numbers (as <num>) and single punctuation marks."""
-    return [NUM if t[0].isdigit() else t for t in _TOKEN.findall(text.lower())]
+def tokenize(text: str | Segmented) -> list[str]:
+    """Lower-cased words (jieba words in Chinese runs), numbers (as <num>) and single punctuation
+    marks. Takes a text or its cached segmentation."""
+    seg = as_segmented(text)
+    if seg.text.isascii():
+        return [NUM if t[0].isdigit() else t for t in _TOKEN.findall(seg.text.lower())]
+    return [NUM if t[0].isdigit() else t for tok in seg.tokens for t in _TOKEN.findall(tok.lower())]
 
 
 class NGramLM:
@@ -39,7 +46,7 @@ class NGramLM:
         self.unigrams: dict[str, int] = {}
         self.n_tokens = 0
 
-    def fit(self, texts: Iterable[str]) -> NGramLM:
+    def fit(self, texts: Iterable[str | Segmented]) -> NGramLM:
         raw: list[dict[tuple[str, ...], Counter]] = [{} for _ in range(self.order)]
         for text in texts:
             toks = [BOS] * (self.order - 1) + tokenize(text) + [EOS]
@@ -67,7 +74,7 @@ class NGramLM:
             p = max(nexts.get(word, 0) - d, 0.0) / total + d * distinct / total * p
         return p
 
-    def logprobs(self, text: str) -> list[float]:
+    def logprobs(self, text: str | Segmented) -> list[float]:
         """Natural-log probability of each token of `text` (and of the end marker)."""
         if not self.tables:
             raise RuntimeError("fit() the model first")
@@ -75,6 +82,6 @@ class NGramLM:
         n = self.order - 1
         return [math.log(self.prob(toks[i], tuple(toks[i - n:i]))) for i in range(n, len(toks))]
 
-    def perplexity(self, text: str) -> float:
+    def perplexity(self, text: str | Segmented) -> float:
         lp = self.logprobs(text)
         return math.exp(-sum(lp) / len(lp))

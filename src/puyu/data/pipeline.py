@@ -8,7 +8,8 @@ current directory, so recipes are run from the repository root):
 
     name: synthetic                 # free text
     workdir: runs/data/synthetic    # stages, rejects, markers, report
-    synthetic: {docs: 3000, shards: 8, seed: 0}   # optional: generate the labelled corpus as input
+    synthetic: {docs: 3000, shards: 8, seed: 0, zh_share: 0.3, mixed_share: 0.04}   # optional: generate
+                                    # the labelled corpus (with a Chinese and a mixed part) as input
     input: {paths: [...], text_key: text, id_key: id, files_per_shard: 256}
     output: {dir: WORKDIR/output, format: jsonl|parquet, compression: zst|gz|none}
     executor: {kind: local|ray, workers: 2, address: null, num_cpus: null}
@@ -54,7 +55,7 @@ SECTIONS = {
     "input": {"paths", "text_key", "id_key", "files_per_shard"},
     "output": {"dir", "format", "compression"},
     "executor": {"kind", "workers", "address", "num_cpus"},
-    "synthetic": {"docs", "shards", "seed"},
+    "synthetic": {"docs", "shards", "seed", "zh_share", "mixed_share"},
 }
 TOP_LEVEL = {"name", "description", "workdir", "steps", "report", *SECTIONS}
 
@@ -194,7 +195,8 @@ def prepare_job(recipe: Recipe, progress: bool = False) -> Job:
         if not os.path.exists(os.path.join(syn_dir, "_manifest.json")):
             s = recipe.synthetic
             _log(progress, f"generating synthetic corpus ({s.get('docs', 2000)} docs) in {syn_dir}")
-            write_corpus(syn_dir, int(s.get("docs", 2000)), int(s.get("shards", 8)), int(s.get("seed", 0)))
+            write_corpus(syn_dir, int(s.get("docs", 2000)), int(s.get("shards", 8)), int(s.get("seed", 0)),
+                         zh_share=float(s.get("zh_share", 0.0)), mixed_share=float(s.get("mixed_share", 0.0)))
         paths = paths or [syn_dir]
     if isinstance(paths, str):
         paths = [paths]
@@ -284,8 +286,10 @@ def run_recipe(recipe: Recipe | str, *, workers: int | None = None, executor: st
 # text (symbol-heavy lines, short lines), so only repair and deduplicate, keeping aligned columns.
 DEDUP_STEPS: list = [{"normalise": {"collapse_spaces": False}}, "exact_dedup", "minhash"]
 
+# Bilingual by default (InternLM2's corpus is Chinese and English): every rule step picks Chinese or
+# English thresholds per document (puyu.data.thresholds), code passes the prose rules
 DEFAULT_TEXT_STEPS: list = [
-    "normalise", "characters", "punctuation", {"language": {"languages": ["en"]}}, "gopher_quality",
+    "normalise", "characters", "punctuation", {"language": {"languages": ["zh", "en"]}}, "gopher_quality",
     "gopher_repetition", {"c4": {"terminal_punct_lines": False, "min_words_per_line": 0,
                                  "drop_curly_brace": False, "remove_citations": False}},
     "exact_dedup", "minhash",

@@ -11,8 +11,10 @@ information quality and information density. Three dimensions here, each a score
   classifier  P(high quality) from a classifier trained on the seed set vs a low-quality pool
               (adverts, SEO spam, word salad): the advertisement/fluency classifier.
 
+Chinese is scored on jieba words (puyu.data.segment) and calibrated against the Chinese seed documents
+(the default training data includes Chinese written for this project: see synthetic.training_set).
 Raw values mean nothing on their own, so fluency and density are calibrated against held-out seed
-documents: score = min(1, 2 x fraction of seed documents that do worse). A document as good as the
+documents of the same script: score = min(1, 2 x fraction of seed documents that do worse). A document as good as the
 median seed document scores 1; one worse than every seed document scores 0. The value score is the
 weighted mean of the three, kept in metadata["value"] with the raw numbers; documents below
 `min_value` are dropped. `min_value` 0.5 is our choice (the sources publish none): it means "on average
@@ -31,6 +33,7 @@ from puyu.data.base import Step
 from puyu.data.classifiers import TextClassifier, training_data
 from puyu.data.documents import Document
 from puyu.data.ngram import NGramLM
+from puyu.data.segment import Segmented, as_segmented, segment, segmented
 from puyu.errors import ConfigError
 
 DIMENSIONS = ("fluency", "density", "classifier")
@@ -87,15 +90,25 @@ class QualityScore(Step):
         n_ref = max(4, int(len(high) * self.holdout))
         ref, lm_train = high[:n_ref], high[n_ref:]
         self.lm = NGramLM(self.lm_order).fit(lm_train)
-        self.ref_ppl = np.sort([self.lm.perplexity(t) for t in ref])
-        self.ref_cr = np.sort([compression_ratio(t) for t in ref])
+        # calibrate per script: perplexities over jieba words and over English words are not on one
+        # scale, nor are the compression ratios of UTF-8 Chinese and ASCII; a script with fewer than 4
+        # reference documents uses the pooled reference
+        segs = [segment(t) for t in ref]
+        pooled = (np.sort([self.lm.perplexity(s) for s in segs]), np.sort([compression_ratio(t) for t in ref]))
+        self.ref_ppl, self.ref_cr = {}, {}
+        for script in ("latin", "cjk"):
+            mine = [s for s in segs if s.script == script]
+            ok = len(mine) >= 4
+            self.ref_ppl[script] = np.sort([self.lm.perplexity(s) for s in mine]) if ok else pooled[0]
+            self.ref_cr[script] = np.sort([compression_ratio(s.text) for s in mine]) if ok else pooled[1]
         self.clf = TextClassifier().fit(texts, labels)
 
-    def score(self, text: str, p_high: float) -> dict:
-        ppl = self.lm.perplexity(text)
-        cr = compression_ratio(text)
-        dims = {"fluency": calibrated(self.ref_ppl, ppl, higher_is_better=False),
-                "density": calibrated(self.ref_cr, cr, higher_is_better=True),
+    def score(self, text: str | Segmented, p_high: float) -> dict:
+        seg = as_segmented(text)
+        ppl = self.lm.perplexity(seg)
+        cr = compression_ratio(seg.text)
+        dims = {"fluency": calibrated(self.ref_ppl[seg.script], ppl, higher_is_better=False),
+                "density": calibrated(self.ref_cr[seg.script], cr, higher_is_better=True),
                 "classifier": float(p_high)}
         total = sum(self.weights.values())
         value = sum(self.weights[k] * v for k, v in dims.items()) / total
@@ -103,10 +116,10 @@ class QualityScore(Step):
                 "perplexity": round(ppl, 2), "compression": round(cr, 4)}
 
     def process_batch(self, docs: list[Document]) -> list[str | None]:
-        p_high = self.clf.proba([d.text for d in docs], "high")
+        p_high = self.clf.proba([segmented(d) for d in docs], "high")
         out: list[str | None] = []
         for doc, p in zip(docs, p_high):
-            v = self.score(doc.text, p)
+            v = self.score(segmented(doc), p)
             doc.metadata["value"] = v
             out.append(f"quality: value {v['score']:.2f} < {self.min_value}" if v["score"] < self.min_value else None)
         return out

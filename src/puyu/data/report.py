@@ -51,7 +51,7 @@ def aggregate(workdir: str) -> dict:
     for shard in stats:
         for label, st in shard["steps"].items():
             t = steps.setdefault(label, {"in": 0, "dropped": 0, "modified": 0, "added": 0, "reasons": Counter(),
-                                         "labels": {}, "values": {}, "categories": {}})
+                                         "labels": {}, "langs": {}, "values": {}, "categories": {}})
             for k in ("in", "dropped", "modified", "added"):
                 t[k] += st[k]
             t["reasons"].update(st["reasons"])
@@ -59,6 +59,12 @@ def aggregate(workdir: str) -> dict:
                 acc = t["labels"].setdefault(lab, [0, 0, 0])
                 for i in range(3):
                     acc[i] += row[i]
+            for lang, table in st.get("langs", {}).items():
+                dst = t["langs"].setdefault(lang, {})
+                for lab, row in table.items():
+                    acc = dst.setdefault(lab, [0, 0, 0])
+                    for i in range(3):
+                        acc[i] += row[i]
             _merge_values(t["values"], st["values"])
             for key, cnt in st["categories"].items():
                 t["categories"].setdefault(key, Counter()).update(cnt)
@@ -77,13 +83,19 @@ def aggregate(workdir: str) -> dict:
             "output_domains": dict(output_domains), "documents_out": n_out, "manifest": manifest}
 
 
-def precision_recall(agg: dict) -> list[dict]:
-    """Per step and action ("drop" / "modify"): tp, fp, fn, precision, recall, from synthetic labels.
-    Empty when the corpus has no labels."""
+def languages(agg: dict) -> list[str]:
+    """The synthetic languages seen in a run (en, mixed, zh), sorted."""
+    return sorted({lang for t in agg["steps"].values() for lang in t.get("langs", {})})
+
+
+def precision_recall(agg: dict, lang: str | None = None) -> list[dict]:
+    """Per step and action ("drop" / "modify"): tp, fp, fn, precision, recall, from synthetic labels;
+    with `lang`, counting only documents of that synthetic language. Empty when the corpus has no
+    labels."""
     from puyu.data.synthetic import LABELS
 
     rows = []
-    if agg["manifest"] and "reader" in agg["steps"]:
+    if agg["manifest"] and "reader" in agg["steps"] and lang is None:
         # broken lines carry no label (they cannot be parsed): score the reader on the planted count
         planted, got = agg["manifest"]["reader_errors"], agg["steps"]["reader"]["dropped"]
         tp = min(planted, got)
@@ -94,6 +106,10 @@ def precision_recall(agg: dict) -> list[dict]:
         if not t["labels"] or label == "reader" or label.split("#")[0] in ("enrich", "topup"):
             continue  # the reader is scored above; enrich and topup are judged by domain, below
         base = label.split("#")[0]
+        if lang is not None:  # the same counts restricted to one language (all its documents are labelled)
+            table = t.get("langs", {}).get(lang, {})
+            t = {"labels": table, "dropped": sum(r[1] for r in table.values()),
+                 "modified": sum(r[2] for r in table.values())}
         for action, col, total in (("drop", 1, t["dropped"]), ("modify", 2, t["modified"])):
             targets = {lab for lab, spec in LABELS.items() if base in getattr(spec, action)}
             if not targets and total == 0:
@@ -240,6 +256,25 @@ def write_report(workdir: str) -> str:
         lines.append("\nA drop (or repair) is correct when the document's synthetic label names this step; "
                      "recall counts only documents that reached the step. The reader is scored on the "
                      "number of broken lines planted, which carry no label.")
+        langs = languages(agg)
+        if len(langs) > 1:
+            lines += ["", "## Precision and recall per language", "",
+                      "| step | action | " + " | ".join(f"{g} P | {g} R | {g} wrong/missed" for g in langs) + " |",
+                      "|---|---|" + "---:|---:|---:|" * len(langs)]
+            per = {g: {(r["step"], r["action"]): r for r in precision_recall(agg, g)} for g in langs}
+            for r in pr:
+                key = (r["step"], r["action"])
+                if key[0] == "reader":
+                    continue
+                cells = []
+                for g in langs:
+                    x = per[g].get(key)
+                    cells.append("- | - | -" if x is None else
+                                 f"{_fmt(x['precision'])} | {_fmt(x['recall'])} | {x['fp']}/{x['fn']}")
+                lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
+            lines.append("\nLanguages are the synthetic corpus's: en, zh (Chinese written for this project from "
+                         "templates) and mixed (Chinese with English terms, English with a Chinese sentence). "
+                         "Text we wrote ourselves is weak evidence about real web text.")
         lines += ["", "## Outcome per label", "", "| label | documents | dropped | kept % | dropped by |",
                   "|---|---:|---:|---:|---|"]
         for lab, row in sorted(label_outcomes(agg).items()):

@@ -2,8 +2,12 @@
 
 InternLM2 report, section 3.1.1 ("rule-based stage"): heuristics on separators and line breaks, the
 frequency of abnormal characters and the distribution of punctuation, on top of the usual web-text
-rules. The report gives no thresholds; each class below says where its numbers come from. Words are
-whitespace-separated tokens throughout (cheap, and what the Gopher rules were stated in).
+rules. The report gives no thresholds; each class below says where its numbers come from.
+
+Words come from `puyu.data.segment` (jieba words for Chinese runs, whitespace words elsewhere),
+computed once per document and shared by every step. Thresholds are per language
+(`puyu.data.thresholds`): a document's profile (zh / en / code / default fallback) picks the table;
+the constructor options set the English numbers and `zh` overrides the Chinese ones.
 
 Drop reasons read `step: what value <op> threshold`; the part before the number is what the stats
 count, so each rule is one row of the report.
@@ -12,18 +16,31 @@ count, so each rule is one row of the report.
 from __future__ import annotations
 
 import re
-import string
 
 import numpy as np
 
+from puyu.data import thresholds as th
 from puyu.data.base import Step
 from puyu.data.documents import Document
+from puyu.data.segment import PUNCT, segmented
 
-PUNCT = string.punctuation + "\u2010\u2011\u2012\u2013\u2014\u2015\u2018\u2019\u201c\u201d\u2026\u00ab\u00bb\u00bf\u00a1"
-STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")  # Gopher, Rae et al. 2021, App. A
-_HAS_ALPHA = re.compile(r"\S*[^\W\d_]\S*")
+STOP_WORDS = th.GOPHER_QUALITY["en"]["stop_words"]  # Gopher, Rae et al. 2021, App. A
+_HAS_ALPHA = re.compile(r"[^\W\d_]")
+_HAS_ALNUM = re.compile(r"[^\W_]")
 _PARAGRAPHS = re.compile(r"\n{2,}")
 _LINES = re.compile(r"\n+")
+
+
+def _profiles(table: dict, en: dict, zh: dict | None) -> dict:
+    """The per-profile option dicts of a step: `en` from the constructor, `zh` the table's Chinese
+    numbers updated with the step's `zh` option, `default` the table's fallback with the English
+    numbers the constructor set."""
+    unknown = set(zh or {}) - set(table["zh"])
+    if unknown:
+        raise ValueError(f"unknown zh option(s): {', '.join(sorted(map(str, unknown)))}; "
+                         f"known: {', '.join(table['zh'])}")
+    default = {**en, **{k: v for k, v in table["default"].items() if table["default"][k] != table["en"][k]}}
+    return {"en": en, "zh": {**table["zh"], **(zh or {})}, "default": default}
 
 
 class GopherQuality(Step):
@@ -31,7 +48,12 @@ class GopherQuality(Step):
     document when it has 50 to 100,000 words, a mean word length of 3 to 10 characters, a
     symbol-to-word ratio below 0.1 for '#' and for ellipses, at most 90% of lines starting with a bullet,
     at most 30% of lines ending with an ellipsis, at least 80% of words containing a letter, and at
-    least 2 of the stop words the, be, to, of, and, that, have, with."""
+    least 2 of the stop words the, be, to, of, and, that, have, with.
+
+    Chinese documents (CJK share >= 0.3) use FineWeb-2's cmn_Hani numbers (thresholds.GOPHER_QUALITY:
+    mean jieba-word length 1-5, 73.5% words with a letter, FineWeb-2's Chinese stop words), the
+    letter share taken over tokens with a letter or digit (not punctuation marks: see process); other
+    identified languages drop the stop-word rule; code documents pass. `zh` overrides Chinese numbers."""
 
     name = "gopher_quality"
     category = "rules"
@@ -40,30 +62,34 @@ class GopherQuality(Step):
                  max_mean_word_length: float = 10, max_symbol_word_ratio: float = 0.1,
                  max_bullet_lines: float = 0.9, max_ellipsis_lines: float = 0.3,
                  min_alpha_words: float = 0.8, min_stop_words: int = 2,
-                 stop_words: list[str] | tuple[str, ...] = STOP_WORDS):
-        self.min_words, self.max_words = min_words, max_words
-        self.min_mean_word_length, self.max_mean_word_length = min_mean_word_length, max_mean_word_length
+                 stop_words: list[str] | tuple[str, ...] = STOP_WORDS, zh: dict | None = None):
         self.max_symbol_word_ratio = max_symbol_word_ratio
         self.max_bullet_lines, self.max_ellipsis_lines = max_bullet_lines, max_ellipsis_lines
-        self.min_alpha_words, self.min_stop_words = min_alpha_words, min_stop_words
-        self.stop_words = frozenset(stop_words)
+        en = {"min_words": min_words, "max_words": max_words, "min_mean_word_length": min_mean_word_length,
+              "max_mean_word_length": max_mean_word_length, "min_alpha_words": min_alpha_words,
+              "min_stop_words": min_stop_words, "stop_words": tuple(stop_words)}
+        self.profiles = _profiles(th.GOPHER_QUALITY, en, zh)
+        for p in self.profiles.values():
+            p["stop_words"] = frozenset(p["stop_words"])
 
     def process(self, doc: Document) -> str | None:
+        prof = th.profile(doc)
+        if prof == "code":
+            return None
+        p = self.profiles[prof]
         text = doc.text
-        words = text.split()
-        # words made only of punctuation ("-", "...") do not count as words
-        stripped = [w.strip(PUNCT) for w in words]
-        real = [w for w in stripped if w]
+        seg = segmented(doc)
+        real = seg.words  # words made only of punctuation ("-", "...", "，") do not count as words
         n = len(real)
-        if n < self.min_words:
-            return f"gopher_quality: too few words {n} < {self.min_words}"
-        if n > self.max_words:
-            return f"gopher_quality: too many words {n} > {self.max_words}"
+        if n < p["min_words"]:
+            return f"gopher_quality: too few words {n} < {p['min_words']}"
+        if n > p["max_words"]:
+            return f"gopher_quality: too many words {n} > {p['max_words']}"
         mean_len = sum(map(len, real)) / n
-        if not self.min_mean_word_length <= mean_len <= self.max_mean_word_length:
+        if not p["min_mean_word_length"] <= mean_len <= p["max_mean_word_length"]:
             return (f"gopher_quality: mean word length {mean_len:.1f} outside "
-                    f"[{self.min_mean_word_length}, {self.max_mean_word_length}]")
-        n_all = len(words)
+                    f"[{p['min_mean_word_length']}, {p['max_mean_word_length']}]")
+        n_all = max(seg.n_tokens, 1)
         if text.count("#") / n_all > self.max_symbol_word_ratio:
             return f"gopher_quality: hash-to-word ratio {text.count('#') / n_all:.2f} > {self.max_symbol_word_ratio}"
         ell = (text.count("...") + text.count("\u2026")) / n_all
@@ -76,12 +102,19 @@ class GopherQuality(Step):
         ell_lines = sum(ln.endswith(("...", "\u2026")) for ln in lines) / len(lines)
         if ell_lines > self.max_ellipsis_lines:
             return f"gopher_quality: ellipsis lines {ell_lines:.2f} > {self.max_ellipsis_lines}"
-        alpha = len(_HAS_ALPHA.findall(text)) / n_all
-        if alpha < self.min_alpha_words:
-            return f"gopher_quality: alphabetic words {alpha:.2f} < {self.min_alpha_words}"
-        stops = len(self.stop_words.intersection(map(str.lower, stripped)))
-        if stops < self.min_stop_words:
-            return f"gopher_quality: stop words {stops} < {self.min_stop_words}"
+        # Chinese: over tokens with a letter or digit. spaCy/jieba make every punctuation mark and
+        # operator a token, so with FineWeb-2's denominator (all tokens) a worked example such as
+        # "46×11=506平方米" is five non-alphabetic words and clean Chinese math falls to 0.56-0.61 (the
+        # synthetic corpus), far under 0.735; without punctuation-only tokens it is 0.76-0.80 and prose
+        # 0.94-0.99, while number and symbol lists still fail
+        denom = sum(1 for t in seg.tokens if _HAS_ALNUM.search(t)) if prof == "zh" else n_all
+        alpha = sum(1 for w in real if _HAS_ALPHA.search(w)) / max(denom, 1)
+        if alpha < p["min_alpha_words"]:
+            return f"gopher_quality: alphabetic words {alpha:.2f} < {p['min_alpha_words']}"
+        if p["min_stop_words"]:
+            stops = len(p["stop_words"].intersection(map(str.lower, real)))
+            if stops < p["min_stop_words"]:
+                return f"gopher_quality: stop words {stops} < {p['min_stop_words']}"
         return None
 
 
@@ -108,39 +141,49 @@ class GopherRepetition(Step):
     "Characters" here are the characters of the words (whitespace excluded) for the n-gram rules, and of
     the text for the line/paragraph rules. A duplicated n-gram is one occurring more than once; every
     occurrence counts and overlapping occurrences are counted once, as the paper specifies. n-grams are
-    compared by 64-bit rolling hashes of the words, computed with numpy."""
+    compared by 64-bit rolling hashes of the words, computed with numpy. Words are the segmentation's
+    tokens (whitespace tokens; jieba words in Chinese runs). Chinese documents use FineWeb-2's cmn_Hani
+    numbers (thresholds.GOPHER_REPETITION); code documents pass; `zh` overrides Chinese numbers."""
 
     name = "gopher_repetition"
     category = "rules"
 
     def __init__(self, max_dup_line_frac: float = 0.30, max_dup_para_frac: float = 0.30,
                  max_dup_line_char_frac: float = 0.20, max_dup_para_char_frac: float = 0.20,
-                 top_ngram_char_frac: dict | None = None, dup_ngram_char_frac: dict | None = None):
-        self.max_dup_line_frac, self.max_dup_para_frac = max_dup_line_frac, max_dup_para_frac
-        self.max_dup_line_char_frac, self.max_dup_para_char_frac = max_dup_line_char_frac, max_dup_para_char_frac
-        top = top_ngram_char_frac or {2: 0.20, 3: 0.18, 4: 0.16}
-        dup = dup_ngram_char_frac or {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
-        self.top = {int(k): float(v) for k, v in top.items()}
-        self.dup = {int(k): float(v) for k, v in dup.items()}
+                 top_ngram_char_frac: dict | None = None, dup_ngram_char_frac: dict | None = None,
+                 zh: dict | None = None):
+        top = top_ngram_char_frac or th.GOPHER_REPETITION["en"]["top"]
+        dup = dup_ngram_char_frac or th.GOPHER_REPETITION["en"]["dup"]
+        en = {"max_dup_line_frac": max_dup_line_frac, "max_dup_para_frac": max_dup_para_frac,
+              "max_dup_line_char_frac": max_dup_line_char_frac, "max_dup_para_char_frac": max_dup_para_char_frac,
+              "top": top, "dup": dup}
+        self.profiles = _profiles(th.GOPHER_REPETITION, en, zh)
+        for p in self.profiles.values():
+            p["top"] = {int(k): float(v) for k, v in p["top"].items()}
+            p["dup"] = {int(k): float(v) for k, v in p["dup"].items()}
 
     def process(self, doc: Document) -> str | None:
+        prof = th.profile(doc)
+        if prof == "code":
+            return None
+        p = self.profiles[prof]
         text = doc.text
         n_chars = max(len(text), 1)
         paras = _PARAGRAPHS.split(text.strip())
         frac, chars = _duplicate_share(paras)
-        if frac > self.max_dup_para_frac:
-            return f"gopher_repetition: duplicate paragraphs {frac:.2f} > {self.max_dup_para_frac}"
-        if chars / n_chars > self.max_dup_para_char_frac:
-            return f"gopher_repetition: duplicate paragraph chars {chars / n_chars:.2f} > {self.max_dup_para_char_frac}"
+        if frac > p["max_dup_para_frac"]:
+            return f"gopher_repetition: duplicate paragraphs {frac:.2f} > {p['max_dup_para_frac']}"
+        if chars / n_chars > p["max_dup_para_char_frac"]:
+            return f"gopher_repetition: duplicate paragraph chars {chars / n_chars:.2f} > {p['max_dup_para_char_frac']}"
         lines = _LINES.split(text.strip())
         frac, chars = _duplicate_share(lines)
-        if frac > self.max_dup_line_frac:
-            return f"gopher_repetition: duplicate lines {frac:.2f} > {self.max_dup_line_frac}"
-        if chars / n_chars > self.max_dup_line_char_frac:
-            return f"gopher_repetition: duplicate line chars {chars / n_chars:.2f} > {self.max_dup_line_char_frac}"
-        return self._ngram_rules(text.split())
+        if frac > p["max_dup_line_frac"]:
+            return f"gopher_repetition: duplicate lines {frac:.2f} > {p['max_dup_line_frac']}"
+        if chars / n_chars > p["max_dup_line_char_frac"]:
+            return f"gopher_repetition: duplicate line chars {chars / n_chars:.2f} > {p['max_dup_line_char_frac']}"
+        return self._ngram_rules(segmented(doc).tokens, p["top"], p["dup"])
 
-    def _ngram_rules(self, words: list[str]) -> str | None:
+    def _ngram_rules(self, words: list[str], top_frac: dict, dup_frac: dict) -> str | None:
         w = len(words)
         if w < 2:
             return None
@@ -150,7 +193,7 @@ class GopherRepetition(Step):
         cum = np.concatenate(([0], np.cumsum(lens)))
         h = ids.copy()
         prime = np.uint64(1_099_511_628_211)  # FNV-64 prime; any large odd multiplier will do
-        for n in range(2, max([*self.top, *self.dup]) + 1):
+        for n in range(2, max([*top_frac, *dup_frac]) + 1):
             if n > w:
                 break
             h = h[:-1] * prime + ids[n - 1:]  # hash of words[i:i+n]; uint64 arithmetic wraps
@@ -159,7 +202,7 @@ class GopherRepetition(Step):
             same = hs[1:] == hs[:-1]  # neighbours in sorted order with the same n-gram
             if not same.any():
                 return None  # no n-gram repeats, so no longer one can: every remaining rule passes
-            if n in self.top:
+            if n in top_frac:
                 # run lengths of equal hashes in sorted order; the longest run is the top n-gram. Among
                 # tied n-grams take the longest in characters: hash order (random per process) must not
                 # decide, or reruns could disagree
@@ -168,9 +211,9 @@ class GopherRepetition(Step):
                 top = runs.max()
                 first = order[starts[runs == top]]
                 frac = top * float((cum[first + n] - cum[first]).max()) / total
-                if frac > self.top[n]:
-                    return f"gopher_repetition: top {n}-gram chars {frac:.2f} > {self.top[n]}"
-            if n in self.dup:
+                if frac > top_frac[n]:
+                    return f"gopher_repetition: top {n}-gram chars {frac:.2f} > {top_frac[n]}"
+            if n in dup_frac:
                 dup_sorted = np.zeros(len(hs), dtype=bool)
                 dup_sorted[1:] |= same
                 dup_sorted[:-1] |= same
@@ -179,15 +222,19 @@ class GopherRepetition(Step):
                 np.add.at(cover, starts, 1)
                 np.add.at(cover, starts + n, -1)
                 frac = float(lens[np.cumsum(cover)[:w] > 0].sum()) / total
-                if frac > self.dup[n]:
-                    return f"gopher_repetition: duplicate {n}-gram chars {frac:.2f} > {self.dup[n]}"
+                if frac > dup_frac[n]:
+                    return f"gopher_repetition: duplicate {n}-gram chars {frac:.2f} > {dup_frac[n]}"
         return None
 
 
 C4_POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
-_C4_POLICY_RE = re.compile("|".join(map(re.escape, C4_POLICY)))
+_C4_POLICY_RE = re.compile("|".join(map(re.escape, C4_POLICY + th.C4_POLICY_ZH)))
 _C4_CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)")
+# Chinese sentences end in a full-width 。！？ (optionally followed by a closing quote or bracket), with
+# or without a following space
+_SENTENCE_END_ZH = re.compile(r"[\u3002\uff01\uff1f]+[\u201d\u2019\u300d\u300f\uff09]*")
+_C4_TERMINAL = (".", "!", "?", '"', "\u3002", "\uff01", "\uff1f", "\u201d", "\u300d")
 
 
 class C4Rules(Step):
@@ -200,7 +247,12 @@ class C4Rules(Step):
     Each rule can be switched off: corpora that mix in code should set `drop_curly_brace` and
     `terminal_punct_lines` off (C4 wanted no code; InternLM2 curates code separately). Blank lines are
     kept so paragraphs survive. Sentences are counted as terminal-punctuation marks followed by a space
-    or the end of a line."""
+    or the end of a line.
+
+    Chinese: C4 is English-only (FineWeb-2 applies it to no other language). Chinese documents get
+    the same page and line rules with Chinese terminal punctuation (。！？」), words per line from the
+    segmentation (jieba), policy notices in Chinese (thresholds.C4_POLICY_ZH), sentences ending in
+    。！？, and `min_sentences_zh` (3, our choice: see thresholds.C4_MIN_SENTENCES). Code documents pass."""
 
     name = "c4"
     category = "rules"
@@ -208,25 +260,32 @@ class C4Rules(Step):
     def __init__(self, terminal_punct_lines: bool = True, min_words_per_line: int = 3,
                  min_sentences: int = 5, drop_lorem_ipsum: bool = True, drop_curly_brace: bool = True,
                  drop_javascript_lines: bool = True, drop_policy_lines: bool = True,
-                 max_word_length: int = 1000, remove_citations: bool = True):
+                 max_word_length: int = 1000, remove_citations: bool = True,
+                 min_sentences_zh: int = th.C4_MIN_SENTENCES["zh"]):
         self.terminal_punct_lines = terminal_punct_lines
         self.min_words_per_line = min_words_per_line
         self.min_sentences = min_sentences
+        self.min_sentences_zh = min_sentences_zh
         self.drop_lorem_ipsum, self.drop_curly_brace = drop_lorem_ipsum, drop_curly_brace
         self.drop_javascript_lines, self.drop_policy_lines = drop_javascript_lines, drop_policy_lines
         self.max_word_length = max_word_length
         self.remove_citations = remove_citations
 
     def process(self, doc: Document) -> str | None:
+        prof = th.profile(doc)
+        if prof == "code":
+            return None
         low = doc.text.lower()
         if self.drop_lorem_ipsum and "lorem ipsum" in low:
             return "c4: lorem ipsum"
         if self.drop_curly_brace and "{" in doc.text:
             return "c4: curly bracket"
+        zh = prof == "zh"
+        seg = segmented(doc) if not doc.text.isascii() else None
         kept: list[str] = []
         changed = False
         sentences = 0
-        for line in doc.text.split("\n"):
+        for i, line in enumerate(doc.text.split("\n")):
             s = line.strip()
             if not s:
                 kept.append("")
@@ -236,18 +295,24 @@ class C4Rules(Step):
                 changed |= s2 != s
                 s = s2
             words = s.split()
+            # a line with CJK text counts its segmented words (jieba), not its whitespace tokens
+            n_words = len(words) if seg is None or s.isascii() else seg.line_tokens[i]
             ls = s.lower()
-            if ((self.terminal_punct_lines and (not s.endswith((".", "!", "?", '"')) or s.endswith("...")))
-                    or len(words) < self.min_words_per_line
+            ends = _C4_TERMINAL if zh else (".", "!", "?", '"')
+            if ((self.terminal_punct_lines and (not s.endswith(ends) or s.endswith("...")))
+                    or n_words < self.min_words_per_line
                     or max(map(len, words), default=0) > self.max_word_length
                     or (self.drop_javascript_lines and "javascript" in ls)
                     or (self.drop_policy_lines and _C4_POLICY_RE.search(ls))):
                 changed = True
                 continue
             sentences += len(_SENTENCE_END.findall(s))
+            if zh or not s.isascii():
+                sentences += len(_SENTENCE_END_ZH.findall(s))
             kept.append(s)
-        if sentences < self.min_sentences:
-            return f"c4: too few sentences {sentences} < {self.min_sentences}"
+        need = self.min_sentences_zh if zh else self.min_sentences
+        if sentences < need:
+            return f"c4: too few sentences {sentences} < {need}"
         if changed:
             doc.text = re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip()
         return None
@@ -268,14 +333,18 @@ class Characters(Step):
       characters. 0.1 is our choice: it tolerates the occasional emoji or symbol and is measured on the
       synthetic corpus in the run report.
     - line breaks: drop when newlines per word exceed `max_newline_ratio` (0.3, the FineWeb quality
-      filter's "new_line_ratio", Penedo et al. 2024), i.e. text chopped into fragments."""
+      filter's "new_line_ratio", Penedo et al. 2024), i.e. text chopped into fragments. Words are the
+      segmentation's tokens; Chinese documents use `max_newline_ratio_zh` (0.178, FineWeb-2 cmn_Hani);
+      code documents skip this rule (code is line-oriented)."""
 
     name = "characters"
     category = "rules"
 
-    def __init__(self, max_abnormal_ratio: float = 0.1, max_newline_ratio: float = 0.3):
+    def __init__(self, max_abnormal_ratio: float = 0.1, max_newline_ratio: float = th.NEW_LINE_RATIO["en"],
+                 max_newline_ratio_zh: float = th.NEW_LINE_RATIO["zh"]):
         self.max_abnormal_ratio = max_abnormal_ratio
         self.max_newline_ratio = max_newline_ratio
+        self.max_newline_ratio_zh = max_newline_ratio_zh
 
     def process(self, doc: Document) -> str | None:
         text = doc.text
@@ -283,30 +352,39 @@ class Characters(Step):
             ratio = len(_ABNORMAL.findall(text)) / max(len(text), 1)
             if ratio > self.max_abnormal_ratio:
                 return f"characters: abnormal characters {ratio:.2f} > {self.max_abnormal_ratio}"
-        words = max(len(text.split()), 1)
+        prof = th.profile(doc)
+        if prof == "code":
+            return None
+        limit = self.max_newline_ratio_zh if prof == "zh" else self.max_newline_ratio
+        words = max(segmented(doc).n_tokens, 1)
         nl = text.count("\n") / words
-        if nl > self.max_newline_ratio:
-            return f"characters: newlines per word {nl:.2f} > {self.max_newline_ratio}"
+        if nl > limit:
+            return f"characters: newlines per word {nl:.2f} > {limit}"
         return None
 
 
-_LINE_END = (".", "!", "?", '"', "'", ":", ";", ")", "\u201d", "\u3002", "\uff01", "\uff1f")
+_LINE_END = (".", "!", "?", '"', "'", ":", ";", ")", "\u201d", "\u3002", "\uff01", "\uff1f", "\uff1a", "\uff1b",
+             "\uff09", "\u300d", "\u300f")
 
 
 class Punctuation(Step):
     """Punctuation distribution (InternLM2 report 3.1.1 lists it as a rule family, without numbers).
 
     - line endings: drop when at most `min_line_punct` of the non-empty lines end in punctuation
-      (0.12, the FineWeb quality filter's "line_punct_thr", Penedo et al. 2024): keyword lists, menus
-      and SEO spam;
-    - density: drop when punctuation marks exceed `max_punct_ratio` of the non-space characters
-      (0.25, our choice; ordinary prose is 2-4%, Python code 8-15%): "!!!???" spam and symbol art."""
+      (0.12, the FineWeb quality filter's "line_punct_thr", Penedo et al. 2024; Chinese documents
+      `min_line_punct_zh` 0.106, FineWeb-2 cmn_Hani): keyword lists, menus and SEO spam;
+    - density: drop when punctuation marks (ASCII and full-width) exceed `max_punct_ratio` of the
+      non-space characters (0.25, our choice; ordinary English prose is 2-4%, Chinese prose 10-14%,
+      Python code 8-15%): "!!!???" spam and symbol art.
+    Code documents skip the line-ending rule."""
 
     name = "punctuation"
     category = "rules"
 
-    def __init__(self, min_line_punct: float = 0.12, max_punct_ratio: float = 0.25):
+    def __init__(self, min_line_punct: float = th.LINE_PUNCT["en"], max_punct_ratio: float = 0.25,
+                 min_line_punct_zh: float = th.LINE_PUNCT["zh"]):
         self.min_line_punct = min_line_punct
+        self.min_line_punct_zh = min_line_punct_zh
         self.max_punct_ratio = max_punct_ratio
         self._table = str.maketrans("", "", PUNCT)
 
@@ -315,9 +393,11 @@ class Punctuation(Step):
         lines = [ln.rstrip() for ln in text.split("\n") if ln.strip()]
         if not lines:
             return "punctuation: no lines"
+        prof = th.profile(doc)
+        limit = self.min_line_punct_zh if prof == "zh" else self.min_line_punct
         ends = sum(ln.endswith(_LINE_END) for ln in lines) / len(lines)
-        if ends <= self.min_line_punct:
-            return f"punctuation: lines ending in punctuation {ends:.2f} <= {self.min_line_punct}"
+        if prof != "code" and ends <= limit:
+            return f"punctuation: lines ending in punctuation {ends:.2f} <= {limit}"
         compact = "".join(text.split())
         n_punct = len(compact) - len(compact.translate(self._table))
         ratio = n_punct / max(len(compact), 1)

@@ -14,18 +14,20 @@ from urllib.parse import urlsplit
 from puyu.data.base import Step
 from puyu.data.classifiers import TextClassifier, training_data
 from puyu.data.documents import Document
+from puyu.data.segment import segmented
 from puyu.errors import ConfigError
 
 
-def load_list(items: list[str] | None, file: str | None, what: str) -> list[str]:
-    """Entries from `items` and/or a file (one per line; blank lines and '#' comments skipped)."""
+def load_list(items: list[str] | None, file: str | list[str] | None, what: str) -> list[str]:
+    """Entries from `items` and/or one or more files (one per line; blank lines and '#' comments
+    skipped)."""
     out = [str(x).strip().lower() for x in (items or [])]
-    if file:
+    for path in ([file] if isinstance(file, str) else file or []):
         try:
-            with open(file, encoding="utf-8") as f:
+            with open(path, encoding="utf-8") as f:
                 out += [ln.strip().lower() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
         except OSError as e:
-            raise ConfigError(f"{what}: cannot read {file}: {e.strerror}") from e
+            raise ConfigError(f"{what}: cannot read {path}: {e.strerror}") from e
     out = [x for x in out if x]
     if not out:
         raise ConfigError(f"{what} needs a non-empty `{what.split('_')[0]}s` list or `file`")
@@ -67,20 +69,36 @@ class DomainBlocklist(Step):
 
 
 class WordBlocklist(Step):
-    """Drop documents containing more than `max_hits` occurrences of blocklisted words (whole words,
-    case-insensitive). `max_hits` 0, i.e. any hit drops, is C4's rule (Raffel et al. 2020, section 2.2,
-    with the "List of Dirty, Naughty, Obscene or Otherwise Bad Words")."""
+    """Drop documents containing more than `max_hits` occurrences of blocklisted words. `max_hits` 0,
+    i.e. any hit drops, is C4's rule (Raffel et al. 2020, section 2.2, with the "List of Dirty, Naughty,
+    Obscene or Otherwise Bad Words").
+
+    Words without CJK characters match as whole words, case-insensitive. Chinese entries match as
+    substrings (Chinese has no spaces to mark word edges), on the text and the list both folded to
+    Simplified script (OpenCC t2s), so one list catches 色情 and 色情 written in Traditional (and the
+    reverse). `file` may name several lists (e.g. the English and the Chinese one)."""
 
     name = "word_blocklist"
     category = "safety"
 
-    def __init__(self, words: list[str] | None = None, file: str | None = None, max_hits: int = 0):
-        self.words = sorted(set(load_list(words, file, "word_blocklist")), key=len, reverse=True)
+    def __init__(self, words: list[str] | None = None, file: str | list[str] | None = None, max_hits: int = 0):
+        from puyu.data.segment import cjk_count, fold_script
+
+        entries = set(load_list(words, file, "word_blocklist"))
+        self.words = sorted(entries, key=len, reverse=True)
+        latin = [w for w in self.words if not cjk_count(w)]
+        cjk = sorted({fold_script(w) for w in self.words if cjk_count(w)}, key=len, reverse=True)
         self.max_hits = max_hits
-        self._re = re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, self.words)) + r")(?!\w)", re.IGNORECASE)
+        self._re = (re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, latin)) + r")(?!\w)", re.IGNORECASE)
+                    if latin else None)
+        self._re_cjk = re.compile("|".join(map(re.escape, cjk))) if cjk else None
 
     def process(self, doc: Document) -> str | None:
-        hits = self._re.findall(doc.text)
+        from puyu.data.segment import cjk_count, fold_script
+
+        hits = self._re.findall(doc.text) if self._re is not None else []
+        if self._re_cjk is not None and cjk_count(doc.text):
+            hits += self._re_cjk.findall(fold_script(doc.text))
         if len(hits) > self.max_hits:
             shown = ", ".join(sorted({h.lower() for h in hits})[:5])
             return f"word_blocklist: blocked words ({shown})"
@@ -111,7 +129,7 @@ class SafetyClassifier(Step):
         self.clf = TextClassifier(ngram_range=(1, 1), sublinear_tf=False).fit(texts, labels)
 
     def process_batch(self, docs: list[Document]) -> list[str | None]:
-        probs = self.clf.proba([d.text for d in docs], "unsafe")
+        probs = self.clf.proba([segmented(d) for d in docs], "unsafe")
         out: list[str | None] = []
         for doc, p in zip(docs, probs):
             doc.metadata["unsafe_prob"] = round(float(p), 4)

@@ -1,6 +1,7 @@
 """A synthetic dirty corpus with known labels, and the seed/training sets the learned steps need.
 
-Every document carries metadata["synthetic"] = {"label", "domain", "source"?, "jaccard"?}. `LABELS`
+Every document carries metadata["synthetic"] = {"label", "domain", "lang", "source"?, "jaccard"?};
+"lang" is "en", "zh" or "mixed" and the report gives precision and recall per language too. `LABELS`
 says, for each label, which steps ought to drop it (or modify it, for repairable defects); the run
 report turns the per-label counts each step records into precision and recall. Labels:
 
@@ -24,6 +25,16 @@ report turns the per-label counts each step records into precision and recall. L
   advert             advertising copy                                     -> quality
   word_salad         a clean document's words shuffled                    -> quality
 
+Chinese part (`zh_share` of the corpus, text from puyu.data.synthetic_zh; shares in ZH_LABELS): clean,
+exact_dup, near_dup (Han characters replaced until the character 5-gram Jaccard is 0.75-0.95),
+script_dup (a Traditional-script copy -> minhash), boilerplate_lines (Chinese cookie/policy notices),
+short, repetitive, seo_spam, bad_words (Chinese blocklisted words, half written in Traditional), word_salad
+(shuffled jieba words), and
+  gbk_mojibake       GBK bytes read as Latin-1: repairable                 -> normalise modifies, keep
+  gbk_broken         GBK bytes with 0xFF overwrites, read as Latin-1       -> normalise drops
+Mixed part (`mixed_share`, label clean, lang "mixed"): Chinese prose with English terms (CJK share
+0.6-0.9) and English documents with one Chinese sentence (CJK share < 0.3): both must be kept.
+
 Derived documents (copies, near-copies, siblings) are placed after their source in corpus order, so
 "keep the first" dedup should keep the source. Each shard file also gets one line of invalid UTF-8
 and one line of broken JSON, which the reader must reject (counted in _manifest.json).
@@ -40,6 +51,7 @@ from dataclasses import dataclass
 from puyu.data.documents import Document, JsonlWriter
 from puyu.data.minhash import jaccard, shingles
 from puyu.data.synthetic_text import BOILERPLATE, DOMAINS, KNOWLEDGE, OTHER, UNSAFE_WORDS, TextGen
+from puyu.data.synthetic_zh import ZhTextGen
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,16 @@ LABELS: dict[str, LabelSpec] = {
     "toxic": LabelSpec(0.03, drop=("safety_classifier",)),
     "advert": LabelSpec(0.03, drop=("quality",)),
     "word_salad": LabelSpec(0.03, drop=("quality",)),
+    # Chinese only (share 0 in the English part; see ZH_LABELS)
+    "script_dup": LabelSpec(0.0, drop=("minhash",)),
+    "gbk_mojibake": LabelSpec(0.0, modify=("normalise",)),
+    "gbk_broken": LabelSpec(0.0, drop=("normalise",)),
+}
+# shares within the Chinese part of the corpus
+ZH_LABELS: dict[str, float] = {
+    "clean": 0.53, "exact_dup": 0.05, "near_dup": 0.06, "script_dup": 0.04, "boilerplate_lines": 0.04,
+    "short": 0.04, "repetitive": 0.04, "seo_spam": 0.04, "gbk_mojibake": 0.04, "gbk_broken": 0.03,
+    "bad_words": 0.05, "word_salad": 0.04,
 }
 # Clean documents are knowledge-heavy; math and code are the "weak domains" that top-ups raise.
 DOMAIN_MIX = {"knowledge": 0.45, "other": 0.35, "math": 0.12, "code": 0.08}
@@ -82,13 +104,15 @@ class Generator:
     def __init__(self, seed: int = 0, split: str = "all"):
         self.rng = random.Random(seed)
         self.text = TextGen(self.rng, split)
+        self.zh = ZhTextGen(self.rng)
         self.seed = seed
         self._n = 0
 
-    def _doc(self, text: str, label: str, domain: str, url: str | None = None, **extra) -> Document:
+    def _doc(self, text: str, label: str, domain: str, url: str | None = None, lang: str = "en",
+             **extra) -> Document:
         self._n += 1
         site = url or f"https://www.{self.text.name().lower()}.org/{self.text.name().lower()}"
-        meta = {"url": site, "synthetic": {"label": label, "domain": domain, **extra}}
+        meta = {"url": site, "synthetic": {"label": label, "domain": domain, "lang": lang, **extra}}
         return Document(f"syn{self.seed}-{self._n:06d}", text, meta)
 
     def domain(self) -> str:
@@ -97,6 +121,64 @@ class Generator:
     def clean(self, domain: str | None = None) -> Document:
         d = domain or self.domain()
         return self._doc(self.text.document(d), "clean", d)
+
+    def clean_zh(self, domain: str | None = None) -> Document:
+        d = domain or self.domain()
+        return self._doc(self.zh.document(d), "clean", d, lang="zh")
+
+    def mixed(self) -> Document:
+        """A clean mixed document: Chinese with English terms, or English with one Chinese sentence."""
+        if self.rng.random() < 0.5:
+            return self._doc(self.zh.mixed(), "clean", self.rng.choice(["knowledge", "other"]), lang="mixed")
+        base = self.clean(self.rng.choice(["knowledge", "other"]))
+        paras = base.text.split("\n\n")
+        paras.insert(self.rng.randint(1, len(paras)), self.zh.short())
+        return self._doc("\n\n".join(paras), "clean", base.metadata["synthetic"]["domain"], lang="mixed")
+
+    def dirty_zh(self, label: str) -> Document:
+        z = self.zh
+        if label == "short":
+            return self._doc(z.short(), label, "other", lang="zh")
+        if label == "seo_spam":
+            return self._doc(z.seo_spam(), label, "other", lang="zh")
+        base = self.clean_zh(self.rng.choice(["knowledge", "other", "math"]))
+        d, text = base.metadata["synthetic"]["domain"], base.text
+        make = {"repetitive": z.repetitive, "boilerplate_lines": z.boilerplate, "bad_words": z.bad_words,
+                "word_salad": z.word_salad, "gbk_mojibake": z.gbk_mojibake, "gbk_broken": z.gbk_broken}
+        if label not in make:
+            raise ValueError(f"no Chinese generator for label {label!r}")
+        text = make[label](text)
+        if label == "bad_words" and self.rng.random() < 0.5:
+            text = z.traditional(text)  # the blocklist must match either script
+        return self._doc(text, label, d, lang="zh")
+
+    def near_copy_zh(self, doc: Document, lo: float, hi: float) -> Document:
+        """Han characters of `doc` replaced until the character 5-gram Jaccard is ~U(lo, hi)."""
+        target = self.rng.uniform(lo, hi)
+        text = doc.text
+        han = [i for i, c in enumerate(text) if "\u4e00" <= c <= "\u9fff"]
+        order = han[:]
+        self.rng.shuffle(order)
+        edited_full = self.zh.edit_chars(text, order)
+        chars, full = list(text), list(edited_full)
+
+        def edited(m: int) -> str:
+            out = chars[:]
+            for i in order[:m]:
+                out[i] = full[i]
+            return "".join(out)
+
+        lo_m, hi_m = 0, len(order)
+        while lo_m < hi_m:  # similarity falls as more characters are replaced
+            mid = (lo_m + hi_m) // 2
+            if jaccard(text, edited(mid)) <= target:
+                hi_m = mid
+            else:
+                lo_m = mid + 1
+        cands = [(abs(jaccard(text, t) - target), t) for t in {edited(lo_m), edited(max(lo_m - 1, 0))}]
+        out = min(cands)[1]
+        return self._doc(out, "near_dup", doc.metadata["synthetic"]["domain"], lang="zh", source=doc.id,
+                         jaccard=round(jaccard(text, out), 3))
 
     def near_copy(self, doc: Document, lo: float, hi: float, label: str) -> Document:
         """An edited copy of `doc` at shingle Jaccard ~U(lo, hi) to it: near-duplicates swap a few words
@@ -159,14 +241,24 @@ class Generator:
             return self._doc("\n\n".join(paras), label, d)
         raise ValueError(f"no generator for label {label!r}")
 
-    def corpus(self, n_docs: int, labels: dict[str, LabelSpec] | None = None) -> list[Document]:
-        """`n_docs` documents with label shares from `labels`, in corpus order."""
+    def corpus(self, n_docs: int, labels: dict[str, LabelSpec] | None = None, zh_share: float = 0.0,
+               mixed_share: float = 0.0) -> list[Document]:
+        """`n_docs` documents in corpus order: English with label shares from `labels`, plus a
+        Chinese part (`zh_share`, ZH_LABELS) and clean mixed documents (`mixed_share`)."""
         labels = labels or LABELS
-        counts = {lab: round(spec.share * n_docs) for lab, spec in labels.items()}
-        counts["clean"] += n_docs - sum(counts.values())
+        n_zh, n_mixed = round(zh_share * n_docs), round(mixed_share * n_docs)
+        n_en = n_docs - n_zh - n_mixed
+        counts = {lab: round(spec.share * n_en) for lab, spec in labels.items()}
+        counts["clean"] += n_en - sum(counts.values())
+        zh_counts = {lab: round(share * n_zh) for lab, share in ZH_LABELS.items()}
+        zh_counts["clean"] += n_zh - sum(zh_counts.values())
         clean = [self.clean() for _ in range(counts["clean"])]
+        clean_zh = [self.clean_zh() for _ in range(zh_counts["clean"])]
         base = clean + [self.dirty(lab) for lab in labels if lab not in ("clean", *DERIVED)
                         for _ in range(counts[lab])]
+        base += clean_zh + [self.dirty_zh(lab) for lab in ZH_LABELS if lab not in ("clean", *DERIVED, "script_dup")
+                            for _ in range(zh_counts[lab])]
+        base += [self.mixed() for _ in range(n_mixed)]
         self.rng.shuffle(base)
         keyed: list[tuple[float, Document]] = [(float(i), doc) for i, doc in enumerate(base)]
         pos = {doc.id: i for i, doc in enumerate(base)}
@@ -179,6 +271,17 @@ class Generator:
                     lo, hi = (0.75, 0.95) if lab == "near_dup" else (0.2, 0.5)
                     copy = self.near_copy(src, lo, hi, lab)
                 # anywhere after its source: "keep the first" must keep the source
+                keyed.append((self.rng.uniform(pos[src.id] + 0.5, len(base)), copy))
+        for lab in ("exact_dup", "near_dup", "script_dup"):
+            for _ in range(zh_counts.get(lab, 0) if clean_zh else 0):
+                src = self.rng.choice(clean_zh)
+                d = src.metadata["synthetic"]["domain"]
+                if lab == "exact_dup":
+                    copy = self._doc(src.text, lab, d, lang="zh", source=src.id)
+                elif lab == "script_dup":
+                    copy = self._doc(self.zh.traditional(src.text), lab, d, lang="zh", source=src.id)
+                else:
+                    copy = self.near_copy_zh(src, 0.75, 0.95)
                 keyed.append((self.rng.uniform(pos[src.id] + 0.5, len(base)), copy))
         keyed.sort(key=lambda kv: kv[0])
         return [doc for _, doc in keyed]
@@ -248,11 +351,11 @@ def make_sibling(text: str, target: float, rng: random.Random, replacement_text:
 
 
 def write_corpus(out_dir: str, n_docs: int = 2000, shards: int = 8, seed: int = 0,
-                 broken_lines: bool = True) -> dict:
+                 broken_lines: bool = True, zh_share: float = 0.0, mixed_share: float = 0.0) -> dict:
     """Write the corpus as `shards` files out_dir/shard_XXXXX.jsonl.zst plus _manifest.json (label
     counts, planted reader errors). Contiguous chunks, so corpus order = (shard, line). Returns the
     manifest."""
-    docs = Generator(seed).corpus(n_docs)
+    docs = Generator(seed).corpus(n_docs, zh_share=zh_share, mixed_share=mixed_share)
     os.makedirs(out_dir, exist_ok=True)
     labels: dict[str, int] = {}
     for d in docs:
@@ -269,7 +372,11 @@ def write_corpus(out_dir: str, n_docs: int = 2000, shards: int = 8, seed: int = 
                 w.write_raw(b'{"id": "truncated", "text": "the line ends here')
                 reader_errors += 2
         w.close()
-    manifest = {"documents": len(docs), "shards": shards, "seed": seed, "labels": labels,
+    langs: dict[str, int] = {}
+    for d in docs:
+        lang = d.metadata["synthetic"]["lang"]
+        langs[lang] = langs.get(lang, 0) + 1
+    manifest = {"documents": len(docs), "shards": shards, "seed": seed, "labels": labels, "languages": langs,
                 "reader_errors": reader_errors}
     with open(os.path.join(out_dir, "_manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
@@ -279,7 +386,7 @@ def write_corpus(out_dir: str, n_docs: int = 2000, shards: int = 8, seed: int = 
 # ---------------------------------------------------------------- training and seed sets
 
 
-def training_set(kind: str, n: int = 600, seed: int = 1000) -> tuple[list[str], list[str]]:
+def training_set(kind: str, n: int = 600, seed: int = 1000, zh: int | None = None) -> tuple[list[str], list[str]]:
     """Labelled texts for the learned steps, from generators separate from the corpus (other seeds,
     half the toxic/advert templates):
 
@@ -290,6 +397,11 @@ def training_set(kind: str, n: int = 600, seed: int = 1000) -> tuple[list[str], 
 
     Seed sets are balanced across domains, as curated seed corpora are: a seed drawn from the corpus
     mixture would under-represent the weak domains and score them as low quality.
+
+    `zh` (default n // 3) Chinese examples follow the English ones, written by puyu.data.synthetic_zh
+    (no Chinese corpus can be downloaded here): clean Chinese documents of the four domains ("high",
+    "safe", the domain labels), Chinese SEO spam and shuffled jieba words ("low"). There are no Chinese
+    unsafe examples: Chinese safety rests on the Chinese word blocklist.
     """
     g = Generator(seed, split="train")
     t = g.text
@@ -320,4 +432,16 @@ def training_set(kind: str, n: int = 600, seed: int = 1000) -> tuple[list[str], 
                 labels.append("safe")
         else:
             raise ValueError(f"unknown training set {kind!r}; expected quality, safety, domain or seed")
+    z = g.zh
+    for i in range(n // 3 if zh is None else zh):
+        j = i if kind in ("seed", "domain", "safety") else i // 2  # quality alternates high and low
+        d = DOMAINS[j % len(DOMAINS)]
+        if kind in ("seed", "domain", "safety") or i % 2 == 0:
+            # every fifth high-quality example is mixed Chinese-English prose (not for the domain set,
+            # whose labels it would blur)
+            texts.append(z.mixed() if kind != "domain" and j % 5 == 4 else z.document(d))
+            labels.append({"seed": "high", "domain": d, "safety": "safe", "quality": "high"}[kind])
+        else:
+            texts.append(z.seo_spam() if (i // 2) % 2 == 0 else z.word_salad(z.document(d)))
+            labels.append("low")
     return texts, labels

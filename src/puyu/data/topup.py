@@ -27,6 +27,7 @@ import numpy as np
 from puyu.data.base import Context, GlobalStep, Step, truth
 from puyu.data.classifiers import TextClassifier, training_data
 from puyu.data.documents import Document
+from puyu.data.segment import segmented
 from puyu.errors import ConfigError
 
 DOMAINS = ("knowledge", "math", "code", "other")
@@ -51,7 +52,7 @@ class DomainClassifier(Step):
         self.clf = TextClassifier().fit(texts, labels)
 
     def process_batch(self, docs: list[Document]) -> list[str | None]:
-        probs = self.clf.predict_proba([d.text for d in docs])
+        probs = self.clf.predict_proba([segmented(d) for d in docs])
         classes = self.clf.classes
         for doc, row in zip(docs, probs):
             k = int(np.argmax(row))
