@@ -81,7 +81,7 @@ def ppo_update(actor, critic, ref, opt_actor, opt_critic, batch: SeqBatch, score
             vl.backward()
             torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.grad_clip)
             opt_critic.step()
-            stats["value_loss"].append(float(vl))
+            stats["value_loss"].append(float(vl.detach()))
             if not train_actor:
                 continue
             logp, ent = token_logprobs(actor, mb, with_entropy=True)
@@ -90,18 +90,18 @@ def ppo_update(actor, critic, ref, opt_actor, opt_critic, batch: SeqBatch, score
             if ptx_fn is not None and cfg.ptx_coef > 0:
                 ptx = ptx_fn()
                 loss = loss + cfg.ptx_coef * ptx
-                stats["ptx_loss"].append(float(ptx))
+                stats["ptx_loss"].append(float(ptx.detach()))
             opt_actor.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(actor.parameters(), cfg.grad_clip)
             opt_actor.step()
-            stats["policy_loss"].append(float(pl))
+            stats["policy_loss"].append(float(pl.detach()))
             stats["clip_frac"].append(float(frac))
             stats["entropy"].append(float(L.masked_mean(ent.detach(), mb.mask)))
     actor.eval()
     seq_kl = (kl_tok * mask).sum(1)  # per-sequence KL estimate (sum of k1 over policy tokens)
     k3 = L.masked_mean(L.kl_estimate(old_logp, ref_logp, "k3"), mask)
-    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731 (None: not computed this iteration)
     return {"reward_mean": float(raw.mean()), "reward_std": float(raw.std()) if B > 1 else 0.0,
             "reward_norm_mean": float(s.mean()), "kl": float(seq_kl.mean()), "kl_k3_per_token": float(k3),
             "entropy": mean(stats["entropy"]), "clip_frac": mean(stats["clip_frac"]),

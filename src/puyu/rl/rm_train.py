@@ -69,7 +69,7 @@ def rm_step(rm: RewardModel, optimizer, batch: list[tuple], focal: bool, barrier
     loss.backward()
     gn = torch.nn.utils.clip_grad_norm_(rm.parameters(), grad_clip)
     optimizer.step()
-    return {"loss": float(loss), "acc": float((s[:n] > s[n:]).float().mean()), "grad_norm": float(gn)}
+    return {"loss": float(loss.detach()), "acc": float((s[:n] > s[n:]).float().mean()), "grad_norm": float(gn)}
 
 
 def train_rm_steps(rm: RewardModel, optimizer, data: list[tuple], steps: int, batch_size: int, seed: int,
