@@ -1,7 +1,8 @@
 """puyu: InternLM2 end to end.
 
 Public API (imported lazily so `import puyu` stays light):
-    load_model, load_tokenizer, render_chat, ModelConfig, SamplingParams, Engine, Interpreter
+    load_model, load_tokenizer, render_chat, ModelConfig, SamplingParams, Engine, Interpreter,
+    load_reward_model
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ _EXPORTS = {
     "Engine": "puyu.engine.scheduler",
     "Interpreter": "puyu.agent.interpreter",
     "Agent": "puyu.agent.loop",
+    "load_reward_model": "puyu.rl.reward_model",
 }
 
 __all__ = list(_EXPORTS) + ["__version__"]
