@@ -13,8 +13,8 @@ from puyu.tasks.synthetic import Problem
 
 ARITH = V.arithmetic_prompt(Problem(12, "+", 34))
 TOOL = V.tool_prompt(random.Random(1))
-CALL = ('<|action_start|><|plugin|>\n{"name": "%s", "parameters": {"city": "%s"}}<|action_end|>'
-        % (TOOL["call"]["name"], TOOL["call"]["arguments"]["city"]))
+_NAME, _CITY = TOOL["call"]["name"], TOOL["call"]["arguments"]["city"]
+CALL = f'<|action_start|><|plugin|>\n{{"name": "{_NAME}", "parameters": {{"city": "{_CITY}"}}}}<|action_end|>'
 
 
 def test_scorers():

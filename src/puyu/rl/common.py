@@ -120,9 +120,11 @@ def rm_scores(rm, tok, rollouts, batch_size: int = 32) -> torch.Tensor:
 
 
 @torch.no_grad()
-def greedy_eval(engine, tok, samples: list[dict], max_new_tokens: int, max_turns: int = 1) -> dict:
+def greedy_eval(engine, tok, samples: list[dict], max_new_tokens: int, max_turns: int = 1,
+                items: bool = False) -> dict:
     """Greedy replies to the held-out prompts scored by the judge: task score per kind, turn-ending,
-    mean reply length (tokens)."""
+    mean reply length (tokens); with `items`, also per prompt (correct, ended, length, reply) for
+    paired comparisons."""
     from puyu.engine.sampling import SamplingParams
     from puyu.rl.judge import task_score
     from puyu.rl.rollout import generate_rollouts
@@ -136,6 +138,11 @@ def greedy_eval(engine, tok, samples: list[dict], max_new_tokens: int, max_turns
     res["eval_score"] = sum(sum(v) for v in by_kind.values()) / max(len(ros), 1)
     res["eval_ends"] = sum(ro.end for ro in ros) / max(len(ros), 1)
     res["eval_length"] = sum(ro.n_policy_tokens for ro in ros) / max(len(ros), 1)
+    if items:
+        from puyu.tasks.verifiable import score
+
+        res["items"] = [{"kind": ro.sample["kind"], "correct": score(ro.replies[0], ro.sample) == 1.0,
+                         "ended": ro.end, "length": ro.n_policy_tokens, "reply": ro.replies[0]} for ro in ros]
     return res
 
 

@@ -150,10 +150,10 @@ def run_rm(r: AlignRecipe) -> dict:
     torch.manual_seed(r.seed)
     if r.threads:
         torch.set_num_threads(r.threads)
-    out = Path(r.out_dir) / "rm"
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     tok, actor = C.load_policy(r)
+    out = Path(r.out_dir) / "rm"
+    out.mkdir(parents=True, exist_ok=True)
     rm = C.reward_model_for(r, actor, tok)
     pairs: list[dict] = []
     for f in r.rm.pairs:

@@ -129,3 +129,35 @@ def tool_result(call: dict, seed: int = 0) -> str:
     if call.get("name") == "get_time":
         return json.dumps({"city": city, "time": f"{rng.randrange(24):02d}:{rng.randrange(60):02d}"})
     return json.dumps({"error": f"unknown tool {call.get('name')!r}"})
+
+
+# ---- interpreter calls (evaluation only) ---------------------------------------------------------
+def interpreter_prompt(rng: random.Random) -> dict:
+    """A computation the SFT data teaches to hand to the interpreter; `operands` must appear in the code."""
+    kind = rng.randrange(3)
+    if kind == 0:
+        a, b = rng.randrange(100, 10000), rng.randrange(100, 10000)
+        q, ops = f"Use Python to compute {a}*{b}.", [str(a), str(b)]
+    elif kind == 1:
+        n = rng.randrange(5, 40)
+        q, ops = f"What is the sum of the integers from 1 to {n}? Use code.", [str(n + 1)]
+    else:
+        n = rng.randrange(3, 15)
+        q, ops = f"Run code to find {n} factorial.", [str(n)]
+    return {"kind": "interpreter", "interpreter": True, "operands": ops,
+            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]}
+
+
+def interpreter_call_score(prediction: str, sample: dict) -> float:
+    """1.0 when the reply opens an interpreter action whose code contains every expected operand."""
+    from puyu.model.chat_format import INTERPRETER
+
+    start = prediction.find(ACTION_START + INTERPRETER)
+    if start < 0:
+        return 0.0
+    code = prediction[start:].split(ACTION_END)[0]
+    nums = set(_INT.findall(code))
+    return float(all(op in nums for op in sample["operands"]))
+
+
+SCORERS["interpreter"] = interpreter_call_score
