@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from tiny_models import make_model
 
 from puyu.engine.sampling import SamplingParams
 from puyu.engine.scheduler import Engine
@@ -15,7 +16,6 @@ from puyu.rl.ppo import detect_hacking, ppo_update
 from puyu.rl.recipe import PPOSection
 from puyu.rl.reward_model import RewardModel
 from puyu.rl.rollout import seq_batch, token_logprobs
-from tests.tiny_models import make_model
 
 X = 7  # the toy reward: 1 when the reply's first token is X
 

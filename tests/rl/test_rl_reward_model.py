@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from tiny_models import make_model
 
 from puyu.errors import CheckpointError
 from puyu.rl.reward_model import (
@@ -18,7 +19,6 @@ from puyu.rl.reward_model import (
     score_ids,
     with_domain,
 )
-from tests.tiny_models import make_model
 
 
 def _rm(reward_token=100, seed=0):

@@ -87,7 +87,7 @@ def _run_align(args: argparse.Namespace) -> int:
         from puyu.rl.ppo import run_ppo
 
         rep = run_ppo(r, resume=args.resume)
-        summary = {k: rep.get(k) for k in ("iterations", "seconds", "eval_start", "eval_end", "hf_dir")}
+        summary = {k: rep.get(k) for k in ("iterations", "seconds", "eval_start", "eval_end", "hf_dir", "world_size")}
     elif args.stage == "dpo":
         from puyu.rl.dpo import run_dpo
 
@@ -96,7 +96,8 @@ def _run_align(args: argparse.Namespace) -> int:
         from puyu.rl.grpo import run_grpo
 
         summary = run_grpo(r, resume=args.resume)
-    print(json.dumps(summary, indent=1, default=str))
+    if _is_rank0():
+        print(json.dumps(summary, indent=1, default=str))
     return 0
 
 

@@ -161,3 +161,39 @@ def adamw(params, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
     """AdamW with the report's betas (0.9, 0.95) and eps 1e-8; foreach (deterministic order)."""
     return torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, betas=(0.9, 0.95), eps=1e-8,
                              weight_decay=weight_decay, foreach=True)
+
+
+# ---- several processes (torchrun) ----------------------------------------------------------------
+# The alignment loops run the same way as one process or under `torchrun --nproc_per_node=N`. Rollouts,
+# scores and advantages are computed on every process for the whole batch (sampling is seeded per
+# request, so every process draws the same replies from the same weights); the gradient work of each
+# minibatch is split by rows (row i on process i mod N), every process's loss is its rows' share of the
+# global token mean, and the gradients are summed across processes before the optimizer step, so every
+# process takes the same step as one process would. Checkpoints, metrics and evaluation are rank 0's.
+def local_rows(n: int, info) -> list[int]:
+    """The rows of an n-row minibatch this process computes gradients for."""
+    return list(range(info.rank, n, info.world_size)) if info is not None else list(range(n))
+
+
+def allreduce_grads(model, info) -> None:
+    """Sum every parameter's gradient across processes (a missing gradient counts as zero)."""
+    if info is None or not info.distributed:
+        return
+    import torch.distributed as dist
+
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+
+def reduce_sum(values: list[float], info) -> list[float]:
+    if info is None or not info.distributed:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()

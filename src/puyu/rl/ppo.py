@@ -44,9 +44,11 @@ from puyu.rl.rollout import SeqBatch, seq_batch, token_logprobs, token_values
 # ---- one PPO update on a batch of rollouts -------------------------------------------------------
 def ppo_update(actor, critic, ref, opt_actor, opt_critic, batch: SeqBatch, scores: torch.Tensor,
                cfg: PPOSection, train_actor: bool, moments: L.RunningMoments | None = None,
-               ptx_fn=None, seed: int = 0) -> dict:
+               ptx_fn=None, seed: int = 0, info=None) -> dict:
     """Advantages from `scores` [B] (sequence rewards) and one PPO update of critic (and actor).
-    Returns the iteration's figures. `ptx_fn()`, when given, returns the pretraining LM loss to mix in."""
+    Returns the iteration's figures. `ptx_fn(info)`, when given, returns this process's share of the
+    pretraining LM loss to mix in. `info`: `puyu.train.distributed.DistInfo` under torchrun (see
+    `puyu.rl.common`: gradient rows split, gradients summed)."""
     dev = next(actor.parameters()).device
     batch = batch.to(dev)
     mask = batch.mask
@@ -73,31 +75,51 @@ def ppo_update(actor, critic, ref, opt_actor, opt_critic, batch: SeqBatch, score
     for _ in range(cfg.ppo_epochs):
         rng.shuffle(order)
         for i in range(0, B, cfg.minibatch):
-            idx = torch.tensor(sorted(order[i:i + cfg.minibatch]), device=dev)
-            mb = SeqBatch(batch.ids[idx], batch.attn[idx], batch.resp_index[idx], batch.resp_ids[idx], mask[idx])
-            v = token_values(critic, mb)
-            vl = L.value_loss(v, old_values[idx], ret[idx], mb.mask, cfg.value_clip)
+            rows = sorted(order[i:i + cfg.minibatch])
+            mine = [rows[j] for j in C.local_rows(len(rows), info)]  # this process's rows (all of them alone)
+            share = float(mask[mine].sum()) / max(float(mask[rows].sum()), 1.0) if mine else 0.0
+            mb = None
+            if mine:
+                idx = torch.tensor(mine, device=dev)
+                mb = SeqBatch(batch.ids[idx], batch.attn[idx], batch.resp_index[idx], batch.resp_ids[idx], mask[idx])
             opt_critic.zero_grad(set_to_none=True)
-            vl.backward()
+            vl_part = 0.0
+            if mb is not None:
+                vl = L.value_loss(token_values(critic, mb), old_values[idx], ret[idx], mb.mask, cfg.value_clip) * share
+                vl.backward()
+                vl_part = float(vl.detach())
+            C.allreduce_grads(critic, info)
             torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.grad_clip)
             opt_critic.step()
-            stats["value_loss"].append(float(vl.detach()))
+            stats["value_loss"].append(vl_part)
             if not train_actor:
                 continue
-            logp, ent = token_logprobs(actor, mb, with_entropy=True)
-            pl, frac = L.ppo_policy_loss(logp, old_logp[idx], adv[idx], mb.mask, cfg.clip)
-            loss = pl
-            if ptx_fn is not None and cfg.ptx_coef > 0:
-                ptx = ptx_fn()
-                loss = loss + cfg.ptx_coef * ptx
-                stats["ptx_loss"].append(float(ptx.detach()))
             opt_actor.zero_grad(set_to_none=True)
-            loss.backward()
+            pl_part = frac_part = ent_part = 0.0
+            if mb is not None:
+                logp, ent = token_logprobs(actor, mb, with_entropy=True)
+                pl, frac = L.ppo_policy_loss(logp, old_logp[idx], adv[idx], mb.mask, cfg.clip)
+                (pl * share).backward()
+                pl_part, frac_part = float(pl.detach()) * share, float(frac) * share
+                ent_part = float(L.masked_mean(ent.detach(), mb.mask)) * share
+            if ptx_fn is not None and cfg.ptx_coef > 0:
+                ptx = ptx_fn(info)  # this process's share of the mean LM loss (None: no rows here)
+                if ptx is not None:
+                    (cfg.ptx_coef * ptx).backward()
+                    stats["ptx_loss"].append(float(ptx.detach()))
+                else:
+                    stats["ptx_loss"].append(0.0)
+            C.allreduce_grads(actor, info)
             torch.nn.utils.clip_grad_norm_(actor.parameters(), cfg.grad_clip)
             opt_actor.step()
-            stats["policy_loss"].append(float(pl.detach()))
-            stats["clip_frac"].append(float(frac))
-            stats["entropy"].append(float(L.masked_mean(ent.detach(), mb.mask)))
+            stats["policy_loss"].append(pl_part)
+            stats["clip_frac"].append(frac_part)
+            stats["entropy"].append(ent_part)
+    keys = list(stats)
+    flat = C.reduce_sum([x for k in keys for x in stats[k]], info)  # per-minibatch shares summed over processes
+    pos = 0
+    for k in keys:
+        stats[k], pos = flat[pos:pos + len(stats[k])], pos + len(stats[k])
     actor.eval()
     seq_kl = (kl_tok * mask).sum(1)  # per-sequence KL estimate (sum of k1 over policy tokens)
     k3 = L.masked_mean(L.kl_estimate(old_logp, ref_logp, "k3"), mask)
@@ -129,18 +151,22 @@ def ptx_sampler(tok, files: list[str], batch: int, seed: int, device):
     rng = random.Random(f"puyu-ptx-{seed}")
 
     def make(actor):
-        def loss():
-            picked = [convs[rng.randrange(len(convs))] for _ in range(batch)]
+        def loss(info=None):
+            picked = [convs[rng.randrange(len(convs))] for _ in range(batch)]  # the same draw on every process
+            n_all = sum(sum(mk[1:]) for _, mk in picked)
+            picked = [picked[j] for j in C.local_rows(batch, info)]
+            if not picked:
+                return None
             T = max(len(i) for i, _ in picked)
-            ids = torch.full((batch, T), tok.pad_id, dtype=torch.long)
-            m = torch.zeros((batch, T))
+            ids = torch.full((len(picked), T), tok.pad_id, dtype=torch.long)
+            m = torch.zeros((len(picked), T))
             for b, (i, mk) in enumerate(picked):
                 ids[b, :len(i)] = torch.tensor(i)
                 m[b, :len(mk)] = torch.tensor(mk, dtype=torch.float32)
             ids, m = ids.to(device), m.to(device)
             logits = actor(ids[:, :-1])
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-            return L.masked_mean(nll, m[:, 1:])
+            return (nll * m[:, 1:]).sum() / max(n_all, 1)  # this process's share of the global token mean
         return loss
     return make, rng
 
@@ -231,26 +257,45 @@ def _pair_scores(rm, data):
 
 
 def run_ppo(r: AlignRecipe, resume: bool = False, stop_after: int | None = None) -> dict:
-    """Online RLHF (module docstring). `stop_after`: leave after that many iterations (tests)."""
+    """Online RLHF (module docstring), as one process or under torchrun (`puyu.rl.common`).
+    `stop_after`: leave after that many iterations (tests)."""
+    from puyu.train import distributed as D
+
+    r.validate()
+    p = r.ppo
+    info = D.setup(r.device, None)
+    ok = False
+    try:
+        summary = _run_ppo(r, p, info, resume, stop_after)
+        ok = True
+        return summary
+    finally:
+        D.cleanup(info, ok)
+
+
+def _run_ppo(r: AlignRecipe, p: PPOSection, info, resume: bool, stop_after: int | None) -> dict:
     from puyu.engine.sampling import SamplingParams
     from puyu.model.checkpoint import save_pretrained
     from puyu.rl.judge import task_score
     from puyu.rl.reward_model import save_reward_model
     from puyu.rl.rollout import generate_rollouts, make_engine
+    from puyu.train import distributed as D
     from puyu.train.metrics import MetricsLog, read_metrics
     from puyu.train.state import find_latest, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
-    r.validate()
-    p = r.ppo
+    main = info.is_main
     torch.manual_seed(r.seed)
     random.seed(r.seed)
     if r.threads:
         torch.set_num_threads(r.threads)
     out = Path(r.out_dir) / "ppo"
-    out.mkdir(parents=True, exist_ok=True)
-    dev = C.device_of(r)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    dev = info.device
     tok, actor = C.load_policy(r)
     ref = C.frozen_copy(actor, C.frozen_dtype(dev))
+    if info.distributed and not r.rm.init and not (Path(r.out_dir) / "rm" / "hf" / "config.json").is_file():
+        raise C.ConfigError("under torchrun, train the reward model first (puyu train rm) or set rm.init")
     rm = _load_or_train_rm(r, actor, tok).float()
     critic = C.frozen_copy(rm)  # a copy of the RM, then made trainable: the critic
     for prm in critic.parameters():
@@ -262,10 +307,12 @@ def run_ppo(r: AlignRecipe, resume: bool = False, stop_after: int | None = None)
     opt_rm = C.adamw(rm.parameters(), r.rm.lr)
     moments = L.RunningMoments()
     rounds: list[dict] = []
-    metrics = MetricsLog(out / "metrics.jsonl")
+    metrics = MetricsLog(out / "metrics.jsonl", enabled=main)
     ckpt_root = out / "checkpoints"
     start = 0
-    if resume and (latest := find_latest(ckpt_root)) is not None:
+    st = None
+    latest = D.broadcast_object(str(find_latest(ckpt_root) or "") if (resume and main) else "", info)
+    if latest:
         st = load_checkpoint(latest)
         actor.load_state_dict(st["actor"])
         critic.load_state_dict(st["critic"])
@@ -278,21 +325,24 @@ def run_ppo(r: AlignRecipe, resume: bool = False, stop_after: int | None = None)
         set_rng_state(st["rng"])
         start = int(st["step"])
         metrics.truncate_after(start)
-        C.log("ppo", f"resumed from {latest} (iteration {start})")
+        if main:
+            C.log("ppo", f"resumed from {latest} (iteration {start})")
     if start == 0:
         metrics.reset()
     ptx = ptx_sampler(tok, p.ptx_data, p.ptx_batch, r.seed, dev) if p.ptx_coef > 0 and p.ptx_data else None
     ptx_fn = ptx[0](actor) if ptx else None
-    if ptx and start:
+    if ptx and st is not None:
         v, inner, gauss = st["ptx_rng"]
         ptx[1].setstate((v, tuple(inner), gauss))
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(ckpt_root, step, {
-            "actor": actor.state_dict(), "critic": critic.state_dict(), "rm": rm.state_dict(),
-            "opt_actor": opt_a.state_dict(), "opt_critic": opt_c.state_dict(), "opt_rm": opt_rm.state_dict(),
-            "moments": moments.state_dict(), "rounds": json.dumps(rounds), "rng": rng_state(), "step": step,
-            "ptx_rng": ptx[1].getstate() if ptx else None}, keep=2)
+        if main:
+            save_checkpoint(ckpt_root, step, {
+                "actor": actor.state_dict(), "critic": critic.state_dict(), "rm": rm.state_dict(),
+                "opt_actor": opt_a.state_dict(), "opt_critic": opt_c.state_dict(), "opt_rm": opt_rm.state_dict(),
+                "moments": moments.state_dict(), "rounds": json.dumps(rounds), "rng": rng_state(), "step": step,
+                "ptx_rng": ptx[1].getstate() if ptx else None, "world_size": info.world_size}, keep=2)
+        D.barrier(info)
 
     engine = make_engine(actor, tok)
     ref_engine = make_engine(ref, tok) if p.rounds > 1 else None
@@ -302,20 +352,25 @@ def run_ppo(r: AlignRecipe, resume: bool = False, stop_after: int | None = None)
     t0 = time.perf_counter()
     summary: dict = {}
     try:
-        if start == 0:
+        if start == 0 and main:
             ev = C.greedy_eval(engine, tok, evals, p.max_new_tokens, p.max_turns)
             metrics.log("eval", 0, **ev)
             summary["eval_start"] = ev
         for it in range(start, total):
             rnd, k = divmod(it, p.iterations)
             if k == 0 and rnd > 0 and len(rounds) < rnd + 1:
-                recs = [m for m in read_metrics(out / "metrics.jsonl")
-                        if m["kind"] == "train" and m.get("round") == rnd - 1]
-                hack = detect_hacking(recs, p.hack_length_growth)
+                hack = None
+                if main:
+                    recs = [m for m in read_metrics(out / "metrics.jsonl")
+                            if m["kind"] == "train" and m.get("round") == rnd - 1]
+                    hack = detect_hacking(recs, p.hack_length_growth)
+                hack = D.broadcast_object(hack, info)
                 upd = _round_rm_update(r, rnd, hack, actor, ref, rm, opt_rm, tok, engine, ref_engine)
                 rounds.append({"round": rnd, "hacking": hack, "rm_update": upd})
-                C.log("ppo", f"round {rnd}: hacking {'DETECTED ' + '; '.join(hack['reasons']) if hack['detected'] else 'not detected'}"
-                             f" -> {upd['path']} path, {upd['pairs']} pairs, {upd['steps']} RM steps")
+                if main:
+                    C.log("ppo", f"round {rnd}: hacking "
+                                 f"{'DETECTED ' + '; '.join(hack['reasons']) if hack['detected'] else 'not detected'}"
+                                 f" -> {upd['path']} path, {upd['pairs']} pairs, {upd['steps']} RM steps")
             elif k == 0 and rnd == 0 and not rounds:
                 rounds.append({"round": 0, "hacking": None, "rm_update": {"path": "initial RM", "pairs": 0, "steps": 0}})
             samples = C.train_prompts(r, p.prompts_per_iter, f"ppo-{it}")
@@ -324,7 +379,7 @@ def run_ppo(r: AlignRecipe, resume: bool = False, stop_after: int | None = None)
                               [ro.action_mask for ro in ros], tok.pad_id)
             scores = C.rm_scores(rm, tok, ros)
             fig = ppo_update(actor, critic, ref, opt_a, opt_c, batch, scores, p, train_actor=it >= p.critic_warmup,
-                             moments=moments, ptx_fn=ptx_fn, seed=r.seed * 100_003 + it)
+                             moments=moments, ptx_fn=ptx_fn, seed=r.seed * 100_003 + it, info=info)
             ts = [task_score(ro.sample, ro.first_reply) for ro in ros]
             fig["task_score"] = sum(ts) / len(ts)
             for kind in ("arithmetic", "tool", "chat"):
@@ -335,10 +390,10 @@ def run_ppo(r: AlignRecipe, resume: bool = False, stop_after: int | None = None)
             fig["ends"] = sum(ro.end for ro in ros) / len(ros)
             done = it + 1
             metrics.log("train", done, round=rnd, elapsed_s=time.perf_counter() - t0, **fig)
-            if done % p.eval_every == 0 or done == total or (done % p.iterations == 0):
+            if main and (done % p.eval_every == 0 or done == total or done % p.iterations == 0):
                 ev = C.greedy_eval(engine, tok, evals, p.max_new_tokens, p.max_turns)
                 metrics.log("eval", done, round=rnd, **ev)
-            if r.progress:
+            if r.progress and main:
                 C.log("ppo", f"it {done}/{total} r{rnd} reward {fig['reward_mean']:+.3f} task {fig['task_score']:.2f} "
                              f"kl {fig['kl']:.3f} len {fig['response_length']:.1f} vloss {fig['value_loss']:.3f}")
             if done % p.save_every == 0 or done == total or done % p.iterations == 0:
@@ -349,15 +404,17 @@ def run_ppo(r: AlignRecipe, resume: bool = False, stop_after: int | None = None)
         engine.close()
         if ref_engine is not None:
             ref_engine.close()
+    summary.update({"iterations": total, "seconds": round(time.perf_counter() - t0, 1), "rounds": rounds,
+                    "hf_dir": str(out / "hf"), "world_size": info.world_size})
+    if not main:
+        return summary
     save_pretrained(actor, out / "hf", tokenizer=tok)
     save_reward_model(rm, out / "rm_hf", tok)
     (out / "rounds.json").write_text(json.dumps(rounds, indent=1) + "\n", encoding="utf-8")
     plot_rl(out / "metrics.jsonl", out / "ppo.png", "PPO")
     recs = read_metrics(out / "metrics.jsonl")
-    summary.update({"iterations": total, "seconds": round(time.perf_counter() - t0, 1), "rounds": rounds,
-                    "eval_end": next((m for m in reversed(recs) if m["kind"] == "eval"), None),
-                    "last": next((m for m in reversed(recs) if m["kind"] == "train"), None),
-                    "hf_dir": str(out / "hf")})
+    summary.update({"eval_end": next((m for m in reversed(recs) if m["kind"] == "eval"), None),
+                    "last": next((m for m in reversed(recs) if m["kind"] == "train"), None)})
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n", encoding="utf-8")
     return summary
 
