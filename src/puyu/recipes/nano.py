@@ -452,6 +452,10 @@ def _write_report(out: Path, rep: dict) -> None:
         extra = " [tools]" if s["tools"] else (" [interpreter]" if s["interpreter"] else "")
         lines += [f"- **user**{extra}: {s['user']}", f"  **assistant**: `{s['reply']}`"]
     lines += ["", "Wrong answers (first few): " + "; ".join(ev["base_arith_100"]["wrong_examples"]), ""]
+    if rep.get("align"):  # details, rounds and the RM in align/report.md
+        lines += ["## Alignment: SFT vs RL (same held-out items, exact McNemar; align/report.md)", "",
+                  *[f"- {k}: SFT {pct(v['sft'])}, RL {pct(v['rl'])}: {v['verdict']}"
+                    for k, v in rep["align"]["compare"]["table"].items()], ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
 
 
