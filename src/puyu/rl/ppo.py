@@ -230,6 +230,7 @@ def _round_rm_update(r: AlignRecipe, rnd: int, hack: dict, actor, ref, rm, opt_r
         sc = [(acc_c - acc_r) for acc_c, acc_r in _pair_scores(rm, data)]
         wrong_first = sorted(range(len(data)), key=lambda i: sc[i])  # RM's worst disagreements first
         keep = [data[i] for i in wrong_first[: p.fast_pairs]]
+        pairs = [pairs[i] for i in wrong_first[: p.fast_pairs]]
         steps, path = p.fast_steps, "fast"
     else:
         samples = C.train_prompts(r, p.slow_prompts, f"slow-{rnd}")
@@ -244,7 +245,7 @@ def _round_rm_update(r: AlignRecipe, rnd: int, hack: dict, actor, ref, rm, opt_r
                        r.rm.barrier_weight, r.rm.bound)
     after = pairwise_accuracy(rm, keep) if keep else None
     return {"path": path, "pairs": len(keep), "steps": steps if keep else 0,
-            "acc_on_new_pairs": after["overall"] if after else None}
+            "train_acc_after": after["overall"] if after else None, "records": pairs}
 
 
 @torch.no_grad()
@@ -366,6 +367,11 @@ def _run_ppo(r: AlignRecipe, p: PPOSection, info, resume: bool, stop_after: int 
                     hack = detect_hacking(recs, p.hack_length_growth)
                 hack = D.broadcast_object(hack, info)
                 upd = _round_rm_update(r, rnd, hack, actor, ref, rm, opt_rm, tok, engine, ref_engine)
+                if main:
+                    from puyu.rl.judge import write_pairs
+
+                    write_pairs(out / f"round{rnd}_pairs.jsonl", upd["records"])
+                del upd["records"]
                 rounds.append({"round": rnd, "hacking": hack, "rm_update": upd})
                 if main:
                     C.log("ppo", f"round {rnd}: hacking "
