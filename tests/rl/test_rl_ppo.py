@@ -20,6 +20,7 @@ from puyu.rl.rollout import seq_batch, token_logprobs
 X = 7  # the toy reward: 1 when the reply's first token is X
 
 
+@pytest.mark.slow
 def test_toy_reward_is_learned_with_bounded_kl(one_thread):
     torch.manual_seed(0)
     actor = make_model(max_position_embeddings=64, vocab_size=32).train()  # X starts near 1/32
