@@ -75,3 +75,15 @@ def test_pair_file_errors(tmp_path):
           "rejected": {"content": "hello hello", "end": False}}
     f.write_text(json.dumps(ok) + "\n")
     assert read_pairs(f)[0]["rejected"]["end"] is False
+
+
+def test_reference_pairs_when_every_reply_fails():
+    from puyu.rl.judge import reference_reply
+
+    wrong = [[Reply("12+34=47", True, 6), Reply("12+34=48", False, 6)]]
+    pairs = build_pairs([ARITH], wrong, seed=0)
+    assert pairs[0]["source"] == "reference" and pairs[0]["domain"] == "arithmetic"
+    assert pairs[0]["chosen"] == "12+34=46"
+    ref = reference_reply(TOOL)
+    assert V.tool_call_score(ref.content, TOOL) == 1.0
+    assert build_pairs([ARITH], wrong, seed=0, reference=False)[0]["source"] != "reference"

@@ -98,10 +98,25 @@ def perturb(sample: dict, good: Reply, rng: random.Random) -> tuple[str, Reply] 
     return None
 
 
-def build_pairs(samples: list[dict], replies: list[list[Reply]], seed: int, perturb_ties: bool = True) -> list[dict]:
+def reference_reply(sample: dict) -> Reply | None:
+    """The known right reply of a verifiable sample (arithmetic: `a+b=c`; tool: the expected call)."""
+    if sample["kind"] == "arithmetic" and sample.get("problem"):
+        a, op, b = sample["problem"]
+        return Reply(f"{a}{op}{b}={sample['answer']}", True)
+    if sample["kind"] == "tool" and sample.get("call"):
+        from puyu.model.chat_format import plugin_action
+
+        return Reply(plugin_action(sample["call"]["name"], sample["call"]["arguments"]), True)
+    return None
+
+
+def build_pairs(samples: list[dict], replies: list[list[Reply]], seed: int, perturb_ties: bool = True,
+                reference: bool = True) -> list[dict]:
     """Pairs from K replies per sample: the judge's best against its worst (when the judge separates
-    them), else a perturbed variant of a reply. Returns pair records (see the module docstring) with
-    `domain` and `source` keys."""
+    them); else, when every reply fails the task and `reference`, the known right reply against one of
+    them (source "reference": a weak policy otherwise gives the RM no correctness pairs at all); else a
+    perturbed variant of a reply. Returns pair records (see the module docstring) with `domain` and
+    `source` keys."""
     rng = random.Random(f"puyu-pairs-{seed}")
     out = []
     for sample, reps in zip(samples, replies):
@@ -115,6 +130,10 @@ def build_pairs(samples: list[dict], replies: list[list[Reply]], seed: int, pert
             if found:
                 break
         source = "policy"
+        ref = reference_reply(sample) if reference else None
+        if (found is None or found[0] not in ("arithmetic", "tool")) and ref is not None and reps and \
+                all(V.score(r.content, sample) == 0.0 for r in reps):
+            found, source = (sample["kind"], ref, reps[0]), "reference"
         if found is None and perturb_ties and reps:
             p = perturb(sample, reps[0], rng)
             if p is not None:

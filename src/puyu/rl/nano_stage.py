@@ -31,7 +31,7 @@ class NanoAlignSection:
     enabled: bool = True
     judge_prompts: int = 240
     samples: int = 4
-    rm_epochs: float = 2.0
+    rm_epochs: float = 4.0
     rm_lr: float = 1e-4
     rounds: int = 2
     iterations: int = 10
