@@ -2,7 +2,7 @@
 
 Public API (imported lazily so `import puyu` stays light):
     load_model, load_tokenizer, render_chat, encode_chat, ModelConfig, SamplingParams, Engine, Interpreter,
-    Agent
+    Agent, load_reward_model
 
 Modules inside the package never import this root (`from puyu import Engine`): that would let a lower
 layer reach a higher one past the import-linter contracts (tests/test_layers.py checks it).
@@ -27,6 +27,7 @@ _EXPORTS = {
     "Engine": "puyu.engine.scheduler",
     "Interpreter": "puyu.agent.interpreter",
     "Agent": "puyu.agent.loop",
+    "load_reward_model": "puyu.rl.reward_model",
 }
 
 __all__ = list(_EXPORTS) + ["__version__"]

@@ -71,11 +71,15 @@ def test_miniature_nano_run_writes_report_and_chat_model(tmp_path):
             "pretrain.steps=6", "pretrain.eval_every=3", "longctx.steps=2", "longctx.eval_every=2",
             "longctx.seq_len=256", "corpus.long_passkey_tokens=[50, 256]",
             "sft.steps=2", "sft.eval_every=2", "eval.passkey_n=3", "eval.task_eval_problems=5",
+            "align.judge_prompts=8", "align.samples=2", "align.iterations=2", "align.prompts_per_iter=4",
+            "align.critic_warmup=1", "align.max_new_tokens=6", "align.slow_prompts=4", "align.fast_pairs=4",
+            "align.eval_tools=4", "align.eval_interpreter=4",
             f"out_dir={tmp_path / 'nano'}", "progress=false", "threads=1"]
     rec = load_recipe(None, tiny, cls=NanoRecipe)
     report = run_nano(rec)
     out = tmp_path / "nano"
-    for f in ("report.md", "report.json", "loss.png", "chat/config.json", "chat/tokenizer.model"):
+    for f in ("report.md", "report.json", "loss.png", "chat/config.json", "chat/tokenizer.model",
+              "align/report.md", "align/ppo/hf/config.json", "align/rm/hf/config.json"):
         assert (out / f).exists(), f
     saved = json.loads((out / "report.json").read_text())
     assert set(saved["targets"]) == set(report["targets"])

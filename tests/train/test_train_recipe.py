@@ -56,12 +56,14 @@ def test_nested_section_keeps_parent_defaults():
 @pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_example_recipes_parse(path):
     from puyu.recipes.nano import NanoRecipe
+    from puyu.rl.recipe import AlignRecipe
     from puyu.train.recipe import TokenizeRecipe
 
     header = path.read_text(encoding="utf-8").splitlines()[0]
     assert header.startswith("# ") and "puyu" in header, f"{path.name}: first line must be the command"
     kind = "nano" if path.name == "nano.yaml" else header.split("puyu train ")[-1].split()[0] if "puyu train" in header else ""
-    cls = {"nano": NanoRecipe, "tokenize": TokenizeRecipe}.get(kind, Recipe)
+    cls = {"nano": NanoRecipe, "tokenize": TokenizeRecipe, **dict.fromkeys(("rm", "ppo", "dpo", "grpo"), AlignRecipe)
+           }.get(kind, Recipe)
     load_recipe(path, cls=cls)
 
 

@@ -5,12 +5,17 @@
     puyu train longctx  RECIPE.yaml            continue at a longer seq_len with a larger rope_theta
     puyu train sft      RECIPE.yaml            supervised fine-tuning on conversations
     puyu train nano     recipes/nano.yaml      the whole nano recipe (what `puyu demo` runs)
+    puyu train rm       RECIPE.yaml            reward model on preference pairs (files and/or the judge)
+    puyu train ppo      RECIPE.yaml            online RLHF: rounds of RM updates and PPO
+    puyu train dpo      RECIPE.yaml            DPO on the same pair files
+    puyu train grpo     RECIPE.yaml            critic-free RL (GRPO/RLOO) with a task's score function
 
 Every form takes `--set section.key=value` overrides (repeatable) and `--resume` (continue from the
 newest valid checkpoint in `train.out_dir/checkpoints`; the nano recipe skips finished stages).
 The stages run unchanged under `torchrun --nproc_per_node=N -m puyu.cli train pretrain ...`.
 
-The stages themselves live in `puyu.train` (see its docstring); the nano recipe in `puyu.recipes.nano`.
+The stages themselves live in `puyu.train` (see its docstring), the alignment stages in `puyu.rl`
+(recipe: `puyu.rl.recipe.AlignRecipe`), the nano recipe in `puyu.recipes.nano`.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import argparse
 import json
 import sys
 
-STAGES = ("tokenize", "pretrain", "longctx", "sft", "nano")
+STAGES = ("tokenize", "pretrain", "longctx", "sft", "nano", "rm", "ppo", "dpo", "grpo")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         meta = tokenize_to_shard(r.inputs, r.out_dir, load_tokenizer(r.tokenizer), progress=r.progress)
         print(f"{meta['n_tokens']:,} tokens in {meta['n_docs']:,} documents -> {r.out_dir}")
         return 0
+    if args.stage in ("rm", "ppo", "dpo", "grpo"):
+        return _run_align(args)
     if args.stage == "nano":
         from puyu.recipes.nano import NanoRecipe, run_nano
 
@@ -63,6 +70,34 @@ def run(args: argparse.Namespace) -> int:
         summary = run_sft(recipe, resume=args.resume)
     if summary.get("world_size", 1) == 1 or _is_rank0():
         print(json.dumps({k: v for k, v in summary.items()}, indent=1), file=sys.stdout)
+    return 0
+
+
+def _run_align(args: argparse.Namespace) -> int:
+    from puyu.rl.recipe import load_align_recipe
+
+    r = load_align_recipe(args.recipe, args.overrides)
+    if args.stage == "rm":
+        from puyu.rl.rm_train import run_rm
+
+        rep = run_rm(r)
+        summary = {"accuracy": rep["accuracy"], "pairs": rep["pairs"], "seconds": rep["seconds"],
+                   "hf_dir": rep["hf_dir"]}
+    elif args.stage == "ppo":
+        from puyu.rl.ppo import run_ppo
+
+        rep = run_ppo(r, resume=args.resume)
+        summary = {k: rep.get(k) for k in ("iterations", "seconds", "eval_start", "eval_end", "hf_dir", "world_size")}
+    elif args.stage == "dpo":
+        from puyu.rl.dpo import run_dpo
+
+        summary = run_dpo(r)
+    else:
+        from puyu.rl.grpo import run_grpo
+
+        summary = run_grpo(r, resume=args.resume)
+    if _is_rank0():
+        print(json.dumps(summary, indent=1, default=str))
     return 0
 
 

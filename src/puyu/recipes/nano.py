@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from puyu.rl.nano_stage import NanoAlignSection
 from puyu.train.recipe import (
     DataSection,
     DistSection,
@@ -108,6 +109,7 @@ class NanoRecipe:
     sft: StageSection = field(default_factory=lambda: StageSection(
         seq_len=256, steps=150, batch_size=16, lr=5e-4, warmup_steps=15, eval_every=75))
     eval: EvalSection = field(default_factory=EvalSection)
+    align: NanoAlignSection = field(default_factory=NanoAlignSection)  # RM + PPO rounds (puyu.rl.nano_stage)
 
     def validate(self) -> None:
         from puyu.errors import ConfigError
@@ -377,6 +379,11 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
         bar.close()
         return res
     report["eval"] = timed("eval", run_eval)
+    if r.align.enabled:  # alignment: RM, PPO rounds, SFT vs RL (report in align/report.md)
+        from puyu.rl.nano_stage import run_nano_align
+
+        report["align"] = timed("align", lambda: run_nano_align(r.align, out, r.seed, r.threads, r.progress,
+                                                                resume, small))
     timings["total"] = round(time.perf_counter() - t_all, 1)
     report["timings_s"] = timings
     report["curve"] = _curve(out / "pretrain" / "metrics.jsonl")
@@ -445,6 +452,10 @@ def _write_report(out: Path, rep: dict) -> None:
         extra = " [tools]" if s["tools"] else (" [interpreter]" if s["interpreter"] else "")
         lines += [f"- **user**{extra}: {s['user']}", f"  **assistant**: `{s['reply']}`"]
     lines += ["", "Wrong answers (first few): " + "; ".join(ev["base_arith_100"]["wrong_examples"]), ""]
+    if rep.get("align"):  # details, rounds and the RM in align/report.md
+        lines += ["## Alignment: SFT vs RL (same held-out items, exact McNemar; align/report.md)", "",
+                  *[f"- {k}: SFT {pct(v['sft'])}, RL {pct(v['rl'])}: {v['verdict']}"
+                    for k, v in rep["align"]["compare"]["table"].items()], ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
 
 

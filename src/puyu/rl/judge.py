@@ -1,0 +1,241 @@
+"""The programmatic judge: the nano stand-in for human labellers, and preference pairs.
+
+Rules, in order (the first that separates two replies to the same prompt decides, and names the
+reward domain the pair trains):
+  arithmetic  a correct answer beats a wrong one
+  tool        a valid call (right name and arguments, well-formed JSON) beats a malformed or wrong one
+  format      a turn that ends with `<|im_end|>` beats one that rambles on (no end within the budget)
+  concise     of two correct, ended replies the shorter (in tokens) wins
+Replies that tie under every rule make no pair.
+
+Pairs are built from the policy's own samples (several per prompt); when every sample of a prompt ties
+(the policy is already always right, say), `perturb` makes a worse variant of one of them (a wrong
+number, a broken call, the end marker dropped with rambling after it, a verbose preamble), so every
+domain keeps receiving pairs. Each pair records its `source` ("policy" or "perturbed").
+
+Pair JSONL (the format users bring to `puyu train rm` and `puyu train dpo`):
+  {"system"?: DOMAIN-or-text, "messages": [...prompt...], "tools"?: [...], "chosen": R, "rejected": R}
+where R is the assistant reply: a string (a complete turn) or {"content": str, "end": bool} (end false:
+the turn was cut off without `<|im_end|>`). `system` naming a key of `DOMAINS` selects that rubric;
+other text is used as the system turn itself.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from puyu.errors import PuyuError
+from puyu.model.chat_format import IM_END, render_chat
+from puyu.rl.reward_model import DOMAINS, with_domain
+from puyu.tasks import verifiable as V
+
+
+class PairError(PuyuError):
+    """A preference-pair file or record that cannot be used; the message names the line."""
+
+
+@dataclass
+class Reply:
+    """One assistant reply: its text (markers included, `<|im_end|>` excluded), whether it ended the turn,
+    and its length in tokens (for the concise rule; text length / 4 when unknown)."""
+
+    content: str
+    end: bool = True
+    n_tokens: int | None = None
+
+    @property
+    def length(self) -> float:
+        return self.n_tokens if self.n_tokens is not None else len(self.content) / 4
+
+    def to_json(self):
+        return self.content if self.end else {"content": self.content, "end": False}
+
+
+def task_score(sample: dict, reply: Reply) -> float:
+    """The judge's verdict on one reply: the task scorer (arithmetic, tool call, chat) times turn-ending."""
+    return V.score(reply.content, sample) * float(reply.end)
+
+
+def prefer(sample: dict, a: Reply, b: Reply) -> tuple[str, int] | None:
+    """(domain, 0 if `a` wins else 1) by the rules in the module docstring, or None on a tie."""
+    kind = sample["kind"]
+    sa, sb = V.score(a.content, sample), V.score(b.content, sample)
+    if kind in ("arithmetic", "tool") and sa != sb:
+        return kind, 0 if sa > sb else 1
+    if a.end != b.end:
+        return "format", 0 if a.end else 1
+    if sa == sb == 1.0 and a.end and b.end and a.length != b.length:
+        return "concise", 0 if a.length < b.length else 1
+    return None
+
+
+def perturb(sample: dict, good: Reply, rng: random.Random) -> tuple[str, Reply] | None:
+    """A worse variant of `good` for the domain the sample exercises: (domain, reply), or None."""
+    kind = sample["kind"]
+    choice = rng.random()
+    if kind == "arithmetic" and V.arithmetic_score(good.content, sample) == 1.0 and choice < 0.5:
+        ans = int(sample["answer"])
+        wrong = ans + rng.choice([-10, -2, -1, 1, 2, 10])
+        head = good.content.rsplit(str(ans), 1)
+        return "arithmetic", Reply(f"{head[0]}{wrong}{head[1]}" if len(head) == 2 else str(wrong), True)
+    if kind == "tool" and V.tool_call_score(good.content, sample) == 1.0 and choice < 0.5:
+        broken = rng.choice([
+            good.content.replace('"parameters": {', '"parameters": '),  # invalid JSON
+            good.content.replace(sample["call"]["name"], "get_" + rng.choice(["news", "stock"])),  # wrong tool
+            good.content.replace(json.dumps(sample["call"]["arguments"]["city"]), json.dumps(rng.choice(V.CITIES))),
+        ])
+        if broken != good.content and V.tool_call_score(broken, sample) == 0.0:
+            return "tool", Reply(broken, True)
+    if choice < 0.75 or kind == "tool":
+        ramble = good.content + " " + good.content + " " + rng.choice(["and so on", "more", "I think"])
+        return "format", Reply(ramble, False)
+    if V.score(good.content, sample) == 1.0:
+        pre = rng.choice(["Let me think about this. ", "Sure! Here is the answer. ", "Well, let us see. "])
+        return "concise", Reply(pre + good.content, True)
+    return None
+
+
+def reference_reply(sample: dict) -> Reply | None:
+    """The known right reply of a verifiable sample (arithmetic: `a+b=c`; tool: the expected call)."""
+    if sample["kind"] == "arithmetic" and sample.get("problem"):
+        a, op, b = sample["problem"]
+        return Reply(f"{a}{op}{b}={sample['answer']}", True)
+    if sample["kind"] == "tool" and sample.get("call"):
+        from puyu.model.chat_format import plugin_action
+
+        return Reply(plugin_action(sample["call"]["name"], sample["call"]["arguments"]), True)
+    return None
+
+
+def build_pairs(samples: list[dict], replies: list[list[Reply]], seed: int, perturb_ties: bool = True,
+                reference: bool = True) -> list[dict]:
+    """Pairs from K replies per sample: the judge's best against its worst (when the judge separates
+    them); else, when every reply fails the task and `reference`, the known right reply against one of
+    them (source "reference": a weak policy otherwise gives the RM no correctness pairs at all); else a
+    perturbed variant of a reply. Returns pair records (see the module docstring) with `domain` and
+    `source` keys."""
+    rng = random.Random(f"puyu-pairs-{seed}")
+    out = []
+    for sample, reps in zip(samples, replies):
+        found = None
+        for i in range(len(reps)):
+            for j in range(i + 1, len(reps)):
+                verdict = prefer(sample, reps[i], reps[j])
+                if verdict is not None:
+                    found = (verdict[0], reps[i], reps[j]) if verdict[1] == 0 else (verdict[0], reps[j], reps[i])
+                    break
+            if found:
+                break
+        source = "policy"
+        ref = reference_reply(sample) if reference else None
+        if (found is None or found[0] not in ("arithmetic", "tool")) and ref is not None and reps and \
+                all(V.score(r.content, sample) == 0.0 for r in reps):
+            found, source = (sample["kind"], ref, reps[0]), "reference"
+        if found is None and perturb_ties and reps:
+            p = perturb(sample, reps[0], rng)
+            if p is not None:
+                found, source = (p[0], reps[0], p[1]), "perturbed"
+        if found is None:
+            continue
+        domain, chosen, rejected = found
+        rec = {"system": domain, "domain": domain, "messages": sample["messages"],
+               "chosen": chosen.to_json(), "rejected": rejected.to_json(), "source": source}
+        if sample.get("tools"):
+            rec["tools"] = sample["tools"]
+        out.append(rec)
+    return out
+
+
+# ---- files and token ids -------------------------------------------------------------------------
+def _reply(value, where: str) -> Reply:
+    if isinstance(value, str):
+        return Reply(value, True)
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        end = value.get("end", True)
+        if not isinstance(end, bool):
+            raise PairError(f"{where}: 'end' must be true or false")
+        return Reply(value["content"], end)
+    raise PairError(f"{where}: a reply must be a string or {{\"content\": str, \"end\": bool}}")
+
+
+def check_pair(rec, where: str) -> dict:
+    if not isinstance(rec, dict):
+        raise PairError(f"{where}: a pair must be a JSON object")
+    for key in ("messages", "chosen", "rejected"):
+        if key not in rec:
+            raise PairError(f"{where}: missing key {key!r} (a pair is {{\"system\"?, \"messages\", \"chosen\", \"rejected\"}})")
+    if not isinstance(rec["messages"], list) or not all(isinstance(m, dict) and "role" in m for m in rec["messages"]):
+        raise PairError(f"{where}: 'messages' must be a list of {{\"role\", \"content\"}} objects")
+    if "system" in rec and rec["system"] is not None and not isinstance(rec["system"], str):
+        raise PairError(f"{where}: 'system' must be a domain name or text")
+    _reply(rec["chosen"], where + " chosen")
+    _reply(rec["rejected"], where + " rejected")
+    return rec
+
+
+def read_pairs(path: str | Path) -> list[dict]:
+    """Pairs from a JSONL file, each checked (PairError names the line)."""
+    p = Path(path)
+    if not p.is_file():
+        raise PairError(f"pair file {p} does not exist")
+    out = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PairError(f"{p}:{n}: not valid JSON ({e})") from None
+        out.append(check_pair(rec, f"{p}:{n}"))
+    if not out:
+        raise PairError(f"pair file {p} holds no pairs")
+    return out
+
+
+def write_pairs(path: str | Path, pairs: list[dict]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in pairs:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def pair_domain(rec: dict) -> str:
+    s = rec.get("system")
+    return rec.get("domain") or (s if s in DOMAINS else ("custom" if s else "none"))
+
+
+def prompt_messages(rec: dict) -> list[dict]:
+    """The prompt as the reward model reads it: the domain rubric (or the given system text) first."""
+    s = rec.get("system")
+    if s in DOMAINS:
+        return with_domain(rec["messages"], s)
+    return ([{"role": "system", "content": s}] if s else []) + list(rec["messages"])
+
+
+def reply_ids(tok, reply: Reply, newline: bool = True) -> list[int]:
+    """An assistant turn's body tokens, then `<|im_end|>` (and the newline the template puts after it,
+    with `newline`) when the turn ended."""
+    ids = tok.encode(reply.content, allow_special=True)
+    if reply.end:
+        ids += [tok.special_ids[IM_END]] + (tok.encode("\n") if newline else [])
+    return ids
+
+
+def prompt_ids(tok, messages: list[dict], tools=None, interpreter=None) -> list[int]:
+    return tok.encode(render_chat(messages, tools=tools, interpreter=interpreter, add_generation_prompt=True),
+                      allow_special=True)
+
+
+def pair_ids(tok, rec: dict, reward_token_id: int | None = None) -> tuple[list[int], list[int], int]:
+    """(chosen ids, rejected ids, prompt length) of a pair; with `reward_token_id`, each sequence ends
+    with it (reward-model inputs), without it they are policy inputs (DPO)."""
+    msgs = prompt_messages(rec) if reward_token_id is not None else list(rec["messages"])
+    head = prompt_ids(tok, msgs, rec.get("tools"), rec.get("interpreter"))
+    tail = [reward_token_id] if reward_token_id is not None else []
+    nl = reward_token_id is not None
+    c = head + reply_ids(tok, _reply(rec["chosen"], "chosen"), nl) + tail
+    r = head + reply_ids(tok, _reply(rec["rejected"], "rejected"), nl) + tail
+    return c, r, len(head)
