@@ -41,7 +41,7 @@ def _worker(conn) -> None:  # pragma: no cover - runs in the child process
             p = parse("\\boxed{" + pred + "}", parsing_timeout=None)
             ok = bool(g) and bool(p) and verify(g, p, timeout_seconds=None)
             conn.send(("ok", ok))
-        except Exception as e:  # a parse/compare failure is "not shown equivalent", not a crash
+        except Exception:  # a parse/compare failure is "not shown equivalent", not a crash
             conn.send(("ok", False))
 
 
