@@ -200,7 +200,7 @@ class Needle(Task):
                     assert len(prompt) == length
                     out.append(Sample(id=f"{length}-{depth:g}-{rep}", prompt_ids=prompt,
                                       record={"answers": answers, "length": length, "depth": depth, "kind": kind},
-                                      groups={"length": length, "depth": depth}))
+                                      groups={"length": length, "depth": f"{depth:g}"}))
         if ctx.limit is not None:
             if ctx.limit > len(out):
                 raise EvalError(f"needle: --limit {ctx.limit} is larger than the {len(out)} grid cells")

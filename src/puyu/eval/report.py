@@ -209,7 +209,7 @@ def markdown(tasks: list[dict]) -> str:
             notes.append(f"effective length {t['needle']['effective_length']} (trained {t['needle']['trained_length']})")
         for key, v in t["details"].items():
             notes.append(f"{key} {100 * v['mean']:.1f}%")
-        lines.append(f"| {t['folder']} | {t['n_samples']} | {_fmt(t['pass@1'])} | {_fmt(t.get(f'pass@{k}'))} | "
+        lines.append(f"| {t['folder']} | {t['n_samples']} | {_fmt(t['pass@1'])} | {_fmt(t.get(f'pass@{k}') if k > 1 else None)} | "
                      f"{_fmt(t.get(f'maj@{k}'))} | {'; '.join(notes)} |")
     lines += ["", "![accuracy](accuracy.png)", ""]
     for t in tasks:

@@ -22,6 +22,9 @@ STARTUP_TIMEOUT = 120.0  # seconds for a fresh worker to import math_verify (~1-
 
 
 def _worker(conn) -> None:  # pragma: no cover - runs in the child process
+    import logging
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns that its own timeouts are off
     try:
         from math_verify import parse, verify
     except Exception as e:  # math-verify is missing: say so once, then answer every request with it
