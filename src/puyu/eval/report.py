@@ -177,8 +177,8 @@ def _bars(path: Path, tasks: list[dict]) -> None:
 
     fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(tasks)), 3.2))
     means = [t["pass@1"]["mean"] for t in tasks]
-    err = [[m - t["pass@1"]["ci95"][0] for m, t in zip(means, tasks)],
-           [t["pass@1"]["ci95"][1] - m for m, t in zip(means, tasks)]]
+    err = [[max(0.0, m - t["pass@1"]["ci95"][0]) for m, t in zip(means, tasks)],
+           [max(0.0, t["pass@1"]["ci95"][1] - m) for m, t in zip(means, tasks)]]
     ax.bar(range(len(tasks)), means, yerr=err, capsize=4, color="#4a7fb5")
     ax.set_xticks(range(len(tasks)), [t["folder"] for t in tasks], rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1)

@@ -93,6 +93,15 @@ def run_task(task: Task, backend, out: Path, ctx: Context, *, repeats: int = 1, 
     return d
 
 
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a partial last line (a run killed mid-write) so appended lines start on a line of their own."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
 def _rescore(task: Task, path: Path, rows: list[dict]) -> None:
     tmp = path.with_suffix(".jsonl.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -106,6 +115,7 @@ def _generate(task: Task, backend, todo: list[tuple[Sample, int]], gen: dict, pa
               agent: dict | None, ctx: Context) -> None:
     from tqdm import tqdm
 
+    _drop_torn_tail(path)
     lock = threading.Lock()
     bar = tqdm(total=len(todo), desc=task.name, disable=not progress, dynamic_ncols=True)
     empty = [0]
