@@ -13,7 +13,7 @@ right answers were decided by hand). lm-eval's functions are imported from the i
   `minerva_math.utils.process_results`, which is `verify(gold=parse(solution), target=parse(output))` on
   the whole output: that line is repeated here, because importing minerva_math asserts
   antlr4-python3-runtime 4.11 while puyu keeps math-verify's default 4.13.2 (under 4.11 math-verify
-  parses `50\%` to a string and loses the 50% = 50 verdict). minerva's exact_match reads only its own
+  parses `50\\%` to a string and loses the 50% = 50 verdict). minerva's exact_match reads only its own
   "Final Answer: The final answer is X. I hope it is correct." format, so it is not compared.
 Prints every item where a peer and puyu disagree, with the hand verdict when known.
 """
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--gsm8k")
     ap.add_argument("--math")
     args = ap.parse_args()
-    from test_eval_scoring_table import G, GSM8K, M, MATH
+    from test_eval_scoring_table import GSM8K, MATH, G, M
 
     from puyu.eval import get_task
 
