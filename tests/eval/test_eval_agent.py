@@ -59,3 +59,21 @@ def test_interpreter_runs_through_the_agent_with_pooled_reset_kernels(tmp_path):
     t = R.build(tmp_path)["tasks"][0]
     assert t["agent"] == {"called_interpreter": 1.0, "calls_without_error": 1.0, "mean_turns": 2.0, "calls": 6}
     assert "called interpreter 100%" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_nano_suite_runs_every_part_on_a_tiny_model(tmp_path_factory, tmp_path):
+    """The recipe's evaluation stage end to end on the server tests' tool model (tiny, 512 positions)."""
+    import serving_fixtures as sf
+
+    from puyu.eval.suite import nano_suite
+
+    tok, model_dir = sf.tool_model(tmp_path_factory)
+    s = nano_suite(model_dir, model_dir, tmp_path / "eval", trained_length=256, arith_n=4, tools_n=6,
+                   depths="0,100", max_factor=2.0)
+    assert {"needle@plain", "needle@dynamic-ntk-4", "arithmetic", "arithmetic+interpreter", "tools"} <= set(s)
+    lengths = s["needle@plain"]["mean_by_length"]
+    assert max(lengths) == 512 and s["needle@plain"]["n"] == 2 * len(lengths)  # grid lengths x 2 depths
+    assert (tmp_path / "eval" / "needle@plain" / "needle_heatmap.png").exists()
+    assert "agent" in s["arithmetic+interpreter"]
+    assert "args" in s["tools"]["details"]

@@ -75,7 +75,8 @@ def test_miniature_nano_run_writes_report_and_chat_model(tmp_path):
     rec = load_recipe(None, tiny, cls=NanoRecipe)
     report = run_nano(rec)
     out = tmp_path / "nano"
-    for f in ("report.md", "report.json", "loss.png", "chat/config.json", "chat/tokenizer.model"):
+    for f in ("report.md", "report.json", "loss.png", "chat/config.json", "chat/tokenizer.model",
+              "eval/report.md", "eval/needle@plain/needle_heatmap.png", "eval/arithmetic/predictions.jsonl"):
         assert (out / f).exists(), f
     saved = json.loads((out / "report.json").read_text())
     assert set(saved["targets"]) == set(report["targets"])

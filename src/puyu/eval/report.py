@@ -21,7 +21,7 @@ from puyu.eval.task import EvalError
 
 
 def _task_name(folder: str) -> str:
-    return folder.split("+", 1)[0]
+    return folder.split("+", 1)[0].split("@", 1)[0]
 
 
 def summarise(d: Path) -> dict:

@@ -19,8 +19,9 @@ import puyu
 from puyu.eval.task import Context, EvalError, Sample, Task
 
 
-def task_dir(out: Path, task: Task, interpreter: bool) -> Path:
-    return out / (task.name + ("+interpreter" if interpreter else ""))
+def task_dir(out: Path, task: Task, interpreter: bool, label: str | None = None) -> Path:
+    """`<task>[+interpreter][@label]`: a label keeps variants apart (e.g. needle@dynamic-ntk)."""
+    return out / (task.name + ("+interpreter" if interpreter else "") + (f"@{label}" if label else ""))
 
 
 def read_predictions(path: Path) -> list[dict]:
@@ -59,14 +60,14 @@ def generation_settings(task: Task, repeats: int, temperature: float | None, see
 
 def run_task(task: Task, backend, out: Path, ctx: Context, *, repeats: int = 1, temperature: float | None = None,
              max_new_tokens: int | None = None, rescore: bool = False, progress: bool = True,
-             agent: dict | None = None) -> Path:
+             agent: dict | None = None, label: str | None = None) -> Path:
     """Generate what is missing, score, and write run.json; returns the task's folder."""
     if backend is not None and backend.name not in task.backends:
         raise EvalError(f"{task.name} runs on the {' or '.join(task.backends)} backend only")
     interpreter = bool(agent)
     if interpreter and not task.chat:
         raise EvalError(f"--interpreter does not apply to {task.name} (no chat samples)")
-    d = task_dir(out, task, interpreter)
+    d = task_dir(out, task, interpreter, label)
     d.mkdir(parents=True, exist_ok=True)
     pred_path = d / "predictions.jsonl"
     gen = generation_settings(task, repeats, temperature, ctx.seed, max_new_tokens)
