@@ -3,8 +3,9 @@
 Each file is one sample, tokenized whole (with `<s>` first). Windows of `--option window=W` tokens
 (default: the model's max_position_embeddings) start every `--option stride=S` tokens (default W/2);
 each window scores only the tokens the previous window did not (the first window scores all but
-`<s>`), so every token is scored once with up to W - S tokens of context (the Hugging Face
-"perplexity of fixed-length models" method). Totals: nll (nats), tokens, UTF-8 bytes;
+`<s>`), so every token is scored once with at least W - S tokens of context where the text allows (the
+Hugging Face "perplexity of fixed-length models" method; a window never starts at its first scored
+token, so with S = W no token goes unscored). Totals: nll (nats), tokens, UTF-8 bytes;
 perplexity = exp(nll / tokens), bits per byte = nll / ln 2 / bytes.
 API backends would need prompt logprobs (`echo` with `logprobs`), which puyu serve does not return:
 this task is refused there.
@@ -29,6 +30,7 @@ def window_spans(n: int, window: int, stride: int) -> list[tuple[int, int, int]]
         raise EvalError(f"perplexity: need window >= 2 and 1 <= stride <= window (got {window}, {stride})")
     spans, prev_end, begin = [], 1, 0
     while prev_end < n:
+        begin = min(begin, prev_end - 1)  # the first scored token needs its predecessor in the window
         end = min(begin + window, n)
         spans.append((begin, end, prev_end))
         prev_end = end
