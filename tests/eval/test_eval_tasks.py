@@ -117,3 +117,23 @@ def test_tasks_pickle(name):
 def test_unknown_task():
     with pytest.raises(EvalError, match="unknown task 'nope'"):
         get_task("nope")
+
+
+@pytest.mark.parametrize("kind", ["single", "multi", "reasoning"])
+def test_needle_prompts_have_exact_lengths_and_every_needle(kind, tiny_tokenizer):
+    t = get_task("needle")
+    tok = tiny_tokenizer
+    ctx = Context(seed=1, tokenizer=tok, options={"kind": kind, "k": "3", "lengths": "300,600",
+                                                  "depths": "0,50,100", "trained_length": "300"})
+    samples = t.samples(ctx)
+    assert [len(s.prompt_ids) for s in samples] == [300] * 3 + [600] * 3
+    for s in samples:
+        text = tok.decode(s.prompt_ids)
+        for a in s.record["answers"] if kind != "reasoning" else []:
+            assert a in text  # each needle's answer is in the haystack, intact
+        answers = s.record["answers"]
+        assert t.score(" ".join(answers), s.record) == 1.0
+        assert t.score("nothing", s.record) == 0.0
+    if kind == "multi":
+        rec = samples[0].record
+        assert t.score(rec["answers"][0], rec) == pytest.approx(1 / 3)  # each needle scored
