@@ -30,9 +30,13 @@ def nano_suite(chat_dir: str | Path, longctx_dir: str | Path, out_dir: str | Pat
     timings = {}
     t0 = time.perf_counter()
     for label, scaling in (("plain", None), (f"dynamic-ntk-{ntk_factor:g}", {"type": "dynamic", "factor": ntk_factor})):
-        backend = LocalBackend(str(longctx_dir), max_batch_size=16, rope_scaling=scaling)
+        from puyu.model.config import ModelConfig
+
+        trained = trained_length or ModelConfig.load(longctx_dir).max_position_embeddings
+        # room for 8 of the longest prompts at once (the default cache is sized for the trained length)
+        backend = LocalBackend(str(longctx_dir), max_batch_size=16, rope_scaling=scaling,
+                               cache_tokens=8 * (int(trained * max_factor) + 64))
         try:
-            trained = trained_length or backend.config.max_position_embeddings
             ctx = Context(seed=seed, tokenizer=backend.tokenizer, model_config=backend.config,
                           options={"trained_length": str(trained), "min_factor": "0.25",
                                    "max_factor": str(max_factor), "points": "6", "depths": depths})
