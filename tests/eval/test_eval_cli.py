@@ -205,3 +205,13 @@ def test_sliding_windows_score_every_position_once(n, w, s):
     scored = [p for b, e, f in window_spans(n, w, s) for p in range(f, e)]
     assert scored == list(range(1, n))
     assert all(e - b <= w and f > b for b, e, f in window_spans(n, w, s))
+
+
+def test_tasks_listing_and_missing_backend(capsys, tmp_path):
+    assert main(["eval", "tasks"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ("arithmetic", "gsm8k", "math", "needle", "tools", "perplexity"))
+    assert main(["eval", "run", "arithmetic", "--out", str(tmp_path)]) == 1
+    assert "give --model PATH_OR_PRESET or --api-base URL" in capsys.readouterr().err
+    assert main(["eval", "run", "gsm8k", "--model", "nano-tiny", "--out", str(tmp_path)]) == 1
+    assert "--model nano-tiny: no tokenizer next to the weights" in capsys.readouterr().err

@@ -137,3 +137,13 @@ def test_needle_prompts_have_exact_lengths_and_every_needle(kind, tiny_tokenizer
     if kind == "multi":
         rec = samples[0].record
         assert t.score(rec["answers"][0], rec) == pytest.approx(1 / 3)  # each needle scored
+
+
+def test_sentence_ends_of_the_internlm2_tokenizer(ref_tokenizer):
+    from puyu.eval.needle import sentence_end_ids
+
+    ends = sentence_end_ids(ref_tokenizer)
+    for text in (".", "。", "！", "？", "!", "?"):
+        ids = ref_tokenizer.encode(f"x{text}")
+        assert ids[-1] in ends, text
+    assert ref_tokenizer.encode("x,")[-1] not in ends
