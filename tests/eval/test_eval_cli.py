@@ -215,3 +215,16 @@ def test_tasks_listing_and_missing_backend(capsys, tmp_path):
     assert "give --model PATH_OR_PRESET or --api-base URL" in capsys.readouterr().err
     assert main(["eval", "run", "gsm8k", "--model", "nano-tiny", "--out", str(tmp_path)]) == 1
     assert "--model nano-tiny: no tokenizer next to the weights" in capsys.readouterr().err
+
+
+def test_repeats_report_pass_at_k_and_maj_at_k(random_model, tmp_path):
+    out = tmp_path / "rep"
+    assert main(["eval", "run", "arithmetic", "--model", str(random_model), "--option", "n=2", "--option",
+                 "sizes=100", "--repeats", "3", "--out", str(out), "--no-progress"]) == 0
+    rows = _rows(out / "arithmetic" / "predictions.jsonl")
+    assert sorted((r["id"], r["repeat"]) for r in rows) == sorted((i, k) for i in {r["id"] for r in rows}
+                                                                    for k in range(3))
+    t = json.loads((out / "report.json").read_text())["tasks"][0]
+    assert t["repeats"] == 3 and {"pass@3", "maj@3"} <= set(t)
+    assert json.loads((out / "arithmetic" / "run.json").read_text())["generation"]["temperature"] == 0.7
+    assert t["pass@3"]["mean"] >= t["pass@1"]["mean"]
