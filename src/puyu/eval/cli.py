@@ -44,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--concurrency", type=int, default=8, help="API requests in flight (default 8)")
     r.add_argument("--timeout", type=float, default=120.0, help="API request timeout in seconds")
     r.add_argument("--rescore", action="store_true", help="re-score existing predictions without generating")
+    r.add_argument("--label", help="folder suffix TASK@LABEL, to keep variants side by side (e.g. dynamic-ntk)")
     r.add_argument("--no-progress", action="store_true")
     sub.add_parser("tasks", help="list tasks")
     rep = sub.add_parser("report", help="rebuild report.json/report.md/PNGs of a run folder")
@@ -118,7 +119,7 @@ def _run(args) -> int:
                           interpreter=args.interpreter)
             d = run_task(task, backend, out, ctx, repeats=args.repeats, temperature=args.temperature,
                          max_new_tokens=args.max_new_tokens, rescore=args.rescore, progress=not args.no_progress,
-                         agent=agent)
+                         agent=agent, label=args.label)
             print(f"{task.name}: predictions in {d}/predictions.jsonl")
     finally:
         if backend is not None:

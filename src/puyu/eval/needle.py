@@ -11,6 +11,8 @@ Haystack: `--option haystack=DIR` (every .txt/.md file under it, concatenated in
 default puyu's generated filler (seeded sentences; no data download). Prompt styles (`--option
 style=`): `passkey` (default; the nano recipe's raw-text passkey layout) or `chat` (one user turn).
 
+Needle texts start with a space and end with a period, so they read as sentences both after a sentence
+end and after a haystack cut mid-sentence (depth 100).
 Score: 1 if the needle's answer string appears in the output, else 0 (multi-retrieval: the share of the
 k answers present). No partial credit within an answer, no LLM judge.
 Effective length: the longest tested length up to which every length's mean score is above 85.6%
@@ -99,18 +101,18 @@ def _needles(kind: str, rng: random.Random, k: int) -> tuple[list[str], str, lis
     """(needle texts, question, answer strings) for one sample."""
     if kind == "single":
         key = rng.randrange(10000, 100000)
-        return [f"The pass key is {key}. Remember it. {key} is the pass key. "], \
+        return [f" The pass key is {key}. Remember it. {key} is the pass key."], \
             "\nWhat is the pass key? The pass key is ", [str(key)]
     if kind == "multi":
         keys = rng.sample(range(10000, 100000), k)
         names = rng.sample(["red", "blue", "green", "gold", "grey", "pink", "teal", "white"], k)
-        needles = [f"The {c} pass key is {v}. " for c, v in zip(names, keys)]
+        needles = [f" The {c} pass key is {v}." for c, v in zip(names, keys)]
         q = "\nWhat are the " + ", ".join(names) + " pass keys? They are "
         return needles, q, [str(v) for v in keys]
     if kind == "reasoning":
         a, b = rng.randrange(100, 1000), rng.randrange(100, 1000)
         box = rng.choice(["A", "B", "C", "D"])
-        needles = [f"The pass key is in box {box}. ", f"Box {box} holds {a} and the pass key is {a} plus {b}. "]
+        needles = [f" The pass key is in box {box}.", f" Box {box} holds {a} and the pass key is {a} plus {b}."]
         return needles, "\nWhat is the pass key? The pass key is ", [str(a + b)]
     raise EvalError(f"needle: unknown kind {kind!r} (single, multi, reasoning)")
 
