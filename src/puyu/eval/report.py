@@ -129,18 +129,24 @@ def _heatmap(path: Path, grid, lengths, depths, trained, title) -> None:
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("needle depth (%)")
     if trained:
-        # the trained length's position on the (categorical) axis, interpolated between ticks
+        # the trained length on the (categorical) axis: at its tick, or interpolated between two
         import bisect
 
         i = bisect.bisect_left(lengths, trained)
-        if i == 0:
+        if i < len(lengths) and lengths[i] == trained:
+            x = float(i)
+        elif i == 0:
             x = -0.5
         elif i >= len(lengths):
             x = len(lengths) - 0.5
         else:
             x = i - 1 + (trained - lengths[i - 1]) / (lengths[i] - lengths[i - 1])
-        ax.axvline(x, color="black", linestyle="--", linewidth=1.5, label=f"trained length {trained}")
-        ax.legend(loc="upper left", bbox_to_anchor=(0, -0.25), fontsize=8)
+        ax.axvline(x, color="black", linestyle="--", linewidth=1.5)
+        title += f"\ndashed: trained length {trained}"
+    for yi, row in enumerate(data):
+        for xi, v in enumerate(row):
+            if v == v:  # not NaN
+                ax.text(xi, yi, f"{v:.1f}", ha="center", va="center", fontsize=7)
     fig.colorbar(im, ax=ax, label="recall")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
