@@ -143,7 +143,7 @@ class Needle(Task):
     description = ("needle in a haystack: single/multi retrieval and 2-hop reasoning over lengths x depths "
                    "(needs the model's tokenizer); heatmap and effective length")
     generation = Generation(max_new_tokens=16, temperature=0.7)
-    chat = False
+    interpreter_ok = False
 
     def samples(self, ctx: Context) -> list[Sample]:
         tok = ctx.tokenizer

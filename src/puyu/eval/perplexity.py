@@ -45,7 +45,7 @@ class Perplexity(Task):
     description = "perplexity and bits per byte of a folder of text files (--data), sliding window"
     generation = Generation(max_new_tokens=0, temperature=0.0)
     backends = ("local",)
-    chat = False
+    interpreter_ok = False
     loglik = True
 
     def samples(self, ctx: Context) -> list[Sample]:

@@ -65,8 +65,8 @@ def run_task(task: Task, backend, out: Path, ctx: Context, *, repeats: int = 1, 
     if backend is not None and backend.name not in task.backends:
         raise EvalError(f"{task.name} runs on the {' or '.join(task.backends)} backend only")
     interpreter = bool(agent)
-    if interpreter and not task.chat:
-        raise EvalError(f"--interpreter does not apply to {task.name} (no chat samples)")
+    if interpreter and not task.interpreter_ok:
+        raise EvalError(f"--interpreter does not apply to {task.name}")
     d = task_dir(out, task, interpreter, label)
     d.mkdir(parents=True, exist_ok=True)
     pred_path = d / "predictions.jsonl"

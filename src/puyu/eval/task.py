@@ -69,7 +69,7 @@ class Task:
     description = ""
     generation = Generation()
     backends = ("local", "api")
-    chat = True  # whether --interpreter applies (chat samples)
+    interpreter_ok = True  # whether --interpreter applies (chat samples answered in text)
 
     def samples(self, ctx: Context) -> list[Sample]:
         raise NotImplementedError

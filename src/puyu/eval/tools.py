@@ -138,6 +138,7 @@ class Tools(Task):
     name = "tools"
     description = "function calling checked like an AST (name, required/unknown arguments, types, values)"
     generation = Generation(max_new_tokens=96, temperature=0.7)
+    interpreter_ok = False  # the call itself is scored; the agent would execute it instead
 
     def samples(self, ctx: Context) -> list[Sample]:
         if ctx.data:
