@@ -7,8 +7,10 @@ appends it. Sentence ends are the tokens whose text ends with one of . 。 ！ �
 Lengths are whole-prompt lengths in the evaluated model's own tokens: the haystack is cut so that
 header + haystack + needles + question is exactly the cell's length.
 
-Haystack: `--option haystack=DIR` (every .txt/.md file under it, concatenated in name order), or by
-default puyu's generated filler (seeded sentences; no data download). Prompt styles (`--option
+Haystack: `--option haystack=DIR` (every .txt/.md file under it, concatenated in name order),
+`haystack=filler` (the nano recipe's passkey filler, `puyu.tasks.synthetic.FILLER`; the default with the
+passkey style) or `haystack=prose` (seeded generated sentences; the default with the chat style). No
+data download. Prompt styles (`--option
 style=`): `passkey` (default; the nano recipe's raw-text passkey layout) or `chat` (one user turn).
 
 Needle texts start with a space and end with a period, so they read as sentences both after a sentence
@@ -163,7 +165,15 @@ class Needle(Task):
                                    int(o.get("points", 4)))
         depths = [float(x) for x in str(o["depths"]).split(",")] if "depths" in o else DEPTHS
         per_cell = int(o.get("per_cell", 1))
-        text = read_haystack(o["haystack"]) if o.get("haystack") else generated_haystack(ctx.seed, 8 * max(lengths) + 2000)
+        hay_opt = o.get("haystack") or ("filler" if style == "passkey" else "prose")
+        if hay_opt == "filler":  # the nano recipe's own passkey filler (what its long-context stage saw)
+            from puyu.tasks.synthetic import FILLER
+
+            text = FILLER * (1 + (8 * max(lengths) + 2000) // len(FILLER))
+        elif hay_opt == "prose":
+            text = generated_haystack(ctx.seed, 8 * max(lengths) + 2000)
+        else:
+            text = read_haystack(hay_opt)
         hay = tok.encode(text)
         ends = sentence_end_ids(tok)
         rng = random.Random(f"puyu-needle-{ctx.seed}-{kind}")
