@@ -79,7 +79,8 @@ def test_miniature_nano_run_writes_report_and_chat_model(tmp_path):
     report = run_nano(rec)
     out = tmp_path / "nano"
     for f in ("report.md", "report.json", "loss.png", "chat/config.json", "chat/tokenizer.model",
-              "align/report.md", "align/ppo/hf/config.json", "align/rm/hf/config.json"):
+              "align/report.md", "align/ppo/hf/config.json", "align/rm/hf/config.json",
+              "eval/report.md", "eval/needle@plain/needle_heatmap.png", "eval/arithmetic/predictions.jsonl"):
         assert (out / f).exists(), f
     saved = json.loads((out / "report.json").read_text())
     assert set(saved["targets"]) == set(report["targets"])

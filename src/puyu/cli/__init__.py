@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("puyu.cli.train", "training stages: pretrain, longctx, sft, tokenize; and recipes"),
     "serve": ("puyu.serve.app", "OpenAI-compatible HTTP server with a web chat"),
     "data": ("puyu.data.cli", "the pretraining data-cleaning pipeline"),
+    "eval": ("puyu.eval.cli", "evaluate a model or an OpenAI-compatible endpoint (run, tasks, report)"),
     "demo": ("puyu.cli.demo", "run the main end-to-end job (what `make demo` runs)"),
 }
 

@@ -377,6 +377,11 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
         res["chat_samples"] = E.sample_chats(chat, tok)
         bar.update()
         bar.close()
+        from puyu.eval.suite import nano_suite  # needle heatmaps, arithmetic +- interpreter, tool arguments
+
+        res["suite"] = nano_suite(chat_dir, out / "longctx" / "hf", out / "eval", seed=r.seed,
+                                  trained_length=r.longctx.seq_len, held_out=(r.corpus.test_small, r.corpus.test_big),
+                                  progress=r.progress)
         return res
     report["eval"] = timed("eval", run_eval)
     if r.align.enabled:  # alignment: RM, PPO rounds, SFT vs RL (report in align/report.md)
@@ -441,6 +446,9 @@ def _write_report(out: Path, rep: dict) -> None:
         *([f"- documentation cleaned by `puyu.data` (repair, exact and MinHash dedup): "
            f"{cl['documents_kept']} of {cl['documents_in']} chunks kept (report: {cl['report']})"]
           if (cl := rep.get("stages", {}).get("corpus", {}).get("cleaning")) else []),
+        *([f"- `puyu eval` suite ({ev['suite']['report']}): " + "; ".join(
+            f"{k} {pct(v['pass@1'])}" + (f" (effective length {v['effective_length']})" if "effective_length" in v else "")
+            for k, v in ev["suite"].items() if isinstance(v, dict) and "pass@1" in v)] if "suite" in ev else []),
         "", "## Wall time per stage (seconds)", "",
         "| stage | seconds |", "|---|---|", *[f"| {k} | {v:.0f} |" for k, v in t.items()],
         "", "## Arithmetic accuracy (< 100, held out) during pretraining", "",

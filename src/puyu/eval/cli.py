@@ -1,0 +1,133 @@
+"""`puyu eval`: run tasks, list them, rebuild a report.
+
+    puyu eval run TASK [TASK...] --model PATH_OR_PRESET | --api-base URL [--api-key K --model-name N]
+                  [--interpreter] [--limit N] [--repeats K] [--seed S] [--out DIR] [--data PATH]
+                  [--option KEY=VALUE ...] [--rope-scaling dynamic:F] [--rescore]
+    puyu eval tasks
+    puyu eval report DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from puyu.eval.task import EvalError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="eval_command", metavar="{run,tasks,report}")
+    r = sub.add_parser("run", help="generate, score and report")
+    r.add_argument("tasks", nargs="+", help="task names (puyu eval tasks)")
+    src = r.add_mutually_exclusive_group()
+    src.add_argument("--model", help="checkpoint folder or preset (local engine)")
+    src.add_argument("--api-base", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
+    r.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="bearer token (default $OPENAI_API_KEY)")
+    r.add_argument("--model-name", help="model id at the endpoint (default: the first of /v1/models)")
+    r.add_argument("--tokenizer", help="tokenizer folder for tasks that count tokens (needle) with --api-base")
+    r.add_argument("--interpreter", action="store_true", help="generate through puyu.Agent with the sandboxed interpreter")
+    r.add_argument("--max-steps", type=int, default=4, help="interpreter actions per sample (default 4)")
+    r.add_argument("--call-timeout", type=float, default=10.0, help="seconds per interpreter call (default 10)")
+    r.add_argument("--workers", type=int, default=2, help="agent worker threads = pooled kernels (default 2)")
+    r.add_argument("--limit", type=int, help="first N samples of each task")
+    r.add_argument("--repeats", type=int, default=1, help="K samples per prompt at the task's temperature (pass@K, maj@K)")
+    r.add_argument("--temperature", type=float, help="override the task's sampling temperature")
+    r.add_argument("--max-new-tokens", type=int, help="override the task's generation budget")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
+    r.add_argument("--data", help="dataset path (gsm8k, math, tools, perplexity)")
+    r.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="task option, repeatable (e.g. prompt=fewshot, max_factor=8, haystack=DIR)")
+    r.add_argument("--rope-scaling", help="override RoPE scaling at inference: dynamic:F, linear:F or none")
+    r.add_argument("--batch-size", type=int, default=64, help="local engine max batch size (default 64)")
+    r.add_argument("--cache-tokens", type=int, help="local engine KV cache size in tokens (long needle prompts)")
+    r.add_argument("--concurrency", type=int, default=8, help="API requests in flight (default 8)")
+    r.add_argument("--timeout", type=float, default=120.0, help="API request timeout in seconds")
+    r.add_argument("--rescore", action="store_true", help="re-score existing predictions without generating")
+    r.add_argument("--label", help="folder suffix TASK@LABEL, to keep variants side by side (e.g. dynamic-ntk)")
+    r.add_argument("--no-progress", action="store_true")
+    sub.add_parser("tasks", help="list tasks")
+    rep = sub.add_parser("report", help="rebuild report.json/report.md/PNGs of a run folder")
+    rep.add_argument("dir")
+
+
+def _options(items: list[str]) -> dict:
+    out = {}
+    for it in items:
+        key, eq, val = it.partition("=")
+        if not eq or not key:
+            raise EvalError(f"--option takes KEY=VALUE, got {it!r}")
+        out[key] = val
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from puyu.eval import TASKS, get_task
+    from puyu.eval import report as R
+
+    cmd = getattr(args, "eval_command", None)
+    if cmd == "tasks":
+        for name in TASKS:
+            t = get_task(name)
+            print(f"{name:<12} {t.description}  [{', '.join(t.backends)}]")
+        return 0
+    if cmd == "report":
+        rep = R.build(args.dir)
+        print(f"wrote {args.dir}/report.md ({len(rep['tasks'])} task folders)")
+        return 0
+    if cmd != "run":
+        print("usage: puyu eval {run,tasks,report} ...")
+        return 2
+    return _run(args)
+
+
+def _run(args) -> int:
+    from pathlib import Path
+
+    from puyu.eval import Context, get_task
+    from puyu.eval import report as R
+    from puyu.eval.backends import APIBackend, LocalBackend, parse_rope_scaling
+    from puyu.eval.runner import run_task
+
+    tasks = [get_task(n) for n in args.tasks]
+    if args.repeats < 1:
+        raise EvalError(f"--repeats must be at least 1, got {args.repeats}")
+    options = _options(args.option)
+    out = Path(args.out)
+    backend = None
+    if not args.rescore:
+        if args.model:
+            backend = LocalBackend(args.model, max_batch_size=args.batch_size, cache_tokens=args.cache_tokens,
+                                   rope_scaling=parse_rope_scaling(args.rope_scaling))
+        elif args.api_base:
+            tok = None
+            if args.tokenizer:
+                from puyu.model.tokenizer import load_tokenizer
+
+                tok = load_tokenizer(args.tokenizer)
+            backend = APIBackend(args.api_base, api_key=args.api_key, model_name=args.model_name,
+                                 concurrency=args.concurrency, timeout=args.timeout, tokenizer=tok)
+        else:
+            raise EvalError("give --model PATH_OR_PRESET or --api-base URL (or --rescore)")
+    agent = ({"workers": args.workers, "max_steps": args.max_steps, "timeout": args.call_timeout}
+             if args.interpreter else None)
+    try:
+        for task in tasks:
+            tok = getattr(backend, "tokenizer", None)
+            ctx = Context(data=args.data, limit=args.limit, seed=args.seed, tokenizer=tok,
+                          model_config=getattr(backend, "config", None), options=options,
+                          interpreter=args.interpreter)
+            d = run_task(task, backend, out, ctx, repeats=args.repeats, temperature=args.temperature,
+                         max_new_tokens=args.max_new_tokens, rescore=args.rescore, progress=not args.no_progress,
+                         agent=agent, label=args.label)
+            print(f"{task.name}: predictions in {d}/predictions.jsonl")
+    finally:
+        if backend is not None:
+            backend.close()
+    rep = R.build(out)
+    for t in rep["tasks"]:
+        a = t["pass@1"]
+        print(f"{t['folder']:<24} pass@1 {100 * a['mean']:.1f}% [{100 * a['ci95'][0]:.1f}, "
+              f"{100 * a['ci95'][1]:.1f}] (n={a['n']})")
+    print(f"report: {out}/report.md")
+    return 0

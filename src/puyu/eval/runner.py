@@ -1,0 +1,159 @@
+"""Run tasks on a backend with resumable, append-only predictions, then score and report.
+
+Layout of `--out DIR`: `DIR/<task>[+interpreter]/predictions.jsonl` (one line per finished generation:
+id, repeat, prompt, output, extracted answer, score, details, tokens, seconds; appended and flushed as
+each arrives, so a crash or Ctrl-C loses nothing finished), `DIR/<task>/run.json` (task options, the
+sampling settings, backend and model, chat template, puyu version), and the report files written by
+`puyu.eval.report`. A rerun skips (id, repeat) pairs already in predictions.jsonl; `rescore` re-scores
+every line from its raw output without generating (after a scorer fix).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import puyu
+from puyu.eval.task import Context, EvalError, Sample, Task
+
+
+def task_dir(out: Path, task: Task, interpreter: bool, label: str | None = None) -> Path:
+    """`<task>[+interpreter][@label]`: a label keeps variants apart (e.g. needle@dynamic-ntk)."""
+    return out / (task.name + ("+interpreter" if interpreter else "") + (f"@{label}" if label else ""))
+
+
+def read_predictions(path: Path) -> list[dict]:
+    """Lines of predictions.jsonl; a torn last line (killed mid-write) is dropped, any other bad line
+    is an error naming it."""
+    if not path.exists():
+        return []
+    rows = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if n == len(lines):
+                break  # the line being written when the run was killed: regenerate that sample
+            raise EvalError(f"{path}:{n}: not valid JSON ({e.msg})") from e
+    return rows
+
+
+def score_row(task: Task, output: str, record: dict) -> dict:
+    return {"extracted": task.extract(output, record), "score": float(task.score(output, record)),
+            "details": task.details(output, record)}
+
+
+def generation_settings(task: Task, repeats: int, temperature: float | None, seed: int,
+                        max_new_tokens: int | None) -> dict:
+    g = task.generation
+    temp = (g.temperature if temperature is None else temperature) if repeats > 1 else (temperature or 0.0)
+    if repeats > 1 and temp <= 0:
+        raise EvalError("--repeats K > 1 with greedy decoding gives K identical answers; use a temperature > 0")
+    return {"max_new_tokens": max_new_tokens or g.max_new_tokens, "temperature": temp,
+            "top_p": g.top_p if temp > 0 else 1.0, "stop": list(g.stop), "seed": seed, "repeats": repeats}
+
+
+def run_task(task: Task, backend, out: Path, ctx: Context, *, repeats: int = 1, temperature: float | None = None,
+             max_new_tokens: int | None = None, rescore: bool = False, progress: bool = True,
+             agent: dict | None = None, label: str | None = None) -> Path:
+    """Generate what is missing, score, and write run.json; returns the task's folder."""
+    if backend is not None and backend.name not in task.backends:
+        raise EvalError(f"{task.name} runs on the {' or '.join(task.backends)} backend only")
+    interpreter = bool(agent)
+    if interpreter and not task.interpreter_ok:
+        raise EvalError(f"--interpreter does not apply to {task.name}")
+    d = task_dir(out, task, interpreter, label)
+    d.mkdir(parents=True, exist_ok=True)
+    pred_path = d / "predictions.jsonl"
+    gen = generation_settings(task, repeats, temperature, ctx.seed, max_new_tokens)
+    samples = task.samples(ctx)
+    by_id = {s.id: s for s in samples}
+    if len(by_id) != len(samples):
+        raise EvalError(f"{task.name}: sample ids are not unique")
+    rows = read_predictions(pred_path)
+    if rescore:
+        _rescore(task, pred_path, rows)
+    else:
+        done = {(r["id"], r["repeat"]) for r in rows}
+        todo = [(s, k) for s in samples for k in range(repeats) if (s.id, k) not in done]
+        run_info = {"task": task.name, "description": task.description, "options": ctx.options,
+                    "data": ctx.data, "limit": ctx.limit, "seed": ctx.seed, "generation": gen,
+                    "interpreter": agent, "n_samples": len(samples), "puyu_version": puyu.__version__,
+                    "backend": backend.describe() if backend is not None else None,
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if samples and samples[0].messages is not None:
+            run_info["system_prompt"] = next((m["content"] for m in samples[0].messages if m["role"] == "system"), None)
+        (d / "run.json").write_text(json.dumps(run_info, indent=2, ensure_ascii=False, default=str))
+        if todo:
+            _generate(task, backend, todo, gen, pred_path, progress, agent, ctx)
+    return d
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a partial last line (a run killed mid-write) so appended lines start on a line of their own."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def _rescore(task: Task, path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            r.update(score_row(task, r["output"], r["record"]))
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def _generate(task: Task, backend, todo: list[tuple[Sample, int]], gen: dict, path: Path, progress: bool,
+              agent: dict | None, ctx: Context) -> None:
+    from tqdm import tqdm
+
+    _drop_torn_tail(path)
+    lock = threading.Lock()
+    bar = tqdm(total=len(todo), desc=task.name, disable=not progress, dynamic_ncols=True)
+    empty = [0]
+    with open(path, "a", encoding="utf-8") as f:
+        def on_done(item, res):
+            s, rep = item
+            if getattr(task, "loglik", False):
+                scored = {"extracted": None, "score": task.score(res["output"], s.record), "details": {}}
+            else:
+                scored = score_row(task, res["output"], s.record)
+            row = {"id": s.id, "repeat": rep, "groups": s.groups, "record": s.record, **res, **scored}
+            with lock:
+                empty[0] += not res["output"].strip()
+                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                f.flush()
+                bar.update(1)
+
+        try:
+            if getattr(task, "loglik", False):
+                window = int(ctx.options.get("window") or backend.config.max_position_embeddings)
+                stride = int(ctx.options.get("stride") or max(1, window // 2))
+                for s, rep in todo:
+                    t0 = time.perf_counter()
+                    tot = backend.loglik(s, window, stride)
+                    on_done((s, rep), {"prompt": s.id, "output": json.dumps(tot), "prompt_tokens": tot["tokens"],
+                                       "completion_tokens": 0, "finish_reason": None,
+                                       "seconds": time.perf_counter() - t0})
+            elif agent:
+                from puyu.eval.backends import run_agent
+
+                run_agent(backend, todo, gen, on_done, workers=agent["workers"], max_steps=agent["max_steps"],
+                          call_timeout=agent["timeout"])
+            else:
+                backend.generate(todo, gen, on_done)
+        finally:
+            bar.close()
+    if empty[0]:
+        import sys
+
+        print(f"warning: {task.name}: {empty[0]} of {len(todo)} generations were empty (scored 0)", file=sys.stderr)
