@@ -46,12 +46,12 @@ class CorpusSection:
     docs_chars: int = 500_000
     doc_chunk_chars: int = 1200
     clean: bool = True  # pass the documentation through puyu.data (repair, exact + MinHash dedup)
-    arithmetic: int = 110_000
+    arithmetic: int = 150_000
     arithmetic_p_big: float = 0.1
     arithmetic_p_sheet: float = 0.25  # worksheets of 2-4 problems (see synthetic.arithmetic_records)
     passkey: int = 5000
     passkey_tokens: list = field(default_factory=lambda: [0, 128])
-    copy: int = 20000
+    copy: int = 15000
     copy_p_list: float = 0.3  # copy records answered as a JSON list (a word's token changes, as in a tool call)
     pretrain_chats: int = 8000  # arithmetic chats mixed into pretraining (loss on the assistant turn)
     pretrain_tools: int = 1600  # tool-call and interpreter dialogues mixed into pretraining (half each)
@@ -106,7 +106,7 @@ class NanoRecipe:
     progress: bool = True
     corpus: CorpusSection = field(default_factory=CorpusSection)
     pretrain: StageSection = field(default_factory=lambda: StageSection(
-        seq_len=128, steps=1600, batch_size=12, lr=2e-3, warmup_steps=30, eval_every=320))
+        seq_len=128, steps=1700, batch_size=12, lr=1e-3, warmup_steps=30, eval_every=340))
     longctx: StageSection = field(default_factory=lambda: StageSection(
         seq_len=512, steps=350, batch_size=3, lr=1e-3, warmup_steps=10, eval_every=175, rope_theta=100_000.0))
     sft: StageSection = field(default_factory=lambda: StageSection(
