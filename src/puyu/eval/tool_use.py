@@ -8,8 +8,8 @@ recipe's report; small enough to move into the evaluation suite as they are).
 - `interpreter_call_accuracy`: "Use Python to compute a*b." with fresh a, b in [100, 10000). Right =
   an interpreter call whose code has exactly the numbers a and b (in either order) and a `*`.
 - `interpreter_arithmetic_accuracy`: a+b / a-b questions answered through `puyu.Agent` with the real
-  sandboxed interpreter (`puyu.engine.chat_policy`, greedy). Right = the final answer's last `=`-field
-  is the result; also counted: how many turns called the interpreter.
+  sandboxed interpreter (`puyu.engine.chat_policy`, greedy). Right = the final answer's last
+  integer is the result; also counted: how many turns called the interpreter.
 
 The first two generate one assistant turn for a batch of prompts through `puyu.engine.Engine`
 (stopping at `<|im_end|>`, `</s>` or `<|action_end|>`) and parse it with `puyu.agent.protocol`.
@@ -113,8 +113,8 @@ def interpreter_call_accuracy(model, tokenizer, n: int = 100, seed: int = 0) -> 
 def interpreter_arithmetic_accuracy(model, tokenizer, problems: list[Problem], seed: int = 0,
                                     max_new_tokens: int = 64) -> dict:
     """a+b / a-b through `puyu.Agent` with the sandboxed interpreter, one conversation per problem (the
-    question phrased as the chat arithmetic data does, drawn by `seed`). Returns accuracy (final answer
-    right), used_interpreter (fraction whose first turn called it), n, wrong examples and seconds.
+    question phrased as the chat arithmetic data does, drawn by `seed`). Returns accuracy (the last
+    integer of the final answer is the result), used_interpreter (fraction whose first turn called it), n, wrong examples and seconds.
     Raises whatever starting the interpreter raises (`puyu.agent.interpreter`)."""
     from puyu.agent.loop import Agent, ToolCall
     from puyu.engine.sampling import SamplingParams
@@ -132,7 +132,8 @@ def interpreter_arithmetic_accuracy(model, tokenizer, problems: list[Problem], s
                 q = rng.choice(ARITH_QUESTIONS).format(p=p.prompt, q=p.prompt[:-1])
                 res = agent.run([{"role": "user", "content": q}])
                 called = any(isinstance(e, ToolCall) and e.kind == "interpreter" for e in res.events)
-                ok = res.text.strip().rsplit("=", 1)[-1].strip().rstrip(".") == p.answer
+                numbers = re.findall(r"-?\d+", res.text)
+                ok = bool(numbers) and numbers[-1] == p.answer
                 used += called
                 right += ok
                 if not ok and len(wrong) < 6:

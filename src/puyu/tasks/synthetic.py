@@ -249,11 +249,13 @@ def interpreter_chat(rng: random.Random, exclude: frozenset | set = frozenset(),
     """User asks for a computation; assistant writes Python (interpreter action); the environment
     returns the printed output; assistant states the result. A fraction `p_arith` are plain a+b / a-b
     questions (a, b < 1000, the chat arithmetic phrasings, `exclude` skipped): with an interpreter the
-    model sends them to it and answers `a+b=<output>`."""
+    model sends them to it and answers `The answer is <output>.`"""
     if rng.random() < p_arith:
         p = _training_problem(rng, 0.7, exclude)
         q = rng.choice(ARITH_QUESTIONS).format(p=p.prompt, q=p.prompt[:-1])
-        code, out, reply = interpreter_arithmetic_code(p), p.answer, f"{p.prompt}{p.answer}"
+        # The reply states the printed output; "a+b=..." would invite computing it again (which a nano
+        # model does badly for a, b < 1000) instead of copying it.
+        code, out, reply = interpreter_arithmetic_code(p), p.answer, f"The answer is {p.answer}."
     else:
         kind = rng.randrange(3)
         if kind == 0:
