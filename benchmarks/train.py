@@ -16,6 +16,12 @@ loop's `precision: auto` picks on CPUs with native bf16, like this one) and `puy
 `torch.compile`). MFU is against the measured peak of the variant's matmul dtype. The variants run
 interleaved, step by step in rotating order, so that load from other processes on a shared machine
 falls on all of them alike. Prints one JSON line per variant and a summary; `--json FILE` writes them.
+
+On a CPU without fast bf16 (no AVX512-BF16 / AMX: a bf16 matmul there is emulated, ~1 GFLOP/s against
+~160 fp32 on an AVX2 core, so one bf16 step of the default shape takes minutes) the bf16 variants are
+skipped with a note, by the same test as the training loop's `precision: auto`
+(`puyu.train.pretrain.cpu_bf16_is_fast`); `--allow-slow-bf16` runs them anyway. Progress (peaks,
+warm-up, each round) goes to stderr as it happens, flushed.
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ def matmul_peak(dtype=torch.float32, seconds: float = 1.0) -> float:
             it += 1
         best = max(best, 2 * n**3 * it / (time.perf_counter() - t0))
     return best
+
+
+def _note(msg: str) -> None:
+    print(f"[train bench] {msg}", file=sys.stderr, flush=True)
 
 
 def flops_per_token(cfg, seq: int) -> float:
@@ -125,21 +135,37 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="hf,puyu,hf-bf16,puyu-bf16",
                     help="comma list of hf, hf-bf16, puyu, puyu-bf16, puyu-compiled")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--allow-slow-bf16", action="store_true",
+                    help="run the bf16 variants even where this CPU has no fast bf16 (can take hours)")
     args = ap.parse_args(argv)
     from puyu.model.config import get_preset
+    from puyu.train.pretrain import cpu_bf16_is_fast
 
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     cfg = get_preset(args.preset)
+    variants = [v for v in args.variants.split(",") if v]
+    bf16_fast = cpu_bf16_is_fast()
+    if not bf16_fast and not args.allow_slow_bf16:
+        skipped = [v for v in variants if v.endswith("-bf16")]
+        variants = [v for v in variants if not v.endswith("-bf16")]
+        if skipped:
+            print(f"skipping {', '.join(skipped)}: this CPU has no fast bf16 matmul (precision: auto trains in "
+                  "fp32 here; --allow-slow-bf16 runs them anyway)", flush=True)
+    if not variants:
+        ap.error("no variant left to run")
+    use_bf16 = any(v.endswith("-bf16") for v in variants)
+    _note(f"{args.preset}: batch {args.batch} x {args.seq}, {threads} thread(s), variants {', '.join(variants)}")
     peak = matmul_peak(torch.float32)
-    peak_bf16 = matmul_peak(torch.bfloat16)
+    peak_bf16 = matmul_peak(torch.bfloat16) if use_bf16 else float("nan")
+    _note(f"matmul peak: fp32 {peak / 1e9:.0f} GFLOP/s" + (f", bf16 {peak_bf16 / 1e9:.0f} GFLOP/s" if use_bf16 else ""))
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), generator=g)
     x, y = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
     fpt = flops_per_token(cfg, args.seq)
     runners = []
-    for name in args.variants.split(","):
+    for name in variants:
         torch.manual_seed(0)
         if name in ("hf", "hf-bf16"):
             model, fn = hf_model(cfg)
@@ -150,16 +176,21 @@ def main(argv=None) -> int:
         if name.endswith("-bf16"):
             fn = autocast_wrap(fn)
         runners.append(Runner(name, model, fn, x, y))
-    first = {r.name: sum(r.step(record=False) for _ in range(args.warmup)) for r in runners}  # incl. compile
+    first = {}
+    for r in runners:  # warm-up, incl. compile
+        first[r.name] = sum(r.step(record=False) for _ in range(args.warmup))
+        _note(f"warm-up {r.name}: {first[r.name]:.1f} s for {args.warmup} step(s)")
     # Interleave the variants in rounds so that load from other processes on a shared machine falls
     # on all of them alike; report each variant's median step time.
     for i in range(args.steps):
         for r in runners[i % len(runners):] + runners[:i % len(runners)]:
             r.step(record=True)
+        _note(f"round {i + 1}/{args.steps}: " + ", ".join(f"{r.name} {r.times[-1]:.3f} s" for r in runners))
     # Measure the peaks again after the runs and keep the best: on a shared machine a single
     # measurement can be depressed by another process, which would inflate MFU.
     peak = max(peak, matmul_peak(torch.float32))
-    peak_bf16 = max(peak_bf16, matmul_peak(torch.bfloat16))
+    if use_bf16:
+        peak_bf16 = max(peak_bf16, matmul_peak(torch.bfloat16))
     results = []
     for r in runners:
         s_step = statistics.median(r.times)
@@ -171,14 +202,15 @@ def main(argv=None) -> int:
         results.append(res)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}), flush=True)
     by = {r["variant"]: r for r in results}
-    print(f"measured matmul peak ({threads} threads): fp32 {peak / 1e9:.0f} GFLOP/s, bf16 {peak_bf16 / 1e9:.0f} GFLOP/s")
+    print(f"measured matmul peak ({threads} threads): fp32 {peak / 1e9:.0f} GFLOP/s"
+          + (f", bf16 {peak_bf16 / 1e9:.0f} GFLOP/s" if use_bf16 else " (bf16 variants skipped)"))
     for name, r in by.items():
         line = f"{name:14s} {r['tokens_per_s']:>9,.0f} tok/s  MFU {100 * r['mfu']:5.1f}% of {r['peak_gflops']:.0f} GFLOP/s"
         if "hf" in by and name != "hf":
             line += f"  {r['tokens_per_s'] / by['hf']['tokens_per_s']:.2f}x HF fp32"
         if name.startswith("puyu") and name.endswith("-bf16") and "hf-bf16" in by:
             line += f"  {r['tokens_per_s'] / by['hf-bf16']['tokens_per_s']:.2f}x HF bf16"
-        print(line)
+        print(line, flush=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)

@@ -70,8 +70,9 @@ def test_miniature_nano_run_writes_report_and_chat_model(tmp_path):
             "num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2}",
             "pretrain.steps=6", "pretrain.eval_every=3", "longctx.steps=2", "longctx.eval_every=2",
             "longctx.seq_len=256", "corpus.long_passkey_tokens=[50, 256]",
-            "sft.steps=2", "sft.eval_every=2", "eval.passkey_n=3", "eval.task_eval_problems=5",
-            "align.judge_prompts=8", "align.samples=2", "align.iterations=2", "align.prompts_per_iter=4",
+            "sft.steps=2", "sft.eval_every=2", "eval.passkey_n=3", "eval.task_eval_problems=5", "eval.tool_n=4",
+            "eval.interpreter_arith_n=2",
+            "align.enabled=true", "align.judge_prompts=8", "align.samples=2", "align.iterations=2", "align.prompts_per_iter=4",
             "align.critic_warmup=1", "align.max_new_tokens=6", "align.slow_prompts=4", "align.fast_pairs=4",
             "align.eval_tools=4", "align.eval_interpreter=4",
             f"out_dir={tmp_path / 'nano'}", "progress=false", "threads=1"]
@@ -85,6 +86,8 @@ def test_miniature_nano_run_writes_report_and_chat_model(tmp_path):
     saved = json.loads((out / "report.json").read_text())
     assert set(saved["targets"]) == set(report["targets"])
     assert 0.0 <= saved["eval"]["base_arith_100"]["accuracy"] <= 1.0
+    ev = saved["eval"]
+    assert ev["tool_call"]["n"] == 4 and ev["interpreter_call"]["n"] == 4 and ev["interpreter_arith_1000"]["n"] == 2
     assert len(saved["curve"]) == 2 and saved["timings_s"]["total"] > 0
     chat = load_model(out / "chat")
     assert chat.config.rope_theta == rec.longctx.rope_theta and chat.config.hidden_size == 64

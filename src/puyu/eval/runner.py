@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-import puyu
+from puyu import __version__
 from puyu.eval.task import Context, EvalError, Sample, Task
 
 
@@ -83,7 +83,7 @@ def run_task(task: Task, backend, out: Path, ctx: Context, *, repeats: int = 1, 
         todo = [(s, k) for s in samples for k in range(repeats) if (s.id, k) not in done]
         run_info = {"task": task.name, "description": task.description, "options": ctx.options,
                     "data": ctx.data, "limit": ctx.limit, "seed": ctx.seed, "generation": gen,
-                    "interpreter": agent, "n_samples": len(samples), "puyu_version": puyu.__version__,
+                    "interpreter": agent, "n_samples": len(samples), "puyu_version": __version__,
                     "backend": backend.describe() if backend is not None else None,
                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         if samples and samples[0].messages is not None:

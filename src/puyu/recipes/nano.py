@@ -47,21 +47,23 @@ class CorpusSection:
     docs_chars: int = 500_000
     doc_chunk_chars: int = 1200
     clean: bool = True  # pass the documentation through puyu.data (repair, exact + MinHash dedup)
-    arithmetic: int = 200_000
+    arithmetic: int = 150_000
     arithmetic_p_big: float = 0.1
     arithmetic_p_sheet: float = 0.25  # worksheets of 2-4 problems (see synthetic.arithmetic_records)
-    passkey: int = 7000
+    passkey: int = 5000
     passkey_tokens: list = field(default_factory=lambda: [0, 128])
-    copy: int = 30000
-    pretrain_chats: int = 15000  # arithmetic chats mixed into pretraining (loss on the assistant turn)
+    copy: int = 15000
+    copy_p_list: float = 0.3  # copy records answered as a JSON list (a word's token changes, as in a tool call)
+    pretrain_chats: int = 8000  # arithmetic chats mixed into pretraining (loss on the assistant turn)
+    pretrain_tools: int = 1600  # tool-call and interpreter dialogues mixed into pretraining (half each)
     copy_items: list = field(default_factory=lambda: [3, 12])
     long_passkey: int = 4500
     long_passkey_tokens: list = field(default_factory=lambda: [100, 512])
     long_docs_chars: int = 200_000
-    long_arithmetic: int = 60_000
-    chats: int = 6000
+    long_arithmetic: int = 30_000
+    chats: int = 4000
     chat_weights: dict = field(default_factory=lambda: {
-        "arithmetic": 0.4, "docs": 0.12, "greeting": 0.13, "tool": 0.2, "interpreter": 0.15})
+        "arithmetic": 0.35, "docs": 0.1, "greeting": 0.1, "tool": 0.25, "interpreter": 0.2})
     test_small: int = 400
     test_big: int = 200
     val_fraction: float = 0.01
@@ -88,6 +90,8 @@ class StageSection:
 class EvalSection:
     passkey_n: int = 50
     task_eval_problems: int = 200  # held-out < 100 problems scored during pretraining (the curve)
+    tool_n: int = 100  # tool-call and interpreter-call questions (fresh inputs, puyu.eval.tool_use)
+    interpreter_arith_n: int = 100  # held-out a±b < 1000 problems asked with the interpreter on
 
 
 @dataclass
@@ -103,11 +107,11 @@ class NanoRecipe:
     progress: bool = True
     corpus: CorpusSection = field(default_factory=CorpusSection)
     pretrain: StageSection = field(default_factory=lambda: StageSection(
-        seq_len=128, steps=4800, batch_size=12, lr=1e-3, warmup_steps=30, eval_every=200))
+        seq_len=128, steps=1700, batch_size=12, lr=1e-3, warmup_steps=30, eval_every=340))
     longctx: StageSection = field(default_factory=lambda: StageSection(
-        seq_len=512, steps=800, batch_size=4, lr=1e-3, warmup_steps=10, eval_every=200, rope_theta=100_000.0))
+        seq_len=512, steps=350, batch_size=3, lr=1e-3, warmup_steps=10, eval_every=175, rope_theta=100_000.0))
     sft: StageSection = field(default_factory=lambda: StageSection(
-        seq_len=256, steps=150, batch_size=16, lr=5e-4, warmup_steps=15, eval_every=75))
+        seq_len=256, steps=100, batch_size=16, lr=5e-4, warmup_steps=10, eval_every=50))
     eval: EvalSection = field(default_factory=EvalSection)
     align: NanoAlignSection = field(default_factory=NanoAlignSection)  # RM + PPO rounds (puyu.rl.nano_stage)
 
@@ -194,11 +198,12 @@ def build_corpus(r: NanoRecipe, data: Path) -> dict:
     bar.update()
     pre = docs_pre + S.arithmetic_records(rng, c.arithmetic, c.arithmetic_p_big, exclude, c.arithmetic_p_sheet)
     bar.update()
-    pre += S.copy_records(rng, c.copy, *c.copy_items)
+    pre += S.copy_records(rng, c.copy, *c.copy_items, p_list=c.copy_p_list)
     pre += [S.arithmetic_chat(rng, exclude, c.arithmetic_p_big) for _ in range(c.pretrain_chats)]
+    pre += [S.tool_chat(rng) if i % 2 else S.interpreter_chat(rng, exclude) for i in range(c.pretrain_tools)]
     long = list(docs_long)
     long += S.arithmetic_records(rng, c.long_arithmetic, c.arithmetic_p_big, exclude, c.arithmetic_p_sheet)
-    long += S.copy_records(rng, c.copy // 10, *c.copy_items)
+    long += S.copy_records(rng, c.copy // 10, *c.copy_items, p_list=c.copy_p_list)
     bar.update()
     chats = S.chat_records(rng, c.chats, exclude, facts, c.chat_weights)
     bar.update()
@@ -283,6 +288,7 @@ def stage_recipe(r: NanoRecipe, name: str, init: str | None) -> Recipe:
 # ---- the recipe ----------------------------------------------------------------------------------
 def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
     """Run every stage; write report.md / report.json; return the report dict."""
+    from puyu.eval import tool_use as T
     from puyu.model.checkpoint import load_model
     from puyu.model.tokenizer import load_tokenizer, train_tokenizer
     from puyu.train import evaluate as E
@@ -309,7 +315,7 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
     info = _finished(data, resume) or timed("corpus", lambda: _mark_done(data, build_corpus(r, data)))
     report["stages"]["corpus"] = info
     # tokenizer
-    if not (_finished(tok_dir, resume) and (tok_dir / "tokenizer.model").exists()):
+    if not (_finished(tok_dir, resume) is not None and (tok_dir / "tokenizer.model").exists()):
         timed("tokenizer", lambda: train_tokenizer([data / "tokenizer_text.txt"], tok_dir, vocab_size=r.vocab_size))
         _mark_done(tok_dir, {})
     tok = load_tokenizer(tok_dir)
@@ -363,7 +369,7 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
     def run_eval() -> dict:
         from tqdm import tqdm
 
-        bar = tqdm(total=5, desc="eval", disable=not r.progress, dynamic_ncols=True)
+        bar = tqdm(total=10, desc="eval", disable=not r.progress, dynamic_ncols=True)
         base = load_model(out / "longctx" / "hf", dtype="float32", device="cpu")
         res = {"base_arith_100": E.arithmetic_accuracy(base, tok, small)}
         bar.update()
@@ -375,6 +381,22 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
         res["chat_arith_100"] = E.chat_arithmetic_accuracy(chat, tok, small)
         bar.update()
         res["chat_samples"] = E.sample_chats(chat, tok)
+        bar.update()
+        # Tools (puyu.eval.tool_use): fresh cities/functions with held-out and with training phrasings,
+        # fresh a*b, and held-out a±b < 1000 through the agent and the sandboxed interpreter (against
+        # the same problems answered without it).
+        res["tool_call"] = T.tool_call_accuracy(chat, tok, r.eval.tool_n, seed=r.seed, held_out=True)
+        bar.update()
+        res["tool_call_train_phrasings"] = T.tool_call_accuracy(chat, tok, r.eval.tool_n, seed=r.seed, held_out=False)
+        bar.update()
+        res["interpreter_call"] = T.interpreter_call_accuracy(chat, tok, r.eval.tool_n, seed=r.seed)
+        bar.update()
+        probs = big[: r.eval.interpreter_arith_n]
+        res["chat_arith_1000"] = E.chat_arithmetic_accuracy(chat, tok, probs)
+        try:
+            res["interpreter_arith_1000"] = T.interpreter_arithmetic_accuracy(chat, tok, probs, seed=r.seed)
+        except Exception as e:  # no Jupyter kernel here: report it, keep the rest of the report
+            res["interpreter_arith_1000"] = {"error": f"{type(e).__name__}: {e}", "accuracy": 0.0, "n": len(probs)}
         bar.update()
         bar.close()
         from puyu.eval.suite import nano_suite  # needle heatmaps, arithmetic +- interpreter, tool arguments
@@ -414,6 +436,13 @@ def _targets(rep: dict) -> dict:
         "chat turns end with <|im_end|>": {"value": ev["chat_samples"]["ends_with_im_end"],
                                            "met": ev["chat_samples"]["ends_with_im_end"] == 1.0},
         "total <= 20 min": {"value": rep["timings_s"]["total"] / 60, "met": rep["timings_s"]["total"] <= 1200},
+        **({"tool call: right function and city (held-out phrasings) >= 90%": {
+                "value": ev["tool_call"]["accuracy"], "met": ev["tool_call"]["accuracy"] >= 0.90},
+            "interpreter call with exactly a and b for a*b >= 90%": {
+                "value": ev["interpreter_call"]["accuracy"], "met": ev["interpreter_call"]["accuracy"] >= 0.90},
+            "a±b < 1000 through the interpreter >= 95%": {
+                "value": ev["interpreter_arith_1000"]["accuracy"],
+                "met": ev["interpreter_arith_1000"]["accuracy"] >= 0.95}} if "tool_call" in ev else {}),
     }
 
 
@@ -443,6 +472,18 @@ def _write_report(out: Path, rep: dict) -> None:
         f"{ev['passkey']['n']} depths): {pct(ev['passkey']['accuracy'])}",
         f"- arithmetic < 100 through the chat template (chat model): {pct(ev['chat_arith_100']['accuracy'])}; "
         f"turns ending with <|im_end|>: {pct(ev['chat_arith_100']['ends_with_im_end'])}",
+        *([f"- tool calls (the demo's two tools, ten cities, fresh questions): right function with exactly the "
+           f"right city {pct(ev['tool_call']['accuracy'])} with held-out phrasings (right function "
+           f"{pct(ev['tool_call']['right_function'])}), {pct(ev['tool_call_train_phrasings']['accuracy'])} with "
+           f"the training phrasings ({ev['tool_call']['n']} each)",
+           f"- \"Use Python to compute a*b.\" (fresh a, b in [100, 10000)): interpreter call with exactly a and b "
+           f"{pct(ev['interpreter_call']['accuracy'])} ({ev['interpreter_call']['n']} questions)",
+           f"- a±b < 1000 ({ev['chat_arith_1000']['n']} held-out problems) through `puyu.Agent` and the sandboxed "
+           f"interpreter: {pct(ev['interpreter_arith_1000']['accuracy'])} right, interpreter called in "
+           f"{pct(ev['interpreter_arith_1000'].get('used_interpreter', 0.0))}; without the interpreter "
+           f"{pct(ev['chat_arith_1000']['accuracy'])}"
+           + (f" (interpreter error: {ev['interpreter_arith_1000']['error']})"
+              if "error" in ev['interpreter_arith_1000'] else "")] if "tool_call" in ev else []),
         *([f"- documentation cleaned by `puyu.data` (repair, exact and MinHash dedup): "
            f"{cl['documents_kept']} of {cl['documents_in']} chunks kept (report: {cl['report']})"]
           if (cl := rep.get("stages", {}).get("corpus", {}).get("cleaning")) else []),

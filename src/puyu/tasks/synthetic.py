@@ -119,20 +119,26 @@ def passkey_records(rng: random.Random, n: int, min_filler: int, max_filler: int
 
 
 # ---- copying -------------------------------------------------------------------------------------
-COPY_WORDS = ("red green blue apple river stone seven lamp cloud paper tiger music north silver "
-              "window garden bread candle forest orange").split()
 
 
-def copy_records(rng: random.Random, n: int, min_items: int, max_items: int) -> list[dict]:
+def copy_records(rng: random.Random, n: int, min_items: int, max_items: int, p_list: float = 0.0) -> list[dict]:
     """"Repeat after me" records: a random sequence of numbers and words, then the same sequence as the
     completion. The content is random, so it can only be predicted by copying from the context; this
-    grows the copying (induction) circuits that passkey retrieval and chat answers rely on."""
+    grows the copying (induction) circuits that passkey retrieval and chat answers rely on.
+
+    A fraction `p_list` asks for the items as a JSON list (`["Oslo", "red", "12"]`). There a word is
+    a different token than in the question (`" Oslo"` with its space, `"Oslo"` after a quote, with the
+    nano tokenizer), the same change a tool call's argument makes (`in Oslo?` -> `{"city": "Oslo"}`);
+    the words include the tool dialogues' city names."""
     out = []
     for _ in range(n):
         items = [str(rng.randrange(10 ** rng.randint(1, 5))) if rng.random() < 0.5 else rng.choice(COPY_WORDS)
                  for _ in range(rng.randint(min_items, max_items))]
         seq = " ".join(items)
-        out.append({"prompt": f"Repeat after me: {seq}\nRepeat:", "completion": " " + seq})
+        if rng.random() < p_list:
+            out.append({"prompt": f"Repeat after me as a list: {seq}\nList:", "completion": " " + json.dumps(items)})
+        else:
+            out.append({"prompt": f"Repeat after me: {seq}\nRepeat:", "completion": " " + seq})
     return out
 
 
@@ -187,23 +193,46 @@ TOOLS = [
 ]
 CITIES = ["Paris", "Shanghai", "Tokyo", "Lima", "Oslo", "Cairo", "Sydney", "Boston", "Delhi", "Rome"]
 CONDITIONS = ["sunny", "cloudy", "rainy", "windy", "snowy", "foggy"]
+COPY_WORDS = ("red green blue apple river stone seven lamp cloud paper tiger music north silver "
+              "window garden bread candle forest orange").split() + CITIES
+# Questions per tool: training phrasings, and held-out ones that only the evaluation asks.
+TOOL_QUESTIONS = {
+    "get_weather": (["What is the weather in {c}?", "How is the weather in {c} today?", "Weather in {c}?",
+                     "What's the weather like in {c}?", "Tell me the weather in {c}.",
+                     "Check the weather in {c}, please.", "Is it sunny in {c}?", "Weather report for {c}?"],
+                    ["How is the weather in {c} right now?", "Could you check the weather in {c}?",
+                     "What is the weather like today in {c}?"]),
+    "get_time": (["What time is it in {c}?", "Tell me the time in {c}.", "Local time in {c}?",
+                  "What is the time in {c} now?", "Time in {c}?", "What's the local time in {c}?",
+                  "Check the time in {c}, please.", "What is the current time in {c}?"],
+                 ["What time is it now in {c}?", "Could you tell me the local time in {c}?",
+                  "Current time in {c}, please?"]),
+}
+MULTIPLY_QUESTIONS = (["Use Python to compute {a}*{b}.", "Use Python to compute {a}*{b}.",
+                       "Compute {a}*{b} with Python.", "Run code to multiply {a} by {b}."],
+                      ["Use Python to compute {a}*{b}."])
+
+
+def tool_call_question(rng: random.Random, call: str, city: str, held_out: bool = False) -> str:
+    """A user question for tool `call` about `city`, from the training or the held-out phrasings."""
+    return rng.choice(TOOL_QUESTIONS[call][1 if held_out else 0]).format(c=city)
 
 
 def tool_chat(rng: random.Random) -> dict:
     """User asks; assistant calls a tool (plugin action); the environment answers; assistant replies."""
     city = rng.choice(CITIES)
-    if rng.random() < 0.5:
-        q = rng.choice(["What is the weather in {c}?", "How is the weather in {c} today?", "Weather in {c}?"])
-        call, temp, cond = "get_weather", rng.randint(-5, 35), rng.choice(CONDITIONS)
+    call = rng.choice(["get_weather", "get_time"])
+    q = tool_call_question(rng, call, city)
+    if call == "get_weather":
+        temp, cond = rng.randint(-5, 35), rng.choice(CONDITIONS)
         result = json.dumps({"city": city, "temperature_c": temp, "condition": cond})
         reply = f"It is {cond} in {city}, {temp} degrees Celsius."
     else:
-        q = rng.choice(["What time is it in {c}?", "Tell me the time in {c}.", "Local time in {c}?"])
-        call, hh, mm = "get_time", rng.randrange(24), rng.randrange(60)
+        hh, mm = rng.randrange(24), rng.randrange(60)
         result = json.dumps({"city": city, "time": f"{hh:02d}:{mm:02d}"})
         reply = f"It is {hh:02d}:{mm:02d} in {city}."
     msgs = [{"role": "system", "content": SYSTEM},
-            {"role": "user", "content": q.format(c=city)},
+            {"role": "user", "content": q},
             {"role": "assistant", "content": "",
              "tool_calls": [{"type": "function", "function": {"name": call, "arguments": {"city": city}}}]},
             {"role": "tool", "content": result},
@@ -211,24 +240,39 @@ def tool_chat(rng: random.Random) -> dict:
     return {"messages": msgs, "tools": TOOLS}
 
 
-def interpreter_chat(rng: random.Random) -> dict:
+def interpreter_arithmetic_code(p: Problem) -> str:
+    """The code the model should send for a+b / a-b when it has the interpreter."""
+    return f"print({p.a} {p.op} {p.b})"
+
+
+def interpreter_chat(rng: random.Random, exclude: frozenset | set = frozenset(), p_arith: float = 0.4) -> dict:
     """User asks for a computation; assistant writes Python (interpreter action); the environment
-    returns the printed output; assistant states the result."""
-    kind = rng.randrange(3)
-    if kind == 0:
-        a, b = rng.randrange(100, 10000), rng.randrange(100, 10000)
-        q, code, out = f"Use Python to compute {a}*{b}.", f"print({a} * {b})", str(a * b)
-        reply = f"{a}*{b} = {out}."
-    elif kind == 1:
-        n = rng.randrange(5, 40)
-        q, code, out = f"What is the sum of the integers from 1 to {n}? Use code.", f"print(sum(range(1, {n + 1})))", str(n * (n + 1) // 2)
-        reply = f"The sum is {out}."
+    returns the printed output; assistant states the result. A fraction `p_arith` are plain a+b / a-b
+    questions (a, b < 1000, the chat arithmetic phrasings, `exclude` skipped): with an interpreter the
+    model sends them to it and answers `The answer is <output>.`"""
+    if rng.random() < p_arith:
+        p = _training_problem(rng, 0.7, exclude)
+        q = rng.choice(ARITH_QUESTIONS).format(p=p.prompt, q=p.prompt[:-1])
+        # The reply states the printed output; "a+b=..." would invite computing it again (which a nano
+        # model does badly for a, b < 1000) instead of copying it.
+        code, out, reply = interpreter_arithmetic_code(p), p.answer, f"The answer is {p.answer}."
     else:
-        n = rng.randrange(3, 15)
-        q = f"Run code to find {n} factorial."
-        code = f"import math\nprint(math.factorial({n}))"
-        out = str(_factorial(n))
-        reply = f"{n}! = {out}."
+        kind = rng.randrange(3)
+        if kind == 0:
+            a, b = rng.randrange(100, 10000), rng.randrange(100, 10000)
+            q = rng.choice(MULTIPLY_QUESTIONS[0]).format(a=a, b=b)
+            code, out = f"print({a} * {b})", str(a * b)
+            reply = f"{a}*{b} = {out}."
+        elif kind == 1:
+            n = rng.randrange(5, 40)
+            q, code, out = f"What is the sum of the integers from 1 to {n}? Use code.", f"print(sum(range(1, {n + 1})))", str(n * (n + 1) // 2)
+            reply = f"The sum is {out}."
+        else:
+            n = rng.randrange(3, 15)
+            q = f"Run code to find {n} factorial."
+            code = f"import math\nprint(math.factorial({n}))"
+            out = str(_factorial(n))
+            reply = f"{n}! = {out}."
     msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q},
             {"role": "assistant", "content": "", "code": code},
             {"role": "environment", "name": "interpreter", "content": out},
@@ -257,7 +301,7 @@ def chat_records(rng: random.Random, n: int, exclude: set[Problem], doc_facts: l
         elif kind == "tool":
             out.append(tool_chat(rng))
         elif kind == "interpreter":
-            out.append(interpreter_chat(rng))
+            out.append(interpreter_chat(rng, exclude))
         else:
             out.append(greeting_chat(rng))
     return out
