@@ -88,14 +88,8 @@ def run_grpo(r: AlignRecipe, resume: bool = False, score_fn=None, stop_after: in
     from puyu.train import distributed as D
 
     r.validate()
-    info = D.setup(r.device, None)
-    ok = False
-    try:
-        res = _run_grpo(r, info, resume, score_fn, stop_after)
-        ok = True
-        return res
-    finally:
-        D.cleanup(info, ok)
+    with D.session(r.device) as info:
+        return _run_grpo(r, info, resume, score_fn, stop_after)
 
 
 def _run_grpo(r: AlignRecipe, info, resume: bool, score_fn, stop_after: int | None) -> dict:

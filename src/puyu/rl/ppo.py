@@ -264,14 +264,8 @@ def run_ppo(r: AlignRecipe, resume: bool = False, stop_after: int | None = None)
 
     r.validate()
     p = r.ppo
-    info = D.setup(r.device, None)
-    ok = False
-    try:
-        summary = _run_ppo(r, p, info, resume, stop_after)
-        ok = True
-        return summary
-    finally:
-        D.cleanup(info, ok)
+    with D.session(r.device) as info:
+        return _run_ppo(r, p, info, resume, stop_after)
 
 
 def _run_ppo(r: AlignRecipe, p: PPOSection, info, resume: bool, stop_after: int | None) -> dict:

@@ -17,7 +17,9 @@ DDP's gradient average equals the gradient of the global mean, whatever the spli
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +65,18 @@ def setup(device: str | None = None, backend: str | None = None) -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, device_id=dev if dev.type == "cuda" else None)
     return DistInfo(rank, world, local, dev, backend)
+
+
+@contextlib.contextmanager
+def session(device: str | None = None, backend: str | None = None) -> Iterator[DistInfo]:
+    """`setup`, then `cleanup` with ok=True when the body finished and ok=False when it raised."""
+    info = setup(device, backend)
+    ok = False
+    try:
+        yield info
+        ok = True
+    finally:
+        cleanup(info, ok)
 
 
 def cleanup(info: DistInfo, ok: bool = True) -> None:
