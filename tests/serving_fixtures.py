@@ -75,7 +75,9 @@ def training_examples(tok) -> list[tuple[list[int], list[int]]]:
             "name": "get_weather", "arguments": json.dumps(CALL_ARGS)}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": TOOL_RESULT}]
     cases = [(first, TOOLS, call), (second, TOOLS, ANSWER + IM_END),
-             ([{"role": "user", "content": GREETING}], None, GREETING_ANSWER + IM_END)]
+             ([{"role": "user", "content": GREETING}], None, GREETING_ANSWER + IM_END),
+             # with tools offered but none needed, no call (the evaluation's "no call" case)
+             ([{"role": "user", "content": GREETING}], TOOLS, GREETING_ANSWER + IM_END)]
     out = []
     for messages, tools, target in cases:
         req = ChatCompletionRequest.model_validate({"messages": messages, **({"tools": tools} if tools else {})})
