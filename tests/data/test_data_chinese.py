@@ -246,3 +246,69 @@ def test_language_of_mixed_documents():
     reasons = Language().process_batch([en_major, zh_major])
     assert reasons == [None, None]
     assert en_major.metadata["language"] == "en" and zh_major.metadata["language"] == "zh"
+
+
+C_ZH = """#include <stdio.h>
+
+/* 计算斐波那契数列的第 n 项，使用迭代避免递归的栈开销 */
+long fib(int n) {
+    long a = 0, b = 1;
+    for (int i = 0; i < n; i++) {
+        long t = a + b;  // 下一项等于前两项之和
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+int main(void) {
+    for (int i = 0; i < 20; i++) {
+        printf("第 %d 项：%ld\\n", i, fib(i));
+    }
+    return 0;
+}
+"""
+
+
+def _site_package_sources(n: int) -> list[str]:
+    """`n` real Python source files (1-40 KB) of packages installed beside puyu, in a fixed order."""
+    import importlib
+    import pathlib
+
+    files: list[pathlib.Path] = []
+    for pkg in ("ftfy", "charset_normalizer", "jieba", "datasketch", "langid", "zstandard", "yaml", "sklearn"):
+        try:
+            root = pathlib.Path(importlib.import_module(pkg).__file__).parent
+        except ImportError:
+            continue
+        files += sorted(p for p in root.rglob("*.py") if 1000 <= p.stat().st_size <= 40_000)
+    texts = []
+    for p in files:
+        try:
+            texts.append(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            continue
+    return texts[:n]
+
+
+def test_code_is_recognised_by_the_steps_before_language(tmp_path):
+    """Real source files (plain strings, no path) and a C function with Chinese comments survive the
+    default steps: `characters` and `punctuation` run before `language` and must not judge code as
+    prose (newlines per word, punctuation share); before the fix about half of such files were dropped
+    there."""
+    sources = _site_package_sources(60)
+    assert len(sources) >= 40
+    texts = sources + [C_ZH]
+    res = clean_documents(texts, str(tmp_path / "w"), shards=2)
+    kept = [d for d in res.documents()]
+    assert len(kept) == len(set(texts))  # nothing dropped (exact duplicates aside)
+    assert {d.metadata["language"] for d in kept} == {"code"}
+    # the step before language decides "code" by itself, from the cached analysis
+    d = doc(C_ZH)
+    assert profile(d) == "code" and Punctuation().process(d) is None
+    from puyu.data.rules import Characters
+
+    assert Characters().process(doc(sources[0])) is None
+    # prose stays prose: the rules still drop what they should
+    assert profile(doc(ML)) == "zh" and profile(doc(EN)) == "en"
+    assert Punctuation().process(doc("\n".join(["手机 批发 正品 包邮 特价"] * 15))) is not None

@@ -23,6 +23,10 @@ import numpy as np
 from puyu.data.base import Step
 from puyu.data.documents import Document
 
+# code recognition lives in segment.py (every step needs it, the ones before `language` too);
+# re-exported here, where it used to be
+from puyu.data.segment import CODE_SUFFIXES, code_share, is_code  # noqa: F401
+
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # runs of blanks after a non-blank character; leading indentation (code) is left alone
 _SPACES = re.compile(r"(?<=\S)[ \t\u00a0\u2000-\u200a\u3000]{2,}|(?<=\S)[\t\u00a0\u2000-\u200a\u3000]")
@@ -154,39 +158,6 @@ class Normalise(Step):
         return None
 
 
-_CODE_LINE = re.compile(
-    r"^\s*(?:def |class |import |from \S+ import |#include|return\b|if .*:$|for .*:$|while .*:$|elif |else:|"
-    r"try:|except\b|public |private |static |const |let |var |function\b|package |fn |#!|//|/\*|\*/|\}|@\w+)"
-    r"|[;{}]\s*$|^\s*\w[\w.\[\]]*\s*[+\-*/]?=\s*\S|^\s*\w+\(.*\)\s*$|^\s{4,}\S")
-CODE_SUFFIXES = (".py", ".c", ".h", ".cc", ".cpp", ".hpp", ".java", ".js", ".ts", ".go", ".rs", ".rb", ".php",
-                 ".sh", ".cs", ".kt", ".swift", ".scala", ".lua", ".sql", ".r", ".jl", ".m", ".pl")
-
-
-def code_share(text: str) -> float:
-    """Share of the characters (of non-empty lines) on lines that look like source code (statements,
-    definitions, braces, assignments, indented blocks, comments). By characters, not lines: a tutorial
-    whose prose paragraphs are long lines and whose code is many short ones is mostly prose."""
-    total = code = 0
-    for ln in text.split("\n"):
-        n = len(ln.strip())
-        total += n
-        if n and _CODE_LINE.search(ln):
-            code += n
-    return code / total if total else 0.0
-
-
-def is_code(doc: Document, min_share: float = 0.5) -> bool:
-    """A code file (its id, path or URL ends in a source-code suffix) or a document whose lines are
-    mostly code (`code_share` >= `min_share`)."""
-    for key in ("path", "url"):
-        v = doc.metadata.get(key)
-        if isinstance(v, str) and v.lower().endswith(CODE_SUFFIXES):
-            return True
-    if doc.id.lower().endswith(CODE_SUFFIXES):
-        return True
-    return code_share(doc.text) >= min_share
-
-
 class Language(Step):
     """Keep documents identified as one of `languages` with probability >= `min_score`; recognise code.
 
@@ -254,7 +225,7 @@ class Language(Step):
         out: list[str | None] = []
         for doc, row, share in zip(docs, probs, shares):
             doc.metadata["cjk_share"] = round(share, 4)
-            if self.keep_code and is_code(doc, self.min_code_share):
+            if self.keep_code and is_code(doc, self.min_code_share):  # cached: the rules asked already
                 doc.metadata["language"] = "code"
                 doc.metadata["language_score"] = 1.0
                 out.append(None)

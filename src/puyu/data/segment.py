@@ -249,6 +249,59 @@ def segmented(doc) -> Segmented:
     return seg
 
 
+# ---------------------------------------------------------------- code
+
+_CODE_LINE = re.compile(
+    r"^\s*(?:def |class |import |from \S+ import |#include|#define |#if|#endif|return\b|if .*:$|for .*:$|"
+    r"while .*:$|elif |else:|try:|except\b|with .*:$|async |await |raise |public |private |static |const |"
+    r"let |var |function\b|package |fn |#!|//|/\*|\*/|\}|@\w+)"
+    r"|[;{}]\s*$|^\s*\w[\w.\[\]]*\s*[+\-*/]?=\s*\S|^\s*\w+\(.*\)\s*$|^\s{4,}\S")
+_TRIPLE = re.compile(r'"""|\'\'\'')
+CODE_SUFFIXES = (".py", ".c", ".h", ".cc", ".cpp", ".hpp", ".java", ".js", ".ts", ".go", ".rs", ".rb", ".php",
+                 ".sh", ".cs", ".kt", ".swift", ".scala", ".lua", ".sql", ".r", ".jl", ".m", ".pl")
+MIN_CODE_SHARE = 0.5
+
+
+def code_share(text: str) -> float:
+    """Share of the characters (of non-empty lines) on lines that look like source code: statements,
+    definitions, braces, assignments, indented blocks, comments, the lines of a triple-quoted
+    string (a docstring or a string table: prose never holds \"\"\") and the lines inside brackets a
+    code line opened (a dict or list literal spread over lines). By characters, not lines: a
+    tutorial whose prose paragraphs are long lines and whose code is many short ones is mostly prose."""
+    total = code = 0
+    in_string = False
+    depth = 0  # brackets a code line left open: the lines up to the closing one are code (data tables)
+    for ln in text.split("\n"):
+        n = len(ln.strip())
+        total += n
+        quotes = len(_TRIPLE.findall(ln)) if '""' in ln or "''" in ln else 0
+        if n and (in_string or depth or quotes or _CODE_LINE.search(ln)):
+            code += n
+            if not in_string:
+                depth = max(0, depth + sum(map(ln.count, "([{")) - sum(map(ln.count, ")]}")))
+        if quotes % 2:
+            in_string = not in_string
+    return code / total if total else 0.0
+
+
+def is_code(doc, min_share: float = MIN_CODE_SHARE) -> bool:
+    """A code file (its id, metadata path or URL ends in a source-code suffix) or a document whose
+    lines are mostly code (`code_share` >= `min_share`). Every step asks this through
+    `thresholds.profile`, the ones before the language step included, so `code_share` is cached on
+    the document (`doc.cache`) until its text changes."""
+    for key in ("path", "url", "source"):
+        v = doc.metadata.get(key)
+        if isinstance(v, str) and v.lower().endswith(CODE_SUFFIXES):
+            return True
+    if doc.id.lower().endswith(CODE_SUFFIXES):
+        return True
+    cached = doc.cache.get("code_share")
+    if cached is None or (cached[0] is not doc.text and cached[0] != doc.text):
+        cached = (doc.text, code_share(doc.text))
+        doc.cache["code_share"] = cached
+    return cached[1] >= min_share
+
+
 _SK_TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token pattern
 
 
