@@ -312,3 +312,41 @@ def test_code_is_recognised_by_the_steps_before_language(tmp_path):
     # prose stays prose: the rules still drop what they should
     assert profile(doc(ML)) == "zh" and profile(doc(EN)) == "en"
     assert Punctuation().process(doc("\n".join(["手机 批发 正品 包邮 特价"] * 15))) is not None
+
+
+def test_text_files_and_jsonl_in_legacy_encodings_are_decoded(tmp_path):
+    """GBK, Big5, GB18030 and UTF-16 files are decoded (charset-normalizer, byte-order marks) with the
+    encoding recorded; only bytes no encoding decodes are rejected, naming the likely encoding."""
+    from puyu.data.documents import list_shards, read_jsonl, read_shard
+
+    trad = "臺北是臺灣最大的城市，也是政治、經濟與文化的中心。每到夜晚，夜市總是擠滿了前來品嚐小吃的遊客。"
+    files = {"gbk.txt": CITY.encode("gbk"), "big5.txt": trad.encode("big5"),
+             "gb18030.txt": (ML + "𠀀").encode("gb18030"), "utf16.txt": SPRING.encode("utf-16"),
+             "utf16le.txt": SPRING.encode("utf-16-le"), "utf8bom.txt": ML.encode("utf-8-sig"),
+             "utf8.txt": ML.encode("utf-8")}
+    damaged = bytearray(ML.encode("gbk"))
+    damaged[40], damaged[41] = 0xFF, 0x20
+    files["damaged.txt"] = bytes(damaged)
+    root = tmp_path / "in"
+    root.mkdir()
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    docs = {d.id: d for s in list_shards([str(root)]) for d in read_shard(s, root=str(root))}
+    want = {"gbk.txt": (CITY, "gb18030"), "big5.txt": (trad, "big5"), "gb18030.txt": (ML + "𠀀", "gb18030"),
+            "utf16.txt": (SPRING, "utf-16"), "utf16le.txt": (SPRING, "utf-16-le"),
+            "utf8bom.txt": (ML, "utf-8-sig"), "utf8.txt": (ML, None)}
+    for name, (text, enc) in want.items():
+        d = docs[name]
+        assert d.error is None and d.text == text and d.metadata.get("encoding") == enc, name
+    assert docs["damaged.txt"].error.startswith("undecodable bytes (likely gb18030: ")
+    # JSONL: a GBK file line by line, and a UTF-16 file with a byte-order mark
+    import json
+
+    recs = [{"id": "a", "text": CITY}, {"id": "b", "text": ML}]
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
+    (tmp_path / "gbk.jsonl").write_bytes(lines.encode("gbk"))
+    (tmp_path / "utf16.jsonl").write_bytes(lines.encode("utf-16"))
+    for name, enc in (("gbk.jsonl", "gb18030"), ("utf16.jsonl", "utf-16")):
+        got = list(read_jsonl(str(tmp_path / name)))
+        assert [(d.id, d.text, d.error, d.metadata) for d in got] == [
+            (r["id"], r["text"], None, {"encoding": enc}) for r in recs], name

@@ -368,7 +368,8 @@ def write_corpus(out_dir: str, n_docs: int = 2000, shards: int = 8, seed: int = 
         for i, d in enumerate(chunk):
             w.write(d.to_record())
             if broken_lines and i == len(chunk) // 2:
-                w.write_raw(b'{"id": "bad-utf8", "text": "caf\xe9 \xff\xfe"}')  # Latin-1 bytes: not UTF-8
+                # UTF-8 cut inside a character: no encoding decodes it (Latin-1 or GBK lines are decoded)
+                w.write_raw(b'{"id": "bad-utf8", "text": "caf\xc3\xa9 \xe4\xb8"}')
                 w.write_raw(b'{"id": "truncated", "text": "the line ends here')
                 reader_errors += 2
         w.close()
