@@ -238,9 +238,9 @@ def decode_bytes(data: bytes) -> tuple[str, str]:
 
 
 def _lines_utf16(path: str, enc: str) -> Iterator[tuple[int, str]]:
-    with io.TextIOWrapper(open_binary(path), encoding=enc, newline="") as f:
-        for lineno, line in enumerate(f, 1):
-            yield lineno, line
+    # invalid sequences become U+FFFD, and read_jsonl rejects those lines
+    with io.TextIOWrapper(open_binary(path), encoding=enc, errors="replace", newline="") as f:
+        yield from enumerate(f, 1)
 
 
 def _sniff_jsonl(path: str) -> str | None:
@@ -269,6 +269,9 @@ def read_jsonl(path: str, text_key: str = "text", id_key: str = "id") -> Iterato
         for lineno, line in _lines_utf16(path, wide):
             where = f"{name}:{lineno}"
             if not line.strip():
+                continue
+            if "\ufffd" in line:
+                yield Document(where, line, {}, error=f"undecodable bytes ({wide}: invalid sequence in the line)")
                 continue
             yield _parse_line(line, where, text_key, id_key, wide)
         return
