@@ -350,3 +350,28 @@ def test_text_files_and_jsonl_in_legacy_encodings_are_decoded(tmp_path):
         got = list(read_jsonl(str(tmp_path / name)))
         assert [(d.id, d.text, d.error, d.metadata) for d in got] == [
             (r["id"], r["text"], None, {"encoding": enc}) for r in recs], name
+
+
+def test_chinese_blocklist_matches_on_word_boundaries_in_both_scripts():
+    """A blocked term inside ordinary words (色情 in 角色情感 and 出色情节, 援交 in 救援交通, 百家乐 in
+    百家乐园) is not a hit; the terms themselves are, in Simplified, Traditional and Taiwan wording,
+    including contexts where the shared segmenter splits them (在代/开发票, 看成/人/影片)."""
+    import opencc
+
+    wb = WordBlocklist(file=["recipes/data/blocklists/words.txt", "recipes/data/blocklists/words_zh.txt"])
+    s2t = opencc.OpenCC("s2t")
+    clean = ["这部电影的角色情感很细腻，演员的表演十分出色情节也很紧凑。",
+             "暴雨过后，消防队开展救援交通一度中断，孩子们在百家乐园玩了一下午。",
+             "国家支援交流项目里有一家特色情调的小店，黄色网页设计很醒目。"]
+    for t in clean:
+        for text in (t, s2t.convert(t)):
+            assert wb.process(doc(text)) is None, text
+    blocked = {"点击这里看色情视频。": "色情", "我们发现有人在代开发票，请注意。": "代开发票",
+               "点击这里看成人影片。": "成人影片", "免费参与网络赌博。": "网络赌博", "免费成人视频专区": "成人视频",
+               "玩百家乐赢钱": "百家乐", "寻找援交少女": "援交", "提供私服外挂下载": "私服外挂"}
+    for t, term in blocked.items():
+        for text in (t, s2t.convert(t)):
+            assert wb.process(doc(text)) == f"word_blocklist: blocked words ({term})", text
+    # Taiwan phrasing of listed terms: 網路賭博 (网络赌博), 成人影片 (成人视频)
+    assert wb.process(doc("這裡提供網路賭博的連結。")) == "word_blocklist: blocked words (网路赌博)"
+    assert WordBlocklist(words=["成人视频"]).process(doc("線上觀看成人影片。")) is not None

@@ -88,6 +88,19 @@ def _t2s():
     return opencc.OpenCC("t2s")
 
 
+@lru_cache(maxsize=1)
+def _s2twp():
+    import opencc
+
+    return opencc.OpenCC("s2twp")
+
+
+def taiwan_phrasing(text: str) -> str:
+    """`text` in Traditional script with Taiwan phrasing (OpenCC s2twp: 网络 -> 網路, 视频 -> 影片)."""
+    _t2s()  # the same dependency check
+    return _s2twp().convert(text)
+
+
 def fold_script(text: str) -> str:
     """Traditional Chinese folded to Simplified (OpenCC t2s, phrase-aware); text without Han
     characters is returned as is (no conversion cost)."""
