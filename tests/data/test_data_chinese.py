@@ -375,3 +375,26 @@ def test_chinese_blocklist_matches_on_word_boundaries_in_both_scripts():
     # Taiwan phrasing of listed terms: 網路賭博 (网络赌博), 成人影片 (成人视频)
     assert wb.process(doc("這裡提供網路賭博的連結。")) == "word_blocklist: blocked words (网路赌博)"
     assert WordBlocklist(words=["成人视频"]).process(doc("線上觀看成人影片。")) is not None
+
+
+def test_mojibake_detector_repairs_mixed_text_and_leaves_accented_latin_alone():
+    """GBK mojibake with an ASCII '?' and mixed Chinese-English mojibake are repaired (both used to be
+    dropped); short accented Latin strings are neither 're-decoded' into Chinese nor dropped."""
+    n = Normalise()
+    mixed = ("最近在学习 machine learning，发现 PyTorch 和 TensorFlow 各有优缺点。What is the difference? "
+             "PyTorch 的动态图机制让调试变得非常方便，而 TensorFlow 在部署方面更加成熟。")
+    with_q = "你今天怎么这么晚才回来?公司临时开会,讨论下个月的新项目。" + CITY
+    en_major = "The exhibition 丝绸之路 opened on Friday. A poem by 王维 is shown beside a translation."
+    for text in (mixed, with_q, en_major):
+        for cp in ("latin-1", "cp1252"):
+            d = doc(text.encode("gbk").decode(cp))
+            assert n.process(d) is None and d.text == text, (text[:10], cp)
+    for latin in ("Ñoño año señor", "Ça été où? Déjà là.", "Größere Übungen für Schüler: Äpfel und Süßigkeiten.",
+                  "A informação sobre a situação da população e a educação não é pública."):
+        assert legacy_cjk_mojibake(latin) == (None, None), latin
+        d = doc(latin)
+        assert n.process(d) is None and d.text == latin
+    # bytes lost (undefined cp1252 bytes replaced by U+FFFD) or damaged: dropped with the reason
+    trad = "臺北是臺灣最大的城市，也是政治、經濟與文化的中心。"
+    lost = trad.encode("gbk").decode("cp1252", errors="replace")
+    assert n.process(doc(lost)).startswith("normalise: undecodable GBK/Big5 mojibake (bytes lost)")
