@@ -398,3 +398,25 @@ def test_mojibake_detector_repairs_mixed_text_and_leaves_accented_latin_alone():
     trad = "臺北是臺灣最大的城市，也是政治、經濟與文化的中心。"
     lost = trad.encode("gbk").decode("cp1252", errors="replace")
     assert n.process(doc(lost)).startswith("normalise: undecodable GBK/Big5 mojibake (bytes lost)")
+
+
+KUBE = ("使用 kubectl apply -f deployment.yaml 部署 nginx ingress controller，然后用 kubectl get pods -n ingress-nginx "
+        "查看 pod status。如果 pod 处于 CrashLoopBackOff 状态，先用 kubectl logs 和 kubectl describe pod 查看 events，"
+        "常见原因是 ConfigMap 或 Secret 没有 mount 成功。修改 values.yaml 里的 replicaCount、resources.limits.cpu 和 "
+        "resources.limits.memory，再执行 helm upgrade --install ingress-nginx ingress-nginx/ingress-nginx。最后用 curl "
+        "验证 service 是否正常，返回 200 OK 就说明 ingress 配置成功了。生产环境建议开启 HPA，并为 controller 设置 "
+        "PodDisruptionBudget，避免节点维护时 service 中断。")
+
+
+def test_cjk_share_counts_latin_words_not_letters():
+    """Chinese technical prose full of English commands is Chinese (by letters its CJK share was 0.17
+    and the English stop-word rule dropped it); English quoting a few Chinese names stays English."""
+    share = cjk_share(KUBE)
+    assert CJK_MAJORITY <= share < 0.7
+    assert cjk_share("数据清洗 kubectl") == 4 / 5  # four characters and one word
+    d = doc(KUBE)
+    assert profile(d) == "zh" and GopherQuality().process(d) is None
+    en = doc("The museum's new exhibition, titled 丝绸之路 (the Silk Road), opened on Friday. It brings together more "
+             "than two hundred objects. One of the highlights is a Tang dynasty poem by 王维, shown beside an English "
+             "translation, and the curator said the show will stay open until March.")
+    assert cjk_share(en.text) < 0.2 and profile(en) == "en"

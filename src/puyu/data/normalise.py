@@ -237,7 +237,7 @@ class Language(Step):
 
     The default is bilingual, `languages: [zh, en]`, as InternLM2's corpus is. Mixed Chinese-English
     documents: langid's answer between zh and en on them is unstable, so a document whose CJK share is
-    at least `segment.CJK_MAJORITY` (0.3) counts as zh when zh is allowed, with the score langid gives
+    at least `segment.CJK_MAJORITY` (0.5) counts as zh when zh is allowed, with the score langid gives
     zh + en together (the Chinese thresholds of the later steps apply to it either way); a document with
     less CJK text than that is identified on its text with the CJK runs removed.
 

@@ -50,7 +50,7 @@ class GopherQuality(Step):
     at most 30% of lines ending with an ellipsis, at least 80% of words containing a letter, and at
     least 2 of the stop words the, be, to, of, and, that, have, with.
 
-    Chinese documents (CJK share >= 0.3) use FineWeb-2's cmn_Hani numbers (thresholds.GOPHER_QUALITY:
+    Chinese documents (CJK share >= 0.5) use FineWeb-2's cmn_Hani numbers (thresholds.GOPHER_QUALITY:
     mean jieba-word length 1-5, 73.5% words with a letter, FineWeb-2's Chinese stop words), the
     letter share taken over tokens with a letter or digit (not punctuation marks: see process); other
     identified languages drop the stop-word rule; code documents pass. `zh` overrides Chinese numbers."""

@@ -2,7 +2,7 @@
 
 Profiles (which table a document gets, `profile(doc)`):
 
-  zh        documents whose CJK share (segment.cjk_share) is >= segment.CJK_MAJORITY (0.3), whatever
+  zh        documents whose CJK share (segment.cjk_share) is >= segment.CJK_MAJORITY (0.5), whatever
             the language identifier said: Chinese, Chinese with English terms, and (as the CJK
             fallback) Japanese/Korean, for which no table of our own exists;
   en        English, and documents the language step has not seen (no metadata["language"]), so a
