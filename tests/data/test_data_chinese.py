@@ -420,3 +420,25 @@ def test_cjk_share_counts_latin_words_not_letters():
              "than two hundred objects. One of the highlights is a Tang dynasty poem by 王维, shown beside an English "
              "translation, and the curator said the show will stay open until March.")
     assert cjk_share(en.text) < 0.2 and profile(en) == "en"
+
+
+def test_c4_counts_ascii_sentence_ends_in_chinese(tmp_path):
+    """Chinese typed with ASCII punctuation (no space after '.') has sentences too."""
+    ascii_zh = ML.replace("，", ",").replace("。", ".").replace("、", ",")
+    assert "。" not in ascii_zh and ascii_zh.count(".") == 4
+    c4 = C4Rules()
+    assert c4.process(doc(ascii_zh)) is None
+    assert c4.process(doc("版本3.10和3.11都可以,推荐3.12")).startswith("c4: too few sentences")  # decimals are not ends
+    res = clean_documents([ascii_zh], str(tmp_path / "w"))
+    assert [d.text for d in res.documents()] == [ascii_zh]
+
+
+def test_chinese_and_emoji_line_endings_count_as_punctuation():
+    """Lines ending in …… 》 】 ～ 」 』 or an emoji end in punctuation (a chat log, a reading list)."""
+    p = Punctuation()
+    endings = ["……", "》", "】", "～", "」", "』", "😀", "👍🏻", "❤️"]
+    for end in endings:
+        lines = "\n".join(f"第{i}行的内容写在这里{end}" for i in range(10))
+        assert p.process(doc(lines)) is None, end
+    assert p.process(doc("\n".join(f"第{i}行的内容写在这里" for i in range(10)))).startswith(
+        "punctuation: lines ending in punctuation")
