@@ -23,6 +23,7 @@ import gzip
 import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +150,19 @@ def open_binary(path: str, mode: str = "rb", name: str | None = None):
     return open(path, mode)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def repair_surrogates(text: str) -> str:
+    """`text` with UTF-16 surrogate pairs joined into their character and lone surrogates replaced by
+    U+FFFD (as puyu.model.tokenizer.repair_text does). A Python string can hold them (JSON "\\ud800"
+    escapes, `surrogateescape` decoding) but UTF-8 cannot, so no writer could write them out; the
+    replacement character then counts as an abnormal character in the `characters` step."""
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
 def _record_to_doc(rec: object, where: str, text_key: str, id_key: str) -> Document:
     if not isinstance(rec, dict):
         return Document(where, json.dumps(rec)[:2000], {}, error="record is not a JSON object")
@@ -161,7 +175,7 @@ def _record_to_doc(rec: object, where: str, text_key: str, id_key: str) -> Docum
     if not isinstance(meta, dict):
         # flat records: every other field becomes metadata
         meta = {k: v for k, v in rec.items() if k not in (text_key, id_key)}
-    return Document(doc_id, text, meta)
+    return Document(repair_surrogates(doc_id), repair_surrogates(text), meta)
 
 
 # byte-order marks, longest first (the UTF-32-LE mark starts with the UTF-16-LE one)
