@@ -127,7 +127,9 @@ def test_full_synthetic_recipe_reports_precision_and_recall(tmp_path, capsys, mo
                 ("word_blocklist", "drop"), ("safety_classifier", "drop"), ("quality", "drop"),
                 ("normalise", "modify")]:
         r = pr[key]
-        assert r["recall"] >= 0.9, (key, r)
+        # quality: 0.85, since its cross-fitted calibration trades a little recall (0.889 here) for
+        # precision (recipe at 1,000 documents: precision 0.570 -> 0.774, recall 0.942 -> 0.923; README)
+        assert r["recall"] >= (0.85 if key == ("quality", "drop") else 0.9), (key, r)
         if key != ("quality", "drop"):  # quality is scored per language below
             assert r["precision"] >= (0.75 if key == ("normalise", "modify") else 0.95), (key, r)
     # per language: the recipe's corpus is 30% Chinese and 4% mixed (synthetic.yaml)
