@@ -246,3 +246,209 @@ def test_language_of_mixed_documents():
     reasons = Language().process_batch([en_major, zh_major])
     assert reasons == [None, None]
     assert en_major.metadata["language"] == "en" and zh_major.metadata["language"] == "zh"
+
+
+C_ZH = """#include <stdio.h>
+
+/* 计算斐波那契数列的第 n 项，使用迭代避免递归的栈开销 */
+long fib(int n) {
+    long a = 0, b = 1;
+    for (int i = 0; i < n; i++) {
+        long t = a + b;  // 下一项等于前两项之和
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+int main(void) {
+    for (int i = 0; i < 20; i++) {
+        printf("第 %d 项：%ld\\n", i, fib(i));
+    }
+    return 0;
+}
+"""
+
+
+def _site_package_sources(n: int) -> list[str]:
+    """`n` real Python source files (1-40 KB) of packages installed beside puyu, in a fixed order."""
+    import importlib
+    import pathlib
+
+    files: list[pathlib.Path] = []
+    for pkg in ("ftfy", "charset_normalizer", "jieba", "datasketch", "langid", "zstandard", "yaml", "sklearn"):
+        try:
+            root = pathlib.Path(importlib.import_module(pkg).__file__).parent
+        except ImportError:
+            continue
+        files += sorted(p for p in root.rglob("*.py") if 1000 <= p.stat().st_size <= 40_000)
+    texts = []
+    for p in files:
+        try:
+            texts.append(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            continue
+    return texts[:n]
+
+
+def test_code_is_recognised_by_the_steps_before_language(tmp_path):
+    """Real source files (plain strings, no path) and a C function with Chinese comments survive the
+    default steps: `characters` and `punctuation` run before `language` and must not judge code as
+    prose (newlines per word, punctuation share); before the fix about half of such files were dropped
+    there."""
+    sources = _site_package_sources(60)
+    assert len(sources) >= 40
+    texts = sources + [C_ZH]
+    res = clean_documents(texts, str(tmp_path / "w"), shards=2)
+    kept = [d for d in res.documents()]
+    assert len(kept) == len(set(texts))  # nothing dropped (exact duplicates aside)
+    assert {d.metadata["language"] for d in kept} == {"code"}
+    # the step before language decides "code" by itself, from the cached analysis
+    d = doc(C_ZH)
+    assert profile(d) == "code" and Punctuation().process(d) is None
+    from puyu.data.rules import Characters
+
+    assert Characters().process(doc(sources[0])) is None
+    # prose stays prose: the rules still drop what they should
+    assert profile(doc(ML)) == "zh" and profile(doc(EN)) == "en"
+    assert Punctuation().process(doc("\n".join(["手机 批发 正品 包邮 特价"] * 15))) is not None
+
+
+def test_text_files_and_jsonl_in_legacy_encodings_are_decoded(tmp_path):
+    """GBK, Big5, GB18030 and UTF-16 files are decoded (charset-normalizer, byte-order marks) with the
+    encoding recorded; only bytes no encoding decodes are rejected, naming the likely encoding."""
+    from puyu.data.documents import list_shards, read_jsonl, read_shard
+
+    trad = "臺北是臺灣最大的城市，也是政治、經濟與文化的中心。每到夜晚，夜市總是擠滿了前來品嚐小吃的遊客。"
+    files = {"gbk.txt": CITY.encode("gbk"), "big5.txt": trad.encode("big5"),
+             "gb18030.txt": (ML + "𠀀").encode("gb18030"), "utf16.txt": SPRING.encode("utf-16"),
+             "utf16le.txt": SPRING.encode("utf-16-le"), "utf8bom.txt": ML.encode("utf-8-sig"),
+             "utf8.txt": ML.encode("utf-8")}
+    damaged = bytearray(ML.encode("gbk"))
+    damaged[40], damaged[41] = 0xFF, 0x20
+    files["damaged.txt"] = bytes(damaged)
+    root = tmp_path / "in"
+    root.mkdir()
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    docs = {d.id: d for s in list_shards([str(root)]) for d in read_shard(s, root=str(root))}
+    want = {"gbk.txt": (CITY, "gb18030"), "big5.txt": (trad, "big5"), "gb18030.txt": (ML + "𠀀", "gb18030"),
+            "utf16.txt": (SPRING, "utf-16"), "utf16le.txt": (SPRING, "utf-16-le"),
+            "utf8bom.txt": (ML, "utf-8-sig"), "utf8.txt": (ML, None)}
+    for name, (text, enc) in want.items():
+        d = docs[name]
+        assert d.error is None and d.text == text and d.metadata.get("encoding") == enc, name
+    assert docs["damaged.txt"].error.startswith("undecodable bytes (likely gb18030: ")
+    # JSONL: a GBK file line by line, and a UTF-16 file with a byte-order mark
+    import json
+
+    recs = [{"id": "a", "text": CITY}, {"id": "b", "text": ML}]
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
+    (tmp_path / "gbk.jsonl").write_bytes(lines.encode("gbk"))
+    (tmp_path / "utf16.jsonl").write_bytes(lines.encode("utf-16"))
+    for name, enc in (("gbk.jsonl", "gb18030"), ("utf16.jsonl", "utf-16")):
+        got = list(read_jsonl(str(tmp_path / name)))
+        assert [(d.id, d.text, d.error, d.metadata) for d in got] == [
+            (r["id"], r["text"], None, {"encoding": enc}) for r in recs], name
+
+
+def test_chinese_blocklist_matches_on_word_boundaries_in_both_scripts():
+    """A blocked term inside ordinary words (色情 in 角色情感 and 出色情节, 援交 in 救援交通, 百家乐 in
+    百家乐园) is not a hit; the terms themselves are, in Simplified, Traditional and Taiwan wording,
+    including contexts where the shared segmenter splits them (在代/开发票, 看成/人/影片)."""
+    import opencc
+
+    wb = WordBlocklist(file=["recipes/data/blocklists/words.txt", "recipes/data/blocklists/words_zh.txt"])
+    s2t = opencc.OpenCC("s2t")
+    clean = ["这部电影的角色情感很细腻，演员的表演十分出色情节也很紧凑。",
+             "暴雨过后，消防队开展救援交通一度中断，孩子们在百家乐园玩了一下午。",
+             "国家支援交流项目里有一家特色情调的小店，黄色网页设计很醒目。"]
+    for t in clean:
+        for text in (t, s2t.convert(t)):
+            assert wb.process(doc(text)) is None, text
+    blocked = {"点击这里看色情视频。": "色情", "我们发现有人在代开发票，请注意。": "代开发票",
+               "点击这里看成人影片。": "成人影片", "免费参与网络赌博。": "网络赌博", "免费成人视频专区": "成人视频",
+               "玩百家乐赢钱": "百家乐", "寻找援交少女": "援交", "提供私服外挂下载": "私服外挂"}
+    for t, term in blocked.items():
+        for text in (t, s2t.convert(t)):
+            assert wb.process(doc(text)) == f"word_blocklist: blocked words ({term})", text
+    # Taiwan phrasing of listed terms: 網路賭博 (网络赌博), 成人影片 (成人视频)
+    assert wb.process(doc("這裡提供網路賭博的連結。")) == "word_blocklist: blocked words (网路赌博)"
+    assert WordBlocklist(words=["成人视频"]).process(doc("線上觀看成人影片。")) is not None
+
+
+def test_mojibake_detector_repairs_mixed_text_and_leaves_accented_latin_alone():
+    """GBK mojibake with an ASCII '?' and mixed Chinese-English mojibake are repaired (both used to be
+    dropped); short accented Latin strings are neither 're-decoded' into Chinese nor dropped."""
+    n = Normalise()
+    mixed = ("最近在学习 machine learning，发现 PyTorch 和 TensorFlow 各有优缺点。What is the difference? "
+             "PyTorch 的动态图机制让调试变得非常方便，而 TensorFlow 在部署方面更加成熟。")
+    with_q = "你今天怎么这么晚才回来?公司临时开会,讨论下个月的新项目。" + CITY
+    en_major = "The exhibition 丝绸之路 opened on Friday. A poem by 王维 is shown beside a translation."
+    for text in (mixed, with_q, en_major):
+        for cp in ("latin-1", "cp1252"):
+            d = doc(text.encode("gbk").decode(cp))
+            assert n.process(d) is None and d.text == text, (text[:10], cp)
+    for latin in ("Ñoño año señor", "Ça été où? Déjà là.", "Größere Übungen für Schüler: Äpfel und Süßigkeiten.",
+                  "A informação sobre a situação da população e a educação não é pública."):
+        assert legacy_cjk_mojibake(latin) == (None, None), latin
+        d = doc(latin)
+        assert n.process(d) is None and d.text == latin
+    # bytes lost (undefined cp1252 bytes replaced by U+FFFD) or damaged: dropped with the reason
+    trad = "臺北是臺灣最大的城市，也是政治、經濟與文化的中心。"
+    lost = trad.encode("gbk").decode("cp1252", errors="replace")
+    assert n.process(doc(lost)).startswith("normalise: undecodable GBK/Big5 mojibake (bytes lost)")
+
+
+KUBE = ("使用 kubectl apply -f deployment.yaml 部署 nginx ingress controller，然后用 kubectl get pods -n ingress-nginx "
+        "查看 pod status。如果 pod 处于 CrashLoopBackOff 状态，先用 kubectl logs 和 kubectl describe pod 查看 events，"
+        "常见原因是 ConfigMap 或 Secret 没有 mount 成功。修改 values.yaml 里的 replicaCount、resources.limits.cpu 和 "
+        "resources.limits.memory，再执行 helm upgrade --install ingress-nginx ingress-nginx/ingress-nginx。最后用 curl "
+        "验证 service 是否正常，返回 200 OK 就说明 ingress 配置成功了。生产环境建议开启 HPA，并为 controller 设置 "
+        "PodDisruptionBudget，避免节点维护时 service 中断。")
+
+
+def test_cjk_share_counts_latin_words_not_letters():
+    """Chinese technical prose full of English commands is Chinese (by letters its CJK share was 0.17
+    and the English stop-word rule dropped it); English quoting a few Chinese names stays English."""
+    share = cjk_share(KUBE)
+    assert CJK_MAJORITY <= share < 0.7
+    assert cjk_share("数据清洗 kubectl") == 4 / 5  # four characters and one word
+    d = doc(KUBE)
+    assert profile(d) == "zh" and GopherQuality().process(d) is None
+    en = doc("The museum's new exhibition, titled 丝绸之路 (the Silk Road), opened on Friday. It brings together more "
+             "than two hundred objects. One of the highlights is a Tang dynasty poem by 王维, shown beside an English "
+             "translation, and the curator said the show will stay open until March.")
+    assert cjk_share(en.text) < 0.2 and profile(en) == "en"
+
+
+def test_c4_counts_ascii_sentence_ends_in_chinese(tmp_path):
+    """Chinese typed with ASCII punctuation (no space after '.') has sentences too."""
+    ascii_zh = ML.replace("，", ",").replace("。", ".").replace("、", ",")
+    assert "。" not in ascii_zh and ascii_zh.count(".") == 4
+    c4 = C4Rules()
+    assert c4.process(doc(ascii_zh)) is None
+    assert c4.process(doc("版本3.10和3.11都可以,推荐3.12")).startswith("c4: too few sentences")  # decimals are not ends
+    res = clean_documents([ascii_zh], str(tmp_path / "w"))
+    assert [d.text for d in res.documents()] == [ascii_zh]
+
+
+def test_chinese_and_emoji_line_endings_count_as_punctuation():
+    """Lines ending in …… 》 】 ～ 」 』 or an emoji end in punctuation (a chat log, a reading list)."""
+    p = Punctuation()
+    endings = ["……", "》", "】", "～", "」", "』", "😀", "👍🏻", "❤️"]
+    for end in endings:
+        lines = "\n".join(f"第{i}行的内容写在这里{end}" for i in range(10))
+        assert p.process(doc(lines)) is None, end
+    assert p.process(doc("\n".join(f"第{i}行的内容写在这里" for i in range(10)))).startswith(
+        "punctuation: lines ending in punctuation")
+
+
+def test_damaged_gbk_mojibake_is_dropped_not_passed_on():
+    """GBK with 2% of its bytes overwritten (the synthetic gbk_broken label) is dropped by normalise,
+    although after each bad byte the decoder loses the pair alignment for a few characters."""
+    from puyu.data.synthetic_zh import ZhTextGen
+
+    gen = ZhTextGen(random.Random(3))
+    broken = [gen.gbk_broken(gen.document(d)) for d in ("knowledge", "other", "math", "code") * 5]
+    assert all(Normalise().process(doc(t)).startswith("normalise: undecodable GBK/Big5 mojibake") for t in broken)

@@ -43,15 +43,18 @@ def test_jsonl_round_trip_all_compressions(tmp_path, suffix):
 
 def test_broken_lines_become_documents_with_errors(tmp_path):
     path = tmp_path / "bad.jsonl"
+    damaged_gbk = "新华社北京电，会议在人民大会堂开幕。".encode("gbk")[:-3] + b"\xff\x20"
     path.write_bytes(b'{"id": "ok", "text": "fine"}\n'
-                     b'{"id": "latin1", "text": "caf\xe9"}\n'
+                     b'{"id": "gbk", "text": "' + damaged_gbk + b'"}\n'
                      b'{"id": "cut", "text": "no end\n'
                      b'\n'
                      b'[1, 2]\n'
-                     b'{"id": "notext", "body": "x"}\n')
+                     b'{"id": "notext", "body": "x"}\n'
+                     b'{"id": "latin1", "text": "caf\xe9"}\n')
     docs = list(read_jsonl(str(path)))
-    assert [d.error is None for d in docs] == [True, False, False, False, False]
-    assert docs[1].error == "undecodable bytes (at offset 29)" and docs[1].id == "bad.jsonl:2"
+    assert [d.error is None for d in docs] == [True, False, False, False, False, True]
+    assert docs[1].error.startswith("undecodable bytes (likely gb18030: ") and docs[1].id == "bad.jsonl:2"
+    assert docs[5].text == "café" and docs[5].metadata == {"encoding": "cp1252"}  # decoded, and said so
     assert docs[2].error.startswith("malformed json (")
     assert docs[3].error == "record is not a JSON object"
     assert docs[4].error == "no string text field ('text')" and docs[4].id == "notext"
@@ -81,7 +84,7 @@ def test_text_folder_shards_and_undecodable_files(tmp_path):
     for i in range(5):
         (root / f"f{i}.txt").write_text(f"text number {i}")
     (root / "sub" / "g.md").write_text("nested")
-    (root / "broken.txt").write_bytes(b"abc \xff\xfe")
+    (root / "broken.txt").write_bytes("abc 中文".encode()[:-1])  # UTF-8 cut inside a character
     (root / ".hidden").write_text("skip me")
     (root / "_manifest.json").write_text("{}")
     shards = list_shards([str(root)], files_per_shard=3)
@@ -90,7 +93,7 @@ def test_text_folder_shards_and_undecodable_files(tmp_path):
     assert sorted(d.id for d in docs) == sorted(["broken.txt", "f0.txt", "f1.txt", "f2.txt", "f3.txt", "f4.txt",
                                                  "sub/g.md"])
     broken = next(d for d in docs if d.id == "broken.txt")
-    assert broken.error == "undecodable bytes (at offset 4)" and broken.text.startswith("abc")
+    assert broken.error.startswith("undecodable bytes (likely utf-8: ") and broken.text.startswith("abc")
     assert list_shards([str(root)], files_per_shard=3) == shards  # same order every time
 
 

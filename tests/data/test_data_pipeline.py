@@ -127,7 +127,9 @@ def test_full_synthetic_recipe_reports_precision_and_recall(tmp_path, capsys, mo
                 ("word_blocklist", "drop"), ("safety_classifier", "drop"), ("quality", "drop"),
                 ("normalise", "modify")]:
         r = pr[key]
-        assert r["recall"] >= 0.9, (key, r)
+        # quality: 0.85, since its cross-fitted calibration trades a little recall (0.889 here) for
+        # precision (recipe at 1,000 documents: precision 0.570 -> 0.774, recall 0.942 -> 0.923; README)
+        assert r["recall"] >= (0.85 if key == ("quality", "drop") else 0.9), (key, r)
         if key != ("quality", "drop"):  # quality is scored per language below
             assert r["precision"] >= (0.75 if key == ("normalise", "modify") else 0.95), (key, r)
     # per language: the recipe's corpus is 30% Chinese and 4% mixed (synthetic.yaml)
@@ -189,3 +191,49 @@ def test_dedup_steps_keep_documentation_and_drop_copies(tmp_path):
     near = page.replace("Return the value for key 7.", "Return a value for key 7.")
     kept = clean_texts([page, other, page, near], workdir=str(tmp_path / "d"), steps=DEDUP_STEPS, shards=2)
     assert kept == [page, other]  # aligned, symbol-heavy text survives; the copy and near-copy do not
+
+
+def test_lone_surrogates_are_repaired_at_input(tmp_path):
+    """A lone UTF-16 surrogate (valid in a Python str and in JSON escapes, not in UTF-8) becomes U+FFFD
+    instead of a TypeError from the writer."""
+    from puyu.data.pipeline import clean_documents
+
+    text = "The harbour town sits at the mouth of a wide river \ud800 and its life follows the tides."
+    res = clean_documents([text, "x\ud83d\ude00y"], str(tmp_path / "w"), steps=["normalise"])
+    assert [d.text for d in res.documents()] == [text.replace("\ud800", "\ufffd"), "x\U0001F600y"]
+    with pytest.raises(ConfigError, match="item 0 is a int"):
+        clean_texts([3], str(tmp_path / "w2"))
+
+
+def test_cli_synth_defaults_match_the_recipe():
+    from puyu.data import cli
+
+    recipe = yaml.safe_load(open(os.path.join(REPO, "recipes", "data", "synthetic.yaml")))["synthetic"]
+    import argparse
+
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    args = p.parse_args(["synth", "out"])
+    assert (args.zh_share, args.mixed_share) == (recipe["zh_share"], recipe["mixed_share"])
+
+
+def test_rerun_refuses_when_the_inputs_changed(tmp_path):
+    from puyu.errors import PuyuError
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    text = ("The harbour town sits at the mouth of a wide river, and for centuries its life has followed the "
+            "tides. Fishing boats leave before dawn and return in the afternoon.")
+    (folder / "a.txt").write_text(text)
+    recipe = parse_recipe({"workdir": str(tmp_path / "w"), "input": {"paths": [str(folder)]},
+                           "steps": ["normalise"], "report": False})
+    assert run_recipe(recipe, progress=False).documents_out == 1
+    assert run_recipe(recipe, progress=False).documents_out == 1  # unchanged inputs: resumes (nothing to do)
+    (folder / "a.txt").write_text(text + " The market fills with the smell of salt.")
+    with pytest.raises(PuyuError, match=r"input files changed .*1 changed, 0 new, 0 gone.*--fresh"):
+        run_recipe(recipe, progress=False)
+    (folder / "b.txt").write_text(text)
+    with pytest.raises(PuyuError, match=r"1 new"):
+        run_recipe(recipe, progress=False)
+    res = run_recipe(recipe, progress=False, fresh=True)
+    assert sorted(d.text for d in res.documents()) == sorted([text + " The market fills with the smell of salt.", text])

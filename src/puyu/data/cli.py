@@ -26,8 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--docs", type=int, default=2000)
     p.add_argument("--shards", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--zh-share", type=float, default=0.0, help="fraction of Chinese documents (default 0)")
-    p.add_argument("--mixed-share", type=float, default=0.0, help="fraction of mixed Chinese-English documents")
+    # the defaults are recipes/data/synthetic.yaml's, so `synth` and `run` of that recipe make one corpus
+    p.add_argument("--zh-share", type=float, default=0.3,
+                   help="fraction of Chinese documents (default 0.3, as recipes/data/synthetic.yaml)")
+    p.add_argument("--mixed-share", type=float, default=0.04,
+                   help="fraction of mixed Chinese-English documents (default 0.04, as the recipe)")
     p = sub.add_parser("report", help="(re)write the Markdown + PNG report of a run")
     p.add_argument("workdir")
     sub.add_parser("steps", help="list the available steps and their options")

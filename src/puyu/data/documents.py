@@ -5,19 +5,25 @@ files; outputs are sharded JSONL (plain/.gz/.zst) or Parquet. A *shard* is the u
 resumption: one input JSONL/Parquet file, or a fixed-size group of text files (sorted by path), so the
 shard list is the same on every run over the same inputs.
 
-Nothing disappears silently: a line that is not valid UTF-8, is not JSON, or has no text field comes
-out of a reader as a Document whose `error` is set, and the executor writes it to the rejects with step
+Encodings: text files and JSONL lines that are not UTF-8 are decoded by `decode_bytes` (byte-order
+marks for UTF-8/16/32, then charset-normalizer: GBK/GB18030, Big5, Shift-JIS, EUC-KR, UTF-16 without a
+BOM, Western code pages), and the encoding found is recorded in metadata["encoding"] (absent for
+UTF-8). Nothing disappears silently: bytes that no encoding decodes, a line that is not JSON, or a
+record without a text field come out of a reader as a Document whose `error` is set (for bytes: the
+likely encoding and where decoding failed), and the executor writes it to the rejects with step
 `reader`. Writers are atomic: they write `NAME.tmp.PID` and rename on `close()`, so a crash leaves no
 half-written file under a final name.
 """
 
 from __future__ import annotations
 
+import codecs
 import glob
 import gzip
 import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +150,19 @@ def open_binary(path: str, mode: str = "rb", name: str | None = None):
     return open(path, mode)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def repair_surrogates(text: str) -> str:
+    """`text` with UTF-16 surrogate pairs joined into their character and lone surrogates replaced by
+    U+FFFD (as puyu.model.tokenizer.repair_text does). A Python string can hold them (JSON "\\ud800"
+    escapes, `surrogateescape` decoding) but UTF-8 cannot, so no writer could write them out; the
+    replacement character then counts as an abnormal character in the `characters` step."""
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
 def _record_to_doc(rec: object, where: str, text_key: str, id_key: str) -> Document:
     if not isinstance(rec, dict):
         return Document(where, json.dumps(rec)[:2000], {}, error="record is not a JSON object")
@@ -156,15 +175,126 @@ def _record_to_doc(rec: object, where: str, text_key: str, id_key: str) -> Docum
     if not isinstance(meta, dict):
         # flat records: every other field becomes metadata
         meta = {k: v for k, v in rec.items() if k not in (text_key, id_key)}
-    return Document(doc_id, text, meta)
+    return Document(repair_surrogates(doc_id), repair_surrogates(text), meta)
+
+
+# byte-order marks, longest first (the UTF-32-LE mark starts with the UTF-16-LE one)
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+# Latin-script single-byte code pages. charset-normalizer cannot tell them apart on short text (it calls
+# "Ça été où? Déjà là." in Latin-1 cp1257, and "café" cp1250); when it answers one of these and the bytes
+# are valid cp1252 we take cp1252, the Windows superset of Latin-1 (what browsers use for "latin-1")
+_WESTERN = frozenset({"cp1250", "cp1252", "cp1254", "cp1257", "cp775", "cp850", "cp437", "cp858", "latin_1",
+                      "iso8859_2", "iso8859_3", "iso8859_4", "iso8859_9", "iso8859_10", "iso8859_13",
+                      "iso8859_14", "iso8859_15", "iso8859_16", "mac_latin2", "mac_roman", "mac_iceland",
+                      "mac_turkish", "hp_roman8"})
+# tried, for the message, when nothing decodes: the likely encoding is the one with the fewest bad bytes
+_LIKELY = ("utf_8", "gb18030", "big5", "shift_jis", "euc_kr", "utf_16")
+
+
+class Undecodable(ValueError):
+    """Bytes that no encoding decodes; the message names the likely encoding."""
+
+
+def decode_bytes(data: bytes) -> tuple[str, str]:
+    """(text, encoding) of `data`: a byte-order mark decides (UTF-8/16/32); else UTF-8; else
+    charset-normalizer's best match (GB18030 for GBK, Big5, cp932, UTF-16 without a BOM, ...; among
+    Latin-script code pages cp1252). Raises `Undecodable` naming the likely encoding (the one of
+    utf-8, gb18030, big5, shift_jis, euc_kr, utf-16 that leaves the fewest bad bytes) and where it
+    fails, when no encoding decodes the bytes cleanly (damaged or truncated text, binary data)."""
+    for bom, enc in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(enc), enc
+            except UnicodeDecodeError as e:
+                raise Undecodable(f"undecodable bytes ({enc} by its byte-order mark, invalid at offset "
+                                  f"{e.start})") from None
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError as e:
+        utf8_error = e.start
+    # damaged UTF-8 (a truncated file, a few bad bytes) is not another encoding: most of its non-ASCII
+    # characters are valid UTF-8 sequences (GBK, Big5 or Latin-1 text almost never forms one), and a
+    # multi-byte code page would turn all of it into other characters
+    replaced = data.decode("utf-8", errors="replace")
+    n_bad = replaced.count("\ufffd")
+    if sum(1 for c in replaced if c > "\x7f") - n_bad >= n_bad:  # GBK prose: 0.2-0.3 valid per invalid
+        raise Undecodable(f"undecodable bytes (likely utf-8: {n_bad} invalid sequence(s), the first at "
+                          f"offset {utf8_error})")
+    from charset_normalizer import from_bytes
+    from charset_normalizer.utils import is_multi_byte_encoding
+
+    best = from_bytes(data).best()
+    if best is not None:
+        enc = best.encoding
+        # a Western code page, or a guess on a few high bytes (charset-normalizer calls b"abc \xff\xfe"
+        # cp1006, Urdu): cp1252 when the bytes are valid in it
+        if enc in _WESTERN or (not is_multi_byte_encoding(enc) and sum(b >= 0x80 for b in data) < 16):
+            try:
+                return data.decode("cp1252"), "cp1252"
+            except UnicodeDecodeError:
+                pass
+        try:
+            return data.decode(enc), codecs.lookup(enc).name
+        except (UnicodeDecodeError, LookupError):
+            pass
+    # UTF-16 decodes almost any even-length bytes, so it is a candidate only for text with NUL bytes
+    cands = [e for e in _LIKELY if e != "utf_16" or data.count(b"\x00") * 8 > len(data)]
+    bad = {enc: data.decode(enc, errors="replace").count("\ufffd") for enc in cands}
+    likely = min(cands, key=bad.__getitem__)  # ties: the earlier one (UTF-8 first)
+    try:
+        data.decode(likely)
+        first = utf8_error
+    except UnicodeDecodeError as e:
+        first = e.start
+    raise Undecodable(f"undecodable bytes (likely {likely.replace('_', '-')}: {bad[likely]} invalid "
+                      f"sequence(s), the first at offset {first})")
+
+
+def _lines_utf16(path: str, enc: str) -> Iterator[tuple[int, str]]:
+    # invalid sequences become U+FFFD, and read_jsonl rejects those lines
+    with io.TextIOWrapper(open_binary(path), encoding=enc, errors="replace", newline="") as f:
+        yield from enumerate(f, 1)
+
+
+def _sniff_jsonl(path: str) -> str | None:
+    """A UTF-16/32 encoding for a JSONL file whose lines cannot be split at b"\\n" (a BOM, or "{" with a
+    NUL byte beside it), else None."""
+    with open_binary(path) as f:
+        head = f.read(4)
+    for bom, enc in _BOMS:
+        if head.startswith(bom) and enc != "utf-8-sig":
+            return enc
+    if head[:2] == b"{\x00":
+        return "utf-16-le"
+    if head[:2] == b"\x00{":
+        return "utf-16-be"
+    return None
 
 
 def read_jsonl(path: str, text_key: str = "text", id_key: str = "id") -> Iterator[Document]:
-    """Yield one Document per line. Blank lines are skipped; bad lines yield a Document with `error`."""
+    """Yield one Document per line. Blank lines are skipped; bad lines yield a Document with `error`.
+    Lines that are not UTF-8 are decoded by `decode_bytes` (the encoding found for one line is tried
+    first on the next) and their documents get metadata["encoding"]; a UTF-16/32 file (BOM, or NUL
+    bytes beside the first "{") is read as text in that encoding."""
     name = os.path.basename(path)
+    wide = _sniff_jsonl(path)
+    if wide is not None:
+        for lineno, line in _lines_utf16(path, wide):
+            where = f"{name}:{lineno}"
+            if not line.strip():
+                continue
+            if "\ufffd" in line:
+                yield Document(where, line, {}, error=f"undecodable bytes ({wide}: invalid sequence in the line)")
+                continue
+            yield _parse_line(line, where, text_key, id_key, wide)
+        return
+    file_enc: str | None = None
     with open_binary(path) as f:
         for lineno, raw in enumerate(f, 1):
             where = f"{name}:{lineno}"
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
             if not raw.strip():
                 continue
             try:
@@ -172,18 +302,35 @@ def read_jsonl(path: str, text_key: str = "text", id_key: str = "id") -> Iterato
                 continue
             except ValueError:
                 pass  # the slow path below says what is wrong with the line
+            enc = "utf-8"
             try:
                 line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield Document(where, raw.decode("utf-8", errors="replace"), {},
-                               error=f"undecodable bytes (at offset {e.start})")
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield Document(where, line, {}, error=f"malformed json ({e.msg})")
-                continue
-            yield _record_to_doc(rec, where, text_key, id_key)
+            except UnicodeDecodeError:
+                line = None
+                if file_enc is not None:
+                    try:
+                        line, enc = raw.decode(file_enc), file_enc
+                    except UnicodeDecodeError:
+                        line = None
+                if line is None:
+                    try:
+                        line, enc = decode_bytes(raw)
+                    except Undecodable as e:
+                        yield Document(where, raw.decode("utf-8", errors="replace"), {}, error=str(e))
+                        continue
+                    file_enc = enc
+            yield _parse_line(line, where, text_key, id_key, enc)
+
+
+def _parse_line(line: str, where: str, text_key: str, id_key: str, enc: str) -> Document:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        return Document(where, line, {}, error=f"malformed json ({e.msg})")
+    d = _record_to_doc(rec, where, text_key, id_key)
+    if enc not in ("utf-8", "utf-8-sig") and d.error is None:
+        d.metadata["encoding"] = enc
+    return d
 
 
 def read_parquet(path: str, text_key: str = "text", id_key: str = "id") -> Iterator[Document]:
@@ -207,15 +354,19 @@ def read_parquet(path: str, text_key: str = "text", id_key: str = "id") -> Itera
 
 
 def read_text_files(paths: tuple[str, ...], root: str | None = None) -> Iterator[Document]:
-    """One Document per file; the id is the path (relative to `root` when given)."""
+    """One Document per file; the id is the path (relative to `root` when given). Files that are not
+    UTF-8 are decoded by `decode_bytes` (metadata["encoding"] says how); files that no encoding decodes
+    become a Document with `error` naming the likely encoding."""
     for p in paths:
         doc_id = os.path.relpath(p, root) if root else p
         data = Path(p).read_bytes()
         try:
-            yield Document(doc_id, data.decode("utf-8"), {"source": doc_id})
-        except UnicodeDecodeError as e:
-            yield Document(doc_id, data.decode("utf-8", errors="replace"), {"source": doc_id},
-                           error=f"undecodable bytes (at offset {e.start})")
+            text, enc = decode_bytes(data)
+        except Undecodable as e:
+            yield Document(doc_id, data.decode("utf-8", errors="replace"), {"source": doc_id}, error=str(e))
+            continue
+        meta = {"source": doc_id} if enc == "utf-8" else {"source": doc_id, "encoding": enc}
+        yield Document(doc_id, text, meta)
 
 
 def read_shard(shard: Shard, text_key: str = "text", id_key: str = "id",

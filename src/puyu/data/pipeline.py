@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 
 from puyu.data.base import GlobalStep, Step
 from puyu.data.dedup import ExactDedup
-from puyu.data.documents import Document, JsonlWriter, list_shards, output_suffix, read_any
+from puyu.data.documents import Document, JsonlWriter, list_shards, output_suffix, read_any, repair_surrogates
 from puyu.data.enrich import Enrich
 from puyu.data.executor import Job, LocalExecutor, load_stats
 from puyu.data.minhash import MinHashDedup
@@ -224,6 +224,49 @@ def _clear(workdir: str, output_dir: str, synthetic: bool) -> None:
         os.remove(os.path.join(workdir, "run.json"))
 
 
+def _input_paths(recipe: Recipe) -> list[str] | None:
+    """The recipe's input paths (the generated folder for a synthetic recipe), or None when a synthetic
+    input has not been generated yet."""
+    paths = recipe.input.get("paths")
+    if not paths and recipe.synthetic is not None:
+        syn_dir = os.path.join(recipe.workdir, "input")
+        if not os.path.exists(os.path.join(syn_dir, "_manifest.json")):
+            return None
+        paths = [syn_dir]
+    return [paths] if isinstance(paths, str) else list(paths)
+
+
+def input_state(shards) -> dict[str, list[int]]:
+    """{input file: [size in bytes, mtime in ns]} of every file of `shards`: what run.json records so a
+    rerun can tell that the inputs changed since."""
+    out: dict[str, list[int]] = {}
+    for sh in shards:
+        for f in sh.files:
+            st = os.stat(f)
+            out[f] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _check_inputs(recipe: Recipe, recorded: dict | None) -> None:
+    """Refuse to resume a run whose input files changed (size, mtime, added, removed) since it was
+    recorded: its finished shards were computed from the old files and would be reused silently."""
+    if recorded is None:  # a run.json written before inputs were recorded
+        return
+    paths = _input_paths(recipe)
+    if paths is None:
+        return
+    now = input_state(list_shards(paths, int(recipe.input.get("files_per_shard", 256))))
+    if now == recorded:
+        return
+    changed = sorted(f for f in now.keys() & recorded.keys() if now[f] != recorded[f])
+    added = sorted(now.keys() - recorded.keys())
+    gone = sorted(recorded.keys() - now.keys())
+    example = (changed or added or gone)[0]
+    raise PuyuError(f"the input files changed since the run in {recipe.workdir} ({len(changed)} changed, "
+                    f"{len(added)} new, {len(gone)} gone; e.g. {example}): its results would be reused; "
+                    "rerun with --fresh to start over")
+
+
 def make_executor(recipe: Recipe, kind: str | None = None, workers: int | None = None):
     ex = recipe.executor
     kind = kind or ex.get("kind", "local")
@@ -239,7 +282,9 @@ def make_executor(recipe: Recipe, kind: str | None = None, workers: int | None =
 def run_recipe(recipe: Recipe | str, *, workers: int | None = None, executor: str | None = None,
                fresh: bool = False, progress: bool = True) -> RunResult:
     """Run a recipe (a Recipe or a YAML path). Resumes a previous interrupted run of the same recipe in
-    the same workdir; `fresh` starts over. Returns where the outputs and report are."""
+    the same workdir; `fresh` starts over. Refuses (PuyuError) to resume when the recipe or options
+    differ, or when the input files changed since (sizes, mtimes, files added or removed: run.json
+    records them). Returns where the outputs and report are."""
     if isinstance(recipe, str):
         recipe = load_recipe(recipe)
     output_dir = recipe.output.get("dir") or os.path.join(recipe.workdir, "output")
@@ -253,9 +298,10 @@ def run_recipe(recipe: Recipe | str, *, workers: int | None = None, executor: st
         if old.get("fingerprint") != fp:
             raise PuyuError(f"{recipe.workdir} holds a run of a different recipe or options; "
                             "rerun with --fresh to start over")
+        _check_inputs(recipe, old.get("inputs"))
     job = prepare_job(recipe, progress)
     manifest = os.path.join(recipe.workdir, "input", "_manifest.json") if recipe.synthetic is not None else None
-    info = {"fingerprint": fp, "recipe": asdict(recipe), "shards": len(job.shards),
+    info = {"fingerprint": fp, "recipe": asdict(recipe), "shards": len(job.shards), "inputs": input_state(job.shards),
             "output_dir": job.output_dir, "synthetic_manifest": manifest,
             "steps": [{"label": s.label, "name": s.name, "category": s.category,
                        "global": isinstance(s, GlobalStep),
@@ -311,6 +357,12 @@ def clean_documents(docs: Iterable[str | Document | dict], workdir: str, steps: 
             d = Document(f"doc{i:07d}", d)
         elif isinstance(d, dict):
             d = Document(str(d.get("id", f"doc{i:07d}")), d["text"], d.get("metadata", {}))
+        elif not isinstance(d, Document):
+            raise ConfigError(f"clean_documents: item {i} is a {type(d).__name__}, not a str, dict or Document")
+        if not isinstance(d.text, str):
+            raise ConfigError(f"clean_documents: item {i} has a {type(d.text).__name__} text, not a str")
+        # lone UTF-16 surrogates cannot be written as UTF-8: U+FFFD, as the readers do
+        d = Document(repair_surrogates(d.id), repair_surrogates(d.text), d.metadata)
         items.append(d)
     in_dir = os.path.join(workdir, "input")
     shutil.rmtree(in_dir, ignore_errors=True)

@@ -73,32 +73,104 @@ class WordBlocklist(Step):
     i.e. any hit drops, is C4's rule (Raffel et al. 2020, section 2.2, with the "List of Dirty, Naughty,
     Obscene or Otherwise Bad Words").
 
-    Words without CJK characters match as whole words, case-insensitive. Chinese entries match as
-    substrings (Chinese has no spaces to mark word edges), on the text and the list both folded to
-    Simplified script (OpenCC t2s), so one list catches 色情 and 色情 written in Traditional (and the
-    reverse). `file` may name several lists (e.g. the English and the Chinese one)."""
+    Words without CJK characters match as whole words, case-insensitive. Chinese entries match on jieba
+    word boundaries: an occurrence counts when it covers whole words (网络赌博) or lies inside one word
+    (色情 in 色情片), not when it straddles a word edge (色情 in 角色/情感 or 出色/情节, 援交 in
+    救援/交通, 百家乐 in 百家/乐园). The runs holding a candidate are segmented by a jieba tokenizer of
+    the step's own that has the list's terms as dictionary words (jieba's `suggest_freq(term, tune=True)`:
+    just frequent enough to be kept whole), because the shared one (segment.py) splits some terms in
+    context (在代/开发票, 看成/人/影片) while with the terms added it still cuts 角色/情感 and 救援/交通
+    the ordinary way. That tokenizer is built on the first candidate (~1 s); clean documents cost one
+    regex scan. Matching is on the text and the list folded to Simplified script (OpenCC t2s), so one
+    list catches both scripts; each entry is also expanded to its Taiwan phrasing (OpenCC s2twp, folded
+    back: 网络赌博 -> 网路赌博, 成人视频 -> 成人影片). Not caught: regional wording s2twp does not
+    know (Hong Kong and Cantonese usage), slang, homophones, and terms split by spaces or symbols, which
+    real blocklists list as entries of their own. `file` may name several lists (e.g. the English and
+    the Chinese one)."""
 
     name = "word_blocklist"
     category = "safety"
 
     def __init__(self, words: list[str] | None = None, file: str | list[str] | None = None, max_hits: int = 0):
-        from puyu.data.segment import cjk_count, fold_script
+        from puyu.data.segment import cjk_count, fold_script, taiwan_phrasing
 
         entries = set(load_list(words, file, "word_blocklist"))
         self.words = sorted(entries, key=len, reverse=True)
         latin = [w for w in self.words if not cjk_count(w)]
-        cjk = sorted({fold_script(w) for w in self.words if cjk_count(w)}, key=len, reverse=True)
+        cjk = {fold_script(w) for w in self.words if cjk_count(w)}
+        cjk |= {fold_script(taiwan_phrasing(w)) for w in cjk}
+        self.cjk_terms = frozenset(cjk)
+        self._cjk_lengths = sorted({len(w) for w in cjk}, reverse=True)
         self.max_hits = max_hits
         self._re = (re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, latin)) + r")(?!\w)", re.IGNORECASE)
                     if latin else None)
-        self._re_cjk = re.compile("|".join(map(re.escape, cjk))) if cjk else None
+        # candidate positions: every place one of the terms starts (a lookahead, so overlaps are seen)
+        self._re_cjk = (re.compile("(?=(?:" + "|".join(map(re.escape, sorted(cjk, key=len, reverse=True))) + "))")
+                        if cjk else None)
+        self._tk = None
+
+    def __getstate__(self):  # the tokenizer is rebuilt lazily in each worker
+        return {**self.__dict__, "_tk": None}
+
+    @property
+    def tokenizer(self):
+        """A jieba tokenizer that knows the list's Chinese terms (see the class docstring)."""
+        if self._tk is None:
+            from puyu.data.segment import _jieba
+
+            tk = _jieba().Tokenizer()
+            tk.initialize()
+            for w in sorted(self.cjk_terms):
+                tk.add_word(w, tk.suggest_freq(w, tune=True) * 5)
+            self._tk = tk
+        return self._tk
+
+    def cjk_hits(self, text: str) -> list[str]:
+        """Chinese terms in `text` (folded to Simplified) that sit on jieba word boundaries."""
+        from bisect import bisect_right
+
+        from puyu.data.segment import CJK_RUN, fold_script
+
+        folded = fold_script(text)
+        starts = [m.start() for m in self._re_cjk.finditer(folded)]
+        if not starts:
+            return []
+        runs = [(m.start(), m.end()) for m in CJK_RUN.finditer(folded)]
+        run_starts = [r[0] for r in runs]
+        spans_of: dict[int, list[tuple[int, int]]] = {}
+        hits: list[str] = []
+        taken = 0  # occurrences do not overlap one another
+        for pos in starts:
+            if pos < taken:
+                continue
+            k = bisect_right(run_starts, pos) - 1
+            r0, r1 = runs[k]
+            if k not in spans_of:
+                spans_of[k] = []
+                for w in self.tokenizer.lcut(folded[r0:r1], HMM=True):
+                    spans_of[k].append((r0, r0 + len(w)))
+                    r0 += len(w)
+                r0 = runs[k][0]
+            spans = spans_of[k]
+            edges = {a for a, _ in spans} | {r1}
+            for n in self._cjk_lengths:
+                end = pos + n
+                if end > r1 or folded[pos:end] not in self.cjk_terms:
+                    continue
+                whole = pos in edges and end in edges
+                inside = any(a <= pos and end <= b for a, b in spans)
+                if whole or inside:
+                    hits.append(folded[pos:end])
+                    taken = end
+                    break
+        return hits
 
     def process(self, doc: Document) -> str | None:
-        from puyu.data.segment import cjk_count, fold_script
+        from puyu.data.segment import cjk_count
 
         hits = self._re.findall(doc.text) if self._re is not None else []
         if self._re_cjk is not None and cjk_count(doc.text):
-            hits += self._re_cjk.findall(fold_script(doc.text))
+            hits += self.cjk_hits(doc.text)
         if len(hits) > self.max_hits:
             shown = ", ".join(sorted({h.lower() for h in hits})[:5])
             return f"word_blocklist: blocked words ({shown})"

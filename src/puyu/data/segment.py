@@ -25,11 +25,14 @@ it was computed from: steps that do not change the text reuse it, a step that ed
 fresh segmentation. jieba runs ~320K characters/s on one core; it is only called for Han runs, so pure
 English text pays nothing for it.
 
-Mixed documents are classed by their CJK share (CJK characters over letters and digits, see
-`cjk_share`): at or above `CJK_MAJORITY` (0.3) the document is "cjk" and gets the Chinese thresholds
-(`puyu.data.thresholds`), below it the English/space-separated ones. 0.3, not 0.5, because one CJK
-character carries about as much as a whole English word: a Chinese paragraph with English terms and
-code names in it has 0.5-0.9 CJK share, an English paragraph quoting a few Chinese names 0.01-0.1.
+Mixed documents are classed by their CJK share (`cjk_share`: CJK characters over *units*, a unit being
+one CJK character or one word of letters/digits outside the CJK runs): at or above `CJK_MAJORITY`
+(0.5) the document is "cjk" and gets the Chinese thresholds (`puyu.data.thresholds`), below it the
+English/space-separated ones. Words, not letters: counting each letter of "kubectl" as a unit gave
+a Chinese Kubernetes how-to full of commands a share of 0.17 and the English profile, whose stop-word
+rule then dropped it; by units it is 0.55. The clean mixed documents measured: Chinese with English
+terms 0.55-0.98, English quoting Chinese names or one Chinese sentence 0.06-0.33. 0.5 means Chinese
+carries roughly 40% or more of the content (a Chinese word is ~1.5 characters).
 """
 
 from __future__ import annotations
@@ -50,7 +53,6 @@ _CJK_RUN = re.compile(f"{CJK_CLASS}+")
 CJK_RUN = _CJK_RUN  # maximal runs of CJK characters
 _CJK_CHAR = re.compile(CJK_CLASS)
 _HAN_RUN = re.compile(f"[{_HAN}]+")
-_ALNUM = re.compile(r"[^\W_]")
 _UNIT_WORD = re.compile(r"[^\W_]+")
 _FINE_TOKEN = re.compile(r"\d+(?:[.,]\d+)*%?|[^\W\d_]+|\S")  # numbers, letter words, single other characters
 
@@ -61,7 +63,7 @@ CJK_PUNCT = "".join(chr(c) for a, b in _CJK_PUNCT_RANGES for c in range(a, b + 1
 PUNCT = (string.punctuation + "\u2010\u2011\u2012\u2013\u2014\u2015\u2018\u2019\u201c\u201d\u2026\u00ab\u00bb"
          "\u00bf\u00a1" + CJK_PUNCT)
 
-CJK_MAJORITY = 0.3  # share of CJK characters at and above which a document gets the CJK thresholds
+CJK_MAJORITY = 0.5  # CJK share (characters over units) at and above which a document gets the CJK thresholds
 
 
 class SegmenterError(PuyuError):
@@ -88,6 +90,19 @@ def _t2s():
     return opencc.OpenCC("t2s")
 
 
+@lru_cache(maxsize=1)
+def _s2twp():
+    import opencc
+
+    return opencc.OpenCC("s2twp")
+
+
+def taiwan_phrasing(text: str) -> str:
+    """`text` in Traditional script with Taiwan phrasing (OpenCC s2twp: 网络 -> 網路, 视频 -> 影片)."""
+    _t2s()  # the same dependency check
+    return _s2twp().convert(text)
+
+
 def fold_script(text: str) -> str:
     """Traditional Chinese folded to Simplified (OpenCC t2s, phrase-aware); text without Han
     characters is returned as is (no conversion cost)."""
@@ -102,12 +117,15 @@ def cjk_count(text: str) -> int:
 
 
 def cjk_share(text: str) -> float:
-    """CJK characters over all letters and digits (0 for text without either)."""
+    """CJK characters over units: CJK characters plus the words (runs of letters and digits) of the
+    text outside CJK runs, so "kubectl" is one unit, not seven (0 for text without CJK characters)."""
     if text.isascii():
         return 0.0
     cjk = cjk_count(text)
-    alnum = len(_ALNUM.findall(text))  # CJK characters are \w too, so they are counted here as well
-    return cjk / alnum if alnum else 0.0
+    if not cjk:
+        return 0.0
+    other = len(_UNIT_WORD.findall(_CJK_RUN.sub(" ", text)))
+    return cjk / (cjk + other)
 
 
 def runs(text: str) -> Iterator[tuple[bool, str]]:
@@ -192,7 +210,7 @@ class Segmented:
     tokens       raw tokens in order (`tokens()`): for ASCII text exactly `text.split()`;
     words        tokens with edge punctuation stripped, punctuation-only ones removed (`words()`);
     line_tokens  number of tokens on each line of `text.split("\\n")`;
-    cjk_share    CJK characters over letters and digits; `script` is "cjk" when it is >= CJK_MAJORITY
+    cjk_share    CJK characters over units (`cjk_share`); `script` is "cjk" when it is >= CJK_MAJORITY
                  (the Chinese thresholds apply), else "latin"."""
 
     text: str
@@ -247,6 +265,59 @@ def segmented(doc) -> Segmented:
         seg = segment(doc.text)
         doc.cache["segmented"] = seg
     return seg
+
+
+# ---------------------------------------------------------------- code
+
+_CODE_LINE = re.compile(
+    r"^\s*(?:def |class |import |from \S+ import |#include|#define |#if|#endif|return\b|if .*:$|for .*:$|"
+    r"while .*:$|elif |else:|try:|except\b|with .*:$|async |await |raise |public |private |static |const |"
+    r"let |var |function\b|package |fn |#!|//|/\*|\*/|\}|@\w+)"
+    r"|[;{}]\s*$|^\s*\w[\w.\[\]]*\s*[+\-*/]?=\s*\S|^\s*\w+\(.*\)\s*$|^\s{4,}\S")
+_TRIPLE = re.compile(r'"""|\'\'\'')
+CODE_SUFFIXES = (".py", ".c", ".h", ".cc", ".cpp", ".hpp", ".java", ".js", ".ts", ".go", ".rs", ".rb", ".php",
+                 ".sh", ".cs", ".kt", ".swift", ".scala", ".lua", ".sql", ".r", ".jl", ".m", ".pl")
+MIN_CODE_SHARE = 0.5
+
+
+def code_share(text: str) -> float:
+    """Share of the characters (of non-empty lines) on lines that look like source code: statements,
+    definitions, braces, assignments, indented blocks, comments, the lines of a triple-quoted
+    string (a docstring or a string table: prose never holds \"\"\") and the lines inside brackets a
+    code line opened (a dict or list literal spread over lines). By characters, not lines: a
+    tutorial whose prose paragraphs are long lines and whose code is many short ones is mostly prose."""
+    total = code = 0
+    in_string = False
+    depth = 0  # brackets a code line left open: the lines up to the closing one are code (data tables)
+    for ln in text.split("\n"):
+        n = len(ln.strip())
+        total += n
+        quotes = len(_TRIPLE.findall(ln)) if '""' in ln or "''" in ln else 0
+        if n and (in_string or depth or quotes or _CODE_LINE.search(ln)):
+            code += n
+            if not in_string:
+                depth = max(0, depth + sum(map(ln.count, "([{")) - sum(map(ln.count, ")]}")))
+        if quotes % 2:
+            in_string = not in_string
+    return code / total if total else 0.0
+
+
+def is_code(doc, min_share: float = MIN_CODE_SHARE) -> bool:
+    """A code file (its id, metadata path or URL ends in a source-code suffix) or a document whose
+    lines are mostly code (`code_share` >= `min_share`). Every step asks this through
+    `thresholds.profile`, the ones before the language step included, so `code_share` is cached on
+    the document (`doc.cache`) until its text changes."""
+    for key in ("path", "url", "source"):
+        v = doc.metadata.get(key)
+        if isinstance(v, str) and v.lower().endswith(CODE_SUFFIXES):
+            return True
+    if doc.id.lower().endswith(CODE_SUFFIXES):
+        return True
+    cached = doc.cache.get("code_share")
+    if cached is None or (cached[0] is not doc.text and cached[0] != doc.text):
+        cached = (doc.text, code_share(doc.text))
+        doc.cache["code_share"] = cached
+    return cached[1] >= min_share
 
 
 _SK_TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token pattern

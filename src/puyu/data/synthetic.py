@@ -33,7 +33,7 @@ short, repetitive, seo_spam, bad_words (Chinese blocklisted words, half written 
   gbk_mojibake       GBK bytes read as Latin-1: repairable                 -> normalise modifies, keep
   gbk_broken         GBK bytes with 0xFF overwrites, read as Latin-1       -> normalise drops
 Mixed part (`mixed_share`, label clean, lang "mixed"): Chinese prose with English terms (CJK share
-0.6-0.9) and English documents with one Chinese sentence (CJK share < 0.3): both must be kept.
+0.9-1.0 by units) and English documents with one Chinese sentence (CJK share 0.06-0.33 < 0.5): both must be kept.
 
 Derived documents (copies, near-copies, siblings) are placed after their source in corpus order, so
 "keep the first" dedup should keep the source. Each shard file also gets one line of invalid UTF-8
@@ -368,7 +368,8 @@ def write_corpus(out_dir: str, n_docs: int = 2000, shards: int = 8, seed: int = 
         for i, d in enumerate(chunk):
             w.write(d.to_record())
             if broken_lines and i == len(chunk) // 2:
-                w.write_raw(b'{"id": "bad-utf8", "text": "caf\xe9 \xff\xfe"}')  # Latin-1 bytes: not UTF-8
+                # UTF-8 cut inside a character: no encoding decodes it (Latin-1 or GBK lines are decoded)
+                w.write_raw(b'{"id": "bad-utf8", "text": "caf\xc3\xa9 \xe4\xb8"}')
                 w.write_raw(b'{"id": "truncated", "text": "the line ends here')
                 reader_errors += 2
         w.close()

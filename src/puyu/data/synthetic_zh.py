@@ -118,7 +118,7 @@ ZH_CODE_OUTRO = [
 ]
 ZH_TASKS = ["统计一段文字中每个词出现的次数", "按条件过滤一个列表", "逐行读取一个文件", "计算一组数据的累计和"]
 
-ZH_MIXED = [  # Chinese sentences with English terms and code names (CJK share well above 0.3)
+ZH_MIXED = [  # Chinese sentences with English terms and code names (CJK share well above 0.5)
     "[我们|团队]使用 {tool} 来处理{product}的[销售数据|库存记录]，[每天|每周]自动生成一份[报告|报表]。",
     "[在|用] {tool} 里[运行|执行]这个脚本[之前|以前]，[需要|要]先[安装|配置]好[依赖|环境变量]。",
     "[这次|本次]更新[修复|解决]了 {tool} [在|于]处理长文本时的[内存问题|性能问题]，速度提高了{small}倍。",

@@ -2,13 +2,16 @@
 
 Profiles (which table a document gets, `profile(doc)`):
 
-  zh        documents whose CJK share (segment.cjk_share) is >= segment.CJK_MAJORITY (0.3), whatever
+  zh        documents whose CJK share (segment.cjk_share) is >= segment.CJK_MAJORITY (0.5), whatever
             the language identifier said: Chinese, Chinese with English terms, and (as the CJK
             fallback) Japanese/Korean, for which no table of our own exists;
   en        English, and documents the language step has not seen (no metadata["language"]), so a
             pipeline without a language step behaves as the English one always did;
-  code      documents the language step recognised as code (metadata["language"] == "code"): the
-            prose rules do not apply to them and they pass the word rules untouched;
+  code      code files and documents that are mostly code (segment.is_code: a source-code suffix on the
+            id/path/URL, or code_share >= 0.5, cached on the document), whether or not a language
+            step has run yet, and whatever the language step labelled "code": the prose rules do not
+            apply to them and they pass the word rules untouched. The steps before `language`
+            (characters, punctuation) ask the same question, so code is never judged as prose there;
   default   the documented fallback for every other identified language (fr, de, ...): the English
             numbers (they are the Gopher/C4 papers' own, stated for web text in general) but no stop-word
             rule, since stop words are language-specific and ours are English and Chinese only.
@@ -24,7 +27,7 @@ density), the comment says what we chose and why.
 
 from __future__ import annotations
 
-from puyu.data.segment import segmented
+from puyu.data.segment import is_code, segmented
 
 # Gopher quality (rules.GopherQuality)
 GOPHER_QUALITY = {
@@ -86,7 +89,9 @@ def profile(doc) -> str:
     """'zh', 'en', 'code' or 'default' for `doc` (see the module docstring). Uses the cached
     segmentation, so calling it costs nothing after the first step that needs words."""
     lang = doc.metadata.get("language")
-    if lang == "code":
+    # before the language step (no label yet) code is recognised here, by the same cached test the
+    # language step uses; after it, its label stands (keep_code: false labels code as a language)
+    if lang == "code" or (lang is None and is_code(doc)):
         return "code"
     if segmented(doc).script == "cjk":
         return "zh"
