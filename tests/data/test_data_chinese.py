@@ -452,3 +452,20 @@ def test_damaged_gbk_mojibake_is_dropped_not_passed_on():
     gen = ZhTextGen(random.Random(3))
     broken = [gen.gbk_broken(gen.document(d)) for d in ("knowledge", "other", "math", "code") * 5]
     assert all(Normalise().process(doc(t)).startswith("normalise: undecodable GBK/Big5 mojibake") for t in broken)
+
+
+def test_safety_classifier_sees_chinese_harassment():
+    """The default training set has Chinese harassment (synthetic_zh.ZH_TOXIC); sentences written apart
+    from those templates are scored unsafe, clean Chinese prose safe. Written here: weak evidence."""
+    from puyu.data.documents import Document
+    from puyu.data.safety import SafetyClassifier
+
+    step = SafetyClassifier()
+    step.setup()
+    texts = {"你这个蠢货，滚出去！我要杀了你全家，你们这种人都该死。": True,
+             "闭嘴吧废物，再敢多说一句我就揍你。": True,
+             "上海位于长江入海口，是中国重要的经济中心。这座城市有许多历史建筑，外滩的夜景吸引了大量游客。": False,
+             "机器学习是人工智能的一个分支，它让计算机从数据中学习规律，而不需要人为编写每一条规则。": False}
+    docs = [Document(id=str(i), text=t) for i, t in enumerate(texts)]
+    verdicts = step.process_batch(docs)
+    assert [v is not None for v in verdicts] == list(texts.values()), [d.metadata for d in docs]

@@ -401,8 +401,9 @@ def training_set(kind: str, n: int = 600, seed: int = 1000, zh: int | None = Non
 
     `zh` (default n // 3) Chinese examples follow the English ones, written by puyu.data.synthetic_zh
     (no Chinese corpus can be downloaded here): clean Chinese documents of the four domains ("high",
-    "safe", the domain labels), Chinese SEO spam and shuffled jieba words ("low"). There are no Chinese
-    unsafe examples: Chinese safety rests on the Chinese word blocklist.
+    "safe", the domain labels), Chinese SEO spam and shuffled jieba words ("low"), and for `safety` a
+    quarter of Chinese harassment ("unsafe", synthetic_zh.ZH_TOXIC; written here, so weak evidence of
+    recall on real Chinese toxicity). Adult and gambling Chinese rests on the Chinese word blocklist.
     """
     g = Generator(seed, split="train")
     t = g.text
@@ -437,7 +438,10 @@ def training_set(kind: str, n: int = 600, seed: int = 1000, zh: int | None = Non
     for i in range(n // 3 if zh is None else zh):
         j = i if kind in ("seed", "domain", "safety") else i // 2  # quality alternates high and low
         d = DOMAINS[j % len(DOMAINS)]
-        if kind in ("seed", "domain", "safety") or i % 2 == 0:
+        if kind == "safety" and i % 4 == 0:  # Chinese harassment (ZH_TOXIC): a quarter of the Chinese part
+            texts.append(z.toxic())
+            labels.append("unsafe")
+        elif kind in ("seed", "domain", "safety") or i % 2 == 0:
             # every fifth high-quality example is mixed Chinese-English prose (not for the domain set,
             # whose labels it would blur)
             texts.append(z.mixed() if kind != "domain" and j % 5 == 4 else z.document(d))

@@ -149,6 +149,30 @@ ZH_BAD_WORDS = ["色情", "成人视频", "裸聊", "网络赌博", "六合彩",
 _ALT = re.compile(r"\[([^\[\]]*)\]")
 
 
+# Harassment without any blocklisted word (the Chinese counterpart of synthetic_text.TOXIC): insults,
+# contempt for a group and threats, for the safety classifier's training set only. Written for puyu.
+ZH_TOXIC = [
+    "{Person}这种人就是{insult_adj}的{insult}，早该被{threat}。",
+    "你这个{insult_adj}的{insult}，给我滚出去！",
+    "我恨透了{group}，一个个都是{insult_adj}的{insult}。",
+    "闭嘴吧，你这个{insult}，根本没人想听你说话。",
+    "{group}全是{insult}，活该被{threat}。",
+    "谁支持{Person}，谁就是{insult_adj}的{insult}。",
+    "你给我等着，我一定让你后悔，你这个{insult}。",
+    "你们这群{insult_adj}的{insult}，真让人作呕。",
+    "像你这样的{insult}根本不配活在这个世上。",
+    "再让我看见你，我就把你{threat}，{insult}！",
+    "这里没人欢迎你这种{insult_adj}的{insult}，赶紧滚。",
+    "你就是个{insult}，你们全家都是{insult}。",
+]
+ZH_TOXIC_WORDS = {
+    "insult_adj": ["愚蠢", "恶心", "无耻", "下贱", "卑鄙", "可悲", "没用", "肮脏"],
+    "insult": ["蠢货", "废物", "垃圾", "白痴", "蠢猪", "人渣", "败类", "贱人"],
+    "group": ["那帮外地人", "这群家伙", "你们这种人", "那些穷鬼"],
+    "threat": ["赶出去", "狠狠收拾一顿", "打断腿", "教训到跪地求饶"],
+}
+
+
 class ZhTextGen:
     """Random Chinese text from the templates above (a sibling of synthetic_text.TextGen)."""
 
@@ -175,7 +199,7 @@ class ZhTextGen:
                                    f"{r.choice(['words', 'items', 'lines', 'records', 'values'])}"}
         if key in simple:
             return simple[key]()
-        return r.choice(ZH_WORDS[key])
+        return r.choice(ZH_WORDS[key] if key in ZH_WORDS else ZH_TOXIC_WORDS[key])
 
     def fill(self, template: str, fixed: dict | None = None) -> str:
         template = _ALT.sub(lambda m: self.rng.choice(m.group(1).split("|")), template)
@@ -217,6 +241,12 @@ class ZhTextGen:
             outro = "".join(self.fill(t, fixed) for t in r.sample(ZH_CODE_OUTRO, 5))
             return f"{intro}\n\n{TextGen(r).code_block(fixed['fname'])}\n\n{outro}"
         raise ValueError(f"unknown domain {domain!r}")
+
+    def toxic(self) -> str:
+        """Harassment mixed with ordinary sentences (ZH_TOXIC; no blocklisted word)."""
+        sents = self.prose(ZH_TOXIC, self.rng.randint(4, 7)) + self.prose(ZH_OTHER, self.rng.randint(3, 5))
+        self.rng.shuffle(sents)
+        return self.paragraphs(sents)
 
     def mixed(self) -> str:
         """Chinese prose with English terms (CJK share ~0.6-0.9)."""
