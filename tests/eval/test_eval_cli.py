@@ -228,3 +228,22 @@ def test_repeats_report_pass_at_k_and_maj_at_k(random_model, tmp_path):
     assert t["repeats"] == 3 and {"pass@3", "maj@3"} <= set(t)
     assert json.loads((out / "arithmetic" / "run.json").read_text())["generation"]["temperature"] == 0.7
     assert t["pass@3"]["mean"] >= t["pass@1"]["mean"]
+
+
+def test_a_rerun_with_other_settings_refuses_to_mix_predictions(random_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["eval", "run", "arithmetic", "--model", str(random_model), "--option", "n=2", "--option",
+            "sizes=100", "--out", str(out), "--no-progress"]
+    assert main(base) == 0
+    before = (out / "arithmetic" / "predictions.jsonl").read_text()
+    capsys.readouterr()
+    for extra, what in [(["--temperature", "0.5"], "generation"), (["--option", "style=chat"], "options"),
+                        (["--seed", "3"], "seed"), (["--rope-scaling", "dynamic:2"], "backend.config")]:
+        assert main(base + extra) == 1, extra
+        err = capsys.readouterr().err
+        assert what in err and "--fresh" in err and "new --out" in err, (extra, err)
+        assert (out / "arithmetic" / "predictions.jsonl").read_text() == before  # nothing appended or relabelled
+    assert main(base) == 0  # the same run resumes (nothing to do)
+    assert main(base + ["--temperature", "0.5", "--fresh"]) == 0
+    run = json.loads((out / "arithmetic" / "run.json").read_text())
+    assert run["generation"]["temperature"] == 0.5 and len(_rows(out / "arithmetic" / "predictions.jsonl")) == 2

@@ -2,7 +2,7 @@
 
     puyu eval run TASK [TASK...] --model PATH_OR_PRESET | --api-base URL [--api-key K --model-name N]
                   [--interpreter] [--limit N] [--repeats K] [--seed S] [--out DIR] [--data PATH]
-                  [--option KEY=VALUE ...] [--rope-scaling dynamic:F] [--rescore]
+                  [--option KEY=VALUE ...] [--rope-scaling dynamic:F] [--rescore] [--fresh]
     puyu eval tasks
     puyu eval report DIR
 """
@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--concurrency", type=int, default=8, help="API requests in flight (default 8)")
     r.add_argument("--timeout", type=float, default=120.0, help="API request timeout in seconds")
     r.add_argument("--rescore", action="store_true", help="re-score existing predictions without generating")
+    r.add_argument("--fresh", action="store_true",
+                   help="delete the task folder's earlier predictions first (a rerun otherwise resumes them, "
+                        "and refuses when model, settings, options or prompt differ)")
     r.add_argument("--label", help="folder suffix TASK@LABEL, to keep variants side by side (e.g. dynamic-ntk)")
     r.add_argument("--no-progress", action="store_true")
     sub.add_parser("tasks", help="list tasks")
@@ -119,7 +122,7 @@ def _run(args) -> int:
                           interpreter=args.interpreter)
             d = run_task(task, backend, out, ctx, repeats=args.repeats, temperature=args.temperature,
                          max_new_tokens=args.max_new_tokens, rescore=args.rescore, progress=not args.no_progress,
-                         agent=agent, label=args.label)
+                         agent=agent, label=args.label, fresh=args.fresh)
             print(f"{task.name}: predictions in {d}/predictions.jsonl")
     finally:
         if backend is not None:
