@@ -247,3 +247,10 @@ def test_a_rerun_with_other_settings_refuses_to_mix_predictions(random_model, tm
     assert main(base + ["--temperature", "0.5", "--fresh"]) == 0
     run = json.loads((out / "arithmetic" / "run.json").read_text())
     assert run["generation"]["temperature"] == 0.5 and len(_rows(out / "arithmetic" / "predictions.jsonl")) == 2
+
+
+def test_unknown_option_names_the_valid_ones(capsys, tmp_path):
+    rc = main(["eval", "run", "gsm8k", "--model", "nano-tiny", "--option", "promt=fewshot", "--out", str(tmp_path),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--option promt: no such option (gsm8k: prompt)" in err

@@ -44,6 +44,7 @@ class Arithmetic(Task):
     name = "arithmetic"
     description = "a+b and a-b at operands < 100, < 1000, < 10^4 (the nano recipe's held-out problems)"
     generation = Generation(max_new_tokens=24, temperature=0.7)
+    options = ("n", "sizes", "style", "test_small", "test_big")
 
     def samples(self, ctx: Context) -> list[Sample]:
         o = ctx.options

@@ -38,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--data", help="dataset path (gsm8k, math, tools, perplexity)")
     r.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="task option, repeatable (e.g. prompt=fewshot, max_factor=8, haystack=DIR)")
+    r.add_argument("--haystack", metavar="DIR", help="needle haystack folder of .txt/.md files (= --option haystack=DIR)")
     r.add_argument("--rope-scaling", help="override RoPE scaling at inference: dynamic:F, linear:F or none")
     r.add_argument("--batch-size", type=int, default=64, help="local engine max batch size (default 64)")
     r.add_argument("--cache-tokens", type=int, help="local engine KV cache size in tokens (long needle prompts)")
@@ -54,13 +55,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     rep.add_argument("dir")
 
 
-def _options(items: list[str]) -> dict:
+def _options(items: list[str], args=None, tasks=()) -> dict:
+    """`--option KEY=VALUE` items (and `--haystack DIR`) -> dict; a key that none of `tasks` reads is an
+    error naming each task's options."""
     out = {}
     for it in items:
         key, eq, val = it.partition("=")
         if not eq or not key:
             raise EvalError(f"--option takes KEY=VALUE, got {it!r}")
         out[key] = val
+    if args is not None and getattr(args, "haystack", None):
+        if out.get("haystack", args.haystack) != args.haystack:
+            raise EvalError("--haystack and --option haystack= name different folders")
+        out["haystack"] = args.haystack
+    if tasks:
+        known = {k for t in tasks for k in t.options}
+        for key in out:
+            if key not in known:
+                valid = "; ".join(f"{t.name}: {', '.join(t.options) or 'none'}" for t in tasks)
+                raise EvalError(f"--option {key}: no such option ({valid})")
     return out
 
 
@@ -95,7 +108,7 @@ def _run(args) -> int:
     tasks = [get_task(n) for n in args.tasks]
     if args.repeats < 1:
         raise EvalError(f"--repeats must be at least 1, got {args.repeats}")
-    options = _options(args.option)
+    options = _options(args.option, args, tasks)
     out = Path(args.out)
     backend = None
     if not args.rescore:

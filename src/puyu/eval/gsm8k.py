@@ -42,6 +42,7 @@ class GSM8K(Task):
     name = "gsm8k"
     description = "grade-school math word problems (official JSONL via --data); strict and flexible extraction"
     generation = Generation(max_new_tokens=512, temperature=0.7)
+    options = ("prompt",)
 
     def samples(self, ctx: Context) -> list[Sample]:
         if not ctx.data:

@@ -43,6 +43,7 @@ def window_spans(n: int, window: int, stride: int) -> list[tuple[int, int, int]]
 class Perplexity(Task):
     name = "perplexity"
     description = "perplexity and bits per byte of a folder of text files (--data), sliding window"
+    options = ("window", "stride")
     generation = Generation(max_new_tokens=0, temperature=0.0)
     backends = ("local",)
     interpreter_ok = False

@@ -70,6 +70,7 @@ class Task:
     generation = Generation()
     backends = ("local", "api")
     interpreter_ok = True  # whether --interpreter applies (chat samples answered in text)
+    options: tuple[str, ...] = ()  # the `--option KEY=VALUE` keys this task reads
 
     def samples(self, ctx: Context) -> list[Sample]:
         raise NotImplementedError
