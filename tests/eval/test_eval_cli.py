@@ -176,9 +176,10 @@ def test_gsm8k_math_and_perplexity_through_the_local_engine(random_model, tmp_pa
     body = "the weather in paris is sunny today and the model can help you. " * 12
     (text / "a.txt").write_text(body)
     out = tmp_path / "run"
-    for task, data in [("gsm8k", g), ("math", m), ("perplexity", text)]:
+    for task, data, opts in [("gsm8k", g, []), ("math", m, []),
+                             ("perplexity", text, ["--option", "window=64", "--option", "stride=32"])]:
         assert main(["eval", "run", task, "--model", str(random_model), "--data", str(data), "--out", str(out),
-                     "--no-progress", "--max-new-tokens", "8", "--option", "window=64", "--option", "stride=32"]) == 0
+                     "--no-progress", "--max-new-tokens", "8", *opts]) == 0
     rep = json.loads((out / "report.json").read_text())
     by = {t["folder"]: t for t in rep["tasks"]}
     assert set(by["gsm8k"]["details"]) == {"strict", "flexible", "has_strict"}
@@ -196,6 +197,25 @@ def test_gsm8k_math_and_perplexity_through_the_local_engine(random_model, tmp_pa
     assert ppl["tokens"] == len(ids) - 1
     assert ppl["perplexity"] == pytest.approx(math.exp(nll / (len(ids) - 1)), rel=1e-4)
     assert ppl["bits_per_byte"] == pytest.approx(nll / math.log(2) / len(body.encode()), rel=1e-4)
+    # perplexity is not an accuracy: no pass@1/Wilson figure, no "failures", not a bar in accuracy.png
+    assert by["perplexity"]["pass@1"] is None and by["perplexity"]["failures"] == []
+    md = (out / "report.md").read_text()
+    row = next(x for x in md.splitlines() if x.startswith("| perplexity"))
+    assert "bits/byte" in row and "Failures" not in md.split("## perplexity")[1]
+
+
+def test_perplexity_refuses_non_utf8_files_and_api_backends(random_model, tmp_path, capsys):
+    text = tmp_path / "texts"
+    text.mkdir()
+    (text / "a.txt").write_bytes("caf\u00e9 ok. ".encode("latin-1") * 5)
+    rc = main(["eval", "run", "perplexity", "--model", str(random_model), "--data", str(text), "--out",
+               str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "a.txt" in err and "not UTF-8" in err
+    rc = main(["eval", "run", "perplexity", "--api-base", "http://127.0.0.1:9", "--data", str(text), "--out",
+               str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "perplexity runs on the local backend only" in err
 
 
 @pytest.mark.parametrize("n,w,s", [(2, 2, 1), (10, 4, 2), (100, 64, 32), (65, 64, 64), (7, 64, 32)])

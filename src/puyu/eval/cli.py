@@ -110,6 +110,11 @@ def _run(args) -> int:
         raise EvalError(f"--repeats must be at least 1, got {args.repeats}")
     options = _options(args.option, args, tasks)
     out = Path(args.out)
+    kind = "local" if args.model else "api" if args.api_base else None
+    for task in tasks:
+        if kind and not args.rescore and kind not in task.backends:
+            raise EvalError(f"{task.name} runs on the {' or '.join(task.backends)} backend only"
+                            + (" (give --model; an API endpoint returns no prompt logprobs)" if kind == "api" else ""))
     backend = None
     if not args.rescore:
         if args.model:
@@ -143,6 +148,11 @@ def _run(args) -> int:
     rep = R.build(out)
     for t in rep["tasks"]:
         a = t["pass@1"]
+        if a is None:
+            ppl = t.get("perplexity") or {}
+            print(f"{t['folder']:<24} perplexity {ppl.get('perplexity', float('nan')):.3f}, "
+                  f"{ppl.get('bits_per_byte', float('nan')):.4f} bits/byte (n={t['n_samples']})")
+            continue
         print(f"{t['folder']:<24} pass@1 {100 * a['mean']:.1f}% [{100 * a['ci95'][0]:.1f}, "
               f"{100 * a['ci95'][1]:.1f}] (n={a['n']})")
     print(f"report: {out}/report.md")
