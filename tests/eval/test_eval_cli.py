@@ -274,3 +274,37 @@ def test_unknown_option_names_the_valid_ones(capsys, tmp_path):
                "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 1 and "--option promt: no such option (gsm8k: prompt)" in err
+
+
+class _Deny(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(401)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *a):
+        pass
+
+
+def test_empty_data_bad_limit_and_a_failed_run_leaves_no_folder(tmp_path, capsys):
+    for name, body in [("empty.jsonl", ""), ("list.json", "[]")]:
+        (tmp_path / name).write_text(body)
+        rc = main(["eval", "run", "gsm8k", "--api-base", "http://127.0.0.1:9", "--model-name", "m", "--data",
+                   str(tmp_path / name), "--out", str(tmp_path / "o"), "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 1 and f"{name} has no samples" in err, err
+    for lim in ("0", "-2"):
+        rc = main(["eval", "run", "arithmetic", "--api-base", "http://127.0.0.1:9", "--model-name", "m",
+                   "--limit", lim, "--out", str(tmp_path / "o"), "--no-progress"])
+        assert rc == 1 and f"--limit must be at least 1, got {lim}" in capsys.readouterr().err
+    server = HTTPServer(("127.0.0.1", 0), _Deny)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        rc = main(["eval", "run", "arithmetic", "--api-base", f"http://127.0.0.1:{server.server_port}",
+                   "--model-name", "m", "--limit", "2", "--out", str(tmp_path / "o"), "--no-progress"])
+    finally:
+        server.shutdown()
+    assert rc == 1 and "authentication failed" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "arithmetic").exists()

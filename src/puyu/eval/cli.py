@@ -106,6 +106,8 @@ def _run(args) -> int:
     from puyu.eval.runner import run_task
 
     tasks = [get_task(n) for n in args.tasks]
+    if args.limit is not None and args.limit < 1:
+        raise EvalError(f"--limit must be at least 1, got {args.limit}")
     if args.repeats < 1:
         raise EvalError(f"--repeats must be at least 1, got {args.repeats}")
     options = _options(args.option, args, tasks)

@@ -71,6 +71,8 @@ def run_task(task: Task, backend, out: Path, ctx: Context, *, repeats: int = 1, 
     interpreter = bool(agent)
     if interpreter and not task.interpreter_ok:
         raise EvalError(f"--interpreter does not apply to {task.name}")
+    if ctx.limit is not None and ctx.limit < 1:
+        raise EvalError(f"--limit must be at least 1, got {ctx.limit}")
     d = task_dir(out, task, interpreter, label)
     pred_path = d / "predictions.jsonl"
     gen = generation_settings(task, repeats, temperature, ctx.seed, max_new_tokens)
@@ -78,9 +80,12 @@ def run_task(task: Task, backend, out: Path, ctx: Context, *, repeats: int = 1, 
     by_id = {s.id: s for s in samples}
     if len(by_id) != len(samples):
         raise EvalError(f"{task.name}: sample ids are not unique")
+    if not samples:
+        raise EvalError(f"{task.name}: no samples to run")
     if fresh and not rescore:
         for f in (pred_path, d / "run.json"):
             f.unlink(missing_ok=True)
+    created = not d.exists()
     d.mkdir(parents=True, exist_ok=True)
     rows = read_predictions(pred_path)
     if rescore:
@@ -99,7 +104,17 @@ def run_task(task: Task, backend, out: Path, ctx: Context, *, repeats: int = 1, 
             _check_same_run(d, run_info, rows, by_id, interpreter, bool(getattr(task, "loglik", False)))
         (d / "run.json").write_text(json.dumps(run_info, indent=2, ensure_ascii=False, default=str))
         if todo:
-            _generate(task, backend, todo, gen, pred_path, progress, agent, ctx)
+            try:
+                _generate(task, backend, todo, gen, pred_path, progress, agent, ctx)
+            except BaseException:
+                if created and not read_predictions(pred_path):  # nothing finished: leave no empty folder
+                    for f in (pred_path, d / "run.json"):
+                        f.unlink(missing_ok=True)
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        pass
+                raise
     return d
 
 

@@ -125,6 +125,8 @@ def read_records(path: str | Path, what: str) -> list[tuple[str, dict]]:
             if not isinstance(row, dict):
                 raise EvalError(f"{what}: {f}:{n}: a JSON object per line is expected")
             out.append((f"{f}:{n}", row))
+    if not out:
+        raise EvalError(f"{what}: {p} has no samples")
     return out
 
 
