@@ -77,11 +77,11 @@ class Arithmetic(Task):
     def score(self, prediction: str, record: dict) -> float:
         if "answer" not in record:
             raise EvalError("arithmetic: the sample has no answer")
-        got = last_number(prediction)
+        got = last_number(prediction or "")
         return float(got is not None and format_number(got) == str(int(record["answer"])))
 
     def extract(self, prediction: str, record: dict) -> str | None:
-        return format_number(last_number(prediction))
+        return format_number(last_number(prediction or ""))
 
 
 TASK = Arithmetic()

@@ -277,10 +277,10 @@ class Needle(Task):
         answers = record.get("answers") or [record.get("answer")]
         if not answers or any(not isinstance(a, str) or not a for a in answers):
             raise EvalError("needle: the sample has no answer string")
-        return sum(a in prediction for a in answers) / len(answers)
+        return sum(a in (prediction or "") for a in answers) / len(answers)
 
     def extract(self, prediction: str, record: dict) -> str | None:
-        return prediction.strip()[:40] or None
+        return (prediction or "").strip()[:40] or None
 
 
 TASK = Needle()

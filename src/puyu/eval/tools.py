@@ -88,7 +88,7 @@ def _expected(record: dict) -> list[dict]:
 def judge(prediction: str, record: dict) -> dict:
     """The per-sample verdict and its parts."""
     exp = _expected(record)
-    turn = parse_turn(prediction)
+    turn = parse_turn(prediction or "")
     action = turn.action
     called = action is not None
     out = {"called": called, "valid_json": None, "name": None, "args": None,
