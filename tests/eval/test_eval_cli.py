@@ -263,6 +263,11 @@ def test_a_rerun_with_other_settings_refuses_to_mix_predictions(random_model, tm
         err = capsys.readouterr().err
         assert what in err and "--fresh" in err and "new --out" in err, (extra, err)
         assert (out / "arithmetic" / "predictions.jsonl").read_text() == before  # nothing appended or relabelled
+    import shutil
+
+    other = shutil.copytree(random_model, tmp_path / "other-model")
+    assert main([*base[:3], "--model", str(other), *base[5:]]) == 1
+    assert "backend.model" in capsys.readouterr().err
     assert main(base) == 0  # the same run resumes (nothing to do)
     assert main(base + ["--temperature", "0.5", "--fresh"]) == 0
     run = json.loads((out / "arithmetic" / "run.json").read_text())
