@@ -142,6 +142,8 @@ class VerifyPool:
         return None
 
     def close(self) -> None:
+        if os.getpid() != self.pid:  # a forked child's copy (e.g. its inherited atexit hook): not ours to stop
+            return
         self._closed = True
         with self._lock:
             procs, self._all = self._all, []
