@@ -268,6 +268,15 @@ def test_a_rerun_with_other_settings_refuses_to_mix_predictions(random_model, tm
     other = shutil.copytree(random_model, tmp_path / "other-model")
     assert main([*base[:3], "--model", str(other), *base[5:]]) == 1
     assert "backend.model" in capsys.readouterr().err
+    import os
+
+    w = next(random_model.glob("*.safetensors"))  # the same path, retrained (newer weights)
+    st = w.stat()
+    os.utime(w, (st.st_atime, st.st_mtime + 100))
+    try:
+        assert main(base) == 1 and "backend.weights" in capsys.readouterr().err
+    finally:
+        os.utime(w, (st.st_atime, st.st_mtime))
     assert main(base) == 0  # the same run resumes (nothing to do)
     assert main(base + ["--temperature", "0.5", "--fresh"]) == 0
     run = json.loads((out / "arithmetic" / "run.json").read_text())

@@ -60,7 +60,7 @@ class LocalBackend:
         from puyu.model.chat_format import chat_template
 
         return {"backend": "local", "model": str(self.model_path), "config": self.config.to_hf_dict(), "chat_template": chat_template(),
-                "decode_path": self.engine.decode_path}
+                "decode_path": self.engine.decode_path, "weights": _weights_stamp(self.model_path)}
 
     def close(self) -> None:
         self.engine.close()
@@ -255,6 +255,18 @@ class APIBackend:
                 yield ACTION_END
 
         return policy
+
+
+def _weights_stamp(model: str) -> dict:
+    """{weight file: [bytes, mtime seconds]} of a checkpoint folder ({} for a preset), so a model retrained
+    at the same path is told apart from the one whose predictions a folder holds."""
+    from pathlib import Path
+
+    d = Path(model)
+    if not d.is_dir():
+        return {}
+    return {f.name: [f.stat().st_size, int(f.stat().st_mtime)] for f in sorted(d.iterdir())
+            if f.suffix in (".safetensors", ".bin", ".pt") and f.is_file()}
 
 
 def _retry_after(value: str | None) -> float | None:

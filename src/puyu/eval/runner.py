@@ -119,7 +119,7 @@ def run_task(task: Task, backend, out: Path, ctx: Context, *, repeats: int = 1, 
 
 
 _SAME = ("options", "data", "seed", "generation", "interpreter", "system_prompt")
-_SAME_BACKEND = ("backend", "model", "api_base", "config", "chat_template")
+_SAME_BACKEND = ("backend", "model", "api_base", "config", "chat_template", "weights")
 
 
 def _check_same_run(d: Path, new: dict, rows: list[dict], by_id: dict, interpreter: bool, loglik: bool) -> None:
