@@ -176,9 +176,10 @@ def test_gsm8k_math_and_perplexity_through_the_local_engine(random_model, tmp_pa
     body = "the weather in paris is sunny today and the model can help you. " * 12
     (text / "a.txt").write_text(body)
     out = tmp_path / "run"
-    for task, data in [("gsm8k", g), ("math", m), ("perplexity", text)]:
+    for task, data, opts in [("gsm8k", g, []), ("math", m, []),
+                             ("perplexity", text, ["--option", "window=64", "--option", "stride=32"])]:
         assert main(["eval", "run", task, "--model", str(random_model), "--data", str(data), "--out", str(out),
-                     "--no-progress", "--max-new-tokens", "8", "--option", "window=64", "--option", "stride=32"]) == 0
+                     "--no-progress", "--max-new-tokens", "8", *opts]) == 0
     rep = json.loads((out / "report.json").read_text())
     by = {t["folder"]: t for t in rep["tasks"]}
     assert set(by["gsm8k"]["details"]) == {"strict", "flexible", "has_strict"}
@@ -196,6 +197,25 @@ def test_gsm8k_math_and_perplexity_through_the_local_engine(random_model, tmp_pa
     assert ppl["tokens"] == len(ids) - 1
     assert ppl["perplexity"] == pytest.approx(math.exp(nll / (len(ids) - 1)), rel=1e-4)
     assert ppl["bits_per_byte"] == pytest.approx(nll / math.log(2) / len(body.encode()), rel=1e-4)
+    # perplexity is not an accuracy: no pass@1/Wilson figure, no "failures", not a bar in accuracy.png
+    assert by["perplexity"]["pass@1"] is None and by["perplexity"]["failures"] == []
+    md = (out / "report.md").read_text()
+    row = next(x for x in md.splitlines() if x.startswith("| perplexity"))
+    assert "bits/byte" in row and "Failures" not in md.split("## perplexity")[1]
+
+
+def test_perplexity_refuses_non_utf8_files_and_api_backends(random_model, tmp_path, capsys):
+    text = tmp_path / "texts"
+    text.mkdir()
+    (text / "a.txt").write_bytes("caf\u00e9 ok. ".encode("latin-1") * 5)
+    rc = main(["eval", "run", "perplexity", "--model", str(random_model), "--data", str(text), "--out",
+               str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "a.txt" in err and "not UTF-8" in err
+    rc = main(["eval", "run", "perplexity", "--api-base", "http://127.0.0.1:9", "--data", str(text), "--out",
+               str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "perplexity runs on the local backend only" in err
 
 
 @pytest.mark.parametrize("n,w,s", [(2, 2, 1), (10, 4, 2), (100, 64, 32), (65, 64, 64), (7, 64, 32)])
@@ -228,3 +248,77 @@ def test_repeats_report_pass_at_k_and_maj_at_k(random_model, tmp_path):
     assert t["repeats"] == 3 and {"pass@3", "maj@3"} <= set(t)
     assert json.loads((out / "arithmetic" / "run.json").read_text())["generation"]["temperature"] == 0.7
     assert t["pass@3"]["mean"] >= t["pass@1"]["mean"]
+
+
+def test_a_rerun_with_other_settings_refuses_to_mix_predictions(random_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["eval", "run", "arithmetic", "--model", str(random_model), "--option", "n=2", "--option",
+            "sizes=100", "--out", str(out), "--no-progress"]
+    assert main(base) == 0
+    before = (out / "arithmetic" / "predictions.jsonl").read_text()
+    capsys.readouterr()
+    for extra, what in [(["--temperature", "0.5"], "generation"), (["--option", "style=chat"], "options"),
+                        (["--seed", "3"], "seed"), (["--rope-scaling", "dynamic:2"], "backend.config")]:
+        assert main(base + extra) == 1, extra
+        err = capsys.readouterr().err
+        assert what in err and "--fresh" in err and "new --out" in err, (extra, err)
+        assert (out / "arithmetic" / "predictions.jsonl").read_text() == before  # nothing appended or relabelled
+    import shutil
+
+    other = shutil.copytree(random_model, tmp_path / "other-model")
+    assert main([*base[:3], "--model", str(other), *base[5:]]) == 1
+    assert "backend.model" in capsys.readouterr().err
+    import os
+
+    w = next(random_model.glob("*.safetensors"))  # the same path, retrained (newer weights)
+    st = w.stat()
+    os.utime(w, (st.st_atime, st.st_mtime + 100))
+    try:
+        assert main(base) == 1 and "backend.weights" in capsys.readouterr().err
+    finally:
+        os.utime(w, (st.st_atime, st.st_mtime))
+    assert main(base) == 0  # the same run resumes (nothing to do)
+    assert main(base + ["--temperature", "0.5", "--fresh"]) == 0
+    run = json.loads((out / "arithmetic" / "run.json").read_text())
+    assert run["generation"]["temperature"] == 0.5 and len(_rows(out / "arithmetic" / "predictions.jsonl")) == 2
+
+
+def test_unknown_option_names_the_valid_ones(capsys, tmp_path):
+    rc = main(["eval", "run", "gsm8k", "--model", "nano-tiny", "--option", "promt=fewshot", "--out", str(tmp_path),
+               "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--option promt: no such option (gsm8k: prompt)" in err
+
+
+class _Deny(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(401)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *a):
+        pass
+
+
+def test_empty_data_bad_limit_and_a_failed_run_leaves_no_folder(tmp_path, capsys):
+    for name, body in [("empty.jsonl", ""), ("list.json", "[]")]:
+        (tmp_path / name).write_text(body)
+        rc = main(["eval", "run", "gsm8k", "--api-base", "http://127.0.0.1:9", "--model-name", "m", "--data",
+                   str(tmp_path / name), "--out", str(tmp_path / "o"), "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 1 and f"{name} has no samples" in err, err
+    for lim in ("0", "-2"):
+        rc = main(["eval", "run", "arithmetic", "--api-base", "http://127.0.0.1:9", "--model-name", "m",
+                   "--limit", lim, "--out", str(tmp_path / "o"), "--no-progress"])
+        assert rc == 1 and f"--limit must be at least 1, got {lim}" in capsys.readouterr().err
+    server = HTTPServer(("127.0.0.1", 0), _Deny)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        rc = main(["eval", "run", "arithmetic", "--api-base", f"http://127.0.0.1:{server.server_port}",
+                   "--model-name", "m", "--limit", "2", "--out", str(tmp_path / "o"), "--no-progress"])
+    finally:
+        server.shutdown()
+    assert rc == 1 and "authentication failed" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "arithmetic").exists()

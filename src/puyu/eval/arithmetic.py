@@ -44,6 +44,7 @@ class Arithmetic(Task):
     name = "arithmetic"
     description = "a+b and a-b at operands < 100, < 1000, < 10^4 (the nano recipe's held-out problems)"
     generation = Generation(max_new_tokens=24, temperature=0.7)
+    options = ("n", "sizes", "style", "test_small", "test_big")
 
     def samples(self, ctx: Context) -> list[Sample]:
         o = ctx.options
@@ -76,11 +77,11 @@ class Arithmetic(Task):
     def score(self, prediction: str, record: dict) -> float:
         if "answer" not in record:
             raise EvalError("arithmetic: the sample has no answer")
-        got = last_number(prediction)
+        got = last_number(prediction or "")
         return float(got is not None and format_number(got) == str(int(record["answer"])))
 
     def extract(self, prediction: str, record: dict) -> str | None:
-        return format_number(last_number(prediction))
+        return format_number(last_number(prediction or ""))
 
 
 TASK = Arithmetic()

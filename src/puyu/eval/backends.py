@@ -60,7 +60,7 @@ class LocalBackend:
         from puyu.model.chat_format import chat_template
 
         return {"backend": "local", "model": str(self.model_path), "config": self.config.to_hf_dict(), "chat_template": chat_template(),
-                "decode_path": self.engine.decode_path}
+                "decode_path": self.engine.decode_path, "weights": _weights_stamp(self.model_path)}
 
     def close(self) -> None:
         self.engine.close()
@@ -69,8 +69,8 @@ class LocalBackend:
         from puyu.model.chat_format import encode_chat, render_chat
 
         tok = self.tokenizer
-        if s.prompt_ids is not None:
-            return s.prompt_ids, tok.decode(s.prompt_ids)
+        if s.prompt_ids is not None:  # recorded as the text an API backend is sent
+            return s.prompt_ids, s.prompt if s.prompt is not None else tok.decode(s.prompt_ids)
         if s.messages is not None:
             return encode_chat(tok, s.messages, s.tools), render_chat(s.messages, tools=s.tools)
         return [tok.bos_id] + tok.encode(s.prompt), s.prompt
@@ -82,7 +82,7 @@ class LocalBackend:
         handles = []
         for s, rep in items:
             ids, text = self._prompt(s)
-            stops = list(tok.stop_ids) if s.messages is not None else [tok.eos_id]
+            stops = list(tok.stop_ids)  # </s> and <|im_end|> for raw prompts too, as puyu serve and HF stop
             f = _params_fields(gen)
             f["max_new_tokens"] = s.max_new_tokens or f["max_new_tokens"]
             f["seed"] = None if f["seed"] is None else f["seed"] * 1000003 + rep
@@ -206,7 +206,9 @@ class APIBackend:
             output = msg.get("content") or ""
             for call in msg.get("tool_calls") or []:
                 output += _plugin_text(call)
-            prompt = json.dumps({"messages": s.messages, "tools": s.tools}, ensure_ascii=False)
+            from puyu.model.chat_format import render_chat
+
+            prompt = render_chat(s.messages, tools=s.tools)  # recorded as the local backend records it
         else:
             text = s.prompt if s.prompt is not None else self.tokenizer.decode(s.prompt_ids)
             body["prompt"] = text
@@ -253,6 +255,18 @@ class APIBackend:
                 yield ACTION_END
 
         return policy
+
+
+def _weights_stamp(model: str) -> dict:
+    """{weight file: [bytes, mtime seconds]} of a checkpoint folder ({} for a preset), so a model retrained
+    at the same path is told apart from the one whose predictions a folder holds."""
+    from pathlib import Path
+
+    d = Path(model)
+    if not d.is_dir():
+        return {}
+    return {f.name: [f.stat().st_size, int(f.stat().st_mtime)] for f in sorted(d.iterdir())
+            if f.suffix in (".safetensors", ".bin", ".pt") and f.is_file()}
 
 
 def _retry_after(value: str | None) -> float | None:

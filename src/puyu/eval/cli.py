@@ -2,7 +2,7 @@
 
     puyu eval run TASK [TASK...] --model PATH_OR_PRESET | --api-base URL [--api-key K --model-name N]
                   [--interpreter] [--limit N] [--repeats K] [--seed S] [--out DIR] [--data PATH]
-                  [--option KEY=VALUE ...] [--rope-scaling dynamic:F] [--rescore]
+                  [--option KEY=VALUE ...] [--rope-scaling dynamic:F] [--rescore] [--fresh]
     puyu eval tasks
     puyu eval report DIR
 """
@@ -38,12 +38,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--data", help="dataset path (gsm8k, math, tools, perplexity)")
     r.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="task option, repeatable (e.g. prompt=fewshot, max_factor=8, haystack=DIR)")
+    r.add_argument("--haystack", metavar="DIR", help="needle haystack folder of .txt/.md files (= --option haystack=DIR)")
     r.add_argument("--rope-scaling", help="override RoPE scaling at inference: dynamic:F, linear:F or none")
     r.add_argument("--batch-size", type=int, default=64, help="local engine max batch size (default 64)")
     r.add_argument("--cache-tokens", type=int, help="local engine KV cache size in tokens (long needle prompts)")
     r.add_argument("--concurrency", type=int, default=8, help="API requests in flight (default 8)")
     r.add_argument("--timeout", type=float, default=120.0, help="API request timeout in seconds")
     r.add_argument("--rescore", action="store_true", help="re-score existing predictions without generating")
+    r.add_argument("--fresh", action="store_true",
+                   help="delete the task folder's earlier predictions first (a rerun otherwise resumes them, "
+                        "and refuses when model, settings, options or prompt differ)")
     r.add_argument("--label", help="folder suffix TASK@LABEL, to keep variants side by side (e.g. dynamic-ntk)")
     r.add_argument("--no-progress", action="store_true")
     sub.add_parser("tasks", help="list tasks")
@@ -51,13 +55,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     rep.add_argument("dir")
 
 
-def _options(items: list[str]) -> dict:
+def _options(items: list[str], args=None, tasks=()) -> dict:
+    """`--option KEY=VALUE` items (and `--haystack DIR`) -> dict; a key that none of `tasks` reads is an
+    error naming each task's options."""
     out = {}
     for it in items:
         key, eq, val = it.partition("=")
         if not eq or not key:
             raise EvalError(f"--option takes KEY=VALUE, got {it!r}")
         out[key] = val
+    if args is not None and getattr(args, "haystack", None):
+        if out.get("haystack", args.haystack) != args.haystack:
+            raise EvalError("--haystack and --option haystack= name different folders")
+        out["haystack"] = args.haystack
+    if tasks:
+        known = {k for t in tasks for k in t.options}
+        for key in out:
+            if key not in known:
+                valid = "; ".join(f"{t.name}: {', '.join(t.options) or 'none'}" for t in tasks)
+                raise EvalError(f"--option {key}: no such option ({valid})")
     return out
 
 
@@ -90,10 +106,17 @@ def _run(args) -> int:
     from puyu.eval.runner import run_task
 
     tasks = [get_task(n) for n in args.tasks]
+    if args.limit is not None and args.limit < 1:
+        raise EvalError(f"--limit must be at least 1, got {args.limit}")
     if args.repeats < 1:
         raise EvalError(f"--repeats must be at least 1, got {args.repeats}")
-    options = _options(args.option)
+    options = _options(args.option, args, tasks)
     out = Path(args.out)
+    kind = "local" if args.model else "api" if args.api_base else None
+    for task in tasks:
+        if kind and not args.rescore and kind not in task.backends:
+            raise EvalError(f"{task.name} runs on the {' or '.join(task.backends)} backend only"
+                            + (" (give --model; an API endpoint returns no prompt logprobs)" if kind == "api" else ""))
     backend = None
     if not args.rescore:
         if args.model:
@@ -119,7 +142,7 @@ def _run(args) -> int:
                           interpreter=args.interpreter)
             d = run_task(task, backend, out, ctx, repeats=args.repeats, temperature=args.temperature,
                          max_new_tokens=args.max_new_tokens, rescore=args.rescore, progress=not args.no_progress,
-                         agent=agent, label=args.label)
+                         agent=agent, label=args.label, fresh=args.fresh)
             print(f"{task.name}: predictions in {d}/predictions.jsonl")
     finally:
         if backend is not None:
@@ -127,6 +150,11 @@ def _run(args) -> int:
     rep = R.build(out)
     for t in rep["tasks"]:
         a = t["pass@1"]
+        if a is None:
+            ppl = t.get("perplexity") or {}
+            print(f"{t['folder']:<24} perplexity {ppl.get('perplexity', float('nan')):.3f}, "
+                  f"{ppl.get('bits_per_byte', float('nan')):.4f} bits/byte (n={t['n_samples']})")
+            continue
         print(f"{t['folder']:<24} pass@1 {100 * a['mean']:.1f}% [{100 * a['ci95'][0]:.1f}, "
               f"{100 * a['ci95'][1]:.1f}] (n={a['n']})")
     print(f"report: {out}/report.md")

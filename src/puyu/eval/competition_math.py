@@ -43,21 +43,33 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-def extract_answer(prediction: str) -> str | None:
+def _drop_final_period(answer: str) -> str:
+    """"10." -> "10" (a sentence's period inside the box), but "1, 2, \\ldots" and "..." stay."""
+    a = answer.rstrip()
+    if a.endswith(".") and not a.endswith("..") and len(a) > 1:
+        return a[:-1].rstrip()
+    return a
+
+
+def extract_answer(prediction: str | None) -> str | None:
+    if prediction is None:
+        return None
     boxed = last_boxed(prediction)
     if boxed is not None:
-        return boxed
+        return _drop_final_period(boxed)
     found = list(_ANSWER_IS.finditer(prediction))
     return found[-1].group("a").strip().rstrip(".") if found else None
 
 
 def gold_answer(record: dict) -> str:
     if isinstance(record.get("answer"), str) and record["answer"].strip():
-        return record["answer"].strip()
-    gold = last_boxed(str(record.get("solution", "")))
+        return _drop_final_period(record["answer"].strip())
+    if "solution" not in record:
+        raise EvalError("math: the record has no 'solution' field (nor an 'answer'): nothing to score against")
+    gold = last_boxed(str(record["solution"]))
     if gold is None:
         raise EvalError("math: the reference solution has no \\boxed{} answer")
-    return gold
+    return _drop_final_period(gold)
 
 
 def equivalent(gold: str, pred: str) -> bool | None:
@@ -90,11 +102,12 @@ class CompetitionMath(Task):
     def extract(self, prediction: str, record: dict) -> str | None:
         return extract_answer(prediction)
 
-    def score(self, prediction: str, record: dict) -> float:
+    def score(self, prediction: str | None, record: dict) -> float:
+        gold = gold_answer(record)
         pred = extract_answer(prediction)
         if pred is None:
             return 0.0
-        return float(bool(equivalent(gold_answer(record), pred)))
+        return float(bool(equivalent(gold, pred)))
 
 
 TASK = CompetitionMath()

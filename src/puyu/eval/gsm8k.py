@@ -30,7 +30,9 @@ FEWSHOT = [
 
 def reference(record: dict):
     """The reference value: the number after `####` in `answer` (or a bare number)."""
-    ans = str(record.get("answer", ""))
+    if not isinstance(record, dict) or "answer" not in record:
+        raise EvalError("gsm8k: the record has no 'answer' field (the reference, '... #### N')")
+    ans = str(record["answer"])
     head = ans.rsplit("####", 1)[-1]
     v = parse_number(head)
     if v is None:
@@ -42,6 +44,7 @@ class GSM8K(Task):
     name = "gsm8k"
     description = "grade-school math word problems (official JSONL via --data); strict and flexible extraction"
     generation = Generation(max_new_tokens=512, temperature=0.7)
+    options = ("prompt",)
 
     def samples(self, ctx: Context) -> list[Sample]:
         if not ctx.data:
@@ -65,16 +68,18 @@ class GSM8K(Task):
 
     def details(self, prediction: str, record: dict) -> dict:
         ref = reference(record)
-        s, f = strict_answer(prediction), last_number(prediction)
+        s, f = strict_answer(prediction or ""), last_number(prediction or "")
         return {"strict": float(s is not None and s == ref), "flexible": float(f is not None and f == ref),
                 "has_strict": s is not None}
 
     def extract(self, prediction: str, record: dict) -> str | None:
-        s = strict_answer(prediction)
-        return format_number(s if s is not None else last_number(prediction))
+        s = strict_answer(prediction or "")
+        return format_number(s if s is not None else last_number(prediction or ""))
 
-    def score(self, prediction: str, record: dict) -> float:
+    def score(self, prediction: str | None, record: dict) -> float:
         ref = reference(record)
+        if prediction is None:  # a model that returned nothing
+            return 0.0
         s = strict_answer(prediction)
         got = s if s is not None else last_number(prediction)
         return float(got is not None and got == ref)

@@ -3,11 +3,13 @@ retrieval and multi-needle reasoning (after Kamradt's test, RULER's variants, an
 
 Placement (`place`): in a haystack of L tokens the needle starts at token index floor(L * depth / 100),
 moved back to just after the nearest preceding sentence end (or to 0 when there is none); depth 100
-appends it. Sentence ends are the tokens whose text ends with one of . 。 ！ ？ ! ? (`sentence_end_ids`).
+appends it. Sentence ends are found on the decoded text: the token boundaries whose decoded prefix
+ends with one of . 。 ！ ？ ! ? (`sentence_boundaries`; a tokenizer may spell `。` as three byte tokens,
+which no single-token test sees). A haystack without any sentence end is refused.
 Lengths are whole-prompt lengths in the evaluated model's own tokens: the haystack is cut so that
 header + haystack + needles + question is exactly the cell's length.
 
-Haystack: `--option haystack=DIR` (every .txt/.md file under it, concatenated in name order),
+Haystack: `--haystack DIR` (= `--option haystack=DIR`) (every .txt/.md file under it, concatenated in name order),
 `haystack=filler` (the nano recipe's passkey filler, `puyu.tasks.synthetic.FILLER`; the default with the
 passkey style) or `haystack=prose` (seeded generated sentences; the default with the chat style). No
 data download. Prompt styles (`--option
@@ -35,12 +37,16 @@ RULER_THRESHOLD = 0.856
 DEPTHS = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
 
 
-def place(haystack_ids: list[int], needle_ids: list[int], depth: float, sentence_end_ids) -> tuple[list[int], int]:
+def place(haystack_ids: list[int], needle_ids: list[int], depth: float, sentence_end_ids=(), *,
+          boundaries=None) -> tuple[list[int], int]:
     """Insert `needle_ids` into `haystack_ids` at `depth` percent -> (ids, start), where
     ids[start:start + len(needle_ids)] == needle_ids and len(ids) == len(haystack) + len(needle).
 
     start = floor(L * depth / 100) with L = len(haystack_ids), then moved back to just after the nearest
-    sentence-end token before it (0 if none); depth 100 appends at the end. Raises ValueError for a
+    sentence end before it (0 if none); depth 100 appends at the end. A sentence end is a token in
+    `sentence_end_ids`, or, when `boundaries` is given (token indices b whose decoded prefix
+    `ids[:b]` ends a sentence: `sentence_boundaries`), a boundary in that set; the latter also finds
+    ends spelled by several byte tokens (`。` as three byte-fallback tokens). Raises ValueError for a
     depth outside [0, 100]."""
     if not 0 <= depth <= 100:
         raise ValueError(f"depth must be in [0, 100] percent, got {depth}")
@@ -48,10 +54,14 @@ def place(haystack_ids: list[int], needle_ids: list[int], depth: float, sentence
     if depth == 100:
         start = n
     else:
-        ends = set(sentence_end_ids)
         start = math.floor(Fraction(n) * Fraction(depth) / 100)  # exact for float depths too
-        while start > 0 and haystack_ids[start - 1] not in ends:
-            start -= 1
+        if boundaries is not None:
+            while start > 0 and start not in boundaries:
+                start -= 1
+        else:
+            ends = set(sentence_end_ids)
+            while start > 0 and haystack_ids[start - 1] not in ends:
+                start -= 1
     return list(haystack_ids[:start]) + list(needle_ids) + list(haystack_ids[start:]), start
 
 
@@ -65,6 +75,44 @@ def sentence_end_ids(tokenizer) -> set[int]:
             continue
         if piece.rstrip().endswith(SENTENCE_ENDS):
             out.add(i)
+    return out
+
+
+_END_BYTES = tuple(e.encode("utf-8") for e in SENTENCE_ENDS)
+
+
+def _token_bytes(tokenizer) -> list[bytes]:
+    """Each token's bytes in a decoded text (`<0xE3>` byte-fallback pieces are that byte; `▁` a space)."""
+    cached = getattr(tokenizer, "_puyu_token_bytes", None)
+    if cached is not None:
+        return cached
+    out = []
+    for i in range(tokenizer.vocab_size):
+        piece = tokenizer.id_to_piece(i)
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            try:
+                out.append(bytes([int(piece[3:5], 16)]))
+                continue
+            except ValueError:
+                pass
+        out.append(piece.replace("\u2581", " ").encode("utf-8"))
+    try:
+        tokenizer._puyu_token_bytes = out
+    except AttributeError:
+        pass
+    return out
+
+
+def sentence_boundaries(tokenizer, ids: list[int]) -> set[int]:
+    """Token indices b (1 <= b <= len(ids)) where the decoded text of ids[:b] ends with one of
+    . 。 ！ ？ ! ? (trailing whitespace ignored). Works on bytes, so a `。` split into byte tokens counts
+    once its last byte is in."""
+    table = _token_bytes(tokenizer)
+    out, tail = set(), b""
+    for b, i in enumerate(ids, 1):
+        tail = (tail + table[i])[-16:]
+        if tail.rstrip(b" \t\r\n").endswith(_END_BYTES):
+            out.add(b)
     return out
 
 
@@ -88,7 +136,7 @@ def generated_haystack(seed: int, chars: int) -> str:
 def read_haystack(folder: str) -> str:
     p = Path(folder)
     if not p.is_dir():
-        raise EvalError(f"needle: --option haystack={folder}: not a folder")
+        raise EvalError(f"needle: --haystack {folder}: not a folder")
     files = sorted(f for f in p.rglob("*") if f.suffix in (".txt", ".md") and f.is_file())
     if not files:
         raise EvalError(f"needle: no .txt or .md files under {p}")
@@ -146,6 +194,8 @@ class Needle(Task):
                    "(needs the model's tokenizer); heatmap and effective length")
     generation = Generation(max_new_tokens=16, temperature=0.7)
     interpreter_ok = False
+    options = ("kind", "style", "k", "trained_length", "lengths", "min_factor", "max_factor", "points", "depths",
+               "per_cell", "haystack")
 
     def samples(self, ctx: Context) -> list[Sample]:
         tok = ctx.tokenizer
@@ -175,7 +225,9 @@ class Needle(Task):
         else:
             text = read_haystack(hay_opt)
         hay = tok.encode(text)
-        ends = sentence_end_ids(tok)
+        if not sentence_boundaries(tok, hay):
+            raise EvalError(f"needle: the haystack ({hay_opt}) has no sentence end (. 。 ！ ？ ! ?), so every "
+                            "needle would sit at depth 0; give a haystack of sentences")
         rng = random.Random(f"puyu-needle-{ctx.seed}-{kind}")
         if style == "passkey":
             head, tail = [tok.bos_id] + tok.encode(PASSKEY_INTRO), None
@@ -209,7 +261,7 @@ class Needle(Task):
                     # spread several needles: the first at `depth`, the others evenly after it
                     spots = [depth + (100 - depth) * i / len(nids) for i in range(len(nids))]
                     for spot, n in sorted(zip(spots, nids), key=lambda x: -x[0]):
-                        ids, _ = place(ids, n, spot, ends)
+                        ids, _ = place(ids, n, spot, boundaries=sentence_boundaries(tok, ids))
                     prompt = head + ids + qids
                     assert len(prompt) == length
                     out.append(Sample(id=f"{length}-{depth:g}-{rep}", prompt_ids=prompt,
@@ -225,10 +277,10 @@ class Needle(Task):
         answers = record.get("answers") or [record.get("answer")]
         if not answers or any(not isinstance(a, str) or not a for a in answers):
             raise EvalError("needle: the sample has no answer string")
-        return sum(a in prediction for a in answers) / len(answers)
+        return sum(a in (prediction or "") for a in answers) / len(answers)
 
     def extract(self, prediction: str, record: dict) -> str | None:
-        return prediction.strip()[:40] or None
+        return (prediction or "").strip()[:40] or None
 
 
 TASK = Needle()

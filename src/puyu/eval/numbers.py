@@ -7,7 +7,8 @@ Fraction(70000); "-3" is -3, never 3. Rules (the ones GSM8K answers need, writte
 - a percent sign after the number is dropped ("25%" is 25: GSM8K references are written without it);
 - a trailing period or comma is punctuation, not a decimal point ("70000." is 70000);
 - a minus sign counts only where it cannot be subtraction: not right after a letter, digit or closing
-  bracket ("12-3" ends with the number 3; "x = -3" with -3). The Unicode minus (U+2212) is a minus.
+  bracket ("12-3" ends with the number 3; "x = -3" with -3). The Unicode minus (U+2212) is a minus, also
+  when a space follows it ("\u2212 3" is -3, as typeset text writes it; but "12 \u2212 3" ends with 3).
 Values are exact `fractions.Fraction`s, so "0.1" + "0.2" style rounding never decides a verdict.
 """
 
@@ -18,7 +19,8 @@ from decimal import Decimal, localcontext
 from fractions import Fraction
 
 NUMBER = re.compile(r"""
-    (?P<sign>(?<![\w)\]}])[-\u2212+])?      # a sign, unless it follows a word or a closing bracket
+    (?P<sign>(?<![\w)\]}])[-\u2212+]         # a sign, unless it follows a word or a closing bracket
+      |(?<![\w)\]}])(?<![\d)\]}]\s)\u2212\s)?  # a Unicode minus, a space, digits ("\u2212 3"), not after "12 "
     (?:\s?(?P<cur>[$\u20ac\u00a3\u00a5])\s?(?P<sign2>[-\u2212])?)?
     (?P<num>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)
     (?![\d])
@@ -31,7 +33,7 @@ ANSWER_IS = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*:?\s*(?P<re
 
 def _value(m: re.Match) -> Fraction:
     v = Fraction(m.group("num").replace(",", ""))
-    negative = (m.group("sign") or "") in ("-", "\u2212") or bool(m.group("sign2"))
+    negative = (m.group("sign") or "").strip() in ("-", "\u2212") or bool(m.group("sign2"))
     return -v if negative else v
 
 

@@ -11,7 +11,9 @@ API backends would need prompt logprobs (`echo` with `logprobs`), which puyu ser
 this task is refused there.
 
 `score(prediction, record)` takes the JSON totals written as the prediction and returns 2^-bpb (the
-geometric-mean probability per byte, in (0, 1]), so the task fits the common contract.
+geometric-mean probability per byte, in (0, 1]), so the task fits the common contract; the report
+gives perplexity and bits per byte only (no pass@1, no Wilson interval, no bar in accuracy.png).
+Files must be UTF-8 (others are refused, naming the file and byte).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def window_spans(n: int, window: int, stride: int) -> list[tuple[int, int, int]]
 class Perplexity(Task):
     name = "perplexity"
     description = "perplexity and bits per byte of a folder of text files (--data), sliding window"
+    options = ("window", "stride")
     generation = Generation(max_new_tokens=0, temperature=0.0)
     backends = ("local",)
     interpreter_ok = False
@@ -57,7 +60,12 @@ class Perplexity(Task):
             raise EvalError(f"perplexity: no .txt or .md files at {p}")
         out = []
         for f in files:
-            text = f.read_text(encoding="utf-8", errors="replace")
+            raw = f.read_bytes()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise EvalError(f"perplexity: {f} is not UTF-8 (byte {e.start}: {raw[e.start:e.start + 4]!r}); "
+                                "convert it (bits per byte count UTF-8 bytes)") from e
             if not text.strip():
                 raise EvalError(f"perplexity: {f} is empty")
             out.append(Sample(id=str(f), record={"file": str(f), "bytes": len(text.encode("utf-8"))}, prompt=text))

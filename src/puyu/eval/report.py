@@ -5,7 +5,8 @@ mean over samples of c/K) with its 95% Wilson interval; with K > 1 also pass@K (
 2021) and maj@K, each with a Wilson interval; breakdowns by the samples' groups (size, level, type,
 length, depth...); task details averaged (gsm8k strict/flexible, tools valid-JSON/name/argument rates);
 agent figures with the interpreter (share of samples that called it, share of calls that ran without
-error, turns used); perplexity totals; the needle heatmap (`needle_heatmap.png`) and effective length.
+error, turns used); perplexity totals (perplexity and bits per byte only: no pass@1, interval, failures
+or bar); the needle heatmap (`needle_heatmap.png`) and effective length.
 A task run with and without the interpreter appears as two rows side by side in the summary table.
 """
 
@@ -31,6 +32,14 @@ def summarise(d: Path) -> dict:
     for r in rows:
         by_id[r["id"]].append(r)
     k = int((run.get("generation") or {}).get("repeats", 1))
+    if _task_name(d.name) == "perplexity":  # not an accuracy: totals only
+        from puyu.eval.perplexity import totals
+
+        return {"task": "perplexity", "folder": d.name, "n_samples": len(by_id), "n_generations": len(rows),
+                "expected_samples": run.get("n_samples"), "repeats": 1,
+                "complete": run.get("n_samples") == len(by_id), "pass@1": None, "empty_outputs": 0, "by": {},
+                "details": {}, "completion_tokens": None, "failures": [],
+                "perplexity": totals([json.loads(r["output"]) for r in rows]) if rows else None}
     per_id = {i: sum(r["score"] for r in rs) / len(rs) for i, rs in by_id.items()}
     out: dict = {"task": _task_name(d.name), "folder": d.name, "n_samples": len(by_id), "n_generations": len(rows),
                  "expected_samples": run.get("n_samples"), "repeats": k,
@@ -65,10 +74,6 @@ def summarise(d: Path) -> dict:
                         "mean_turns": sum(a["turns"] for a in agents) / len(agents), "calls": calls}
     toks = [r.get("completion_tokens") for r in rows if r.get("completion_tokens") is not None]
     out["completion_tokens"] = sum(toks) if toks else None
-    if out["task"] == "perplexity" and rows:
-        from puyu.eval.perplexity import totals
-
-        out["perplexity"] = totals([{**json.loads(r["output"])} for r in rows])
     if out["task"] == "needle" and rows:
         out["needle"] = _needle(d, rows, run)
     out["failures"] = [{"id": r["id"], "output": (r.get("output") or "")[:300], "extracted": r.get("extracted"),
@@ -170,8 +175,10 @@ def build(out: str | Path) -> dict:
     tasks = [summarise(d) for d in folders]
     report = {"tasks": tasks}
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str))
-    (out / "report.md").write_text(markdown(tasks))
-    _bars(out / "accuracy.png", tasks)
+    scored = [t for t in tasks if t["pass@1"] is not None]
+    if scored:
+        _bars(out / "accuracy.png", scored)
+    (out / "report.md").write_text(markdown(tasks, bars=bool(scored)))
     return report
 
 
@@ -194,7 +201,7 @@ def _bars(path: Path, tasks: list[dict]) -> None:
     plt.close(fig)
 
 
-def markdown(tasks: list[dict]) -> str:
+def markdown(tasks: list[dict], bars: bool = True) -> str:
     lines = ["# Evaluation report", "", "pass@1 etc. in percent with 95% Wilson intervals.", "",
              "| task | samples | pass@1 | pass@k | maj@k | notes |", "|---|---|---|---|---|---|"]
     for t in tasks:
@@ -209,7 +216,7 @@ def markdown(tasks: list[dict]) -> str:
             ok = "n/a" if a["calls_without_error"] is None else f"{100 * a['calls_without_error']:.0f}%"
             notes.append(f"called interpreter {100 * a['called_interpreter']:.0f}%, calls ok {ok}, "
                          f"turns {a['mean_turns']:.1f}")
-        if "perplexity" in t:
+        if t.get("perplexity"):
             notes.append(f"ppl {t['perplexity']['perplexity']:.2f}, {t['perplexity']['bits_per_byte']:.3f} bits/byte")
         if "needle" in t:
             notes.append(f"effective length {t['needle']['effective_length']} (trained {t['needle']['trained_length']})")
@@ -217,7 +224,7 @@ def markdown(tasks: list[dict]) -> str:
             notes.append(f"{key} {100 * v['mean']:.1f}%")
         lines.append(f"| {t['folder']} | {t['n_samples']} | {_fmt(t['pass@1'])} | {_fmt(t.get(f'pass@{k}') if k > 1 else None)} | "
                      f"{_fmt(t.get(f'maj@{k}'))} | {'; '.join(notes)} |")
-    lines += ["", "![accuracy](accuracy.png)", ""]
+    lines += ["", "![accuracy](accuracy.png)", ""] if bars else [""]
     for t in tasks:
         lines += [f"## {t['folder']}", ""]
         for key, vals in t["by"].items():

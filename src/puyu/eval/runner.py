@@ -60,21 +60,33 @@ def generation_settings(task: Task, repeats: int, temperature: float | None, see
 
 def run_task(task: Task, backend, out: Path, ctx: Context, *, repeats: int = 1, temperature: float | None = None,
              max_new_tokens: int | None = None, rescore: bool = False, progress: bool = True,
-             agent: dict | None = None, label: str | None = None) -> Path:
-    """Generate what is missing, score, and write run.json; returns the task's folder."""
+             agent: dict | None = None, label: str | None = None, fresh: bool = False) -> Path:
+    """Generate what is missing, score, and write run.json; returns the task's folder.
+
+    Resuming is only for the same run: when the folder holds predictions made with another model,
+    backend, sampling settings, seed, options, data, interpreter settings or prompt, `EvalError` names
+    what differs (use another `--out`/`--label`, or `fresh=True` to delete the old predictions first)."""
     if backend is not None and backend.name not in task.backends:
         raise EvalError(f"{task.name} runs on the {' or '.join(task.backends)} backend only")
     interpreter = bool(agent)
     if interpreter and not task.interpreter_ok:
         raise EvalError(f"--interpreter does not apply to {task.name}")
+    if ctx.limit is not None and ctx.limit < 1:
+        raise EvalError(f"--limit must be at least 1, got {ctx.limit}")
     d = task_dir(out, task, interpreter, label)
-    d.mkdir(parents=True, exist_ok=True)
     pred_path = d / "predictions.jsonl"
     gen = generation_settings(task, repeats, temperature, ctx.seed, max_new_tokens)
     samples = task.samples(ctx)
     by_id = {s.id: s for s in samples}
     if len(by_id) != len(samples):
         raise EvalError(f"{task.name}: sample ids are not unique")
+    if not samples:
+        raise EvalError(f"{task.name}: no samples to run")
+    if fresh and not rescore:
+        for f in (pred_path, d / "run.json"):
+            f.unlink(missing_ok=True)
+    created = not d.exists()
+    d.mkdir(parents=True, exist_ok=True)
     rows = read_predictions(pred_path)
     if rescore:
         _rescore(task, pred_path, rows)
@@ -88,10 +100,58 @@ def run_task(task: Task, backend, out: Path, ctx: Context, *, repeats: int = 1, 
                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         if samples and samples[0].messages is not None:
             run_info["system_prompt"] = next((m["content"] for m in samples[0].messages if m["role"] == "system"), None)
+        if rows:
+            _check_same_run(d, run_info, rows, by_id, interpreter, bool(getattr(task, "loglik", False)))
         (d / "run.json").write_text(json.dumps(run_info, indent=2, ensure_ascii=False, default=str))
         if todo:
-            _generate(task, backend, todo, gen, pred_path, progress, agent, ctx)
+            try:
+                _generate(task, backend, todo, gen, pred_path, progress, agent, ctx)
+            except BaseException:
+                if created and not read_predictions(pred_path):  # nothing finished: leave no empty folder
+                    for f in (pred_path, d / "run.json"):
+                        f.unlink(missing_ok=True)
+                    try:
+                        d.rmdir()
+                    except OSError:
+                        pass
+                raise
     return d
+
+
+_SAME = ("options", "data", "seed", "generation", "interpreter", "system_prompt")
+_SAME_BACKEND = ("backend", "model", "api_base", "config", "chat_template", "weights")
+
+
+def _check_same_run(d: Path, new: dict, rows: list[dict], by_id: dict, interpreter: bool, loglik: bool) -> None:
+    """Refuse to append to predictions made by a different run (they would be reported under this one)."""
+    hint = (f"; {d} holds predictions of another run: use a new --out (or --label), or --fresh to delete "
+            "them and start over")
+    try:
+        old = json.loads((d / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise EvalError(f"{d}/run.json is missing or unreadable ({e}), so the predictions there cannot be "
+                        f"checked against this run{hint}") from e
+    diffs = [k for k in _SAME if _norm(old.get(k)) != _norm(new.get(k))]
+    ob, nb = old.get("backend") or {}, new.get("backend") or {}
+    diffs += [f"backend.{k}" for k in _SAME_BACKEND if _norm(ob.get(k)) != _norm(nb.get(k))]
+    if not interpreter and not loglik:  # a finished sample's recorded prompt must be the one this run sends
+        from puyu.model.chat_format import render_chat
+
+        for r in rows:
+            s = by_id.get(r.get("id"))
+            if s is None:
+                continue
+            want = s.prompt if s.prompt is not None else (
+                render_chat(s.messages, tools=s.tools) if s.messages is not None else None)
+            if want is not None and r.get("prompt") is not None and r["prompt"] != want:
+                diffs.append(f"prompt (sample {s.id})")
+            break
+    if diffs:
+        raise EvalError(f"{new['task']}: this run differs from the one in {d} in {', '.join(diffs)}{hint}")
+
+
+def _norm(x):
+    return json.loads(json.dumps(x, default=str))
 
 
 def _drop_torn_tail(path: Path) -> None:

@@ -23,9 +23,11 @@ from puyu.eval.runner import run_task
 def nano_suite(chat_dir: str | Path, longctx_dir: str | Path, out_dir: str | Path, *, seed: int = 0,
                trained_length: int | None = None, ntk_factor: float = 4.0, arith_n: int = 40, tools_n: int = 40,
                depths: str = "0,25,50,75,100", max_factor: float = 8.0, interpreter: bool = True,
-               held_out: tuple[int, int] = (400, 200), progress: bool = False) -> dict:
+               held_out: tuple[int, int] = (400, 200), progress: bool = False, fresh: bool = True) -> dict:
     """`held_out`: the recipe's (test_small, test_big) counts, so the arithmetic problems are exactly the
-    ones its training data skipped; at most test_big problems are drawn."""
+    ones its training data skipped; at most test_big problems are drawn. `fresh` (default): earlier
+    predictions in `out_dir` are deleted first (a rerun of the recipe retrains the models at the same
+    paths, so old predictions would describe other weights)."""
     out = Path(out_dir)
     timings = {}
     t0 = time.perf_counter()
@@ -40,7 +42,7 @@ def nano_suite(chat_dir: str | Path, longctx_dir: str | Path, out_dir: str | Pat
             ctx = Context(seed=seed, tokenizer=backend.tokenizer, model_config=backend.config,
                           options={"trained_length": str(trained), "min_factor": "0.25",
                                    "max_factor": str(max_factor), "points": "6", "depths": depths})
-            run_task(get_task("needle"), backend, out, ctx, progress=progress, label=label)
+            run_task(get_task("needle"), backend, out, ctx, progress=progress, label=label, fresh=fresh)
         finally:
             backend.close()
     timings["needle_s"] = round(time.perf_counter() - t0, 1)
@@ -50,17 +52,17 @@ def nano_suite(chat_dir: str | Path, longctx_dir: str | Path, out_dir: str | Pat
         arith = Context(seed=seed, tokenizer=chat.tokenizer, model_config=chat.config,
                         options={"sizes": "1000", "n": str(min(arith_n, held_out[1])), "style": "chat",
                                  "test_small": str(held_out[0]), "test_big": str(held_out[1])})
-        run_task(get_task("arithmetic"), chat, out, arith, progress=progress)
+        run_task(get_task("arithmetic"), chat, out, arith, progress=progress, fresh=fresh)
         agent_error = None
         if interpreter:
             arith.interpreter = True
             try:
                 run_task(get_task("arithmetic"), chat, out, arith, progress=progress,
-                         agent={"workers": 2, "max_steps": 3, "timeout": 10.0})
+                         agent={"workers": 2, "max_steps": 3, "timeout": 10.0}, fresh=fresh)
             except Exception as e:  # no kernel can start here: the rest of the report still stands
                 agent_error = f"{type(e).__name__}: {e}"
         tools = Context(seed=seed, tokenizer=chat.tokenizer, model_config=chat.config, options={"n": str(tools_n)})
-        run_task(get_task("tools"), chat, out, tools, progress=progress)
+        run_task(get_task("tools"), chat, out, tools, progress=progress, fresh=fresh)
     finally:
         chat.close()
     timings["chat_s"] = round(time.perf_counter() - t1, 1)

@@ -70,6 +70,7 @@ class Task:
     generation = Generation()
     backends = ("local", "api")
     interpreter_ok = True  # whether --interpreter applies (chat samples answered in text)
+    options: tuple[str, ...] = ()  # the `--option KEY=VALUE` keys this task reads
 
     def samples(self, ctx: Context) -> list[Sample]:
         raise NotImplementedError
@@ -124,6 +125,8 @@ def read_records(path: str | Path, what: str) -> list[tuple[str, dict]]:
             if not isinstance(row, dict):
                 raise EvalError(f"{what}: {f}:{n}: a JSON object per line is expected")
             out.append((f"{f}:{n}", row))
+    if not out:
+        raise EvalError(f"{what}: {p} has no samples")
     return out
 
 

@@ -88,7 +88,7 @@ def _expected(record: dict) -> list[dict]:
 def judge(prediction: str, record: dict) -> dict:
     """The per-sample verdict and its parts."""
     exp = _expected(record)
-    turn = parse_turn(prediction)
+    turn = parse_turn(prediction or "")
     action = turn.action
     called = action is not None
     out = {"called": called, "valid_json": None, "name": None, "args": None,
@@ -137,6 +137,7 @@ def generated_set(seed: int, n: int) -> list[dict]:
 class Tools(Task):
     name = "tools"
     description = "function calling checked like an AST (name, required/unknown arguments, types, values)"
+    options = ("n",)
     generation = Generation(max_new_tokens=96, temperature=0.7)
     interpreter_ok = False  # the call itself is scored; the agent would execute it instead
 

@@ -4,48 +4,29 @@ Why a pool: `math_verify` parses LaTeX into SymPy and compares symbolically; a p
 keep SymPy busy for minutes. Its own time limit uses `signal.alarm`, which only works on a process's
 main thread (evaluation scores from worker threads), and a fresh process per item would pay about a
 second of imports each time. So each worker imports `math_verify` once and answers requests over a
-pipe; the caller waits at most `timeout` seconds for a verdict, then kills that worker, starts a
+pipe (JSON lines); the caller waits at most `timeout` seconds for a verdict, then kills that worker, starts a
 replacement, and counts the item as not equivalent (`verify` returns None, the caller records it).
 
 Thread-safe: idle workers sit in a queue; each call takes one, so up to `workers` checks run at once.
-Workers start with the "spawn" method (never fork a process that runs engine threads).
+Workers are `python verify_worker.py` subprocesses (never a fork of a process that runs engine threads,
+and never multiprocessing's spawn, which re-imports the caller's `__main__` and so fails from a script
+without an `if __name__ == "__main__"` guard). A pool belongs to the process that made it: a forked
+child gets a fresh `default_pool()`.
 """
 
 from __future__ import annotations
 
 import atexit
-import multiprocessing as mp
+import json
+import os
 import queue
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 STARTUP_TIMEOUT = 120.0  # seconds for a fresh worker to import math_verify (~1-3 s measured; shared CPUs)
-
-
-def _worker(conn) -> None:  # pragma: no cover - runs in the child process
-    import logging
-
-    logging.getLogger("math_verify").setLevel(logging.ERROR)  # it warns that its own timeouts are off
-    try:
-        from math_verify import parse, verify
-    except Exception as e:  # math-verify is missing: say so once, then answer every request with it
-        conn.send(("error", f"math-verify is not installed: {e} (pip install 'puyu[eval]')"))
-        return
-    conn.send(("ready", None))
-    while True:
-        try:
-            item = conn.recv()
-        except EOFError:
-            return
-        if item is None:
-            return
-        gold, pred = item
-        try:
-            g = parse("\\boxed{" + gold + "}", parsing_timeout=None)
-            p = parse("\\boxed{" + pred + "}", parsing_timeout=None)
-            ok = bool(g) and bool(p) and verify(g, p, timeout_seconds=None)
-            conn.send(("ok", ok))
-        except Exception:  # a parse/compare failure is "not shown equivalent", not a crash
-            conn.send(("ok", False))
+WORKER = Path(__file__).with_name("verify_worker.py")
 
 
 class VerifyError(RuntimeError):
@@ -53,30 +34,60 @@ class VerifyError(RuntimeError):
 
 
 class _Proc:
-    def __init__(self, ctx):
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker, args=(child,), daemon=True, name="puyu-math-verify")
-        self.proc.start()
-        child.close()
+    """One worker process (`verify_worker.py` run as a script) and a thread that reads its replies."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-u", str(WORKER)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                     encoding="utf-8", bufsize=1, start_new_session=True)
+        self.replies: queue.Queue = queue.Queue()
+        self.reader = threading.Thread(target=self._read, name="puyu-math-verify-reader", daemon=True)
+        self.reader.start()
         self.ready = False
+
+    def _read(self) -> None:
+        try:
+            for line in self.proc.stdout:
+                self.replies.put(json.loads(line))
+        except (OSError, ValueError):
+            pass
+        self.replies.put(None)  # end of stream: the worker exited
+
+    def reply(self, timeout: float):
+        try:
+            return self.replies.get(timeout=timeout)
+        except queue.Empty:
+            return "timeout"
 
     def wait_ready(self) -> None:
         if self.ready:
             return
-        if not self.conn.poll(STARTUP_TIMEOUT):
+        r = self.reply(STARTUP_TIMEOUT)
+        if r == "timeout" or r is None:
             self.kill()
-            raise VerifyError(f"a math-verify worker did not start within {STARTUP_TIMEOUT:.0f} s")
-        kind, msg = self.conn.recv()
-        if kind == "error":
+            raise VerifyError(f"a math-verify worker did not start within {STARTUP_TIMEOUT:.0f} s" if r else
+                              "a math-verify worker exited at start")
+        if r[0] == "error":
             self.kill()
-            raise VerifyError(msg)
+            raise VerifyError(r[1])
         self.ready = True
 
+    def send(self, item) -> None:
+        self.proc.stdin.write(json.dumps(item) + "\n")
+        self.proc.stdin.flush()
+
     def kill(self) -> None:
-        if self.proc.is_alive():
+        if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.join(5)
-        self.conn.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
 
 
 class VerifyPool:
@@ -87,7 +98,7 @@ class VerifyPool:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.timeout = float(timeout)
-        self._ctx = mp.get_context("spawn")
+        self.pid = os.getpid()  # a pool belongs to the process that made it (a forked child makes its own)
         self._idle: queue.Queue[_Proc] = queue.Queue()
         self._all: list[_Proc] = []
         self._lock = threading.Lock()
@@ -97,7 +108,7 @@ class VerifyPool:
             self._add()
 
     def _add(self) -> None:
-        p = _Proc(self._ctx)
+        p = _Proc()
         with self._lock:
             self._all.append(p)
         self._idle.put(p)
@@ -105,6 +116,8 @@ class VerifyPool:
     def verify(self, gold: str, pred: str) -> bool | None:
         if self._closed:
             raise VerifyError("the verify pool is closed")
+        if os.getpid() != self.pid:
+            raise VerifyError("this verify pool belongs to another process (use default_pool() in a forked child)")
         p = self._idle.get()
         try:
             p.wait_ready()
@@ -114,12 +127,12 @@ class VerifyPool:
             self._add()
             raise
         try:
-            p.conn.send((gold, pred))
-            if p.conn.poll(self.timeout):
-                kind, ok = p.conn.recv()
+            p.send([gold, pred])
+            r = p.reply(self.timeout)
+            if r != "timeout" and r is not None:
                 self._idle.put(p)
-                return bool(ok)
-        except (EOFError, OSError, BrokenPipeError):  # the worker died (e.g. out of memory): replace it
+                return bool(r[1])
+        except (OSError, BrokenPipeError, ValueError):  # the worker died (e.g. out of memory): replace it
             pass
         p.kill()
         with self._lock:
@@ -129,15 +142,17 @@ class VerifyPool:
         return None
 
     def close(self) -> None:
+        if os.getpid() != self.pid:  # a forked child's copy (e.g. its inherited atexit hook): not ours to stop
+            return
         self._closed = True
         with self._lock:
             procs, self._all = self._all, []
         for p in procs:
             try:
-                p.conn.send(None)
-            except OSError:
+                p.proc.stdin.close()  # end of input: the worker returns
+                p.proc.wait(1)
+            except (OSError, subprocess.TimeoutExpired):
                 pass
-            p.proc.join(1)
             p.kill()
 
 
@@ -150,7 +165,8 @@ def default_pool() -> VerifyPool:
     results never depend on it."""
     global _POOL
     with _POOL_LOCK:
-        if _POOL is None or _POOL._closed:
+        if _POOL is None or _POOL._closed or _POOL.pid != os.getpid():  # a forked child's inherited pool
+            # belongs to its parent (the reader threads did not survive the fork): make this process's own
             _POOL = VerifyPool()
             atexit.register(_POOL.close)
         return _POOL
