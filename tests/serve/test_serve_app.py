@@ -103,6 +103,23 @@ def test_text_completions(client, stack):
     assert echo.choices[0].text == "the weather" + r.choices[0].text
 
 
+def test_a_rendered_chat_as_a_completion_prompt_is_the_chat_encoding(client, stack):
+    """A raw prompt is the client's whole text: markers in it are specials, as vLLM and LMDeploy read them
+    (the agent path of `puyu eval --api-base --interpreter` sends such prompts); `<s>` is not doubled."""
+    from puyu.model.chat_format import encode_chat, render_chat
+
+    tok = stack[1]
+    messages = [{"role": "user", "content": sf.QUESTION}]
+    prompt = render_chat(messages, tools=sf.TOOLS)
+    want = encode_chat(tok, messages, sf.TOOLS)
+    r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=40, temperature=0)
+    assert r.usage.prompt_tokens == len(want)
+    chat = client.chat.completions.create(model=MODEL, messages=messages, tools=sf.TOOLS, max_tokens=40,
+                                          temperature=0)
+    assert chat.usage.prompt_tokens == len(want)
+    assert '"get_weather"' in r.choices[0].text  # the trained call, as through the chat endpoint
+
+
 def test_tool_round_trip(client, stack):
     messages = _user(sf.QUESTION)
     r = client.chat.completions.create(model=MODEL, messages=messages, tools=sf.TOOLS, temperature=0)

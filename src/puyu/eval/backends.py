@@ -239,8 +239,7 @@ class APIBackend:
 
     def policy(self, gen: dict):
         """An agent policy over `/v1/completions` with the rendered InternLM2 prompt (the endpoint must
-        read chat markers in completion prompts, as vLLM and LMDeploy do; puyu serve encodes completion
-        prompts as plain text, so use the local backend for puyu models)."""
+        read chat markers in completion prompts, as vLLM, LMDeploy and `puyu serve` do)."""
         from puyu.model.chat_format import ACTION_END, ACTION_START, render_chat
 
         def policy(messages, tools=None, interpreter=None):

@@ -8,7 +8,10 @@ Endpoints (all JSON; errors in OpenAI's shape `{"error": {"message", "type", "pa
     POST /v1/chat/completions             messages, tools, tool_choice, stream (SSE, `data: [DONE]`),
                                           stream_options.include_usage; puyu extras: top_k,
                                           repetition_penalty, ignore_eos, session_id, interpreter
-    POST /v1/completions                  raw text continuation (one prompt), stream or not
+    POST /v1/completions                  raw text continuation (one prompt), stream or not; the prompt is
+                                          the client's whole text, so chat markers in it are read as the
+                                          special tokens (as vLLM and LMDeploy read them) and a leading
+                                          <s> is not doubled: a prompt from render_chat is encode_chat
     POST /v1/sessions/{id}/files          multipart upload into the session directory (web chat data files)
     GET  /v1/sessions/{id}/files          the session's files
     GET  /                                the web chat (static files from puyu/web, no CDN)
@@ -45,6 +48,7 @@ from starlette.exceptions import HTTPException
 
 from puyu.engine.generate import add_weights_arguments, check_memory
 from puyu.errors import PuyuError
+from puyu.model.chat_format import BOS
 from puyu.serve.chat import EngineStream, Event, chat_events, chat_prompt, completion_events
 from puyu.serve.openai_schema import (
     APIError,
@@ -323,7 +327,9 @@ def create_app(engine, tokenizer, model_name: str, *, api_key: str | None = None
     async def completions(req: CompletionRequest, request: Request):
         state.check_model(req.model)
         text = req.prompt_text()
-        ids = tokenizer.encode(text, add_bos=True)
+        # A raw prompt is wholly the client's: markers it writes are meant as markers (no turn of another
+        # party is spliced in here, unlike chat messages), so they become special ids.
+        ids = tokenizer.encode(text, add_bos=not text.startswith(BOS), allow_special=True)
         params = state.sampling(req, len(ids), tokenizer.stop_ids)
         ticket = state.admit()
         events = completion_events(state.submit(ids, params, ticket), echo=text if req.echo else "")
