@@ -328,8 +328,8 @@ class Engine:
     valid for the weights that computed them, and the engine (its native kernel included) reads the
     model's weights in place, so an RL loop may update them between requests. The engine therefore keeps
     a weights fingerprint (`weights_fingerprint`: identity, `_version` counter and data pointer of every
-    parameter and buffer, and 64 sampled values of each). It is compared before each admission that
-    could adopt blocks and before each registration; when it differs, every kept prefix is forgotten
+    parameter and buffer, and 64 sampled values of each). It is compared when an admission would adopt
+    kept blocks and before each registration; when it differs, every kept prefix is forgotten
     (`stats()["prefix_flushes"]`) and requests admitted under the older weights register nothing. It
     sees in-place ops (`optimizer.step()`, fused optimizers too, `p.add_()`, `p.copy_()`,
     `load_state_dict`, with or without `assign=True`), `p.data = x`, and dense writes through `.data` or
@@ -484,12 +484,15 @@ class Engine:
         self._epoch += 1
         self._counters["prefix_flushes"] += 1
 
-    def _weights_current(self) -> None:
-        """Forget kept prefixes if the weights changed since the last check (scheduler thread)."""
+    def _weights_current(self) -> bool:
+        """Whether the weights are those of the last check; if not, forget every kept prefix (scheduler
+        thread)."""
         fp = weights_fingerprint(self._weight_tensors())
-        if fp != self._fingerprint:
-            self._fingerprint = fp
-            self._flush_prefixes()
+        if fp == self._fingerprint:
+            return True
+        self._fingerprint = fp
+        self._flush_prefixes()
+        return False
 
     def stats(self) -> dict:
         c = self.cache
@@ -630,11 +633,14 @@ class Engine:
                 continue
             hits = []
             if self.prefix_cache and r.score is None:
-                self._weights_current()
                 if r.keys is None:
                     r.keys = self.cache.prefix_keys(r.prompt, r.base)
                 # the prompt's last token is always computed: its logits give the first new token
                 hits = self.cache.lookup(r.keys[:(len(r.prompt) - 1) // self.cache.block_size])
+                # the weights are checked only when blocks would be adopted (not for every step a
+                # request waits, nor for prompts with nothing cached)
+                if hits and not self._weights_current():
+                    hits = []
             if not self.cache.can_admit(r.budget, hits):
                 return
             self._waiting.popleft()
@@ -703,8 +709,7 @@ class Engine:
 
     def _may_register(self, r: _Request) -> bool:
         """Whether r's blocks were all computed with the current weights (checked now)."""
-        self._weights_current()
-        return r.epoch == self._epoch
+        return self._weights_current() and r.epoch == self._epoch
 
     def _prefill_chunk(self, r: _Request, n: int) -> None:
         start, P = r.computed, len(r.prompt)

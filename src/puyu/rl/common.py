@@ -27,6 +27,19 @@ def log(stage: str, msg: str) -> None:
     print(f"[{stage}] {msg}", file=sys.stderr, flush=True)
 
 
+def start_stage(r: AlignRecipe, name: str, main: bool = True) -> Path:
+    """Seed torch and `random` with the recipe's seed, set its thread count, and return (creating it on
+    the main process) the stage's folder `out_dir/name`."""
+    torch.manual_seed(r.seed)
+    random.seed(r.seed)
+    if r.threads:
+        torch.set_num_threads(r.threads)
+    out = Path(r.out_dir) / name
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def device_of(r: AlignRecipe) -> torch.device:
     return torch.device(r.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 

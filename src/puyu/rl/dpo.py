@@ -64,11 +64,7 @@ def run_dpo(r: AlignRecipe) -> dict:
     from puyu.train.metrics import MetricsLog
 
     r.validate()
-    torch.manual_seed(r.seed)
-    if r.threads:
-        torch.set_num_threads(r.threads)
-    out = Path(r.out_dir) / "dpo"
-    out.mkdir(parents=True, exist_ok=True)
+    out = C.start_stage(r, "dpo")
     t0 = time.perf_counter()
     tok, actor = C.load_policy(r)
     ref = C.frozen_copy(actor, C.frozen_dtype(C.device_of(r)))

@@ -18,9 +18,7 @@ are seeded by iteration, so a resumed run repeats the same curve.
 from __future__ import annotations
 
 import importlib
-import random
 import time
-from pathlib import Path
 
 import torch
 
@@ -104,13 +102,7 @@ def _run_grpo(r: AlignRecipe, info, resume: bool, score_fn, stop_after: int | No
     main = info.is_main
     g = r.grpo
     score_fn = score_fn or resolve_scorer(g.task)
-    torch.manual_seed(r.seed)
-    random.seed(r.seed)
-    if r.threads:
-        torch.set_num_threads(r.threads)
-    out = Path(r.out_dir) / "grpo"
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
+    out = C.start_stage(r, "grpo", main)
     tok, actor = C.load_policy(r)
     ref = C.frozen_copy(actor, C.frozen_dtype(C.device_of(r)))
     actor.eval()

@@ -279,13 +279,7 @@ def _run_ppo(r: AlignRecipe, p: PPOSection, info, resume: bool, stop_after: int 
     from puyu.train.state import find_latest, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
     main = info.is_main
-    torch.manual_seed(r.seed)
-    random.seed(r.seed)
-    if r.threads:
-        torch.set_num_threads(r.threads)
-    out = Path(r.out_dir) / "ppo"
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
+    out = C.start_stage(r, "ppo", main)
     dev = info.device
     tok, actor = C.load_policy(r)
     ref = C.frozen_copy(actor, C.frozen_dtype(dev))

@@ -147,13 +147,9 @@ def run_rm(r: AlignRecipe) -> dict:
     from puyu.train.metrics import MetricsLog
 
     r.validate()
-    torch.manual_seed(r.seed)
-    if r.threads:
-        torch.set_num_threads(r.threads)
+    out = C.start_stage(r, "rm")
     t0 = time.perf_counter()
     tok, actor = C.load_policy(r)
-    out = Path(r.out_dir) / "rm"
-    out.mkdir(parents=True, exist_ok=True)
     rm = C.reward_model_for(r, actor, tok)
     pairs: list[dict] = []
     for f in r.rm.pairs:
