@@ -151,8 +151,6 @@ def default_flags() -> tuple[str, ...]:
     return ISA_FLAGS[default_isa()]
 
 
-FLAGS = AVX512_FLAGS if "avx512" in cpu_isas() else AVX2_FLAGS if "avx2" in cpu_isas() else PORTABLE_FLAGS
-"""This CPU's widest build (what `default_flags()` gives without $PUYU_KERNEL_ISA)."""
 
 
 def cache_dir() -> Path:
@@ -341,15 +339,18 @@ class FusedDecode:
     def _weights(self):
         """The C pointer table of the current weights (rebuilt and re-checked when any storage moved), and
         the table of stored formats (None when every weight is float32)."""
-        tensors = []
-        for mod, name, _ in self._slots:
+        ptrs = []
+        for mod, name, _ in self._slots:  # only pointers on every step: no Packed objects, no checks
             if isinstance(mod, (QuantLinear, QuantEmbedding)) and name == "weight":
-                tensors.append(mod.packed)
+                q, sc = mod._buffers["qweight"], mod._buffers["scales"]
+                ptrs.append((q.data_ptr(), 0 if sc is None else sc.data_ptr()))
             else:
-                tensors.append(mod._parameters.get(name))  # nn.Module keeps them here
-        ptrs = tuple(0 if t is None else (t.data.data_ptr(), 0 if t.scales is None else t.scales.data_ptr())
-                     if not isinstance(t, torch.Tensor) else t.data_ptr() for t in tensors)
+                t = mod._parameters.get(name)  # nn.Module keeps them here
+                ptrs.append(0 if t is None else t.data_ptr())
+        ptrs = tuple(ptrs)
         if ptrs != self._ptrs:
+            tensors = [mod.packed if isinstance(mod, (QuantLinear, QuantEmbedding)) and name == "weight"
+                       else mod._parameters.get(name) for mod, name, _ in self._slots]
             qtable, packed_any = (_QW * len(ptrs))(), False
             for i, ((mod, name, shape), t) in enumerate(zip(self._slots, tensors)):
                 if t is None:

@@ -17,12 +17,10 @@ are seeded by iteration, so a resumed run repeats the same curve.
 
 from __future__ import annotations
 
-import importlib
 import time
 
 import torch
 
-from puyu.errors import ConfigError
 from puyu.rl import common as C
 from puyu.rl import losses as L
 from puyu.rl.recipe import AlignRecipe
@@ -35,14 +33,8 @@ def resolve_scorer(name: str):
         from puyu.tasks.verifiable import score
 
         return score
-    try:
-        ev = importlib.import_module("puyu.eval")
-    except ImportError:
-        ev = None
-    get_task = getattr(ev, "get_task", None)
-    if get_task is None:
-        raise ConfigError(f"grpo.task {name!r}: this build has no puyu.eval.get_task; use 'verifiable' "
-                          f"or pass score_fn")
+    from puyu.eval import get_task
+
     return get_task(name).score
 
 
