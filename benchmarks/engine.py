@@ -41,7 +41,6 @@ os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 import argparse  # noqa: E402
 import ctypes  # noqa: E402
 import json  # noqa: E402
-import resource  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -75,7 +74,9 @@ def resident_bytes(t: torch.Tensor) -> int:
 
 
 def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    from puyu.model.memory import peak_rss_bytes
+
+    return peak_rss_bytes()
 
 
 def random_model(preset: str, seed: int = 0):

@@ -31,7 +31,6 @@ os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import resource  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -42,7 +41,9 @@ GIB = 1 << 30
 
 
 def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    from puyu.model.memory import peak_rss_bytes
+
+    return peak_rss_bytes()
 
 
 # ---- 1. quality ----------------------------------------------------------------------------------------------

@@ -57,10 +57,7 @@ CHILD = textwrap.dedent("""
     import ctypes, json, sys, torch
     from puyu.model.checkpoint import load_model
     from puyu.model.quant import quantize
-    def hwm():  # this process's peak RSS (VmHWM: unlike ru_maxrss, not inherited from the parent)
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+    from puyu.model.memory import peak_rss_bytes as hwm  # VmHWM: unlike ru_maxrss, not inherited
     from puyu.model.config import get_preset
     from puyu.model.transformer import InternLM2ForCausalLM
     for f in ("int8", "int4"):  # one-time costs (the ops' first calls, ~75 MB of a first meta model), not the load's
@@ -109,3 +106,18 @@ def test_the_cli_refuses_before_loading(capsys):
     assert main(["generate", "--model", "internlm2-20b", "--ids", "1 2 3", "--max-new-tokens", "1"]) != 0
     err = capsys.readouterr().err
     assert "--weights" in err and "--context" in err and "GiB" in err
+
+
+def test_peak_rss_of_a_child_is_its_own_not_the_parents():
+    """ru_maxrss survives fork+exec on Linux; peak_rss_bytes (VmHWM) must not, or every benchmark child
+    would report its parent's peak."""
+    from puyu.model.memory import peak_rss_bytes
+
+    big = torch.ones(400 << 20, dtype=torch.uint8)  # touch 400 MiB in this process
+    parent = peak_rss_bytes()
+    assert parent >= big.numel()
+    code = "from puyu.model.memory import peak_rss_bytes; print(peak_rss_bytes())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    child = int(out.stdout)
+    assert 0 < child < parent - (300 << 20)
+    del big

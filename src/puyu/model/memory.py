@@ -34,6 +34,25 @@ def weight_bytes(cfg: ModelConfig, weights: str = "f32", group: int = DEFAULT_GR
     return int(sum(p.numel() * bytes_per_weight(layer_format(n, weights), group) for n, p in model.named_parameters()))
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set in bytes: `VmHWM` from /proc/self/status.
+
+    Unlike `getrusage().ru_maxrss`, which Linux carries over from the parent across fork and exec,
+    VmHWM starts afresh in an exec'd child, so a benchmark's child reports its own peak. Falls back to
+    ru_maxrss where /proc is absent.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _read_int(path: Path) -> int | None:
     try:
         text = path.read_text().strip()
