@@ -92,8 +92,10 @@ def training_examples(tok) -> list[tuple[list[int], list[int]]]:
     return out
 
 
-def finetune_tool_model(tok, out_dir: Path, steps: int = 400, max_seconds: float = 60.0) -> Path:
-    """nano-tiny (vocab matched to `tok`) trained until greedy decoding reproduces every target."""
+def finetune_tool_model(tok, out_dir: Path, steps: int = 400, max_seconds: float = 60.0,
+                        examples: list[tuple[list[int], list[int]]] | None = None) -> Path:
+    """nano-tiny (vocab matched to `tok`) trained until greedy decoding reproduces every target of
+    `examples` ((prompt ids, target ids) pairs; default `training_examples(tok)`)."""
     import torch
 
     from puyu.model.checkpoint import save_pretrained
@@ -104,7 +106,7 @@ def finetune_tool_model(tok, out_dir: Path, steps: int = 400, max_seconds: float
     # 512 positions (nano-tiny has 256): the interpreter's system turn makes those prompts ~300 tokens.
     cfg = get_preset("nano-tiny", vocab_size=tok.vocab_size, max_position_embeddings=512)
     model = InternLM2ForCausalLM(cfg).reset_parameters(seed=0)
-    examples = training_examples(tok)
+    examples = training_examples(tok) if examples is None else examples
     width = max(len(p) + len(t) for p, t in examples)
     assert width < cfg.max_position_embeddings, f"training sequence of {width} tokens does not fit"
     ids = torch.full((len(examples), width), tok.eos_id, dtype=torch.long)

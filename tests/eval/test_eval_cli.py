@@ -287,7 +287,7 @@ def test_unknown_option_names_the_valid_ones(capsys, tmp_path):
     rc = main(["eval", "run", "gsm8k", "--model", "nano-tiny", "--option", "promt=fewshot", "--out", str(tmp_path),
                "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 1 and "--option promt: no such option (gsm8k: prompt)" in err
+    assert rc == 1 and "--option promt: no such option (gsm8k: prompt, fewshot_data, shots)" in err
 
 
 class _Deny(BaseHTTPRequestHandler):

@@ -49,6 +49,7 @@ def test_number_in_text_parses_to_its_value(num, prefix, suffix):
     assert parse_number(text) == value
     assert strict_answer(f"{prefix}\nThe answer is {text}{suffix}") == value
     assert strict_answer(f"work {prefix}\n#### {text}") == value
+    assert strict_answer(f"{prefix} so \\boxed{{{text}}}{suffix}") == value
 
 
 @given(st.integers(0, 10**6), st.integers(0, 10**6))

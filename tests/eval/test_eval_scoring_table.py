@@ -50,6 +50,11 @@ GSM8K = [
     ("The answer is 10", "100", 0),
     ("The answer is 100", "10", 0),
     ("They need 3 buses (36/12).", "3", 0),  # the last number is 12
+    # OpenCompass's zero-shot chat prompt asks for \boxed{}: a box is a stated answer, like "The answer is"
+    ("So she earns \\boxed{70,000} dollars; 2 of them monthly.", "70000", 1),
+    ("\\boxed{\\$18}", "18", 1),
+    ("The answer is \\boxed{-3}.", "-3", 1),
+    ("\\boxed{12} is wrong, so the answer is 13.", "13", 1),  # the later statement counts
 ]
 M = "We compute. \\boxed{{{}}}"
 MATH = [

@@ -147,3 +147,39 @@ def test_sentence_ends_of_the_internlm2_tokenizer(ref_tokenizer):
         ids = ref_tokenizer.encode(f"x{text}")
         assert ids[-1] in ends, text
     assert ref_tokenizer.encode("x,")[-1] not in ends
+
+
+def test_gsm8k_opencompass_prompts_render_its_layout_from_the_users_train_rows(tmp_path):
+    """prompt=opencompass: OpenCompass's gsm8k_gen_1d7fe4 turns ("Question: ...\\nLet's think step by
+    step\\nAnswer:", answers ending "The answer is N\\n") with exemplars from the first rows of the train
+    file, calculator annotations dropped; prompt=opencompass-0shot: its boxed zero-shot turn. The
+    expected text is written out here in the InternLM2 chat layout (`<s><|im_start|>role\\n...<|im_end|>\\n`)."""
+    from puyu.model.chat_format import render_chat
+
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"question": "Ann has 3 pens and buys 2. How many?", "answer": "She has 3+2=<<3+2=5>>5.\n#### 5"},
+        {"question": "A box holds 1,200 nails; 200 are used. How many are left?",
+         "answer": "1200-200=<<1200-200=1000>>1000 are left.\n#### 1,000"},
+        {"question": "unused", "answer": "x\n#### 1"}]))
+    test.write_text(json.dumps({"question": "What is 2 times 4?", "answer": "2*4=<<2*4=8>>8\n#### 8"}) + "\n")
+    ask = "Question: {}\nLet's think step by step\nAnswer:"
+    (s,) = get_task("gsm8k").samples(Context(data=str(test), options={
+        "prompt": "opencompass", "fewshot_data": str(train), "shots": "2"}))
+    assert render_chat(s.messages) == (
+        "<s><|im_start|>user\n" + ask.format("Ann has 3 pens and buys 2. How many?") + "<|im_end|>\n"
+        "<|im_start|>assistant\nShe has 3+2=5.\nThe answer is 5\n<|im_end|>\n"
+        "<|im_start|>user\n" + ask.format("A box holds 1,200 nails; 200 are used. How many are left?") + "<|im_end|>\n"
+        "<|im_start|>assistant\n1200-200=1000 are left.\nThe answer is 1000\n<|im_end|>\n"
+        "<|im_start|>user\n" + ask.format("What is 2 times 4?") + "<|im_end|>\n<|im_start|>assistant\n")
+    (z,) = get_task("gsm8k").samples(Context(data=str(test), options={"prompt": "opencompass-0shot"}))
+    assert z.messages == [{"role": "user", "content": "What is 2 times 4?\nPlease reason step by step, and put "
+                                                      "your final answer within \\boxed{}."}]
+    assert get_task("gsm8k").score("2*4 = 8, so \\boxed{8}. Check: 8 / 4 = 2.", z.record) == 1  # the box, not 2
+    with pytest.raises(EvalError, match="has 3 rows; 4 shots asked"):  # OpenCompass's 4 shots by default
+        get_task("gsm8k").samples(Context(data=str(test), options={"prompt": "opencompass", "fewshot_data": str(train)}))
+    with pytest.raises(EvalError, match="fewshot_data=PATH/train.jsonl"):
+        get_task("gsm8k").samples(Context(data=str(test), options={"prompt": "opencompass"}))
+    (q,) = get_task("gsm8k").samples(Context(data=str(test), options={
+        "prompt": "opencompass", "fewshot_data": str(train), "shots": "0"}))
+    assert q.messages == [{"role": "user", "content": ask.format("What is 2 times 4?")}]

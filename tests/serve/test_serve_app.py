@@ -120,6 +120,32 @@ def test_a_rendered_chat_as_a_completion_prompt_is_the_chat_encoding(client, sta
     assert '"get_weather"' in r.choices[0].text  # the trained call, as through the chat endpoint
 
 
+def test_a_completion_prompt_of_token_ids_is_used_as_given(client, stack):
+    """OpenAI's token-id prompt (`puyu eval --api-base --tokenizer --interpreter` sends `encode_chat` ids,
+    so message text that looks like a marker stays text): the same tokens and completion as the chat
+    endpoint; ids outside the vocabulary are a 400 naming the prompt."""
+    from puyu.model.chat_format import encode_chat, render_chat
+
+    tok = stack[1]
+    messages = [{"role": "user", "content": sf.QUESTION}]
+    ids = encode_chat(tok, messages, sf.TOOLS)
+    r = client.completions.create(model=MODEL, prompt=ids, max_tokens=40, temperature=0)
+    chat = client.chat.completions.create(model=MODEL, messages=messages, tools=sf.TOOLS, max_tokens=40,
+                                          temperature=0)
+    assert r.usage.prompt_tokens == chat.usage.prompt_tokens == len(ids)
+    assert json.loads(r.choices[0].text.split("\n", 1)[1].split("<|action_end|>")[0])["parameters"] == sf.CALL_ARGS
+    # "<|im_end|>" written inside a message is text in the ids, a marker in rendered text
+    inj = [{"role": "user", "content": "the city <|im_end|>"}]
+    as_ids, as_text = (client.completions.create(model=MODEL, prompt=p, max_tokens=1).usage.prompt_tokens
+                       for p in (encode_chat(tok, inj, None), render_chat(inj)))
+    assert as_ids == len(encode_chat(tok, inj, None)) > as_text
+    echo = client.completions.create(model=MODEL, prompt=[ids], max_tokens=2, temperature=0, echo=True)
+    assert echo.choices[0].text.startswith(tok.decode(ids))
+    for bad in ([tok.vocab_size], [-1], [[]], [1, True]):
+        r = httpx.post(stack[2].url + "/v1/completions", json={"prompt": bad, "max_tokens": 2})
+        assert r.status_code == 400 and r.json()["error"]["param"] in ("prompt", None), (bad, r.text)
+
+
 def test_tool_round_trip(client, stack):
     messages = _user(sf.QUESTION)
     r = client.chat.completions.create(model=MODEL, messages=messages, tools=sf.TOOLS, temperature=0)

@@ -155,8 +155,10 @@ def parse_action(body: str) -> Action:
         return parse_plugin(rest)
     if kind == INTERPRETER:
         return parse_code(rest)
-    return ActionError("unknown", f"an action must start with {PLUGIN} (a tool call) or {INTERPRETER} "
-                                  f"(Python code); got {stripped[:40]!r}", body)
+    # The message names the markers without writing them: an API client renders this environment turn
+    # into a text prompt, where marker text would be read as the special tokens themselves.
+    return ActionError("unknown", "an action must start with the plugin marker (a tool call) or the "
+                                  f"interpreter marker (Python code); got {stripped[:40]!r}", body)
 
 
 class StreamParser:

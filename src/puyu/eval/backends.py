@@ -29,9 +29,23 @@ from puyu.eval.task import EvalError, Sample
 Item = tuple  # (Sample, repeat index)
 
 
+class ContextLengthError(EvalError):
+    """The endpoint refused a request whose prompt plus max_tokens exceeds the model's context (HTTP 400,
+    OpenAI's code `context_length_exceeded`, or vLLM's "maximum context length" message): a property of
+    that sample, not of the endpoint. In the agent path such a sample ends with reason "error" and the
+    message is recorded; any other endpoint failure stops the run."""
+
+
 def _params_fields(gen: dict) -> dict:
     return {"max_new_tokens": gen["max_new_tokens"], "temperature": gen["temperature"], "top_p": gen["top_p"],
             "seed": gen.get("seed"), "stop": list(gen.get("stop") or [])}
+
+
+def repeat_seed(seed: int | None, rep: int) -> int | None:
+    """The request seed of repeat `rep` of a run seeded `seed` (None stays None: fresh randomness). Both
+    backends, with and without the interpreter, send this one, so a seeded run draws the same tokens
+    locally and through `puyu serve`, and the K repeats of a sample differ."""
+    return None if seed is None else seed * 1000003 + rep
 
 
 # ---- local -------------------------------------------------------------------------------------
@@ -85,7 +99,7 @@ class LocalBackend:
             stops = list(tok.stop_ids)  # </s> and <|im_end|> for raw prompts too, as puyu serve and HF stop
             f = _params_fields(gen)
             f["max_new_tokens"] = s.max_new_tokens or f["max_new_tokens"]
-            f["seed"] = None if f["seed"] is None else f["seed"] * 1000003 + rep
+            f["seed"] = repeat_seed(f["seed"], rep)
             params = SamplingParams(**f, stop_token_ids=stops)
             handles.append(((s, rep), text, len(ids), time.perf_counter(), self.engine.submit(ids, params)))
         pending = list(handles)
@@ -147,7 +161,8 @@ class APIBackend:
         self.model_name = model_name or self._first_model()
 
     def describe(self) -> dict:
-        return {"backend": "api", "api_base": self.base, "model": self.model_name}
+        return {"backend": "api", "api_base": self.base, "model": self.model_name,
+                "agent_prompts": "token ids" if self.tokenizer is not None else "text"}
 
     def close(self) -> None:
         self.client.close()
@@ -177,7 +192,9 @@ class APIBackend:
                     last = f"HTTP {r.status_code}: {r.text[:200]}"
                     wait = _retry_after(r.headers.get("retry-after"))
                 elif r.status_code >= 400:
-                    raise EvalError(f"{url}: HTTP {r.status_code}: {r.text[:300]}")
+                    too_long = r.status_code == 400 and ("context_length_exceeded" in r.text
+                                                         or "maximum context length" in r.text)
+                    raise (ContextLengthError if too_long else EvalError)(f"{url}: HTTP {r.status_code}: {r.text[:300]}")
                 else:
                     try:
                         return r.json()
@@ -192,7 +209,7 @@ class APIBackend:
         body = {"model": self.model_name, "max_tokens": max_tokens, "temperature": gen["temperature"],
                 "top_p": gen["top_p"]}
         if gen.get("seed") is not None:
-            body["seed"] = gen["seed"] * 1000003 + rep
+            body["seed"] = repeat_seed(gen["seed"], rep)
         if gen.get("stop"):
             body["stop"] = list(gen["stop"])
         t0 = time.perf_counter()
@@ -238,15 +255,24 @@ class APIBackend:
                 raise
 
     def policy(self, gen: dict):
-        """An agent policy over `/v1/completions` with the rendered InternLM2 prompt (the endpoint must
-        read chat markers in completion prompts, as vLLM, LMDeploy and `puyu serve` do)."""
-        from puyu.model.chat_format import ACTION_END, ACTION_START, render_chat
+        """An agent policy over `/v1/completions`. With a tokenizer (`--tokenizer`, the endpoint's own) the
+        prompt is sent as the token ids of `encode_chat`, exactly what the local engine is fed; without
+        one, as the rendered InternLM2 text, which the endpoint must read with chat markers as special
+        tokens (vLLM, LMDeploy and `puyu serve` do). Text cannot tell a marker from the same characters
+        inside a message (a user who writes `<|im_end|>`, or a special token the model generated inside
+        an action, which the agent keeps as text): there the text prompt differs from the local one."""
+        from puyu.model.chat_format import ACTION_END, ACTION_START, encode_chat, render_chat
 
         def policy(messages, tools=None, interpreter=None):
-            prompt = render_chat(messages, tools=tools, interpreter=interpreter)
+            if self.tokenizer is not None:
+                prompt = encode_chat(self.tokenizer, messages, tools, interpreter)
+            else:
+                prompt = render_chat(messages, tools=tools, interpreter=interpreter)
             body = {"model": self.model_name, "prompt": prompt, "max_tokens": gen["max_new_tokens"],
                     "temperature": gen["temperature"], "top_p": gen["top_p"],
                     "stop": ["<|im_end|>", ACTION_END] + list(gen.get("stop") or [])}
+            if gen.get("seed") is not None:  # the seed run_agent gives this repeat, as the local policy uses
+                body["seed"] = gen["seed"]
             data = self._request("POST", "/completions", body)
             text = ((data.get("choices") or [{}])[0]).get("text") or ""
             yield text
@@ -291,12 +317,14 @@ def _plugin_text(call: dict) -> str:
 def run_agent(backend, items: list[Item], gen: dict, on_done, *, workers: int = 2, max_steps: int = 4,
               call_timeout: float = 10.0) -> None:
     """Each item through `puyu.Agent` with the sandboxed interpreter; `workers` threads, each with one
-    kernel kept for all its samples and reset in between."""
+    kernel kept for all its samples and reset in between. Every model turn of repeat `rep` is seeded
+    `repeat_seed(gen["seed"], rep)` on either backend (before, the local policy gave every repeat the same
+    seed, so pass@K with the interpreter drew K identical answers, and the API policy sent none)."""
     from puyu.agent.interpreter import Interpreter
-    from puyu.agent.loop import Agent, ToolCall, ToolOutput
+    from puyu.agent.loop import Agent, Error, ToolCall, ToolOutput
     from puyu.model.chat_format import render_chat
 
-    policy = backend.policy(gen)
+    policies: dict[int, object] = {}  # one per repeat: its seed is repeat_seed(seed, rep), as without the agent
     lock = threading.Lock()
     queue_items = list(items)
     errors: list[BaseException] = []
@@ -309,15 +337,26 @@ def run_agent(backend, items: list[Item], gen: dict, on_done, *, workers: int = 
                     if not queue_items or errors:
                         return
                     s, rep = queue_items.pop(0)
+                    if rep not in policies:
+                        policies[rep] = backend.policy({**gen, "seed": repeat_seed(gen.get("seed"), rep)})
+                    policy = policies[rep]
                 t0 = time.perf_counter()
-                agent = Agent(policy, tools=None, interpreter=interp, max_steps=max_steps,
+                failed: list[EvalError] = []
+                agent = Agent(_noting(policy, failed), tools=None, interpreter=interp, max_steps=max_steps,
                               interpreter_timeout=call_timeout)
                 res = agent.run(s.messages)
+                if failed and not isinstance(failed[0], ContextLengthError):
+                    # the endpoint failed (auth, a 4xx, retries spent): stop, as without the interpreter,
+                    # rather than score the sample 0 and have a rerun skip it
+                    raise EvalError(f"sample {s.id}: {failed[0]}") from failed[0]
                 calls = [e for e in res.events if isinstance(e, ToolCall) and e.kind == "interpreter"]
                 outs = [e for e in res.events if isinstance(e, ToolOutput) and e.name == "python"]
                 agent_info = {"interpreter_calls": len(calls), "ok_calls": sum(o.ok for o in outs),
                               "turns": res.steps + 1, "reason": res.reason,
                               "code": [c.code for c in calls]}
+                errors_seen = [e.message for e in res.events if isinstance(e, Error) and e.fatal]
+                if errors_seen:
+                    agent_info["error"] = errors_seen[0]
                 result = {"prompt": render_chat(s.messages, interpreter=True), "output": res.text,
                           "transcript": res.messages[len(s.messages):], "prompt_tokens": None,
                           "completion_tokens": None, "finish_reason": res.reason,
@@ -326,7 +365,9 @@ def run_agent(backend, items: list[Item], gen: dict, on_done, *, workers: int = 
                     on_done((s, rep), result)
                 if calls:
                     try:
-                        r = interp.run("%reset -f", timeout=10)
+                        # the next sample's cells are numbered from In[1] again, as in a fresh kernel:
+                        # tracebacks show the number, so it must not depend on the kernel's history
+                        r = interp.run("%reset -f\nget_ipython().execution_count = 1", timeout=10)
                         if r.error:
                             interp.restart()
                     except Exception:
@@ -345,6 +386,19 @@ def run_agent(backend, items: list[Item], gen: dict, on_done, *, workers: int = 
         t.join()
     if errors:
         raise errors[0]
+
+
+def _noting(policy, failed: list):
+    """`policy`, with an EvalError it raises (the endpoint failing) appended to `failed` before the agent
+    turns it into a fatal Error event."""
+    def noted(messages, tools=None, interpreter=None):
+        try:
+            yield from policy(messages, tools, interpreter)
+        except EvalError as e:
+            failed.append(e)
+            raise
+
+    return noted
 
 
 def parse_rope_scaling(text: str | None) -> dict | None:

@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--api-base", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1")
     r.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="bearer token (default $OPENAI_API_KEY)")
     r.add_argument("--model-name", help="model id at the endpoint (default: the first of /v1/models)")
-    r.add_argument("--tokenizer", help="tokenizer folder for tasks that count tokens (needle) with --api-base")
+    r.add_argument("--tokenizer", help="the endpoint's tokenizer folder, with --api-base: tasks that count tokens (needle) "
+                   "need it, and --interpreter then sends each turn as token ids (exactly the local prompt)")
     r.add_argument("--interpreter", action="store_true", help="generate through puyu.Agent with the sandboxed interpreter")
     r.add_argument("--max-steps", type=int, default=4, help="interpreter actions per sample (default 4)")
     r.add_argument("--call-timeout", type=float, default=10.0, help="seconds per interpreter call (default 10)")

@@ -29,6 +29,7 @@ NUMBER = re.compile(r"""
 # GSM8K's reference and the strict forms of a model's answer.
 HASHES = re.compile(r"####\s*(?P<rest>[^\n]*)")
 ANSWER_IS = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*:?\s*(?P<rest>[^\n]*)", re.I)
+BOXED = re.compile(r"\\boxed\s*\{(?P<rest>[^\n]*)")  # what OpenCompass's zero-shot chat prompt asks for
 
 
 def _value(m: re.Match) -> Fraction:
@@ -55,10 +56,10 @@ def last_number(text: str) -> Fraction | None:
 
 
 def strict_answer(text: str) -> Fraction | None:
-    """The number after the last `#### ` or "The answer is" in `text` (None if neither is there or no
-    number follows it on that line)."""
+    """The number after the last `#### `, "The answer is" or `\\boxed{` in `text` (None if none is there
+    or no number follows it on that line)."""
     best = None
-    for pattern in (HASHES, ANSWER_IS):
+    for pattern in (HASHES, ANSWER_IS, BOXED):
         for m in pattern.finditer(text):
             v = parse_number(m.group("rest"))
             if v is not None and (best is None or m.start() > best[0]):

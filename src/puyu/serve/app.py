@@ -11,7 +11,8 @@ Endpoints (all JSON; errors in OpenAI's shape `{"error": {"message", "type", "pa
     POST /v1/completions                  raw text continuation (one prompt), stream or not; the prompt is
                                           the client's whole text, so chat markers in it are read as the
                                           special tokens (as vLLM and LMDeploy read them) and a leading
-                                          <s> is not doubled: a prompt from render_chat is encode_chat
+                                          <s> is not doubled: a prompt from render_chat is encode_chat;
+                                          or token ids (`[1, 92543, ...]`), used as they are
     POST /v1/sessions/{id}/files          multipart upload into the session directory (web chat data files)
     GET  /v1/sessions/{id}/files          the session's files
     GET  /                                the web chat (static files from puyu/web, no CDN)
@@ -326,10 +327,17 @@ def create_app(engine, tokenizer, model_name: str, *, api_key: str | None = None
     @app.post("/v1/completions", response_model=Completion, response_model_exclude_none=True, responses=errors)
     async def completions(req: CompletionRequest, request: Request):
         state.check_model(req.model)
-        text = req.prompt_text()
-        # A raw prompt is wholly the client's: markers it writes are meant as markers (no turn of another
-        # party is spliced in here, unlike chat messages), so they become special ids.
-        ids = tokenizer.encode(text, add_bos=not text.startswith(BOS), allow_special=True)
+        text, ids = req.prompt_text(), req.prompt_ids()
+        if ids is not None:  # token ids (e.g. a chat the client encoded itself): used as they are
+            bad = [t for t in ids if not 0 <= t < tokenizer.vocab_size]
+            if bad:
+                raise APIError(400, f"token id {bad[0]} is outside the vocabulary (0..{tokenizer.vocab_size - 1})",
+                               param="prompt")
+            text = tokenizer.decode(ids)
+        else:
+            # A raw prompt is wholly the client's: markers it writes are meant as markers (no turn of another
+            # party is spliced in here, unlike chat messages), so they become special ids.
+            ids = tokenizer.encode(text, add_bos=not text.startswith(BOS), allow_special=True)
         params = state.sampling(req, len(ids), tokenizer.stop_ids)
         ticket = state.admit()
         events = completion_events(state.submit(ids, params, ticket), echo=text if req.echo else "")

@@ -21,7 +21,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 MAX_STOP = 4  # OpenAI: "Up to 4 sequences"
 MAX_TOOLS = 128  # OpenAI's limit on the number of functions in one request
@@ -312,7 +312,9 @@ class ChatCompletionRequest(_GenerationRequest):
 
 
 class CompletionRequest(_GenerationRequest):
-    prompt: str | list[str] = Field(...)
+    # OpenAI's forms: a string, a list of strings, a list of token ids, a list of token-id lists (one
+    # prompt each time here). Token ids are taken as they are (no <s> added), as vLLM does.
+    prompt: str | list[str] | list[StrictInt] | list[list[StrictInt]] = Field(...)
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
@@ -321,8 +323,12 @@ class CompletionRequest(_GenerationRequest):
     @field_validator("prompt")
     @classmethod
     def _check_prompt(cls, v):
+        if isinstance(v, list) and v and isinstance(v[0], int):
+            return v  # one prompt given as token ids
         if isinstance(v, list) and len(v) != 1:
             raise ValueError(f"puyu takes one prompt per request, got a list of {len(v)}")
+        if isinstance(v, list) and isinstance(v[0], list) and not v[0]:
+            raise ValueError("the token-id prompt is empty")
         return v
 
     @field_validator("suffix")
@@ -346,8 +352,18 @@ class CompletionRequest(_GenerationRequest):
             raise ValueError("is not supported by puyu (only null or 0)")
         return v
 
-    def prompt_text(self) -> str:
-        return self.prompt[0] if isinstance(self.prompt, list) else self.prompt
+    def prompt_text(self) -> str | None:
+        """The prompt as text (None when it was given as token ids)."""
+        p = self.prompt[0] if isinstance(self.prompt, list) else self.prompt
+        return p if isinstance(p, str) else None
+
+    def prompt_ids(self) -> list[int] | None:
+        """The prompt as token ids (None when it was given as text)."""
+        if isinstance(self.prompt, list) and self.prompt and isinstance(self.prompt[0], int):
+            return list(self.prompt)
+        if isinstance(self.prompt, list) and isinstance(self.prompt[0], list):
+            return list(self.prompt[0])
+        return None
 
     def token_limit(self) -> int | None:
         return self.max_tokens
