@@ -52,7 +52,7 @@ def add_kv_argument(p: argparse.ArgumentParser) -> None:
     """--kv: the KV cache's stored format (also on `puyu eval` and `puyu info`)."""
     p.add_argument("--kv", choices=["f32", "bf16", "int8"],
                    help="KV cache format: f32, bf16 (half the bytes) or int8 with a scale per token and head "
-                        "(~0.27x of f32) (default: the model's dtype)")
+                        "(0.26-0.28x of f32) (default: the model's dtype)")
 
 
 def kv_format(args: argparse.Namespace) -> str:
