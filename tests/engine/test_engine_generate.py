@@ -104,3 +104,14 @@ def test_kv_flag_stores_the_cache_in_that_format(tiny_checkpoint, capsys, kv):
     for _ in range(8):
         seq.append(int(reference_logits(model, seq, kv)[-1].argmax()))
     assert row["token_ids"] == seq[5:]
+
+
+def test_every_command_that_loads_a_model_takes_kv():
+    from puyu.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["generate", "--model", "m", "x"], ["chat", "m"], ["serve", "--model", "m"],
+                 ["eval", "run", "arithmetic", "--model", "m"], ["info", "m"]):
+        assert parser.parse_args(argv + ["--kv", "int8"]).kv == "int8", argv
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv + ["--kv", "int4"])
