@@ -281,5 +281,5 @@ def quantize_kv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def dequantize_kv(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """(q int8 [..., D], scales [...]) -> float32 [..., D] = q * s."""
-    return q.float() * s[..., None]
+    """(q int8 [..., D], scales [...]) -> float32 [..., D] = q * s (one new tensor: scaled in place)."""
+    return q.to(torch.float32, copy=True).mul_(s[..., None])
