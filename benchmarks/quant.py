@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/quant.py --model runs/nano/chat --tokens runs/nano/shards/longctx_val/tokens.bin
     .venv/bin/python benchmarks/quant.py --skip-quality --shape internlm2-1_8b --formats int8,int4
     .venv/bin/python benchmarks/quant.py --skip-quality --memory internlm2-7b --formats int4 --context 4096
+    .venv/bin/python benchmarks/quant.py --skip-quality --long runs/nano/chat --kv f32,bf16,int8 --context 65536
+    .venv/bin/python benchmarks/quant.py --skip-quality --long internlm2-7b --long-weights int4 --kv int8 \
+        --context 200000 --prompt 64    # the issue's memory run: ~18 GiB, never on a shared machine
 
 1. Quality (--model, a float checkpoint; --tokens, held-out token ids as a uint16 file such as a shard's
    tokens.bin): perplexity of each format over windows of the model's max_position_embeddings, relative
@@ -15,8 +18,17 @@
    read bandwidth (the fastest 2-thread sum over a fresh 1 GiB buffer or over the packed weights, before
    and after) / bytes read per token (every packed weight but the embedding table, plus the KV read).
 3. Memory (--memory PRESET): a 7B- or 20B-shaped packed model decoding with a KV cache reserved for
-   --context tokens: peak RSS and decode tokens/s. Needs ~4.5 GiB (7B int4) to ~12 GiB (20B int4): never
-   run on the shared development machine; its figures are not in the README.
+   --context tokens (in the first of --kv's formats): peak RSS and decode tokens/s. Needs ~4.5 GiB (7B int4)
+   to ~12 GiB (20B int4): never run on the shared development machine; its figures are not in the README.
+4. Long context (--long MODEL: a checkpoint directory, or a preset whose random weights are packed in
+   --long-weights): for each KV format in --kv, the engine's cache holding --context tokens of one sequence,
+   and single-stream decode steps timed at that length. The cache is filled by a real prefill of --prompt
+   tokens through the engine's own prefill (time to first token reported), then synthetic entries: the
+   prompt's stored (already rounded) key/value blocks repeated block by block up to --context, so every
+   position holds realistic values in the format under test (their RoPE positions are not those of the
+   positions they sit at: the timing does not depend on that). A real 200K-token prefill of a 7B is ~1e16
+   FLOP, about a day on 2 cores: it is not run. Reports bytes per cached token (`Engine.stats()`), decode
+   seconds per step (median of --steps), the KV bytes a step reads and peak RSS (VmHWM), with the decode path.
 
 llama.cpp is not compared yet: building `llama-cpp-python` in its own environment was not attempted.
 The engine's decode path (kernel build and format) is printed with every figure.
@@ -46,6 +58,14 @@ def peak_rss() -> int:
     return peak_rss_bytes()
 
 
+def vm_hwm() -> int:
+    """This process's peak resident size (VmHWM, bytes)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return peak_rss()
+
+
 # ---- 1. quality ----------------------------------------------------------------------------------------------
 def perplexity(model, tokens: torch.Tensor, window: int) -> float:
     """exp(mean next-token loss) over consecutive windows of `window` tokens."""
@@ -61,12 +81,12 @@ def perplexity(model, tokens: torch.Tensor, window: int) -> float:
     return math.exp(total / count)
 
 
-def greedy(model, prompts: list[list[int]], n: int):
+def greedy(model, prompts: list[list[int]], n: int, kv: str | None = None):
     from puyu.engine.sampling import SamplingParams
     from puyu.engine.scheduler import Engine
 
     with Engine(model, max_batch_size=len(prompts), cache_tokens=len(prompts) * (max(map(len, prompts)) + n) + 256,
-                prefix_cache=False) as eng:
+                prefix_cache=False, kv=kv) as eng:
         out = [r.token_ids for r in eng.generate(prompts, SamplingParams(max_new_tokens=n, ignore_eos=True))]
         return out, eng.stats()["decode_path"]
 
@@ -105,6 +125,50 @@ def bench_quality(args) -> dict:
               f"tokens equal to f32's at {100 * same:.1f}% of {len(prompts)} x {n} positions, common prefix "
               f"{sum(prefix) / len(prefix):.1f} tokens ({path})", flush=True)
         del model
+    return res
+
+
+def engine_perplexity(model, tokens: torch.Tensor, window: int, kv: str | None, chunk: int) -> float:
+    """`perplexity`, but each window's logits come from the engine's chunked prefill through a KV cache of
+    format `kv` (`Engine.prompt_logits`: later chunks read the stored keys/values)."""
+    from puyu.engine.scheduler import Engine
+
+    total, count = 0.0, 0
+    with Engine(model, max_batch_size=1, cache_tokens=window + 64, prefill_chunk=chunk, prefix_cache=False,
+                kv=kv) as eng:
+        for s in range(0, len(tokens) - 1, window):
+            ids = tokens[s:s + window + 1]
+            if len(ids) < 2:
+                break
+            logits = eng.prompt_logits(ids[:-1].tolist())
+            total += float(torch.nn.functional.cross_entropy(logits, ids[1:], reduction="sum"))
+            count += len(ids) - 1
+    return math.exp(total / count)
+
+
+def bench_kv_quality(args) -> dict:
+    """Each KV format of --kv against float32's: perplexity through the engine's chunked prefill (chunks of
+    64, so most keys are read back from the cache) and greedy agreement over 128 new tokens."""
+    from puyu.model.checkpoint import load_model
+
+    raw = np.fromfile(args.tokens, dtype=np.uint16)[: args.eval_tokens]
+    tokens = torch.from_numpy(raw.astype(np.int64))
+    model = load_model(args.model)
+    window = model.config.max_position_embeddings
+    prompts = [tokens[i * 997 % max(1, len(tokens) - 64):][:32].tolist() for i in range(args.prompts)]
+    n = min(128, window - 33)
+    ref_ppl = engine_perplexity(model, tokens, window, "f32", 64)
+    ref_out, path = greedy(model, prompts, n, "f32")
+    res = {"f32": {"ppl": ref_ppl, "decode_path": path}}
+    print(f"[kv quality] {args.model}: {len(tokens)} held-out tokens, windows of {window} in chunks of 64; f32 KV "
+          f"perplexity {ref_ppl:.4f} ({path})", flush=True)
+    for kv in [k for k in args.kv if k != "f32"]:
+        ppl = engine_perplexity(model, tokens, window, kv, 64)
+        out, _ = greedy(model, prompts, n, kv)
+        same = sum(a == b for o, r in zip(out, ref_out) for a, b in zip(o, r)) / sum(map(len, ref_out))
+        res[kv] = {"ppl": ppl, "ppl_increase": ppl / ref_ppl - 1, "greedy_same_share": same}
+        print(f"[kv quality] {kv} KV: perplexity {ppl:.4f} = {100 * (ppl / ref_ppl - 1):+.3f}% vs f32; greedy tokens "
+              f"equal to f32's at {100 * same:.1f}% of {len(prompts)} x {n} positions", flush=True)
     return res
 
 
@@ -160,20 +224,21 @@ def bandwidth(model) -> float:
     return max(GIB / best(fresh.sum, 5), nbytes / best(touch, 3))
 
 
-def decode_speed(model, prompt: int, new: int, context: int | None = None) -> dict:
+def decode_speed(model, prompt: int, new: int, context: int | None = None, kv: str | None = None) -> dict:
     from puyu.engine.sampling import SamplingParams
     from puyu.engine.scheduler import Engine
 
     cfg = model.config
     ids = torch.randint(3, cfg.vocab_size, (prompt,), generator=torch.Generator().manual_seed(0)).tolist()
-    with Engine(model, max_batch_size=1, cache_tokens=context or (prompt + new + 64), prefix_cache=False) as eng:
+    with Engine(model, max_batch_size=1, cache_tokens=context or (prompt + new + 64), prefix_cache=False,
+                kv=kv) as eng:
         stamps = []
         t0 = time.perf_counter()
         for d in eng.stream(ids, SamplingParams(max_new_tokens=new, ignore_eos=True)):
             stamps += [time.perf_counter()] * len(d.token_ids)
-        path = eng.stats()["decode_path"]
+        path, kv_format = eng.stats()["decode_path"], eng.stats()["kv_format"]
     return {"tok_s": (len(stamps) - 1) / (stamps[-1] - stamps[0]), "first_token_s": stamps[0] - t0,
-            "decode_path": path}
+            "decode_path": path, "kv_format": kv_format}
 
 
 def bench_speed(args) -> dict:
@@ -200,12 +265,89 @@ def bench_memory(args) -> dict:
     res = {}
     for fmt in args.formats:
         model = packed_random_model(args.memory, fmt, args.group)
-        r = decode_speed(model, args.prompt, args.new_tokens, context=args.context)
-        res[fmt] = {**r, "context_reserved": args.context, "peak_rss_bytes": peak_rss()}
-        print(f"[{args.memory} {fmt}] KV cache reserved for {args.context:,} tokens: decode {r['tok_s']:.3f} tok/s, "
-              f"first token {r['first_token_s']:.1f} s, peak RSS {peak_rss() / GIB:.2f} GiB ({r['decode_path']})",
-              flush=True)
+        r = decode_speed(model, args.prompt, args.new_tokens, context=args.context, kv=args.kv[0])
+        res[fmt] = {**r, "context_reserved": args.context, "peak_rss_bytes": vm_hwm()}
+        print(f"[{args.memory} {fmt}] {r['kv_format']} KV cache reserved for {args.context:,} tokens: decode "
+              f"{r['tok_s']:.3f} tok/s, first token {r['first_token_s']:.1f} s, peak RSS {vm_hwm() / GIB:.2f} GiB "
+              f"({r['decode_path']})", flush=True)
         del model
+    return res
+
+
+# ---- 4. long context -------------------------------------------------------------------------------------------
+def fill_synthetic(cache, seq, real_blocks: int, tokens: int) -> None:
+    """Blocks of `seq` after its first `real_blocks` (computed by a real prefill) up to `tokens` tokens: copies
+    of the real ones, block by block, in the cache's own stored format (scales too)."""
+    seq.ensure(tokens)
+    first = seq.blocks[0]
+    if seq.blocks != list(range(first, first + len(seq.blocks))):
+        raise RuntimeError("the sequence's blocks are not contiguous")
+    pools = [cache.k, cache.v] + ([cache.k_scale, cache.v_scale] if cache.k_scale is not None else [])
+    done = real_blocks
+    while done < len(seq.blocks):
+        n = min(done, len(seq.blocks) - done)  # doubling copies: log2(blocks) copy calls
+        for pool in pools:
+            pool[:, first + done:first + done + n] = pool[:, first:first + n]
+        done += n
+
+
+def long_model(args):
+    from puyu.model.checkpoint import load_model
+
+    if Path(args.long).is_dir():
+        return load_model(args.long, weights=args.long_weights, group=args.group)
+    return packed_random_model(args.long, args.long_weights, args.group)
+
+
+def bench_long(args) -> dict:
+    from puyu.engine.fused_decode import FusedDecode
+    from puyu.engine.kv_cache import SequenceBlocks
+    from puyu.engine.scheduler import Engine, decode, prefill
+
+    model = long_model(args)
+    cfg = model.config
+    ids = torch.randint(3, cfg.vocab_size, (args.prompt,), generator=torch.Generator().manual_seed(0)).tolist()
+    res = {}
+    for kv in args.kv:
+        with Engine(model, max_batch_size=1, cache_tokens=args.context + 64, prefix_cache=False, kv=kv,
+                    block_size=32) as eng:
+            cache, step = eng.cache, eng._decoder
+            seq = SequenceBlocks(cache, args.context + args.steps + 1)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                if isinstance(step, FusedDecode) and step.can_prefill([ids]):
+                    logits = step.prefill(cache, [seq], [ids], [None])
+                else:
+                    logits = prefill(model, cache, seq, ids, 0, None)
+            ttft = time.perf_counter() - t0
+            real = args.prompt // cache.block_size
+            if real < 1:
+                raise SystemExit(f"--prompt must cover at least one block of {cache.block_size} tokens")
+            t1 = time.perf_counter()
+            fill_synthetic(cache, seq, real, args.context)
+            fill_s = time.perf_counter() - t1
+            tok = int(logits[-1].argmax())
+            times, cpu = [], []
+            for i in range(args.steps):
+                t, c = time.perf_counter(), time.process_time()
+                logits = decode(model, cache, [seq], [tok], [args.context + i], [None], step)
+                times.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)  # this process's threads: less than wall on a busy machine
+                tok = int(logits[-1].argmax())
+            st = eng.stats()
+            step_s, cpu_s = sorted(times)[len(times) // 2], sorted(cpu)[len(cpu) // 2]
+            seq.free()
+        kv_read = st["kv_bytes_per_token"] * args.context
+        res[st["kv_format"]] = {"context": args.context, "prompt": args.prompt, "first_token_s": ttft,
+                                "fill_s": fill_s, "step_s": step_s, "step_cpu_s": cpu_s, "tok_s": 1 / step_s,
+                                "steps_s": times,
+                                "kv_bytes_per_token": st["kv_bytes_per_token"], "kv_bytes_read_per_step": kv_read,
+                                "decode_path": st["decode_path"], "peak_rss_bytes": vm_hwm()}
+        print(f"[long {args.long} {args.long_weights} weights, {st['kv_format']} KV] {st['kv_bytes_per_token']} bytes "
+              f"per cached token; prefill of {args.prompt} tokens {ttft:.2f} s, synthetic fill to {args.context:,} "
+              f"{fill_s:.1f} s; decode step at {args.context:,} tokens {step_s * 1e3:.1f} ms (median of "
+              f"{args.steps}; fastest {min(times) * 1e3:.1f}; CPU time {cpu_s * 1e3:.1f}) = {1 / step_s:.2f} tok/s, reading {kv_read / GIB:.2f} GiB of KV; peak RSS "
+              f"{vm_hwm() / GIB:.2f} GiB ({st['decode_path']})", flush=True)
     return res
 
 
@@ -222,12 +364,19 @@ def main() -> None:
     ap.add_argument("--shape", help="preset for the speed figures, e.g. internlm2-1_8b (f32 there needs ~7 GB)")
     ap.add_argument("--memory", help="preset for the memory figures (internlm2-7b / internlm2-20b; never on a "
                                      "shared machine)")
-    ap.add_argument("--context", type=int, default=4096, help="KV tokens reserved in --memory runs")
+    ap.add_argument("--context", type=int, default=4096, help="KV tokens reserved in --memory and --long runs")
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--kv", default="f32", help="KV cache formats (comma-separated, of f32,bf16,int8) for --long; "
+                                                 "--memory uses the first")
+    ap.add_argument("--kv-quality", action="store_true", help="quality of each --kv format on --model, --tokens")
+    ap.add_argument("--long", help="model (checkpoint directory or preset) for the long-context figures")
+    ap.add_argument("--long-weights", default="f32", help="weight format of --long (f32, bf16, int8, int4)")
+    ap.add_argument("--steps", type=int, default=5, help="decode steps timed in --long runs")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     args.formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    args.kv = [f.strip() for f in args.kv.split(",") if f.strip()]
     torch.set_num_threads(args.threads)
     from puyu.engine.fused_decode import cpu_isas, default_isa
 
@@ -240,6 +389,10 @@ def main() -> None:
         res["speed"] = bench_speed(args)
     if args.memory:
         res["memory"] = bench_memory(args)
+    if args.kv_quality:
+        res["kv_quality"] = bench_kv_quality(args)
+    if args.long:
+        res["long"] = bench_long(args)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
 

@@ -39,3 +39,44 @@ class ScriptedModel(nn.Module):
         eos, seq = self.config.eos_token_id, self.sequence
         nxt = [[seq[p + 1] if p + 1 < len(seq) else eos for p in row] for row in position_ids.tolist()]
         return nn.functional.one_hot(torch.tensor(nxt), self.config.vocab_size).float() * 10  # [B, T, V]
+
+
+KV_MODES = [None, "bf16", "int8"]  # the engine's KV formats under test (None: the model's float32)
+
+
+def kv_round_trip(x: torch.Tensor, kv: str | None) -> torch.Tensor:
+    """Keys or values [..., D] as a KV cache of format `kv` gives them back, written from the format's
+    definition (puyu.model.quant, "the KV cache's formats"): bf16 rounding, or int8 with one scale per row
+    s = max |x| / 127 and q = round(x / s) (half to even, clamped to +-127)."""
+    if kv in (None, "f32"):
+        return x
+    if kv == "bf16":
+        return x.to(torch.bfloat16).to(x.dtype)
+    s = x.float().abs().amax(dim=-1, keepdim=True) / 127.0
+    q = torch.where(s > 0, x.float() / torch.where(s > 0, s, 1.0), 0.0).round().clamp(-127, 127)
+    return (q * s).to(x.dtype)
+
+
+class RoundTripAttention:
+    """A `cache` hook for the model's one-shot forward (no cache): plain causal softmax attention over the
+    keys/values as a KV cache of format `kv` stores them: the reference for engines with a quantized cache."""
+
+    def __init__(self, kv: str | None):
+        self.kv = kv
+
+    def attend(self, layer_idx, q, k, v):
+        """q [B, H, T, D], k/v [B, K, T, D] -> [B, H, T, D]."""
+        H, K, T, D = q.shape[1], k.shape[1], q.shape[2], q.shape[3]
+        k = kv_round_trip(k, self.kv).repeat_interleave(H // K, dim=1)  # [B, H, T, D]
+        v = kv_round_trip(v, self.kv).repeat_interleave(H // K, dim=1)
+        scores = (q @ k.transpose(-1, -2)) / D ** 0.5  # [B, H, T, T]
+        causal = torch.ones(T, T, dtype=torch.bool).tril()
+        return scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v
+
+
+@torch.inference_mode()
+def reference_logits(model, tokens: list[int], kv: str | None = None, base=None) -> torch.Tensor:
+    """The model's one-shot forward logits [T, V] over `tokens` with keys/values rounded as format `kv`
+    stores them (the plain forward for None)."""
+    hook = None if kv in (None, "f32") else RoundTripAttention(kv)
+    return model(torch.tensor([tokens]), cache=hook, rope_base=base)[0].float()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import make_model
+from tiny_models import KV_MODES, make_model
 
 from puyu.engine.decode_step import DecodeStep, RowSplitter
 from puyu.engine.kv_cache import PagedKVCache, SequenceBlocks
@@ -74,14 +74,15 @@ def test_row_split_equals_one_call(threads):
     splitter.close()
 
 
-def test_engine_greedy_tokens_same_with_and_without_fast_decode():
+@pytest.mark.parametrize("kv", KV_MODES)
+def test_engine_greedy_tokens_same_with_and_without_fast_decode(kv):
     model = make_model(rope_scaling={"type": "dynamic", "factor": 2.0})
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(3, 131, (n,), generator=g).tolist() for n in (3, 17, 30)]
     params = SamplingParams(max_new_tokens=12, ignore_eos=True)
     outs = []
     for fast in ("step", False):
-        with Engine(model, max_batch_size=3, cache_tokens=512, block_size=4, fast_decode=fast) as eng:
+        with Engine(model, max_batch_size=3, cache_tokens=512, block_size=4, fast_decode=fast, kv=kv) as eng:
             assert isinstance(eng._decoder, DecodeStep) == bool(fast)
             outs.append([r.token_ids for r in eng.generate(prompts, params)])
     assert outs[0] == outs[1]

@@ -13,6 +13,7 @@ import threading
 
 import pytest
 import torch
+from tiny_models import KV_MODES, reference_logits
 from tiny_models import make_model as tiny_model
 
 import puyu.engine.fused_decode as fd
@@ -176,8 +177,9 @@ def test_prefill_of_packed_prompts_equals_full_forward(threads):
         assert torch.allclose(row, full_logits(model, p + [t], None)[-1], atol=2e-5)
 
 
+@pytest.mark.parametrize("kv", KV_MODES)
 @pytest.mark.parametrize("fast", [True, "step", False])
-def test_engine_greedy_tokens_equal_on_every_decode_path(fast):
+def test_engine_greedy_tokens_equal_on_every_decode_path(fast, kv):
     model = make_model(**CASES["d32-dynamic"])
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(3, 131, (n,), generator=g).tolist() for n in (3, 17, 30, 8)]
@@ -187,9 +189,9 @@ def test_engine_greedy_tokens_equal_on_every_decode_path(fast):
         seq = list(p)
         base = request_rope_base(model.config, len(p), 12)
         for _ in range(12):
-            seq.append(int(full_logits(model, seq, base)[-1].argmax()))
+            seq.append(int(reference_logits(model, seq, kv, base)[-1].argmax()))
         ref.append(seq[len(p):])
-    with Engine(model, max_batch_size=4, cache_tokens=512, block_size=4, fast_decode=fast, threads=2) as eng:
+    with Engine(model, max_batch_size=4, cache_tokens=512, block_size=4, fast_decode=fast, threads=2, kv=kv) as eng:
         assert eng.stats()["decode_path"] == {True: "fused-" + FusedDecode(model).isa, "step": "torch-step",
                                               False: "model"}[fast]
         assert [r.token_ids for r in eng.generate(prompts, params)] == ref

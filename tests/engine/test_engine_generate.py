@@ -90,3 +90,28 @@ def test_user_errors_are_one_clear_line(args, message, capsys):
     assert main(["generate", *args]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kv", ["bf16", "int8"])
+def test_kv_flag_stores_the_cache_in_that_format(tiny_checkpoint, capsys, kv):
+    from tiny_models import reference_logits
+
+    assert main(["generate", "--model", str(tiny_checkpoint), "--ids", "1 20 33 47 5", "--kv", kv, "--json",
+                 "--max-new-tokens", "8", "--ignore-eos"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    model = load_model(tiny_checkpoint)
+    seq = [1, 20, 33, 47, 5]
+    for _ in range(8):
+        seq.append(int(reference_logits(model, seq, kv)[-1].argmax()))
+    assert row["token_ids"] == seq[5:]
+
+
+def test_every_command_that_loads_a_model_takes_kv():
+    from puyu.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["generate", "--model", "m", "x"], ["chat", "m"], ["serve", "--model", "m"],
+                 ["eval", "run", "arithmetic", "--model", "m"], ["info", "m"]):
+        assert parser.parse_args(argv + ["--kv", "int8"]).kv == "int8", argv
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv + ["--kv", "int4"])

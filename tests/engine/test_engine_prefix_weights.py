@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import reference_logits
 
 from puyu.engine.sampling import SamplingParams
 from puyu.engine.scheduler import Engine
@@ -20,10 +21,10 @@ def random_ids(n: int, seed: int, vocab: int = 512) -> list[int]:
 
 
 @torch.inference_mode()
-def naive_greedy(model, ids: list[int], n: int) -> list[int]:
+def naive_greedy(model, ids: list[int], n: int, kv: str | None = None) -> list[int]:
     seq, out = list(ids), []
     for _ in range(n):
-        t = int(model(torch.tensor([seq]))[0, -1].argmax())
+        t = int(reference_logits(model, seq, kv)[-1].argmax())
         seq.append(t)
         out.append(t)
     return out
@@ -46,23 +47,24 @@ def _perturb(model, how: str, seed: int = 5) -> None:
                 p.data.add_(noise)
 
 
+@pytest.mark.parametrize("kv", [None, "int8"])
 @pytest.mark.parametrize("fast", [True, "step"])
-def test_in_place_weight_update_flushes_cached_prefixes(fast):
+def test_in_place_weight_update_flushes_cached_prefixes(fast, kv):
     model = _model()
     prompt = random_ids(200, seed=1)
     p = SamplingParams(max_new_tokens=8, ignore_eos=True)
-    with Engine(model, cache_tokens=1024, block_size=8, fast_decode=fast) as eng:
+    with Engine(model, cache_tokens=1024, block_size=8, fast_decode=fast, kv=kv) as eng:
         before = eng.generate([prompt], p)[0].token_ids
         _perturb(model, "add_")
         after = eng.generate([prompt], p)[0].token_ids
         stats = eng.stats()
-    with Engine(model, cache_tokens=1024, block_size=8, fast_decode=fast) as fresh:
+    with Engine(model, cache_tokens=1024, block_size=8, fast_decode=fast, kv=kv) as fresh:
         want = fresh.generate([prompt], p)[0].token_ids
-    assert after == want == naive_greedy(model, prompt, 8)
+    assert after == want == naive_greedy(model, prompt, 8, kv)
     assert before != after  # the update matters, so the test can tell stale keys from fresh ones
     assert stats["prefix_hit_tokens"] == 0 and stats["prefix_flushes"] == 1
     # with unchanged weights reuse still works
-    with Engine(model, cache_tokens=1024, block_size=8, fast_decode=fast) as eng:
+    with Engine(model, cache_tokens=1024, block_size=8, fast_decode=fast, kv=kv) as eng:
         eng.generate([prompt], p)
         assert eng.generate([prompt], p)[0].token_ids == want
         assert eng.stats()["prefix_hit_tokens"] == 192 and eng.stats()["prefix_flushes"] == 0

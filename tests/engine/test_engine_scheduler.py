@@ -1,7 +1,9 @@
 """The engine against independent references: a naive full-recompute greedy loop, one-shot logits
 (with the request's fixed dynamic-NTK base past max_position_embeddings), seeded sampling alone vs in a
 busy batch, a scripted model for exact text, stop strings and Chinese/emoji streaming, and the cache
-accounting (reuse, oversize requests, cancellation)."""
+accounting (reuse, oversize requests, cancellation). The tests of generation run with the KV cache in each
+format (`kv`: the model's float32, bf16, int8); their references then round keys/values as the format
+stores them (`tiny_models.reference_logits`)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import threading
 
 import pytest
 import torch
-from tiny_models import ScriptedModel
+from tiny_models import KV_MODES, ScriptedModel, reference_logits
 from torch import nn
 
 from puyu.engine.kv_cache import CacheFullError
@@ -33,11 +35,12 @@ def random_ids(n: int, seed: int, vocab: int = 512) -> list[int]:
 
 
 @torch.inference_mode()
-def naive_greedy(model, ids: list[int], n: int, eos: int | None = 2) -> list[int]:
-    """Recompute the whole sequence for every new token (no cache at all)."""
+def naive_greedy(model, ids: list[int], n: int, eos: int | None = 2, kv: str | None = None) -> list[int]:
+    """Recompute the whole sequence for every new token (no cache at all; keys/values rounded as a cache of
+    format `kv` stores them)."""
     seq, out = list(ids), []
     for _ in range(n):
-        t = int(model(torch.tensor([seq]))[0, -1].argmax())
+        t = int(reference_logits(model, seq, kv)[-1].argmax())
         out.append(t)
         seq.append(t)
         if t == eos:
@@ -45,12 +48,13 @@ def naive_greedy(model, ids: list[int], n: int, eos: int | None = 2) -> list[int
     return out
 
 
-def test_greedy_equals_naive_loop_with_chunked_prefill_and_late_arrivals(model):
+@pytest.mark.parametrize("kv", KV_MODES)
+def test_greedy_equals_naive_loop_with_chunked_prefill_and_late_arrivals(model, kv):
     lengths = [1, 7, 40, 131, 250, 3]
     prompts = [random_ids(n, seed=n) for n in lengths]
     late = [random_ids(n, seed=100 + n) for n in (90, 2, 17)]
     params = SamplingParams(max_new_tokens=24)
-    with Engine(model, max_batch_size=4, cache_tokens=2048, block_size=8, prefill_chunk=32) as eng:
+    with Engine(model, max_batch_size=4, cache_tokens=2048, block_size=8, prefill_chunk=32, kv=kv) as eng:
         handles = [eng.submit(p, params) for p in prompts]
         first = iter(handles[0])
         next(first)  # the run is under way ...
@@ -58,47 +62,52 @@ def test_greedy_equals_naive_loop_with_chunked_prefill_and_late_arrivals(model):
         results = [h.result() for h in handles]
         assert eng.stats()["cache_blocks_used"] == 0
     for p, r in zip(prompts + late, results):
-        ref = naive_greedy(model, p, 24)
+        ref = naive_greedy(model, p, 24, kv=kv)
         assert r.token_ids == ref, f"prompt of {len(p)} tokens"
         assert r.finish_reason == ("stop" if ref[-1] == 2 else "length")
         assert r.prompt_token_ids == p
 
 
-def test_a_burst_of_short_prompts_is_prefilled_together(model):
+@pytest.mark.parametrize("fast", [True, "step"])
+@pytest.mark.parametrize("kv", KV_MODES)
+def test_a_burst_of_short_prompts_is_prefilled_together(model, kv, fast):
+    """Through the kernel's prefill (every token a row), or PyTorch's packed prefill (one row)."""
     prompts = [random_ids(n, seed=200 + n) for n in (3, 9, 5, 12, 1, 7, 4, 10)]
-    with Engine(model, max_batch_size=8, cache_tokens=1024, prefill_chunk=64) as eng:
+    with Engine(model, max_batch_size=8, cache_tokens=1024, prefill_chunk=64, kv=kv, fast_decode=fast) as eng:
         results = eng.generate(prompts, SamplingParams(max_new_tokens=10, ignore_eos=True))
         steps = eng.stats()["steps"]
     for p, r in zip(prompts, results):
-        assert r.token_ids == naive_greedy(model, p, 10, eos=None)
+        assert r.token_ids == naive_greedy(model, p, 10, eos=None, kv=kv)
     assert steps == 9  # one packed prefill (+ first decode), then all decode together: 1 + 8
 
 
-def test_chunked_prefill_logits_equal_one_shot(model):
+@pytest.mark.parametrize("kv", KV_MODES)
+def test_chunked_prefill_logits_equal_one_shot(model, kv):
     ids = random_ids(200, seed=5)
-    with Engine(model, cache_tokens=512, block_size=8, prefill_chunk=24) as eng:
+    with Engine(model, cache_tokens=512, block_size=8, prefill_chunk=24, kv=kv) as eng:
         chunked = eng.prompt_logits(ids)
-    with torch.inference_mode():
-        one_shot = model(torch.tensor([ids]))[0]
+    one_shot = reference_logits(model, ids, kv)
     assert chunked.shape == one_shot.shape == (200, 512)
-    assert (chunked - one_shot).abs().max() <= 1e-4
+    # fp32 rounding; with bf16, also a key whose fp32 value differs in the last bit may round to the
+    # neighbouring bf16 value (2^-8 relative) in one computation and not the other
+    assert (chunked - one_shot).abs().max() <= (1e-4 if kv is None else 1e-3)
 
 
-def test_dynamic_ntk_past_max_positions_uses_the_fixed_base():
+@pytest.mark.parametrize("kv", KV_MODES)
+def test_dynamic_ntk_past_max_positions_uses_the_fixed_base(kv):
     cfg = get_preset("nano-tiny", rope_scaling={"type": "dynamic", "factor": 2.0})  # 256 positions
     m = InternLM2ForCausalLM(cfg).reset_parameters(seed=1).eval()
     ids, new = random_ids(600, seed=9), 300
     base = request_rope_base(cfg, 600, new)
     assert base == dynamic_base(cfg, 900) > dynamic_base(cfg, 600) > cfg.rope_theta
     # A small mask budget makes later chunks shrink: several chunk sizes are exercised.
-    with Engine(m, cache_tokens=1024, block_size=16, prefill_chunk=128, mask_bytes=128 * 400 * 4) as eng:
+    with Engine(m, cache_tokens=1024, block_size=16, prefill_chunk=128, mask_bytes=128 * 400 * 4, kv=kv) as eng:
         chunked = eng.prompt_logits(ids, max_new_tokens=new)
         steps = eng.stats()["steps"]
     assert steps > 600 // 128 + 1
-    with torch.inference_mode():
-        pinned = m(torch.tensor([ids]), rope_base=base)[0]
-        unpinned = m(torch.tensor([ids]))[0]  # the base for 600 tokens, not 900
-    assert (chunked - pinned).abs().max() <= 1e-4
+    pinned = reference_logits(m, ids, kv, base)
+    unpinned = reference_logits(m, ids, kv)  # the base for 600 tokens, not 900
+    assert (chunked - pinned).abs().max() <= (1e-4 if kv is None else 1e-3)
     assert (chunked - unpinned).abs().max() > 1e-3  # the base really matters here
 
 
@@ -164,14 +173,15 @@ def test_logprobs_are_raw_model_log_probabilities(model):
 
 
 # ---- cache accounting --------------------------------------------------------------------------------
-def test_freed_blocks_are_reused_and_requests_wait_for_room(model):
-    with Engine(model, cache_tokens=64, block_size=8, max_batch_size=4) as eng:  # 8 blocks
+@pytest.mark.parametrize("kv", KV_MODES)
+def test_freed_blocks_are_reused_and_requests_wait_for_room(model, kv):
+    with Engine(model, cache_tokens=64, block_size=8, max_batch_size=4, kv=kv) as eng:  # 8 blocks
         p = SamplingParams(max_new_tokens=20, ignore_eos=True)
         a, b = random_ids(20, seed=7), random_ids(19, seed=8)  # 40 and 39 tokens: 5 blocks each
         ra, rb = eng.generate([a, b], p)  # cannot run together: b waits for a's blocks
         assert eng.stats()["cache_blocks_used"] == 0 and eng.stats()["cache_blocks_reserved"] == 0
-        assert ra.token_ids == naive_greedy(model, a, 20, eos=None)
-        assert rb.token_ids == naive_greedy(model, b, 20, eos=None)
+        assert ra.token_ids == naive_greedy(model, a, 20, eos=None, kv=kv)
+        assert rb.token_ids == naive_greedy(model, b, 20, eos=None, kv=kv)
         assert eng.stats()["steps"] > 30  # one after the other (~38 steps), not in one batch (~20)
         assert eng.stats()["cache_blocks_total"] == 8
 
@@ -379,8 +389,9 @@ def test_incremental_detokenizer_is_exact_on_mixed_text(which, request):
     assert not any("\ufffd" in d for d in deltas)
 
 
+@pytest.mark.parametrize("kv", KV_MODES)
 @pytest.mark.parametrize("fast", [True, "step"])
-def test_prefix_reuse_skips_cached_prompt_blocks_and_changes_no_token(model, fast):
+def test_prefix_reuse_skips_cached_prompt_blocks_and_changes_no_token(model, fast, kv):
     """A shared system prompt, then a next chat turn that sends the previous answer back: the cached
     blocks are adopted (fewer prefill tokens) and every output equals the no-reuse engine's."""
     system = random_ids(37, seed=20)
@@ -389,7 +400,7 @@ def test_prefix_reuse_skips_cached_prompt_blocks_and_changes_no_token(model, fas
     outs = {}
     for reuse in (True, False):
         with Engine(model, cache_tokens=512, block_size=8, max_batch_size=4, fast_decode=fast,
-                    prefix_cache=reuse) as eng:
+                    prefix_cache=reuse, kv=kv) as eng:
             r1 = eng.generate([first], p)[0]
             hits1 = eng.stats()["prefix_hit_tokens"]
             r2 = eng.generate([system + random_ids(9, seed=22)], p)[0]  # same system prompt
@@ -406,7 +417,7 @@ def test_prefix_reuse_skips_cached_prompt_blocks_and_changes_no_token(model, fas
             else:
                 assert hits1 == hits2 == hits3 == 0
     assert outs[True] == outs[False]
-    assert outs[True][2] == naive_greedy(model, turn2, 12, eos=None)
+    assert outs[True][2] == naive_greedy(model, turn2, 12, eos=None, kv=kv)
 
 
 def test_prefix_reuse_respects_the_rope_base_and_cache_pressure():
@@ -430,7 +441,8 @@ def test_prefix_reuse_respects_the_rope_base_and_cache_pressure():
     assert got == [naive_greedy(model, x, 10, eos=None) for x in prompts + prompts[:2]]
 
 
-def test_the_rest_of_a_cached_prompt_keeps_the_mask_bound(model, monkeypatch):
+@pytest.mark.parametrize("kv", KV_MODES)
+def test_the_rest_of_a_cached_prompt_keeps_the_mask_bound(model, monkeypatch, kv):
     """After a prefix hit, the uncached rest is prefilled in chunks whose [T, S] mask fits mask_bytes."""
     import puyu.engine.scheduler as E
 
@@ -444,7 +456,7 @@ def test_the_rest_of_a_cached_prompt_keeps_the_mask_bound(model, monkeypatch):
     monkeypatch.setattr(E, "prefill", spy)
     shared = random_ids(200, seed=50)
     p = SamplingParams(max_new_tokens=4, ignore_eos=True)
-    with Engine(model, cache_tokens=1024, block_size=8, fast_decode="step", mask_bytes=64 * 1024) as eng:
+    with Engine(model, cache_tokens=1024, block_size=8, fast_decode="step", mask_bytes=64 * 1024, kv=kv) as eng:
         eng.generate([shared], p)
         calls.clear()
         longer = shared + random_ids(120, seed=51)
@@ -452,4 +464,4 @@ def test_the_rest_of_a_cached_prompt_keeps_the_mask_bound(model, monkeypatch):
         assert eng.stats()["prefix_hit_tokens"] == 200  # 25 full blocks of 8
     assert calls and calls[0][1] == 200 and sum(t for t, _ in calls) == 320 - 200 and len(calls) > 1
     assert all(t * (s + t) * 4 <= 64 * 1024 or t == 16 for t, s in calls)
-    assert got == naive_greedy(model, longer, 4, eos=None)
+    assert got == naive_greedy(model, longer, 4, eos=None, kv=kv)

@@ -90,10 +90,17 @@ def test_quantizing_load_peak_rss(tmp_path):
 def test_memory_check_names_the_options():
     cfg = get_preset("internlm2-7b")
     assert weight_bytes(cfg, "int4") < weight_bytes(cfg, "int8") < weight_bytes(cfg, "bf16") < weight_bytes(cfg)
-    with pytest.raises(MemoryCheckError, match=r"--weights int4 .* or a shorter --context \(at most ~"):
+    with pytest.raises(MemoryCheckError, match=r"--weights int4 .* or a shorter --context \(at most ~[\d,]+ with"):
         check_fits(cfg, "f32", 4, context=32768, available=12 << 30)
     figures = check_fits(cfg, "int4", 4, context=1000, available=64 << 30)
     assert figures["kv_bytes"] == cfg.kv_bytes_per_token(4) * 1000
+    # int4 weights fit 20 GiB, a 200K-token float32 cache (48.8 GiB) or a bf16 one (24.4) does not: int8 does
+    with pytest.raises(MemoryCheckError, match=r"48\.83 GiB of f32 KV cache .* try --kv int8 \(12\.59 GiB of KV cache\)"):
+        check_fits(cfg, "int4", "f32", context=200000, available=20 << 30)
+    assert check_fits(cfg, "int4", "int8", context=200000, available=20 << 30)["kv_bytes"] == 2 * 32 * 8 * 132 * 200000
+    with pytest.raises(MemoryCheckError, match=r"--weights int4 --kv int8 .*at most ~[\d,]+ tokens as asked, "
+                                               r"~[\d,]+ with --weights int4 --kv int8"):
+        check_fits(cfg, "bf16", "bf16", context=200000, available=16 << 30)
     from puyu.model.info import summary
 
     s = summary(cfg, 200000, "bfloat16", weights="int4")  # puyu info --weights int4 --context 200000

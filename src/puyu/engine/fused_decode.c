@@ -21,7 +21,8 @@
  * Built with -DPUYU_PROFILE, the per-phase seconds of every call accumulate in puyu_prof[8] (see forward).
  *
  * Cache layout (puyu.kv_cache.PagedKVCache): k/v [L, N_blocks, P, K, D]; token t of a sequence sits in
- * block table[t / P], offset t % P.
+ * block table[t / P], offset t % P. Elements are float32, bfloat16 or int8 with scales [L, N_blocks, P, K]
+ * (see "KV formats").
  */
 #include <math.h>
 #include <pthread.h>
@@ -781,7 +782,7 @@ typedef struct {
     const float *invf;      /* [B or 1, D/2] inverse frequencies */
     int invf_stride;        /* 0 when every row shares one base */
     const int64_t *const *tables;  /* per row: its block table */
-    float *kc, *vc;         /* [L, nblocks, P, K, D] */
+    void *kc, *vc;          /* [L, nblocks, P, K, D] elements in kv_fmt (see "KV formats") */
     const float *const *w;  /* 3 + 9 * L pointers, see fused_decode.py */
     float *logits;          /* [B, V] */
     int min_parallel;       /* weight elements below which a product runs on one thread */
@@ -789,6 +790,8 @@ typedef struct {
     const int64_t *out_rows; /* rows whose logits are wanted (a prefill's last tokens); NULL: every row */
     int n_out;
     const QW *q;            /* NULL, or per entry of w: its stored format (F32 entries read w) */
+    int kv_fmt;             /* KV_F32, KV_BF16 or KV_INT8 */
+    float *ks, *vs;         /* KV_INT8: scales [L, nblocks, P, K], one per token and kv head; else NULL */
 } Args;
 
 typedef struct {
@@ -841,16 +844,20 @@ static void linear(Ctx *c, int M, int Kd, const float *in, int wi, const float *
 }
 
 #if PUYU_AVX512
-/* o[q] = sum_t p[q][t] * v_t for the n_rep queries of a group, NV vectors per head: each value row is
- * loaded once for up to 16 / NV queries, whose outputs stay in registers. */
+/* o[q] (+)= sum_t p[q * ps + t] * v_t (t < S) for the n_rep queries of a group, NV vectors per head: each
+ * value row is loaded once for up to 16 / NV queries, whose outputs stay in registers; `accumulate` adds to
+ * o (a block of a longer sum). */
 static inline __attribute__((always_inline)) void weighted_values(const int NV, int n_rep, int S, const float *p,
-                                                                  const float *vc, const long *slot, long kstride,
-                                                                  float *o) {
+                                                                  int ps, const float *vc, const long *slot,
+                                                                  long kstride, float *o, int accumulate) {
     for (int q0 = 0; q0 < n_rep; q0 += 16 / NV) {
         int nq = n_rep - q0 < 16 / NV ? n_rep - q0 : 16 / NV;
         __m512 acc[16];
 #pragma GCC unroll 16
         for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+        if (accumulate)
+            for (int q = 0; q < nq; q++)
+                for (int i = 0; i < NV; i++) acc[q * NV + i] = _mm512_loadu_ps(o + (long)(q0 + q) * NV * 16 + 16 * i);
         for (int t = 0; t < S; t++) {
             const float *vt = vc + slot[t] * kstride;
             __m512 v[8];
@@ -859,7 +866,7 @@ static inline __attribute__((always_inline)) void weighted_values(const int NV, 
 #pragma GCC unroll 16
             for (int q = 0; q < 16 / NV; q++) {
                 if (q < nq) {
-                    __m512 pq = _mm512_set1_ps(p[(long)(q0 + q) * S + t]);
+                    __m512 pq = _mm512_set1_ps(p[(long)(q0 + q) * ps + t]);
 #pragma GCC unroll 8
                     for (int i = 0; i < NV; i++) acc[q * NV + i] = _mm512_fmadd_ps(pq, v[i], acc[q * NV + i]);
                 }
@@ -873,13 +880,17 @@ static inline __attribute__((always_inline)) void weighted_values(const int NV, 
 /* The AVX2 form: NV (<= 8) vectors of 8 floats per value row (a slice of D at column d0), up to 8 / NV
  * queries per pass; outputs o[q * D + d0 ...]. */
 static inline __attribute__((always_inline)) void weighted_values(const int NV, int n_rep, int S, const float *p,
-                                                                  const float *vc, const long *slot, long kstride,
-                                                                  float *o, int D, int d0) {
+                                                                  int ps, const float *vc, const long *slot,
+                                                                  long kstride, float *o, int D, int d0,
+                                                                  int accumulate) {
     for (int q0 = 0; q0 < n_rep; q0 += 8 / NV) {
         int nq = n_rep - q0 < 8 / NV ? n_rep - q0 : 8 / NV;
         __m256 acc[8];
 #pragma GCC unroll 8
         for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+        if (accumulate)
+            for (int q = 0; q < nq; q++)
+                for (int i = 0; i < NV; i++) acc[q * NV + i] = _mm256_loadu_ps(o + (long)(q0 + q) * D + d0 + 8 * i);
         for (int t = 0; t < S; t++) {
             const float *vt = vc + slot[t] * kstride + d0;
             __m256 v[8];
@@ -888,7 +899,7 @@ static inline __attribute__((always_inline)) void weighted_values(const int NV, 
 #pragma GCC unroll 8
             for (int q = 0; q < 8 / NV; q++) {
                 if (q < nq) {
-                    __m256 pq = _mm256_set1_ps(p[(long)(q0 + q) * S + t]);
+                    __m256 pq = _mm256_set1_ps(p[(long)(q0 + q) * ps + t]);
 #pragma GCC unroll 8
                     for (int i = 0; i < NV; i++) acc[q * NV + i] = _mm256_fmadd_ps(pq, v[i], acc[q * NV + i]);
                 }
@@ -900,22 +911,129 @@ static inline __attribute__((always_inline)) void weighted_values(const int NV, 
 }
 #endif
 
+/* ---------------------------------------------------------------- KV formats ------------------ */
+/* The cache's stored formats (puyu/model/quant.py, "the KV cache's formats"; puyu.engine.kv_cache):
+ *   KV_F32   float32 elements
+ *   KV_BF16  bfloat16 (the top half of a float32, rounded to nearest even as torch rounds)
+ *   KV_INT8  int8 q with one float32 scale per token and kv head: x = q * s, s = max |x| / 127,
+ *            q = round_half_even(x / s) (torch.round's rounding), s = 0 and q = 0 for an all-zero row
+ * Written by rope_and_store (kv_put) as each token's key and value are computed; read by attend_group,
+ * which dequantizes blocks of KVB rows into a small per-thread float buffer (kv_rows) and runs the float
+ * score and value kernels on it, so each stored byte is read from memory once per query group. */
+enum { KV_F32 = 0, KV_BF16 = 1, KV_INT8 = 2 };
+#define KVB 32  /* rows dequantized per block (32 x head_dim floats: 16 KiB at D = 128, in L1) */
+
+static inline long kv_elem_bytes(int fmt) { return fmt == KV_F32 ? 4 : fmt == KV_BF16 ? 2 : 1; }
+
+/* Floats of per-thread attention scratch: scores of the group's queries, then the dequantization block. */
+static inline long attn_scratch(const Args *a, int smax) {
+    return (long)(a->H / a->K) * smax + (long)KVB * a->D;
+}
+
+/* Store one head's D floats x at dst (and its scale at *scale for KV_INT8). */
+static void kv_put(int fmt, void *dst, float *scale, const float *x, int D) {
+    if (fmt == KV_F32) {
+        memcpy(dst, x, sizeof(float) * D);
+    } else if (fmt == KV_BF16) {
+        uint16_t *h = (uint16_t *)dst;
+        for (int d = 0; d < D; d++) {
+            uint32_t u;
+            memcpy(&u, x + d, 4);
+            h[d] = (u & 0x7fffffffu) > 0x7f800000u ? (uint16_t)0x7fc0 : (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+        }
+    } else {
+        int8_t *q = (int8_t *)dst;
+        float amax = 0.0f;
+        for (int d = 0; d < D; d++) amax = fabsf(x[d]) > amax ? fabsf(x[d]) : amax;
+        float s = amax / 127.0f;
+        for (int d = 0; d < D; d++) {
+            float r = s > 0.0f ? nearbyintf(x[d] / s) : 0.0f;
+            q[d] = (int8_t)(r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r);
+        }
+        *scale = s;
+    }
+}
+
+/* Rows slot[0..n) of one kv head as float32 into out [n, D]: row j's elements at base + slot[j] * rstride
+ * elements, its int8 scale at sc[slot[j] * sstride]. Plain loops the compiler vectorises for each build. */
+static void kv_rows(int fmt, const uint8_t *base, const float *sc, long sstride, const long *slot, int n,
+                    long rstride, int D, float *out) {
+    for (int j = 0; j < n; j++) {
+        float *o = out + (long)j * D;
+        if (fmt == KV_BF16) {
+            const uint16_t *h = (const uint16_t *)base + slot[j] * rstride;
+            for (int d = 0; d < D; d++) {
+                uint32_t u = (uint32_t)h[d] << 16;
+                memcpy(o + d, &u, 4);
+            }
+        } else {
+            const int8_t *q = (const int8_t *)base + slot[j] * rstride;
+            float s = sc[slot[j] * sstride];
+            for (int d = 0; d < D; d++) o[d] = (float)q[d] * s;
+        }
+    }
+}
+
+static const long kv_iota[KVB] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+                                  16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31};
+
+/* o[q] (+)= sum_t p[q * ps + t] * v_t over S value rows v_t = vc + slot[t] * kstride (float32), for the
+ * n_rep queries of a group whose outputs o [n_rep, D] are contiguous. */
+static void values_f32(int n_rep, int S, const float *p, int ps, const float *vc, const long *slot, long kstride,
+                       float *o, int D, int accumulate) {
+#if PUYU_AVX512
+    if (D == 32) { weighted_values(2, n_rep, S, p, ps, vc, slot, kstride, o, accumulate); return; }
+    if (D == 64) { weighted_values(4, n_rep, S, p, ps, vc, slot, kstride, o, accumulate); return; }
+    if (D == 128) { weighted_values(8, n_rep, S, p, ps, vc, slot, kstride, o, accumulate); return; }
+#elif PUYU_AVX2
+    if (D % 16 == 0 && D <= 128) {
+        for (int d0 = 0; d0 < D; d0 += 64)  /* slices of 64, then 32 and/or 16 */
+            if (D - d0 >= 64) weighted_values(8, n_rep, S, p, ps, vc, slot, kstride, o, D, d0, accumulate);
+            else if (D - d0 == 32) weighted_values(4, n_rep, S, p, ps, vc, slot, kstride, o, D, d0, accumulate);
+            else if (D - d0 == 48) {
+                weighted_values(4, n_rep, S, p, ps, vc, slot, kstride, o, D, d0, accumulate);
+                weighted_values(2, n_rep, S, p, ps, vc, slot, kstride, o, D, d0 + 32, accumulate);
+            } else weighted_values(2, n_rep, S, p, ps, vc, slot, kstride, o, D, d0, accumulate);
+        return;
+    }
+#endif
+    for (int r = 0; r < n_rep; r++) {
+        float *orow = o + (long)r * D;
+        if (!accumulate)
+            for (int d = 0; d < D; d++) orow[d] = 0.0f;
+        for (int t = 0; t < S; t++) {
+            const float *vt = vc + slot[t] * kstride;
+            float pt = p[(long)r * ps + t];
+            for (int d = 0; d < D; d++) orow[d] += pt * vt[d];
+        }
+    }
+}
+
 /* Attention of one (row, kv group): its n_rep query heads over positions 0..pos of the row. Keys are
- * taken 16 at a time: each query's 16 dot products are folded by reduce16 into one vector of scores. */
-static void attend_group(Ctx *c, int b, int g, float *scores) {
+ * taken 16 at a time: each query's 16 dot products are folded by reduce16 into one vector of scores.
+ * `buf` (KVB * D floats) holds dequantized rows of a bf16 or int8 cache. */
+static void attend_group(Ctx *c, int b, int g, float *scores, float *buf) {
     const Args *a = c->a;
-    int K = a->K, D = a->D, H = a->H, n_rep = H / K;
+    int K = a->K, D = a->D, H = a->H, n_rep = H / K, fmt = a->kv_fmt;
     int S = (int)a->positions[b] + 1;
     const long *slot = c->slots + (long)b * c->smax;
-    long layer_off = (long)c->layer * a->nblocks * a->P * K * D;
-    const float *kc = a->kc + layer_off + (long)g * D, *vc = a->vc + layer_off + (long)g * D;
+    long layer_off = (long)c->layer * a->nblocks * a->P * K * D, eb = kv_elem_bytes(fmt);
+    const uint8_t *kc = (const uint8_t *)a->kc + (layer_off + (long)g * D) * eb;
+    const uint8_t *vc = (const uint8_t *)a->vc + (layer_off + (long)g * D) * eb;
+    long sc_off = (long)c->layer * a->nblocks * a->P * K + g;  /* this head's scales: [slot * K] from here */
+    const float *ksc = a->ks ? a->ks + sc_off : NULL, *vsc = a->vs ? a->vs + sc_off : NULL;
     const float *q = c->qkv + (long)b * (H + 2 * K) * D + (long)g * (n_rep + 2) * D;  /* n_rep heads */
     float scale = 1.0f / sqrtf((float)D);
-    long kstride = (long)K * D;  /* floats between consecutive slots */
+    long kstride = (long)K * D;  /* elements between consecutive slots */
     for (int t0 = 0; t0 < S; t0 += 16) {
         int n = S - t0 < 16 ? S - t0 : 16;
         const float *kp[16];
-        for (int j = 0; j < n; j++) kp[j] = kc + slot[t0 + j] * kstride;
+        if (fmt == KV_F32) {
+            for (int j = 0; j < n; j++) kp[j] = (const float *)kc + slot[t0 + j] * kstride;
+        } else {
+            kv_rows(fmt, kc, ksc, K, slot + t0, n, kstride, D, buf);
+            for (int j = 0; j < n; j++) kp[j] = buf + (long)j * D;
+        }
         for (int r = 0; r < n_rep; r++) {
             const float *qr = q + (long)r * D;
             float *s = scores + (long)r * S + t0;
@@ -957,38 +1075,17 @@ static void attend_group(Ctx *c, int b, int g, float *scores) {
         for (int t = 1; t < S; t++) mx = s[t] > mx ? s[t] : mx;
         float inv = 1.0f / softmax_exp(s, S, mx);
         for (int t = 0; t < S; t++) s[t] *= inv;  /* probabilities: the value sums below need no scaling */
-        float *o = c->att + (long)b * H * D + (long)(g * n_rep + r) * D;
-#if PUYU_AVX512
-        if (D == 32 || D == 64 || D == 128) continue;  /* done below, all queries at once */
-#elif PUYU_AVX2
-        if (D % 16 == 0 && D <= 128) continue;  /* done below, all queries at once */
-#endif
-        for (int d = 0; d < D; d++) o[d] = 0.0f;
-        for (int t = 0; t < S; t++) {
-            const float *vt = vc + slot[t] * kstride;
-            float pt = s[t];
-            for (int d = 0; d < D; d++) o[d] += pt * vt[d];
-        }
     }
-#if PUYU_AVX512
-    if (D == 32 || D == 64 || D == 128) {
-        float *o = c->att + (long)b * H * D + (long)g * n_rep * D;
-        if (D == 32) weighted_values(2, n_rep, S, scores, vc, slot, kstride, o);
-        else if (D == 64) weighted_values(4, n_rep, S, scores, vc, slot, kstride, o);
-        else weighted_values(8, n_rep, S, scores, vc, slot, kstride, o);
+    float *o = c->att + (long)b * H * D + (long)g * n_rep * D;  /* the group's n_rep outputs [n_rep, D] */
+    if (fmt == KV_F32) {
+        values_f32(n_rep, S, scores, S, (const float *)vc, slot, kstride, o, D, 0);
+        return;
     }
-#elif PUYU_AVX2
-    if (D % 16 == 0 && D <= 128) {
-        float *o = c->att + (long)b * H * D + (long)g * n_rep * D;
-        for (int d0 = 0; d0 < D; d0 += 64)  /* slices of 64, then 32 and/or 16 */
-                if (D - d0 >= 64) weighted_values(8, n_rep, S, scores, vc, slot, kstride, o, D, d0);
-                else if (D - d0 == 32) weighted_values(4, n_rep, S, scores, vc, slot, kstride, o, D, d0);
-                else if (D - d0 == 48) {
-                    weighted_values(4, n_rep, S, scores, vc, slot, kstride, o, D, d0);
-                    weighted_values(2, n_rep, S, scores, vc, slot, kstride, o, D, d0 + 32);
-                } else weighted_values(2, n_rep, S, scores, vc, slot, kstride, o, D, d0);
+    for (int t0 = 0; t0 < S; t0 += KVB) {  /* a block of value rows at a time, dequantized into buf */
+        int n = S - t0 < KVB ? S - t0 : KVB;
+        kv_rows(fmt, vc, vsc, K, slot + t0, n, kstride, D, buf);
+        values_f32(n_rep, n, scores + t0, S, buf, kv_iota, D, o, D, t0 > 0);
     }
-#endif
 }
 
 static void task_attention(void *p, int part, int parts) {
@@ -996,15 +1093,17 @@ static void task_attention(void *p, int part, int parts) {
     const Args *a = c->a;
     int lo, hi, items = a->B * a->K;
     split_range(items, part, parts, 1, &lo, &hi);
-    float *scores = c->scores + (long)part * (a->H / a->K) * c->smax;
-    for (int it = lo; it < hi; it++) attend_group(c, it / a->K, it % a->K, scores);
+    float *scores = c->scores + (long)part * attn_scratch(a, c->smax);
+    float *buf = scores + (long)(a->H / a->K) * c->smax;
+    for (int it = lo; it < hi; it++) attend_group(c, it / a->K, it % a->K, scores, buf);
 }
 
-/* RoPE on the query and key slots of each group, then the key and value into the cache. */
+/* RoPE on the query and key slots of each group, then the key and value into the cache (in its format). */
 static void rope_and_store(Ctx *c) {
     const Args *a = c->a;
     int K = a->K, D = a->D, H = a->H, n_rep = H / K, half = D / 2, P = a->P;
-    long layer_off = (long)c->layer * a->nblocks * P * K * D;
+    long layer_off = (long)c->layer * a->nblocks * P * K * D, eb = kv_elem_bytes(a->kv_fmt);
+    long sc_off = (long)c->layer * a->nblocks * P * K;
     for (int b = 0; b < a->B; b++) {
         const float *cs = c->cs + (long)b * D;  /* cos [half], sin [half] */
         float *row = c->qkv + (long)b * (H + 2 * K) * D;
@@ -1019,8 +1118,9 @@ static void rope_and_store(Ctx *c) {
                     v[i + half] = x2 * co + x1 * si;
                 }
             }
-            memcpy(a->kc + layer_off + (slot * K + g) * D, grp + (long)n_rep * D, sizeof(float) * D);
-            memcpy(a->vc + layer_off + (slot * K + g) * D, grp + (long)(n_rep + 1) * D, sizeof(float) * D);
+            long at = layer_off + (slot * K + g) * D, sat = sc_off + slot * K + g;
+            kv_put(a->kv_fmt, (uint8_t *)a->kc + at * eb, a->ks ? a->ks + sat : NULL, grp + (long)n_rep * D, D);
+            kv_put(a->kv_fmt, (uint8_t *)a->vc + at * eb, a->vs ? a->vs + sat : NULL, grp + (long)(n_rep + 1) * D, D);
         }
     }
 }
@@ -1112,7 +1212,7 @@ static void task_rows(void *p, int part, int parts) {
     s.a = &sub;
     s.x += (long)r0 * a->C, s.h += (long)r0 * a->C, s.qkv += (long)r0 * (a->H + 2 * a->K) * a->D;
     s.att += (long)r0 * a->H * a->D, s.g1 += (long)r0 * a->F, s.g3 += (long)r0 * a->F, s.cs += (long)r0 * a->D;
-    s.scores += (long)part * (a->H / a->K) * c->smax;
+    s.scores += (long)part * attn_scratch(a, c->smax);
     s.slots += (long)r0 * c->smax;
     forward(&sub, &s);
 }
@@ -1121,7 +1221,7 @@ static void task_rows(void *p, int part, int parts) {
 static long scratch_floats(const Args *a, int threads, int smax) {
     int B = a->B, C = a->C, H = a->H, K = a->K, D = a->D, F = a->F;
     long n = 2L * B * C + (long)B * (H + 2 * K) * D + (long)B * H * D + 2L * B * F + (long)B * D
-             + (long)threads * (H / K) * smax;
+             + (long)threads * attn_scratch(a, smax);
     return n + (n & 1);
 }
 
@@ -1173,6 +1273,13 @@ void puyu_linear(int M, int K, int N, const float *x, const float *W, const floa
 /* The same with W in a stored format (q->fmt != F32). */
 void puyu_qlinear(int M, int K, int N, const float *x, const QW *q, const float *bias, float *y) {
     qgemm_nt(M, K, x, K, q, bias, y, N, 0, N, 0);
+}
+
+/* n rows of D floats x into a KV store of format fmt (dst: n * D elements; scales: n floats for KV_INT8), as
+ * rope_and_store writes keys and values (tests check the rounding against torch's). */
+void puyu_kv_store(int fmt, int n, int D, const float *x, void *dst, float *scales) {
+    for (int i = 0; i < n; i++)
+        kv_put(fmt, (uint8_t *)dst + (long)i * D * kv_elem_bytes(fmt), scales ? scales + i : NULL, x + (long)i * D, D);
 }
 
 /* Row n of a stored matrix [*, K] as float32 (tests). */

@@ -17,7 +17,9 @@ so no data crosses cores inside the step. Short fresh prompts are prefilled by t
 every prompt token is a row at its own position, and each row attends to its sequence's keys up to
 itself, which the call has just written to the cache.
 
-When it runs: CPU, float32 cache, puyu's own `InternLM2ForCausalLM` with float32 weights or packed ones
+When it runs: CPU, a KV cache stored as float32, bfloat16 or int8 (`puyu.engine.kv_cache`, "KV formats": the
+kernel quantizes each new key and value as it stores them, with torch's rounding bit for bit, and dequantizes
+blocks of cached rows into a small buffer for the float32 score and value loops), puyu's own `InternLM2ForCausalLM` with float32 weights or packed ones
 (`puyu.model.quant`: bf16, int8 per output row, int4 in groups; the kernel reads the packed bytes and
 dequantizes in registers, accumulating in float32, so its logits equal the model's forward on the
 dequantized weights up to float32 rounding: tests/engine/test_engine_quant_decode.py), no forward hooks on
@@ -61,7 +63,7 @@ import torch
 
 from puyu.engine.decode_step import has_forward_hooks
 from puyu.errors import PuyuError
-from puyu.model.quant import FORMAT_CODES, QuantEmbedding, QuantLinear, model_format
+from puyu.model.quant import FORMAT_CODES, KV_CODES, QuantEmbedding, QuantLinear, model_format
 from puyu.model.rope import inv_freq
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,7 @@ class _Args(ctypes.Structure):
         ("tables", ctypes.c_void_p), ("kc", ctypes.c_void_p), ("vc", ctypes.c_void_p),
         ("w", ctypes.c_void_p), ("logits", ctypes.c_void_p), ("min_parallel", ctypes.c_int),
         ("split_rows", ctypes.c_int), ("out_rows", ctypes.c_void_p), ("n_out", ctypes.c_int),
-        ("q", ctypes.c_void_p)]
+        ("q", ctypes.c_void_p), ("kv_fmt", ctypes.c_int), ("ks", ctypes.c_void_p), ("vs", ctypes.c_void_p)]
 
 
 class _QW(ctypes.Structure):
@@ -232,6 +234,8 @@ def load(flags: tuple[str, ...] | None = None) -> ctypes.CDLL:
         lib.puyu_qlinear.restype = None
         lib.puyu_qrow.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.POINTER(_QW), ctypes.c_void_p]
         lib.puyu_qrow.restype = None
+        lib.puyu_kv_store.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 3
+        lib.puyu_kv_store.restype = None
         _libs[flags] = lib
         return lib
 
@@ -277,6 +281,18 @@ def qrow(packed, n: int, flags=None) -> torch.Tensor:
     out = torch.empty(packed.shape[1])
     load(flags).puyu_qrow(packed.shape[1], n, ctypes.byref(_qw(packed)), out.data_ptr())
     return out
+
+
+def kv_store(x: torch.Tensor, kv: str, flags=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows x [n, D] stored in KV format `kv` by the kernel's own store code -> (elements [n, D], int8 scales [n]
+    or None) (tests: the kernel rounds as `PagedKVCache.encode` does)."""
+    x = x.float().contiguous()
+    n, D = x.shape
+    out = torch.empty(n, D, dtype={"f32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}[kv])
+    scales = torch.empty(n) if kv == "int8" else None
+    load(flags).puyu_kv_store(KV_CODES[kv], n, D, x.data_ptr(), out.data_ptr(),
+                              scales.data_ptr() if scales is not None else None)
+    return out, scales
 
 
 class FusedDecode:
@@ -414,8 +430,9 @@ class FusedDecode:
 
     def _call(self, cache, tables, tokens, positions, bases, out_rows) -> torch.Tensor:
         cfg, B = self.cfg, len(tokens)
-        if cache.k.dtype != torch.float32 or cache.k.device.type != "cpu":
-            raise FusedDecodeUnavailable("the fused decode needs a float32 CPU KV cache")
+        if cache.format not in KV_CODES or cache.dtype != torch.float32 or cache.k.device.type != "cpu":
+            raise FusedDecodeUnavailable(f"the fused decode needs a CPU KV cache computed in float32 and stored as "
+                                         f"{', '.join(KV_CODES)} (got {cache.format}, {cache.dtype}, {cache.k.device})")
         if all(b == bases[0] for b in bases):
             invf, stride = self._inv_freq(bases[0]), 0
         else:
@@ -437,6 +454,8 @@ class FusedDecode:
         a.invf, a.invf_stride = invf.data_ptr(), stride
         a.tables = ctypes.addressof(tab)
         a.kc, a.vc = cache.k.data_ptr(), cache.v.data_ptr()
+        a.kv_fmt = KV_CODES[cache.format]
+        a.ks, a.vs = (None, None) if cache.k_scale is None else (cache.k_scale.data_ptr(), cache.v_scale.data_ptr())
         a.w = ctypes.addressof(self._weights())
         a.q = None if self._qtable is None else ctypes.addressof(self._qtable)
         a.logits = logits.data_ptr()

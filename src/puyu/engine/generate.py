@@ -35,16 +35,31 @@ def add_model_arguments(p: argparse.ArgumentParser, required: bool = True) -> No
 
 
 def add_weights_arguments(p: argparse.ArgumentParser) -> None:
-    """--weights / --group / --context / --no-memory-check (shared by generate, chat and serve)."""
+    """--weights / --group / --kv / --context / --no-memory-check (shared by generate, chat and serve)."""
     p.add_argument("--weights", choices=["f32", "bf16", "int8", "int4"],
                    help="store the linear layers packed (CPU): quantized tensor by tensor while loading "
                         "(default: as the checkpoint is: float32, or the format `puyu quantize` wrote)")
     p.add_argument("--group", type=int, default=64, help="int4 group size: 32, 64 or 128 (default 64)")
+    add_kv_argument(p)
     p.add_argument("--context", type=int,
                    help="tokens of KV cache to reserve and to check memory for (default: the model's "
                         "max_position_embeddings for the check; the cache is sized from memory)")
     p.add_argument("--no-memory-check", action="store_true",
                    help="load even when weights + KV cache look larger than the memory available")
+
+
+def add_kv_argument(p: argparse.ArgumentParser) -> None:
+    """--kv: the KV cache's stored format (also on `puyu eval` and `puyu info`)."""
+    p.add_argument("--kv", choices=["f32", "bf16", "int8"],
+                   help="KV cache format: f32, bf16 (half the bytes) or int8 with a scale per token and head "
+                        "(0.26-0.28x of f32) (default: the model's dtype)")
+
+
+def kv_format(args: argparse.Namespace) -> str:
+    """The KV format the engine will store: --kv, else the model's dtype (bf16/fp16 both 2 bytes)."""
+    if getattr(args, "kv", None):
+        return args.kv
+    return "bf16" if str(getattr(args, "dtype", None) or "").lower() in ("bfloat16", "bf16", "float16", "fp16", "half") else "f32"
 
 
 def check_memory(args: argparse.Namespace) -> None:
@@ -58,8 +73,7 @@ def check_memory(args: argparse.Namespace) -> None:
         return
     cfg = resolve_config(str(args.model))
     weights = args.weights or (cfg.extra.get(QUANT_KEY) or {}).get("weights") or "f32"
-    kv_bytes = 2 if str(args.dtype or "").lower() in ("bfloat16", "bf16", "float16", "fp16", "half") else 4
-    check_fits(cfg, weights, kv_bytes, getattr(args, "context", None), group=args.group)
+    check_fits(cfg, weights, kv_format(args), getattr(args, "context", None), group=args.group)
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
@@ -108,7 +122,8 @@ def make_engine(args: argparse.Namespace, model, tokenizer, max_batch_size: int 
 
     cache_tokens = args.cache_tokens or getattr(args, "context", None)
     return Engine(model, tokenizer, max_batch_size=max_batch_size, cache_tokens=cache_tokens,
-                  prefill_chunk=args.prefill_chunk, prefix_cache=not getattr(args, "no_prefix_cache", False))
+                  prefill_chunk=args.prefill_chunk, prefix_cache=not getattr(args, "no_prefix_cache", False),
+                  kv=getattr(args, "kv", None))
 
 
 # ---- puyu generate -----------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Storage is one preallocated pool per K and V of shape [layers, blocks, block_size, K, D]: only the K
 key/value heads of grouped-query attention are stored, so a cached token costs exactly
-`2 * layers * K * D * dtype_bytes` (`PagedKVCache.bytes_per_token`). Each sequence owns a list of
+`2 * layers * K * D * element_bytes` (`PagedKVCache.bytes_per_token`). Each sequence owns a list of
 blocks (its block table) taken from a free list; finished or cancelled sequences give their blocks
 back at once and the next sequence reuses them.
 
@@ -12,6 +12,16 @@ therefore never find the pool empty (no preemption, no out-of-memory mid-generat
 `blocks_used` shows what is really filled. A budget larger than the whole pool is refused with a
 clear error; the pool's memory is not touched until blocks are first used, so the process's resident
 size grows with the tokens actually cached.
+
+KV formats (`kv`, `puyu.model.quant` "the KV cache's formats"): the pools hold float32 (`f32`), bfloat16
+(`bf16`) or int8 (`int8`) elements; int8 adds one float32 scale per token and kv head in `k_scale` /
+`v_scale` [layers, blocks, block_size, K], so a token costs `2 * layers * K * (D + 4)` bytes. Keys and
+values are quantized when they are stored (`AttentionBatch.attend` here, `rope_and_store` in the native
+kernel: the same rounding, bit for bit) and dequantized to the compute dtype when read. Every attention
+reads the stored values, the new tokens' own keys included (a fresh prefill attends to the stored round
+trip of its keys, not to the exact ones), so every path (native kernel, `DecodeStep`, the model's forward,
+packed or chunked prefill) computes attention over the same numbers and a prompt's logits do not depend on
+how it was chunked.
 
 Prefix reuse. A full block of a sequence's tokens can be registered under a key that chains the keys
 of all blocks before it, the block's tokens and the RoPE base the keys were rotated with
@@ -44,6 +54,14 @@ import torch.nn.functional as F
 
 from puyu.errors import PuyuError
 from puyu.model.config import ModelConfig
+from puyu.model.quant import check_kv_format, dequantize_kv, quantize_kv
+
+_KV_DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
+
+
+def kv_format_of(dtype: torch.dtype) -> str:
+    """The KV format that stores `dtype` as it is (the default: the model's own dtype)."""
+    return {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}.get(dtype, str(dtype))
 
 
 class CacheFullError(PuyuError):
@@ -52,20 +70,31 @@ class CacheFullError(PuyuError):
 
 class PagedKVCache:
     """The block pool: storage, a free list (lowest id first, so a lone long sequence gets contiguous
-    blocks and is read without a gather) and the reservation count."""
+    blocks and is read without a gather) and the reservation count.
+
+    dtype: the compute dtype (of the model's activations and the attention masks); kv: the stored format,
+    "f32", "bf16" or "int8" (module docstring), None = `dtype` itself (float16 too)."""
 
     def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int = 32,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", kv: str | None = None):
         if num_blocks < 1 or block_size < 1:
             raise PuyuError(f"the KV cache needs at least one block of at least one token "
                             f"(got {num_blocks} blocks of {block_size})")
+        if kv is not None:
+            check_kv_format(kv)
         self.cfg, self.num_blocks, self.block_size = cfg, num_blocks, block_size
         self.dtype, self.device = dtype, torch.device(device)
+        self.format = kv if kv is not None else kv_format_of(dtype)
+        store = _KV_DTYPES[kv] if kv is not None else dtype
         L, K, D = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim
         shape = (L, num_blocks, block_size, K, D)
         # torch.empty: pages are only touched (and counted in RSS) when a block is first used.
-        self.k = torch.empty(shape, dtype=dtype, device=self.device)  # [L, N, P, K, D]
-        self.v = torch.empty(shape, dtype=dtype, device=self.device)  # [L, N, P, K, D]
+        self.k = torch.empty(shape, dtype=store, device=self.device)  # [L, N, P, K, D]
+        self.v = torch.empty(shape, dtype=store, device=self.device)  # [L, N, P, K, D]
+        self.k_scale = self.v_scale = None
+        if self.format == "int8":
+            self.k_scale = torch.empty(shape[:-1], dtype=torch.float32, device=self.device)  # [L, N, P, K]
+            self.v_scale = torch.empty(shape[:-1], dtype=torch.float32, device=self.device)  # [L, N, P, K]
         self._free = list(range(num_blocks))  # a heap of blocks holding nothing worth keeping
         self.reserved = 0  # blocks promised to sequences but not taken yet
         self._refs = [0] * num_blocks  # sequences holding each block
@@ -80,8 +109,26 @@ class PagedKVCache:
 
     @property
     def bytes_per_token(self) -> int:
-        """Bytes of K and V storage per cached token, measured from the tensors themselves."""
-        return (self.k.nbytes + self.v.nbytes) // self.capacity_tokens
+        """Bytes of K and V storage (int8: scales included) per cached token, from the tensors themselves."""
+        scales = 0 if self.k_scale is None else self.k_scale.nbytes + self.v_scale.nbytes
+        return (self.k.nbytes + self.v.nbytes + scales) // self.capacity_tokens
+
+    @property
+    def quantized(self) -> bool:
+        """Whether stored keys/values differ from the compute dtype's (a round trip changes them)."""
+        return self.k.dtype != self.dtype
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """New keys or values [..., D] -> (stored elements [..., D], int8 scales [...] or None)."""
+        if self.format == "int8":
+            return quantize_kv(x)
+        return x.to(self.k.dtype), None
+
+    def decode(self, stored: torch.Tensor, scales: torch.Tensor | None) -> torch.Tensor:
+        """Stored elements [..., D] (and scales [...]) -> values in the compute dtype [..., D]."""
+        if scales is not None:
+            return dequantize_kv(stored, scales).to(self.dtype)
+        return stored.to(self.dtype)
 
     @property
     def blocks_free(self) -> int:
@@ -137,6 +184,9 @@ class PagedKVCache:
         self._refs[block] = 1
         self.k[:, block].zero_()
         self.v[:, block].zero_()
+        if self.k_scale is not None:
+            self.k_scale[:, block].zero_()
+            self.v_scale[:, block].zero_()
         return block
 
     def release(self, blocks: list[int], unused_reservation: int) -> None:
@@ -342,25 +392,43 @@ class AttentionBatch:
         return cls(cache, seqs, slots, S, mask, causal=False)
 
     def _read(self, store: torch.Tensor) -> torch.Tensor:
-        """store [N, P, K, D] -> this batch's keys or values [B, K, S, D] (a strided view or a gather)."""
-        _, P, K, D = store.shape
+        """store [N, P, K, *rest] -> this batch's rows [B, K, S, *rest] (a strided view or a gather): keys or
+        values (rest = D) or their int8 scales (no rest)."""
+        P, K, rest = store.shape[1], store.shape[2], store.shape[3:]
         if self.span is not None:
             first, nb = self.span
-            rows = store[first:first + nb].reshape(1, nb * P, K, D)  # [1, S_pad, K, D] view
+            rows = store[first:first + nb].reshape(1, nb * P, K, *rest)  # [1, S_pad, K, *rest] view
         else:
-            rows = store.index_select(0, self.table).view(self.B, self.nb * P, K, D)  # [B, S_pad, K, D]
-        return rows[:, :self.S].transpose(1, 2)  # [B, K, S, D]
+            rows = store.index_select(0, self.table).view(self.B, self.nb * P, K, *rest)  # [B, S_pad, K, *rest]
+        return rows[:, :self.S].transpose(1, 2)  # [B, K, S, *rest]
+
+    def _store(self, pool: torch.Tensor, scales: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        """Write x [B, K, T, D] into this batch's slots of one layer's pool [N, P, K, D] (and scales [N, P, K])
+        -> x as stored and read back (its round trip through the format) [B, K, T, D]."""
+        B, K, T, D = x.shape
+        rows = x.transpose(1, 2).reshape(B * T, K, D)  # [B*T, K, D]
+        data, s = self.cache.encode(rows)
+        pool.view(-1, K, D).index_copy_(0, self.slots, data)
+        if s is not None:
+            scales.view(-1, K).index_copy_(0, self.slots, s)
+        if not self.cache.quantized:
+            return x
+        return self.cache.decode(data, s).view(B, T, K, D).transpose(1, 2)
 
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q [B, H, T, D], k/v [B, K, T, D] (RoPE applied) -> [B, H, T, D]."""
-        B, K, T, D = k.shape
-        ks, vs = self.cache.k[layer_idx], self.cache.v[layer_idx]  # [N, P, K, D]
-        ks.view(-1, K, D).index_copy_(0, self.slots, k.transpose(1, 2).reshape(B * T, K, D).to(ks.dtype))
-        vs.view(-1, K, D).index_copy_(0, self.slots, v.transpose(1, 2).reshape(B * T, K, D).to(vs.dtype))
+        c = self.cache
+        ks, vs = c.k[layer_idx], c.v[layer_idx]  # [N, P, K, D]
+        kss = c.k_scale[layer_idx] if c.k_scale is not None else None  # [N, P, K]
+        vss = c.v_scale[layer_idx] if c.v_scale is not None else None
+        k, v = self._store(ks, kss, k), self._store(vs, vss, v)
         if self.fresh:
             keys, values = k, v  # [B, K, T, D]: nothing earlier to attend to
-        else:
+        elif not c.quantized:
             keys, values = self._read(ks), self._read(vs)  # [B, K, S, D]
+        else:
+            keys = c.decode(self._read(ks), None if kss is None else self._read(kss))  # [B, K, S, D]
+            values = c.decode(self._read(vs), None if vss is None else self._read(vss))
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=self.mask, is_causal=self.causal,
                                               enable_gqa=True)  # [B, H, T, D]
 

@@ -60,7 +60,7 @@ from puyu.engine.fused_decode import available as fused_available
 from puyu.engine.kv_cache import AttentionBatch, PagedKVCache, SequenceBlocks, max_chunk_for
 from puyu.engine.sampling import SamplingParams, make_generator, sample, token_logprobs
 from puyu.errors import PuyuError
-from puyu.model.quant import QuantLinear, model_format
+from puyu.model.quant import KV_FORMATS, QuantLinear, kv_bytes_per_token, model_format
 from puyu.model.rope import batch_base, dynamic_base
 
 log = logging.getLogger(__name__)
@@ -321,6 +321,10 @@ class Engine:
     model, a C compiler), else `puyu.engine.decode_step.DecodeStep` (PyTorch ops, fewer than the model's
     forward, large matrix-vector products split across threads); "fused" or "step" to insist on one;
     False = the model's generic forward;
+    kv: the KV cache's stored format, "f32", "bf16" or "int8" (one scale per token and kv head), None (default)
+    = the model's dtype (`puyu.engine.kv_cache`, "KV formats"; `stats()["kv_format"]` names it). Every decode
+    path reads and writes every format; bf16 halves the cache and int8 nearly quarters it, at the cost of
+    the rounding stated in `puyu.model.quant`;
     prefix_cache: keep the cache blocks of finished prompts and answers (full blocks only) and let later
     requests that start with the same tokens (and RoPE base) adopt them instead of prefilling them again:
     a chat's next turn, a shared system prompt, an agent's growing history (`puyu.engine.kv_cache`, "Prefix
@@ -350,7 +354,7 @@ class Engine:
     def __init__(self, model, tokenizer=None, *, max_batch_size: int = 16, cache_tokens: int | None = None,
                  cache_bytes: int | None = None, block_size: int = 32, prefill_chunk: int = 2048,
                  mask_bytes: int = 256 << 20, fast_decode: bool | str = True, threads: int | None = None,
-                 prefix_cache: bool = True):
+                 prefix_cache: bool = True, kv: str | None = None):
         threads = torch.get_num_threads() if threads is None else threads
         for name, v in [("max_batch_size", max_batch_size), ("block_size", block_size),
                         ("prefill_chunk", prefill_chunk), ("mask_bytes", mask_bytes), ("threads", threads)]:
@@ -361,7 +365,9 @@ class Engine:
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         cfg = self.config
-        per_token = cfg.kv_bytes_per_token(p.element_size())
+        if kv is not None and kv not in KV_FORMATS:
+            raise EngineError(f"Engine argument 'kv' must be one of {', '.join(KV_FORMATS)} or None, got {kv!r}")
+        per_token = kv_bytes_per_token(cfg, kv) if kv is not None else cfg.kv_bytes_per_token(p.element_size())
         tokens = cache_tokens if cache_tokens is not None else max_batch_size * cfg.max_position_embeddings
         limit = cache_bytes if cache_bytes is not None else (
             None if cache_tokens is not None else _default_cache_bytes(self.device))
@@ -371,7 +377,7 @@ class Engine:
         if num_blocks < 1:
             raise EngineError(f"the KV cache would hold less than one block of {block_size} tokens "
                               f"({per_token} bytes per token); raise cache_tokens or cache_bytes")
-        self.cache = PagedKVCache(cfg, num_blocks, block_size, dtype=self.dtype, device=self.device)
+        self.cache = PagedKVCache(cfg, num_blocks, block_size, dtype=self.dtype, device=self.device, kv=kv)
         self.threads = threads
         self.prefix_cache = bool(prefix_cache)
         self._decoder, self.decode_path = self._make_decoder(fast_decode, model, threads)
@@ -499,7 +505,7 @@ class Engine:
         return {"cache_blocks_total": c.num_blocks, "cache_blocks_used": c.blocks_used,
                 "cache_blocks_reserved": c.reserved, "cache_blocks_kept": c.blocks_kept,
                 "block_size": c.block_size,
-                "cache_tokens": c.capacity_tokens, "kv_bytes_per_token": c.bytes_per_token,
+                "cache_tokens": c.capacity_tokens, "kv_format": c.format, "kv_bytes_per_token": c.bytes_per_token,
                 "running": len(self._running), "waiting": len(self._waiting), "decode_path": self.decode_path,
                 **self._counters}
 
@@ -662,7 +668,7 @@ class Engine:
                 break
             P, start = len(r.prompt), r.computed
             # a chunk after cached tokens is bounded by its [T, S] attention mask (mask_bytes)
-            most = budget if start == 0 else max_chunk_for(start, budget, self.mask_bytes, self.cache.k.element_size())
+            most = budget if start == 0 else max_chunk_for(start, budget, self.mask_bytes, self.cache.dtype.itemsize)
             if r.score is None and P - start <= most and (not group or r.base == group[0].base):
                 group.append(r)
                 budget -= P - start

@@ -53,7 +53,7 @@ class LocalBackend:
     name = "local"
 
     def __init__(self, model: str, *, max_batch_size: int = 64, rope_scaling: dict | None = None,
-                 dtype: str | None = None, cache_tokens: int | None = None):
+                 dtype: str | None = None, cache_tokens: int | None = None, kv: str | None = None):
         from puyu.engine.scheduler import Engine
         from puyu.model.checkpoint import load_model
         from puyu.model.tokenizer import load_tokenizer
@@ -68,13 +68,15 @@ class LocalBackend:
         except Exception as e:
             raise EvalError(f"--model {model}: no tokenizer next to the weights ({e})") from e
         self.config = self.model.config
-        self.engine = Engine(self.model, self.tokenizer, max_batch_size=max_batch_size, cache_tokens=cache_tokens)
+        self.engine = Engine(self.model, self.tokenizer, max_batch_size=max_batch_size, cache_tokens=cache_tokens,
+                             kv=kv)
 
     def describe(self) -> dict:
         from puyu.model.chat_format import chat_template
 
         return {"backend": "local", "model": str(self.model_path), "config": self.config.to_hf_dict(), "chat_template": chat_template(),
-                "decode_path": self.engine.decode_path, "weights": _weights_stamp(self.model_path)}
+                "decode_path": self.engine.decode_path, "kv_format": self.engine.cache.format,
+                "weights": _weights_stamp(self.model_path)}
 
     def close(self) -> None:
         self.engine.close()

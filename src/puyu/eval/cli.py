@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from puyu.engine.generate import add_kv_argument
 from puyu.eval.task import EvalError
 
 
@@ -43,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--rope-scaling", help="override RoPE scaling at inference: dynamic:F, linear:F or none")
     r.add_argument("--batch-size", type=int, default=64, help="local engine max batch size (default 64)")
     r.add_argument("--cache-tokens", type=int, help="local engine KV cache size in tokens (long needle prompts)")
+    add_kv_argument(r)
     r.add_argument("--concurrency", type=int, default=8, help="API requests in flight (default 8)")
     r.add_argument("--timeout", type=float, default=120.0, help="API request timeout in seconds")
     r.add_argument("--rescore", action="store_true", help="re-score existing predictions without generating")
@@ -122,7 +124,7 @@ def _run(args) -> int:
     if not args.rescore:
         if args.model:
             backend = LocalBackend(args.model, max_batch_size=args.batch_size, cache_tokens=args.cache_tokens,
-                                   rope_scaling=parse_rope_scaling(args.rope_scaling))
+                                   rope_scaling=parse_rope_scaling(args.rope_scaling), kv=args.kv)
         elif args.api_base:
             tok = None
             if args.tokenizer:

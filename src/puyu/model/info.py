@@ -1,5 +1,7 @@
 """`puyu info PATH_OR_PRESET`: parameter count by module group, weight bytes per dtype, KV-cache bytes per
-token, and the memory needed at a context length. Counts come from instantiating the model on the meta
+token (float32, bfloat16, float16, and int8 with its per-token-and-head scales), and the memory needed at a
+context length (`--weights`, `--kv`: the formats the engine stores; `puyu info internlm2-7b --weights int4
+--kv int8 --context 200000`). Counts come from instantiating the model on the meta
 device (no memory), so they are the module's own numbers, not a formula's."""
 
 from __future__ import annotations
@@ -49,10 +51,12 @@ def parameter_groups(cfg: ModelConfig) -> dict[str, int]:
 
 
 def summary(cfg: ModelConfig, context: int = 4096, kv_dtype: str = "bfloat16",
-            weight_dtype: str = "bfloat16", weights: str | None = None, group: int = 64) -> dict:
+            weight_dtype: str = "bfloat16", weights: str | None = None, group: int = 64, kv: str | None = None) -> dict:
     """weights: a packed format of `puyu.model.quant` (bf16/int8/int4, embeddings and head as loading stores
-    them) that replaces weight_dtype in the totals."""
+    them) that replaces weight_dtype in the totals; kv: a KV cache format of the engine (f32/bf16/int8) that
+    replaces kv_dtype."""
     from puyu.model.memory import weight_bytes as packed_bytes
+    from puyu.model.quant import check_kv_format, kv_bytes_per_token
 
     groups = parameter_groups(cfg)
     total = groups["total"]
@@ -61,6 +65,10 @@ def summary(cfg: ModelConfig, context: int = 4096, kv_dtype: str = "bfloat16",
         weight_dtype = f"packed {weights}" + (f" (group {group})" if weights == "int4" else "")
         weight_bytes[weight_dtype] = packed_bytes(cfg, weights, group)
     kv_tok = {dt: cfg.kv_bytes_per_token(b) for dt, b in DTYPE_BYTES.items()}
+    kv_tok["int8"] = kv_bytes_per_token(cfg, "int8")  # scales included
+    if kv is not None:
+        check_kv_format(kv)
+        kv_dtype = {"f32": "float32", "bf16": "bfloat16", "int8": "int8"}[kv]
     kv_ctx = kv_tok[kv_dtype] * context
     # Working memory of one prefill chunk of 2,048 tokens is small next to these; logits of one
     # position (vocab x 4 bytes) likewise. Reported separately so the sum stays honest.
@@ -103,6 +111,7 @@ def format_summary(s: dict) -> str:
     lines.append(f"{'dtype':<16}{'weights':>18}{'KV / token':>16}")
     for dt in DTYPE_BYTES:
         lines.append(f"{dt:<16}{_gib(s['weight_bytes'][dt]):>18}{s['kv_bytes_per_token'][dt] / 1024:>13,.1f} KiB")
+    lines.append(f"{'int8 KV':<16}{'':>18}{s['kv_bytes_per_token']['int8'] / 1024:>13,.1f} KiB  (scale per token and head)")
     lines.append("")
     lines.append(f"at context {s['context']:,} tokens ({s['weight_dtype']} weights, {s['kv_dtype']} KV cache):")
     lines.append(f"  weights            {_gib(s['weight_bytes'][s['weight_dtype']]):>14}")
@@ -120,12 +129,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", choices=["bf16", "int8", "int4"],
                    help="packed format for the totals (as `--weights` loads it; overrides --weight-dtype)")
     p.add_argument("--group", type=int, default=64, help="int4 group size")
+    p.add_argument("--kv", choices=["f32", "bf16", "int8"],
+                   help="KV cache format for the totals (as `--kv` stores it; overrides --kv-dtype)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.context <= 0:
         raise PuyuError("--context must be positive")
-    s = summary(resolve_config(args.model), args.context, args.kv_dtype, args.weight_dtype, args.weights, args.group)
+    s = summary(resolve_config(args.model), args.context, args.kv_dtype, args.weight_dtype, args.weights, args.group,
+                args.kv)
     print(json.dumps(s, indent=2) if args.json else format_summary(s))
     return 0

@@ -2,9 +2,10 @@
 process may use: the smaller of /proc/meminfo's MemAvailable and the cgroup's limit minus its usage
 (cgroup v2 `memory.max` / `memory.current`, or v1 `memory.limit_in_bytes` / `memory.usage_in_bytes`).
 
-`check_fits(cfg, weights, kv_bytes, context)` raises `MemoryCheckError` with the figures and the options
-that shrink them (`--weights`, `--context`) before anything is loaded, instead of the process growing until
-the kernel's OOM killer ends it without a message.
+`check_fits(cfg, weights, kv, context)` raises `MemoryCheckError` with the figures and the options that
+shrink them (`--weights`, `--kv`, a shorter `--context`) before anything is loaded, instead of the process
+growing until the kernel's OOM killer ends it without a message. The KV cache is counted in its stored
+format (`puyu.model.quant.kv_bytes_per_token`: f32, bf16, or int8 with its scales).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from puyu.errors import PuyuError
 from puyu.model.config import ModelConfig
-from puyu.model.quant import DEFAULT_GROUP, bytes_per_weight, layer_format
+from puyu.model.quant import DEFAULT_GROUP, KV_FORMATS, bytes_per_weight, kv_bytes_per_token, layer_format
 from puyu.model.transformer import InternLM2ForCausalLM
 
 GIB = 1 << 30
@@ -84,37 +85,55 @@ def available_bytes() -> tuple[int, str]:
     return best, source
 
 
-def check_fits(cfg: ModelConfig, weights: str = "f32", kv_bytes: int = 4, context: int | None = None,
+def check_fits(cfg: ModelConfig, weights: str = "f32", kv: str | int = "f32", context: int | None = None,
                group: int = DEFAULT_GROUP, available: int | None = None) -> dict:
-    """Raise MemoryCheckError unless weights + KV cache for `context` tokens (default: the model's
-    max_position_embeddings) + HEADROOM fit in `available` (default: `available_bytes()`). -> the figures."""
+    """Raise MemoryCheckError unless weights (stored as `weights`) + a KV cache of `context` tokens (default:
+    the model's max_position_embeddings) stored as `kv` ("f32", "bf16", "int8"; or an element size in
+    bytes, 4 or 2) + HEADROOM fit in `available` (default: `available_bytes()`). -> the figures.
+
+    The message gives the figures and the options that make it fit, smallest change first: a smaller
+    weight format, a smaller KV format, and the longest context that fits with the smallest of both."""
+    if isinstance(kv, int):
+        kv = {4: "f32", 2: "bf16"}[kv]
     context = cfg.max_position_embeddings if context is None else context
     wb = weight_bytes(cfg, weights, group)
-    kv = cfg.kv_bytes_per_token(kv_bytes) * context
+    per_tok = kv_bytes_per_token(cfg, kv)
+    kvb = per_tok * context
     source = "given"
     if available is None:
         available, source = available_bytes()
-    need = wb + kv + HEADROOM
-    figures = {"weights_bytes": wb, "kv_bytes": kv, "context": context, "need_bytes": need,
+    need = wb + kvb + HEADROOM
+    figures = {"weights_bytes": wb, "kv_bytes": kvb, "kv_format": kv, "context": context, "need_bytes": need,
                "available_bytes": available, "available_from": source}
     if need <= available:
         return figures
     options = []
-    smaller = [f for f in ("bf16", "int8", "int4") if weight_bytes(cfg, f, group) < wb]
-    for f in smaller:
-        if weight_bytes(cfg, f, group) + kv + HEADROOM <= available:
-            options.append(f"--weights {f} ({weight_bytes(cfg, f, group) / GIB:.2f} GiB of weights)")
-            break
-    else:
-        if smaller:
-            options.append(f"--weights {smaller[-1]} ({weight_bytes(cfg, smaller[-1], group) / GIB:.2f} GiB of weights)")
-    room = available - HEADROOM - weight_bytes(cfg, smaller[-1] if smaller else weights, group)
-    per_tok = cfg.kv_bytes_per_token(kv_bytes)
-    if room > per_tok:
-        options.append(f"a shorter --context (at most ~{room // per_tok:,} tokens with the smallest weights)")
-    else:
-        options.append("a shorter --context")
+    smaller_w = [f for f in ("bf16", "int8", "int4") if weight_bytes(cfg, f, group) < wb]
+    smaller_kv = [f for f in KV_FORMATS if kv_bytes_per_token(cfg, f) < per_tok]
+    w_small = weight_bytes(cfg, smaller_w[-1], group) if smaller_w else wb
+    kv_small = kv_bytes_per_token(cfg, smaller_kv[-1]) if smaller_kv else per_tok
+    # one change alone where one suffices (the smallest such), else the smallest formats of both
+    w_fix = next((f for f in smaller_w if weight_bytes(cfg, f, group) + kvb + HEADROOM <= available), None)
+    kv_fix = next((f for f in smaller_kv if wb + kv_bytes_per_token(cfg, f) * context + HEADROOM <= available), None)
+    if w_fix:
+        options.append(f"--weights {w_fix} ({weight_bytes(cfg, w_fix, group) / GIB:.2f} GiB of weights)")
+    if kv_fix:
+        options.append(f"--kv {kv_fix} ({kv_bytes_per_token(cfg, kv_fix) * context / GIB:.2f} GiB of KV cache)")
+    if not w_fix and not kv_fix and (smaller_w or smaller_kv):
+        both = " ".join(([f"--weights {smaller_w[-1]}"] if smaller_w else [])
+                        + ([f"--kv {smaller_kv[-1]}"] if smaller_kv else []))
+        fits = w_small + kv_small * context + HEADROOM <= available
+        options.append(f"{both} ({(w_small + kv_small * context) / GIB:.2f} GiB" + (")" if fits else ", still too much)"))
+    # the longest context: in the formats asked for, and in the smallest ones
+    limits = []
+    if available - HEADROOM - wb > per_tok:
+        limits.append(f"~{(available - HEADROOM - wb) // per_tok:,} tokens as asked")
+    smallest = " ".join(([f"--weights {smaller_w[-1]}"] if smaller_w else [])
+                        + ([f"--kv {smaller_kv[-1]}"] if smaller_kv else []))
+    if smallest and available - HEADROOM - w_small > kv_small:
+        limits.append(f"~{(available - HEADROOM - w_small) // kv_small:,} with {smallest}")
+    options.append("a shorter --context" + (f" (at most {', '.join(limits)})" if limits else ""))
     raise MemoryCheckError(
-        f"the model needs ~{need / GIB:.2f} GiB ({wb / GIB:.2f} GiB of {weights} weights + {kv / GIB:.2f} GiB of "
-        f"KV cache for {context:,} tokens + {HEADROOM / GIB:.1f} GiB working memory) but ~{available / GIB:.2f} GiB "
-        f"is available ({source}); try " + " or ".join(options))
+        f"the model needs ~{need / GIB:.2f} GiB ({wb / GIB:.2f} GiB of {weights} weights + {kvb / GIB:.2f} GiB of "
+        f"{kv} KV cache for {context:,} tokens + {HEADROOM / GIB:.1f} GiB working memory) but ~{available / GIB:.2f} "
+        f"GiB is available ({source}); try " + " or ".join(options))

@@ -243,3 +243,43 @@ def model_format(model) -> str:
             if mod is not getattr(model, "output", None):
                 return mod.fmt
     return "f32"
+
+
+# ---- the KV cache's formats ----------------------------------------------------------------------------------
+# The engine's paged KV cache (puyu.engine.kv_cache) stores keys and values in one of these; the native decode
+# kernel (puyu/engine/fused_decode.c, "KV formats") writes and reads the same bytes.
+#   f32   float32, 4 bytes per element
+#   bf16  bfloat16 (round to nearest even), 2 bytes per element; |x - deq| <= 2^-9 |x|
+#   int8  symmetric, one float32 scale per token and kv head (over its head_dim elements):
+#         s = max_d |x_d| / 127, q_d = round_half_even(x_d / s) in [-127, 127] (s = 0, q = 0 for an all-zero
+#         row); D + 4 bytes per head and token; |x_d - q_d s| <= s / 2
+KV_FORMATS = ("f32", "bf16", "int8")
+KV_CODES = {"f32": 0, "bf16": 1, "int8": 2}  # the kernel's KV_* values
+
+
+def check_kv_format(kv: str) -> None:
+    if kv not in KV_FORMATS:
+        raise QuantError(f"unknown KV cache format {kv!r}: expected one of {', '.join(KV_FORMATS)}")
+
+
+def kv_bytes_per_token(cfg, kv: str = "f32") -> int:
+    """Bytes of K and V cache per token in format `kv`: 2 * layers * kv_heads * (head_dim * element bytes, plus
+    the 4-byte scale of each head in int8)."""
+    check_kv_format(kv)
+    per_head = {"f32": 4 * cfg.head_dim, "bf16": 2 * cfg.head_dim, "int8": cfg.head_dim + 4}[kv]
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * per_head
+
+
+def quantize_kv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 keys or values: x [..., D] (any float dtype) -> (q int8 [..., D], scales float32 [...]), one scale
+    per row of D (a token's head). The rounding is the kernel's, bit for bit (tests/engine/test_engine_kv_quant.py)."""
+    x = x.float()
+    s = x.abs().amax(dim=-1) / 127.0  # [...]
+    safe = torch.where(s > 0, s, torch.ones_like(s))
+    q = (x / safe[..., None]).round_().clamp_(-127, 127).to(torch.int8)
+    return q, s
+
+
+def dequantize_kv(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """(q int8 [..., D], scales [...]) -> float32 [..., D] = q * s (one new tensor: scaled in place)."""
+    return q.to(torch.float32, copy=True).mul_(s[..., None])

@@ -542,7 +542,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.served_model_name or Path(str(args.model).rstrip("/")).name
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         log.warning("listening on %s without --api-key: anyone who can reach it can use the model", args.host)
-    engine_kwargs = {"max_batch_size": args.max_batch_size, "prefix_cache": not args.no_prefix_cache}
+    engine_kwargs = {"max_batch_size": args.max_batch_size, "prefix_cache": not args.no_prefix_cache, "kv": args.kv}
     if args.cache_tokens or args.context:
         engine_kwargs["cache_tokens"] = args.cache_tokens or args.context
     engine = Engine(model, tokenizer, **engine_kwargs)
