@@ -222,6 +222,9 @@ def test_weights_that_stop_being_float32_fall_back_to_the_model_forward(caplog):
         got = eng.generate([[3, 4, 5]], SamplingParams(max_new_tokens=4, ignore_eos=True))[0].token_ids
     assert got == want  # the same numbers, read by the model's own forward
     assert "fused decode step skipped" in caplog.text and "not a contiguous float32" in caplog.text
+    # the engine switched decoder once: one warning for the prefill and 3 decode steps, a new path
+    assert caplog.text.count("fused decode step skipped") == 1
+    assert eng.stats()["decode_path"] == "model"
     step = FusedDecode(model)
     model.model.layers[0].attention.wo.weight = torch.nn.Parameter(torch.zeros(3, 3))  # never read past it
     with pytest.raises(FusedDecodeUnavailable, match=r"shape \(3, 3\), the config says"):

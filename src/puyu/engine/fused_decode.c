@@ -23,11 +23,14 @@
  * Cache layout (puyu.kv_cache.PagedKVCache): k/v [L, N_blocks, P, K, D]; token t of a sequence sits in
  * block table[t / P], offset t % P.
  */
+#define _GNU_SOURCE 1  /* RUSAGE_THREAD */
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 /* The instruction set is chosen at build time (fused_decode.py passes the flags): AVX-512 where the
@@ -51,23 +54,49 @@
 #define MAX_THREADS 64
 
 /* ---------------------------------------------------------------- thread pool ---------------- */
+/* A parallel region runs fn(ctx, p, parts) once for every p in [0, parts). Parts are not bound to
+ * threads: the caller and the workers claim them one at a time from a shared counter tagged with the
+ * region's number (a worker that arrives after its region ended claims nothing). So a late worker
+ * (asleep, or preempted on a machine with more runnable threads than cores) leaves its parts to the
+ * caller, which runs them itself instead of waiting; the caller waits only for parts that a worker has
+ * claimed and not yet finished, spinning for WAIT_SPIN_NS and then yielding its core on every check,
+ * so that a preempted worker can run.
+ *
+ * Idle workers spin for spin_ns (a decode step's next region follows within microseconds), then sleep
+ * on a condition variable.
+ *
+ * An oversubscribed machine (more runnable threads than cores) is recognised when a pool thread was
+ * preempted: its involuntary context switches (getrusage RUSAGE_THREAD) grew since it last looked. For
+ * CONTENDED_NS after that, idle workers sleep at once instead of spinning (a spinning worker takes a core
+ * from runnable threads, other processes or this process's own caller, and is preempted anyway), and a
+ * decode call runs its short per-product regions on the caller alone: there a region waited for a
+ * preempted worker for a whole time slice, so 2 threads decoded one nano stream at 147 tok/s against
+ * 902 on 1 thread while other processes kept both cores busy. A batch split by rows (one region per
+ * call) still runs on every thread. */
 
 typedef void (*task_fn)(void *ctx, int part, int parts);
+
+#define WAIT_SPIN_NS 20000L       /* the caller's wait for claimed parts: spin this long, then yield */
+#define CONTENDED_NS 100000000L   /* how long a preemption marks the machine oversubscribed (100 ms) */
+#define RUSAGE_EVERY_NS 1000000L  /* a worker checks for preemption at most this often */
 
 static struct {
     pthread_mutex_t owner;   /* one caller uses the workers at a time; others run alone */
     pthread_mutex_t m;
     pthread_cond_t cv;
-    atomic_uint gen;         /* bumped once per parallel region */
-    atomic_int pending;      /* workers still inside the current region */
+    _Atomic uint64_t claim;  /* region number << 32 | next unclaimed part */
+    atomic_int parts;        /* parts of the current region */
+    atomic_int done;         /* parts of the current region the workers finished */
     atomic_int sleepers;
-    task_fn fn;
+    atomic_int hold;         /* tests: workers claim nothing while set */
+    task_fn fn;              /* of the current region: read only after claiming one of its parts */
     void *ctx;
-    int parts;
+    unsigned region;         /* the caller's count of regions (the tag in claim) */
     int workers;             /* started worker threads */
     long spin_ns;            /* how long an idle worker spins before sleeping */
     int atfork;
-    unsigned start_gen[MAX_THREADS];  /* gen when worker i was created: it waits for the next one */
+    unsigned start_region[MAX_THREADS];  /* region when worker i was created: it waits for the next one */
+    atomic_long stats[3];    /* regions, parts run by the caller, parts run by workers (tests) */
 } pool = {.owner = PTHREAD_MUTEX_INITIALIZER, .m = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
 static inline long now_ns(void) {
@@ -82,29 +111,65 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+static inline unsigned region_of(uint64_t claim) { return (unsigned)(claim >> 32); }
+
+/* One unclaimed part of region r, or -1 when r is over or all its parts are taken. */
+static inline int claim_part(unsigned r) {
+    uint64_t w = atomic_load_explicit(&pool.claim, memory_order_acquire);
+    for (;;) {
+        int parts = atomic_load_explicit(&pool.parts, memory_order_relaxed);
+        if (region_of(w) != r || (int)(uint32_t)w >= parts) return -1;
+        if (atomic_compare_exchange_weak_explicit(&pool.claim, &w, w + 1, memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return (int)(uint32_t)w;
+    }
+}
+
+static atomic_long contended_until;  /* now_ns() before which the machine counts as oversubscribed */
+
+/* Whether this thread was preempted since *seen was taken (then the machine counts as oversubscribed
+ * for CONTENDED_NS); updates *seen. */
+static void check_preempted(long *seen, long now) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_THREAD, &ru) != 0) return;
+    if (*seen >= 0 && ru.ru_nivcsw != *seen) atomic_store(&contended_until, now + CONTENDED_NS);
+    *seen = ru.ru_nivcsw;
+}
+
+static inline int contended(long now) { return now < atomic_load_explicit(&contended_until, memory_order_relaxed); }
+
 static void *worker_main(void *arg) {
     int me = (int)(intptr_t)arg;
-    unsigned seen = pool.start_gen[me];  /* not gen itself: a region may start before this thread runs */
+    unsigned seen = pool.start_region[me];  /* not the current one: a region may start before this runs */
+    long nivcsw = -1, checked = 0;
     for (;;) {
-        unsigned g;
         long t0 = now_ns();
+        if (t0 - checked > RUSAGE_EVERY_NS) {
+            check_preempted(&nivcsw, t0);
+            checked = t0;
+        }
+        long spin = contended(t0) ? 0 : pool.spin_ns;
+        unsigned r;
         int spins = 0;
-        while ((g = atomic_load_explicit(&pool.gen, memory_order_acquire)) == seen) {
-            cpu_relax();
-            if ((++spins & 255) == 0 && now_ns() - t0 > pool.spin_ns) {
+        while ((r = region_of(atomic_load_explicit(&pool.claim, memory_order_acquire))) == seen) {
+            if (spins++ & 63 ? 0 : now_ns() - t0 >= spin) {
                 pthread_mutex_lock(&pool.m);
                 atomic_fetch_add(&pool.sleepers, 1);
-                while ((g = atomic_load(&pool.gen)) == seen)
-                    pthread_cond_wait(&pool.cv, &pool.m);
+                while ((r = region_of(atomic_load(&pool.claim))) == seen) pthread_cond_wait(&pool.cv, &pool.m);
                 atomic_fetch_sub(&pool.sleepers, 1);
                 pthread_mutex_unlock(&pool.m);
                 break;
             }
+            cpu_relax();
         }
-        seen = g;
-        if (me < pool.parts)
-            pool.fn(pool.ctx, me, pool.parts);
-        atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_acq_rel);
+        seen = r;
+        if (atomic_load_explicit(&pool.hold, memory_order_relaxed)) continue;
+        int p;
+        while ((p = claim_part(r)) >= 0) {
+            pool.fn(pool.ctx, p, atomic_load_explicit(&pool.parts, memory_order_relaxed));
+            atomic_fetch_add_explicit(&pool.stats[2], 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&pool.done, 1, memory_order_release);
+        }
     }
     return NULL;
 }
@@ -115,11 +180,12 @@ static void pool_after_fork(void) {
     pthread_mutex_init(&pool.m, NULL);
     pthread_cond_init(&pool.cv, NULL);
     atomic_store(&pool.sleepers, 0);
-    atomic_store(&pool.pending, 0);
+    atomic_store(&pool.claim, 0);
+    pool.region = 0;
     pool.workers = 0;
 }
 
-/* Start workers so that `threads` parts can run (caller holds pool.owner). -> parts available. */
+/* Start workers so that `threads` parts can run (caller holds pool.owner). -> threads available. */
 static int pool_grow(int threads) {
     if (!pool.atfork) {
         pthread_atfork(NULL, NULL, pool_after_fork);
@@ -131,7 +197,7 @@ static int pool_grow(int threads) {
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        pool.start_gen[pool.workers + 1] = atomic_load(&pool.gen);
+        pool.start_region[pool.workers + 1] = pool.region;
         int rc = pthread_create(&th, &attr, worker_main, (void *)(intptr_t)(pool.workers + 1));
         pthread_attr_destroy(&attr);
         if (rc != 0) break;
@@ -140,25 +206,40 @@ static int pool_grow(int threads) {
     return pool.workers + 1 < threads ? pool.workers + 1 : threads;
 }
 
-/* Run fn(ctx, p, parts) for p in [0, parts): part 0 on the caller, the others on workers. */
+/* Run fn(ctx, p, parts) for every p in [0, parts), on the caller and whichever workers come (the
+ * caller holds pool.owner when parts > 1). */
 static void run_parallel(task_fn fn, void *ctx, int parts) {
-    if (parts <= 1) {
-        fn(ctx, 0, 1);
+    if (parts <= 1 || pool.workers == 0) {
+        for (int p = 0; p < parts || p == 0; p++) fn(ctx, p, parts < 1 ? 1 : parts);
         return;
     }
     pool.fn = fn;
     pool.ctx = ctx;
-    pool.parts = parts;
-    atomic_store(&pool.pending, pool.workers);
-    atomic_fetch_add(&pool.gen, 1);
-    if (atomic_load(&pool.sleepers)) {
+    atomic_store_explicit(&pool.parts, parts, memory_order_relaxed);
+    atomic_store_explicit(&pool.done, 0, memory_order_relaxed);
+    unsigned r = ++pool.region;
+    atomic_store(&pool.claim, (uint64_t)r << 32);  /* publishes the region (sequentially consistent with */
+    if (atomic_load(&pool.sleepers)) {               /* the sleepers count: a worker going to sleep sees it) */
         pthread_mutex_lock(&pool.m);
         pthread_cond_broadcast(&pool.cv);
         pthread_mutex_unlock(&pool.m);
     }
-    fn(ctx, 0, parts);
-    while (atomic_load_explicit(&pool.pending, memory_order_acquire) != 0)
+    int p, mine = 0;
+    while ((p = claim_part(r)) >= 0) {
+        fn(ctx, p, parts);
+        mine++;
+    }
+    atomic_fetch_add_explicit(&pool.stats[0], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&pool.stats[1], mine, memory_order_relaxed);
+    long t0 = 0;
+    for (int spins = 0; atomic_load_explicit(&pool.done, memory_order_acquire) != parts - mine; spins++) {
+        if ((spins & 63) == 63) {
+            long t = now_ns();
+            if (!t0) t0 = t;
+            else if (t - t0 > WAIT_SPIN_NS) sched_yield();
+        }
         cpu_relax();
+    }
 }
 
 /* [lo, hi) of part p when n items are split into `parts` runs aligned to `align`. */
@@ -805,6 +886,14 @@ typedef struct {
     float *out;
 } Ctx;
 
+/* Parts of a product split by weight rows over `threads` cores: PARTS_PER_THREAD each (so a preempted
+ * worker holds up a small share; see the thread pool), at most one per 16 rows. */
+#define PARTS_PER_THREAD 4
+static inline int product_parts(int threads, int N) {
+    int units = (N + 15) / 16, parts = threads > 1 ? threads * PARTS_PER_THREAD : 1;
+    return parts < units ? parts : units;
+}
+
 static void task_linear(void *p, int part, int parts) {
     Ctx *c = (Ctx *)p;
     int lo, hi;
@@ -836,8 +925,7 @@ static void linear(Ctx *c, int M, int Kd, const float *in, int wi, const float *
                    int accumulate) {
     c->M = M, c->Kd = Kd, c->in = in, c->W = c->a->w[wi], c->Wq = qof(c->a, wi), c->bias = bias, c->out = out;
     c->N = N, c->accumulate = accumulate;
-    int parts = (long)N * Kd < c->a->min_parallel ? 1 : c->a->threads;
-    run_parallel(task_linear, c, parts);
+    run_parallel(task_linear, c, (long)N * Kd < c->a->min_parallel ? 1 : product_parts(c->a->threads, N));
 }
 
 #if PUYU_AVX512
@@ -1026,15 +1114,21 @@ static void rope_and_store(Ctx *c) {
 }
 
 #ifdef PUYU_PROFILE
+/* CPU time of the calling thread: on a shared machine, time spent preempted is not charged to a phase. */
+static inline long prof_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
 double puyu_prof[8];
-#define PROF(i) do { long _n = now_ns(); puyu_prof[i] += (_n - _t) * 1e-9; _t = _n; } while (0)
+#define PROF(i) do { long _n = prof_ns(); puyu_prof[i] += (_n - _t) * 1e-9; _t = _n; } while (0)
 #else
 #define PROF(i) do { } while (0)
 #endif
 
 static void forward(const Args *a, Ctx *c) {
 #ifdef PUYU_PROFILE
-    long _t = now_ns();
+    long _t = prof_ns();
 #endif
     int B = a->B, C = a->C, H = a->H, K = a->K, D = a->D, F = a->F;
     int QKV = (H + 2 * K) * D;
@@ -1074,7 +1168,7 @@ static void forward(const Args *a, Ctx *c) {
         rms_norm(B, C, c->x, lw[5], a->eps, c->h);
         c->M = B, c->Kd = C, c->in = c->h, c->W = lw[6], c->W3 = lw[7], c->N = F;
         c->Wq = qof(a, wl + 6), c->W3q = qof(a, wl + 7);
-        run_parallel(task_gate_up, c, (long)F * C < a->min_parallel ? 1 : a->threads);
+        run_parallel(task_gate_up, c, (long)F * C < a->min_parallel ? 1 : product_parts(a->threads, F));
         PROF(5);
         linear(c, B, F, c->g1, wl + 8, NULL, c->x, C, 1);
         PROF(6);
@@ -1155,10 +1249,17 @@ void puyu_decode(const Args *a, void *scratch, long spin_ns) {
     c.x = buf, c.h = c.x + n_x, c.qkv = c.h + n_x, c.att = c.qkv + n_qkv, c.g1 = c.att + n_att, c.g3 = c.g1 + n_f;
     c.cs = c.g3 + n_f, c.scores = c.cs + (long)B * D, c.smax = smax;
     c.slots = (long *)(buf + scratch_floats(a, a->threads < 1 ? 1 : a->threads, smax));
-    if (threads > 1 && !a->out_rows && B >= a->split_rows * threads)
+    if (threads > 1 && !a->out_rows && B >= a->split_rows * threads) {
         run_parallel(task_rows, &c, threads);  /* each core runs the whole forward for its own rows */
-    else
+    } else {
+        if (threads > 1) {  /* oversubscribed: no short regions (see the thread pool) */
+            static __thread long seen = -1;
+            long now = now_ns();
+            check_preempted(&seen, now);
+            if (contended(now)) local.threads = 1;
+        }
         forward(&local, &c);  /* one set of rows; every product's weight rows split across cores */
+    }
     if (own) pthread_mutex_unlock(&pool.owner);
 }
 
@@ -1177,3 +1278,46 @@ void puyu_qlinear(int M, int K, int N, const float *x, const QW *q, const float 
 
 /* Row n of a stored matrix [*, K] as float32 (tests). */
 void puyu_qrow(int K, long n, const QW *q, float *out) { q_row(q, K, n, out); }
+
+/* ---------------------------------------------------------------- pool tests ----------------- */
+
+/* Tests: while hold is set, workers wake for each region but claim nothing (a worker that never gets a
+ * core); the caller must then run every part itself. */
+void puyu_pool_hold(int hold) { atomic_store(&pool.hold, hold); }
+
+/* Tests: count the machine as oversubscribed for the next ns nanoseconds (0: no longer). */
+void puyu_pool_mark_contended(long ns) { atomic_store(&contended_until, ns > 0 ? now_ns() + ns : 0); }
+
+/* Tests: out[0..2] = regions run in parallel, parts the caller ran, parts workers ran (since load). */
+void puyu_pool_stats(long *out) {
+    for (int i = 0; i < 3; i++) out[i] = atomic_load(&pool.stats[i]);
+}
+
+typedef struct {
+    atomic_int *counts;
+    long work_ns;
+} PoolProbe;
+
+static void task_probe(void *p, int part, int parts) {
+    PoolProbe *pr = (PoolProbe *)p;
+    (void)parts;
+    atomic_fetch_add(&pr->counts[part], 1);
+    for (long t0 = now_ns(); now_ns() - t0 < pr->work_ns;) cpu_relax();
+}
+
+/* Tests: `regions` parallel regions of `parts` parts each on `threads` threads (workers idle-spin for
+ * spin_ns), each part busy for work_ns; counts[p] += 1 each time part p runs. -> the threads used (1
+ * when another caller holds the pool). */
+int puyu_pool_test(int threads, int parts, int regions, long work_ns, long spin_ns, int *counts) {
+    PoolProbe pr = {(atomic_int *)counts, work_ns};
+    int own = threads > 1 && pthread_mutex_trylock(&pool.owner) == 0;
+    if (own) {
+        pool.spin_ns = spin_ns;
+        threads = pool_grow(threads);
+    } else {
+        threads = 1;
+    }
+    for (int i = 0; i < regions; i++) run_parallel(task_probe, &pr, threads > 1 ? parts : 1);
+    if (own) pthread_mutex_unlock(&pool.owner);
+    return threads;
+}
