@@ -79,15 +79,14 @@ def test_decode_with_held_workers_is_unchanged(released):
     assert torch.allclose(out["rows"], out["one"], atol=1e-5)  # other tile shapes: rounding only
 
 
-def test_an_oversubscribed_machine_gets_no_short_regions(released):
-    """Marked oversubscribed (as after a pool thread was preempted), a decode whose products would be split
-    across threads runs them on the caller alone (no parallel region), with the same logits; a batch split
-    by rows still runs one region per call."""
+def test_an_oversubscribed_machine_decodes_on_the_caller(released):
+    """Marked oversubscribed (as after a pool thread was preempted), a decode whose products or rows would
+    be split across threads runs on the caller alone (no parallel region), with one thread's logits."""
     model = make_model(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, intermediate_size=100)
     cfg = model.config
     prompts = [[3, 4, 5, 6, 7], [8, 9, 10], [11, 12, 13, 14], [15, 16]]
     logits = {}
-    for split_rows, want_regions in [(1000, 0), (1, 1)]:
+    for split_rows in (1000, 1):
         step = FusedDecode(model, threads=2, min_parallel=0, split_rows=split_rows)
         cache = PagedKVCache(cfg, num_blocks=40, block_size=4)
         seqs = [SequenceBlocks(cache, len(p) + 4) for p in prompts]
@@ -96,7 +95,7 @@ def test_an_oversubscribed_machine_gets_no_short_regions(released):
         before = fd.pool_stats()
         for i in range(3):
             logits[split_rows, i] = step.run(cache, seqs, [20 + i] * 4, [len(p) + i for p in prompts], [None] * 4)
-        assert fd.pool_stats()[0] - before[0] == 3 * want_regions, split_rows
+        assert fd.pool_stats()[0] == before[0], split_rows
         fd.pool_mark_contended(0)
     one = FusedDecode(model, threads=1)
     cache = PagedKVCache(cfg, num_blocks=40, block_size=4)
@@ -104,5 +103,4 @@ def test_an_oversubscribed_machine_gets_no_short_regions(released):
     one.prefill(cache, seqs, prompts, [None] * len(prompts))
     for i in range(3):
         ref = one.run(cache, seqs, [20 + i] * 4, [len(p) + i for p in prompts], [None] * 4)
-        assert torch.equal(logits[1000, i], ref)
-        assert torch.allclose(logits[1, i], ref, atol=1e-5)
+        assert torch.equal(logits[1000, i], ref) and torch.equal(logits[1, i], ref)

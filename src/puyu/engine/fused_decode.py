@@ -27,7 +27,8 @@ Otherwise the engine uses `puyu.engine.decode_step.DecodeStep` (PyTorch ops) and
 
 Instruction sets: the widest this CPU runs, from /proc/cpuinfo: AVX-512 (16-wide tiles of 1x16, 2x8 or
 4x4 rows), else AVX2 + FMA (8-wide tiles of 1x8, 2x4 or 4x2 rows: 8 accumulators plus the loaded rows fill
-the 16 ymm registers, so each weight vector loaded serves up to 4 rows of the batch), else portable C.
+the 16 ymm registers, so each weight vector loaded serves up to 4 rows of the batch; blocks of 8 rows by
+broadcasting each weight into 8 rows' accumulators, with no horizontal sums), else portable C.
 `PUYU_KERNEL_ISA=avx512|avx2|portable` forces one (refused with a clear error where the CPU lacks it), so
 the AVX2 path can be measured and tested on an AVX-512 machine. `FusedDecode.isa` and the engine's
 `decode_path` (`fused-avx512`, `fused-avx2`, `fused-portable`) name the build that runs.
