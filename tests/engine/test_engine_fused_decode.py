@@ -67,8 +67,9 @@ def test_linear_matches_torch(isa):
     flags = isa_flags(isa)
     assert fd.ISA_NAMES[fd.load(flags).puyu_decode_isa()] == isa
     g = torch.Generator().manual_seed(0)
-    for m in (1, 2, 3, 4, 5, 7, 9, 16):
-        # tails in rows, columns and K; K >= 1024 takes the one-row path for large weights (rows8)
+    for m in (1, 2, 3, 4, 5, 7, 8, 9, 16, 21):
+        # tails in rows, columns and K; K >= 1024 takes the one-row path for large weights (rows8); on
+        # AVX2, blocks of 8 rows take the broadcast kernel (bcast8x8) up to 64 KB of packed rows
         for n, k in [(48, 64), (45, 70), (17, 33), (130, 16), (5, 300), (8, 1024), (13, 1056), (27, 1030)]:
             x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
             for bias in (b, None):
@@ -224,6 +225,9 @@ def test_weights_that_stop_being_float32_fall_back_to_the_model_forward(caplog):
         got = eng.generate([[3, 4, 5]], SamplingParams(max_new_tokens=4, ignore_eos=True))[0].token_ids
     assert got == want  # the same numbers, read by the model's own forward
     assert "fused decode step skipped" in caplog.text and "not a contiguous float32" in caplog.text
+    # the engine switched decoder once: one warning for the prefill and 3 decode steps, a new path
+    assert caplog.text.count("fused decode step skipped") == 1
+    assert eng.stats()["decode_path"] == "model"
     step = FusedDecode(model)
     model.model.layers[0].attention.wo.weight = torch.nn.Parameter(torch.zeros(3, 3))  # never read past it
     with pytest.raises(FusedDecodeUnavailable, match=r"shape \(3, 3\), the config says"):

@@ -10,6 +10,7 @@ from puyu.engine.sampling import (
     SamplingError,
     SamplingParams,
     apply_repetition_penalty,
+    argmax_rows,
     make_generator,
     sample,
     token_logprobs,
@@ -85,6 +86,21 @@ def test_greedy_rows_take_argmax_and_ignore_generators():
     logits = torch.tensor([[0.1, 3.0, -1.0], [5.0, 0.0, 4.9]])
     out = sample(logits, [SamplingParams(), SamplingParams()], [None, None])
     assert out.tolist() == [1, 0]
+
+
+def test_argmax_rows_equals_torch_argmax():
+    """The NumPy argmax of float32 CPU logits against torch's: ties take the first index, a NaN counts as
+    the largest, -inf rows, strided views; other dtypes go through torch."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 2048, generator=g)
+    x[1, :] = 0.5  # all tied
+    x[2, 100] = x[2, 7] = 99.0  # a tie between two maxima
+    x[3, 9] = x[3, 4] = float("nan")
+    x[4, :] = float("-inf")
+    for t in (x, x[:, ::3], x.t().contiguous().t(), x[:0], x.double(), x.bfloat16()):
+        got = argmax_rows(t)
+        assert got.dtype == torch.int64 and torch.equal(got, t.argmax(-1))
+    assert argmax_rows(x)[:5].tolist()[1:] == [0, 7, 4, 0]
 
 
 def test_sampled_distribution_matches_softmax():

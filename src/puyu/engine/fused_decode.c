@@ -16,7 +16,10 @@
  * (task_rows); workers spin briefly between parallel regions and then sleep on a condition variable.
  * A prefill is the same call with one row per prompt token (out_rows picks the rows whose logits are
  * wanted). Without AVX-512 but with AVX2 + FMA the same structure runs 8 wide (tile8: 1x8, 2x4 or 4x2
- * tiles, reduce8; 8-key score blocks; value sums in slices of 64 floats); without either, portable C.
+ * tiles, reduce8; 8-key score blocks; value sums in slices of 64 floats), and blocks of 8 input rows take a
+ * broadcast kernel instead (bcast8x8: no horizontal sums; 82-85% of the FMA peak against 73-75% for the
+ * 4x2 tiles on the nano products with 8 rows, one Sapphire Rapids core restricted to AVX2, weights in
+ * cache); without either, portable C.
  *
  * Built with -DPUYU_PROFILE, the per-phase seconds of every call accumulate in puyu_prof[8] (see forward).
  *
@@ -24,11 +27,14 @@
  * block table[t / P], offset t % P. Elements are float32, bfloat16 or int8 with scales [L, N_blocks, P, K]
  * (see "KV formats").
  */
+#define _GNU_SOURCE 1  /* RUSAGE_THREAD */
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 /* The instruction set is chosen at build time (fused_decode.py passes the flags): AVX-512 where the
@@ -52,23 +58,49 @@
 #define MAX_THREADS 64
 
 /* ---------------------------------------------------------------- thread pool ---------------- */
+/* A parallel region runs fn(ctx, p, parts) once for every p in [0, parts). Parts are not bound to
+ * threads: the caller and the workers claim them one at a time from a shared counter tagged with the
+ * region's number (a worker that arrives after its region ended claims nothing). So a late worker
+ * (asleep, or preempted on a machine with more runnable threads than cores) leaves its parts to the
+ * caller, which runs them itself instead of waiting; the caller waits only for parts that a worker has
+ * claimed and not yet finished, spinning for WAIT_SPIN_NS and then yielding its core on every check,
+ * so that a preempted worker can run.
+ *
+ * Idle workers spin for spin_ns (a decode step's next region follows within microseconds), then sleep
+ * on a condition variable.
+ *
+ * An oversubscribed machine (more runnable threads than cores) is recognised when a pool thread was
+ * preempted: its involuntary context switches (getrusage RUSAGE_THREAD) grew since it last looked. For
+ * CONTENDED_NS after that, idle workers sleep at once instead of spinning (a spinning worker takes a core
+ * from runnable threads, other processes or this process's own caller, and is preempted anyway), and a
+ * decode call runs on the caller alone: a region waited for a preempted worker for a whole time slice,
+ * so 2 threads decoded one nano stream at 147 tok/s against 902 on 1 thread while other processes kept
+ * both cores busy, and a 16-row nano step split by rows took 1.4x the one-thread time at load 8 (a step
+ * split by weight rows on the caller alone: 0.97x). */
 
 typedef void (*task_fn)(void *ctx, int part, int parts);
+
+#define WAIT_SPIN_NS 20000L       /* the caller's wait for claimed parts: spin this long, then yield */
+#define CONTENDED_NS 100000000L   /* how long a preemption marks the machine oversubscribed (100 ms) */
+#define RUSAGE_EVERY_NS 1000000L  /* a worker checks for preemption at most this often */
 
 static struct {
     pthread_mutex_t owner;   /* one caller uses the workers at a time; others run alone */
     pthread_mutex_t m;
     pthread_cond_t cv;
-    atomic_uint gen;         /* bumped once per parallel region */
-    atomic_int pending;      /* workers still inside the current region */
+    _Atomic uint64_t claim;  /* region number << 32 | next unclaimed part */
+    atomic_int parts;        /* parts of the current region */
+    atomic_int done;         /* parts of the current region the workers finished */
     atomic_int sleepers;
-    task_fn fn;
+    atomic_int hold;         /* tests: workers claim nothing while set */
+    task_fn fn;              /* of the current region: read only after claiming one of its parts */
     void *ctx;
-    int parts;
+    unsigned region;         /* the caller's count of regions (the tag in claim) */
     int workers;             /* started worker threads */
     long spin_ns;            /* how long an idle worker spins before sleeping */
     int atfork;
-    unsigned start_gen[MAX_THREADS];  /* gen when worker i was created: it waits for the next one */
+    unsigned start_region[MAX_THREADS];  /* region when worker i was created: it waits for the next one */
+    atomic_long stats[3];    /* regions, parts run by the caller, parts run by workers (tests) */
 } pool = {.owner = PTHREAD_MUTEX_INITIALIZER, .m = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
 static inline long now_ns(void) {
@@ -83,29 +115,65 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+static inline unsigned region_of(uint64_t claim) { return (unsigned)(claim >> 32); }
+
+/* One unclaimed part of region r, or -1 when r is over or all its parts are taken. */
+static inline int claim_part(unsigned r) {
+    uint64_t w = atomic_load_explicit(&pool.claim, memory_order_acquire);
+    for (;;) {
+        int parts = atomic_load_explicit(&pool.parts, memory_order_relaxed);
+        if (region_of(w) != r || (int)(uint32_t)w >= parts) return -1;
+        if (atomic_compare_exchange_weak_explicit(&pool.claim, &w, w + 1, memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return (int)(uint32_t)w;
+    }
+}
+
+static atomic_long contended_until;  /* now_ns() before which the machine counts as oversubscribed */
+
+/* Whether this thread was preempted since *seen was taken (then the machine counts as oversubscribed
+ * for CONTENDED_NS); updates *seen. */
+static void check_preempted(long *seen, long now) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_THREAD, &ru) != 0) return;
+    if (*seen >= 0 && ru.ru_nivcsw != *seen) atomic_store(&contended_until, now + CONTENDED_NS);
+    *seen = ru.ru_nivcsw;
+}
+
+static inline int contended(long now) { return now < atomic_load_explicit(&contended_until, memory_order_relaxed); }
+
 static void *worker_main(void *arg) {
     int me = (int)(intptr_t)arg;
-    unsigned seen = pool.start_gen[me];  /* not gen itself: a region may start before this thread runs */
+    unsigned seen = pool.start_region[me];  /* not the current one: a region may start before this runs */
+    long nivcsw = -1, checked = 0;
     for (;;) {
-        unsigned g;
         long t0 = now_ns();
+        if (t0 - checked > RUSAGE_EVERY_NS) {
+            check_preempted(&nivcsw, t0);
+            checked = t0;
+        }
+        long spin = contended(t0) ? 0 : pool.spin_ns;
+        unsigned r;
         int spins = 0;
-        while ((g = atomic_load_explicit(&pool.gen, memory_order_acquire)) == seen) {
-            cpu_relax();
-            if ((++spins & 255) == 0 && now_ns() - t0 > pool.spin_ns) {
+        while ((r = region_of(atomic_load_explicit(&pool.claim, memory_order_acquire))) == seen) {
+            if (spins++ & 63 ? 0 : now_ns() - t0 >= spin) {
                 pthread_mutex_lock(&pool.m);
                 atomic_fetch_add(&pool.sleepers, 1);
-                while ((g = atomic_load(&pool.gen)) == seen)
-                    pthread_cond_wait(&pool.cv, &pool.m);
+                while ((r = region_of(atomic_load(&pool.claim))) == seen) pthread_cond_wait(&pool.cv, &pool.m);
                 atomic_fetch_sub(&pool.sleepers, 1);
                 pthread_mutex_unlock(&pool.m);
                 break;
             }
+            cpu_relax();
         }
-        seen = g;
-        if (me < pool.parts)
-            pool.fn(pool.ctx, me, pool.parts);
-        atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_acq_rel);
+        seen = r;
+        if (atomic_load_explicit(&pool.hold, memory_order_relaxed)) continue;
+        int p;
+        while ((p = claim_part(r)) >= 0) {
+            pool.fn(pool.ctx, p, atomic_load_explicit(&pool.parts, memory_order_relaxed));
+            atomic_fetch_add_explicit(&pool.stats[2], 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&pool.done, 1, memory_order_release);
+        }
     }
     return NULL;
 }
@@ -116,11 +184,12 @@ static void pool_after_fork(void) {
     pthread_mutex_init(&pool.m, NULL);
     pthread_cond_init(&pool.cv, NULL);
     atomic_store(&pool.sleepers, 0);
-    atomic_store(&pool.pending, 0);
+    atomic_store(&pool.claim, 0);
+    pool.region = 0;
     pool.workers = 0;
 }
 
-/* Start workers so that `threads` parts can run (caller holds pool.owner). -> parts available. */
+/* Start workers so that `threads` parts can run (caller holds pool.owner). -> threads available. */
 static int pool_grow(int threads) {
     if (!pool.atfork) {
         pthread_atfork(NULL, NULL, pool_after_fork);
@@ -132,7 +201,7 @@ static int pool_grow(int threads) {
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        pool.start_gen[pool.workers + 1] = atomic_load(&pool.gen);
+        pool.start_region[pool.workers + 1] = pool.region;
         int rc = pthread_create(&th, &attr, worker_main, (void *)(intptr_t)(pool.workers + 1));
         pthread_attr_destroy(&attr);
         if (rc != 0) break;
@@ -141,25 +210,40 @@ static int pool_grow(int threads) {
     return pool.workers + 1 < threads ? pool.workers + 1 : threads;
 }
 
-/* Run fn(ctx, p, parts) for p in [0, parts): part 0 on the caller, the others on workers. */
+/* Run fn(ctx, p, parts) for every p in [0, parts), on the caller and whichever workers come (the
+ * caller holds pool.owner when parts > 1). */
 static void run_parallel(task_fn fn, void *ctx, int parts) {
-    if (parts <= 1) {
-        fn(ctx, 0, 1);
+    if (parts <= 1 || pool.workers == 0) {
+        for (int p = 0; p < parts || p == 0; p++) fn(ctx, p, parts < 1 ? 1 : parts);
         return;
     }
     pool.fn = fn;
     pool.ctx = ctx;
-    pool.parts = parts;
-    atomic_store(&pool.pending, pool.workers);
-    atomic_fetch_add(&pool.gen, 1);
-    if (atomic_load(&pool.sleepers)) {
+    atomic_store_explicit(&pool.parts, parts, memory_order_relaxed);
+    atomic_store_explicit(&pool.done, 0, memory_order_relaxed);
+    unsigned r = ++pool.region;
+    atomic_store(&pool.claim, (uint64_t)r << 32);  /* publishes the region (sequentially consistent with */
+    if (atomic_load(&pool.sleepers)) {               /* the sleepers count: a worker going to sleep sees it) */
         pthread_mutex_lock(&pool.m);
         pthread_cond_broadcast(&pool.cv);
         pthread_mutex_unlock(&pool.m);
     }
-    fn(ctx, 0, parts);
-    while (atomic_load_explicit(&pool.pending, memory_order_acquire) != 0)
+    int p, mine = 0;
+    while ((p = claim_part(r)) >= 0) {
+        fn(ctx, p, parts);
+        mine++;
+    }
+    atomic_fetch_add_explicit(&pool.stats[0], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&pool.stats[1], mine, memory_order_relaxed);
+    long t0 = 0;
+    for (int spins = 0; atomic_load_explicit(&pool.done, memory_order_acquire) != parts - mine; spins++) {
+        if ((spins & 63) == 63) {
+            long t = now_ns();
+            if (!t0) t0 = t;
+            else if (t - t0 > WAIT_SPIN_NS) sched_yield();
+        }
         cpu_relax();
+    }
 }
 
 /* [lo, hi) of part p when n items are split into `parts` runs aligned to `align`. */
@@ -415,6 +499,65 @@ static inline __attribute__((always_inline)) void tile_rows(const int MR, const 
 }
 #endif
 
+#if PUYU_AVX2
+/* The 8 x 8 transpose of r[0..7] (rows in, columns out), in place. */
+static inline __attribute__((always_inline)) void transpose8(__m256 *r) {
+    __m256 t[8], s[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int h = 0; h < 2; h++)  /* h = 0: rows 0-3, h = 1: rows 4-7 */
+        for (int i = 0; i < 2; i++) {
+            s[4 * h + 2 * i] = _mm256_shuffle_ps(t[4 * h + i], t[4 * h + i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+            s[4 * h + 2 * i + 1] = _mm256_shuffle_ps(t[4 * h + i], t[4 * h + i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        }
+    for (int j = 0; j < 4; j++) {
+        r[j] = _mm256_permute2f128_ps(s[j], s[4 + j], 0x20);
+        r[4 + j] = _mm256_permute2f128_ps(s[j], s[4 + j], 0x31);
+    }
+}
+
+/* xt[k * 8 + i] = x[i, k] for the 8 rows of x (row stride ldx), k < K. */
+static void pack8(int K, const float *x, int ldx, float *xt) {
+    int k = 0;
+    for (; k + 8 <= K; k += 8) {
+        __m256 r[8];
+        for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(x + (long)i * ldx + k);
+        transpose8(r);
+        for (int j = 0; j < 8; j++) _mm256_store_ps(xt + 8L * (k + j), r[j]);
+    }
+    for (; k < K; k++)
+        for (int i = 0; i < 8; i++) xt[8L * k + i] = x[(long)i * ldx + k];
+}
+
+/* 8 input rows (packed by pack8) x 8 weight rows, by broadcasting: for each k, the 8 rows' x[., k] in one
+ * vector times each weight row's W[n, k] broadcast, into 8 accumulators (one per weight row, lanes over
+ * the input rows). No horizontal sums (the dot-product tiles end each group of sums with reduce8): the
+ * accumulators are transposed once and stored as 8 input rows' 8 outputs. y rows of stride ldy. */
+static inline __attribute__((always_inline)) void bcast8x8(int K, const float *xt, const float *w, int ldw,
+                                                           const float *bias, float *y, int ldy, int accumulate) {
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
+    for (int k = 0; k < K; k++) {
+        __m256 xv = _mm256_load_ps(xt + 8L * k);
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(xv, _mm256_broadcast_ss(w + (long)j * ldw + k), acc[j]);
+    }
+    transpose8(acc);
+    __m256 b = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) {
+        __m256 v = _mm256_add_ps(acc[i], b);
+        if (accumulate) v = _mm256_add_ps(v, _mm256_loadu_ps(y + (long)i * ldy));
+        _mm256_storeu_ps(y + (long)i * ldy, v);
+    }
+}
+
+#define PACK_FLOATS 16384  /* 64 KB of packed input rows on the stack: M / 8 * 8 * K at most this */
+#endif
+
 /* y[m, n] (+)= x[m, :] . W[n, :] (+ bias[n]) for m < M, n in [n0, n1). x [M, K] (row stride ldx),
  * W [N, K] contiguous, y [M, *] (row stride ldy). Weight rows are visited in chunks that stay in cache
  * while every input row passes over them. */
@@ -422,6 +565,12 @@ static void gemm_nt(int M, int K, const float *x, int ldx, const float *W, const
                     int n0, int n1, int accumulate) {
     int chunk = (int)((256L * 1024) / ((long)K * 4));
     chunk = chunk < 16 ? 16 : chunk / 16 * 16;
+#if PUYU_AVX2
+    /* Blocks of 8 input rows through bcast8x8 when they fit the packed buffer; the rest in tiles. */
+    int M8 = (long)(M / 8) * 8 * K <= PACK_FLOATS ? M / 8 * 8 : 0;
+    float xt[M8 ? M8 * K : 8] __attribute__((aligned(32)));
+    for (int m = 0; m < M8; m += 8) pack8(K, x + (long)m * ldx, ldx, xt + (long)m * K);
+#endif
     for (int c0 = n0; c0 < n1; c0 += chunk) {
         int c1 = c0 + chunk < n1 ? c0 + chunk : n1;
 #if PUYU_AVX512
@@ -441,6 +590,16 @@ static void gemm_nt(int M, int K, const float *x, int ldx, const float *W, const
         for (; m < M; m++) tile_rows(1, 16, m, c0, c1, K, x, ldx, W, bias, y, ldy, accumulate);
 #elif PUYU_AVX2
         int m = 0;
+        for (; m < M8; m += 8) {
+            int n = c0;
+            for (; n + 8 <= c1; n += 8)
+                bcast8x8(K, xt + (long)m * K, W + (long)n * K, K, bias ? bias + n : NULL, y + (long)m * ldy + n, ldy,
+                         accumulate);
+            if (n < c1) {
+                tile_rows(4, 2, m, n, c1, K, x, ldx, W, bias, y, ldy, accumulate);
+                tile_rows(4, 2, m + 4, n, c1, K, x, ldx, W, bias, y, ldy, accumulate);
+            }
+        }
         for (; m + 4 <= M; m += 4) tile_rows(4, 2, m, c0, c1, K, x, ldx, W, bias, y, ldy, accumulate);
         for (; m + 2 <= M; m += 2) tile_rows(2, 4, m, c0, c1, K, x, ldx, W, bias, y, ldy, accumulate);
         for (; m < M; m++) tile_rows(1, 8, m, c0, c1, K, x, ldx, W, bias, y, ldy, accumulate);
@@ -808,6 +967,14 @@ typedef struct {
     float *out;
 } Ctx;
 
+/* Parts of a product split by weight rows over `threads` cores: PARTS_PER_THREAD each (so a preempted
+ * worker holds up a small share; see the thread pool), at most one per 16 rows. */
+#define PARTS_PER_THREAD 4
+static inline int product_parts(int threads, int N) {
+    int units = (N + 15) / 16, parts = threads > 1 ? threads * PARTS_PER_THREAD : 1;
+    return parts < units ? parts : units;
+}
+
 static void task_linear(void *p, int part, int parts) {
     Ctx *c = (Ctx *)p;
     int lo, hi;
@@ -839,8 +1006,7 @@ static void linear(Ctx *c, int M, int Kd, const float *in, int wi, const float *
                    int accumulate) {
     c->M = M, c->Kd = Kd, c->in = in, c->W = c->a->w[wi], c->Wq = qof(c->a, wi), c->bias = bias, c->out = out;
     c->N = N, c->accumulate = accumulate;
-    int parts = (long)N * Kd < c->a->min_parallel ? 1 : c->a->threads;
-    run_parallel(task_linear, c, parts);
+    run_parallel(task_linear, c, (long)N * Kd < c->a->min_parallel ? 1 : product_parts(c->a->threads, N));
 }
 
 #if PUYU_AVX512
@@ -1126,15 +1292,21 @@ static void rope_and_store(Ctx *c) {
 }
 
 #ifdef PUYU_PROFILE
+/* CPU time of the calling thread: on a shared machine, time spent preempted is not charged to a phase. */
+static inline long prof_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
 double puyu_prof[8];
-#define PROF(i) do { long _n = now_ns(); puyu_prof[i] += (_n - _t) * 1e-9; _t = _n; } while (0)
+#define PROF(i) do { long _n = prof_ns(); puyu_prof[i] += (_n - _t) * 1e-9; _t = _n; } while (0)
 #else
 #define PROF(i) do { } while (0)
 #endif
 
 static void forward(const Args *a, Ctx *c) {
 #ifdef PUYU_PROFILE
-    long _t = now_ns();
+    long _t = prof_ns();
 #endif
     int B = a->B, C = a->C, H = a->H, K = a->K, D = a->D, F = a->F;
     int QKV = (H + 2 * K) * D;
@@ -1174,7 +1346,7 @@ static void forward(const Args *a, Ctx *c) {
         rms_norm(B, C, c->x, lw[5], a->eps, c->h);
         c->M = B, c->Kd = C, c->in = c->h, c->W = lw[6], c->W3 = lw[7], c->N = F;
         c->Wq = qof(a, wl + 6), c->W3q = qof(a, wl + 7);
-        run_parallel(task_gate_up, c, (long)F * C < a->min_parallel ? 1 : a->threads);
+        run_parallel(task_gate_up, c, (long)F * C < a->min_parallel ? 1 : product_parts(a->threads, F));
         PROF(5);
         linear(c, B, F, c->g1, wl + 8, NULL, c->x, C, 1);
         PROF(6);
@@ -1255,6 +1427,12 @@ void puyu_decode(const Args *a, void *scratch, long spin_ns) {
     c.x = buf, c.h = c.x + n_x, c.qkv = c.h + n_x, c.att = c.qkv + n_qkv, c.g1 = c.att + n_att, c.g3 = c.g1 + n_f;
     c.cs = c.g3 + n_f, c.scores = c.cs + (long)B * D, c.smax = smax;
     c.slots = (long *)(buf + scratch_floats(a, a->threads < 1 ? 1 : a->threads, smax));
+    if (threads > 1) {  /* oversubscribed: the caller alone (see the thread pool) */
+        static __thread long seen = -1;
+        long now = now_ns();
+        check_preempted(&seen, now);
+        if (contended(now)) local.threads = threads = 1;
+    }
     if (threads > 1 && !a->out_rows && B >= a->split_rows * threads)
         run_parallel(task_rows, &c, threads);  /* each core runs the whole forward for its own rows */
     else
@@ -1284,3 +1462,46 @@ void puyu_kv_store(int fmt, int n, int D, const float *x, void *dst, float *scal
 
 /* Row n of a stored matrix [*, K] as float32 (tests). */
 void puyu_qrow(int K, long n, const QW *q, float *out) { q_row(q, K, n, out); }
+
+/* ---------------------------------------------------------------- pool tests ----------------- */
+
+/* Tests: while hold is set, workers wake for each region but claim nothing (a worker that never gets a
+ * core); the caller must then run every part itself. */
+void puyu_pool_hold(int hold) { atomic_store(&pool.hold, hold); }
+
+/* Tests: count the machine as oversubscribed for the next ns nanoseconds (0: no longer). */
+void puyu_pool_mark_contended(long ns) { atomic_store(&contended_until, ns > 0 ? now_ns() + ns : 0); }
+
+/* Tests: out[0..2] = regions run in parallel, parts the caller ran, parts workers ran (since load). */
+void puyu_pool_stats(long *out) {
+    for (int i = 0; i < 3; i++) out[i] = atomic_load(&pool.stats[i]);
+}
+
+typedef struct {
+    atomic_int *counts;
+    long work_ns;
+} PoolProbe;
+
+static void task_probe(void *p, int part, int parts) {
+    PoolProbe *pr = (PoolProbe *)p;
+    (void)parts;
+    atomic_fetch_add(&pr->counts[part], 1);
+    for (long t0 = now_ns(); now_ns() - t0 < pr->work_ns;) cpu_relax();
+}
+
+/* Tests: `regions` parallel regions of `parts` parts each on `threads` threads (workers idle-spin for
+ * spin_ns), each part busy for work_ns; counts[p] += 1 each time part p runs. -> the threads used (1
+ * when another caller holds the pool). */
+int puyu_pool_test(int threads, int parts, int regions, long work_ns, long spin_ns, int *counts) {
+    PoolProbe pr = {(atomic_int *)counts, work_ns};
+    int own = threads > 1 && pthread_mutex_trylock(&pool.owner) == 0;
+    if (own) {
+        pool.spin_ns = spin_ns;
+        threads = pool_grow(threads);
+    } else {
+        threads = 1;
+    }
+    for (int i = 0; i < regions; i++) run_parallel(task_probe, &pr, threads > 1 ? parts : 1);
+    if (own) pthread_mutex_unlock(&pool.owner);
+    return threads;
+}

@@ -29,7 +29,8 @@ Otherwise the engine uses `puyu.engine.decode_step.DecodeStep` (PyTorch ops) and
 
 Instruction sets: the widest this CPU runs, from /proc/cpuinfo: AVX-512 (16-wide tiles of 1x16, 2x8 or
 4x4 rows), else AVX2 + FMA (8-wide tiles of 1x8, 2x4 or 4x2 rows: 8 accumulators plus the loaded rows fill
-the 16 ymm registers, so each weight vector loaded serves up to 4 rows of the batch), else portable C.
+the 16 ymm registers, so each weight vector loaded serves up to 4 rows of the batch; blocks of 8 rows by
+broadcasting each weight into 8 rows' accumulators, with no horizontal sums), else portable C.
 `PUYU_KERNEL_ISA=avx512|avx2|portable` forces one (refused with a clear error where the CPU lacks it), so
 the AVX2 path can be measured and tested on an AVX-512 machine. `FusedDecode.isa` and the engine's
 `decode_path` (`fused-avx512`, `fused-avx2`, `fused-portable`) name the build that runs.
@@ -61,7 +62,7 @@ from pathlib import Path
 
 import torch
 
-from puyu.engine.decode_step import has_forward_hooks
+from puyu.engine.decode_step import HookWatch
 from puyu.errors import PuyuError
 from puyu.model.quant import FORMAT_CODES, KV_CODES, QuantEmbedding, QuantLinear, model_format
 from puyu.model.rope import inv_freq
@@ -236,6 +237,14 @@ def load(flags: tuple[str, ...] | None = None) -> ctypes.CDLL:
         lib.puyu_qrow.restype = None
         lib.puyu_kv_store.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 3
         lib.puyu_kv_store.restype = None
+        lib.puyu_pool_hold.argtypes = [ctypes.c_int]
+        lib.puyu_pool_hold.restype = None
+        lib.puyu_pool_mark_contended.argtypes = [ctypes.c_long]
+        lib.puyu_pool_mark_contended.restype = None
+        lib.puyu_pool_stats.argtypes = [ctypes.c_void_p]
+        lib.puyu_pool_stats.restype = None
+        lib.puyu_pool_test.argtypes = [ctypes.c_int] * 3 + [ctypes.c_long] * 2 + [ctypes.c_void_p]
+        lib.puyu_pool_test.restype = ctypes.c_int
         _libs[flags] = lib
         return lib
 
@@ -295,6 +304,35 @@ def kv_store(x: torch.Tensor, kv: str, flags=None) -> tuple[torch.Tensor, torch.
     return out, scales
 
 
+def pool_stats(flags=None) -> tuple[int, int, int]:
+    """The worker pool's counters since the library was loaded: (regions run in parallel, parts the caller
+    ran, parts the workers ran)."""
+    out = (ctypes.c_long * 3)()
+    load(flags).puyu_pool_stats(out)
+    return tuple(out)
+
+
+def pool_hold(hold: bool, flags=None) -> None:
+    """Tests: while held, the pool's workers wake for every parallel region but take none of its parts,
+    as a worker that never gets a core would; the caller then runs them all."""
+    load(flags).puyu_pool_hold(int(hold))
+
+
+def pool_mark_contended(seconds: float, flags=None) -> None:
+    """Tests: count the machine as oversubscribed for `seconds` (0: no longer), as a preempted pool thread
+    does: idle workers sleep at once, and decode calls run their per-product regions on the caller."""
+    load(flags).puyu_pool_mark_contended(int(seconds * 1e9))
+
+
+def pool_probe(threads: int, parts: int, regions: int, work_us: float = 0.0, spin_us: float = 200.0,
+               flags=None) -> tuple[list[int], int]:
+    """Tests: `regions` parallel regions of `parts` parts each on the kernel's pool, each part busy for
+    `work_us` -> (how often each part ran, threads used)."""
+    counts = (ctypes.c_int * parts)()
+    used = load(flags).puyu_pool_test(threads, parts, regions, int(work_us * 1000), int(spin_us * 1000), counts)
+    return list(counts), used
+
+
 class FusedDecode:
     """`step.run(cache, seqs, tokens, positions, bases) -> logits [B, V]` for an `InternLM2ForCausalLM`
     in float32 on the CPU, through the native kernel (module docstring).
@@ -333,12 +371,26 @@ class FusedDecode:
         shapes = [(C,), (QKV, C), (QKV,), (C, HD), (C,), (C,), (F, C), (F, C), (C, F)]
         for i in range(len(m.layers)):
             self._slots += [(mods[3 + 9 * i + j], names[j], shapes[j]) for j in range(9)]
-        self._modules = list(model.modules())
+        self.hooked = HookWatch(model.modules())  # hooked() -> True while forward hooks are registered
+        # What each step reads to notice moved storage: per slot, the dict holding its tensor and the key
+        # (a packed weight: its data and its scales).
+        self._reads = []
+        for mod, name, _ in self._slots:
+            if isinstance(mod, (QuantLinear, QuantEmbedding)) and name == "weight":
+                self._reads += [(mod._buffers, "qweight"), (mod._buffers, "scales")]
+            else:
+                self._reads.append((mod._parameters, name))
         self._ptrs: tuple[int, ...] | None = None
         self._wtable = self._qtable = None
         self._invf: dict[float, torch.Tensor] = {}
-        self._args = _Args()
+        self._args = _Args()  # the model's sizes are set once; the rest at every call
+        a = self._args
+        a.C, a.H, a.K, a.D = C, c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        a.F, a.V, a.L, a.eps = F, V, c.num_hidden_layers, c.rms_norm_eps
+        a.pos_div = c.rope_factor if c.rope_type == "linear" else 1.0
+        self._cache_of_args = None  # the cache whose layout _args holds
         self._scratch = torch.empty(0, dtype=torch.uint8)  # grown on demand, reused by every call
+        self._scratch_fits = (0, 0, 0)  # (rows, keys, threads) the scratch was last sized for
 
     @staticmethod
     def supports(model) -> bool:
@@ -349,25 +401,15 @@ class FusedDecode:
         return (all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
                 and all(b.device.type == "cpu" for b in model.buffers()))
 
-    def hooked(self) -> bool:
-        return has_forward_hooks(self._modules)
-
     def _weights(self):
         """The C pointer table of the current weights (rebuilt and re-checked when any storage moved), and
         the table of stored formats (None when every weight is float32)."""
-        ptrs = []
-        for mod, name, _ in self._slots:  # only pointers on every step: no Packed objects, no checks
-            if isinstance(mod, (QuantLinear, QuantEmbedding)) and name == "weight":
-                q, sc = mod._buffers["qweight"], mod._buffers["scales"]
-                ptrs.append((q.data_ptr(), 0 if sc is None else sc.data_ptr()))
-            else:
-                t = mod._parameters.get(name)  # nn.Module keeps them here
-                ptrs.append(0 if t is None else t.data_ptr())
-        ptrs = tuple(ptrs)
+        # only pointers on every step: no Packed objects, no checks (nn.Module keeps its tensors in these dicts)
+        ptrs = tuple([0 if t is None else t.data_ptr() for t in [d.get(k) for d, k in self._reads]])
         if ptrs != self._ptrs:
             tensors = [mod.packed if isinstance(mod, (QuantLinear, QuantEmbedding)) and name == "weight"
                        else mod._parameters.get(name) for mod, name, _ in self._slots]
-            qtable, packed_any = (_QW * len(ptrs))(), False
+            qtable, packed_any = (_QW * len(tensors))(), False
             for i, ((mod, name, shape), t) in enumerate(zip(self._slots, tensors)):
                 if t is None:
                     continue
@@ -383,7 +425,8 @@ class FusedDecode:
                 if tuple(t.shape) != shape:  # the kernel reads by the config's sizes: never past a tensor
                     raise FusedDecodeUnavailable(f"{type(mod).__name__}.{name} has shape {tuple(t.shape)}, "
                                                  f"the config says {shape}")
-            self._wtable = (ctypes.c_void_p * len(ptrs))(*[p if isinstance(p, int) else p[0] for p in ptrs])
+            self._wtable = (ctypes.c_void_p * len(tensors))(*[
+                0 if t is None else t.data_ptr() if isinstance(t, torch.Tensor) else t.data.data_ptr() for t in tensors])
             self._qtable = qtable if packed_any else None
             self._packed = [t for t in tensors if t is not None and not isinstance(t, torch.Tensor)]  # kept alive
             self._ptrs = ptrs
@@ -444,12 +487,11 @@ class FusedDecode:
         out = None if out_rows is None else (ctypes.c_int64 * n_out)(*out_rows)
         logits = torch.empty(n_out, cfg.vocab_size)
         a = self._args
-        a.B, a.C, a.H, a.K, a.D = B, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        a.F, a.V, a.L, a.P, a.nblocks = (cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers,
-                                         cache.block_size, cache.num_blocks)
+        if cache is not self._cache_of_args:
+            a.P, a.nblocks = cache.block_size, cache.num_blocks
+            self._cache_of_args = cache
+        a.B = B
         a.threads, a.min_parallel, a.split_rows = self.threads, self.min_parallel, self.split_rows
-        a.eps = cfg.rms_norm_eps
-        a.pos_div = cfg.rope_factor if cfg.rope_type == "linear" else 1.0
         a.tokens, a.positions = ctypes.addressof(tok), ctypes.addressof(pos)
         a.invf, a.invf_stride = invf.data_ptr(), stride
         a.tables = ctypes.addressof(tab)
@@ -460,9 +502,13 @@ class FusedDecode:
         a.q = None if self._qtable is None else ctypes.addressof(self._qtable)
         a.logits = logits.data_ptr()
         a.out_rows, a.n_out = (None, 0) if out is None else (ctypes.addressof(out), n_out)
-        need = self.lib.puyu_decode_scratch_bytes(ctypes.byref(a))
-        if self._scratch.numel() < need:
-            self._scratch = torch.empty(need + need // 2, dtype=torch.uint8)
+        # the scratch grows with rows, keys and threads: sized again only when one of them outgrows it
+        keys, fits = max(positions) + 1, self._scratch_fits
+        if B > fits[0] or keys > fits[1] or self.threads != fits[2]:
+            need = self.lib.puyu_decode_scratch_bytes(ctypes.byref(a))
+            if self._scratch.numel() < need:
+                self._scratch = torch.empty(need + need // 2, dtype=torch.uint8)
+            self._scratch_fits = (B, keys, self.threads)
         self.lib.puyu_decode(ctypes.byref(a), self._scratch.data_ptr(), self.spin_ns)
         return logits
 

@@ -699,7 +699,7 @@ class Engine:
             logits = step.prefill(self.cache, [r.seq for r in group], [r.prompt for r in group],
                                   [r.base for r in group], [r.computed for r in group])  # [n, V]
         except FusedDecodeUnavailable as e:
-            log.warning("fused prefill skipped: %s", e)
+            self._fused_failed(e)
             return False
         self._prefilled(group, logits)
         return True
@@ -747,13 +747,28 @@ class Engine:
                 torch.set_num_threads(self.threads)
 
     def _decode_step(self, reqs: list[_Request]) -> None:
-        with self._threads_for(len(reqs)):
-            logits = decode(self.model, self.cache, [r.seq for r in reqs], [r.output[-1] for r in reqs],
-                            [r.computed for r in reqs], [r.base for r in reqs], self._decoder)  # [B, V]
+        seqs, tokens, positions, bases = ([r.seq for r in reqs], [r.output[-1] for r in reqs],
+                                          [r.computed for r in reqs], [r.base for r in reqs])
+        step, logits = self._decoder, None
+        if isinstance(step, FusedDecode) and not step.hooked():  # one native call: torch's threads unused
+            try:
+                logits = step.run(self.cache, seqs, tokens, positions, bases)  # [B, V]
+            except FusedDecodeUnavailable as e:  # the weights changed dtype/layout after the engine was built
+                self._fused_failed(e)
+        if logits is None:
+            with self._threads_for(len(reqs)):
+                logits = decode(self.model, self.cache, seqs, tokens, positions, bases, self._decoder)  # [B, V]
         for r in reqs:
             r.computed += 1
         self._counters["decode_steps"] += 1
         self._sample_and_emit(reqs, logits)
+
+    def _fused_failed(self, e: FusedDecodeUnavailable) -> None:
+        """The native kernel cannot read the weights any more: decode with the model's forward from now on
+        (said once, not at every step)."""
+        log.warning("fused decode step skipped: %s; this engine decodes with the model's forward from now on", e)
+        fmt = model_format(self.model)
+        self._decoder, self.decode_path = None, "model" + ("" if fmt == "f32" else f"-{fmt}")
 
     def _sample_and_emit(self, reqs: list[_Request], logits: torch.Tensor) -> None:
         """logits [B, V] -> one new token per request, streamed; finished requests leave the batch."""

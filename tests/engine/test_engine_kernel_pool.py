@@ -1,0 +1,106 @@
+"""The native kernel's worker pool (fused_decode.c): every part of a parallel region runs exactly once,
+whichever threads come; a worker that never gets a core (held) leaves all its parts to the caller, which
+finishes the region instead of waiting, and the decode's logits do not change with who ran what."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import make_model
+
+import puyu.engine.fused_decode as fd
+from puyu.engine.fused_decode import FusedDecode
+from puyu.engine.kv_cache import PagedKVCache, SequenceBlocks
+
+pytestmark = pytest.mark.skipif(not fd.available(), reason="no C compiler: the kernel cannot be built here")
+
+
+@pytest.fixture
+def released():
+    yield
+    fd.pool_hold(False)
+    fd.pool_mark_contended(0)
+
+
+@pytest.mark.parametrize("parts", [2, 3, 8, 17])
+def test_every_part_runs_once_per_region(parts, released):
+    before = fd.pool_stats()
+    counts, used = fd.pool_probe(threads=2, parts=parts, regions=300, work_us=2)
+    after = fd.pool_stats()
+    assert used == 2
+    assert counts == [300] * parts
+    assert after[0] - before[0] == 300  # regions
+    assert (after[1] - before[1]) + (after[2] - before[2]) == 300 * parts  # caller's + workers' parts
+
+
+def test_workers_take_parts_when_they_run(released):
+    """With parts that take a while and spinning workers, the workers do some of them (the caller alone
+    could not finish 4 x 2 ms parts before a spinning worker claims one)."""
+    fd.pool_probe(threads=2, parts=2, regions=5, spin_us=100_000)  # start and warm the worker
+    before = fd.pool_stats()
+    counts, _ = fd.pool_probe(threads=2, parts=4, regions=3, work_us=2000, spin_us=100_000)
+    after = fd.pool_stats()
+    assert counts == [3] * 4
+    assert after[2] - before[2] > 0
+
+
+@pytest.mark.parametrize("spin_us", [0, 200])
+def test_a_worker_that_never_comes_leaves_its_parts_to_the_caller(spin_us, released):
+    fd.pool_probe(threads=2, parts=2, regions=1)  # the worker exists
+    fd.pool_hold(True)
+    before = fd.pool_stats()
+    counts, used = fd.pool_probe(threads=2, parts=5, regions=200, work_us=1, spin_us=spin_us)
+    after = fd.pool_stats()
+    assert used == 2 and counts == [200] * 5
+    assert after[1] - before[1] == 1000 and after[2] == before[2]  # the caller ran every part
+
+
+def test_decode_with_held_workers_is_unchanged(released):
+    """The whole forward with workers that take nothing gives the same logits, bit for bit, as with
+    workers that take their share (rows split across threads) or as one thread (weight rows split):
+    each part computes the same sums whoever runs it."""
+    model = make_model(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, intermediate_size=100)
+    cfg = model.config
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, cfg.vocab_size, (n,), generator=g).tolist() for n in (7, 12, 3, 20)]
+    nxt = torch.randint(3, cfg.vocab_size, (len(prompts),), generator=g).tolist()
+    out = {}
+    for name, threads, hold, split_rows in [("one", 1, False, 4), ("rows", 2, False, 1), ("held-rows", 2, True, 1),
+                                            ("weights", 2, False, 1000), ("held-weights", 2, True, 1000)]:
+        step = FusedDecode(model, threads=threads, min_parallel=0, split_rows=split_rows)
+        cache = PagedKVCache(cfg, num_blocks=40, block_size=4)
+        seqs = [SequenceBlocks(cache, len(p) + 2) for p in prompts]
+        step.prefill(cache, seqs, prompts, [None] * len(prompts))
+        fd.pool_hold(hold)
+        out[name] = step.run(cache, seqs, nxt, [len(p) for p in prompts], [None] * len(prompts))
+        fd.pool_hold(False)
+    assert torch.equal(out["held-rows"], out["rows"])
+    assert torch.equal(out["held-weights"], out["one"]) and torch.equal(out["weights"], out["one"])
+    assert torch.allclose(out["rows"], out["one"], atol=1e-5)  # other tile shapes: rounding only
+
+
+def test_an_oversubscribed_machine_decodes_on_the_caller(released):
+    """Marked oversubscribed (as after a pool thread was preempted), a decode whose products or rows would
+    be split across threads runs on the caller alone (no parallel region), with one thread's logits."""
+    model = make_model(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, intermediate_size=100)
+    cfg = model.config
+    prompts = [[3, 4, 5, 6, 7], [8, 9, 10], [11, 12, 13, 14], [15, 16]]
+    logits = {}
+    for split_rows in (1000, 1):
+        step = FusedDecode(model, threads=2, min_parallel=0, split_rows=split_rows)
+        cache = PagedKVCache(cfg, num_blocks=40, block_size=4)
+        seqs = [SequenceBlocks(cache, len(p) + 4) for p in prompts]
+        step.prefill(cache, seqs, prompts, [None] * len(prompts))
+        fd.pool_mark_contended(60)
+        before = fd.pool_stats()
+        for i in range(3):
+            logits[split_rows, i] = step.run(cache, seqs, [20 + i] * 4, [len(p) + i for p in prompts], [None] * 4)
+        assert fd.pool_stats()[0] == before[0], split_rows
+        fd.pool_mark_contended(0)
+    one = FusedDecode(model, threads=1)
+    cache = PagedKVCache(cfg, num_blocks=40, block_size=4)
+    seqs = [SequenceBlocks(cache, len(p) + 4) for p in prompts]
+    one.prefill(cache, seqs, prompts, [None] * len(prompts))
+    for i in range(3):
+        ref = one.run(cache, seqs, [20 + i] * 4, [len(p) + i for p in prompts], [None] * 4)
+        assert torch.equal(logits[1000, i], ref) and torch.equal(logits[1, i], ref)
