@@ -266,7 +266,7 @@ def tool_chat(rng: random.Random) -> dict:
 def interpreter_arithmetic_code(p: Problem) -> str:
     """The code the model should send for a+b / a-b when it has the interpreter. Written without spaces,
     as the question writes it: with the nano tokenizer `+` and ` +` are different tokens, and a nano
-    model sent `print(29 - 555)` for "29+555" in a quarter of its calls (fp32 run of 2026-11-30);
+    model wrote the wrong operator in 34 of 100 such calls (fp32 run of 2026-11-30; 0 of 100 after);
     without spaces the operator is a plain copy."""
     return f"print({p.a}{p.op}{p.b})"
 
