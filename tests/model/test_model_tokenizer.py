@@ -83,6 +83,33 @@ def test_trained_hf_config_and_transformers_reads_it(tiny_tokenizer, tmp_path):
         assert hf.encode(text, add_special_tokens=False) == tiny_tokenizer.encode(text, allow_special=True)
 
 
+def test_caps_apart_makes_a_name_the_same_token_in_a_question_and_in_json(tmp_path):
+    """With caps_apart, ` Oslo` is ` ` + the `Oslo` of `"Oslo"`, and no piece joins a space to a capital;
+    without it (the same text), ` Oslo` is a piece of its own. Round trips are unchanged."""
+    from puyu.model.tokenizer import train_tokenizer
+
+    cities = ["Oslo", "Paris", "Tokyo", "Cairo"]
+    lines = [f'What is the weather in {c}? {{"city": "{c}"}} It is cold in {c} today. The sky is blue.'
+             for _ in range(40) for c in cities]
+    (tmp_path / "t.txt").write_text("\n".join(lines + [MIXED] * 5) + "\n", encoding="utf-8")
+    plain = train_tokenizer([tmp_path / "t.txt"], tmp_path / "plain", vocab_size=420)
+    apart = train_tokenizer([tmp_path / "t.txt"], tmp_path / "apart", vocab_size=420, caps_apart=True)
+
+    def pieces(t, s):
+        return [t.id_to_piece(i) for i in t.encode(s)]
+
+    for c in cities:
+        q, call = pieces(apart, f"weather in {c}?"), pieces(apart, f'{{"city": "{c}"}}')
+        assert q[-3:] == ["\u2581", c, "?"] and c in call, (q, call)
+        assert f"\u2581{c}" in pieces(plain, f"weather in {c}?")  # the fault being fixed
+    vocab = [apart.id_to_piece(i) for i in range(apart.vocab_size)]
+    assert not [v for v in vocab if len(v) > 1 and v[0] == "\u2581" and v[1].isupper()]
+    assert apart.decode(apart.encode(MIXED)) == MIXED
+    (tmp_path / "bad.txt").write_text("a\x1fb\n" * 50, encoding="utf-8")
+    with pytest.raises(TokenizerError, match="U\\+001F"):
+        train_tokenizer([tmp_path / "bad.txt"], tmp_path / "bad", vocab_size=400, caps_apart=True)
+
+
 def test_bad_tokenizer_files(tmp_path):
     with pytest.raises(TokenizerError, match="does not exist"):
         load_tokenizer(tmp_path)

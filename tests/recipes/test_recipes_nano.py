@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 
@@ -18,14 +19,45 @@ def test_held_out_problems_never_reach_training_data():
     assert all(p.a < 100 and p.b < 100 for p in small) and {p.op for p in small} == {"+", "-"}
     exclude = set(small) | set(big)
     rng = random.Random(1)
-    recs = S.arithmetic_records(rng, 30000, 0.3, exclude)
-    seen = {r["prompt"] for r in recs}
+    recs = S.arithmetic_records(rng, 30000, 0.3, exclude, p_sheet=0.25, p_prefix=0.3)
+    seen = {r["prompt"] for r in recs if "prompt" in r}
+    for r in recs:  # worksheets and problems after a prefix: every problem is the end of an unscored segment
+        for text, scored in r.get("segments", []):
+            if not scored:
+                seen.add(re.search(r"\d+[+-]\d+=$", text)[0])
+    assert len(seen) > 10000 and all(q.endswith("=") for q in seen)
     assert not seen & {p.prompt for p in exclude}
     chats = [S.arithmetic_chat(rng, exclude, 0.3) for _ in range(3000)]
     asked = {c["messages"][-1]["content"].split("=")[0] for c in chats}
     assert not asked & {p.prompt[:-1] for p in exclude}
     # Answers are plain decimals, negative results keep their sign.
     assert S.Problem(12, "-", 34).answer == "-22" and S.Problem(99, "+", 99).answer == "198"
+
+
+def test_arithmetic_after_unrelated_text_scores_only_the_answer():
+    rng = random.Random(3)
+    recs = S.arithmetic_records(rng, 2000, 0.0, set(), p_sheet=0.0, p_prefix=0.5)
+    prefixed = [r for r in recs if "segments" in r]
+    assert 800 < len(prefixed) < 1200
+    for r in prefixed:
+        (context, unscored), (ans, scored) = r["segments"]
+        m = re.search(r"(\d+)([+-])(\d+)=$", context)
+        assert (unscored, scored) == (False, True) and m and context[:m.start()].strip()
+        assert S.Problem(int(m[1]), m[2], int(m[3])).answer == ans
+
+
+def test_interpreter_code_writes_the_question_operator_as_it_is():
+    """`+` and ` +` are different tokens: the code copies `a+b` as the question writes it."""
+    rng = random.Random(4)
+    checked = 0
+    for _ in range(200):
+        rec = S.interpreter_chat(rng, p_arith=0.5)
+        q, code = rec["messages"][1]["content"], rec["messages"][2]["code"]
+        expr = code.removeprefix("print(").removesuffix(")")
+        if any(op in q for op in "+-*"):  # (not "Run code to multiply a by b.")
+            assert expr in q, (q, code)
+            checked += 1
+    assert checked > 100
 
 
 def test_passkey_documents_fit_their_token_budget(tiny_tokenizer):

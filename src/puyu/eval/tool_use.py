@@ -1,10 +1,13 @@
 """Does a chat model use its tools right? Three greedy measurements on fresh, seeded inputs (the nano
-recipe's report; small enough to move into the evaluation suite as they are).
+recipe's report and targets).
 
 - `tool_call_accuracy`: the demo's two tools (`get_weather`, `get_time`) and ten cities
   (`puyu.tasks.synthetic.TOOLS`, `CITIES`); the user asks with a held-out phrasing (or, with
-  `held_out=False`, a training phrasing). Right = the turn is a plugin call of the asked function
-  with arguments exactly `{"city": <the city asked about>}`.
+  `held_out=False`, a training phrasing). The questions are the suite's (`puyu.eval.tools.
+  generated_set` without no-call questions) and so is the check (`puyu.eval.tools.judge`, with exact
+  values): right = the turn is a plugin call of the asked function with arguments exactly
+  `{"city": <the city asked about>}`. The suite's `tools` task differs only in sampling (temperature
+  0.7), its no-call questions and its default phrasings.
 - `interpreter_call_accuracy`: "Use Python to compute a*b." with fresh a, b in [100, 10000). Right =
   an interpreter call whose code has exactly the numbers a and b (in either order) and a `*`.
 - `interpreter_arithmetic_accuracy`: a+b / a-b questions answered through `puyu.Agent` with the real
@@ -21,17 +24,10 @@ import random
 import re
 import time
 
-from puyu.agent.protocol import InterpreterCall, PluginCall, parse_turn
+from puyu.agent.protocol import InterpreterCall, parse_turn
+from puyu.eval.tools import generated_set, judge
 from puyu.model.chat_format import ACTION_END, render_chat
-from puyu.tasks.synthetic import (
-    ARITH_QUESTIONS,
-    CITIES,
-    MULTIPLY_QUESTIONS,
-    SYSTEM,
-    TOOLS,
-    Problem,
-    tool_call_question,
-)
+from puyu.tasks.synthetic import ARITH_QUESTIONS, MULTIPLY_QUESTIONS, SYSTEM, TOOLS, Problem
 
 
 def _turns(model, tokenizer, chats: list[dict], max_new: int) -> list[str]:
@@ -51,10 +47,10 @@ def _turns(model, tokenizer, chats: list[dict], max_new: int) -> list[str]:
 
 
 def tool_call_right(turn: str, function: str, city: str) -> tuple[bool, bool]:
-    """(right function, right function with arguments exactly {"city": city}) for one assistant turn."""
-    action = parse_turn(turn).action
-    is_fn = isinstance(action, PluginCall) and action.name == function
-    return is_fn, is_fn and action.arguments == {"city": city}
+    """(right function, right function with arguments exactly {"city": city}) for one assistant turn
+    (`puyu.eval.tools.judge` with exact values against the demo's tools)."""
+    j = judge(turn, {"tools": TOOLS, "expected": [{"name": function, "arguments": {"city": city}}]}, exact=True)
+    return bool(j["name"]), bool(j["ok"])
 
 
 def interpreter_call_right(turn: str, a: int, b: int) -> tuple[bool, bool]:
@@ -65,33 +61,31 @@ def interpreter_call_right(turn: str, a: int, b: int) -> tuple[bool, bool]:
     return is_call, ok
 
 
-def tool_call_accuracy(model, tokenizer, n: int = 100, seed: int = 0, held_out: bool = True) -> dict:
-    """Fraction of `n` questions (cities and functions drawn evenly, phrasings held out of training
-    unless `held_out=False`) answered by a call of the right function with exactly the right city.
-    Returns accuracy, right_function (the function alone), n, a few wrong examples and seconds."""
+def tool_call_accuracy(model, tokenizer, n: int = 100, seed: int = 0, held_out: bool = True, turns=None) -> dict:
+    """Fraction of `n` questions (`puyu.eval.tools.generated_set`: cities and functions drawn evenly with
+    phrasings held out of training, or training phrasings with `held_out=False`) answered by a call of
+    the right function with exactly the right city. `turns(chats) -> list[str]` replaces greedy
+    generation (default: the model through `puyu.engine.Engine`). Returns accuracy, right_function
+    (the function alone), n, a few wrong examples and seconds."""
     t0 = time.perf_counter()
-    rng = random.Random(f"puyu-tool-eval-{seed}-{held_out}")
-    asks = [(fn, CITIES[i % len(CITIES)]) for i, fn in
-            zip(range(n), ["get_weather", "get_time"] * n)]
-    rng.shuffle(asks)
-    chats = [{"messages": [{"role": "system", "content": SYSTEM},
-                           {"role": "user", "content": tool_call_question(rng, fn, city, held_out=held_out)}],
-              "tools": TOOLS} for fn, city in asks]
+    recs = generated_set(seed, n, "held_out" if held_out else "train", no_call_every=0)
+    outs = turns(recs) if turns is not None else _turns(model, tokenizer, recs, 48)
     right = right_fn = 0
     wrong = []
-    for (fn, city), c, out in zip(asks, chats, _turns(model, tokenizer, chats, 48)):
-        is_fn, ok = tool_call_right(out, fn, city)
-        right_fn += is_fn
-        right += ok
-        if not ok and len(wrong) < 6:
-            wrong.append(f"{c['messages'][-1]['content']} -> {out.strip()}")
+    for rec, out in zip(recs, outs, strict=True):
+        j = judge(out, rec, exact=True)
+        right_fn += bool(j["name"])
+        right += bool(j["ok"])
+        if not j["ok"] and len(wrong) < 6:
+            wrong.append(f"{rec['messages'][-1]['content']} -> {out.strip()}")
     return {"accuracy": right / max(n, 1), "right_function": right_fn / max(n, 1), "n": n,
             "held_out_phrasings": held_out, "wrong_examples": wrong, "seconds": time.perf_counter() - t0}
 
 
-def interpreter_call_accuracy(model, tokenizer, n: int = 100, seed: int = 0) -> dict:
+def interpreter_call_accuracy(model, tokenizer, n: int = 100, seed: int = 0, turns=None) -> dict:
     """Fraction of `n` "Use Python to compute a*b." questions (a, b fresh in [100, 10000)) answered by an
-    interpreter call whose code holds exactly the numbers a and b (either order) and a `*`."""
+    interpreter call whose code holds exactly the numbers a and b (either order) and a `*`. `turns`:
+    as in `tool_call_accuracy`."""
     t0 = time.perf_counter()
     rng = random.Random(f"puyu-interp-eval-{seed}")
     pairs = [(rng.randrange(100, 10000), rng.randrange(100, 10000)) for _ in range(n)]
@@ -100,7 +94,8 @@ def interpreter_call_accuracy(model, tokenizer, n: int = 100, seed: int = 0) -> 
               "interpreter": True} for a, b in pairs]
     right = calls = 0
     wrong = []
-    for (a, b), out in zip(pairs, _turns(model, tokenizer, chats, 48)):
+    outs = turns(chats) if turns is not None else _turns(model, tokenizer, chats, 48)
+    for (a, b), out in zip(pairs, outs, strict=True):
         is_call, ok = interpreter_call_right(out, a, b)
         calls += is_call
         right += ok

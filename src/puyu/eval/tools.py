@@ -6,7 +6,8 @@ When no call is expected, the sample scores 1 only if the model makes none. Also
 attempted calls that were valid JSON, name accuracy, and "no call when none is needed".
 
 Data: by default a generated held-out set (`puyu.tasks.synthetic.tool_chat` dialogues drawn from their
-own seed, plus questions that need no tool, with the demo's two tools); or `--data FILE.jsonl` with one
+own seed, plus questions that need no tool, with the demo's two tools; `--option phrasings=held_out`
+asks with phrasings no training dialogue uses); or `--data FILE.jsonl` with one
 object per line: {"messages": [...], "tools": [OpenAI tool schemas], "expected": [{"name": ...,
 "arguments": {...}}]} (an empty `expected` list means no call should be made). The model's output is
 read with puyu's action parser (`puyu.agent.protocol.parse_turn`); API backends' `tool_calls` are turned
@@ -59,8 +60,10 @@ def _type_ok(value, schema: dict) -> bool:
     return False
 
 
-def check_call(call: PluginCall, expected: dict, tools: list[dict]) -> dict:
-    """{name, required, unknown, types, values: bool} of one call against one expected call."""
+def check_call(call: PluginCall, expected: dict, tools: list[dict], exact: bool = False) -> dict:
+    """{name, required, unknown, types, values: bool} of one call against one expected call. `exact`:
+    values must equal the expected ones as they are (no stripping or case-folding; the nano recipe's
+    "exactly the right city")."""
     schema = {}
     for t in tools or []:
         f = t.get("function", t)
@@ -74,7 +77,8 @@ def check_call(call: PluginCall, expected: dict, tools: list[dict]) -> dict:
            "required": all(k in args for k in required),
            "unknown": all(k in props for k in args) if props else True,
            "types": all(_type_ok(v, props.get(k, {})) for k, v in args.items()),
-           "values": all(k in args and _norm(args[k]) == _norm(v) for k, v in exp.items())}
+           "values": all(k in args and (args[k] == v if exact else _norm(args[k]) == _norm(v))
+                         for k, v in exp.items())}
     return res
 
 
@@ -85,8 +89,10 @@ def _expected(record: dict) -> list[dict]:
     return exp
 
 
-def judge(prediction: str, record: dict) -> dict:
-    """The per-sample verdict and its parts."""
+def judge(prediction: str, record: dict, exact: bool = False) -> dict:
+    """The per-sample verdict and its parts (`exact`: see `check_call`). The one implementation of the
+    call check: the suite's `tools` task and the nano recipe's measurements (`puyu.eval.tool_use`) both
+    score with it."""
     exp = _expected(record)
     turn = parse_turn(prediction or "")
     action = turn.action
@@ -107,7 +113,7 @@ def judge(prediction: str, record: dict) -> dict:
         out["name"] = False
         out["args"] = False
         return out
-    parts = check_call(action, exp[0], record.get("tools") or [])
+    parts = check_call(action, exp[0], record.get("tools") or [], exact=exact)
     out["name"] = parts["name"]
     out["args"] = all(parts.values())
     out["parts"] = parts
@@ -115,17 +121,31 @@ def judge(prediction: str, record: dict) -> dict:
     return out
 
 
-def generated_set(seed: int, n: int) -> list[dict]:
-    """`n` held-out records: tool dialogues cut before the call, and 1 in 6 questions needing no tool."""
-    from puyu.tasks.synthetic import SYSTEM, TOOLS, tool_chat
+def generated_set(seed: int, n: int, phrasings: str = "train", no_call_every: int = 6) -> list[dict]:
+    """`n` records drawn from `seed`: tool dialogues cut before the call and, every `no_call_every`-th
+    (0: none), a question needing no tool. `phrasings`: "train" (the SFT data's questions,
+    `puyu.tasks.synthetic.tool_chat`) or "held_out" (phrasings no training dialogue uses; the
+    functions and cities are drawn evenly, in a seeded order)."""
+    from puyu.tasks.synthetic import CITIES, SYSTEM, TOOLS, tool_call_question, tool_chat
 
-    rng = random.Random(f"puyu-tools-eval-{seed}")
+    if phrasings not in ("train", "held_out"):
+        raise EvalError(f"tools: phrasings must be train or held_out, got {phrasings!r}")
+    rng = random.Random(f"puyu-tools-eval-{seed}" + ("" if phrasings == "train" else "-held-out"))
+    asks = [(fn, CITIES[i % len(CITIES)]) for i, fn in zip(range(n), ["get_weather", "get_time"] * n)]
+    if phrasings == "held_out":
+        rng.shuffle(asks)
     out = []
     while len(out) < n:
-        if len(out) % 6 == 5:
+        if no_call_every and len(out) % no_call_every == no_call_every - 1:
             q = rng.choice(NO_TOOL_QUESTIONS)
             out.append({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
                         "tools": TOOLS, "expected": []})
+            continue
+        if phrasings == "held_out":
+            fn, city = asks[len(out)]
+            q = tool_call_question(rng, fn, city, held_out=True)
+            out.append({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
+                        "tools": TOOLS, "expected": [{"name": fn, "arguments": {"city": city}}]})
             continue
         d = tool_chat(rng)
         call = d["messages"][2]["tool_calls"][0]["function"]
@@ -137,7 +157,7 @@ def generated_set(seed: int, n: int) -> list[dict]:
 class Tools(Task):
     name = "tools"
     description = "function calling checked like an AST (name, required/unknown arguments, types, values)"
-    options = ("n",)
+    options = ("n", "phrasings")
     generation = Generation(max_new_tokens=96, temperature=0.7)
     interpreter_ok = False  # the call itself is scored; the agent would execute it instead
 
@@ -146,7 +166,8 @@ class Tools(Task):
             rows = read_records(ctx.data, "tools")
         else:
             n = ctx.limit or int(ctx.options.get("n", 60))
-            rows = [(f"generated:{i}", r) for i, r in enumerate(generated_set(ctx.seed, n))]
+            rows = [(f"generated:{i}", r) for i, r in
+                    enumerate(generated_set(ctx.seed, n, str(ctx.options.get("phrasings", "train"))))]
         out = []
         for where, row in rows:
             if not isinstance(row.get("messages"), list) or not row["messages"]:

@@ -266,11 +266,25 @@ def update_template(directory: str | Path, force: bool = False) -> str:
 
 
 # ---- training ------------------------------------------------------------------------------------
+CAPS_DELIMITER = "\x1f"  # marks "space | capital letter" boundaries in the training text (caps_apart)
+
+
 def train_tokenizer(inputs: list[str | Path], out_dir: str | Path, vocab_size: int = 2048,
-                    max_sentences: int = 2_000_000, character_coverage: float = 0.9995) -> Tokenizer:
+                    max_sentences: int = 2_000_000, character_coverage: float = 0.9995,
+                    caps_apart: bool = False) -> Tokenizer:
     """Train a BPE SentencePiece tokenizer like InternLM2's (byte fallback, identity normalizer, no dummy
     prefix) but with digits split one by one (better arithmetic at small scale), and the chat tokens
-    plus newline as atomic pieces. Writes `tokenizer.model` and `tokenizer_config.json` into `out_dir`."""
+    plus newline as atomic pieces. Writes `tokenizer.model` and `tokenizer_config.json` into `out_dir`.
+
+    `caps_apart=True`: no piece joins a space to a following capital letter, so ` Oslo` is encoded as
+    ` ` + `Oslo`, the same `Oslo` piece as in `"Oslo"`. A name copied from a question into a JSON
+    argument is then the same token in both places (without it ` Oslo` and `Oslo` are two unrelated
+    tokens, and a small model must learn each name's pair; see the nano recipe). Done with
+    SentencePiece's `pretokenization_delimiter`: the training text gets a delimiter between such a
+    space and the capital, so no learned piece spans them; encoding needs no change (a plain
+    SentencePiece model, loadable by Hugging Face's InternLM2 tokenizer). It costs about 0.2-0.6%
+    more tokens on English text (measured on the nano corpus). Raises TokenizerError when the text
+    already holds the delimiter character (U+001F)."""
     import sentencepiece as spm
 
     files = [str(p) for p in inputs]
@@ -283,6 +297,10 @@ def train_tokenizer(inputs: list[str | Path], out_dir: str | Path, vocab_size: i
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         prefix = os.path.join(tmp, "tokenizer")
+        extra = {}
+        if caps_apart:
+            files = [_mark_caps(f, os.path.join(tmp, f"input_{i}.txt")) for i, f in enumerate(files)]
+            extra["pretokenization_delimiter"] = CAPS_DELIMITER
         try:
             spm.SentencePieceTrainer.train(
                 input=files, model_prefix=prefix, model_type="bpe", vocab_size=vocab_size,
@@ -291,7 +309,7 @@ def train_tokenizer(inputs: list[str | Path], out_dir: str | Path, vocab_size: i
                 unk_id=0, bos_id=1, eos_id=2, pad_id=-1, user_defined_symbols=list(CHAT_TOKENS) + ["\n"],
                 character_coverage=character_coverage, input_sentence_size=max_sentences,
                 shuffle_input_sentence=True, max_sentence_length=16384, num_threads=os.cpu_count() or 1,
-                hard_vocab_limit=False, minloglevel=2,
+                hard_vocab_limit=False, minloglevel=2, **extra,
             )
         except RuntimeError as e:
             raise TokenizerError(f"tokenizer training failed: {e}") from None
@@ -301,12 +319,24 @@ def train_tokenizer(inputs: list[str | Path], out_dir: str | Path, vocab_size: i
     return tok
 
 
+def _mark_caps(src: str, dst: str) -> str:
+    """Copy text file `src` to `dst` with CAPS_DELIMITER between each space and a following capital."""
+    text = Path(src).read_text(encoding="utf-8")
+    if CAPS_DELIMITER in text:
+        raise TokenizerError(f"tokenizer training input {src} holds the character U+001F, which caps_apart "
+                             "uses as its delimiter")
+    Path(dst).write_text(re.sub(r"(?<= )(?=[A-Z])", CAPS_DELIMITER, text), encoding="utf-8")
+    return dst
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="tok_command", metavar="ACTION", required=True)
     t = sub.add_parser("train", help="train a BPE tokenizer with the InternLM2 chat tokens")
     t.add_argument("inputs", nargs="+", help="text files")
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--vocab-size", type=int, default=2048)
+    t.add_argument("--caps-apart", action="store_true",
+                   help="keep a space apart from a following capital letter (` Oslo` -> ` ` + `Oslo`)")
     e = sub.add_parser("encode", help="show the ids and pieces of a text")
     e.add_argument("--tokenizer", required=True, help="directory or tokenizer.model")
     e.add_argument("text")
@@ -328,7 +358,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.directory}: chat template {before}" + (" -> rewritten" if done else " (left as is)"))
         return 0
     if args.tok_command == "train":
-        tok = train_tokenizer(args.inputs, args.out, vocab_size=args.vocab_size)
+        tok = train_tokenizer(args.inputs, args.out, vocab_size=args.vocab_size, caps_apart=args.caps_apart)
         print(f"trained tokenizer with {tok.vocab_size} pieces -> {args.out}")
     else:
         tok = load_tokenizer(args.tokenizer)

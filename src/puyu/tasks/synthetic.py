@@ -64,13 +64,23 @@ def _training_problem(rng: random.Random, p_big: float, exclude: set[Problem]) -
 
 
 def arithmetic_records(rng: random.Random, n: int, p_big: float, exclude: set[Problem],
-                       p_sheet: float = 0.0, max_sheet: int = 4) -> list[dict]:
+                       p_sheet: float = 0.0, max_sheet: int = 4, p_prefix: float = 0.0) -> list[dict]:
     """`n` records; a fraction `p_big` of problems with operands < 1000, the rest < 100. Most are one
     problem (prompt/completion); a fraction `p_sheet` are "worksheets" of 2..max_sheet problems, one
-    per line, trained on every answer, so that problems also appear after other text in a document."""
+    per line, trained on every answer, so that problems also appear after other text in a document;
+    a fraction `p_prefix` are one problem after unrelated text (`context_prefix`, no loss on it).
+
+    Why the last two: the position of a token restarts in every packed document, and a nano model
+    trained only on problems at a document's start computes them there and almost nowhere else
+    (nano recipe, fp32 run of 2026-11-30: 81.5% at the start, 10% after "The sky is blue.\n",
+    about the rate through the chat template)."""
     out = []
     while len(out) < n:
-        if rng.random() < p_sheet:
+        u = rng.random()
+        if u < p_prefix:
+            p = _training_problem(rng, p_big, exclude)
+            out.append({"segments": [[context_prefix(rng) + p.prompt, False], [p.answer, True]]})
+        elif u < p_prefix + p_sheet:
             segs = []
             for k in range(rng.randint(2, max_sheet)):
                 p = _training_problem(rng, p_big, exclude)
@@ -80,6 +90,19 @@ def arithmetic_records(rng: random.Random, n: int, p_big: float, exclude: set[Pr
             p = _training_problem(rng, p_big, exclude)
             out.append({"prompt": p.prompt, "completion": p.answer})
     return out
+
+
+def context_prefix(rng: random.Random) -> str:
+    """Unrelated text put before an arithmetic problem: 1-16 random words (or sentences of the passkey
+    filler), then a newline, a colon or a space."""
+    if rng.random() < 0.5:
+        words = rng.choices(COPY_WORDS, k=rng.randint(1, 16))
+        text = " ".join(words)
+        text = text[0].upper() + text[1:]
+    else:
+        sentences = [x.strip() + "." for x in FILLER.split(".") if x.strip()]
+        text = " ".join(rng.choices(sentences, k=rng.randint(1, 4)))
+    return text + rng.choice(["\n", "\n", ": ", " "])
 
 
 # ---- passkey -------------------------------------------------------------------------------------
@@ -241,8 +264,11 @@ def tool_chat(rng: random.Random) -> dict:
 
 
 def interpreter_arithmetic_code(p: Problem) -> str:
-    """The code the model should send for a+b / a-b when it has the interpreter."""
-    return f"print({p.a} {p.op} {p.b})"
+    """The code the model should send for a+b / a-b when it has the interpreter. Written without spaces,
+    as the question writes it: with the nano tokenizer `+` and ` +` are different tokens, and a nano
+    model wrote the wrong operator in 34 of 100 such calls (fp32 run of 2026-11-30; 0 of 100 after);
+    without spaces the operator is a plain copy."""
+    return f"print({p.a}{p.op}{p.b})"
 
 
 def interpreter_chat(rng: random.Random, exclude: frozenset | set = frozenset(), p_arith: float = 0.4) -> dict:
@@ -261,7 +287,7 @@ def interpreter_chat(rng: random.Random, exclude: frozenset | set = frozenset(),
         if kind == 0:
             a, b = rng.randrange(100, 10000), rng.randrange(100, 10000)
             q = rng.choice(MULTIPLY_QUESTIONS[0]).format(a=a, b=b)
-            code, out = f"print({a} * {b})", str(a * b)
+            code, out = f"print({a}*{b})", str(a * b)  # `*` as in the question (see interpreter_arithmetic_code)
             reply = f"{a}*{b} = {out}."
         elif kind == 1:
             n = rng.randrange(5, 40)
