@@ -35,7 +35,6 @@ TABLE = [
     (act(json.dumps({"name": "get_weather", "arguments": ARGS})), True),  # arguments as a JSON string
     (act(f'{{"name": "get_weather", "arguments": {ARGS}}}'), True),  # OpenAI's key
     ("Let me check." + act(f'{{"name": "get_weather", "parameters": {ARGS}}}'), True),  # text first
-    (act(f'{{"name": "get_weather", "parameters": {ARGS}}}', close=False), True),  # cut before <|action_end|>
     ("[UNUSED_TOKEN_144][UNUSED_TOKEN_141]\n" + f'{{"name": "get_weather", "parameters": {ARGS}}}'
      + "[UNUSED_TOKEN_143]", True),  # raw spare-token spellings
     (act('{"name": "get_weather", "parameters": {"city": "Paris"'), False),  # malformed JSON
@@ -65,11 +64,20 @@ def test_rl_rewards_and_eval_scorers_agree_on_tool_calls(turn, right):
     assert verdicts == {k: right for k in verdicts}
 
 
+def test_an_unclosed_call_is_scored_by_eval_but_not_rewarded():
+    """The one deliberate difference: without `<|action_end|>` the agent still runs the call (eval scores
+    it), but RL gives no reward, so training never teaches the model to drop the marker."""
+    turn = act(f'{{"name": "get_weather", "parameters": {ARGS}}}', close=False)
+    record = {"expected": [CALL], "tools": TOOLS}
+    assert TOOLS_TASK.score(turn, record) == 1.0 and tool_call_right(turn, "get_weather", "Paris")[1]
+    assert V.score(turn, {"kind": "tool", "call": CALL}) == 0.0 and V.parse_plugin_call(turn) is None
+
+
 def test_parse_plugin_call_reads_fenced_and_string_arguments():
     assert V.parse_plugin_call(TABLE[1][0]) == CALL
     assert V.parse_plugin_call(TABLE[3][0]) == CALL
     assert V.parse_plugin_call("no call here") is None
-    assert V.parse_plugin_call(TABLE[8][0]) is None
+    assert V.parse_plugin_call(TABLE[7][0]) is None
 
 
 def test_interpreter_call_score_reads_the_code_of_the_shared_parser():

@@ -410,7 +410,7 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
         from puyu.rl.nano_stage import run_nano_align
 
         report["align"] = timed("align", lambda: run_nano_align(r.align, out, r.seed, r.threads, r.progress,
-                                                                resume, small))
+                                                                resume, (r.corpus.test_small, r.corpus.test_big)))
     timings["total"] = round(time.perf_counter() - t_all, 1)
     report["timings_s"] = timings
     report["curve"] = _curve(out / "pretrain" / "metrics.jsonl")

@@ -170,12 +170,6 @@ def reward_model_for(r: AlignRecipe, actor, tok):
     return RewardModel.from_causal_lm(actor, tid, pad_id=tok.pad_id, tokenizer=tok).float().train()
 
 
-def adamw(params, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
-    """AdamW with the report's betas (0.9, 0.95) and eps 1e-8; foreach (deterministic order)."""
-    return torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, betas=(0.9, 0.95), eps=1e-8,
-                             weight_decay=weight_decay, foreach=True)
-
-
 # ---- several processes (torchrun) ----------------------------------------------------------------
 # The alignment loops run the same way as one process or under `torchrun --nproc_per_node=N`. Rollouts,
 # scores and advantages are computed on every process for the whole batch (sampling is seeded per
@@ -200,13 +194,3 @@ def allreduce_grads(model, info) -> None:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-
-
-def reduce_sum(values: list[float], info) -> list[float]:
-    if info is None or not info.distributed:
-        return values
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()

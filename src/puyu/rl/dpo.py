@@ -23,6 +23,7 @@ from puyu.rl.judge import pair_domain, pair_ids, read_pairs
 from puyu.rl.losses import dpo_loss
 from puyu.rl.recipe import AlignRecipe
 from puyu.rl.rollout import seq_batch, sequence_logprob
+from puyu.train.optim import build_optimizer
 
 
 def encode_dpo(tok, pairs: list[dict]) -> list[tuple]:
@@ -74,7 +75,7 @@ def run_dpo(r: AlignRecipe) -> dict:
     tr, ho = encode_dpo(tok, train), encode_dpo(tok, held)
     d = r.dpo
     steps = max(1, math.ceil(len(tr) * d.epochs / d.batch_size))
-    opt = C.adamw(actor.parameters(), d.lr)
+    opt = build_optimizer(actor, d.lr, weight_decay=0.0)
     metrics = MetricsLog(out / "metrics.jsonl")
     metrics.reset()
     actor.eval()

@@ -31,6 +31,7 @@ from puyu.errors import PuyuError
 from puyu.model.chat_format import IM_END, render_chat
 from puyu.rl.reward_model import DOMAINS, with_domain
 from puyu.tasks import verifiable as V
+from puyu.tasks.jsonl import read_jsonl, write_jsonl
 
 
 class PairError(PuyuError):
@@ -181,25 +182,15 @@ def read_pairs(path: str | Path) -> list[dict]:
     p = Path(path)
     if not p.is_file():
         raise PairError(f"pair file {p} does not exist")
-    out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PairError(f"{p}:{n}: not valid JSON ({e})") from None
-        out.append(check_pair(rec, f"{p}:{n}"))
+    lines = [n for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    out = [check_pair(rec, f"{p}:{n}") for n, rec in zip(lines, read_jsonl(p, PairError))]
     if not out:
         raise PairError(f"pair file {p} holds no pairs")
     return out
 
 
 def write_pairs(path: str | Path, pairs: list[dict]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for r in pairs:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    write_jsonl(path, pairs)
 
 
 def pair_domain(rec: dict) -> str:

@@ -15,12 +15,12 @@ McNemar test on the same items (`mcnemar`); "not worse" is stated only as "no si
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from puyu.eval.stats import mcnemar
 from puyu.rl import common as C
 
 
@@ -51,17 +51,6 @@ class NanoAlignSection:
     eval_interpreter: int = 60
 
 
-def mcnemar(a: list[bool], b: list[bool]) -> dict:
-    """Exact two-sided McNemar test for paired outcomes of systems A and B on the same items:
-    n01 = items A got wrong and B right, n10 = the reverse; p = P(Binomial(n01 + n10, 1/2) as extreme)."""
-    n01 = sum((not x) and y for x, y in zip(a, b))
-    n10 = sum(x and (not y) for x, y in zip(a, b))
-    n = n01 + n10
-    k = min(n01, n10)
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
-    return {"a_only": n10, "b_only": n01, "p_value": p}
-
-
 def _verdict(test: dict, acc_a: float, acc_b: float) -> str:
     if acc_b > acc_a and test["p_value"] < 0.05:
         return "better (p < 0.05)"
@@ -88,43 +77,81 @@ def align_recipe(sec: NanoAlignSection, out: Path, seed: int, threads, progress:
                        slow_steps=sec.slow_steps))
 
 
-def compare(sft_dir: Path, rl_dir: Path, tok, problems, seed: int, n_tools: int, n_interp: int,
-            max_new_tokens: int) -> dict:
-    """SFT vs RL on the same held-out items (module docstring)."""
+EVAL_SETS = {  # name in the report -> (`puyu eval` task, its options)
+    "chat_arithmetic": ("arithmetic", {"style": "chat", "sizes": "100"}),
+    "tool_calls": ("tools", {}),
+}
+
+
+def eval_items(model_dir: Path, out: Path, seed: int, held_out: tuple[int, int], n_tools: int,
+               progress: bool = False) -> dict:
+    """Per-item results of `puyu eval` (greedy, local engine) on the comparison sets: {set: {id: row}}
+    where row has correct, ended (the turn stopped at a stop token, not the budget), length (tokens) and
+    reply. Predictions land in `out/<task>/predictions.jsonl`, as `puyu eval run` writes them.
+    `held_out`: the recipe's (test_small, test_big) counts; every one of the test_small problems is asked."""
+    from puyu.eval import get_task
+    from puyu.eval.backends import LocalBackend
+    from puyu.eval.runner import read_predictions, run_task
+    from puyu.eval.task import Context
+
+    backend = LocalBackend(str(model_dir), dtype="float32")
+    res = {}
+    try:
+        for name, (task_name, opts) in EVAL_SETS.items():
+            extra = ({"n": held_out[0], "test_small": held_out[0], "test_big": held_out[1]}
+                     if task_name == "arithmetic" else {"n": n_tools})
+            ctx = Context(seed=seed, options={**opts, **extra}, tokenizer=backend.tokenizer,
+                          model_config=backend.config)
+            d = run_task(get_task(task_name), backend, out, ctx, progress=progress, fresh=True)
+            res[name] = {r["id"]: {"correct": r["score"] == 1.0, "ended": r.get("finish_reason") == "stop",
+                                   "length": r.get("completion_tokens", 0), "reply": r["output"]}
+                         for r in read_predictions(d / "predictions.jsonl")}
+    finally:
+        backend.close()
+    return res
+
+
+def compare(sft_dir: Path, rl_dir: Path, tok, seed: int, held_out: tuple[int, int], n_tools: int, n_interp: int,
+            max_new_tokens: int, out: Path, progress: bool = False) -> dict:
+    """SFT vs RL on the same held-out items (module docstring): chat arithmetic and tool calls through
+    `puyu eval` (`out/{sft,rl}/<task>/predictions.jsonl`), interpreter calls through the judge's greedy
+    evaluation (no `puyu eval` task checks a call's operands without running it)."""
     from puyu.model.checkpoint import load_model
     from puyu.rl.rollout import make_engine
     from puyu.tasks import verifiable as V
 
     rng = random.Random(f"puyu-align-compare-{seed}")
-    sets = {"chat_arithmetic": [V.arithmetic_prompt(p) for p in problems],
-            "tool_calls": [V.tool_prompt(rng) for _ in range(n_tools)],
-            "interpreter_calls": [V.interpreter_prompt(rng) for _ in range(n_interp)]}
+    interp = [V.interpreter_prompt(rng) for _ in range(n_interp)]
     res: dict = {}
     for name, d in (("sft", sft_dir), ("rl", rl_dir)):
+        res[name] = eval_items(d, out / name, seed, held_out, n_tools, progress)
         model = load_model(d, dtype="float32", device="cpu")
         engine = make_engine(model, tok)
         try:
-            res[name] = {k: C.greedy_eval(engine, tok, s, max_new_tokens, items=True)["items"] for k, s in sets.items()}
+            items = C.greedy_eval(engine, tok, interp, max_new_tokens, items=True)["items"]
         finally:
             engine.close()
+        res[name]["interpreter_calls"] = {str(i): it for i, it in enumerate(items)}
     table = {}
-    for k in sets:
-        a, b = res["sft"][k], res["rl"][k]
+    for k in res["sft"]:
+        ids = sorted(set(res["sft"][k]) & set(res["rl"][k]))
+        a, b = [res["sft"][k][i] for i in ids], [res["rl"][k][i] for i in ids]
         for metric, pick in (("correct", lambda it: it["correct"] and it["ended"]), ("ended", lambda it: it["ended"])):
             xa, xb = [pick(i) for i in a], [pick(i) for i in b]
             acc_a, acc_b = sum(xa) / len(xa), sum(xb) / len(xb)
             t = mcnemar(xa, xb)
             table[f"{k}/{metric}"] = {"sft": acc_a, "rl": acc_b, "n": len(xa), **t, "verdict": _verdict(t, acc_a, acc_b)}
-    la = [i["length"] for k in sets for i in res["sft"][k]]
-    lb = [i["length"] for k in sets for i in res["rl"][k]]
+    la = [i["length"] for k in res["sft"] for i in res["sft"][k].values()]
+    lb = [i["length"] for k in res["rl"] for i in res["rl"][k].values()]
     length = {"sft": sum(la) / len(la), "rl": sum(lb) / len(lb)}
     length["growth"] = length["rl"] / max(length["sft"], 1e-9) - 1
-    examples = {k: [{"sft": res["sft"][k][i]["reply"], "rl": res["rl"][k][i]["reply"]} for i in range(3)] for k in sets}
+    examples = {k: [{"sft": res["sft"][k][i]["reply"], "rl": res["rl"][k][i]["reply"]} for i in sorted(res["sft"][k])[:3]]
+                for k in res["sft"]}
     return {"table": table, "length": length, "examples": examples}
 
 
 def run_nano_align(sec: NanoAlignSection, out: Path, seed: int, threads, progress: bool, resume: bool,
-                   problems) -> dict:
+                   held_out: tuple[int, int]) -> dict:
     """RM, PPO rounds and the comparison; writes `<out>/align/report.md` and report.json."""
     from puyu.model.tokenizer import load_tokenizer
     from puyu.rl.ppo import run_ppo
@@ -145,8 +172,8 @@ def run_nano_align(sec: NanoAlignSection, out: Path, seed: int, threads, progres
     timings["ppo"] = round(time.perf_counter() - t1, 1)
     t2 = time.perf_counter()
     tok = load_tokenizer(out / "tokenizer")
-    cmp_ = compare(out / "chat", d / "ppo" / "hf", tok, problems, seed, sec.eval_tools, sec.eval_interpreter,
-                   sec.max_new_tokens)
+    cmp_ = compare(out / "chat", d / "ppo" / "hf", tok, seed, held_out, sec.eval_tools, sec.eval_interpreter,
+                   sec.max_new_tokens, d / "eval", progress)
     timings["compare"] = round(time.perf_counter() - t2, 1)
     timings["total"] = round(time.perf_counter() - t0, 1)
     last = ppo.get("last") or {}

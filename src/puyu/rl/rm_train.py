@@ -24,6 +24,7 @@ from puyu.rl.judge import Reply, build_pairs, pair_domain, pair_ids, read_pairs,
 from puyu.rl.losses import bradley_terry_loss
 from puyu.rl.recipe import AlignRecipe
 from puyu.rl.reward_model import RewardModel, pad_batch, save_reward_model
+from puyu.train.optim import build_optimizer
 
 
 def judge_pairs(actor, tok, samples: list[dict], k: int, max_new_tokens: int, temperature: float, seed: int,
@@ -165,7 +166,7 @@ def run_rm(r: AlignRecipe) -> dict:
     tr_data = encode_pairs(tok, train, rm.reward_token_id)
     ho_data = encode_pairs(tok, held, rm.reward_token_id)
     steps = max(1, math.ceil(len(tr_data) * r.rm.epochs / r.rm.batch_size))
-    opt = C.adamw(rm.parameters(), r.rm.lr, r.rm.weight_decay)
+    opt = build_optimizer(rm, r.rm.lr, weight_decay=r.rm.weight_decay)
     metrics = MetricsLog(out / "metrics.jsonl")
     metrics.reset()
     C.log("rm", f"{len(pairs)} pairs ({n_file} from files), {len(train)} train / {len(held)} held out; "

@@ -81,11 +81,14 @@ def arithmetic_score(prediction: str, sample: dict) -> float:
 
 def parse_plugin_call(prediction: str) -> dict | None:
     """The plugin call of a reply as {"name", "arguments"}, or None when it makes none or the call is
-    malformed (invalid JSON, no name, arguments not an object). Read with the shared parser
-    `puyu.model.tool_calls.parse_turn`, the one the agent and the evaluation scorers use: a fenced JSON
-    body, "parameters" or "arguments", and arguments given as a JSON string are all accepted."""
-    action = parse_turn(prediction).action
-    if not isinstance(action, PluginCall):
+    malformed (invalid JSON, no name, arguments not an object, or no closing `<|action_end|>`). Read with
+    the shared parser `puyu.model.tool_calls.parse_turn`, the one the agent and the evaluation scorers
+    use: a fenced JSON body, "parameters" or "arguments", and arguments given as a JSON string are all
+    accepted. The one deliberate difference from the evaluation: an unclosed call (which the agent still
+    executes, and `puyu eval` scores) earns no reward, so RL never teaches the model to drop the marker."""
+    turn = parse_turn(prediction)
+    action = turn.action
+    if not isinstance(action, PluginCall) or not turn.closed:
         return None
     return {"name": action.name, "arguments": action.arguments}
 
