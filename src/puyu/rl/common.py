@@ -87,17 +87,18 @@ def train_prompts(r: AlignRecipe, n: int, seed_tag) -> list[dict]:
     return rl_prompts(f"{r.seed}-{seed_tag}", n, r.prompts.weights, exclude_set(r), r.prompts.p_big)
 
 
-def eval_prompts(r: AlignRecipe) -> list[dict]:
-    """Held-out prompts: arithmetic from the excluded test problems when given (never trained on),
-    tool and chat prompts from their own seed."""
+def eval_prompts(r: AlignRecipe, n: int | None = None, tag: str = "") -> list[dict]:
+    """`n` (default `prompts.eval_n`) held-out prompts, the kinds in turn: arithmetic from the excluded
+    test problems when given (never trained on), tool and chat prompts from their own seed (`tag`
+    gives another set)."""
     from puyu.tasks import verifiable as V
     from puyu.tasks.synthetic import Problem
 
-    rng = random.Random(f"puyu-rl-eval-{r.seed}")
+    rng = random.Random(f"puyu-rl-eval-{r.seed}{tag}")
     out = []
     tests = sorted(exclude_set(r), key=lambda p: (p.op, p.a, p.b))
     kinds = [k for k, w in r.prompts.weights.items() if w > 0]
-    for i in range(r.prompts.eval_n):
+    for i in range(r.prompts.eval_n if n is None else n):
         kind = kinds[i % len(kinds)]
         if kind == "arithmetic":
             p = tests[(i * 7) % len(tests)] if tests else Problem(rng.randrange(100), rng.choice("+-"), rng.randrange(100))

@@ -190,9 +190,10 @@ def _write_md(path: Path, rep: dict) -> None:
     lines = ["# nano alignment report", "",
              "Reward model, then online PPO rounds, then SFT vs RL on the same held-out items (greedy).", "",
              "## Reward model: held-out pairwise accuracy", "",
-             "| domain | accuracy | pairs |", "|---|---|---|",
-             *[f"| {dname} | {pct(v['accuracy'])} | {v['n']} |" for dname, v in acc["domains"].items()],
-             f"| overall | {pct(acc['overall'])} | {acc['n']} |", "",
+             "| domain | accuracy | 95% Wilson | pairs |", "|---|---|---|---|",
+             *[f"| {dname} | {pct(v['accuracy'])} | {pct(v['ci95'][0])}-{pct(v['ci95'][1])} | {v['n']} |"
+               for dname, v in acc["domains"].items()],
+             f"| overall | {pct(acc['overall'])} | {pct(acc['ci95'][0])}-{pct(acc['ci95'][1])} | {acc['n']} |", "",
              f"Pair sources (domain/source): {rep['rm']['sources']}", "", "## Rounds", ""]
     for rd in rep["rounds"] or []:
         h = rd.get("hacking")

@@ -37,7 +37,9 @@ class PromptSection:
 class RMSection:
     """Reward model. `init`: an existing reward-model directory to continue from (None: the policy's
     body with a zero `v_head`, as released). `pairs`: JSONL pair files; `judge_prompts`: prompts whose
-    `samples` policy replies the judge turns into pairs (0: none). Loss (report 4.3): Bradley-Terry, focal
+    `samples` policy replies the judge turns into pairs (0: none), one per domain of the prompt's kind with
+`per_domain`. Held out: a seeded `held_out` share of the prompts, or with `held_out_prompts` > 0 the
+pairs of that many separate held-out prompts (arithmetic from `prompts.exclude_file`). Loss (report 4.3): Bradley-Terry, focal
     weight, log barrier 0.02 on (-5, 5); lr 2e-5, one epoch."""
 
     init: str | None = None
@@ -48,6 +50,8 @@ class RMSection:
     temperature: float = 1.0
     max_new_tokens: int = 32
     held_out: float = 0.2
+    held_out_prompts: int = 0  # > 0: held-out pairs from this many prompts of their own (not a share)
+    per_domain: bool = True  # judge pairs: one per domain of each prompt's kind (False: one per prompt)
     epochs: float = 1.0
     batch_size: int = 16
     lr: float = 2e-5
