@@ -57,6 +57,22 @@ def load_policy(r: AlignRecipe):
     return tok, actor
 
 
+def trainable(model, r: AlignRecipe):
+    """`model` with LoRA adapters injected when `lora.enabled` (only they, and a v_head, then train)."""
+    if r.lora.enabled:
+        from puyu.rl.lora import add_lora
+
+        add_lora(model, r.lora)
+    return model
+
+
+def plain(model):
+    """`model` with any LoRA adapters merged in (a copy): what checkpoints in the usual layout hold."""
+    from puyu.rl.lora import merged
+
+    return merged(model)
+
+
 def frozen_copy(model, dtype: torch.dtype | None = None):
     """A frozen copy (the reference policy, the round's reward model). bf16 only where asked (GPUs)."""
     ref = copy.deepcopy(model).eval()

@@ -69,6 +69,7 @@ def run_dpo(r: AlignRecipe) -> dict:
     t0 = time.perf_counter()
     tok, actor = C.load_policy(r)
     ref = C.frozen_copy(actor, C.frozen_dtype(C.device_of(r)))
+    actor = C.trainable(actor, r)
     files = r.dpo.pairs or [str(Path(r.out_dir) / "rm" / "pairs.jsonl")]
     pairs = [p for f in files for p in read_pairs(f)]
     train, held = split_pairs(pairs, r.dpo.held_out, r.seed)
@@ -105,7 +106,7 @@ def run_dpo(r: AlignRecipe) -> dict:
         ev = C.greedy_eval(engine, tok, C.eval_prompts(r), r.ppo.max_new_tokens, r.ppo.max_turns)
     finally:
         engine.close()
-    save_pretrained(actor, out / "hf", tokenizer=tok)
+    save_pretrained(C.plain(actor), out / "hf", tokenizer=tok)
     report = {"pairs": len(pairs), "train": len(tr), "held_out": len(ho), "steps": steps,
               "preference_accuracy_before": before, "preference_accuracy_after": after, "eval": ev,
               "seconds": round(time.perf_counter() - t0, 1), "hf_dir": str(out / "hf")}

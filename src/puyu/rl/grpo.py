@@ -99,7 +99,7 @@ def _run_grpo(r: AlignRecipe, info, resume: bool, score_fn, stop_after: int | No
     out = C.start_stage(r, "grpo", main)
     tok, actor = C.load_policy(r)
     ref = C.frozen_copy(actor, C.frozen_dtype(C.device_of(r)))
-    actor.eval()
+    actor = C.trainable(actor, r).eval()
     opt = build_optimizer(actor, g.lr, weight_decay=0.0)
     metrics = MetricsLog(out / "metrics.jsonl", enabled=main)
     ckpt_root = out / "checkpoints"
@@ -151,7 +151,7 @@ def _run_grpo(r: AlignRecipe, info, resume: bool, score_fn, stop_after: int | No
         engine.close()
     if not main:
         return {"iterations": g.iterations, "world_size": info.world_size}
-    save_pretrained(actor, out / "hf", tokenizer=tok)
+    save_pretrained(C.plain(actor), out / "hf", tokenizer=tok)
     plot_rl(out / "metrics.jsonl", out / "grpo.png", f"GRPO ({g.baseline})")
     recs = read_metrics(out / "metrics.jsonl")
     return {"iterations": g.iterations, "seconds": round(time.perf_counter() - t0, 1), "hf_dir": str(out / "hf"),

@@ -292,6 +292,7 @@ def _run_ppo(r: AlignRecipe, p: PPOSection, info, resume: bool, stop_after: int 
     critic = C.frozen_copy(rm)  # a copy of the RM, then made trainable: the critic
     for prm in critic.parameters():
         prm.requires_grad_(True)
+    actor, critic, rm = C.trainable(actor, r), C.trainable(critic, r), C.trainable(rm, r)
     critic.train()
     actor.eval()
     opt_a = build_optimizer(actor, p.actor_lr, weight_decay=0.0)
@@ -405,8 +406,8 @@ def _run_ppo(r: AlignRecipe, p: PPOSection, info, resume: bool, stop_after: int 
                     "hf_dir": str(out / "hf"), "world_size": info.world_size})
     if not main:
         return summary
-    save_pretrained(actor, out / "hf", tokenizer=tok)
-    save_reward_model(rm, out / "rm_hf", tok)
+    save_pretrained(C.plain(actor), out / "hf", tokenizer=tok)
+    save_reward_model(C.plain(rm), out / "rm_hf", tok)
     (out / "rounds.json").write_text(json.dumps(rounds, indent=1) + "\n", encoding="utf-8")
     plot_rl(out / "metrics.jsonl", out / "ppo.png", "PPO")
     recs = read_metrics(out / "metrics.jsonl")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from puyu.errors import ConfigError
+from puyu.rl.lora import LoRASection
 
 
 @dataclass
@@ -151,10 +152,13 @@ class AlignRecipe:
     ppo: PPOSection = field(default_factory=PPOSection)
     dpo: DPOSection = field(default_factory=DPOSection)
     grpo: GRPOSection = field(default_factory=GRPOSection)
+    lora: LoRASection = field(default_factory=LoRASection)  # LoRA adapters for the trained models (peft)
 
     def validate(self) -> None:
         if not self.policy.init:
             raise ConfigError("set policy.init (the SFT model directory)")
+        if self.lora.enabled:
+            self.lora.validate()
         if not 0 <= self.rm.held_out < 1 or not 0 <= self.dpo.held_out < 1:
             raise ConfigError("rm.held_out and dpo.held_out must be within [0, 1)")
         if self.grpo.baseline not in ("grpo", "rloo"):

@@ -170,7 +170,7 @@ def run_rm(r: AlignRecipe) -> dict:
     out = C.start_stage(r, "rm")
     t0 = time.perf_counter()
     tok, actor = C.load_policy(r)
-    rm = C.reward_model_for(r, actor, tok)
+    rm = C.trainable(C.reward_model_for(r, actor, tok), r)
     pairs: list[dict] = []
     for f in r.rm.pairs:
         pairs += read_pairs(f)
@@ -201,7 +201,7 @@ def run_rm(r: AlignRecipe) -> dict:
     train_rm_steps(rm, opt, tr_data, steps, r.rm.batch_size, r.seed, r.rm.focal, r.rm.barrier_weight, r.rm.bound,
                    on_step=lambda s, rec: metrics.log("train", s, **rec))
     acc = pairwise_accuracy(rm, ho_data) if ho_data else pairwise_accuracy(rm, tr_data)
-    save_reward_model(rm, out / "hf", tok)
+    save_reward_model(C.plain(rm), out / "hf", tok)
     plot_scores(acc, out / "scores.png")
     src = {}
     for p in pairs:

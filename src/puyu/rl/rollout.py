@@ -26,6 +26,7 @@ import torch
 from puyu.engine.sampling import SamplingParams
 from puyu.model.chat_format import IM_END, IM_START, PLUGIN
 from puyu.rl.judge import Reply, prompt_ids
+from puyu.rl.lora import decoding_weights
 from puyu.rl.losses import entropy_from_logits
 from puyu.tasks import verifiable as V
 
@@ -80,7 +81,8 @@ def generate_rollouts(engine, tok, samples: list[dict], params: SamplingParams, 
         if not active:
             break
         plist = [replace(params, stop_token_ids=stops, seed=_seed(seed, index_offset + i, turn)) for i in active]
-        results = engine.generate([outs[i].prompt + outs[i].response for i in active], plist)
+        with decoding_weights(engine.model):  # LoRA adapters folded into the weights the decode reads
+            results = engine.generate([outs[i].prompt + outs[i].response for i in active], plist)
         nxt = []
         for i, res in zip(active, results):
             ro = outs[i]
