@@ -1,15 +1,23 @@
-"""The alignment stage of the nano recipe: RM from judge pairs, online PPO rounds, and the SFT-vs-RL
-comparison with paired tests. Called by `puyu.recipes.nano` after its evaluation (one hook there).
+"""The alignment stage of the nano recipe: the conditional RM from judge pairs (reported per domain with
+Wilson intervals), then RL, then the SFT-vs-RL comparison with paired tests. Called by
+`puyu.recipes.nano` after its evaluation (one hook there).
+
+RL (`method`): "grpo" (default) is critic-free RL whose reward is the verifiable task score
+(`puyu.tasks.verifiable`: the arithmetic answer, the tool call's name and arguments) times turn-ending;
+"ppo" is online PPO rounds on the RM's reward (COOL RLHF). At nano scale the RM does not learn arithmetic
+correctness (README, alignment section), so PPO on its reward cannot teach arithmetic; GRPO's exact
+scorer can.
 
 Nano settings (`NanoAlignSection`) replace the published sizes (~400 iterations a round, lr 1e-6) so the
 stage takes minutes on a CPU; the published values stay the defaults of `puyu.rl.recipe`.
 
-Comparison: the SFT model (`<out>/chat`) and the RL model (`<out>/align/ppo/hf`) answer the same held-out
-prompts greedily: chat-template arithmetic on the recipe's held-out problems (never trained on), tool
-calls (right name and arguments), interpreter calls (right operands; not trained by RL, so it checks
-that RL does not lose it) and turn-ending. Every "better" / "not worse" claim comes with an exact
-McNemar test on the same items (`mcnemar`); "not worse" is stated only as "no significant loss"
-(p >= 0.05 for a loss), never as proven equivalence.
+Comparison: the SFT model (`<out>/chat`) and the RL model (`<out>/align/{grpo,ppo}/hf`) answer the same
+held-out items greedily through `puyu eval` (predictions in `<out>/align/eval/{sft,rl}/<task>/`):
+chat-template arithmetic on the recipe's held-out problems (task `arithmetic`, style chat, never trained
+on) and tool calls (task `tools`); interpreter calls (right operands; not trained by RL, so it checks that
+RL does not lose it) through the judge's greedy evaluation; turn-ending on each. Every "better" / "not
+worse" claim comes with an exact McNemar test on the same items (`puyu.eval.stats.mcnemar`); "not worse"
+is stated only as "no significant loss" (p >= 0.05 for a loss), never as proven equivalence.
 """
 
 from __future__ import annotations
@@ -26,10 +34,21 @@ from puyu.rl import common as C
 
 @dataclass
 class NanoAlignSection:
-    """Nano alignment settings. Off by default: at nano scale the stage does not yet improve the SFT model
-    and costs ~10 minutes (issue 13's closing note); `enabled: true` runs it."""
+    """Nano alignment settings. Off by default (`enabled: true` runs it); see the README's alignment
+    section for what it costs and gains. `method`: "grpo" (critic-free RL on the verifiable task scores of
+    arithmetic and tool prompts) or "ppo" (the RM's reward, online rounds). `reward_model`: train and
+    report the conditional RM (always trained for ppo); its held-out set is `rm_held_out_prompts` prompts
+    of its own, the kinds in turn, so each domain gets about 100 pairs or more."""
 
     enabled: bool = False
+    method: str = "grpo"
+    reward_model: bool = True
+    rm_held_out_prompts: int = 330
+    grpo_iterations: int = 30
+    grpo_prompts: int = 8
+    group_size: int = 8
+    grpo_lr: float = 3e-5
+    grpo_kl: float = 0.04
     judge_prompts: int = 240
     samples: int = 4
     rm_epochs: float = 4.0
@@ -60,14 +79,24 @@ def _verdict(test: dict, acc_a: float, acc_b: float) -> str:
 
 
 def align_recipe(sec: NanoAlignSection, out: Path, seed: int, threads, progress: bool):
-    from puyu.rl.recipe import AlignRecipe, PolicySection, PPOSection, PromptSection, RMSection
+    from puyu.errors import ConfigError
+    from puyu.rl.recipe import AlignRecipe, GRPOSection, PolicySection, PPOSection, PromptSection, RMSection
+
+    if sec.method not in ("grpo", "ppo"):
+        raise ConfigError(f"align.method must be grpo or ppo, got {sec.method!r}")
+    # GRPO trains on arithmetic and tool prompts (a chat prompt's score is 1 for any plain reply: no signal)
+    weights = {"arithmetic": 0.7, "tool": 0.3} if sec.method == "grpo" else {"arithmetic": 0.6, "tool": 0.25, "chat": 0.15}
 
     return AlignRecipe(
         out_dir=str(out / "align"), seed=seed, device="cpu", threads=threads if isinstance(threads, int) else None,
         progress=progress, policy=PolicySection(init=str(out / "chat"), tokenizer=str(out / "tokenizer")),
-        prompts=PromptSection(exclude_file=str(out / "data" / "test_problems.json"), eval_n=60),
+        prompts=PromptSection(exclude_file=str(out / "data" / "test_problems.json"), eval_n=60, weights=weights),
         rm=RMSection(judge_prompts=sec.judge_prompts, samples=sec.samples, max_new_tokens=sec.max_new_tokens,
-                     epochs=sec.rm_epochs, lr=sec.rm_lr, batch_size=16),
+                     epochs=sec.rm_epochs, lr=sec.rm_lr, batch_size=16, held_out_prompts=sec.rm_held_out_prompts),
+        grpo=GRPOSection(task="verifiable", group_size=sec.group_size, prompts_per_iter=sec.grpo_prompts,
+                         iterations=sec.grpo_iterations, lr=sec.grpo_lr, kl_coef=sec.grpo_kl,
+                         max_new_tokens=sec.max_new_tokens, eval_every=sec.grpo_iterations,
+                         save_every=max(1, sec.grpo_iterations // 2)),
         ppo=PPOSection(rounds=sec.rounds, iterations=sec.iterations, prompts_per_iter=sec.prompts_per_iter,
                        minibatch=sec.prompts_per_iter, actor_lr=sec.actor_lr, critic_lr=sec.critic_lr,
                        critic_warmup=sec.critic_warmup, kl_coef=sec.kl_coef, ptx_coef=sec.ptx_coef,
@@ -152,33 +181,46 @@ def compare(sft_dir: Path, rl_dir: Path, tok, seed: int, held_out: tuple[int, in
 
 def run_nano_align(sec: NanoAlignSection, out: Path, seed: int, threads, progress: bool, resume: bool,
                    held_out: tuple[int, int]) -> dict:
-    """RM, PPO rounds and the comparison; writes `<out>/align/report.md` and report.json."""
+    """The reward model (reported; the reward for ppo), GRPO or PPO rounds, and the comparison through
+    `puyu eval`; writes `<out>/align/report.md` and report.json (wall and CPU seconds per part)."""
     from puyu.model.tokenizer import load_tokenizer
+    from puyu.rl.grpo import run_grpo
     from puyu.rl.ppo import run_ppo
     from puyu.rl.rm_train import run_rm
 
     r = align_recipe(sec, out, seed, threads, progress)
     d = Path(r.out_dir)
-    t0 = time.perf_counter()
-    timings = {}
-    rm_done = d / "rm" / "report.json"
-    if resume and rm_done.exists() and (d / "rm" / "hf" / "config.json").exists():
-        rm_rep = json.loads(rm_done.read_text(encoding="utf-8"))
+    timings: dict = {}
+    cpu: dict = {}
+
+    def timed(name, fn):  # wall seconds, and CPU seconds of this process (the load-independent cost)
+        t, c = time.perf_counter(), time.process_time()
+        res = fn()
+        timings[name], cpu[name] = round(time.perf_counter() - t, 1), round(time.process_time() - c, 1)
+        return res
+
+    rm_rep = None
+    if sec.reward_model or sec.method == "ppo":
+        rm_done = d / "rm" / "report.json"
+        if resume and rm_done.exists() and (d / "rm" / "hf" / "config.json").exists():
+            rm_rep = json.loads(rm_done.read_text(encoding="utf-8"))
+        else:
+            rm_rep = timed("rm", lambda: run_rm(r))
+    if sec.method == "ppo":
+        rl = timed("ppo", lambda: run_ppo(r, resume=resume))
+        rl_dir, kl_end, rounds = d / "ppo" / "hf", (rl.get("last") or {}).get("kl"), rl.get("rounds")
     else:
-        rm_rep = run_rm(r)
-    timings["rm"] = round(time.perf_counter() - t0, 1)
-    t1 = time.perf_counter()
-    ppo = run_ppo(r, resume=resume)
-    timings["ppo"] = round(time.perf_counter() - t1, 1)
-    t2 = time.perf_counter()
+        rl = timed("grpo", lambda: run_grpo(r, resume=resume))
+        recs = [json.loads(x) for x in (d / "grpo" / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x]
+        last = next((m for m in reversed(recs) if m["kind"] == "train"), {})
+        rl_dir, kl_end, rounds = d / "grpo" / "hf", last.get("kl"), None
     tok = load_tokenizer(out / "tokenizer")
-    cmp_ = compare(out / "chat", d / "ppo" / "hf", tok, seed, held_out, sec.eval_tools, sec.eval_interpreter,
-                   sec.max_new_tokens, d / "eval", progress)
-    timings["compare"] = round(time.perf_counter() - t2, 1)
-    timings["total"] = round(time.perf_counter() - t0, 1)
-    last = ppo.get("last") or {}
-    report = {"rm": {k: rm_rep[k] for k in ("pairs", "train", "held_out", "sources", "accuracy")},
-              "rounds": ppo.get("rounds"), "kl_end": last.get("kl"), "compare": cmp_, "timings_s": timings}
+    cmp_ = timed("compare", lambda: compare(out / "chat", rl_dir, tok, seed, held_out, sec.eval_tools,
+                                            sec.eval_interpreter, sec.max_new_tokens, d / "eval", progress))
+    timings["total"], cpu["total"] = round(sum(timings.values()), 1), round(sum(cpu.values()), 1)
+    report = {"method": sec.method,
+              "rm": {k: rm_rep[k] for k in ("pairs", "train", "held_out", "sources", "accuracy")} if rm_rep else None,
+              "rounds": rounds, "kl_end": kl_end, "compare": cmp_, "timings_s": timings, "cpu_s": cpu}
     (d / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
     _write_md(d / "report.md", report)
     return report
@@ -186,26 +228,33 @@ def run_nano_align(sec: NanoAlignSection, out: Path, seed: int, threads, progres
 
 def _write_md(path: Path, rep: dict) -> None:
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
-    acc = rep["rm"]["accuracy"]
     lines = ["# nano alignment report", "",
-             "Reward model, then online PPO rounds, then SFT vs RL on the same held-out items (greedy).", "",
-             "## Reward model: held-out pairwise accuracy", "",
-             "| domain | accuracy | 95% Wilson | pairs |", "|---|---|---|---|",
-             *[f"| {dname} | {pct(v['accuracy'])} | {pct(v['ci95'][0])}-{pct(v['ci95'][1])} | {v['n']} |"
-               for dname, v in acc["domains"].items()],
-             f"| overall | {pct(acc['overall'])} | {pct(acc['ci95'][0])}-{pct(acc['ci95'][1])} | {acc['n']} |", "",
-             f"Pair sources (domain/source): {rep['rm']['sources']}", "", "## Rounds", ""]
-    for rd in rep["rounds"] or []:
-        h = rd.get("hacking")
-        det = "-" if h is None else ("detected: " + "; ".join(h["reasons"]) if h["detected"] else "not detected")
-        u = rd["rm_update"]
-        lines.append(f"- round {rd['round']}: hacking {det}; RM update: {u['path']} path, {u['pairs']} pairs, {u['steps']} steps")
-    lines += ["", "## SFT vs RL (same items, exact McNemar test)", "",
+             ("Reward model, then online PPO rounds" if rep["method"] == "ppo" else
+              "Reward model (reported), then GRPO on the verifiable task scores")
+             + ", then SFT vs RL on the same held-out items (greedy, `puyu eval`).", ""]
+    if rep["rm"]:
+        acc = rep["rm"]["accuracy"]
+        lines += ["## Reward model: held-out pairwise accuracy", "",
+                  "| domain | accuracy | 95% Wilson | pairs |", "|---|---|---|---|",
+                  *[f"| {dname} | {pct(v['accuracy'])} | {pct(v['ci95'][0])}-{pct(v['ci95'][1])} | {v['n']} |"
+                    for dname, v in acc["domains"].items()],
+                  f"| overall | {pct(acc['overall'])} | {pct(acc['ci95'][0])}-{pct(acc['ci95'][1])} | {acc['n']} |",
+                  "", f"Pair sources (domain/source): {rep['rm']['sources']}", ""]
+    if rep["rounds"]:
+        lines += ["## Rounds", ""]
+        for rd in rep["rounds"]:
+            h = rd.get("hacking")
+            det = "-" if h is None else ("detected: " + "; ".join(h["reasons"]) if h["detected"] else "not detected")
+            u = rd["rm_update"]
+            lines.append(f"- round {rd['round']}: hacking {det}; RM update: {u['path']} path, {u['pairs']} pairs, "
+                         f"{u['steps']} steps")
+        lines.append("")
+    lines += ["## SFT vs RL (same items, exact McNemar test)", "",
               "| metric | SFT | RL | n | SFT only | RL only | p | verdict |", "|---|---|---|---|---|---|---|---|",
               *[f"| {k} | {pct(v['sft'])} | {pct(v['rl'])} | {v['n']} | {v['a_only']} | {v['b_only']} | "
                 f"{v['p_value']:.3f} | {v['verdict']} |" for k, v in rep["compare"]["table"].items()],
               "", f"Mean reply length (tokens): SFT {rep['compare']['length']['sft']:.1f}, RL "
               f"{rep['compare']['length']['rl']:.1f} ({100 * rep['compare']['length']['growth']:+.1f}%).",
               f"KL to the reference at the end (per reply, nats): {rep['kl_end']}", "",
-              f"Seconds: {rep['timings_s']}", ""]
+              f"Wall seconds: {rep['timings_s']}", f"CPU seconds (this process): {rep['cpu_s']}", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
