@@ -6,7 +6,7 @@ new policy. The engine is built with `prefix_cache=False`. The cache would be sa
 fingerprint flushes prefixes computed with older weights), but it does not pay here: GRPO-shaped rollouts
 of the nano chat model (8 prompts x 8 samples, 24 new tokens, an in-place weight change between
 iterations) took 13.2 s for 4 iterations without it and 15.3 s with it (best of 2, one thread, AVX2 path,
-shared Sapphire Rapids VM at load 8; /tmp/i13c/diag/prefix_bench.py of issue 13's session): the prompts
+shared Sapphire Rapids VM at load 8; `benchmarks/rl_prefix_cache.py`): the prompts
 are short, so little prefill is saved, and each adoption of cached blocks checks the fingerprint.
 
 Sampling is seeded per request (`seed`, prompt index, turn), so a rollout is a function of the weights
