@@ -34,17 +34,18 @@ from puyu.rl import common as C
 
 @dataclass
 class NanoAlignSection:
-    """Nano alignment settings. Off by default (`enabled: true` runs it); see the README's alignment
-    section for what it costs and gains. `method`: "grpo" (critic-free RL on the verifiable task scores of
+    """Nano alignment settings. Off by default (`enabled: true` runs it): with these defaults GRPO beats
+    SFT on held-out chat arithmetic (35.8% -> 46.5%, McNemar p = 2.2e-5) in ~134 CPU seconds, but the RM
+    goal (>= 0.9 on every domain) is not met at nano scale (README, alignment section). `method`: "grpo" (critic-free RL on the verifiable task scores of
     arithmetic and tool prompts) or "ppo" (the RM's reward, online rounds). `reward_model`: train and
     report the conditional RM (always trained for ppo); its held-out set is `rm_held_out_prompts` prompts
     of its own, the kinds in turn, so each domain gets about 100 pairs or more."""
 
     enabled: bool = False
     method: str = "grpo"
-    reward_model: bool = True
+    reward_model: bool = False  # reported only (GRPO does not use it): ~376 CPU s, over the stage's budget
     rm_held_out_prompts: int = 330
-    grpo_iterations: int = 30
+    grpo_iterations: int = 100
     grpo_prompts: int = 8
     group_size: int = 8
     grpo_lr: float = 3e-5
@@ -84,8 +85,9 @@ def align_recipe(sec: NanoAlignSection, out: Path, seed: int, threads, progress:
 
     if sec.method not in ("grpo", "ppo"):
         raise ConfigError(f"align.method must be grpo or ppo, got {sec.method!r}")
-    # GRPO trains on arithmetic and tool prompts (a chat prompt's score is 1 for any plain reply: no signal)
-    weights = {"arithmetic": 0.7, "tool": 0.3} if sec.method == "grpo" else {"arithmetic": 0.6, "tool": 0.25, "chat": 0.15}
+    # GRPO trains on arithmetic prompts: a chat prompt's score is 1 for any plain reply (no signal), and at
+    # nano scale tool prompts gave no gain either (README); tool and interpreter calls are checked not lost
+    weights = {"arithmetic": 1.0} if sec.method == "grpo" else {"arithmetic": 0.6, "tool": 0.25, "chat": 0.15}
 
     return AlignRecipe(
         out_dir=str(out / "align"), seed=seed, device="cpu", threads=threads if isinstance(threads, int) else None,
