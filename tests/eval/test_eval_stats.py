@@ -32,3 +32,11 @@ def test_majority_first_seen_wins_a_tie_and_skips_empty():
     assert majority([None, ""]) is None
     with pytest.raises(ValueError):
         pass_at_k(3, 4, 1)
+
+
+def test_mcnemar_needs_paired_items():
+    from puyu.eval.stats import mcnemar
+
+    with pytest.raises(ValueError, match="same items"):
+        mcnemar([True, False], [True])
+    assert mcnemar([True, False, False], [False, True, True]) == {"a_only": 1, "b_only": 2, "p_value": 1.0}

@@ -104,9 +104,10 @@ def test_miniature_nano_run_writes_report_and_chat_model(tmp_path):
             "longctx.seq_len=256", "corpus.long_passkey_tokens=[50, 256]",
             "sft.steps=2", "sft.eval_every=2", "eval.passkey_n=3", "eval.task_eval_problems=5", "eval.tool_n=4",
             "eval.interpreter_arith_n=2",
-            "align.enabled=true", "align.judge_prompts=8", "align.samples=2", "align.iterations=2", "align.prompts_per_iter=4",
+            "align.enabled=true", "align.method=ppo", "align.judge_prompts=8", "align.samples=2", "align.iterations=2",
+            "align.prompts_per_iter=4",
             "align.critic_warmup=1", "align.max_new_tokens=6", "align.slow_prompts=4", "align.fast_pairs=4",
-            "align.eval_tools=4", "align.eval_interpreter=4",
+            "align.eval_tools=4", "align.eval_interpreter=4", "align.rm_held_out_prompts=6",
             f"out_dir={tmp_path / 'nano'}", "progress=false", "threads=1"]
     rec = load_recipe(None, tiny, cls=NanoRecipe)
     report = run_nano(rec)

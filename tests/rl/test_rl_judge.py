@@ -87,3 +87,27 @@ def test_reference_pairs_when_every_reply_fails():
     ref = reference_reply(TOOL)
     assert V.tool_call_score(ref.content, TOOL) == 1.0
     assert build_pairs([ARITH], wrong, seed=0, reference=False)[0]["source"] != "reference"
+
+
+def test_domain_pairs_one_per_domain_each_won_by_its_rule():
+    from puyu.rl.judge import _reply, build_domain_pairs, domain_verdict
+    from puyu.rl.rm_train import split_pairs
+
+    samples = [ARITH, ARITH, ARITH, TOOL]
+    reps = [[Reply("12+34=47", True, 6), Reply("12+34=46", True, 6), Reply("12+34=46 and more", False, 9)],
+            [Reply("12+34=46", True, 6)] * 3,  # all right and alike: arithmetic and concise by perturbation
+            [Reply("12+34=45", True, 6), Reply("45", True, 2)],  # all wrong: the reference pair
+            [Reply(CALL, True, 20), Reply(CALL.replace("Tokyo", "Paris"), True, 20)]]
+    pairs = build_domain_pairs(samples, reps, seed=0)
+    got = [(p["prompt_id"], p["domain"], p["source"]) for p in pairs]
+    assert got == [("0", "arithmetic", "policy"), ("0", "format", "policy"), ("0", "concise", "perturbed"),
+                   ("1", "arithmetic", "perturbed"), ("1", "format", "perturbed"), ("1", "concise", "perturbed"),
+                   ("2", "arithmetic", "reference"), ("2", "format", "perturbed"), ("2", "concise", "perturbed"),
+                   ("3", "tool", "policy"), ("3", "format", "perturbed")]
+    by_prompt = {"0": ARITH, "1": ARITH, "2": ARITH, "3": TOOL}
+    for p in pairs:  # the chosen reply wins under the pair's own domain rule
+        c, r = _reply(p["chosen"], "c"), _reply(p["rejected"], "r")
+        c.n_tokens, r.n_tokens = None, None
+        assert domain_verdict(by_prompt[p["prompt_id"]], c, r, p["domain"]) == 0, p
+    train, held = split_pairs(pairs, 0.5, seed=0)  # a prompt's pairs stay on one side
+    assert {p["prompt_id"] for p in train}.isdisjoint({p["prompt_id"] for p in held}) and len(held) > 0

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from puyu.rl.nano_stage import _verdict, mcnemar
+from puyu.eval.stats import mcnemar
+from puyu.rl.nano_stage import _verdict
 
 
 def test_mcnemar_exact_hand_values():
@@ -24,3 +25,24 @@ def test_mcnemar_exact_hand_values():
     assert _verdict(t, 33 / 45, 42 / 45).startswith("better")
     assert _verdict(mcnemar(b, a), 42 / 45, 33 / 45).startswith("worse")
     assert math.isclose(sum(math.comb(15, i) for i in range(4)) * 2 / 2**15, t["p_value"])
+
+
+@pytest.mark.slow
+def test_compare_goes_through_puyu_eval_and_pairs_the_same_items(tiny_checkpoint, tiny_tokenizer, tmp_path, one_thread):
+    """A model compared with itself: every item concordant (p = 1, no growth), and the predictions are
+    `puyu eval`'s files, one line per held-out problem and tool question."""
+    import json
+
+    from puyu.rl.nano_stage import compare
+
+    rep = compare(tiny_checkpoint, tiny_checkpoint, tiny_tokenizer, 0, (6, 3), 4, 3, 8, tmp_path, progress=False)
+    assert set(rep["table"]) == {f"{k}/{m}" for k in ("chat_arithmetic", "tool_calls", "interpreter_calls")
+                                 for m in ("correct", "ended")}
+    n = {"chat_arithmetic": 6, "tool_calls": 4, "interpreter_calls": 3}
+    for k, v in rep["table"].items():
+        assert v["n"] == n[k.split("/")[0]] and v["a_only"] == v["b_only"] == 0 and v["p_value"] == 1.0
+        assert v["sft"] == v["rl"]
+    assert rep["length"]["growth"] == 0.0
+    rows = [json.loads(line) for line in (tmp_path / "rl" / "arithmetic" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(r["prompt"].endswith("<|im_start|>assistant\n") for r in rows)
+    assert len((tmp_path / "sft" / "tools" / "predictions.jsonl").read_text().splitlines()) == 4

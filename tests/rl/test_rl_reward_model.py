@@ -99,7 +99,7 @@ def test_text_scoring_conditional_domain(tiny_tokenizer):
     torch.nn.init.normal_(rm.v_head.weight, std=0.5)
     msgs = [{"role": "user", "content": "1+2"}, {"role": "assistant", "content": "1+2=3"}]
     ids = rm.encode(msgs, domain="arithmetic")
-    assert ids[-1] == tid and tiny_tokenizer.decode(ids[:-1]).count("judge of arithmetic") == 1
+    assert ids[-1] == tid and tiny_tokenizer.decode(ids[:-1]).count("numeric answer right") == 1
     a, f = rm.score(msgs, domain="arithmetic"), rm.score(msgs, domain="format")
     assert a != f  # the rubric conditions the score
     assert rm.score_batch([msgs, msgs[:1] + [{"role": "assistant", "content": "4"}]], domain="arithmetic",

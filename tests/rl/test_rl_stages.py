@@ -39,9 +39,20 @@ def test_rm_then_ppo_resume_is_exact(tiny_checkpoint, tmp_path, one_thread):
                                      "chosen": "1+1=2", "rejected": "1+1=3"}) + "\n")
     r = _recipe(tiny_checkpoint, tmp_path / "a", rm={"pairs": [str(pair_file)]})
     rep = run_rm(r)
-    assert rep["pairs"] >= 10 and 0.0 <= rep["accuracy"]["overall"] <= 1.0
-    assert (tmp_path / "a" / "rm" / "scores.png").exists()
+    assert rep["pairs"] >= 10 and (tmp_path / "a" / "rm" / "scores.png").exists()
     rm = load_reward_model(tmp_path / "a" / "rm" / "hf")
+    # the reported held-out accuracy, recomputed from the written pairs and the saved model
+    from puyu.rl.judge import pair_domain, pair_ids, read_pairs
+    from puyu.rl.reward_model import score_ids
+
+    held = [p for p in read_pairs(tmp_path / "a" / "rm" / "pairs.jsonl") if p["split"] == "held_out"]
+    assert len(held) == rep["held_out"] == rep["accuracy"]["n"] > 0
+    enc = [pair_ids(rm.tokenizer, p, rm.reward_token_id)[:2] for p in held]
+    wins = [c > r for c, r in zip(score_ids(rm, [c for c, _ in enc]), score_ids(rm, [r for _, r in enc]))]
+    assert rep["accuracy"]["overall"] == pytest.approx(sum(wins) / len(wins))
+    for d, v in rep["accuracy"]["domains"].items():
+        mine = [w for w, p in zip(wins, held) if pair_domain(p) == d]
+        assert v["n"] == len(mine) and v["accuracy"] == pytest.approx(sum(mine) / len(mine))
     assert rm.tokenizer is not None and isinstance(rm.score([{"role": "user", "content": "hi"},
                                                              {"role": "assistant", "content": "yo"}]), float)
     full = run_ppo(r)

@@ -398,6 +398,11 @@ class FusedDecode:
 
         if not isinstance(model, InternLM2ForCausalLM) or model.config.head_dim % 2:
             return False
+        for layer in model.model.layers:  # a wrapped projection (a LoRA adapter) keeps no weight of its own
+            for mod in (layer.attention.wqkv, layer.attention.wo, layer.feed_forward.w1, layer.feed_forward.w2,
+                        layer.feed_forward.w3):
+                if mod._parameters.get("weight") is None and not isinstance(mod, QuantLinear):
+                    return False
         return (all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
                 and all(b.device.type == "cpu" for b in model.buffers()))
 
@@ -412,6 +417,8 @@ class FusedDecode:
             qtable, packed_any = (_QW * len(tensors))(), False
             for i, ((mod, name, shape), t) in enumerate(zip(self._slots, tensors)):
                 if t is None:
+                    if name == "weight":  # a null pointer would crash the kernel: refuse instead
+                        raise FusedDecodeUnavailable(f"{type(mod).__name__} has no weight of its own (a wrapper?)")
                     continue
                 if not isinstance(t, torch.Tensor):  # a Packed weight
                     if t.shape != shape:

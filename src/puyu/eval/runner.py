@@ -17,6 +17,7 @@ from pathlib import Path
 
 from puyu import __version__
 from puyu.eval.task import Context, EvalError, Sample, Task
+from puyu.tasks.jsonl import read_jsonl, write_jsonl
 
 
 def task_dir(out: Path, task: Task, interpreter: bool, label: str | None = None) -> Path:
@@ -27,20 +28,7 @@ def task_dir(out: Path, task: Task, interpreter: bool, label: str | None = None)
 def read_predictions(path: Path) -> list[dict]:
     """Lines of predictions.jsonl; a torn last line (killed mid-write) is dropped, any other bad line
     is an error naming it."""
-    if not path.exists():
-        return []
-    rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if n == len(lines):
-                break  # the line being written when the run was killed: regenerate that sample
-            raise EvalError(f"{path}:{n}: not valid JSON ({e.msg})") from e
-    return rows
+    return read_jsonl(path, EvalError, torn_tail=True, missing_ok=True)
 
 
 def score_row(task: Task, output: str, record: dict) -> dict:
@@ -164,12 +152,9 @@ def _drop_torn_tail(path: Path) -> None:
 
 
 def _rescore(task: Task, path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            r.update(score_row(task, r["output"], r["record"]))
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    for r in rows:
+        r.update(score_row(task, r["output"], r["record"]))
+    write_jsonl(path.with_suffix(".jsonl.tmp"), rows).replace(path)
 
 
 def _generate(task: Task, backend, todo: list[tuple[Sample, int]], gen: dict, path: Path, progress: bool,

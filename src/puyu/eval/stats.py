@@ -8,6 +8,10 @@
 - pass@k (Chen et al. 2021, "Evaluating Large Language Models Trained on Code", eq. 1): with n samples
   of which c are correct, pass@k = 1 - C(n-c, k) / C(n, k), computed as a product to avoid overflow.
 - maj@k: the most common extracted answer among k samples (ties broken by first occurrence) is scored.
+- Exact McNemar test (McNemar 1947, "Note on the sampling error of the difference between correlated
+  proportions or percentages", Psychometrika 12:153): two systems scored on the same items; only the
+  discordant items count, and under "no difference" each is equally likely to favour either system, so
+  the two-sided p is the binomial(n01 + n10, 1/2) tail at the smaller count, doubled and capped at 1.
 """
 
 from __future__ import annotations
@@ -62,3 +66,16 @@ def accuracy(scores: list[float]) -> dict:
     s = float(sum(scores))
     lo, hi = wilson(s, n)
     return {"mean": s / n if n else 0.0, "n": n, "ci95": [lo, hi]}
+
+
+def mcnemar(a: list[bool], b: list[bool]) -> dict:
+    """Exact two-sided McNemar test for paired outcomes of systems A and B on the same items:
+    n01 = items A got wrong and B right, n10 = the reverse; p = P(Binomial(n01 + n10, 1/2) as extreme)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired outcomes need the same items: {len(a)} vs {len(b)}")
+    n01 = sum((not x) and y for x, y in zip(a, b))
+    n10 = sum(x and (not y) for x, y in zip(a, b))
+    n = n01 + n10
+    k = min(n01, n10)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return {"a_only": n10, "b_only": n01, "p_value": p}

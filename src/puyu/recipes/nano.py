@@ -427,7 +427,7 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
         from puyu.rl.nano_stage import run_nano_align
 
         report["align"] = timed("align", lambda: run_nano_align(r.align, out, r.seed, r.threads, r.progress,
-                                                                resume, small))
+                                                                resume, (r.corpus.test_small, r.corpus.test_big)))
     timings["total"] = round(time.perf_counter() - t_all, 1)
     cpu["total"] = round(_cpu_seconds() - c_all, 1)
     core = [k for k in ("corpus", "tokenizer", "shards", "pretrain", "longctx", "sft") if k in timings]

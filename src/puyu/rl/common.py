@@ -57,6 +57,22 @@ def load_policy(r: AlignRecipe):
     return tok, actor
 
 
+def trainable(model, r: AlignRecipe):
+    """`model` with LoRA adapters injected when `lora.enabled` (only they, and a v_head, then train)."""
+    if r.lora.enabled:
+        from puyu.rl.lora import add_lora
+
+        add_lora(model, r.lora)
+    return model
+
+
+def plain(model):
+    """`model` with any LoRA adapters merged in (a copy): what checkpoints in the usual layout hold."""
+    from puyu.rl.lora import merged
+
+    return merged(model)
+
+
 def frozen_copy(model, dtype: torch.dtype | None = None):
     """A frozen copy (the reference policy, the round's reward model). bf16 only where asked (GPUs)."""
     ref = copy.deepcopy(model).eval()
@@ -87,17 +103,18 @@ def train_prompts(r: AlignRecipe, n: int, seed_tag) -> list[dict]:
     return rl_prompts(f"{r.seed}-{seed_tag}", n, r.prompts.weights, exclude_set(r), r.prompts.p_big)
 
 
-def eval_prompts(r: AlignRecipe) -> list[dict]:
-    """Held-out prompts: arithmetic from the excluded test problems when given (never trained on),
-    tool and chat prompts from their own seed."""
+def eval_prompts(r: AlignRecipe, n: int | None = None, tag: str = "") -> list[dict]:
+    """`n` (default `prompts.eval_n`) held-out prompts, the kinds in turn: arithmetic from the excluded
+    test problems when given (never trained on), tool and chat prompts from their own seed (`tag`
+    gives another set)."""
     from puyu.tasks import verifiable as V
     from puyu.tasks.synthetic import Problem
 
-    rng = random.Random(f"puyu-rl-eval-{r.seed}")
+    rng = random.Random(f"puyu-rl-eval-{r.seed}{tag}")
     out = []
     tests = sorted(exclude_set(r), key=lambda p: (p.op, p.a, p.b))
     kinds = [k for k, w in r.prompts.weights.items() if w > 0]
-    for i in range(r.prompts.eval_n):
+    for i in range(r.prompts.eval_n if n is None else n):
         kind = kinds[i % len(kinds)]
         if kind == "arithmetic":
             p = tests[(i * 7) % len(tests)] if tests else Problem(rng.randrange(100), rng.choice("+-"), rng.randrange(100))
@@ -170,12 +187,6 @@ def reward_model_for(r: AlignRecipe, actor, tok):
     return RewardModel.from_causal_lm(actor, tid, pad_id=tok.pad_id, tokenizer=tok).float().train()
 
 
-def adamw(params, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
-    """AdamW with the report's betas (0.9, 0.95) and eps 1e-8; foreach (deterministic order)."""
-    return torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, betas=(0.9, 0.95), eps=1e-8,
-                             weight_decay=weight_decay, foreach=True)
-
-
 # ---- several processes (torchrun) ----------------------------------------------------------------
 # The alignment loops run the same way as one process or under `torchrun --nproc_per_node=N`. Rollouts,
 # scores and advantages are computed on every process for the whole batch (sampling is seeded per
@@ -200,13 +211,3 @@ def allreduce_grads(model, info) -> None:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
         dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-
-
-def reduce_sum(values: list[float], info) -> list[float]:
-    if info is None or not info.distributed:
-        return values
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()

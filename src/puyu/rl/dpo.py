@@ -23,6 +23,7 @@ from puyu.rl.judge import pair_domain, pair_ids, read_pairs
 from puyu.rl.losses import dpo_loss
 from puyu.rl.recipe import AlignRecipe
 from puyu.rl.rollout import seq_batch, sequence_logprob
+from puyu.train.optim import build_optimizer
 
 
 def encode_dpo(tok, pairs: list[dict]) -> list[tuple]:
@@ -68,13 +69,14 @@ def run_dpo(r: AlignRecipe) -> dict:
     t0 = time.perf_counter()
     tok, actor = C.load_policy(r)
     ref = C.frozen_copy(actor, C.frozen_dtype(C.device_of(r)))
+    actor = C.trainable(actor, r)
     files = r.dpo.pairs or [str(Path(r.out_dir) / "rm" / "pairs.jsonl")]
     pairs = [p for f in files for p in read_pairs(f)]
     train, held = split_pairs(pairs, r.dpo.held_out, r.seed)
     tr, ho = encode_dpo(tok, train), encode_dpo(tok, held)
     d = r.dpo
     steps = max(1, math.ceil(len(tr) * d.epochs / d.batch_size))
-    opt = C.adamw(actor.parameters(), d.lr)
+    opt = build_optimizer(actor, d.lr, weight_decay=0.0)
     metrics = MetricsLog(out / "metrics.jsonl")
     metrics.reset()
     actor.eval()
@@ -104,7 +106,7 @@ def run_dpo(r: AlignRecipe) -> dict:
         ev = C.greedy_eval(engine, tok, C.eval_prompts(r), r.ppo.max_new_tokens, r.ppo.max_turns)
     finally:
         engine.close()
-    save_pretrained(actor, out / "hf", tokenizer=tok)
+    save_pretrained(C.plain(actor), out / "hf", tokenizer=tok)
     report = {"pairs": len(pairs), "train": len(tr), "held_out": len(ho), "steps": steps,
               "preference_accuracy_before": before, "preference_accuracy_after": after, "eval": ev,
               "seconds": round(time.perf_counter() - t0, 1), "hf_dir": str(out / "hf")}

@@ -25,6 +25,8 @@ from puyu.rl import common as C
 from puyu.rl import losses as L
 from puyu.rl.recipe import AlignRecipe
 from puyu.rl.rollout import SeqBatch, seq_batch, token_logprobs
+from puyu.train import distributed as D
+from puyu.train.optim import build_optimizer
 
 
 def resolve_scorer(name: str):
@@ -68,7 +70,7 @@ def grpo_step(actor, ref, opt, batch, advantages: torch.Tensor, kl_coef: float, 
     gn = torch.nn.utils.clip_grad_norm_(actor.parameters(), grad_clip)
     opt.step()
     actor.eval()
-    pl_, kl_, frac_, ent_ = C.reduce_sum(parts, info)
+    pl_, kl_, frac_, ent_ = D.all_reduce_sum(torch.tensor(parts, dtype=torch.float64, device=dev), info).tolist()
     return {"policy_loss": pl_, "kl_k3_per_token": kl_, "clip_frac": frac_, "entropy": ent_, "grad_norm": float(gn),
             "kl": float((L.kl_estimate(old, ref_lp, "k1") * batch.mask).sum(1).mean())}
 
@@ -97,8 +99,8 @@ def _run_grpo(r: AlignRecipe, info, resume: bool, score_fn, stop_after: int | No
     out = C.start_stage(r, "grpo", main)
     tok, actor = C.load_policy(r)
     ref = C.frozen_copy(actor, C.frozen_dtype(C.device_of(r)))
-    actor.eval()
-    opt = C.adamw(actor.parameters(), g.lr)
+    actor = C.trainable(actor, r).eval()
+    opt = build_optimizer(actor, g.lr, weight_decay=0.0)
     metrics = MetricsLog(out / "metrics.jsonl", enabled=main)
     ckpt_root = out / "checkpoints"
     start = 0
@@ -149,7 +151,7 @@ def _run_grpo(r: AlignRecipe, info, resume: bool, score_fn, stop_after: int | No
         engine.close()
     if not main:
         return {"iterations": g.iterations, "world_size": info.world_size}
-    save_pretrained(actor, out / "hf", tokenizer=tok)
+    save_pretrained(C.plain(actor), out / "hf", tokenizer=tok)
     plot_rl(out / "metrics.jsonl", out / "grpo.png", f"GRPO ({g.baseline})")
     recs = read_metrics(out / "metrics.jsonl")
     return {"iterations": g.iterations, "seconds": round(time.perf_counter() - t0, 1), "hf_dir": str(out / "hf"),

@@ -31,6 +31,7 @@ from puyu.errors import PuyuError
 from puyu.model.chat_format import IM_END, render_chat
 from puyu.rl.reward_model import DOMAINS, with_domain
 from puyu.tasks import verifiable as V
+from puyu.tasks.jsonl import read_jsonl, write_jsonl
 
 
 class PairError(PuyuError):
@@ -149,6 +150,97 @@ def build_pairs(samples: list[dict], replies: list[list[Reply]], seed: int, pert
     return out
 
 
+# ---- one pair per domain -------------------------------------------------------------------------
+DOMAINS_OF_KIND = {"arithmetic": ("arithmetic", "format", "concise"), "tool": ("tool", "format"),
+                   "chat": ("format", "concise")}
+
+
+def domain_verdict(sample: dict, a: Reply, b: Reply, domain: str) -> int | None:
+    """0 if `a` wins, 1 if `b` wins under `domain`'s rule alone, None when the rule does not separate
+    them: arithmetic/tool, the task score; format, ending the turn (equal task scores); concise, the
+    shorter of two right, ended replies."""
+    sa, sb = V.score(a.content, sample), V.score(b.content, sample)
+    if domain in ("arithmetic", "tool"):
+        return None if sample["kind"] != domain or sa == sb else (0 if sa > sb else 1)
+    if domain == "format":
+        return None if sa != sb or a.end == b.end else (0 if a.end else 1)
+    if domain == "concise":
+        if not (sa == sb == 1.0 and a.end and b.end) or a.length == b.length:
+            return None
+        return 0 if a.length < b.length else 1
+    return None
+
+
+def worse_variant(sample: dict, good: Reply, domain: str, rng: random.Random) -> Reply | None:
+    """A variant of `good` that loses under `domain` alone (a wrong number, a broken or wrong call, the
+    end dropped with rambling after it, a verbose preamble), or None when `good` cannot give one."""
+    if domain == "arithmetic" and V.arithmetic_score(good.content, sample) == 1.0:
+        ans = int(sample["answer"])
+        wrong = ans + rng.choice([-10, -2, -1, 1, 2, 10])
+        head = good.content.rsplit(str(ans), 1)
+        return Reply(f"{head[0]}{wrong}{head[1]}" if len(head) == 2 else str(wrong), True, good.n_tokens)
+    if domain == "tool" and V.tool_call_score(good.content, sample) == 1.0:
+        for _ in range(4):
+            broken = rng.choice([
+                good.content.replace('"parameters": {', '"parameters": '),  # invalid JSON
+                good.content.replace(sample["call"]["name"], "get_" + rng.choice(["news", "stock"])),  # wrong tool
+                good.content.replace(json.dumps(sample["call"]["arguments"]["city"]), json.dumps(rng.choice(V.CITIES))),
+            ])
+            if broken != good.content and V.tool_call_score(broken, sample) == 0.0:
+                return Reply(broken, True)
+        return None
+    if domain == "format" and good.end:
+        ramble = good.content + " " + good.content + " " + rng.choice(["and so on", "more", "I think"])
+        return Reply(ramble, False)
+    if domain == "concise" and good.end and V.score(good.content, sample) == 1.0:
+        pre = rng.choice(["Let me think about this. ", "Sure! Here is the answer. ", "Well, let us see. "])
+        return Reply(pre + good.content, True)
+    return None
+
+
+def build_domain_pairs(samples: list[dict], replies: list[list[Reply]], seed: int, group: str = "") -> list[dict]:
+    """Up to one pair per domain of each sample's kind (`DOMAINS_OF_KIND`) from its K replies: the first
+    two replies the domain's rule separates (source "policy"); else, for arithmetic and tool when no
+    reply is right, the known right reply against a wrong one ("reference"); else a right or ended reply
+    against its `worse_variant` ("perturbed"). Several domains from the same sampled replies, so a
+    held-out set per domain costs no extra sampling. Each record carries `prompt_id` (`group` + index) so
+    splits can keep a prompt's pairs together."""
+    rng = random.Random(f"puyu-domain-pairs-{seed}")
+    out = []
+    for n, (sample, reps) in enumerate(zip(samples, replies)):
+        ref = reference_reply(sample)
+        for domain in DOMAINS_OF_KIND[sample["kind"]]:
+            found, source = None, "policy"
+            for i in range(len(reps)):
+                for j in range(i + 1, len(reps)):
+                    v = domain_verdict(sample, reps[i], reps[j], domain)
+                    if v is not None:
+                        found = (reps[i], reps[j]) if v == 0 else (reps[j], reps[i])
+                        break
+                if found:
+                    break
+            if found is None and domain in ("arithmetic", "tool") and ref is not None and reps and \
+                    all(V.score(r.content, sample) == 0.0 for r in reps):
+                found, source = (ref, reps[0]), "reference"
+            if found is None:
+                right = [r for r in reps if V.score(r.content, sample) == 1.0 and r.end]
+                base = (right or [r for r in reps if r.end] or ([ref] if ref else []))
+                bad = worse_variant(sample, base[0], domain, rng) if base else None
+                if bad is None and ref is not None and base and base[0] is not ref:
+                    base = [ref]
+                    bad = worse_variant(sample, ref, domain, rng)
+                if bad is not None:
+                    found, source = (base[0], bad), "perturbed"
+            if found is None:
+                continue
+            rec = {"system": domain, "domain": domain, "messages": sample["messages"], "chosen": found[0].to_json(),
+                   "rejected": found[1].to_json(), "source": source, "prompt_id": f"{group}{n}"}
+            if sample.get("tools"):
+                rec["tools"] = sample["tools"]
+            out.append(rec)
+    return out
+
+
 # ---- files and token ids -------------------------------------------------------------------------
 def _reply(value, where: str) -> Reply:
     if isinstance(value, str):
@@ -181,25 +273,15 @@ def read_pairs(path: str | Path) -> list[dict]:
     p = Path(path)
     if not p.is_file():
         raise PairError(f"pair file {p} does not exist")
-    out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PairError(f"{p}:{n}: not valid JSON ({e})") from None
-        out.append(check_pair(rec, f"{p}:{n}"))
+    lines = [n for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    out = [check_pair(rec, f"{p}:{n}") for n, rec in zip(lines, read_jsonl(p, PairError))]
     if not out:
         raise PairError(f"pair file {p} holds no pairs")
     return out
 
 
 def write_pairs(path: str | Path, pairs: list[dict]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for r in pairs:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    write_jsonl(path, pairs)
 
 
 def pair_domain(rec: dict) -> str:

@@ -1,35 +1,55 @@
-"""The alignment stage of the nano recipe: RM from judge pairs, online PPO rounds, and the SFT-vs-RL
-comparison with paired tests. Called by `puyu.recipes.nano` after its evaluation (one hook there).
+"""The alignment stage of the nano recipe: the conditional RM from judge pairs (reported per domain with
+Wilson intervals), then RL, then the SFT-vs-RL comparison with paired tests. Called by
+`puyu.recipes.nano` after its evaluation (one hook there).
+
+RL (`method`): "grpo" (default) is critic-free RL whose reward is the verifiable task score
+(`puyu.tasks.verifiable`: the arithmetic answer, the tool call's name and arguments) times turn-ending;
+"ppo" is online PPO rounds on the RM's reward (COOL RLHF). At nano scale the RM does not learn arithmetic
+correctness (README, alignment section), so PPO on its reward cannot teach arithmetic; GRPO's exact
+scorer can.
 
 Nano settings (`NanoAlignSection`) replace the published sizes (~400 iterations a round, lr 1e-6) so the
 stage takes minutes on a CPU; the published values stay the defaults of `puyu.rl.recipe`.
 
-Comparison: the SFT model (`<out>/chat`) and the RL model (`<out>/align/ppo/hf`) answer the same held-out
-prompts greedily: chat-template arithmetic on the recipe's held-out problems (never trained on), tool
-calls (right name and arguments), interpreter calls (right operands; not trained by RL, so it checks
-that RL does not lose it) and turn-ending. Every "better" / "not worse" claim comes with an exact
-McNemar test on the same items (`mcnemar`); "not worse" is stated only as "no significant loss"
-(p >= 0.05 for a loss), never as proven equivalence.
+Comparison: the SFT model (`<out>/chat`) and the RL model (`<out>/align/{grpo,ppo}/hf`) answer the same
+held-out items greedily through `puyu eval` (predictions in `<out>/align/eval/{sft,rl}/<task>/`):
+chat-template arithmetic on the recipe's held-out problems (task `arithmetic`, style chat, never trained
+on) and tool calls (task `tools`); interpreter calls (right operands; not trained by RL, so it checks that
+RL does not lose it) through the judge's greedy evaluation; turn-ending on each. Every "better" / "not
+worse" claim comes with an exact McNemar test on the same items (`puyu.eval.stats.mcnemar`); "not worse"
+is stated only as "no significant loss" (p >= 0.05 for a loss), never as proven equivalence.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from puyu.eval.stats import mcnemar
 from puyu.rl import common as C
 
 
 @dataclass
 class NanoAlignSection:
-    """Nano alignment settings. Off by default: at nano scale the stage does not yet improve the SFT model
-    and costs ~10 minutes (issue 13's closing note); `enabled: true` runs it."""
+    """Nano alignment settings. Off by default (`enabled: true` runs it): with these defaults GRPO beats
+    SFT on held-out chat arithmetic (35.8% -> 46.5%, McNemar p = 2.2e-5) in ~134 CPU seconds, but the RM
+    goal (>= 0.9 on every domain) is not met at nano scale (README, alignment section). `method`: "grpo" (critic-free RL on the verifiable task scores of
+    arithmetic and tool prompts) or "ppo" (the RM's reward, online rounds). `reward_model`: train and
+    report the conditional RM (always trained for ppo); its held-out set is `rm_held_out_prompts` prompts
+    of its own, the kinds in turn, so each domain gets about 100 pairs or more."""
 
     enabled: bool = False
+    method: str = "grpo"
+    reward_model: bool = False  # reported only (GRPO does not use it): ~376 CPU s, over the stage's budget
+    rm_held_out_prompts: int = 330
+    grpo_iterations: int = 100
+    grpo_prompts: int = 8
+    group_size: int = 8
+    grpo_lr: float = 3e-5
+    grpo_kl: float = 0.04
     judge_prompts: int = 240
     samples: int = 4
     rm_epochs: float = 4.0
@@ -51,17 +71,6 @@ class NanoAlignSection:
     eval_interpreter: int = 60
 
 
-def mcnemar(a: list[bool], b: list[bool]) -> dict:
-    """Exact two-sided McNemar test for paired outcomes of systems A and B on the same items:
-    n01 = items A got wrong and B right, n10 = the reverse; p = P(Binomial(n01 + n10, 1/2) as extreme)."""
-    n01 = sum((not x) and y for x, y in zip(a, b))
-    n10 = sum(x and (not y) for x, y in zip(a, b))
-    n = n01 + n10
-    k = min(n01, n10)
-    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
-    return {"a_only": n10, "b_only": n01, "p_value": p}
-
-
 def _verdict(test: dict, acc_a: float, acc_b: float) -> str:
     if acc_b > acc_a and test["p_value"] < 0.05:
         return "better (p < 0.05)"
@@ -71,14 +80,25 @@ def _verdict(test: dict, acc_a: float, acc_b: float) -> str:
 
 
 def align_recipe(sec: NanoAlignSection, out: Path, seed: int, threads, progress: bool):
-    from puyu.rl.recipe import AlignRecipe, PolicySection, PPOSection, PromptSection, RMSection
+    from puyu.errors import ConfigError
+    from puyu.rl.recipe import AlignRecipe, GRPOSection, PolicySection, PPOSection, PromptSection, RMSection
+
+    if sec.method not in ("grpo", "ppo"):
+        raise ConfigError(f"align.method must be grpo or ppo, got {sec.method!r}")
+    # GRPO trains on arithmetic prompts: a chat prompt's score is 1 for any plain reply (no signal), and at
+    # nano scale tool prompts gave no gain either (README); tool and interpreter calls are checked not lost
+    weights = {"arithmetic": 1.0} if sec.method == "grpo" else {"arithmetic": 0.6, "tool": 0.25, "chat": 0.15}
 
     return AlignRecipe(
         out_dir=str(out / "align"), seed=seed, device="cpu", threads=threads if isinstance(threads, int) else None,
         progress=progress, policy=PolicySection(init=str(out / "chat"), tokenizer=str(out / "tokenizer")),
-        prompts=PromptSection(exclude_file=str(out / "data" / "test_problems.json"), eval_n=60),
+        prompts=PromptSection(exclude_file=str(out / "data" / "test_problems.json"), eval_n=60, weights=weights),
         rm=RMSection(judge_prompts=sec.judge_prompts, samples=sec.samples, max_new_tokens=sec.max_new_tokens,
-                     epochs=sec.rm_epochs, lr=sec.rm_lr, batch_size=16),
+                     epochs=sec.rm_epochs, lr=sec.rm_lr, batch_size=16, held_out_prompts=sec.rm_held_out_prompts),
+        grpo=GRPOSection(task="verifiable", group_size=sec.group_size, prompts_per_iter=sec.grpo_prompts,
+                         iterations=sec.grpo_iterations, lr=sec.grpo_lr, kl_coef=sec.grpo_kl,
+                         max_new_tokens=sec.max_new_tokens, eval_every=sec.grpo_iterations,
+                         save_every=max(1, sec.grpo_iterations // 2)),
         ppo=PPOSection(rounds=sec.rounds, iterations=sec.iterations, prompts_per_iter=sec.prompts_per_iter,
                        minibatch=sec.prompts_per_iter, actor_lr=sec.actor_lr, critic_lr=sec.critic_lr,
                        critic_warmup=sec.critic_warmup, kl_coef=sec.kl_coef, ptx_coef=sec.ptx_coef,
@@ -88,70 +108,121 @@ def align_recipe(sec: NanoAlignSection, out: Path, seed: int, threads, progress:
                        slow_steps=sec.slow_steps))
 
 
-def compare(sft_dir: Path, rl_dir: Path, tok, problems, seed: int, n_tools: int, n_interp: int,
-            max_new_tokens: int) -> dict:
-    """SFT vs RL on the same held-out items (module docstring)."""
+EVAL_SETS = {  # name in the report -> (`puyu eval` task, its options)
+    "chat_arithmetic": ("arithmetic", {"style": "chat", "sizes": "100"}),
+    "tool_calls": ("tools", {}),
+}
+
+
+def eval_items(model_dir: Path, out: Path, seed: int, held_out: tuple[int, int], n_tools: int,
+               progress: bool = False) -> dict:
+    """Per-item results of `puyu eval` (greedy, local engine) on the comparison sets: {set: {id: row}}
+    where row has correct, ended (the turn stopped at a stop token, not the budget), length (tokens) and
+    reply. Predictions land in `out/<task>/predictions.jsonl`, as `puyu eval run` writes them.
+    `held_out`: the recipe's (test_small, test_big) counts; every one of the test_small problems is asked."""
+    from puyu.eval import get_task
+    from puyu.eval.backends import LocalBackend
+    from puyu.eval.runner import read_predictions, run_task
+    from puyu.eval.task import Context
+
+    backend = LocalBackend(str(model_dir), dtype="float32")
+    res = {}
+    try:
+        for name, (task_name, opts) in EVAL_SETS.items():
+            extra = ({"n": held_out[0], "test_small": held_out[0], "test_big": held_out[1]}
+                     if task_name == "arithmetic" else {"n": n_tools})
+            ctx = Context(seed=seed, options={**opts, **extra}, tokenizer=backend.tokenizer,
+                          model_config=backend.config)
+            d = run_task(get_task(task_name), backend, out, ctx, progress=progress, fresh=True)
+            res[name] = {r["id"]: {"correct": r["score"] == 1.0, "ended": r.get("finish_reason") == "stop",
+                                   "length": r.get("completion_tokens", 0), "reply": r["output"]}
+                         for r in read_predictions(d / "predictions.jsonl")}
+    finally:
+        backend.close()
+    return res
+
+
+def compare(sft_dir: Path, rl_dir: Path, tok, seed: int, held_out: tuple[int, int], n_tools: int, n_interp: int,
+            max_new_tokens: int, out: Path, progress: bool = False) -> dict:
+    """SFT vs RL on the same held-out items (module docstring): chat arithmetic and tool calls through
+    `puyu eval` (`out/{sft,rl}/<task>/predictions.jsonl`), interpreter calls through the judge's greedy
+    evaluation (no `puyu eval` task checks a call's operands without running it)."""
     from puyu.model.checkpoint import load_model
     from puyu.rl.rollout import make_engine
     from puyu.tasks import verifiable as V
 
     rng = random.Random(f"puyu-align-compare-{seed}")
-    sets = {"chat_arithmetic": [V.arithmetic_prompt(p) for p in problems],
-            "tool_calls": [V.tool_prompt(rng) for _ in range(n_tools)],
-            "interpreter_calls": [V.interpreter_prompt(rng) for _ in range(n_interp)]}
+    interp = [V.interpreter_prompt(rng) for _ in range(n_interp)]
     res: dict = {}
     for name, d in (("sft", sft_dir), ("rl", rl_dir)):
+        res[name] = eval_items(d, out / name, seed, held_out, n_tools, progress)
         model = load_model(d, dtype="float32", device="cpu")
         engine = make_engine(model, tok)
         try:
-            res[name] = {k: C.greedy_eval(engine, tok, s, max_new_tokens, items=True)["items"] for k, s in sets.items()}
+            items = C.greedy_eval(engine, tok, interp, max_new_tokens, items=True)["items"]
         finally:
             engine.close()
+        res[name]["interpreter_calls"] = {str(i): it for i, it in enumerate(items)}
     table = {}
-    for k in sets:
-        a, b = res["sft"][k], res["rl"][k]
+    for k in res["sft"]:
+        ids = sorted(set(res["sft"][k]) & set(res["rl"][k]))
+        a, b = [res["sft"][k][i] for i in ids], [res["rl"][k][i] for i in ids]
         for metric, pick in (("correct", lambda it: it["correct"] and it["ended"]), ("ended", lambda it: it["ended"])):
             xa, xb = [pick(i) for i in a], [pick(i) for i in b]
             acc_a, acc_b = sum(xa) / len(xa), sum(xb) / len(xb)
             t = mcnemar(xa, xb)
             table[f"{k}/{metric}"] = {"sft": acc_a, "rl": acc_b, "n": len(xa), **t, "verdict": _verdict(t, acc_a, acc_b)}
-    la = [i["length"] for k in sets for i in res["sft"][k]]
-    lb = [i["length"] for k in sets for i in res["rl"][k]]
+    la = [i["length"] for k in res["sft"] for i in res["sft"][k].values()]
+    lb = [i["length"] for k in res["rl"] for i in res["rl"][k].values()]
     length = {"sft": sum(la) / len(la), "rl": sum(lb) / len(lb)}
     length["growth"] = length["rl"] / max(length["sft"], 1e-9) - 1
-    examples = {k: [{"sft": res["sft"][k][i]["reply"], "rl": res["rl"][k][i]["reply"]} for i in range(3)] for k in sets}
+    examples = {k: [{"sft": res["sft"][k][i]["reply"], "rl": res["rl"][k][i]["reply"]} for i in sorted(res["sft"][k])[:3]]
+                for k in res["sft"]}
     return {"table": table, "length": length, "examples": examples}
 
 
 def run_nano_align(sec: NanoAlignSection, out: Path, seed: int, threads, progress: bool, resume: bool,
-                   problems) -> dict:
-    """RM, PPO rounds and the comparison; writes `<out>/align/report.md` and report.json."""
+                   held_out: tuple[int, int]) -> dict:
+    """The reward model (reported; the reward for ppo), GRPO or PPO rounds, and the comparison through
+    `puyu eval`; writes `<out>/align/report.md` and report.json (wall and CPU seconds per part)."""
     from puyu.model.tokenizer import load_tokenizer
+    from puyu.rl.grpo import run_grpo
     from puyu.rl.ppo import run_ppo
     from puyu.rl.rm_train import run_rm
 
     r = align_recipe(sec, out, seed, threads, progress)
     d = Path(r.out_dir)
-    t0 = time.perf_counter()
-    timings = {}
-    rm_done = d / "rm" / "report.json"
-    if resume and rm_done.exists() and (d / "rm" / "hf" / "config.json").exists():
-        rm_rep = json.loads(rm_done.read_text(encoding="utf-8"))
+    timings: dict = {}
+    cpu: dict = {}
+
+    def timed(name, fn):  # wall seconds, and CPU seconds of this process (the load-independent cost)
+        t, c = time.perf_counter(), time.process_time()
+        res = fn()
+        timings[name], cpu[name] = round(time.perf_counter() - t, 1), round(time.process_time() - c, 1)
+        return res
+
+    rm_rep = None
+    if sec.reward_model or sec.method == "ppo":
+        rm_done = d / "rm" / "report.json"
+        if resume and rm_done.exists() and (d / "rm" / "hf" / "config.json").exists():
+            rm_rep = json.loads(rm_done.read_text(encoding="utf-8"))
+        else:
+            rm_rep = timed("rm", lambda: run_rm(r))
+    if sec.method == "ppo":
+        rl = timed("ppo", lambda: run_ppo(r, resume=resume))
+        rl_dir, kl_end, rounds = d / "ppo" / "hf", (rl.get("last") or {}).get("kl"), rl.get("rounds")
     else:
-        rm_rep = run_rm(r)
-    timings["rm"] = round(time.perf_counter() - t0, 1)
-    t1 = time.perf_counter()
-    ppo = run_ppo(r, resume=resume)
-    timings["ppo"] = round(time.perf_counter() - t1, 1)
-    t2 = time.perf_counter()
+        rl = timed("grpo", lambda: run_grpo(r, resume=resume))
+        recs = [json.loads(x) for x in (d / "grpo" / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x]
+        last = next((m for m in reversed(recs) if m["kind"] == "train"), {})
+        rl_dir, kl_end, rounds = d / "grpo" / "hf", last.get("kl"), None
     tok = load_tokenizer(out / "tokenizer")
-    cmp_ = compare(out / "chat", d / "ppo" / "hf", tok, problems, seed, sec.eval_tools, sec.eval_interpreter,
-                   sec.max_new_tokens)
-    timings["compare"] = round(time.perf_counter() - t2, 1)
-    timings["total"] = round(time.perf_counter() - t0, 1)
-    last = ppo.get("last") or {}
-    report = {"rm": {k: rm_rep[k] for k in ("pairs", "train", "held_out", "sources", "accuracy")},
-              "rounds": ppo.get("rounds"), "kl_end": last.get("kl"), "compare": cmp_, "timings_s": timings}
+    cmp_ = timed("compare", lambda: compare(out / "chat", rl_dir, tok, seed, held_out, sec.eval_tools,
+                                            sec.eval_interpreter, sec.max_new_tokens, d / "eval", progress))
+    timings["total"], cpu["total"] = round(sum(timings.values()), 1), round(sum(cpu.values()), 1)
+    report = {"method": sec.method,
+              "rm": {k: rm_rep[k] for k in ("pairs", "train", "held_out", "sources", "accuracy")} if rm_rep else None,
+              "rounds": rounds, "kl_end": kl_end, "compare": cmp_, "timings_s": timings, "cpu_s": cpu}
     (d / "report.json").write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
     _write_md(d / "report.md", report)
     return report
@@ -159,25 +230,33 @@ def run_nano_align(sec: NanoAlignSection, out: Path, seed: int, threads, progres
 
 def _write_md(path: Path, rep: dict) -> None:
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
-    acc = rep["rm"]["accuracy"]
     lines = ["# nano alignment report", "",
-             "Reward model, then online PPO rounds, then SFT vs RL on the same held-out items (greedy).", "",
-             "## Reward model: held-out pairwise accuracy", "",
-             "| domain | accuracy | pairs |", "|---|---|---|",
-             *[f"| {dname} | {pct(v['accuracy'])} | {v['n']} |" for dname, v in acc["domains"].items()],
-             f"| overall | {pct(acc['overall'])} | {acc['n']} |", "",
-             f"Pair sources (domain/source): {rep['rm']['sources']}", "", "## Rounds", ""]
-    for rd in rep["rounds"] or []:
-        h = rd.get("hacking")
-        det = "-" if h is None else ("detected: " + "; ".join(h["reasons"]) if h["detected"] else "not detected")
-        u = rd["rm_update"]
-        lines.append(f"- round {rd['round']}: hacking {det}; RM update: {u['path']} path, {u['pairs']} pairs, {u['steps']} steps")
-    lines += ["", "## SFT vs RL (same items, exact McNemar test)", "",
+             ("Reward model, then online PPO rounds" if rep["method"] == "ppo" else
+              "Reward model (reported), then GRPO on the verifiable task scores")
+             + ", then SFT vs RL on the same held-out items (greedy, `puyu eval`).", ""]
+    if rep["rm"]:
+        acc = rep["rm"]["accuracy"]
+        lines += ["## Reward model: held-out pairwise accuracy", "",
+                  "| domain | accuracy | 95% Wilson | pairs |", "|---|---|---|---|",
+                  *[f"| {dname} | {pct(v['accuracy'])} | {pct(v['ci95'][0])}-{pct(v['ci95'][1])} | {v['n']} |"
+                    for dname, v in acc["domains"].items()],
+                  f"| overall | {pct(acc['overall'])} | {pct(acc['ci95'][0])}-{pct(acc['ci95'][1])} | {acc['n']} |",
+                  "", f"Pair sources (domain/source): {rep['rm']['sources']}", ""]
+    if rep["rounds"]:
+        lines += ["## Rounds", ""]
+        for rd in rep["rounds"]:
+            h = rd.get("hacking")
+            det = "-" if h is None else ("detected: " + "; ".join(h["reasons"]) if h["detected"] else "not detected")
+            u = rd["rm_update"]
+            lines.append(f"- round {rd['round']}: hacking {det}; RM update: {u['path']} path, {u['pairs']} pairs, "
+                         f"{u['steps']} steps")
+        lines.append("")
+    lines += ["## SFT vs RL (same items, exact McNemar test)", "",
               "| metric | SFT | RL | n | SFT only | RL only | p | verdict |", "|---|---|---|---|---|---|---|---|",
               *[f"| {k} | {pct(v['sft'])} | {pct(v['rl'])} | {v['n']} | {v['a_only']} | {v['b_only']} | "
                 f"{v['p_value']:.3f} | {v['verdict']} |" for k, v in rep["compare"]["table"].items()],
               "", f"Mean reply length (tokens): SFT {rep['compare']['length']['sft']:.1f}, RL "
               f"{rep['compare']['length']['rl']:.1f} ({100 * rep['compare']['length']['growth']:+.1f}%).",
               f"KL to the reference at the end (per reply, nats): {rep['kl_end']}", "",
-              f"Seconds: {rep['timings_s']}", ""]
+              f"Wall seconds: {rep['timings_s']}", f"CPU seconds (this process): {rep['cpu_s']}", ""]
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -35,10 +35,14 @@ from pathlib import Path
 
 import torch
 
+from puyu.errors import ConfigError
 from puyu.rl import common as C
 from puyu.rl import losses as L
 from puyu.rl.recipe import AlignRecipe, PPOSection
 from puyu.rl.rollout import SeqBatch, seq_batch, token_logprobs, token_values
+from puyu.tasks.jsonl import read_jsonl
+from puyu.train import distributed as D
+from puyu.train.optim import build_optimizer
 
 
 # ---- one PPO update on a batch of rollouts -------------------------------------------------------
@@ -116,7 +120,8 @@ def ppo_update(actor, critic, ref, opt_actor, opt_critic, batch: SeqBatch, score
             stats["clip_frac"].append(frac_part)
             stats["entropy"].append(ent_part)
     keys = list(stats)
-    flat = C.reduce_sum([x for k in keys for x in stats[k]], info)  # per-minibatch shares summed over processes
+    flat = D.all_reduce_sum(torch.tensor([x for k in keys for x in stats[k]], dtype=torch.float64,
+                                         device=next(actor.parameters()).device), info).tolist()  # shares summed
     pos = 0
     for k in keys:
         stats[k], pos = flat[pos:pos + len(stats[k])], pos + len(stats[k])
@@ -141,11 +146,9 @@ def ptx_sampler(tok, files: list[str], batch: int, seed: int, device):
 
     convs = []
     for f in files:
-        for line in Path(f).read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                if "messages" in rec:
-                    convs.append(chat_tokens(tok, rec["messages"], rec.get("tools"), rec.get("interpreter")))
+        for rec in read_jsonl(f, ConfigError):
+            if isinstance(rec, dict) and "messages" in rec:
+                convs.append(chat_tokens(tok, rec["messages"], rec.get("tools"), rec.get("interpreter")))
     if not convs:
         return None
     rng = random.Random(f"puyu-ptx-{seed}")
@@ -289,11 +292,12 @@ def _run_ppo(r: AlignRecipe, p: PPOSection, info, resume: bool, stop_after: int 
     critic = C.frozen_copy(rm)  # a copy of the RM, then made trainable: the critic
     for prm in critic.parameters():
         prm.requires_grad_(True)
+    actor, critic, rm = C.trainable(actor, r), C.trainable(critic, r), C.trainable(rm, r)
     critic.train()
     actor.eval()
-    opt_a = C.adamw(actor.parameters(), p.actor_lr)
-    opt_c = C.adamw(critic.parameters(), p.critic_lr)
-    opt_rm = C.adamw(rm.parameters(), r.rm.lr)
+    opt_a = build_optimizer(actor, p.actor_lr, weight_decay=0.0)
+    opt_c = build_optimizer(critic, p.critic_lr, weight_decay=0.0)
+    opt_rm = build_optimizer(rm, r.rm.lr, weight_decay=0.0)
     moments = L.RunningMoments()
     rounds: list[dict] = []
     metrics = MetricsLog(out / "metrics.jsonl", enabled=main)
@@ -402,8 +406,8 @@ def _run_ppo(r: AlignRecipe, p: PPOSection, info, resume: bool, stop_after: int 
                     "hf_dir": str(out / "hf"), "world_size": info.world_size})
     if not main:
         return summary
-    save_pretrained(actor, out / "hf", tokenizer=tok)
-    save_reward_model(rm, out / "rm_hf", tok)
+    save_pretrained(C.plain(actor), out / "hf", tokenizer=tok)
+    save_reward_model(C.plain(rm), out / "rm_hf", tok)
     (out / "rounds.json").write_text(json.dumps(rounds, indent=1) + "\n", encoding="utf-8")
     plot_rl(out / "metrics.jsonl", out / "ppo.png", "PPO")
     recs = read_metrics(out / "metrics.jsonl")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from puyu.errors import ConfigError
+from puyu.rl.lora import LoRASection
 
 
 @dataclass
@@ -37,7 +38,9 @@ class PromptSection:
 class RMSection:
     """Reward model. `init`: an existing reward-model directory to continue from (None: the policy's
     body with a zero `v_head`, as released). `pairs`: JSONL pair files; `judge_prompts`: prompts whose
-    `samples` policy replies the judge turns into pairs (0: none). Loss (report 4.3): Bradley-Terry, focal
+    `samples` policy replies the judge turns into pairs (0: none), one per domain of the prompt's kind with
+`per_domain`. Held out: a seeded `held_out` share of the prompts, or with `held_out_prompts` > 0 the
+pairs of that many separate held-out prompts (arithmetic from `prompts.exclude_file`). Loss (report 4.3): Bradley-Terry, focal
     weight, log barrier 0.02 on (-5, 5); lr 2e-5, one epoch."""
 
     init: str | None = None
@@ -48,6 +51,8 @@ class RMSection:
     temperature: float = 1.0
     max_new_tokens: int = 32
     held_out: float = 0.2
+    held_out_prompts: int = 0  # > 0: held-out pairs from this many prompts of their own (not a share)
+    per_domain: bool = True  # judge pairs: one per domain of each prompt's kind (False: one per prompt)
     epochs: float = 1.0
     batch_size: int = 16
     lr: float = 2e-5
@@ -147,10 +152,13 @@ class AlignRecipe:
     ppo: PPOSection = field(default_factory=PPOSection)
     dpo: DPOSection = field(default_factory=DPOSection)
     grpo: GRPOSection = field(default_factory=GRPOSection)
+    lora: LoRASection = field(default_factory=LoRASection)  # LoRA adapters for the trained models (peft)
 
     def validate(self) -> None:
         if not self.policy.init:
             raise ConfigError("set policy.init (the SFT model directory)")
+        if self.lora.enabled:
+            self.lora.validate()
         if not 0 <= self.rm.held_out < 1 or not 0 <= self.dpo.held_out < 1:
             raise ConfigError("rm.held_out and dpo.held_out must be within [0, 1)")
         if self.grpo.baseline not in ("grpo", "rloo"):

@@ -36,16 +36,15 @@ from puyu.model.transformer import InternLM2ForCausalLM, InternLM2Model
 RELEASED_REWARD_TOKEN_ID = 92527  # `[UNUSED_TOKEN_130]`, config.json of internlm2-*-reward
 RELEASED_REWARD_PIECE = "[UNUSED_TOKEN_130]"
 
-# Domain rubrics, prepended as a system turn (xtuner's conditional prompts end "Here is the conversation:").
+# Domain rubrics, prepended as a system turn (COOL RLHF conditions the one RM on a system prompt; xtuner's
+# conditional prompts are a sentence or two). Kept to one short sentence each: the rubric is read with
+# every scored reply, so at nano scale its length is most of the RM's cost (a 40-token rubric made a
+# 69-token arithmetic input; these make it 42).
 DOMAINS = {
-    "arithmetic": "You are a judge of arithmetic correctness. Prefer the reply whose numeric answer is "
-                  "right. Here is the conversation:",
-    "format": "You are a judge of format. Prefer the reply that answers and then ends its turn cleanly "
-              "with the end-of-turn marker instead of rambling on. Here is the conversation:",
-    "tool": "You are a judge of tool use. Prefer the reply that calls the right tool with valid JSON and "
-            "the right arguments. Here is the conversation:",
-    "concise": "You are a judge of concision. Of two correct replies, prefer the shorter. Here is the "
-               "conversation:",
+    "arithmetic": "Judge: is the numeric answer right?",
+    "format": "Judge: does the reply end its turn cleanly, without rambling?",
+    "tool": "Judge: is the tool call valid JSON with the right tool and arguments?",
+    "concise": "Judge: of two right replies, prefer the shorter.",
 }
 
 

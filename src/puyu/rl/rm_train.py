@@ -20,15 +20,25 @@ from pathlib import Path
 import torch
 
 from puyu.rl import common as C
-from puyu.rl.judge import Reply, build_pairs, pair_domain, pair_ids, read_pairs, write_pairs
+from puyu.rl.judge import (
+    Reply,
+    build_domain_pairs,
+    build_pairs,
+    pair_domain,
+    pair_ids,
+    read_pairs,
+    write_pairs,
+)
 from puyu.rl.losses import bradley_terry_loss
 from puyu.rl.recipe import AlignRecipe
 from puyu.rl.reward_model import RewardModel, pad_batch, save_reward_model
+from puyu.train.optim import build_optimizer
 
 
 def judge_pairs(actor, tok, samples: list[dict], k: int, max_new_tokens: int, temperature: float, seed: int,
-                engine=None, max_turns: int = 1) -> list[dict]:
-    """K sampled replies per prompt from `actor` through the engine, turned into pairs by the judge."""
+                engine=None, max_turns: int = 1, per_domain: bool = False, group: str = "") -> list[dict]:
+    """K sampled replies per prompt from `actor` through the engine, turned into pairs by the judge: one
+    pair per prompt (`build_pairs`), or with `per_domain` one per domain of its kind (`build_domain_pairs`)."""
     from puyu.engine.sampling import SamplingParams
     from puyu.rl.rollout import generate_rollouts, make_engine
 
@@ -42,15 +52,21 @@ def judge_pairs(actor, tok, samples: list[dict], k: int, max_new_tokens: int, te
         if own:
             engine.close()
     replies: list[list[Reply]] = [[ro.first_reply for ro in ros[i * k:(i + 1) * k]] for i in range(len(samples))]
+    if per_domain:
+        return build_domain_pairs(samples, replies, seed, group)
     return build_pairs(samples, replies, seed)
 
 
 def split_pairs(pairs: list[dict], held_out: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Seeded split: (train, held-out)."""
-    idx = list(range(len(pairs)))
-    random.Random(f"puyu-rm-split-{seed}").shuffle(idx)
-    n_out = int(round(len(pairs) * held_out))
-    out = set(idx[:n_out])
+    """Seeded split: (train, held-out), by prompt: pairs sharing a `prompt_id` (the domains of one
+    prompt's replies) fall on the same side; pairs without one are split one by one."""
+    groups: dict = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault(p.get("prompt_id", f"#{i}"), []).append(i)
+    keys = list(groups)
+    random.Random(f"puyu-rm-split-{seed}").shuffle(keys)
+    n_out = int(round(len(keys) * held_out))
+    out = {i for k in keys[:n_out] for i in groups[k]}
     return [p for i, p in enumerate(pairs) if i not in out], [p for i, p in enumerate(pairs) if i in out]
 
 
@@ -95,7 +111,9 @@ def train_rm_steps(rm: RewardModel, optimizer, data: list[tuple], steps: int, ba
 
 @torch.no_grad()
 def pairwise_accuracy(rm: RewardModel, data: list[tuple], batch_size: int = 32) -> dict:
-    """Held-out accuracy per domain and overall, with the chosen and rejected scores."""
+    """Held-out accuracy per domain and overall, each with its 95% Wilson interval (`ci95`), and the
+    chosen and rejected scores."""
+    from puyu.eval.stats import wilson
     from puyu.rl.reward_model import score_ids
 
     rm.eval()
@@ -104,9 +122,11 @@ def pairwise_accuracy(rm: RewardModel, data: list[tuple], batch_size: int = 32) 
     by: dict[str, list] = {}
     for (_, _, d), a, b in zip(data, sc, sr):
         by.setdefault(d, []).append((a, b))
-    res = {"overall": sum(a > b for a, b in zip(sc, sr)) / max(len(data), 1), "n": len(data), "domains": {}}
+    wins = sum(a > b for a, b in zip(sc, sr))
+    res = {"overall": wins / max(len(data), 1), "n": len(data), "ci95": list(wilson(wins, len(data))), "domains": {}}
     for d, v in sorted(by.items()):
-        res["domains"][d] = {"accuracy": sum(a > b for a, b in v) / len(v), "n": len(v),
+        w = sum(a > b for a, b in v)
+        res["domains"][d] = {"accuracy": w / len(v), "n": len(v), "ci95": list(wilson(w, len(v))),
                              "chosen_mean": sum(a for a, _ in v) / len(v), "rejected_mean": sum(b for _, b in v) / len(v)}
     res["scores"] = {d: {"chosen": [a for a, _ in v], "rejected": [b for _, b in v]} for d, v in by.items()}
     return res
@@ -150,22 +170,29 @@ def run_rm(r: AlignRecipe) -> dict:
     out = C.start_stage(r, "rm")
     t0 = time.perf_counter()
     tok, actor = C.load_policy(r)
-    rm = C.reward_model_for(r, actor, tok)
+    rm = C.trainable(C.reward_model_for(r, actor, tok), r)
     pairs: list[dict] = []
     for f in r.rm.pairs:
         pairs += read_pairs(f)
     n_file = len(pairs)
     if r.rm.judge_prompts > 0:
         samples = C.train_prompts(r, r.rm.judge_prompts, "rm")
-        pairs += judge_pairs(actor.eval(), tok, samples, r.rm.samples, r.rm.max_new_tokens, r.rm.temperature, r.seed)
+        pairs += judge_pairs(actor.eval(), tok, samples, r.rm.samples, r.rm.max_new_tokens, r.rm.temperature, r.seed,
+                             per_domain=r.rm.per_domain, group="train-")
     if len(pairs) < 2:
         raise C.ConfigError("the reward model needs pairs: list rm.pairs files or set rm.judge_prompts")
-    train, held = split_pairs(pairs, r.rm.held_out, r.seed)
+    if r.rm.held_out_prompts > 0:  # a held-out set of its own: prompts never trained on, kinds balanced
+        train = pairs
+        held = judge_pairs(actor.eval(), tok, C.eval_prompts(r, r.rm.held_out_prompts, "rm-held-out"), r.rm.samples,
+                           r.rm.max_new_tokens, r.rm.temperature, r.seed + 1, per_domain=r.rm.per_domain,
+                           group="held-")
+    else:
+        train, held = split_pairs(pairs, r.rm.held_out, r.seed)
     write_pairs(out / "pairs.jsonl", [{**p, "split": "train"} for p in train] + [{**p, "split": "held_out"} for p in held])
     tr_data = encode_pairs(tok, train, rm.reward_token_id)
     ho_data = encode_pairs(tok, held, rm.reward_token_id)
     steps = max(1, math.ceil(len(tr_data) * r.rm.epochs / r.rm.batch_size))
-    opt = C.adamw(rm.parameters(), r.rm.lr, r.rm.weight_decay)
+    opt = build_optimizer(rm, r.rm.lr, weight_decay=r.rm.weight_decay)
     metrics = MetricsLog(out / "metrics.jsonl")
     metrics.reset()
     C.log("rm", f"{len(pairs)} pairs ({n_file} from files), {len(train)} train / {len(held)} held out; "
@@ -174,7 +201,7 @@ def run_rm(r: AlignRecipe) -> dict:
     train_rm_steps(rm, opt, tr_data, steps, r.rm.batch_size, r.seed, r.rm.focal, r.rm.barrier_weight, r.rm.bound,
                    on_step=lambda s, rec: metrics.log("train", s, **rec))
     acc = pairwise_accuracy(rm, ho_data) if ho_data else pairwise_accuracy(rm, tr_data)
-    save_reward_model(rm, out / "hf", tok)
+    save_reward_model(C.plain(rm), out / "hf", tok)
     plot_scores(acc, out / "scores.png")
     src = {}
     for p in pairs:

@@ -18,6 +18,8 @@ import json
 import random
 from dataclasses import dataclass
 
+from puyu.tasks.jsonl import write_jsonl  # noqa: F401  (re-exported: the recipes write their data with it)
+
 # ---- arithmetic ----------------------------------------------------------------------------------
 OPS = ("+", "-")
 
@@ -333,7 +335,3 @@ def chat_records(rng: random.Random, n: int, exclude: set[Problem], doc_facts: l
     return out
 
 
-def write_jsonl(path, records: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")

@@ -15,7 +15,8 @@ import json
 import random
 import re
 
-from puyu.model.chat_format import ACTION_END, ACTION_START, PLUGIN
+from puyu.model.chat_format import ACTION_START
+from puyu.model.tool_calls import InterpreterCall, PluginCall, parse_turn
 from puyu.tasks.synthetic import ARITH_QUESTIONS, CITIES, GREETINGS, SYSTEM, TOOLS, Problem, _training_problem
 
 KINDS = ("arithmetic", "tool", "chat")
@@ -79,25 +80,17 @@ def arithmetic_score(prediction: str, sample: dict) -> float:
 
 
 def parse_plugin_call(prediction: str) -> dict | None:
-    """The first plugin call of a reply as {"name", "arguments"}, or None when there is none or it is
-    malformed (markers missing, JSON invalid, no name). Accepts "parameters" or "arguments"."""
-    start = prediction.find(ACTION_START + PLUGIN)
-    if start < 0:
+    """The plugin call of a reply as {"name", "arguments"}, or None when it makes none or the call is
+    malformed (invalid JSON, no name, arguments not an object, or no closing `<|action_end|>`). Read with
+    the shared parser `puyu.model.tool_calls.parse_turn`, the one the agent and the evaluation scorers
+    use: a fenced JSON body, "parameters" or "arguments", and arguments given as a JSON string are all
+    accepted. The one deliberate difference from the evaluation: an unclosed call (which the agent still
+    executes, and `puyu eval` scores) earns no reward, so RL never teaches the model to drop the marker."""
+    turn = parse_turn(prediction)
+    action = turn.action
+    if not isinstance(action, PluginCall) or not turn.closed:
         return None
-    body = prediction[start + len(ACTION_START + PLUGIN):]
-    end = body.find(ACTION_END)
-    if end < 0:
-        return None
-    try:
-        call = json.loads(body[:end].strip())
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-        return None
-    args = call.get("parameters", call.get("arguments", {}))
-    if not isinstance(args, dict):
-        return None
-    return {"name": call["name"], "arguments": args}
+    return {"name": action.name, "arguments": action.arguments}
 
 
 def tool_call_score(prediction: str, sample: dict) -> float:
@@ -150,13 +143,10 @@ def interpreter_prompt(rng: random.Random) -> dict:
 
 def interpreter_call_score(prediction: str, sample: dict) -> float:
     """1.0 when the reply opens an interpreter action whose code contains every expected operand."""
-    from puyu.model.chat_format import INTERPRETER
-
-    start = prediction.find(ACTION_START + INTERPRETER)
-    if start < 0:
+    action = parse_turn(prediction).action
+    if not isinstance(action, InterpreterCall):
         return 0.0
-    code = prediction[start:].split(ACTION_END)[0]
-    nums = set(_INT.findall(code))
+    nums = set(_INT.findall(action.code))
     return float(all(op in nums for op in sample["operands"]))
 
 

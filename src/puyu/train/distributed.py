@@ -126,8 +126,9 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def all_reduce_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.distributed:
+def all_reduce_sum(x: torch.Tensor, info: DistInfo | None) -> torch.Tensor:
+    """`x` summed over processes, in place (unchanged with one process or `info` None)."""
+    if info is not None and info.distributed:
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x
 

@@ -1,4 +1,5 @@
-"""The action parser: whole turns, every split point of streamed turns, and malformed actions."""
+"""The shared action parser (`puyu.model.tool_calls`): whole turns, every split point of streamed turns,
+and malformed actions; `puyu.agent.protocol` re-exports the same objects."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import random
 
 import pytest
 
-from puyu.agent.protocol import (
+from puyu.model.chat_format import interpreter_action, plugin_action, render_chat
+from puyu.model.tool_calls import (
     ACTION_END,
     ACTION_START,
     ALIASES,
@@ -20,7 +22,6 @@ from puyu.agent.protocol import (
     StreamParser,
     parse_turn,
 )
-from puyu.model.chat_format import interpreter_action, plugin_action, render_chat
 
 PLUGIN_TURN = (f'I will look it up.\n{ACTION_START}{PLUGIN}\n{{"name": "get_weather", "parameters": '
                f'{{"city": "Shanghai", "days": 3}}}}{ACTION_END}{IM_END}')
@@ -180,3 +181,10 @@ def test_replayed_action_with_or_without_the_newline_parses_alike(between):
     assert replay.endswith(plugin_action("get_weather", args) + "\n<|im_end|>\n")
     t2 = parse_turn(replay.split(f"{IM_START}assistant\n", 1)[1])
     assert (t2.action.name, t2.action.arguments) == ("get_weather", args)
+
+
+def test_agent_protocol_reexports_the_shared_parser():
+    import puyu.agent.protocol as P
+    import puyu.model.tool_calls as M
+
+    assert P.parse_turn is M.parse_turn and P.StreamParser is M.StreamParser and P.PluginCall is M.PluginCall
