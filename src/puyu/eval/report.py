@@ -45,7 +45,9 @@ def summarise(d: Path) -> dict:
                  "expected_samples": run.get("n_samples"), "repeats": k,
                  "complete": run.get("n_samples") == len(by_id) and all(len(v) >= k for v in by_id.values()),
                  "pass@1": accuracy(list(per_id.values())),
-                 "empty_outputs": sum(not (r.get("output") or "").strip() for r in rows)}
+                 "empty_outputs": sum(not (r.get("output") or "").strip() and not r.get("error") for r in rows),
+                 "context_errors": sum(bool(r.get("error")) for r in rows),
+                 "capped": sum(r.get("capped_max_new_tokens") is not None for r in rows)}
     if k > 1:
         full = {i: rs for i, rs in by_id.items() if len(rs) >= k}
         out[f"pass@{k}"] = accuracy([pass_at_k(len(rs), sum(r["score"] >= 1 for r in rs), k) for rs in full.values()])
@@ -77,7 +79,8 @@ def summarise(d: Path) -> dict:
     if out["task"] == "needle" and rows:
         out["needle"] = _needle(d, rows, run)
     out["failures"] = [{"id": r["id"], "output": (r.get("output") or "")[:300], "extracted": r.get("extracted"),
-                        "reference": _reference(r.get("record") or {})} for r in rows if r["score"] < 1][:5]
+                        "reference": _reference(r.get("record") or {}), **({"error": r["error"]} if r.get("error") else {})}
+                       for r in rows if r["score"] < 1][:5]
     return out
 
 
@@ -211,6 +214,10 @@ def markdown(tasks: list[dict], bars: bool = True) -> str:
             notes.append(f"incomplete ({t['n_samples']}/{t['expected_samples']})")
         if t["empty_outputs"]:
             notes.append(f"{t['empty_outputs']} empty outputs")
+        if t.get("context_errors"):
+            notes.append(f"{t['context_errors']} prompts longer than the context (scored 0)")
+        if t.get("capped"):
+            notes.append(f"{t['capped']} completions capped at the room left in the context")
         if "agent" in t:
             a = t["agent"]
             ok = "n/a" if a["calls_without_error"] is None else f"{100 * a['calls_without_error']:.0f}%"
@@ -235,6 +242,9 @@ def markdown(tasks: list[dict], bars: bool = True) -> str:
         if t["failures"]:
             lines += ["Failures (first few):", ""]
             for f in t["failures"]:
+                if f.get("error"):
+                    lines.append(f"- `{f['id']}`: error: {f['error'][:200]}")
+                    continue
                 lines.append(f"- `{f['id']}`: output {json.dumps(f['output'][:160], ensure_ascii=False)}, "
                              f"extracted {f['extracted']!r}, reference {json.dumps(f['reference'][-80:], ensure_ascii=False)}")
             lines.append("")

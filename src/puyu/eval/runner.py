@@ -179,17 +179,22 @@ def _generate(task: Task, backend, todo: list[tuple[Sample, int]], gen: dict, pa
     _drop_torn_tail(path)
     lock = threading.Lock()
     bar = tqdm(total=len(todo), desc=task.name, disable=not progress, dynamic_ncols=True)
-    empty = [0]
+    empty, errors = [0], [0]
     with open(path, "a", encoding="utf-8") as f:
         def on_done(item, res):
             s, rep = item
-            if getattr(task, "loglik", False):
+            if res.get("error"):  # the prompt did not fit the context: recorded, scored 0
+                scored = {"extracted": None, "score": 0.0, "details": {}}
+            elif getattr(task, "loglik", False):
                 scored = {"extracted": None, "score": task.score(res["output"], s.record), "details": {}}
             else:
                 scored = score_row(task, res["output"], s.record)
             row = {"id": s.id, "repeat": rep, "groups": s.groups, "record": s.record, **res, **scored}
             with lock:
-                empty[0] += not res["output"].strip()
+                if res.get("error"):
+                    errors[0] += 1
+                else:
+                    empty[0] += not res["output"].strip()
                 f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
                 f.flush()
                 bar.update(1)
@@ -213,7 +218,10 @@ def _generate(task: Task, backend, todo: list[tuple[Sample, int]], gen: dict, pa
                 backend.generate(todo, gen, on_done)
         finally:
             bar.close()
-    if empty[0]:
-        import sys
+    import sys
 
+    if errors[0]:
+        print(f"warning: {task.name}: {errors[0]} of {len(todo)} prompts do not fit the model's context "
+              "(recorded with their error, scored 0)", file=sys.stderr)
+    if empty[0]:
         print(f"warning: {task.name}: {empty[0]} of {len(todo)} generations were empty (scored 0)", file=sys.stderr)

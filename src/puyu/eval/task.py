@@ -48,6 +48,9 @@ class Sample:
     tools: list[dict] | None = None
     groups: dict = field(default_factory=dict)
     max_new_tokens: int | None = None  # overrides the task's
+    # True for prompts that go past the model's context on purpose (the needle grid's lengths beyond the
+    # trained length): the local backend sends them as they are, neither capped nor refused
+    beyond_context: bool = False
 
 
 @dataclass
