@@ -209,8 +209,14 @@ class APIBackend:
     def __init__(self, base_url: str, *, api_key: str | None = None, model_name: str | None = None,
                  concurrency: int = 8, timeout: float = 120.0, retries: int = 5, backoff: float = 0.5,
                  tokenizer=None):
+        from urllib.parse import urlparse
+
         import httpx
 
+        u = urlparse(base_url)
+        if u.scheme not in ("http", "https") or not u.netloc:
+            raise EvalError(f"--api-base {base_url!r} is not an http:// or https:// URL "
+                            "(e.g. http://127.0.0.1:8000/v1)")
         self.base = base_url.rstrip("/")
         if not self.base.endswith("/v1"):
             self.base += "/v1"
@@ -264,6 +270,8 @@ class APIBackend:
         for attempt in range(self.retries + 1):
             try:
                 r = self.client.request(method, url, json=body)
+            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as e:  # retrying cannot help
+                raise EvalError(f"{url}: {type(e).__name__}: {e}") from e
             except (httpx.TimeoutException, httpx.TransportError) as e:
                 last = f"{type(e).__name__}: {e}"
                 wait = None

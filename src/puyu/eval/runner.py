@@ -11,6 +11,7 @@ every line from its raw output without generating (after a scorer fix).
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -20,7 +21,10 @@ from puyu.eval.task import Context, EvalError, Sample, Task
 
 
 def task_dir(out: Path, task: Task, interpreter: bool, label: str | None = None) -> Path:
-    """`<task>[+interpreter][@label]`: a label keeps variants apart (e.g. needle@dynamic-ntk)."""
+    """`<task>[+interpreter][@label]`: a label keeps variants apart (e.g. needle@dynamic-ntk). A label
+    is one folder-name word (letters, digits, `.`, `_`, `-`): `a/b` would nest a folder the report skips."""
+    if label is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", label):
+        raise EvalError(f"--label {label!r}: use letters, digits, '.', '_' and '-' only (it names a folder)")
     return out / (task.name + ("+interpreter" if interpreter else "") + (f"@{label}" if label else ""))
 
 
@@ -51,10 +55,14 @@ def score_row(task: Task, output: str, record: dict) -> dict:
 def generation_settings(task: Task, repeats: int, temperature: float | None, seed: int,
                         max_new_tokens: int | None) -> dict:
     g = task.generation
+    if temperature is not None and temperature < 0:
+        raise EvalError(f"--temperature must be at least 0 (0 = greedy), got {temperature:g}")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise EvalError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     temp = (g.temperature if temperature is None else temperature) if repeats > 1 else (temperature or 0.0)
     if repeats > 1 and temp <= 0:
         raise EvalError("--repeats K > 1 with greedy decoding gives K identical answers; use a temperature > 0")
-    return {"max_new_tokens": max_new_tokens or g.max_new_tokens, "temperature": temp,
+    return {"max_new_tokens": g.max_new_tokens if max_new_tokens is None else max_new_tokens, "temperature": temp,
             "top_p": g.top_p if temp > 0 else 1.0, "stop": list(g.stop), "seed": seed, "repeats": repeats}
 
 
@@ -86,7 +94,12 @@ def run_task(task: Task, backend, out: Path, ctx: Context, *, repeats: int = 1, 
         for f in (pred_path, d / "run.json"):
             f.unlink(missing_ok=True)
     created = not d.exists()
-    d.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # --out is a file, or DIR/<task> is one
+        raise EvalError(f"cannot create the output folder {d}: {e.strerror or e}"
+                        + (f" ({e.filename} is a file)" if isinstance(e, (FileExistsError, NotADirectoryError))
+                           else "")) from e
     rows = read_predictions(pred_path)
     if rescore:
         _rescore(task, pred_path, rows)
