@@ -68,7 +68,8 @@ def generation_settings(task: Task, repeats: int, temperature: float | None, see
 
 def run_task(task: Task, backend, out: Path, ctx: Context, *, repeats: int = 1, temperature: float | None = None,
              max_new_tokens: int | None = None, rescore: bool = False, progress: bool = True,
-             agent: dict | None = None, label: str | None = None, fresh: bool = False) -> Path:
+             agent: dict | None = None, label: str | None = None, fresh: bool = False,
+             samples: list[Sample] | None = None) -> Path:
     """Generate what is missing, score, and write run.json; returns the task's folder.
 
     Resuming is only for the same run: when the folder holds predictions made with another model,
@@ -84,7 +85,8 @@ def run_task(task: Task, backend, out: Path, ctx: Context, *, repeats: int = 1, 
     d = task_dir(out, task, interpreter, label)
     pred_path = d / "predictions.jsonl"
     gen = generation_settings(task, repeats, temperature, ctx.seed, max_new_tokens)
-    samples = task.samples(ctx)
+    if samples is None:  # `samples`: task.samples(ctx) already built (puyu eval run checks every task first)
+        samples = task.samples(ctx)
     by_id = {s.id: s for s in samples}
     if len(by_id) != len(samples):
         raise EvalError(f"{task.name}: sample ids are not unique")

@@ -74,6 +74,7 @@ class Task:
     backends = ("local", "api")
     interpreter_ok = True  # whether --interpreter applies (chat samples answered in text)
     options: tuple[str, ...] = ()  # the `--option KEY=VALUE` keys this task reads
+    data = ""  # "required": needs `--data`; "optional": reads it when given; "": reads none
 
     def samples(self, ctx: Context) -> list[Sample]:
         raise NotImplementedError
