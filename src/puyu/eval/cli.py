@@ -196,7 +196,13 @@ def _run(args) -> int:
                           tokenizer=getattr(backend, "tokenizer", None),
                           model_config=getattr(backend, "config", None), options=options,
                           interpreter=args.interpreter)
-            planned.append((task, ctx, task.samples(ctx)))
+            samples = task.samples(ctx)
+            if args.limit is not None and len(samples) < args.limit:
+                import sys
+
+                print(f"note: {task.name}: --limit {args.limit} is more than its {len(samples)} samples"
+                      + (f" ({ctx.data})" if ctx.data else "") + f"; running all {len(samples)}", file=sys.stderr)
+            planned.append((task, ctx, samples))
         for task, ctx, samples in planned:
             d = run_task(task, backend, out, ctx, repeats=args.repeats, temperature=args.temperature,
                          max_new_tokens=args.max_new_tokens, rescore=args.rescore, progress=not args.no_progress,

@@ -28,6 +28,9 @@ def _task_name(folder: str) -> str:
 def summarise(d: Path) -> dict:
     rows = read_predictions(d / "predictions.jsonl")
     run = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {}
+    if isinstance(run.get("ids"), list):  # the last run's samples: predictions past a smaller --limit stay
+        keep = set(run["ids"])             # in the file but out of the figures
+        rows = [r for r in rows if r.get("id") in keep]
     by_id: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_id[r["id"]].append(r)

@@ -105,12 +105,20 @@ def run_task(task: Task, backend, out: Path, ctx: Context, *, repeats: int = 1, 
     rows = read_predictions(pred_path)
     if rescore:
         _rescore(task, pred_path, rows)
+        try:  # the report covers this call's samples (its --limit), as after a generating run
+            info = json.loads((d / "run.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            info = None
+        if isinstance(info, dict):
+            info.update(limit=ctx.limit, n_samples=len(samples), ids=list(by_id))
+            (d / "run.json").write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str))
     else:
         done = {(r["id"], r["repeat"]) for r in rows}
         todo = [(s, k) for s in samples for k in range(repeats) if (s.id, k) not in done]
         run_info = {"task": task.name, "description": task.description, "options": ctx.options,
                     "data": ctx.data, "limit": ctx.limit, "seed": ctx.seed, "generation": gen,
-                    "interpreter": agent, "n_samples": len(samples), "puyu_version": __version__,
+                    "interpreter": agent, "n_samples": len(samples), "ids": list(by_id),
+                    "puyu_version": __version__,
                     "backend": backend.describe() if backend is not None else None,
                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         if samples and samples[0].messages is not None:

@@ -142,11 +142,10 @@ def need(row: dict, keys: tuple[str, ...], where: str, what: str) -> None:
 
 
 def apply_limit(samples: list[Sample], limit: int | None, what: str) -> list[Sample]:
-    """The first `limit` samples; a limit larger than the data is refused (not silently shortened)."""
+    """The first `limit` samples; a limit larger than the data takes them all (as lm-evaluation-harness
+    and OpenCompass do, so one --limit serves a multi-task run; `puyu eval run` says so on stderr)."""
     if limit is None:
         return samples
     if limit < 1:
         raise EvalError(f"--limit must be at least 1, got {limit}")
-    if limit > len(samples):
-        raise EvalError(f"{what}: --limit {limit} is larger than the {len(samples)} samples available")
     return samples[:limit]
