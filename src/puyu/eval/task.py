@@ -105,9 +105,14 @@ def read_records(path: str | Path, what: str) -> list[tuple[str, dict]]:
     out: list[tuple[str, dict]] = []
     for f in files:
         try:
-            text = f.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise EvalError(f"{what}: cannot read {f}: {e}") from e
+            raw = f.read_bytes()
+        except OSError as e:
+            raise EvalError(f"{what}: cannot read {f}: {e.strerror or e}") from e
+        try:
+            text = raw.decode("utf-8-sig")  # a leading byte-order mark (Windows editors) is dropped
+        except UnicodeDecodeError as e:
+            line = raw[:e.start].count(b"\n") + 1
+            raise EvalError(f"{what}: {f}:{line}: not UTF-8 (byte {raw[e.start]:#04x}); save the file as UTF-8") from e
         if f.suffix == ".json":
             try:
                 obj = json.loads(text)
