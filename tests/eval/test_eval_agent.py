@@ -77,3 +77,26 @@ def test_nano_suite_runs_every_part_on_a_tiny_model(tmp_path_factory, tmp_path):
     assert (tmp_path / "eval" / "needle@plain" / "needle_heatmap.png").exists()
     assert "agent" in s["arithmetic+interpreter"]
     assert "args" in s["tools"]["details"]
+
+
+def test_interpreter_predictions_count_their_tokens(tmp_path, tiny_tokenizer):
+    """With the model's tokenizer at hand, an interpreter prediction records prompt_tokens (the first
+    turn's encode_chat ids) and completion_tokens (every turn's text, encoded as generated)."""
+    from puyu.model.chat_format import encode_chat
+
+    backend = ScriptedAgentBackend()
+    backend.tokenizer = tiny_tokenizer
+    ctx = Context(seed=0, options={"n": "1", "sizes": "100"}, interpreter=True)
+    d = run_task(get_task("arithmetic"), backend, tmp_path, ctx, progress=False,
+                 agent={"workers": 1, "max_steps": 3, "timeout": 20})
+    r = json.loads((d / "predictions.jsonl").read_text().splitlines()[0])
+    sample = get_task("arithmetic").samples(ctx)[0]
+    assert r["prompt_tokens"] == len(encode_chat(tiny_tokenizer, sample.messages, None, True))
+    turns = [m["content"] for m in r["transcript"] if m["role"] == "assistant"]
+    assert len(turns) == 2
+    first = r["transcript"][0]
+    from puyu.model.chat_format import ACTION_END, ACTION_START, INTERPRETER
+
+    texts = [f"{first['content']}{ACTION_START}{INTERPRETER}\n```python\n{first['code']}\n```{ACTION_END}", turns[1]]
+    assert r["completion_tokens"] == sum(len(tiny_tokenizer.encode(t, allow_special=True)) for t in texts)
+    assert R.build(tmp_path)["tasks"][0]["completion_tokens"] == r["completion_tokens"]

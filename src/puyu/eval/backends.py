@@ -439,7 +439,8 @@ def run_agent(backend, items: list[Item], gen: dict, on_done, *, workers: int = 
                     policy = policies[rep]
                 t0 = time.perf_counter()
                 failed: list[EvalError] = []
-                agent = Agent(_noting(policy, failed), tools=None, interpreter=interp, max_steps=max_steps,
+                tokens = {"prompt": None, "completion": 0}
+                agent = Agent(_noting(policy, failed, getattr(backend, "tokenizer", None), tokens), tools=None, interpreter=interp, max_steps=max_steps,
                               interpreter_timeout=call_timeout)
                 res = agent.run(s.messages)
                 if failed and not isinstance(failed[0], ContextLengthError):
@@ -454,9 +455,11 @@ def run_agent(backend, items: list[Item], gen: dict, on_done, *, workers: int = 
                 errors_seen = [e.message for e in res.events if isinstance(e, Error) and e.fatal]
                 if errors_seen:
                     agent_info["error"] = errors_seen[0]
+                counted = tokens["prompt"] is not None
                 result = {"prompt": render_chat(s.messages, interpreter=True), "output": res.text,
-                          "transcript": res.messages[len(s.messages):], "prompt_tokens": None,
-                          "completion_tokens": None, "finish_reason": res.reason,
+                          "transcript": res.messages[len(s.messages):],
+                          "prompt_tokens": tokens["prompt"], "completion_tokens": tokens["completion"] if counted else None,
+                          "finish_reason": res.reason,
                           "seconds": time.perf_counter() - t0, "agent": agent_info}
                 with lock:
                     on_done((s, rep), result)
@@ -485,15 +488,28 @@ def run_agent(backend, items: list[Item], gen: dict, on_done, *, workers: int = 
         raise errors[0]
 
 
-def _noting(policy, failed: list):
+def _noting(policy, failed: list, tokenizer=None, tokens: dict | None = None):
     """`policy`, with an EvalError it raises (the endpoint failing) appended to `failed` before the agent
-    turns it into a fatal Error event."""
+    turns it into a fatal Error event. With a tokenizer (the local model's, or the endpoint's given by
+    --tokenizer), `tokens` gets the first turn's prompt length (the ids `encode_chat` sends) and the
+    completion tokens of every turn, counted by encoding each turn's text with that tokenizer
+    (special markers as one id each, as generated)."""
     def noted(messages, tools=None, interpreter=None):
+        if tokenizer is not None and tokens is not None and tokens["prompt"] is None:
+            from puyu.model.chat_format import encode_chat
+
+            tokens["prompt"] = len(encode_chat(tokenizer, messages, tools, interpreter))
+        parts: list[str] = []
         try:
-            yield from policy(messages, tools, interpreter)
+            for piece in policy(messages, tools, interpreter):
+                parts.append(piece)
+                yield piece
         except EvalError as e:
             failed.append(e)
             raise
+        finally:
+            if tokenizer is not None and tokens is not None and parts:
+                tokens["completion"] += len(tokenizer.encode("".join(parts), allow_special=True))
 
     return noted
 
