@@ -100,3 +100,24 @@ def test_interpreter_predictions_count_their_tokens(tmp_path, tiny_tokenizer):
     texts = [f"{first['content']}{ACTION_START}{INTERPRETER}\n```python\n{first['code']}\n```{ACTION_END}", turns[1]]
     assert r["completion_tokens"] == sum(len(tiny_tokenizer.encode(t, allow_special=True)) for t in texts)
     assert R.build(tmp_path)["tasks"][0]["completion_tokens"] == r["completion_tokens"]
+
+
+def test_a_conversation_past_the_context_is_that_samples_error(tmp_path):
+    """A turn with no room left in the context (ContextLengthError from either backend's policy) ends
+    that sample with its message as `error`, scored 0 and counted in the report; the run goes on."""
+    from puyu.eval.backends import ContextLengthError
+
+    class Full(ScriptedAgentBackend):
+        def policy(self, gen):
+            def policy(messages, tools=None, interpreter=None):
+                raise ContextLengthError("the conversation has 600 tokens; the model's context is 512 tokens")
+                yield ""
+
+            return policy
+
+    ctx = Context(seed=0, options={"n": "2", "sizes": "100"}, interpreter=True)
+    d = run_task(get_task("arithmetic"), Full(), tmp_path, ctx, progress=False,
+                 agent={"workers": 1, "max_steps": 3, "timeout": 20})
+    rows = [json.loads(x) for x in (d / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all("context is 512" in r["error"] and r["score"] == 0.0 for r in rows)
+    assert R.build(tmp_path)["tasks"][0]["context_errors"] == 2

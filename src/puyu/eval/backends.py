@@ -461,6 +461,8 @@ def run_agent(backend, items: list[Item], gen: dict, on_done, *, workers: int = 
                           "prompt_tokens": tokens["prompt"], "completion_tokens": tokens["completion"] if counted else None,
                           "finish_reason": res.reason,
                           "seconds": time.perf_counter() - t0, "agent": agent_info}
+                if failed:  # a turn found no room left in the context: recorded as the sample's error
+                    result["error"] = str(failed[0])
                 with lock:
                     on_done((s, rep), result)
                 if calls:
