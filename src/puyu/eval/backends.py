@@ -12,6 +12,12 @@ prompt_tokens, completion_tokens, seconds, finish_reason, and with the interpret
   `/v1/completions` for raw prompts; `concurrency` requests in flight; 429, 5xx, timeouts and dropped
   connections are retried with exponential backoff (Retry-After honoured), 401/403 stop the run with
   one clear line. Uses httpx.
+- The context limit, one rule on both: a completion budget past the context is capped at the room left
+  (context - prompt tokens; `capped_max_new_tokens` in the result) and a prompt with no room is a result
+  with `error` (scored 0; the run goes on). Local: the context is max_position_embeddings (times the
+  RoPE scaling factor); `Sample.beyond_context` (the needle grid) is exempt. API: the server's HTTP 400
+  states its context and the prompt's length as it counted them, and the request is sent again capped
+  (`APIBackend._post_fitting`); /v1/models's max_model_len is only recorded.
 - With `--interpreter` both run `puyu.Agent` locally (turn limit, per-call timeout) with a pool of
   sandboxed `puyu.Interpreter` kernels, one per worker thread, reset between samples (`%reset -f`,
   restarted only if that fails); the backend only generates each turn.
