@@ -77,3 +77,47 @@ def test_nano_suite_runs_every_part_on_a_tiny_model(tmp_path_factory, tmp_path):
     assert (tmp_path / "eval" / "needle@plain" / "needle_heatmap.png").exists()
     assert "agent" in s["arithmetic+interpreter"]
     assert "args" in s["tools"]["details"]
+
+
+def test_interpreter_predictions_count_their_tokens(tmp_path, tiny_tokenizer):
+    """With the model's tokenizer at hand, an interpreter prediction records prompt_tokens (the first
+    turn's encode_chat ids) and completion_tokens (every turn's text, encoded as generated)."""
+    from puyu.model.chat_format import encode_chat
+
+    backend = ScriptedAgentBackend()
+    backend.tokenizer = tiny_tokenizer
+    ctx = Context(seed=0, options={"n": "1", "sizes": "100"}, interpreter=True)
+    d = run_task(get_task("arithmetic"), backend, tmp_path, ctx, progress=False,
+                 agent={"workers": 1, "max_steps": 3, "timeout": 20})
+    r = json.loads((d / "predictions.jsonl").read_text().splitlines()[0])
+    sample = get_task("arithmetic").samples(ctx)[0]
+    assert r["prompt_tokens"] == len(encode_chat(tiny_tokenizer, sample.messages, None, True))
+    turns = [m["content"] for m in r["transcript"] if m["role"] == "assistant"]
+    assert len(turns) == 2
+    first = r["transcript"][0]
+    from puyu.model.chat_format import ACTION_END, ACTION_START, INTERPRETER
+
+    texts = [f"{first['content']}{ACTION_START}{INTERPRETER}\n```python\n{first['code']}\n```{ACTION_END}", turns[1]]
+    assert r["completion_tokens"] == sum(len(tiny_tokenizer.encode(t, allow_special=True)) for t in texts)
+    assert R.build(tmp_path)["tasks"][0]["completion_tokens"] == r["completion_tokens"]
+
+
+def test_a_conversation_past_the_context_is_that_samples_error(tmp_path):
+    """A turn with no room left in the context (ContextLengthError from either backend's policy) ends
+    that sample with its message as `error`, scored 0 and counted in the report; the run goes on."""
+    from puyu.eval.backends import ContextLengthError
+
+    class Full(ScriptedAgentBackend):
+        def policy(self, gen):
+            def policy(messages, tools=None, interpreter=None):
+                raise ContextLengthError("the conversation has 600 tokens; the model's context is 512 tokens")
+                yield ""
+
+            return policy
+
+    ctx = Context(seed=0, options={"n": "2", "sizes": "100"}, interpreter=True)
+    d = run_task(get_task("arithmetic"), Full(), tmp_path, ctx, progress=False,
+                 agent={"workers": 1, "max_steps": 3, "timeout": 20})
+    rows = [json.loads(x) for x in (d / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all("context is 512" in r["error"] and r["score"] == 0.0 for r in rows)
+    assert R.build(tmp_path)["tasks"][0]["context_errors"] == 2

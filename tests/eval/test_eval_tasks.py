@@ -88,8 +88,7 @@ def test_dataset_errors_name_the_file_and_line(tmp_path):
     with pytest.raises(EvalError, match=r"test.jsonl:2: sample has no 'answer'"):
         get_task("gsm8k").samples(Context(data=str(f)))
     f.write_text('{"question": "q", "answer": "x\\n#### 5"}\n')
-    with pytest.raises(EvalError, match="--limit 3 is larger than the 1 samples"):
-        get_task("gsm8k").samples(Context(data=str(f), limit=3))
+    assert len(get_task("gsm8k").samples(Context(data=str(f), limit=3))) == 1  # capped, as other harnesses do
     with pytest.raises(EvalError, match="does not exist"):
         get_task("math").samples(Context(data=str(tmp_path / "missing.json")))
     m = tmp_path / "m.json"

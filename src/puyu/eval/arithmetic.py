@@ -67,9 +67,7 @@ class Arithmetic(Task):
                 else:
                     s.messages = [{"role": "user", "content": CHAT_QUESTION.format(q=q)}]
                 out.append(s)
-        if ctx.limit is not None:
-            if ctx.limit > len(out):
-                raise EvalError(f"arithmetic: --limit {ctx.limit} is larger than the {len(out)} problems")
+        if ctx.limit is not None and ctx.limit < len(out):  # a larger limit takes them all
             rng = random.Random(f"puyu-arith-limit-{ctx.seed}")
             out = rng.sample(out, ctx.limit)  # a mix of sizes, not only the first size
         return out

@@ -12,6 +12,12 @@ prompt_tokens, completion_tokens, seconds, finish_reason, and with the interpret
   `/v1/completions` for raw prompts; `concurrency` requests in flight; 429, 5xx, timeouts and dropped
   connections are retried with exponential backoff (Retry-After honoured), 401/403 stop the run with
   one clear line. Uses httpx.
+- The context limit, one rule on both: a completion budget past the context is capped at the room left
+  (context - prompt tokens; `capped_max_new_tokens` in the result) and a prompt with no room is a result
+  with `error` (scored 0; the run goes on). Local: the context is max_position_embeddings (times the
+  RoPE scaling factor); `Sample.beyond_context` (the needle grid) is exempt. API: the server's HTTP 400
+  states its context and the prompt's length as it counted them, and the request is sent again capped
+  (`APIBackend._post_fitting`); /v1/models's max_model_len is only recorded.
 - With `--interpreter` both run `puyu.Agent` locally (turn limit, per-call timeout) with a pool of
   sandboxed `puyu.Interpreter` kernels, one per worker thread, reset between samples (`%reset -f`,
   restarted only if that fails); the backend only generates each turn.
@@ -30,10 +36,36 @@ Item = tuple  # (Sample, repeat index)
 
 
 class ContextLengthError(EvalError):
-    """The endpoint refused a request whose prompt plus max_tokens exceeds the model's context (HTTP 400,
-    OpenAI's code `context_length_exceeded`, or vLLM's "maximum context length" message): a property of
-    that sample, not of the endpoint. In the agent path such a sample ends with reason "error" and the
-    message is recorded; any other endpoint failure stops the run."""
+    """A prompt plus its completion budget exceeds the model's context: the endpoint's HTTP 400 (OpenAI's
+    code `context_length_exceeded`, or vLLM's "maximum context length" message), or the local backend's
+    own check. A property of that sample, not of the endpoint: the sample is recorded with this message
+    as its `error` (score 0); any other endpoint failure stops the run. `context` and `prompt_tokens`
+    are parsed from the message when it states them (puyu serve and vLLM do), else None."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.context, self.prompt_tokens = _parse_context_message(message)
+
+
+def _parse_context_message(text: str) -> tuple[int | None, int | None]:
+    """(context, prompt tokens) from a context-length 400's message, or None where it does not say.
+    puyu serve: "maximum context length is 512 tokens, but you requested 613 tokens (101 in the prompt,
+    512 in the completion)" or "... requested 600 tokens in the prompt, leaving no room ..."; vLLM:
+    "maximum context length is 2048 tokens. However, you requested 2100 tokens (100 in the messages,
+    2000 in the completion)" or "... your request has 3000 input tokens"."""
+    import re
+
+    m = re.search(r"maximum context length is (\d+)", text)
+    p = (re.search(r"\((\d+) in the (?:prompt|messages|input)", text)
+         or re.search(r"requested (\d+) tokens in the prompt", text)
+         or re.search(r"has (\d+) input tokens", text))
+    return (int(m.group(1)) if m else None), (int(p.group(1)) if p else None)
+
+
+def _error_result(prompt: str, error: str, prompt_tokens: int | None) -> dict:
+    """The result of a sample whose prompt does not fit the context: no generation, scored 0."""
+    return {"prompt": prompt, "output": "", "prompt_tokens": prompt_tokens, "completion_tokens": 0,
+            "finish_reason": "error", "error": error, "seconds": 0.0}
 
 
 def _params_fields(gen: dict) -> dict:
@@ -68,6 +100,10 @@ class LocalBackend:
         except Exception as e:
             raise EvalError(f"--model {model}: no tokenizer next to the weights ({e})") from e
         self.config = self.model.config
+        # the longest prompt + completion, as `puyu serve` counts it: max_position_embeddings, times the
+        # RoPE scaling factor when one is set (the length the scaling stretches the positions to)
+        factor = float((self.config.rope_scaling or {}).get("factor", 1.0))
+        self.context = int(self.config.max_position_embeddings * factor)
         self.engine = Engine(self.model, self.tokenizer, max_batch_size=max_batch_size, cache_tokens=cache_tokens,
                              kv=kv)
 
@@ -76,6 +112,7 @@ class LocalBackend:
 
         return {"backend": "local", "model": str(self.model_path), "config": self.config.to_hf_dict(), "chat_template": chat_template(),
                 "decode_path": self.engine.decode_path, "kv_format": self.engine.cache.format,
+                "context_length": self.context,
                 "weights": _weights_stamp(self.model_path)}
 
     def close(self) -> None:
@@ -102,29 +139,58 @@ class LocalBackend:
             f = _params_fields(gen)
             f["max_new_tokens"] = s.max_new_tokens or f["max_new_tokens"]
             f["seed"] = repeat_seed(f["seed"], rep)
+            cap = None
+            if not s.beyond_context:  # the same rule as puyu serve's: cap at the room left, or refuse
+                room = self.context - len(ids)
+                if room <= 0:
+                    on_done((s, rep), _error_result(text, f"the prompt has {len(ids)} tokens; the model's context "
+                                                          f"is {self.context} tokens, leaving no room for a "
+                                                          f"completion", len(ids)))
+                    continue
+                if f["max_new_tokens"] > room:
+                    cap = f["max_new_tokens"] = room
             params = SamplingParams(**f, stop_token_ids=stops)
-            handles.append(((s, rep), text, len(ids), time.perf_counter(), self.engine.submit(ids, params)))
+            handles.append(((s, rep), text, len(ids), time.perf_counter(), self.engine.submit(ids, params), cap))
         pending = list(handles)
         while pending:
             still = []
             for h in pending:
-                item, text, n_prompt, t0, handle = h
+                item, text, n_prompt, t0, handle, cap = h
                 if not handle.done:
                     still.append(h)
                     continue
                 r = handle.result()
-                on_done(item, {"prompt": text, "output": r.text, "prompt_tokens": n_prompt,
-                               "completion_tokens": len(r.token_ids), "finish_reason": r.finish_reason,
-                               "seconds": time.perf_counter() - t0})
+                res = {"prompt": text, "output": r.text, "prompt_tokens": n_prompt,
+                       "completion_tokens": len(r.token_ids), "finish_reason": r.finish_reason,
+                       "seconds": time.perf_counter() - t0}
+                if cap is not None:
+                    res["capped_max_new_tokens"] = cap
+                on_done(item, res)
             if len(still) == len(pending):
                 time.sleep(0.005)
             pending = still
 
     def policy(self, gen: dict):
+        """The engine's chat policy, each turn's budget capped at the room left in the context (a
+        conversation with no room left raises ContextLengthError, recorded on the sample)."""
+        from dataclasses import replace
+
         from puyu.engine.sampling import SamplingParams
         from puyu.engine.scheduler import chat_policy
+        from puyu.model.chat_format import encode_chat
 
-        return chat_policy(self.engine, SamplingParams(**_params_fields(gen)))
+        base = SamplingParams(**_params_fields(gen))
+
+        def policy(messages, tools=None, interpreter=None):
+            n = len(encode_chat(self.tokenizer, messages, tools, interpreter))
+            room = self.context - n
+            if room <= 0:
+                raise ContextLengthError(f"the conversation has {n} tokens; the model's context is "
+                                         f"{self.context} tokens, leaving no room for a completion")
+            p = replace(base, max_new_tokens=min(base.max_new_tokens, room))
+            yield from chat_policy(self.engine, p)(messages, tools, interpreter)
+
+        return policy
 
     def loglik(self, s: Sample, window: int, stride: int) -> dict:
         import torch
@@ -149,8 +215,14 @@ class APIBackend:
     def __init__(self, base_url: str, *, api_key: str | None = None, model_name: str | None = None,
                  concurrency: int = 8, timeout: float = 120.0, retries: int = 5, backoff: float = 0.5,
                  tokenizer=None):
+        from urllib.parse import urlparse
+
         import httpx
 
+        u = urlparse(base_url)
+        if u.scheme not in ("http", "https") or not u.netloc:
+            raise EvalError(f"--api-base {base_url!r} is not an http:// or https:// URL "
+                            "(e.g. http://127.0.0.1:8000/v1)")
         self.base = base_url.rstrip("/")
         if not self.base.endswith("/v1"):
             self.base += "/v1"
@@ -160,11 +232,13 @@ class APIBackend:
                                    limits=httpx.Limits(max_connections=concurrency + 2))
         self.tokenizer = tokenizer
         self.config = None
+        self.context = None  # the endpoint's max_model_len from /v1/models where it says (recorded only)
         self.model_name = model_name or self._first_model()
 
     def describe(self) -> dict:
         return {"backend": "api", "api_base": self.base, "model": self.model_name,
-                "agent_prompts": "token ids" if self.tokenizer is not None else "text"}
+                "agent_prompts": "token ids" if self.tokenizer is not None else "text",
+                "context_length": self.context}
 
     def close(self) -> None:
         self.client.close()
@@ -174,7 +248,25 @@ class APIBackend:
         models = data.get("data") or []
         if not models:
             raise EvalError(f"{self.base}/models lists no model; give --model-name")
+        ctx = models[0].get("max_model_len")
+        self.context = ctx if isinstance(ctx, int) else None
         return models[0]["id"]
+
+    def _post_fitting(self, path: str, body: dict) -> tuple[dict, int | None]:
+        """POST, and when the endpoint refuses prompt + max_tokens as longer than its context, send again
+        with max_tokens lowered to the room its message states (context - prompt tokens, counted by the
+        server with its own template and tokenizer, so exactly what fits; the same rule as the local
+        backend's). Returns (response, the lowered max_tokens or None). Raises ContextLengthError when
+        the prompt alone fills the context or the message does not say how long the prompt was."""
+        try:
+            return self._request("POST", path, body), None
+        except ContextLengthError as e:
+            if e.context is None or e.prompt_tokens is None:
+                raise
+            room = e.context - e.prompt_tokens
+            if room <= 0 or room >= body["max_tokens"]:
+                raise
+            return self._request("POST", path, {**body, "max_tokens": room}), room
 
     def _request(self, method: str, path: str, body: dict | None) -> dict:
         import httpx
@@ -184,6 +276,8 @@ class APIBackend:
         for attempt in range(self.retries + 1):
             try:
                 r = self.client.request(method, url, json=body)
+            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as e:  # retrying cannot help
+                raise EvalError(f"{url}: {type(e).__name__}: {e}") from e
             except (httpx.TimeoutException, httpx.TransportError) as e:
                 last = f"{type(e).__name__}: {e}"
                 wait = None
@@ -216,29 +310,36 @@ class APIBackend:
             body["stop"] = list(gen["stop"])
         t0 = time.perf_counter()
         if s.messages is not None:
+            from puyu.model.chat_format import render_chat
+
+            prompt = render_chat(s.messages, tools=s.tools)  # recorded as the local backend records it
             body["messages"] = s.messages
             if s.tools:
                 body["tools"] = s.tools
-            data = self._request("POST", "/chat/completions", body)
-            choice = (data.get("choices") or [{}])[0]
+            path = "/chat/completions"
+        else:
+            prompt = s.prompt if s.prompt is not None else self.tokenizer.decode(s.prompt_ids)
+            body["prompt"] = prompt
+            path = "/completions"
+        try:
+            data, cap = self._post_fitting(path, body)
+        except ContextLengthError as e:
+            return _error_result(prompt, str(e), e.prompt_tokens)
+        choice = (data.get("choices") or [{}])[0]
+        if s.messages is not None:
             msg = choice.get("message") or {}
             output = msg.get("content") or ""
             for call in msg.get("tool_calls") or []:
                 output += _plugin_text(call)
-            from puyu.model.chat_format import render_chat
-
-            prompt = render_chat(s.messages, tools=s.tools)  # recorded as the local backend records it
         else:
-            text = s.prompt if s.prompt is not None else self.tokenizer.decode(s.prompt_ids)
-            body["prompt"] = text
-            data = self._request("POST", "/completions", body)
-            choice = (data.get("choices") or [{}])[0]
             output = choice.get("text") or ""
-            prompt = text
         usage = data.get("usage") or {}
-        return {"prompt": prompt, "output": output, "prompt_tokens": usage.get("prompt_tokens"),
-                "completion_tokens": usage.get("completion_tokens"), "finish_reason": choice.get("finish_reason"),
-                "seconds": time.perf_counter() - t0}
+        res = {"prompt": prompt, "output": output, "prompt_tokens": usage.get("prompt_tokens"),
+               "completion_tokens": usage.get("completion_tokens"), "finish_reason": choice.get("finish_reason"),
+               "seconds": time.perf_counter() - t0}
+        if cap is not None:
+            res["capped_max_new_tokens"] = cap
+        return res
 
     def generate(self, items: list[Item], gen: dict, on_done) -> None:
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="puyu-eval-api") as pool:
@@ -275,7 +376,7 @@ class APIBackend:
                     "stop": ["<|im_end|>", ACTION_END] + list(gen.get("stop") or [])}
             if gen.get("seed") is not None:  # the seed run_agent gives this repeat, as the local policy uses
                 body["seed"] = gen["seed"]
-            data = self._request("POST", "/completions", body)
+            data, _ = self._post_fitting("/completions", body)
             text = ((data.get("choices") or [{}])[0]).get("text") or ""
             yield text
             if ACTION_START in text:
@@ -344,7 +445,8 @@ def run_agent(backend, items: list[Item], gen: dict, on_done, *, workers: int = 
                     policy = policies[rep]
                 t0 = time.perf_counter()
                 failed: list[EvalError] = []
-                agent = Agent(_noting(policy, failed), tools=None, interpreter=interp, max_steps=max_steps,
+                tokens = {"prompt": None, "completion": 0}
+                agent = Agent(_noting(policy, failed, getattr(backend, "tokenizer", None), tokens), tools=None, interpreter=interp, max_steps=max_steps,
                               interpreter_timeout=call_timeout)
                 res = agent.run(s.messages)
                 if failed and not isinstance(failed[0], ContextLengthError):
@@ -359,10 +461,14 @@ def run_agent(backend, items: list[Item], gen: dict, on_done, *, workers: int = 
                 errors_seen = [e.message for e in res.events if isinstance(e, Error) and e.fatal]
                 if errors_seen:
                     agent_info["error"] = errors_seen[0]
+                counted = tokens["prompt"] is not None
                 result = {"prompt": render_chat(s.messages, interpreter=True), "output": res.text,
-                          "transcript": res.messages[len(s.messages):], "prompt_tokens": None,
-                          "completion_tokens": None, "finish_reason": res.reason,
+                          "transcript": res.messages[len(s.messages):],
+                          "prompt_tokens": tokens["prompt"], "completion_tokens": tokens["completion"] if counted else None,
+                          "finish_reason": res.reason,
                           "seconds": time.perf_counter() - t0, "agent": agent_info}
+                if failed:  # a turn found no room left in the context: recorded as the sample's error
+                    result["error"] = str(failed[0])
                 with lock:
                     on_done((s, rep), result)
                 if calls:
@@ -390,15 +496,28 @@ def run_agent(backend, items: list[Item], gen: dict, on_done, *, workers: int = 
         raise errors[0]
 
 
-def _noting(policy, failed: list):
+def _noting(policy, failed: list, tokenizer=None, tokens: dict | None = None):
     """`policy`, with an EvalError it raises (the endpoint failing) appended to `failed` before the agent
-    turns it into a fatal Error event."""
+    turns it into a fatal Error event. With a tokenizer (the local model's, or the endpoint's given by
+    --tokenizer), `tokens` gets the first turn's prompt length (the ids `encode_chat` sends) and the
+    completion tokens of every turn, counted by encoding each turn's text with that tokenizer
+    (special markers as one id each, as generated)."""
     def noted(messages, tools=None, interpreter=None):
+        if tokenizer is not None and tokens is not None and tokens["prompt"] is None:
+            from puyu.model.chat_format import encode_chat
+
+            tokens["prompt"] = len(encode_chat(tokenizer, messages, tools, interpreter))
+        parts: list[str] = []
         try:
-            yield from policy(messages, tools, interpreter)
+            for piece in policy(messages, tools, interpreter):
+                parts.append(piece)
+                yield piece
         except EvalError as e:
             failed.append(e)
             raise
+        finally:
+            if tokenizer is not None and tokens is not None and parts:
+                tokens["completion"] += len(tokenizer.encode("".join(parts), allow_special=True))
 
     return noted
 

@@ -1,7 +1,7 @@
 """`puyu eval`: run tasks, list them, rebuild a report.
 
     puyu eval run TASK [TASK...] --model PATH_OR_PRESET | --api-base URL [--api-key K --model-name N]
-                  [--interpreter] [--limit N] [--repeats K] [--seed S] [--out DIR] [--data PATH]
+                  [--interpreter] [--limit N] [--repeats K] [--seed S] [--out DIR] [--data [TASK=]PATH ...]
                   [--option KEY=VALUE ...] [--rope-scaling dynamic:F] [--rescore] [--fresh]
     puyu eval tasks
     puyu eval report DIR
@@ -37,7 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--max-new-tokens", type=int, help="override the task's generation budget")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
-    r.add_argument("--data", help="dataset path (gsm8k, math, tools, perplexity)")
+    r.add_argument("--data", action="append", default=[], metavar="[TASK=]PATH",
+                   help="dataset path, repeatable: TASK=PATH for one task (e.g. --data gsm8k=test.jsonl "
+                        "--data math=MATH/test); a bare PATH serves every task that needs data "
+                        "(gsm8k, math, perplexity), or tools when none of those is run")
     r.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="task option, repeatable (e.g. prompt=fewshot, max_factor=8, haystack=DIR)")
     r.add_argument("--haystack", metavar="DIR", help="needle haystack folder of .txt/.md files (= --option haystack=DIR)")
@@ -80,6 +83,44 @@ def _options(items: list[str], args=None, tasks=()) -> dict:
     return out
 
 
+def _data_paths(items: list[str], tasks) -> dict[str, str | None]:
+    """`--data` items -> {task name: path or None}. `TASK=PATH` names one task of this run; a bare PATH
+    (at most one) goes to every task whose data is required, or, when none is, to those that read data
+    optionally (tools); a TASK=PATH wins over it."""
+    names = {t.name for t in tasks}
+    tagged: dict[str, str] = {}
+    bare: list[str] = []
+    from puyu.eval import TASKS
+
+    for it in items:
+        key, eq, val = it.partition("=")
+        if not (eq and key in TASKS):  # a path (which may itself hold "=")
+            bare.append(it)
+            continue
+        if key not in names:
+            raise EvalError(f"--data {it}: {key} is not one of the tasks of this run ({', '.join(sorted(names))})")
+        if key in tagged:
+            raise EvalError(f"--data {key}= is given twice")
+        if not val:
+            raise EvalError(f"--data {key}= names no path")
+        tagged[key] = val
+    if len(bare) > 1:
+        raise EvalError(f"--data: {len(bare)} paths without a task ({', '.join(bare)}); name each "
+                        "one's task: --data TASK=PATH")
+    required = [t for t in tasks if t.data == "required"]
+    targets = required or [t for t in tasks if t.data == "optional"]
+    out: dict[str, str | None] = {t.name: None for t in tasks}
+    for t in targets:
+        if bare:
+            out[t.name] = bare[0]
+    for name, path in tagged.items():
+        task = next(t for t in tasks if t.name == name)
+        if not task.data:
+            raise EvalError(f"--data {name}=: {name} reads no dataset")
+        out[name] = path
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from puyu.eval import TASKS, get_task
     from puyu.eval import report as R
@@ -106,7 +147,7 @@ def _run(args) -> int:
     from puyu.eval import Context, get_task
     from puyu.eval import report as R
     from puyu.eval.backends import APIBackend, LocalBackend, parse_rope_scaling
-    from puyu.eval.runner import run_task
+    from puyu.eval.runner import generation_settings, run_task, task_dir
 
     tasks = [get_task(n) for n in args.tasks]
     if args.limit is not None and args.limit < 1:
@@ -114,7 +155,15 @@ def _run(args) -> int:
     if args.repeats < 1:
         raise EvalError(f"--repeats must be at least 1, got {args.repeats}")
     options = _options(args.option, args, tasks)
+    data = _data_paths(args.data or [], tasks)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise EvalError(f"--out {out} is a file, not a folder")
+    for task in tasks:
+        task_dir(out, task, args.interpreter, args.label)  # a bad --label, before anything runs
+        generation_settings(task, args.repeats, args.temperature, args.seed, args.max_new_tokens)
+        if args.interpreter and not task.interpreter_ok:
+            raise EvalError(f"--interpreter does not apply to {task.name}")
     kind = "local" if args.model else "api" if args.api_base else None
     for task in tasks:
         if kind and not args.rescore and kind not in task.backends:
@@ -137,19 +186,41 @@ def _run(args) -> int:
             raise EvalError("give --model PATH_OR_PRESET or --api-base URL (or --rescore)")
     agent = ({"workers": args.workers, "max_steps": args.max_steps, "timeout": args.call_timeout}
              if args.interpreter else None)
+    failed = True
     try:
+        # every task's data and samples first: a bad file of the third task stops the run before the
+        # first one generates anything
+        planned = []
         for task in tasks:
-            tok = getattr(backend, "tokenizer", None)
-            ctx = Context(data=args.data, limit=args.limit, seed=args.seed, tokenizer=tok,
+            ctx = Context(data=data[task.name], limit=args.limit, seed=args.seed,
+                          tokenizer=getattr(backend, "tokenizer", None),
                           model_config=getattr(backend, "config", None), options=options,
                           interpreter=args.interpreter)
+            samples = task.samples(ctx)
+            if args.limit is not None and len(samples) < args.limit:
+                import sys
+
+                print(f"note: {task.name}: --limit {args.limit} is more than its {len(samples)} samples"
+                      + (f" ({ctx.data})" if ctx.data else "") + f"; running all {len(samples)}", file=sys.stderr)
+            planned.append((task, ctx, samples))
+        for task, ctx, samples in planned:
             d = run_task(task, backend, out, ctx, repeats=args.repeats, temperature=args.temperature,
                          max_new_tokens=args.max_new_tokens, rescore=args.rescore, progress=not args.no_progress,
-                         agent=agent, label=args.label, fresh=args.fresh)
+                         agent=agent, label=args.label, fresh=args.fresh, samples=samples)
             print(f"{task.name}: predictions in {d}/predictions.jsonl")
+        failed = False
     finally:
         if backend is not None:
             backend.close()
+        if failed and any(out.glob("*/predictions.jsonl")):
+            # a later task failed (or Ctrl-C): the report still covers the tasks that finished
+            try:
+                R.build(out)
+                import sys
+
+                print(f"report of the finished tasks: {out}/report.md", file=sys.stderr)
+            except Exception:  # noqa: BLE001 - the original error is the one to show
+                pass
     rep = R.build(out)
     for t in rep["tasks"]:
         a = t["pass@1"]

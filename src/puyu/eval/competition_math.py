@@ -85,6 +85,7 @@ class CompetitionMath(Task):
     name = "math"
     description = "MATH competition problems (--data: folder/JSON/JSONL); \\boxed{} answers checked by math-verify"
     generation = Generation(max_new_tokens=1024, temperature=0.7)
+    data = "required"
 
     def samples(self, ctx: Context) -> list[Sample]:
         if not ctx.data:

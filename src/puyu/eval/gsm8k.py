@@ -90,6 +90,7 @@ class GSM8K(Task):
     description = "grade-school math word problems (official JSONL via --data); strict and flexible extraction"
     generation = Generation(max_new_tokens=512, temperature=0.7)
     options = ("prompt", "fewshot_data", "shots")
+    data = "required"
 
     def samples(self, ctx: Context) -> list[Sample]:
         if not ctx.data:

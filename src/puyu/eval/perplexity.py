@@ -46,6 +46,7 @@ class Perplexity(Task):
     name = "perplexity"
     description = "perplexity and bits per byte of a folder of text files (--data), sliding window"
     options = ("window", "stride")
+    data = "required"
     generation = Generation(max_new_tokens=0, temperature=0.0)
     backends = ("local",)
     interpreter_ok = False

@@ -28,6 +28,9 @@ def _task_name(folder: str) -> str:
 def summarise(d: Path) -> dict:
     rows = read_predictions(d / "predictions.jsonl")
     run = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {}
+    if isinstance(run.get("ids"), list):  # the last run's samples: predictions past a smaller --limit stay
+        keep = set(run["ids"])             # in the file but out of the figures
+        rows = [r for r in rows if r.get("id") in keep]
     by_id: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_id[r["id"]].append(r)
@@ -45,7 +48,9 @@ def summarise(d: Path) -> dict:
                  "expected_samples": run.get("n_samples"), "repeats": k,
                  "complete": run.get("n_samples") == len(by_id) and all(len(v) >= k for v in by_id.values()),
                  "pass@1": accuracy(list(per_id.values())),
-                 "empty_outputs": sum(not (r.get("output") or "").strip() for r in rows)}
+                 "empty_outputs": sum(not (r.get("output") or "").strip() and not r.get("error") for r in rows),
+                 "context_errors": sum(bool(r.get("error")) for r in rows),
+                 "capped": sum(r.get("capped_max_new_tokens") is not None for r in rows)}
     if k > 1:
         full = {i: rs for i, rs in by_id.items() if len(rs) >= k}
         out[f"pass@{k}"] = accuracy([pass_at_k(len(rs), sum(r["score"] >= 1 for r in rs), k) for rs in full.values()])
@@ -77,7 +82,8 @@ def summarise(d: Path) -> dict:
     if out["task"] == "needle" and rows:
         out["needle"] = _needle(d, rows, run)
     out["failures"] = [{"id": r["id"], "output": (r.get("output") or "")[:300], "extracted": r.get("extracted"),
-                        "reference": _reference(r.get("record") or {})} for r in rows if r["score"] < 1][:5]
+                        "reference": _reference(r.get("record") or {}), **({"error": r["error"]} if r.get("error") else {})}
+                       for r in rows if r["score"] < 1][:5]
     return out
 
 
@@ -89,6 +95,17 @@ def _sort_key(v: str):
 
 
 def _reference(record: dict) -> str:
+    """The reference answer as the scorer compares it: gsm8k's number after `####`, MATH's last
+    `\\boxed{}`, else the record's answer field."""
+    ans, sol = record.get("answer"), record.get("solution")
+    if isinstance(ans, str) and "####" in ans:
+        return ans.rsplit("####", 1)[-1].strip()
+    if isinstance(sol, str):
+        from puyu.eval.competition_math import last_boxed
+
+        boxed = last_boxed(sol)
+        if boxed is not None:
+            return boxed
     for key in ("answer", "answers", "expected", "solution"):
         if key in record:
             v = record[key]
@@ -134,19 +151,9 @@ def _heatmap(path: Path, grid, lengths, depths, trained, title) -> None:
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("needle depth (%)")
     if trained:
-        # the trained length on the (categorical) axis: at its tick, or interpolated between two
-        import bisect
-
-        i = bisect.bisect_left(lengths, trained)
-        if i < len(lengths) and lengths[i] == trained:
-            x = float(i)
-        elif i == 0:
-            x = -0.5
-        elif i >= len(lengths):
-            x = len(lengths) - 0.5
-        else:
-            x = i - 1 + (trained - lengths[i - 1]) / (lengths[i] - lengths[i - 1])
+        x = trained_x(lengths, trained)
         ax.axvline(x, color="black", linestyle="--", linewidth=1.5)
+        ax.text(x, -0.5, f" {trained}", ha="left", va="bottom", fontsize=7)
         title += f"\ndashed: trained length {trained}"
     for yi, row in enumerate(data):
         for xi, v in enumerate(row):
@@ -157,6 +164,23 @@ def _heatmap(path: Path, grid, lengths, depths, trained, title) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def trained_x(lengths: list[int], trained: int) -> float:
+    """Where the trained length falls on the heatmap's categorical length axis (column i at x = i): at
+    its column, else between its neighbours by log length (the grid is geometric, so a length halfway
+    in ratio sits on the boundary), or half a column past either end."""
+    import bisect
+    import math
+
+    i = bisect.bisect_left(lengths, trained)
+    if i < len(lengths) and lengths[i] == trained:
+        return float(i)
+    if i == 0:
+        return -0.5
+    if i >= len(lengths):
+        return len(lengths) - 0.5
+    return i - 1 + math.log(trained / lengths[i - 1]) / math.log(lengths[i] / lengths[i - 1])
 
 
 def _fmt(a: dict | None) -> str:
@@ -202,15 +226,25 @@ def _bars(path: Path, tasks: list[dict]) -> None:
 
 
 def markdown(tasks: list[dict], bars: bool = True) -> str:
+    ks = sorted({t["repeats"] for t in tasks if t["repeats"] > 1})
+    kk = str(ks[0]) if len(ks) == 1 else "k"  # one K for every row: in the header; several: in each cell
     lines = ["# Evaluation report", "", "pass@1 etc. in percent with 95% Wilson intervals.", "",
-             "| task | samples | pass@1 | pass@k | maj@k | notes |", "|---|---|---|---|---|---|"]
+             f"| task | samples | pass@1 | pass@{kk} | maj@{kk} | notes |", "|---|---|---|---|---|---|"]
     for t in tasks:
         k = t["repeats"]
+        if k > 1 and len(ks) > 1:
+            notes_k = f" (k={k})"
+        else:
+            notes_k = ""
         notes = []
         if not t["complete"]:
             notes.append(f"incomplete ({t['n_samples']}/{t['expected_samples']})")
         if t["empty_outputs"]:
             notes.append(f"{t['empty_outputs']} empty outputs")
+        if t.get("context_errors"):
+            notes.append(f"{t['context_errors']} prompts longer than the context (scored 0)")
+        if t.get("capped"):
+            notes.append(f"{t['capped']} completions capped at the room left in the context")
         if "agent" in t:
             a = t["agent"]
             ok = "n/a" if a["calls_without_error"] is None else f"{100 * a['calls_without_error']:.0f}%"
@@ -219,11 +253,17 @@ def markdown(tasks: list[dict], bars: bool = True) -> str:
         if t.get("perplexity"):
             notes.append(f"ppl {t['perplexity']['perplexity']:.2f}, {t['perplexity']['bits_per_byte']:.3f} bits/byte")
         if "needle" in t:
-            notes.append(f"effective length {t['needle']['effective_length']} (trained {t['needle']['trained_length']})")
+            n = t["needle"]
+            eff = n["effective_length"]
+            eff = (f"effective length {eff}" if eff is not None
+                   else f"no length reaches {100 * n['threshold']:.1f}% recall")
+            notes.append(f"{eff} (trained {n['trained_length']})")
         for key, v in t["details"].items():
             notes.append(f"{key} {100 * v['mean']:.1f}%")
-        lines.append(f"| {t['folder']} | {t['n_samples']} | {_fmt(t['pass@1'])} | {_fmt(t.get(f'pass@{k}') if k > 1 else None)} | "
-                     f"{_fmt(t.get(f'maj@{k}'))} | {'; '.join(notes)} |")
+        pk = _fmt(t.get(f"pass@{k}") if k > 1 else None)
+        mk = _fmt(t.get(f"maj@{k}") if k > 1 else None)
+        lines.append(f"| {t['folder']} | {t['n_samples']} | {_fmt(t['pass@1'])} | {pk + notes_k if pk else ''} | "
+                     f"{mk + notes_k if mk else ''} | {'; '.join(notes)} |")
     lines += ["", "![accuracy](accuracy.png)", ""] if bars else [""]
     for t in tasks:
         lines += [f"## {t['folder']}", ""]
@@ -235,6 +275,9 @@ def markdown(tasks: list[dict], bars: bool = True) -> str:
         if t["failures"]:
             lines += ["Failures (first few):", ""]
             for f in t["failures"]:
+                if f.get("error"):
+                    lines.append(f"- `{f['id']}`: error: {f['error'][:200]}")
+                    continue
                 lines.append(f"- `{f['id']}`: output {json.dumps(f['output'][:160], ensure_ascii=False)}, "
                              f"extracted {f['extracted']!r}, reference {json.dumps(f['reference'][-80:], ensure_ascii=False)}")
             lines.append("")

@@ -11,6 +11,7 @@ every line from its raw output without generating (after a scorer fix).
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -21,7 +22,10 @@ from puyu.tasks.jsonl import read_jsonl, write_jsonl
 
 
 def task_dir(out: Path, task: Task, interpreter: bool, label: str | None = None) -> Path:
-    """`<task>[+interpreter][@label]`: a label keeps variants apart (e.g. needle@dynamic-ntk)."""
+    """`<task>[+interpreter][@label]`: a label keeps variants apart (e.g. needle@dynamic-ntk). A label
+    is one folder-name word (letters, digits, `.`, `_`, `-`): `a/b` would nest a folder the report skips."""
+    if label is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", label):
+        raise EvalError(f"--label {label!r}: use letters, digits, '.', '_' and '-' only (it names a folder)")
     return out / (task.name + ("+interpreter" if interpreter else "") + (f"@{label}" if label else ""))
 
 
@@ -39,16 +43,21 @@ def score_row(task: Task, output: str, record: dict) -> dict:
 def generation_settings(task: Task, repeats: int, temperature: float | None, seed: int,
                         max_new_tokens: int | None) -> dict:
     g = task.generation
+    if temperature is not None and temperature < 0:
+        raise EvalError(f"--temperature must be at least 0 (0 = greedy), got {temperature:g}")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise EvalError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     temp = (g.temperature if temperature is None else temperature) if repeats > 1 else (temperature or 0.0)
     if repeats > 1 and temp <= 0:
         raise EvalError("--repeats K > 1 with greedy decoding gives K identical answers; use a temperature > 0")
-    return {"max_new_tokens": max_new_tokens or g.max_new_tokens, "temperature": temp,
+    return {"max_new_tokens": g.max_new_tokens if max_new_tokens is None else max_new_tokens, "temperature": temp,
             "top_p": g.top_p if temp > 0 else 1.0, "stop": list(g.stop), "seed": seed, "repeats": repeats}
 
 
 def run_task(task: Task, backend, out: Path, ctx: Context, *, repeats: int = 1, temperature: float | None = None,
              max_new_tokens: int | None = None, rescore: bool = False, progress: bool = True,
-             agent: dict | None = None, label: str | None = None, fresh: bool = False) -> Path:
+             agent: dict | None = None, label: str | None = None, fresh: bool = False,
+             samples: list[Sample] | None = None) -> Path:
     """Generate what is missing, score, and write run.json; returns the task's folder.
 
     Resuming is only for the same run: when the folder holds predictions made with another model,
@@ -64,7 +73,8 @@ def run_task(task: Task, backend, out: Path, ctx: Context, *, repeats: int = 1, 
     d = task_dir(out, task, interpreter, label)
     pred_path = d / "predictions.jsonl"
     gen = generation_settings(task, repeats, temperature, ctx.seed, max_new_tokens)
-    samples = task.samples(ctx)
+    if samples is None:  # `samples`: task.samples(ctx) already built (puyu eval run checks every task first)
+        samples = task.samples(ctx)
     by_id = {s.id: s for s in samples}
     if len(by_id) != len(samples):
         raise EvalError(f"{task.name}: sample ids are not unique")
@@ -74,16 +84,29 @@ def run_task(task: Task, backend, out: Path, ctx: Context, *, repeats: int = 1, 
         for f in (pred_path, d / "run.json"):
             f.unlink(missing_ok=True)
     created = not d.exists()
-    d.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # --out is a file, or DIR/<task> is one
+        raise EvalError(f"cannot create the output folder {d}: {e.strerror or e}"
+                        + (f" ({e.filename} is a file)" if isinstance(e, (FileExistsError, NotADirectoryError))
+                           else "")) from e
     rows = read_predictions(pred_path)
     if rescore:
         _rescore(task, pred_path, rows)
+        try:  # the report covers this call's samples (its --limit), as after a generating run
+            info = json.loads((d / "run.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            info = None
+        if isinstance(info, dict):
+            info.update(limit=ctx.limit, n_samples=len(samples), ids=list(by_id))
+            (d / "run.json").write_text(json.dumps(info, indent=2, ensure_ascii=False, default=str))
     else:
         done = {(r["id"], r["repeat"]) for r in rows}
         todo = [(s, k) for s in samples for k in range(repeats) if (s.id, k) not in done]
         run_info = {"task": task.name, "description": task.description, "options": ctx.options,
                     "data": ctx.data, "limit": ctx.limit, "seed": ctx.seed, "generation": gen,
-                    "interpreter": agent, "n_samples": len(samples), "puyu_version": __version__,
+                    "interpreter": agent, "n_samples": len(samples), "ids": list(by_id),
+                    "puyu_version": __version__,
                     "backend": backend.describe() if backend is not None else None,
                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         if samples and samples[0].messages is not None:
@@ -164,17 +187,22 @@ def _generate(task: Task, backend, todo: list[tuple[Sample, int]], gen: dict, pa
     _drop_torn_tail(path)
     lock = threading.Lock()
     bar = tqdm(total=len(todo), desc=task.name, disable=not progress, dynamic_ncols=True)
-    empty = [0]
+    empty, errors = [0], [0]
     with open(path, "a", encoding="utf-8") as f:
         def on_done(item, res):
             s, rep = item
-            if getattr(task, "loglik", False):
+            if res.get("error"):  # the prompt did not fit the context: recorded, scored 0
+                scored = {"extracted": None, "score": 0.0, "details": {}}
+            elif getattr(task, "loglik", False):
                 scored = {"extracted": None, "score": task.score(res["output"], s.record), "details": {}}
             else:
                 scored = score_row(task, res["output"], s.record)
             row = {"id": s.id, "repeat": rep, "groups": s.groups, "record": s.record, **res, **scored}
             with lock:
-                empty[0] += not res["output"].strip()
+                if res.get("error"):
+                    errors[0] += 1
+                else:
+                    empty[0] += not res["output"].strip()
                 f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
                 f.flush()
                 bar.update(1)
@@ -198,7 +226,10 @@ def _generate(task: Task, backend, todo: list[tuple[Sample, int]], gen: dict, pa
                 backend.generate(todo, gen, on_done)
         finally:
             bar.close()
-    if empty[0]:
-        import sys
+    import sys
 
+    if errors[0]:
+        print(f"warning: {task.name}: {errors[0]} of {len(todo)} prompts do not fit the model's context "
+              "(recorded with their error, scored 0)", file=sys.stderr)
+    if empty[0]:
         print(f"warning: {task.name}: {empty[0]} of {len(todo)} generations were empty (scored 0)", file=sys.stderr)

@@ -48,6 +48,9 @@ class Sample:
     tools: list[dict] | None = None
     groups: dict = field(default_factory=dict)
     max_new_tokens: int | None = None  # overrides the task's
+    # True for prompts that go past the model's context on purpose (the needle grid's lengths beyond the
+    # trained length): the local backend sends them as they are, neither capped nor refused
+    beyond_context: bool = False
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Task:
     backends = ("local", "api")
     interpreter_ok = True  # whether --interpreter applies (chat samples answered in text)
     options: tuple[str, ...] = ()  # the `--option KEY=VALUE` keys this task reads
+    data = ""  # "required": needs `--data`; "optional": reads it when given; "": reads none
 
     def samples(self, ctx: Context) -> list[Sample]:
         raise NotImplementedError
@@ -101,9 +105,14 @@ def read_records(path: str | Path, what: str) -> list[tuple[str, dict]]:
     out: list[tuple[str, dict]] = []
     for f in files:
         try:
-            text = f.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise EvalError(f"{what}: cannot read {f}: {e}") from e
+            raw = f.read_bytes()
+        except OSError as e:
+            raise EvalError(f"{what}: cannot read {f}: {e.strerror or e}") from e
+        try:
+            text = raw.decode("utf-8-sig")  # a leading byte-order mark (Windows editors) is dropped
+        except UnicodeDecodeError as e:
+            line = raw[:e.start].count(b"\n") + 1
+            raise EvalError(f"{what}: {f}:{line}: not UTF-8 (byte {raw[e.start]:#04x}); save the file as UTF-8") from e
         if f.suffix == ".json":
             try:
                 obj = json.loads(text)
@@ -138,11 +147,10 @@ def need(row: dict, keys: tuple[str, ...], where: str, what: str) -> None:
 
 
 def apply_limit(samples: list[Sample], limit: int | None, what: str) -> list[Sample]:
-    """The first `limit` samples; a limit larger than the data is refused (not silently shortened)."""
+    """The first `limit` samples; a limit larger than the data takes them all (as lm-evaluation-harness
+    and OpenCompass do, so one --limit serves a multi-task run; `puyu eval run` says so on stderr)."""
     if limit is None:
         return samples
     if limit < 1:
         raise EvalError(f"--limit must be at least 1, got {limit}")
-    if limit > len(samples):
-        raise EvalError(f"{what}: --limit {limit} is larger than the {len(samples)} samples available")
     return samples[:limit]

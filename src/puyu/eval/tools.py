@@ -158,6 +158,7 @@ class Tools(Task):
     name = "tools"
     description = "function calling checked like an AST (name, required/unknown arguments, types, values)"
     options = ("n", "phrasings")
+    data = "optional"
     generation = Generation(max_new_tokens=96, temperature=0.7)
     interpreter_ok = False  # the call itself is scored; the agent would execute it instead
 
