@@ -19,7 +19,7 @@ import random
 from puyu.eval.task import Context, EvalError, Generation, Sample, Task
 from puyu.tasks.numbers import format_number
 from puyu.tasks.synthetic import Problem, held_out_problems
-from puyu.tasks.verifiable import arithmetic_answer, arithmetic_score
+from puyu.tasks.verifiable import arithmetic_answer, arithmetic_raw_text, arithmetic_score
 
 CHAT_QUESTION = "What is {q}?"
 
@@ -87,13 +87,10 @@ class Arithmetic(Task):
 
 
 def _scored_text(prediction: str | None, record: dict) -> str:
-    """The text the rule reads. A raw-style output continues `12+34=`: the record says so (`style`), and the
-    prompt goes in front of the output's first line, so "46" reads as "12+34=46" (the base model's turn
-    ends at the line; what it writes after is a new, made-up problem)."""
+    """The text the rule reads: a raw-style output (the record's `style`) continues `12+34=`, so it is read
+    as the prompt and the output's first line (`arithmetic_raw_text`, as the recipe's base check does)."""
     text = prediction or ""
-    if record.get("style") == "raw":
-        return f"{record['question']}={text.split(chr(10), 1)[0]}"
-    return text
+    return arithmetic_raw_text(record["question"] + "=", text) if record.get("style") == "raw" else text
 
 
 TASK = Arithmetic()

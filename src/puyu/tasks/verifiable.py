@@ -93,6 +93,13 @@ def arithmetic_right(prediction: str, answer) -> bool:
     return got is not None and got == Fraction(str(answer).strip())
 
 
+def arithmetic_raw_text(prompt: str, completion: str) -> str:
+    """What the rule reads of a base model's raw completion of `12+34=`: the prompt followed by the
+    completion's first line ("12+34=" + "46\n12+35=47" -> "12+34=46"). A base model that goes on writes a
+    new problem of its own after the newline; a completion that starts with a newline has no answer."""
+    return prompt + completion.split("\n", 1)[0]
+
+
 def arithmetic_score(prediction: str, sample: dict) -> float:
     """1.0 when the reply answers `sample["answer"]` (`arithmetic_answer`'s rule) and calls no tool: a
     reply with an action marker has not answered yet (its code or call is not the answer), so it scores

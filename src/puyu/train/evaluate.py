@@ -12,7 +12,7 @@ import time
 
 from puyu.model.chat_format import IM_END, encode_chat
 from puyu.tasks.synthetic import SYSTEM, TOOLS, Problem, passkey_prompt
-from puyu.tasks.verifiable import arithmetic_score
+from puyu.tasks.verifiable import arithmetic_raw_text, arithmetic_score
 
 
 def _engine(model, tokenizer):
@@ -30,10 +30,10 @@ def _greedy(engine, prompts: list[list[int]], max_new: int, stop_ids: list[int])
 
 def arithmetic_accuracy(model, tokenizer, problems: list[Problem], engine=None) -> dict:
     """Raw completion: prompt `<s>12+34=`, greedy until `</s>` (8 new tokens at most). Right = the prompt
-    followed by the completion's first line ("12+34=" + "46") passes `puyu.tasks.verifiable.
-    arithmetic_score`, the rule of RL and `puyu eval` (the first number after the last '=', by value):
-    " 46", "46.0" and "46 (carry the 1)" count, "47", "" and "-46" do not. Only the first line is read:
-    a base model that goes on writes a new problem of its own after the newline. Not stricter than the
+    followed by the completion's first line (`puyu.tasks.verifiable.arithmetic_raw_text`: "12+34=" +
+    "46") passes `arithmetic_score`, the rule of RL and `puyu eval` (the first number after the last '=',
+    by value): " 46", "46.0" and "46 (carry the 1)" count, "47", "", "-46" and a completion that starts with a newline do not; what follows
+    the first line (a new problem the base model made up) is not read. Not stricter than the
     chat check on purpose: this figure measures arithmetic, not the training data's exact format (the
     wrong examples show what was written)."""
     engine = engine or _engine(model, tokenizer)
@@ -42,13 +42,13 @@ def arithmetic_accuracy(model, tokenizer, problems: list[Problem], engine=None) 
     results = _greedy(engine, prompts, max_new=8, stop_ids=[tokenizer.eos_id])
     correct, by_op, wrong = 0, {}, []
     for p, r in zip(problems, results):
-        got = tokenizer.decode([t for t in r.token_ids if t != tokenizer.eos_id]).strip()
-        ok = arithmetic_score(p.prompt + got.split("\n", 1)[0], {"answer": p.answer}) == 1.0
+        got = tokenizer.decode([t for t in r.token_ids if t != tokenizer.eos_id])
+        ok = arithmetic_score(arithmetic_raw_text(p.prompt, got), {"answer": p.answer}) == 1.0
         correct += ok
         hit, n = by_op.get(p.op, (0, 0))
         by_op[p.op] = (hit + ok, n + 1)
         if not ok and len(wrong) < 8:
-            wrong.append(f"{p.prompt}{got}  (expected {p.answer})")
+            wrong.append(f"{p.prompt}{got.strip()}  (expected {p.answer})")
     return {"accuracy": correct / max(len(problems), 1), "n": len(problems),
             "by_op": {op: h / n for op, (h, n) in by_op.items()}, "wrong_examples": wrong,
             "seconds": time.perf_counter() - t0}
