@@ -17,7 +17,6 @@ import re
 from fractions import Fraction
 
 from puyu.model.chat_format import ACTION_END, ACTION_START, PLUGIN
-from puyu.tasks.numbers import last_number, numbers
 from puyu.tasks.synthetic import ARITH_QUESTIONS, CITIES, GREETINGS, SYSTEM, TOOLS, Problem, _training_problem
 
 KINDS = ("arithmetic", "tool", "chat")
@@ -80,6 +79,8 @@ def arithmetic_answer(prediction: str) -> Fraction | None:
     Rejected: a reply with no number (after its last '='); an answer written in words ("forty-six"); a
     fraction written with a slash ("92/2" reads as 92). Whether the reply called a tool is the caller's
     business (`arithmetic_score`)."""
+    from puyu.tasks.numbers import last_number, numbers
+
     text = _MARKER.sub(" ", prediction)
     if "=" in text:
         found = numbers(text.rsplit("=", 1)[1])
