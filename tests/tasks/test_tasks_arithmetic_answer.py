@@ -33,6 +33,7 @@ TABLE = [
     (ADD, "46", True),
     (ADD, "12+34=46", True),
     (ADD, "12+34=46<|im_end|>", True),
+    (ADD, "12+34=46<|im_end|>12+35=47", True),  # the turn ended at <|im_end|>
     (ADD, "12 + 34 = 46", True),
     (ADD, "The answer is 46.", True),
     (ADD, "46.0", True),
@@ -129,6 +130,8 @@ def test_base_check_and_eval_raw_style_read_prompt_and_first_line(tiny_tokenizer
 def test_the_rule_reads_values():
     assert V.arithmetic_answer("12+34=46<|im_end|>") == 46
     assert V.arithmetic_answer("46[UNUSED_TOKEN_145]") == 46  # a raw token's digits are not the answer
+    assert V.arithmetic_answer("16+17=33[UNUSED_TOKEN_145]38=71") == 33 == V.arithmetic_answer("33</s>\n71")
+    assert V.arithmetic_answer("[UNUSED_TOKEN_146]46") == 46
     assert V.arithmetic_answer("12-15=-3") == -3 and V.arithmetic_answer("12-15") == 15
     assert V.arithmetic_answer("x = 2.5") == Fraction(5, 2)
     assert V.arithmetic_answer("12+34=") is None and V.arithmetic_answer("no number") is None

@@ -22,6 +22,7 @@ from puyu.tasks.synthetic import ARITH_QUESTIONS, CITIES, GREETINGS, SYSTEM, TOO
 KINDS = ("arithmetic", "tool", "chat")
 _INT = re.compile(r"-?\d+")
 _MARKER = re.compile(r"<\|[a-z_]+\|>|\[UNUSED_TOKEN_\d+\]")  # chat markers, as text
+_TURN_END = re.compile(r"<\|im_end\|>|\[UNUSED_TOKEN_145\]|</s>")
 
 
 def arithmetic_prompt(p: Problem, rng: random.Random | None = None, system: bool = False) -> dict:
@@ -71,8 +72,10 @@ def arithmetic_answer(prediction: str) -> Fraction | None:
     - when the reply has an '=', the answer is the first number after its last '=' ("12+34=46" -> 46;
       "12+34=" -> None, never an operand);
     - otherwise it is the reply's last number ("46", "The answer is 46." -> 46);
-    - chat markers (`<|im_end|>` and the other `<|...|>` tokens, raw `[UNUSED_TOKEN_n]` spellings) are
-      dropped first, so "12+34=46<|im_end|>" is 46 and a token's digits are never read as the answer;
+    - the reply ends at its first `<|im_end|>` or `</s>` (or the raw spelling `[UNUSED_TOKEN_145]`): what
+      a model writes after it is not its answer ("16+17=33<|im_end|>38=71" is 33);
+    - the other chat markers (`<|...|>`, raw `[UNUSED_TOKEN_n]`) are dropped, so a token's digits are
+      never read as the answer;
     - numbers are read by value with `puyu.tasks.numbers` (thousands separators, currency signs, a
       trailing period, decimals): "46.0", "$46", "46." are 46; "1,234" is 1234; "-3" is -3, never 3,
       and the minus of "12-15" is subtraction (its last number is 15).
@@ -81,7 +84,7 @@ def arithmetic_answer(prediction: str) -> Fraction | None:
     business (`arithmetic_score`)."""
     from puyu.tasks.numbers import last_number, numbers
 
-    text = _MARKER.sub(" ", prediction)
+    text = _MARKER.sub(" ", _TURN_END.split(prediction, 1)[0])
     if "=" in text:
         found = numbers(text.rsplit("=", 1)[1])
         return found[0][0] if found else None
