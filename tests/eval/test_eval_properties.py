@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from puyu.eval.needle import place
-from puyu.eval.numbers import last_number, parse_number, strict_answer
+from puyu.tasks.numbers import last_number, parse_number, strict_answer
 
 
 def _grouped(n: int) -> str:

@@ -3,7 +3,7 @@
 engine and any OpenAI-compatible endpoint), resumable predictions and reports (`puyu eval`).
 
 Tasks: arithmetic, gsm8k, math (competition_math.py), needle, tools, perplexity; `get_task(name)`.
-Shared: task.py (the contract), numbers.py (numbers by value), verify_pool.py (math-verify workers),
+Shared: task.py (the contract), verify_pool.py (math-verify workers),
 stats.py (Wilson, pass@k, maj@k), backends.py, runner.py, report.py, cli.py (`puyu eval`).
 
 Layer rule (import-linter, pyproject.toml): may import `puyu.agent`, `puyu.engine`, `puyu.model`,

@@ -7,16 +7,19 @@ skips; the < 10^4 problems come from their own seed (training never draws operan
 `--option sizes=100,1000,10000`, `--option test_small=400 --option test_big=200` if the recipe's
 counts differ. Prompts (`--option style=`): `raw` (default; the recipe's completion prompt `<s>12+34=`)
 or `chat` ("What is 12+34?" in one user turn; always with `--interpreter`).
-Score: the last number in the output equals a±b by value (`puyu.eval.numbers`).
+Score: `puyu.tasks.verifiable.arithmetic_score`, the RL reward's rule (the first number after the last
+'=', else the last number, by value; 0 for a reply that calls a tool without the agent). The raw prompt
+`12+34=` is scored with the output after it (`12+34=46`), as the nano recipe's base check does.
 """
 
 from __future__ import annotations
 
 import random
 
-from puyu.eval.numbers import format_number, last_number
 from puyu.eval.task import Context, EvalError, Generation, Sample, Task
+from puyu.tasks.numbers import format_number
 from puyu.tasks.synthetic import Problem, held_out_problems
+from puyu.tasks.verifiable import arithmetic_answer, arithmetic_raw_text, arithmetic_score
 
 CHAT_QUESTION = "What is {q}?"
 
@@ -57,7 +60,7 @@ class Arithmetic(Task):
         for size in sizes:
             for p in problems(ctx.seed, size, n, int(o.get("test_small", 400)), int(o.get("test_big", 200))):
                 q = p.prompt[:-1]
-                record = {"question": q, "answer": p.answer, "size": size}
+                record = {"question": q, "answer": p.answer, "size": size, "style": style}
                 s = Sample(id=f"{size}:{q}", record=record, groups={"size": f"< {size}", "op": p.op})
                 if style == "raw":
                     s.prompt = p.prompt
@@ -75,11 +78,17 @@ class Arithmetic(Task):
     def score(self, prediction: str, record: dict) -> float:
         if "answer" not in record:
             raise EvalError("arithmetic: the sample has no answer")
-        got = last_number(prediction or "")
-        return float(got is not None and format_number(got) == str(int(record["answer"])))
+        return arithmetic_score(_scored_text(prediction, record), record)
 
     def extract(self, prediction: str, record: dict) -> str | None:
-        return format_number(last_number(prediction or ""))
+        return format_number(arithmetic_answer(_scored_text(prediction, record)))
+
+
+def _scored_text(prediction: str | None, record: dict) -> str:
+    """The text the rule reads: a raw-style output (the record's `style`) continues `12+34=`, so it is read
+    as the prompt and the output's first line (`arithmetic_raw_text`, as the recipe's base check does)."""
+    text = prediction or ""
+    return arithmetic_raw_text(record["question"] + "=", text) if record.get("style") == "raw" else text
 
 
 TASK = Arithmetic()

@@ -18,15 +18,15 @@ rendered with the InternLM2 chat template (`encode_chat`, no system turn):
   the question then "\nPlease reason step by step, and put your final answer within \\boxed{}.".
 Scoring (both reported): strict = the number after the last `####`, "The answer is" or `\boxed{`;
 flexible = the last number in the output. `score` uses strict when the output has one, else flexible;
-values compare exactly (`puyu.eval.numbers`).
+values compare exactly (`puyu.tasks.numbers`).
 """
 
 from __future__ import annotations
 
 import re
 
-from puyu.eval.numbers import format_number, last_number, parse_number, strict_answer
 from puyu.eval.task import Context, EvalError, Generation, Sample, Task, apply_limit, need, read_records
+from puyu.tasks.numbers import format_number, last_number, parse_number, strict_answer
 
 INSTRUCTION = "Solve the problem step by step. End with \"The answer is N.\" where N is the final number."
 FEWSHOT = [

@@ -11,8 +11,9 @@ recipe's report and targets).
 - `interpreter_call_accuracy`: "Use Python to compute a*b." with fresh a, b in [100, 10000). Right =
   an interpreter call whose code has exactly the numbers a and b (in either order) and a `*`.
 - `interpreter_arithmetic_accuracy`: a+b / a-b questions answered through `puyu.Agent` with the real
-  sandboxed interpreter (`puyu.engine.chat_policy`, greedy). Right = the final answer's last
-  integer is the result; also counted: how many turns called the interpreter.
+  sandboxed interpreter (`puyu.engine.chat_policy`, greedy). Right = the final answer passes
+  `puyu.tasks.verifiable.arithmetic_score` (the RL reward's rule); also counted: how many turns called
+  the interpreter.
 
 The first two generate one assistant turn for a batch of prompts through `puyu.engine.Engine`
 (stopping at `<|im_end|>`, `</s>` or `<|action_end|>`) and parse it with `puyu.agent.protocol`.
@@ -28,6 +29,7 @@ from puyu.agent.protocol import InterpreterCall, parse_turn
 from puyu.eval.tools import generated_set, judge
 from puyu.model.chat_format import ACTION_END, render_chat
 from puyu.tasks.synthetic import ARITH_QUESTIONS, MULTIPLY_QUESTIONS, SYSTEM, TOOLS, Problem
+from puyu.tasks.verifiable import arithmetic_score
 
 
 def _turns(model, tokenizer, chats: list[dict], max_new: int) -> list[str]:
@@ -106,35 +108,38 @@ def interpreter_call_accuracy(model, tokenizer, n: int = 100, seed: int = 0, tur
 
 
 def interpreter_arithmetic_accuracy(model, tokenizer, problems: list[Problem], seed: int = 0,
-                                    max_new_tokens: int = 64) -> dict:
+                                    max_new_tokens: int = 64, policy=None) -> dict:
     """a+b / a-b through `puyu.Agent` with the sandboxed interpreter, one conversation per problem (the
-    question phrased as the chat arithmetic data does, drawn by `seed`). Returns accuracy (the last
-    integer of the final answer is the result), used_interpreter (fraction whose first turn called it), n, wrong examples and seconds.
-    Raises whatever starting the interpreter raises (`puyu.agent.interpreter`)."""
+    question phrased as the chat arithmetic data does, drawn by `seed`). Returns accuracy (the agent's
+    final answer passes `puyu.tasks.verifiable.arithmetic_score`: the first number after the last '=',
+    else the last number, by value), used_interpreter (fraction whose first turn called it), n, wrong
+    examples and seconds. `policy`: the agent's policy (None: greedy `chat_policy` over an Engine of
+    `model`; a scripted one lets a test feed known replies). Raises whatever starting the interpreter
+    raises (`puyu.agent.interpreter`)."""
     from puyu.agent.loop import Agent, ToolCall
     from puyu.engine.sampling import SamplingParams
     from puyu.engine.scheduler import Engine, chat_policy
 
     t0 = time.perf_counter()
     rng = random.Random(f"puyu-interp-arith-eval-{seed}")
-    engine = Engine(model.eval(), tokenizer, max_batch_size=1)
+    engine = None if policy is not None else Engine(model.eval(), tokenizer, max_batch_size=1)
     right = used = 0
     wrong = []
     try:
-        with Agent(chat_policy(engine, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)),
+        with Agent(policy or chat_policy(engine, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)),
                    interpreter=True, max_steps=2) as agent:
             for p in problems:
                 q = rng.choice(ARITH_QUESTIONS).format(p=p.prompt, q=p.prompt[:-1])
                 res = agent.run([{"role": "user", "content": q}])
                 called = any(isinstance(e, ToolCall) and e.kind == "interpreter" for e in res.events)
-                numbers = re.findall(r"-?\d+", res.text)
-                ok = bool(numbers) and numbers[-1] == p.answer
+                ok = arithmetic_score(res.text, {"answer": p.answer}) == 1.0
                 used += called
                 right += ok
                 if not ok and len(wrong) < 6:
                     wrong.append(f"{q} -> {res.text.strip()!r} ({'called' if called else 'no call'}; expected {p.answer})")
     finally:
-        engine.close()
+        if engine is not None:
+            engine.close()
     n = max(len(problems), 1)
     return {"accuracy": right / n, "used_interpreter": used / n, "n": len(problems), "wrong_examples": wrong,
             "seconds": time.perf_counter() - t0}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from fractions import Fraction
 
 from puyu.model.chat_format import ACTION_START
 from puyu.model.tool_calls import InterpreterCall, PluginCall, parse_turn
@@ -21,6 +22,8 @@ from puyu.tasks.synthetic import ARITH_QUESTIONS, CITIES, GREETINGS, SYSTEM, TOO
 
 KINDS = ("arithmetic", "tool", "chat")
 _INT = re.compile(r"-?\d+")
+_MARKER = re.compile(r"<\|[a-z_]+\|>|\[UNUSED_TOKEN_\d+\]")  # chat markers, as text
+_TURN_END = re.compile(r"<\|im_end\|>|\[UNUSED_TOKEN_145\]|</s>")
 
 
 def arithmetic_prompt(p: Problem, rng: random.Random | None = None, system: bool = False) -> dict:
@@ -62,21 +65,53 @@ def rl_prompts(seed, n: int, weights: dict[str, float], exclude: set[Problem], p
 
 
 # ---- scorers -------------------------------------------------------------------------------------
-def arithmetic_answer(prediction: str) -> str | None:
-    """The number a reply gives: after its last '=' when there is one, else its last integer."""
-    text = prediction.split("=")[-1] if "=" in prediction else prediction
-    nums = _INT.findall(text)
-    if not nums:
-        return None
-    return nums[0] if "=" in prediction else nums[-1]
+def arithmetic_answer(prediction: str) -> Fraction | None:
+    """The value a reply gives as the answer to an arithmetic question (None when it gives none).
+
+    The one rule of every arithmetic check in puyu (RL reward, `puyu eval` arithmetic, the nano recipe's
+    base and chat checks, the interpreter check through the agent):
+    - when the reply has an '=', the answer is the first number after its last '=' ("12+34=46" -> 46;
+      "12+34=" -> None, never an operand);
+    - otherwise it is the reply's last number ("46", "The answer is 46." -> 46);
+    - the reply ends at its first `<|im_end|>` or `</s>` (or the raw spelling `[UNUSED_TOKEN_145]`): what
+      a model writes after it is not its answer ("16+17=33<|im_end|>38=71" is 33);
+    - the other chat markers (`<|...|>`, raw `[UNUSED_TOKEN_n]`) are dropped, so a token's digits are
+      never read as the answer;
+    - numbers are read by value with `puyu.tasks.numbers` (thousands separators, currency signs, a
+      trailing period, decimals): "46.0", "$46", "46." are 46; "1,234" is 1234; "-3" is -3, never 3,
+      and the minus of "12-15" is subtraction (its last number is 15).
+    Rejected: a reply with no number (after its last '='); an answer written in words ("forty-six"); a
+    fraction written with a slash ("92/2" reads as 92). Whether the reply called a tool is the caller's
+    business (`arithmetic_score`)."""
+    from puyu.tasks.numbers import last_number, numbers
+
+    text = _MARKER.sub(" ", _TURN_END.split(prediction, 1)[0])
+    if "=" in text:
+        found = numbers(text.rsplit("=", 1)[1])
+        return found[0][0] if found else None
+    return last_number(text)
+
+
+def arithmetic_right(prediction: str, answer) -> bool:
+    """True when `arithmetic_answer(prediction)` equals `answer` (an int, or its text "46", "-3") by value."""
+    got = arithmetic_answer(prediction)
+    return got is not None and got == Fraction(str(answer).strip())
+
+
+def arithmetic_raw_text(prompt: str, completion: str) -> str:
+    """What the rule reads of a base model's raw completion of `12+34=`: the prompt followed by the
+    completion's first line ("12+34=" + "46\n12+35=47" -> "12+34=46"). A base model that goes on writes a
+    new problem of its own after the newline; a completion that starts with a newline has no answer."""
+    return prompt + completion.split("\n", 1)[0]
 
 
 def arithmetic_score(prediction: str, sample: dict) -> float:
-    """1.0 when the reply's number equals `sample["answer"]` and it calls no tool."""
-    if ACTION_START in prediction:
+    """1.0 when the reply answers `sample["answer"]` (`arithmetic_answer`'s rule) and calls no tool: a
+    reply with an action marker has not answered yet (its code or call is not the answer), so it scores
+    0 even when the right number is in it. An agent's final answer (`AgentResult.text`) has no markers."""
+    if ACTION_START in prediction or "[UNUSED_TOKEN_144]" in prediction:  # the marker, or its raw spelling
         return 0.0
-    got = arithmetic_answer(prediction)
-    return float(got is not None and int(got) == int(sample["answer"]))
+    return float(arithmetic_right(prediction, sample["answer"]))
 
 
 def parse_plugin_call(prediction: str) -> dict | None:

@@ -12,6 +12,7 @@ import time
 
 from puyu.model.chat_format import IM_END, encode_chat
 from puyu.tasks.synthetic import SYSTEM, TOOLS, Problem, passkey_prompt
+from puyu.tasks.verifiable import arithmetic_raw_text, arithmetic_score
 
 
 def _engine(model, tokenizer):
@@ -28,28 +29,36 @@ def _greedy(engine, prompts: list[list[int]], max_new: int, stop_ids: list[int])
 
 
 def arithmetic_accuracy(model, tokenizer, problems: list[Problem], engine=None) -> dict:
-    """Raw completion: prompt `<s>12+34=`, greedy until `</s>`; exact match of the text with the answer."""
+    """Raw completion: prompt `<s>12+34=`, greedy until `</s>` (8 new tokens at most). Right = the prompt
+    followed by the completion's first line (`puyu.tasks.verifiable.arithmetic_raw_text`: "12+34=" +
+    "46") passes `arithmetic_score`, the rule of RL and `puyu eval` (the first number after the last '=',
+    by value): " 46", "46.0" and "46 (carry the 1)" count, "47", "", "-46" and a completion that starts with a newline do not; what follows
+    the first line (a new problem the base model made up) is not read. Not stricter than the
+    chat check on purpose: this figure measures arithmetic, not the training data's exact format (the
+    wrong examples show what was written)."""
     engine = engine or _engine(model, tokenizer)
     t0 = time.perf_counter()
     prompts = [[tokenizer.bos_id] + tokenizer.encode(p.prompt) for p in problems]
     results = _greedy(engine, prompts, max_new=8, stop_ids=[tokenizer.eos_id])
     correct, by_op, wrong = 0, {}, []
     for p, r in zip(problems, results):
-        got = tokenizer.decode([t for t in r.token_ids if t != tokenizer.eos_id]).strip()
-        ok = got == p.answer
+        got = tokenizer.decode([t for t in r.token_ids if t != tokenizer.eos_id])
+        ok = arithmetic_score(arithmetic_raw_text(p.prompt, got), {"answer": p.answer}) == 1.0
         correct += ok
         hit, n = by_op.get(p.op, (0, 0))
         by_op[p.op] = (hit + ok, n + 1)
         if not ok and len(wrong) < 8:
-            wrong.append(f"{p.prompt}{got}  (expected {p.answer})")
+            wrong.append(f"{p.prompt}{got.strip()}  (expected {p.answer})")
     return {"accuracy": correct / max(len(problems), 1), "n": len(problems),
             "by_op": {op: h / n for op, (h, n) in by_op.items()}, "wrong_examples": wrong,
             "seconds": time.perf_counter() - t0}
 
 
 def chat_arithmetic_accuracy(model, tokenizer, problems: list[Problem], engine=None) -> dict:
-    """Through the chat template: user `12+34`-style question, the assistant must write `12+34=46`
-    (or just `46`) and end the turn with `<|im_end|>`."""
+    """Through the chat template: user `12+34=`-style question, greedy for 16 tokens. Right = the reply
+    passes `puyu.tasks.verifiable.arithmetic_score` (the RL reward and `puyu eval`'s rule: "12+34=46",
+    "46", "The answer is 46." count; a reply that opens a tool call does not). `ends_with_im_end`: the
+    share of replies that end the turn with `<|im_end|>`."""
     engine = engine or _engine(model, tokenizer)
     prompts = [encode_chat(tokenizer, [{"role": "user", "content": p.prompt}], None) for p in problems]
     results = _greedy(engine, prompts, max_new=16, stop_ids=tokenizer.stop_ids)
@@ -57,8 +66,7 @@ def chat_arithmetic_accuracy(model, tokenizer, problems: list[Problem], engine=N
     correct = ended = 0
     for p, r in zip(problems, results):
         text = tokenizer.decode([t for t in r.token_ids if t not in tokenizer.stop_ids]).strip()
-        final = text.rsplit("=", 1)[-1].strip()
-        correct += final == p.answer
+        correct += arithmetic_score(text, {"answer": p.answer}) == 1.0
         ended += bool(r.token_ids) and r.token_ids[-1] == im_end
     n = max(len(problems), 1)
     return {"accuracy": correct / n, "ends_with_im_end": ended / n, "n": len(problems)}
