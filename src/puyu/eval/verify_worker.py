@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import sys
 
-# run as a script, this file's folder is sys.path[0], where puyu.eval's numbers.py would shadow the standard
-# library's `numbers` (which SymPy imports): drop it before importing anything else
+# run as a script, this file's folder is sys.path[0], where any module named like a standard-library one (this
+# folder once held a numbers.py, which shadowed the `numbers` SymPy imports) would shadow it: drop the folder
+# before importing anything else
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
