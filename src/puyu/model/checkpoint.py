@@ -383,9 +383,33 @@ def _from_state_dict(cfg: ModelConfig, sd: dict, dtype: torch.dtype, device: tor
     return model.eval()
 
 
+def load_gguf(path: str | Path, weights: str | None = None, group: int = DEFAULT_GROUP,
+              dtype=None) -> InternLM2ForCausalLM:
+    """A GGUF file as an `InternLM2ForCausalLM` on the CPU, built tensor by tensor from
+    `puyu.model.gguf_file.read_gguf` (which documents the types, what each becomes and the exactness).
+    dtype applies to the parameters kept in float (norms, f32 layers). Raises GGUFError / QuantError."""
+    from puyu.model.gguf_file import read_gguf
+
+    float_dtype = resolve_dtype(dtype, torch.device("cpu"))
+    cfg, items = read_gguf(path, weights=weights, group=group)
+    with torch.device("meta"):
+        model = InternLM2ForCausalLM(cfg)
+    params = dict(model.named_parameters())
+    for name, value in items:
+        _check_shape(name, tuple(value.shape), tuple(params[name].shape), Path(path))
+        if isinstance(value, torch.Tensor):
+            _set_param(model, name, value.to(float_dtype))
+        else:
+            _set_packed(model, name, value)
+        del value
+        _trim_heap()
+    return model.eval()
+
+
 def load_model(path_or_preset: str | Path, dtype=None, device=None, seed: int = 0, weights: str | None = None,
                group: int = DEFAULT_GROUP) -> InternLM2ForCausalLM:
-    """A checkpoint directory (InternLM2 or LLaMA layout) or a preset name (random init, `seed`).
+    """A checkpoint directory (InternLM2 or LLaMA layout), a GGUF file (`puyu.model.gguf_file`: its types, what
+    each becomes and which are exact) or a preset name (random init, `seed`).
 
     Returns `InternLM2ForCausalLM` in eval mode; calling it on LongTensor [B, T] gives logits [B, T, vocab].
     Defaults: float32 on CPU; bf16 (fp16 without bf16 support) on CUDA, when device is None and CUDA exists.
@@ -397,6 +421,12 @@ def load_model(path_or_preset: str | Path, dtype=None, device=None, seed: int = 
     loads packed as stored. Raises CheckpointError (bad files, a packed checkpoint asked for another
     format, a non-CPU device) or QuantError (unknown format or group)."""
     p = Path(path_or_preset)
+    from puyu.model.gguf_file import is_gguf
+
+    if is_gguf(p):  # a GGUF file (llama.cpp's format): puyu.model.gguf_file
+        if device is not None and resolve_device(device).type != "cpu":
+            raise CheckpointError(f"{p}: GGUF files load on the CPU only")
+        return load_gguf(p, weights=weights, group=group, dtype=dtype)
     if p.is_dir():
         return load_checkpoint(p, dtype=dtype, device=device, weights=weights, group=group)
     if str(path_or_preset) in PRESETS:

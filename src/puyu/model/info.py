@@ -21,6 +21,12 @@ GROUPS = [("embeddings", "model.tok_embeddings."), ("attention", ".attention."),
 
 def resolve_config(path_or_preset: str) -> ModelConfig:
     p = Path(path_or_preset)
+    from puyu.model.gguf_file import gguf_config, is_gguf, memory_hint
+
+    if is_gguf(p):  # the format its linear layers load as is recorded for the memory check
+        cfg = gguf_config(p)
+        cfg.extra["puyu_quantization"] = memory_hint(p)
+        return cfg
     if p.is_dir() or p.name == "config.json":
         from puyu.model.llama_layout import config_from_llama, detect_layout
 
