@@ -7,8 +7,6 @@ weight i + 16 in its high nibble, value d * (q - 8)), and read the file's bytes 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import torch
 
 gguf = pytest.importorskip("gguf")
 
+from puyu.cli import main  # noqa: E402
 from puyu.model import gguf_file  # noqa: E402
 from puyu.model.checkpoint import load_model, save_pretrained  # noqa: E402
 from puyu.model.config import ModelConfig  # noqa: E402
@@ -273,7 +272,7 @@ def test_other_architectures_and_missing_tensors_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "not_gguf"])
-def test_corrupt_file_gives_one_line_error(tmp_path, damage):
+def test_corrupt_file_gives_one_line_error(tmp_path, damage, capsys):
     f = write_gguf_from_model(tiny(seed=11), tmp_path / "m.gguf", "q8_0", tokenizer_model=NANO_TOK if NANO_TOK.exists() else None)
     data = f.read_bytes()
     if damage == "truncate":
@@ -284,29 +283,27 @@ def test_corrupt_file_gives_one_line_error(tmp_path, damage):
         f.write_bytes(b"PK\x03\x04" + data[4:])
     with pytest.raises(GGUFError):
         load_model(f)
-    r = subprocess.run([sys.executable, "-m", "puyu.cli", "generate", "--model", str(f), "--ids", "1 2 3",
-                        "--max-new-tokens", "1"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and str(f) in lines[0], r.stderr
+    capsys.readouterr()
+    assert main(["generate", "--model", str(f), "--ids", "1 2 3", "--max-new-tokens", "1"]) == 1
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(f) in lines[0], err
 
 
-def test_cli_convert_info_and_generate(tmp_path):
+def test_cli_convert_info_and_generate(tmp_path, capsys):
+    """The commands as a user runs them (in-process: `puyu.cli.main` is the console script's body)."""
+    import json
+
     m = tiny(seed=12)
     src = save_pretrained(m, tmp_path / "ck", dtype="bfloat16")
     out = tmp_path / "m.gguf"
-    run = [sys.executable, "-m", "puyu.cli"]
-    r = subprocess.run(run + ["convert", str(src), str(out), "--to", "gguf", "--type", "q4_0"], capture_output=True,
-                       text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    r = subprocess.run(run + ["info", str(out)], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and "128" in r.stdout, r.stderr
-    r = subprocess.run(run + ["generate", "--model", str(out), "--ids", "1 2 3", "--max-new-tokens", "4", "--json"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    import json
-
-    got = json.loads(r.stdout.strip().splitlines()[-1])["token_ids"]
+    assert main(["convert", str(src), str(out), "--to", "gguf", "--type", "q4_0"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert "128" in json.dumps(info)
+    assert main(["generate", "--model", str(out), "--ids", "1 2 3", "--max-new-tokens", "4", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["token_ids"]
     ref = load_model(out)
     seq = [1, 2, 3]
     with torch.no_grad():
@@ -315,7 +312,8 @@ def test_cli_convert_info_and_generate(tmp_path):
     assert got == seq[3:]
 
 
-@pytest.mark.parametrize("tok", [NANO_TOK, REAL_TOK], ids=["nano", "internlm2"])
+@pytest.mark.parametrize("tok", [pytest.param(NANO_TOK, id="nano"),
+                                 pytest.param(REAL_TOK, id="internlm2", marks=pytest.mark.slow)])
 def test_tokenizer_rebuilt_from_gguf_encodes_identically(tmp_path, tok, monkeypatch):
     if not tok.exists():
         pytest.skip(f"{tok} not present")
@@ -332,3 +330,25 @@ def test_tokenizer_rebuilt_from_gguf_encodes_identically(tmp_path, tok, monkeypa
     for t in texts:
         assert back.encode(t) == orig.encode(t), t
         assert back.decode(orig.encode(t)) == orig.decode(orig.encode(t))
+
+
+def test_header_parser_matches_gguf_reader(tmp_path):
+    """puyu parses the header itself (GGUFReader is ~20x slower on a real vocabulary): both agree on every
+    metadata value and every tensor's type, shape and data offset."""
+    f = write_gguf_from_model(tiny(seed=14), tmp_path / "m.gguf", "q4_0",
+                              tokenizer_model=NANO_TOK if NANO_TOK.exists() else None)
+    ours = gguf_file._File(f)
+    r = gguf.GGUFReader(f)
+    keys = [k for k in r.fields if not k.startswith("GGUF.")]
+    assert sorted(keys) == sorted(ours.fields)
+    for k in keys:
+        theirs = r.fields[k].contents()
+        if isinstance(theirs, float) or (isinstance(theirs, list) and theirs and isinstance(theirs[0], float)):
+            np.testing.assert_allclose(ours.fields[k], theirs, rtol=1e-7)
+        else:
+            assert ours.fields[k] == theirs, k
+    assert len(r.tensors) == len(ours.tensors)
+    for t in r.tensors:
+        tname, shape, offset, nbytes = ours.tensors[t.name]
+        assert (tname, shape, offset, nbytes) == (t.tensor_type.name, tuple(reversed(t.shape.tolist())),
+                                                  int(t.data_offset), int(t.n_bytes))
