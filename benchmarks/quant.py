@@ -220,7 +220,14 @@ PEER_SCRIPT = r"""
 import json, sys, time
 import numpy as np
 import llama_cpp
+import llama_cpp.llama_cpp as low
 a = json.loads(sys.argv[1])
+default_params = low.llama_model_default_params
+def model_params():  # llama.cpp's "extra buffer types" (AMX, repacked weights): on or off as asked
+    p = default_params()
+    p.use_extra_bufts = a["extra_bufts"]
+    return p
+low.llama_model_default_params = model_params
 llm = llama_cpp.Llama(model_path=a["path"], n_ctx=a["n_ctx"], n_threads=a["threads"], n_threads_batch=a["threads"],
                       n_batch=512, logits_all=False, verbose=False)
 V = llm.n_vocab()
@@ -295,7 +302,7 @@ def bench_llamacpp(args) -> dict:
     get = synthetic_weights(cfg)
     ids = torch.randint(3, cfg.vocab_size, (args.prompt,), generator=torch.Generator().manual_seed(0)).tolist()
     pairs = [p.split(":") for p in args.pairs.split(",")]
-    res = {"threads": args.threads, "prompt": args.prompt, "new_tokens": args.new_tokens, "shape": args.vs_llamacpp,
+    res = {"llamacpp_extra_bufts": args.llamacpp_extra_bufts, "threads": args.threads, "prompt": args.prompt, "new_tokens": args.new_tokens, "shape": args.vs_llamacpp,
            "llama_cpp_version": probe.stdout.strip(), "load_before": os.getloadavg()}
     for gtype, fmt in pairs:
         path = work / f"{args.vs_llamacpp}-{gtype}.gguf"
@@ -311,7 +318,7 @@ def bench_llamacpp(args) -> dict:
         del model
         gc.collect()
         arg = json.dumps({"path": str(path), "n_ctx": args.prompt + args.new_tokens + 16, "threads": args.threads,
-                          "ids": ids, "new": args.new_tokens})
+                          "ids": ids, "new": args.new_tokens, "extra_bufts": args.llamacpp_extra_bufts})
         r = subprocess.run([str(peer), "-c", PEER_SCRIPT, arg], capture_output=True, text=True)
         if r.returncode != 0:
             print(f"[llama.cpp {gtype}] failed: {r.stderr.strip()[-2000:]}", flush=True)
@@ -353,6 +360,9 @@ def main() -> None:
     ap.add_argument("--pairs", default="f16:bf16,q8_0:int8,q4_0:int4",
                     help="GGUF type:puyu format pairs for --vs-llamacpp")
     ap.add_argument("--llamacpp-python", default=PEER_PYTHON, help="Python of the llama-cpp-python environment")
+    ap.add_argument("--llamacpp-extra-bufts", action="store_true",
+                    help="let llama.cpp use its extra buffer types (AMX / repacked weights; off by default: on this "
+                         "project's KVM machine its AMX kernels stop with SIGILL on Q8_0/Q4_0)")
     ap.add_argument("--tokenizer", default=REAL_TOKENIZER, help="SentencePiece model written into the GGUF files "
                     "(its vocabulary must match the preset's)")
     ap.add_argument("--workdir", default="/tmp/puyu_llamacpp", help="where the GGUF files are written (and reused)")

@@ -390,8 +390,8 @@ class _Rows:
 def _read_rows(f: _File, name: str) -> _Rows:
     type_name, shape, _, _ = f.tensors[name]
     native_format(type_name)  # refuses unsupported types with a clear message
-    if type_name != "F32" and len(shape) != 2:
-        raise GGUFError(f"{f.path}: 1-D tensor {name!r} is stored as {type_name}; expected F32")
+    if len(shape) != 2 and type_name not in ("F32", "F16", "BF16"):
+        raise GGUFError(f"{f.path}: 1-D tensor {name!r} is stored as {type_name}; expected F32, F16 or BF16")
     raw = f.raw(name)
     K = shape[-1]
     if type_name == "Q4_0":
