@@ -104,6 +104,7 @@ def test_unpacks_exactly_as_float32(tmp_path):
     for name, p in ref.named_parameters():
         assert torch.equal(dict(m.named_parameters())[name], p), name
     assert torch.equal(run(m), run(ref))
+    assert "quantization_config" not in m.config.extra  # saved again, it is a float checkpoint
 
 
 def test_default_is_int4_group_32_within_its_bound(tmp_path):

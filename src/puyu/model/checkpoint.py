@@ -318,6 +318,7 @@ def _load_awq(path: Path, cfg: ModelConfig, awq_group: int, weights: str | None,
             _readinto(f, t, start + info["data_offsets"][0])
         return t
 
+    cfg = cfg.replace(extra={k: v for k, v in cfg.extra.items() if k != "quantization_config"})  # no longer AWQ
     with torch.device("meta"):
         model = InternLM2ForCausalLM(cfg)
     for name, p in list(model.named_parameters()):
