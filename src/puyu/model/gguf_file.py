@@ -1,8 +1,10 @@
 """GGUF files (llama.cpp's format) of InternLM2- and LLaMA-layout models: read into puyu's formats, and written
 from puyu checkpoints (through the `gguf` library from PyPI, llama.cpp's own Python package).
 
-Reading (`load_gguf`, reached through `puyu.load_model(path.gguf, weights=...)` and every CLI `--model`):
-the header and metadata are parsed with `gguf.GGUFReader`; each tensor's bytes are then read with plain
+Reading (`read_gguf`; `puyu.model.checkpoint.load_gguf` builds the model from it; reached through
+`puyu.load_model(path.gguf, weights=...)` and every CLI `--model`):
+the header and metadata are parsed here (`_parse_header`, checked against `gguf.GGUFReader` in the tests; the
+tensor types, block sizes and non-exact dequantizers are the `gguf` package's); each tensor's bytes are read with plain
 `readinto` (no memory map whose touched pages would count in RSS), converted and packed one tensor at a time,
 so no float32 copy of the model ever exists (at most one tensor in float32, while it is re-quantized).
 
