@@ -30,7 +30,9 @@
    FLOP, about a day on 2 cores: it is not run. Reports bytes per cached token (`Engine.stats()`), decode
    seconds per step (median of --steps), the KV bytes a step reads and peak RSS (VmHWM), with the decode path.
 
-llama.cpp is not compared yet: building `llama-cpp-python` in its own environment was not attempted.
+5. llama.cpp (--vs-llamacpp PRESET): `bench_llamacpp` below; llama-cpp-python lives in its own environment
+   (README, "llama.cpp side by side"), run as a subprocess; skipped with a message when it is absent.
+       nice -n 10 .venv/bin/python benchmarks/quant.py --skip-quality --vs-llamacpp internlm2-1_8b --threads 2
 The engine's decode path (kernel build and format) is printed with every figure.
 """
 
@@ -58,12 +60,7 @@ def peak_rss() -> int:
     return peak_rss_bytes()
 
 
-def vm_hwm() -> int:
-    """This process's peak resident size (VmHWM, bytes)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return peak_rss()
+vm_hwm = peak_rss  # VmHWM: both names are used below
 
 
 # ---- 1. quality ----------------------------------------------------------------------------------------------
@@ -224,12 +221,14 @@ def bandwidth(model) -> float:
     return max(GIB / best(fresh.sum, 5), nbytes / best(touch, 3))
 
 
-def decode_speed(model, prompt: int, new: int, context: int | None = None, kv: str | None = None) -> dict:
+def decode_speed(model, prompt: int, new: int, context: int | None = None, kv: str | None = None,
+                 ids: list[int] | None = None) -> dict:
     from puyu.engine.sampling import SamplingParams
     from puyu.engine.scheduler import Engine
 
     cfg = model.config
-    ids = torch.randint(3, cfg.vocab_size, (prompt,), generator=torch.Generator().manual_seed(0)).tolist()
+    if ids is None:
+        ids = torch.randint(3, cfg.vocab_size, (prompt,), generator=torch.Generator().manual_seed(0)).tolist()
     with Engine(model, max_batch_size=1, cache_tokens=context or (prompt + new + 64), prefix_cache=False,
                 kv=kv) as eng:
         stamps = []
@@ -348,6 +347,133 @@ def bench_long(args) -> dict:
               f"{fill_s:.1f} s; decode step at {args.context:,} tokens {step_s * 1e3:.1f} ms (median of "
               f"{args.steps}; fastest {min(times) * 1e3:.1f}; CPU time {cpu_s * 1e3:.1f}) = {1 / step_s:.2f} tok/s, reading {kv_read / GIB:.2f} GiB of KV; peak RSS "
               f"{vm_hwm() / GIB:.2f} GiB ({st['decode_path']})", flush=True)
+
+
+# ---- 5. llama.cpp side by side --------------------------------------------------------------------------------
+PEER_PYTHON = os.environ.get("PUYU_LLAMACPP_PYTHON", "/work/venvs/llamacpp/bin/python")
+REAL_TOKENIZER = "/work/shared/reference/internlm2/tokenizer.model"
+# Run by the peer environment's Python: loads one GGUF with llama-cpp-python, prefills the prompt, then decodes
+# greedily one token per llama_decode call (argmax in numpy, as puyu's engine takes the argmax), timing each.
+PEER_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+import llama_cpp
+import llama_cpp.llama_cpp as low
+a = json.loads(sys.argv[1])
+default_params = low.llama_model_default_params
+def model_params():  # llama.cpp's "extra buffer types" (AMX, repacked weights): on or off as asked
+    p = default_params()
+    p.use_extra_bufts = a["extra_bufts"]
+    return p
+low.llama_model_default_params = model_params
+llm = llama_cpp.Llama(model_path=a["path"], n_ctx=a["n_ctx"], n_threads=a["threads"], n_threads_batch=a["threads"],
+                      n_batch=512, logits_all=False, verbose=False)
+V = llm.n_vocab()
+def last():
+    return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(V,)).copy()
+t0 = time.perf_counter()
+llm.eval(a["ids"])
+logits = last()
+tok = int(logits.argmax())
+stamps, toks = [time.perf_counter()], [tok]
+for _ in range(a["new"] - 1):
+    llm.eval([tok])
+    tok = int(last().argmax())
+    stamps.append(time.perf_counter())
+    toks.append(tok)
+print(json.dumps({"tok_s": (len(stamps) - 1) / (stamps[-1] - stamps[0]), "first_token_s": stamps[0] - t0,
+                  "logits": logits.tolist(), "tokens": toks, "version": llama_cpp.__version__,
+                  "system": llama_cpp.llama_print_system_info().decode()}))
+"""
+
+
+def synthetic_weights(cfg, seed: int = 0):
+    """get(puyu parameter name) -> float32 tensor, the same values on every call (seeded by the name): weights
+    ~ U(-0.04, 0.04) (as `packed_random_model`), norms 1."""
+    import zlib
+
+    from puyu.model.transformer import InternLM2ForCausalLM
+
+    with torch.device("meta"):
+        shapes = {n: tuple(p.shape) for n, p in InternLM2ForCausalLM(cfg).named_parameters()}
+
+    def get(name: str) -> torch.Tensor:
+        if name.endswith("norm.weight"):
+            return torch.ones(shapes[name])
+        g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        return torch.empty(shapes[name]).uniform_(-0.04, 0.04, generator=g)
+
+    return get
+
+
+def bench_llamacpp(args) -> dict:
+    """puyu bf16 / int8 / int4 against llama.cpp f16 / q8_0 / q4_0 on the same synthetic weights, written once as
+    GGUF files (`puyu.model.gguf_file.write_gguf`) under --workdir: puyu loads the very same files (f16 -> bf16
+    rounded; q8_0 -> int8 per row, re-quantized; q4_0 -> int4 in groups of 32, the file's blocks exactly).
+    Same prompt ids, same thread count, one process at a time (puyu here, llama.cpp in a subprocess of the peer
+    environment), so their memory never adds up. Prints tok/s, the ratio, and the last prompt position's logits
+    compared (max |difference| / max |logit|, and whether the argmax agrees)."""
+    import gc
+    import subprocess
+
+    from puyu.model.checkpoint import load_model
+    from puyu.model.config import get_preset
+    from puyu.model.gguf_file import write_gguf
+
+    peer = Path(args.llamacpp_python)
+    if not peer.exists():
+        print(f"[llama.cpp] skipped: no peer environment at {peer} (build it: README 'llama.cpp side by side'; "
+              f"or set PUYU_LLAMACPP_PYTHON / --llamacpp-python)", flush=True)
+        return {"skipped": f"no {peer}"}
+    probe = subprocess.run([str(peer), "-c", "import llama_cpp; print(llama_cpp.__version__)"], capture_output=True,
+                           text=True)
+    if probe.returncode != 0:
+        print(f"[llama.cpp] skipped: {peer} cannot import llama_cpp ({probe.stderr.strip().splitlines()[-1:]})")
+        return {"skipped": "llama_cpp import failed"}
+    cfg = get_preset(args.vs_llamacpp)
+    tok = Path(args.tokenizer)
+    if not tok.exists():
+        print(f"[llama.cpp] skipped: llama.cpp needs a vocabulary in the GGUF and {tok} is absent (--tokenizer)")
+        return {"skipped": f"no {tok}"}
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    get = synthetic_weights(cfg)
+    ids = torch.randint(3, cfg.vocab_size, (args.prompt,), generator=torch.Generator().manual_seed(0)).tolist()
+    pairs = [p.split(":") for p in args.pairs.split(",")]
+    res = {"llamacpp_extra_bufts": args.llamacpp_extra_bufts, "threads": args.threads, "prompt": args.prompt, "new_tokens": args.new_tokens, "shape": args.vs_llamacpp,
+           "llama_cpp_version": probe.stdout.strip(), "load_before": os.getloadavg()}
+    for gtype, fmt in pairs:
+        path = work / f"{args.vs_llamacpp}-{gtype}.gguf"
+        if not path.exists():
+            t = time.perf_counter()
+            write_gguf(path, cfg, get, gtype, tok)
+            print(f"[llama.cpp] wrote {path} ({path.stat().st_size / GIB:.2f} GiB, {time.perf_counter() - t:.0f} s)",
+                  flush=True)
+        model = load_model(path, weights=fmt if gtype == "f16" else None)
+        with torch.inference_mode():
+            ours_logits = model(torch.tensor([ids]))[0, -1].float()
+        ours = decode_speed(model, args.prompt, args.new_tokens, ids=ids)
+        del model
+        gc.collect()
+        arg = json.dumps({"path": str(path), "n_ctx": args.prompt + args.new_tokens + 16, "threads": args.threads,
+                          "ids": ids, "new": args.new_tokens, "extra_bufts": args.llamacpp_extra_bufts})
+        r = subprocess.run([str(peer), "-c", PEER_SCRIPT, arg], capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"[llama.cpp {gtype}] failed: {r.stderr.strip()[-2000:]}", flush=True)
+            res[gtype] = {"puyu": ours, "error": r.stderr.strip()[-2000:]}
+            continue
+        peer_res = json.loads(r.stdout.strip().splitlines()[-1])
+        theirs_logits = torch.tensor(peer_res.pop("logits"))
+        diff = float((ours_logits - theirs_logits).abs().max() / theirs_logits.abs().max())
+        agree = int(ours_logits.argmax()) == int(theirs_logits.argmax())
+        ratio = ours["tok_s"] / peer_res["tok_s"]
+        res[gtype] = {"puyu_format": fmt, "puyu": ours, "llama_cpp": {k: v for k, v in peer_res.items() if k != "system"},
+                      "ratio": ratio, "logits_max_rel_diff": diff, "argmax_agrees": agree}
+        print(f"[{args.vs_llamacpp}] puyu {fmt} {ours['tok_s']:.2f} tok/s ({ours['decode_path']}) vs llama.cpp {gtype} "
+              f"{peer_res['tok_s']:.2f} tok/s -> {ratio:.2f}x (goal >= 1.0); first token {ours['first_token_s']:.2f} "
+              f"vs {peer_res['first_token_s']:.2f} s; logits max|diff|/max|logit| {diff:.3g}, argmax "
+              f"{'agrees' if agree else 'differs'}; load {os.getloadavg()[0]:.1f}", flush=True)
+    res["load_after"] = os.getloadavg()
     return res
 
 
@@ -373,6 +499,17 @@ def main() -> None:
     ap.add_argument("--long", help="model (checkpoint directory or preset) for the long-context figures")
     ap.add_argument("--long-weights", default="f32", help="weight format of --long (f32, bf16, int8, int4)")
     ap.add_argument("--steps", type=int, default=5, help="decode steps timed in --long runs")
+    ap.add_argument("--vs-llamacpp", metavar="PRESET", help="compare with llama.cpp on this preset's shape, e.g. "
+                    "internlm2-1_8b (needs the peer environment; skipped with a message without it)")
+    ap.add_argument("--pairs", default="f16:bf16,q8_0:int8,q4_0:int4",
+                    help="GGUF type:puyu format pairs for --vs-llamacpp")
+    ap.add_argument("--llamacpp-python", default=PEER_PYTHON, help="Python of the llama-cpp-python environment")
+    ap.add_argument("--llamacpp-extra-bufts", action="store_true",
+                    help="let llama.cpp use its extra buffer types (AMX / repacked weights; off by default: on this "
+                         "project's KVM machine its AMX kernels stop with SIGILL on Q8_0/Q4_0)")
+    ap.add_argument("--tokenizer", default=REAL_TOKENIZER, help="SentencePiece model written into the GGUF files "
+                    "(its vocabulary must match the preset's)")
+    ap.add_argument("--workdir", default="/tmp/puyu_llamacpp", help="where the GGUF files are written (and reused)")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     args.formats = [f.strip() for f in args.formats.split(",") if f.strip()]
@@ -393,6 +530,8 @@ def main() -> None:
         res["kv_quality"] = bench_kv_quality(args)
     if args.long:
         res["long"] = bench_long(args)
+    if args.vs_llamacpp:
+        res["llama_cpp"] = bench_llamacpp(args)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
 

@@ -386,11 +386,13 @@ class APIBackend:
 
 
 def _weights_stamp(model: str) -> dict:
-    """{weight file: [bytes, mtime seconds]} of a checkpoint folder ({} for a preset), so a model retrained
+    """{weight file: [bytes, mtime seconds]} of a checkpoint folder or GGUF file ({} for a preset), so a model retrained
     at the same path is told apart from the one whose predictions a folder holds."""
     from pathlib import Path
 
     d = Path(model)
+    if d.is_file():  # a GGUF file
+        return {d.name: [d.stat().st_size, int(d.stat().st_mtime)]}
     if not d.is_dir():
         return {}
     return {f.name: [f.stat().st_size, int(f.stat().st_mtime)] for f in sorted(d.iterdir())

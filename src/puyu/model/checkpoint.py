@@ -219,9 +219,13 @@ def load_checkpoint(path: str | Path, dtype=None, device=None, weights: str | No
     path = Path(path)
     device = resolve_device(device)
     fmt = _check_weights(weights, group, device)
+    from puyu.model.awq import awq_settings
     from puyu.model.llama_layout import detect_layout
 
     if detect_layout(path) == "llama":  # LLaMA layout: convert in memory (float copy first, then packed)
+        if awq_settings(path) is not None:
+            raise CheckpointError(f"{path}: AWQ checkpoints are read in the InternLM2 layout only (wqkv); "
+                                  f"this one has the LLaMA layout")
         from puyu.model.llama_layout import config_from_llama, state_dict_from_llama
 
         cfg = config_from_llama(json.loads((path / "config.json").read_text(encoding="utf-8")))
@@ -231,6 +235,11 @@ def load_checkpoint(path: str | Path, dtype=None, device=None, weights: str | No
     stored = cfg.extra.get(QUANT_KEY)
     if stored is not None:
         return _load_packed(path, cfg, stored, weights)
+    awq = awq_settings(path, cfg.extra)
+    if awq is not None:
+        if device.type != "cpu":
+            raise CheckpointError(f"{path}: AWQ checkpoints load on the CPU only (into puyu's packed formats)")
+        return _load_awq(path, cfg, awq["group"], weights, group, resolve_dtype(dtype, device))
     dtype = resolve_dtype(dtype, device)
     wm, fmt_files = weight_map(path)
     with torch.device("meta"):
@@ -275,6 +284,60 @@ def load_checkpoint(path: str | Path, dtype=None, device=None, weights: str | No
                 if src_dtype != dtype:
                     t = t.to(dtype)
                 _set_param(model, name, t.to(device))
+    return model.eval()
+
+
+def _load_awq(path: Path, cfg: ModelConfig, awq_group: int, weights: str | None, group: int,
+              float_dtype: torch.dtype) -> InternLM2ForCausalLM:
+    """An AWQ checkpoint (`puyu.model.awq`: layout, and what each `weights` choice costs), one layer at a time:
+    each AWQ layer unpacked to float32 and quantized into `weights` (default int4 in groups of 32)."""
+    from puyu.model import awq
+
+    fmt = weights or awq.DEFAULT_FORMAT
+    g = group if weights is not None else awq.DEFAULT_GROUP
+    check_format(fmt, g)
+    wm, kind = weight_map(path)
+    headers: dict[Path, tuple[dict, int]] = {}
+    bins: dict[Path, dict] = {}
+
+    def read(name: str) -> torch.Tensor:
+        if name not in wm:
+            raise CheckpointError(f"AWQ checkpoint {path} lacks tensor {name!r}")
+        file = wm[name]
+        if kind == "bin":
+            if file not in bins:
+                bins.clear()
+                bins[file] = _load_bin(file)
+            return bins[file][name].clone()
+        if file not in headers:
+            headers[file] = _st_header(file)
+        header, start = headers[file]
+        info = header[name]
+        t = torch.empty(info["shape"], dtype=_ST_DTYPES[info["dtype"]])
+        with open(file, "rb", buffering=0) as f:
+            _readinto(f, t, start + info["data_offsets"][0])
+        return t
+
+    cfg = cfg.replace(extra={k: v for k, v in cfg.extra.items() if k != "quantization_config"})  # no longer AWQ
+    with torch.device("meta"):
+        model = InternLM2ForCausalLM(cfg)
+    for name, p in list(model.named_parameters()):
+        base = name[: -len(".weight")] if name.endswith(".weight") else None
+        if base is not None and base + ".qweight" in wm:
+            w = awq.dequantize(read(base + ".qweight"), read(base + ".qzeros"), read(base + ".scales"), awq_group, base)
+        else:
+            key = name if name in wm or not cfg.tie_word_embeddings else "model.tok_embeddings.weight"
+            w = read(key)
+            if not w.is_floating_point():
+                raise CheckpointError(f"{path}: tensor {key!r} has non-float dtype {w.dtype}")
+        _check_shape(name, tuple(w.shape), tuple(p.shape), path)
+        f = layer_format(name, fmt)
+        if f == "f32":
+            _set_param(model, name, w.to(float_dtype).contiguous())
+        else:
+            _set_packed(model, name, quantize(w, f, g))
+        del w
+        _trim_heap()
     return model.eval()
 
 
@@ -383,9 +446,33 @@ def _from_state_dict(cfg: ModelConfig, sd: dict, dtype: torch.dtype, device: tor
     return model.eval()
 
 
+def load_gguf(path: str | Path, weights: str | None = None, group: int = DEFAULT_GROUP,
+              dtype=None) -> InternLM2ForCausalLM:
+    """A GGUF file as an `InternLM2ForCausalLM` on the CPU, built tensor by tensor from
+    `puyu.model.gguf_file.read_gguf` (which documents the types, what each becomes and the exactness).
+    dtype applies to the parameters kept in float (norms, f32 layers). Raises GGUFError / QuantError."""
+    from puyu.model.gguf_file import read_gguf
+
+    float_dtype = resolve_dtype(dtype, torch.device("cpu"))
+    cfg, items = read_gguf(path, weights=weights, group=group)
+    with torch.device("meta"):
+        model = InternLM2ForCausalLM(cfg)
+    params = dict(model.named_parameters())
+    for name, value in items:
+        _check_shape(name, tuple(value.shape), tuple(params[name].shape), Path(path))
+        if isinstance(value, torch.Tensor):
+            _set_param(model, name, value.to(float_dtype))
+        else:
+            _set_packed(model, name, value)
+        del value
+        _trim_heap()
+    return model.eval()
+
+
 def load_model(path_or_preset: str | Path, dtype=None, device=None, seed: int = 0, weights: str | None = None,
                group: int = DEFAULT_GROUP) -> InternLM2ForCausalLM:
-    """A checkpoint directory (InternLM2 or LLaMA layout) or a preset name (random init, `seed`).
+    """A checkpoint directory (InternLM2 or LLaMA layout), a GGUF file (`puyu.model.gguf_file`: its types, what
+    each becomes and which are exact) or a preset name (random init, `seed`).
 
     Returns `InternLM2ForCausalLM` in eval mode; calling it on LongTensor [B, T] gives logits [B, T, vocab].
     Defaults: float32 on CPU; bf16 (fp16 without bf16 support) on CUDA, when device is None and CUDA exists.
@@ -393,10 +480,17 @@ def load_model(path_or_preset: str | Path, dtype=None, device=None, seed: int = 
     weights: "bf16", "int8" or "int4" (`puyu.model.quant`; int4 groups of `group`) stores the linear layers
     (and embeddings/head, see `quant.head_format`) packed for the CPU kernel; a checkpoint is quantized
     tensor by tensor while it is read, so only one matrix exists in float32 at a time (an InternLM2-layout
-    directory; a LLaMA-layout one is converted in memory first). A checkpoint written by `puyu quantize`
+    directory; a LLaMA-layout one is converted in memory first). An AWQ 4-bit checkpoint (`puyu.model.awq`) is
+    unpacked layer by layer into `weights` (default int4 in groups of 32). A checkpoint written by `puyu quantize`
     loads packed as stored. Raises CheckpointError (bad files, a packed checkpoint asked for another
     format, a non-CPU device) or QuantError (unknown format or group)."""
     p = Path(path_or_preset)
+    from puyu.model.gguf_file import is_gguf
+
+    if is_gguf(p):  # a GGUF file (llama.cpp's format): puyu.model.gguf_file
+        if device is not None and resolve_device(device).type != "cpu":
+            raise CheckpointError(f"{p}: GGUF files load on the CPU only")
+        return load_gguf(p, weights=weights, group=group, dtype=dtype)
     if p.is_dir():
         return load_checkpoint(p, dtype=dtype, device=device, weights=weights, group=group)
     if str(path_or_preset) in PRESETS:

@@ -23,13 +23,23 @@ GROUPS = [("embeddings", "model.tok_embeddings."), ("attention", ".attention."),
 
 def resolve_config(path_or_preset: str) -> ModelConfig:
     p = Path(path_or_preset)
+    from puyu.model.gguf_file import gguf_config, is_gguf, memory_hint
+
+    if is_gguf(p):  # the format its linear layers load as is recorded for the memory check
+        cfg = gguf_config(p)
+        cfg.extra["puyu_quantization"] = memory_hint(p)
+        return cfg
     if p.is_dir() or p.name == "config.json":
+        from puyu.model.awq import DEFAULT_FORMAT, DEFAULT_GROUP, awq_settings
         from puyu.model.llama_layout import config_from_llama, detect_layout
 
         d = p if p.is_dir() else p.parent
         if detect_layout(d) == "llama":
             return config_from_llama(json.loads((d / "config.json").read_text(encoding="utf-8")))
-        return ModelConfig.load(p)
+        cfg = ModelConfig.load(p)
+        if awq_settings(d, cfg.extra) is not None:  # loads as int4 (group 32) by default: for the memory check
+            cfg.extra["puyu_quantization"] = {"weights": DEFAULT_FORMAT, "group": DEFAULT_GROUP}
+        return cfg
     if path_or_preset in PRESETS:
         return get_preset(path_or_preset)
     raise PuyuError(f"{path_or_preset!r} is neither a checkpoint directory nor a preset ({', '.join(PRESETS)})")

@@ -204,10 +204,34 @@ def _piece_types(sp) -> dict[int, int]:
     return _TYPES_CACHE[key]
 
 
+def _gguf_tokenizer(path: Path) -> Tokenizer:
+    """The tokenizer of a GGUF file (`puyu.model.gguf_file.gguf_tokenizer_proto` rebuilds it), its model written
+    once to $XDG_CACHE_HOME/puyu/gguf-tokenizers/<sha256>.model (a Tokenizer reads and copies a file)."""
+    import hashlib
+
+    from puyu.model.gguf_file import gguf_tokenizer_proto
+
+    proto = gguf_tokenizer_proto(path)
+    if proto is None:
+        raise TokenizerError(f"{path} carries no SentencePiece tokenizer (tokenizer.ggml.model 'llama'); "
+                             f"pass --tokenizer")
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "puyu" / "gguf-tokenizers"
+    root.mkdir(parents=True, exist_ok=True)
+    out = root / f"{hashlib.sha256(proto).hexdigest()[:24]}.model"
+    if not out.exists():
+        tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+        tmp.write_bytes(proto)
+        os.replace(tmp, out)
+    return Tokenizer(out)
+
+
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """A directory holding `tokenizer.model`, or the `.model` file itself. A directory whose
+    """A directory holding `tokenizer.model`, the `.model` file itself, or a GGUF file (its tokenizer rebuilt:
+    `puyu.model.gguf_file.gguf_tokenizer`). A directory whose
     `tokenizer_config.json` carries an older puyu chat template gets a warning (see `template_status`)."""
     p = Path(path)
+    if p.suffix.lower() == ".gguf":  # the SentencePiece model rebuilt from a GGUF file's metadata
+        return _gguf_tokenizer(p)
     if p.is_dir():
         if template_status(p) == "outdated":
             log.warning("%s carries an older puyu chat template (Hugging Face apply_chat_template would render "
