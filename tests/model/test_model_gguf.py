@@ -22,8 +22,8 @@ from puyu.model.config import ModelConfig  # noqa: E402
 from puyu.model.gguf_file import GGUFError, gguf_config, write_gguf_from_model  # noqa: E402
 from puyu.model.quant import QuantEmbedding, QuantLinear  # noqa: E402
 
-NANO_TOK = Path("/work/main/runs/nano_avx2/tokenizer/tokenizer.model")
-REAL_TOK = Path("/work/shared/reference/internlm2/tokenizer.model")
+REAL_TOK = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "internlm2" / "tokenizer.model"
+TINY = "tiny"  # the session's tiny trained tokenizer (tests/conftest.py)
 CFG = dict(vocab_size=512, hidden_size=128, intermediate_size=352, num_hidden_layers=2, num_attention_heads=4,
            num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0, rms_norm_eps=1e-6,
            torch_dtype="float32")
@@ -272,8 +272,9 @@ def test_other_architectures_and_missing_tensors_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "not_gguf"])
-def test_corrupt_file_gives_one_line_error(tmp_path, damage, capsys):
-    f = write_gguf_from_model(tiny(seed=11), tmp_path / "m.gguf", "q8_0", tokenizer_model=NANO_TOK if NANO_TOK.exists() else None)
+def test_corrupt_file_gives_one_line_error(tmp_path, damage, capsys, tiny_tokenizer):
+    f = write_gguf_from_model(tiny(seed=11, vocab_size=tiny_tokenizer.vocab_size), tmp_path / "m.gguf", "q8_0",
+                              tokenizer_model=tiny_tokenizer.model_file)
     data = f.read_bytes()
     if damage == "truncate":
         f.write_bytes(data[: len(data) * 2 // 3])
@@ -312,9 +313,11 @@ def test_cli_convert_info_and_generate(tmp_path, capsys):
     assert got == seq[3:]
 
 
-@pytest.mark.parametrize("tok", [pytest.param(NANO_TOK, id="nano"),
+@pytest.mark.parametrize("tok", [pytest.param(TINY, id="tiny"),
                                  pytest.param(REAL_TOK, id="internlm2", marks=pytest.mark.slow)])
-def test_tokenizer_rebuilt_from_gguf_encodes_identically(tmp_path, tok, monkeypatch):
+def test_tokenizer_rebuilt_from_gguf_encodes_identically(tmp_path, tok, monkeypatch, request):
+    if tok == TINY:
+        tok = request.getfixturevalue("tiny_tokenizer").model_file
     if not tok.exists():
         pytest.skip(f"{tok} not present")
     from puyu.model.tokenizer import load_tokenizer
@@ -332,11 +335,11 @@ def test_tokenizer_rebuilt_from_gguf_encodes_identically(tmp_path, tok, monkeypa
         assert back.decode(orig.encode(t)) == orig.decode(orig.encode(t))
 
 
-def test_header_parser_matches_gguf_reader(tmp_path):
+def test_header_parser_matches_gguf_reader(tmp_path, tiny_tokenizer):
     """puyu parses the header itself (GGUFReader is ~20x slower on a real vocabulary): both agree on every
     metadata value and every tensor's type, shape and data offset."""
-    f = write_gguf_from_model(tiny(seed=14), tmp_path / "m.gguf", "q4_0",
-                              tokenizer_model=NANO_TOK if NANO_TOK.exists() else None)
+    f = write_gguf_from_model(tiny(seed=14, vocab_size=tiny_tokenizer.vocab_size), tmp_path / "m.gguf", "q4_0",
+                              tokenizer_model=tiny_tokenizer.model_file)
     ours = gguf_file._File(f)
     r = gguf.GGUFReader(f)
     keys = [k for k in r.fields if not k.startswith("GGUF.")]
@@ -352,3 +355,20 @@ def test_header_parser_matches_gguf_reader(tmp_path):
         tname, shape, offset, nbytes = ours.tensors[t.name]
         assert (tname, shape, offset, nbytes) == (t.tensor_type.name, tuple(reversed(t.shape.tolist())),
                                                   int(t.data_offset), int(t.n_bytes))
+
+
+def test_generate_reads_the_tokenizer_and_memory_group_from_the_gguf(tmp_path, monkeypatch, capsys, tiny_tokenizer):
+    """`puyu generate --model x.gguf "text"` needs no --tokenizer (the file carries one), and the memory check
+    counts a Q4_0 file's int4 in groups of 32 (as it loads), not --group's default of 64."""
+    tok_file = tiny_tokenizer.model_file
+    import puyu.model.memory as memory
+    from puyu.model.tokenizer import load_tokenizer
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    vocab = load_tokenizer(tok_file).vocab_size
+    f = write_gguf_from_model(tiny(seed=14, vocab_size=vocab), tmp_path / "m.gguf", "q4_0", tokenizer_model=tok_file)
+    seen = []
+    real = memory.check_fits
+    monkeypatch.setattr(memory, "check_fits", lambda *a, **k: (seen.append((a[1], k.get("group"))), real(*a, **k))[1])
+    assert main(["generate", "--model", str(f), "Hello", "--max-new-tokens", "2"]) == 0, capsys.readouterr().err
+    assert seen == [("int4", 32)]

@@ -72,8 +72,12 @@ def check_memory(args: argparse.Namespace) -> None:
     if getattr(args, "no_memory_check", False) or resolve_device(args.device).type != "cpu":
         return
     cfg = resolve_config(str(args.model))
-    weights = args.weights or (cfg.extra.get(QUANT_KEY) or {}).get("weights") or "f32"
-    check_fits(cfg, weights, kv_format(args), getattr(args, "context", None), group=args.group)
+    stored = cfg.extra.get(QUANT_KEY) or {}
+    # without --weights the checkpoint loads as it records (a Q4_0 GGUF or an AWQ directory: int4 in groups of
+    # 32), so its group counts, not --group's default
+    group = args.group if args.weights else int(stored.get("group", args.group))
+    weights = args.weights or stored.get("weights") or "f32"
+    check_fits(cfg, weights, kv_format(args), getattr(args, "context", None), group=group)
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
@@ -98,17 +102,26 @@ def sampling_from_args(args: argparse.Namespace, extra_stop_ids: list[int] | Non
 
 
 def load_model_and_tokenizer(args: argparse.Namespace, need_tokenizer: bool):
-    """The model, and its tokenizer: --tokenizer, else the checkpoint directory's, else None."""
+    """The model, and its tokenizer: --tokenizer, else the checkpoint directory's (or the GGUF file's), else None."""
     from puyu.model.checkpoint import load_model
+    from puyu.model.gguf_file import is_gguf
     from puyu.model.tokenizer import load_tokenizer
 
     tok_path = args.tokenizer
     if tok_path is None and Path(args.model).is_dir() and (Path(args.model) / "tokenizer.model").exists():
         tok_path = args.model
+    from_gguf = tok_path is None and is_gguf(Path(args.model))
+    if from_gguf:  # a GGUF file usually carries its tokenizer
+        tok_path = args.model
     if tok_path is None and need_tokenizer:
         raise PuyuError(f"{args.model} has no tokenizer.model: pass --tokenizer DIR"
                         + (" (or token ids with --ids)" if hasattr(args, "ids") else ""))
-    tokenizer = load_tokenizer(tok_path) if tok_path is not None else None
+    try:
+        tokenizer = load_tokenizer(tok_path) if tok_path is not None else None
+    except PuyuError:
+        if not from_gguf or need_tokenizer:  # token ids (--ids) need no tokenizer: a GGUF without one is fine
+            raise
+        tokenizer = None
     check_memory(args)
     model = load_model(args.model, dtype=args.dtype, device=args.device, weights=args.weights, group=args.group)
     if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
