@@ -287,22 +287,16 @@ def load_checkpoint(path: str | Path, dtype=None, device=None, weights: str | No
     return model.eval()
 
 
-def _load_awq(path: Path, cfg: ModelConfig, awq_group: int, weights: str | None, group: int,
-              float_dtype: torch.dtype) -> InternLM2ForCausalLM:
-    """An AWQ checkpoint (`puyu.model.awq`: layout, and what each `weights` choice costs), one layer at a time:
-    each AWQ layer unpacked to float32 and quantized into `weights` (default int4 in groups of 32)."""
-    from puyu.model import awq
-
-    fmt = weights or awq.DEFAULT_FORMAT
-    g = group if weights is not None else awq.DEFAULT_GROUP
-    check_format(fmt, g)
-    wm, kind = weight_map(path)
+def _tensor_reader(wm: dict[str, Path], kind: str, what: str):
+    """read(name) -> one tensor of a checkpoint, as stored, read on its own (safetensors: straight into a fresh
+    tensor from the file's header offsets; .bin: the last shard loaded is kept). `what` names the checkpoint in
+    the CheckpointError for a missing tensor."""
     headers: dict[Path, tuple[dict, int]] = {}
     bins: dict[Path, dict] = {}
 
     def read(name: str) -> torch.Tensor:
         if name not in wm:
-            raise CheckpointError(f"AWQ checkpoint {path} lacks tensor {name!r}")
+            raise CheckpointError(f"{what} lacks tensor {name!r}")
         file = wm[name]
         if kind == "bin":
             if file not in bins:
@@ -317,6 +311,21 @@ def _load_awq(path: Path, cfg: ModelConfig, awq_group: int, weights: str | None,
         with open(file, "rb", buffering=0) as f:
             _readinto(f, t, start + info["data_offsets"][0])
         return t
+
+    return read
+
+
+def _load_awq(path: Path, cfg: ModelConfig, awq_group: int, weights: str | None, group: int,
+              float_dtype: torch.dtype) -> InternLM2ForCausalLM:
+    """An AWQ checkpoint (`puyu.model.awq`: layout, and what each `weights` choice costs), one layer at a time:
+    each AWQ layer unpacked to float32 and quantized into `weights` (default int4 in groups of 32)."""
+    from puyu.model import awq
+
+    fmt = weights or awq.DEFAULT_FORMAT
+    g = group if weights is not None else awq.DEFAULT_GROUP
+    check_format(fmt, g)
+    wm, kind = weight_map(path)
+    read = _tensor_reader(wm, kind, f"AWQ checkpoint {path}")
 
     cfg = cfg.replace(extra={k: v for k, v in cfg.extra.items() if k != "quantization_config"})  # no longer AWQ
     with torch.device("meta"):
@@ -354,20 +363,7 @@ def _load_packed(path: Path, cfg: ModelConfig, stored: dict, weights: str | None
     wm, kind = weight_map(path)
     if kind != "safetensors":
         raise CheckpointError(f"{path}: a packed checkpoint must be stored as safetensors")
-    headers: dict[Path, tuple[dict, int]] = {}
-
-    def read(name: str) -> torch.Tensor:
-        if name not in wm:
-            raise CheckpointError(f"packed checkpoint {path} lacks tensor {name!r}")
-        file = wm[name]
-        if file not in headers:
-            headers[file] = _st_header(file)
-        header, start = headers[file]
-        info = header[name]
-        t = torch.empty(info["shape"], dtype=_ST_DTYPES[info["dtype"]])
-        with open(file, "rb", buffering=0) as f:
-            _readinto(f, t, start + info["data_offsets"][0])
-        return t
+    read = _tensor_reader(wm, kind, f"packed checkpoint {path}")
 
     with torch.device("meta"):
         model = InternLM2ForCausalLM(cfg)
