@@ -42,9 +42,11 @@ class ContextLengthError(EvalError):
     as its `error` (score 0); any other endpoint failure stops the run. `context` and `prompt_tokens`
     are parsed from the message when it states them (puyu serve and vLLM do), else None."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, context: int | None = None, prompt_tokens: int | None = None):
         super().__init__(message)
-        self.context, self.prompt_tokens = _parse_context_message(message)
+        parsed = _parse_context_message(message)
+        self.context = context if context is not None else parsed[0]
+        self.prompt_tokens = prompt_tokens if prompt_tokens is not None else parsed[1]
 
 
 def _parse_context_message(text: str) -> tuple[int | None, int | None]:
@@ -186,7 +188,8 @@ class LocalBackend:
             room = self.context - n
             if room <= 0:
                 raise ContextLengthError(f"the conversation has {n} tokens; the model's context is "
-                                         f"{self.context} tokens, leaving no room for a completion")
+                                         f"{self.context} tokens, leaving no room for a completion",
+                                         context=self.context, prompt_tokens=n)
             p = replace(base, max_new_tokens=min(base.max_new_tokens, room))
             yield from chat_policy(self.engine, p)(messages, tools, interpreter)
 
@@ -219,8 +222,12 @@ class APIBackend:
 
         import httpx
 
-        u = urlparse(base_url)
-        if u.scheme not in ("http", "https") or not u.netloc:
+        try:
+            u = urlparse(base_url)
+            u.port  # noqa: B018 - raises ValueError on a bad port or IPv6 literal
+        except ValueError:
+            u = None
+        if u is None or u.scheme not in ("http", "https") or not u.netloc:
             raise EvalError(f"--api-base {base_url!r} is not an http:// or https:// URL "
                             "(e.g. http://127.0.0.1:8000/v1)")
         self.base = base_url.rstrip("/")
@@ -256,13 +263,18 @@ class APIBackend:
         """POST, and when the endpoint refuses prompt + max_tokens as longer than its context, send again
         with max_tokens lowered to the room its message states (context - prompt tokens, counted by the
         server with its own template and tokenizer, so exactly what fits; the same rule as the local
-        backend's). Returns (response, the lowered max_tokens or None). Raises ContextLengthError when
-        the prompt alone fills the context or the message does not say how long the prompt was."""
+        backend's). Returns (response, the lowered max_tokens or None). Raises ContextLengthError (the
+        sample is recorded with it, scored 0) when the prompt alone fills the context; raises a plain
+        EvalError, which stops the run, when the 400 does not state the context and the prompt's length:
+        then nothing says the prompt is too long (it may be the budget, or the server's own limit), and
+        scoring it 0 as "longer than the context" would be a claim the run cannot back."""
         try:
             return self._request("POST", path, body), None
         except ContextLengthError as e:
             if e.context is None or e.prompt_tokens is None:
-                raise
+                raise EvalError(f"{e} (a context-length refusal that does not state the context and the "
+                                f"prompt's length in tokens, so the run cannot tell whether the prompt or "
+                                f"max_tokens={body['max_tokens']} is too long; lower --max-new-tokens)") from e
             room = e.context - e.prompt_tokens
             if room <= 0 or room >= body["max_tokens"]:
                 raise
@@ -290,7 +302,8 @@ class APIBackend:
                 elif r.status_code >= 400:
                     too_long = r.status_code == 400 and ("context_length_exceeded" in r.text
                                                          or "maximum context length" in r.text)
-                    raise (ContextLengthError if too_long else EvalError)(f"{url}: HTTP {r.status_code}: {r.text[:300]}")
+                    raise (ContextLengthError if too_long else EvalError)(
+                        f"{url}: HTTP {r.status_code}: {_error_text(r.text)}")
                 else:
                     try:
                         return r.json()
@@ -397,6 +410,21 @@ def _weights_stamp(model: str) -> dict:
         return {}
     return {f.name: [f.stat().st_size, int(f.stat().st_mtime)] for f in sorted(d.iterdir())
             if f.suffix in (".safetensors", ".bin", ".pt") and f.is_file()}
+
+
+def _error_text(text: str) -> str:
+    """An error response's message (OpenAI's {"error": {"message": ...}}, or a top-level "message"), else
+    the start of the raw body: one readable line for the report and the CLI."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict):
+        err = obj.get("error") if isinstance(obj.get("error"), dict) else obj
+        msg = err.get("message") if isinstance(err, dict) else None
+        if isinstance(msg, str) and msg:
+            return " ".join(msg.split())[:300]
+    return " ".join(text.split())[:300]
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -95,6 +95,9 @@ def _data_paths(items: list[str], tasks) -> dict[str, str | None]:
     for it in items:
         key, eq, val = it.partition("=")
         if not (eq and key in TASKS):  # a path (which may itself hold "=")
+            if eq and key and "/" not in key and "\\" not in key and not _exists(it):
+                raise EvalError(f"--data {it}: {key} is not a task (puyu eval tasks lists them), "
+                                f"and {it} is no file")
             bare.append(it)
             continue
         if key not in names:
@@ -109,6 +112,9 @@ def _data_paths(items: list[str], tasks) -> dict[str, str | None]:
                         "one's task: --data TASK=PATH")
     required = [t for t in tasks if t.data == "required"]
     targets = required or [t for t in tasks if t.data == "optional"]
+    if bare and not targets:
+        raise EvalError(f"--data {bare[0]}: {', '.join(t.name for t in tasks)} "
+                        f"read{'s' if len(tasks) == 1 else ''} no dataset")
     out: dict[str, str | None] = {t.name: None for t in tasks}
     for t in targets:
         if bare:
@@ -119,6 +125,25 @@ def _data_paths(items: list[str], tasks) -> dict[str, str | None]:
             raise EvalError(f"--data {name}=: {name} reads no dataset")
         out[name] = path
     return out
+
+
+def _exists(path: str) -> bool:
+    from pathlib import Path
+
+    return Path(path).exists()
+
+
+def _check_out(out) -> None:
+    """--out must be (or be creatable as) a folder, and the report files in it must not be folders: checked
+    before anything generates. Names the path that is in the way (`afile` for --out afile/sub)."""
+    for p in [out, *out.parents]:
+        if p.exists():
+            if not p.is_dir():
+                raise EvalError(f"--out {out}: {p} is a file, not a folder")
+            break
+    for name in ("report.md", "report.json"):
+        if (out / name).is_dir():
+            raise EvalError(f"--out {out}: {out / name} is a folder; the report is written there as a file")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,7 +172,7 @@ def _run(args) -> int:
     from puyu.eval import Context, get_task
     from puyu.eval import report as R
     from puyu.eval.backends import APIBackend, LocalBackend, parse_rope_scaling
-    from puyu.eval.runner import generation_settings, run_task, task_dir
+    from puyu.eval.runner import check_resume, generation_settings, run_task, task_dir
 
     tasks = [get_task(n) for n in args.tasks]
     if args.limit is not None and args.limit < 1:
@@ -156,9 +181,10 @@ def _run(args) -> int:
         raise EvalError(f"--repeats must be at least 1, got {args.repeats}")
     options = _options(args.option, args, tasks)
     data = _data_paths(args.data or [], tasks)
+    if args.rescore and args.fresh:
+        raise EvalError("--rescore re-scores the predictions that --fresh would delete; give one of them")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise EvalError(f"--out {out} is a file, not a folder")
+    _check_out(out)
     for task in tasks:
         task_dir(out, task, args.interpreter, args.label)  # a bad --label, before anything runs
         generation_settings(task, args.repeats, args.temperature, args.seed, args.max_new_tokens)
@@ -186,7 +212,7 @@ def _run(args) -> int:
             raise EvalError("give --model PATH_OR_PRESET or --api-base URL (or --rescore)")
     agent = ({"workers": args.workers, "max_steps": args.max_steps, "timeout": args.call_timeout}
              if args.interpreter else None)
-    failed = True
+    failed, started = True, False
     try:
         # every task's data and samples first: a bad file of the third task stops the run before the
         # first one generates anything
@@ -203,7 +229,12 @@ def _run(args) -> int:
                 print(f"note: {task.name}: --limit {args.limit} is more than its {len(samples)} samples"
                       + (f" ({ctx.data})" if ctx.data else "") + f"; running all {len(samples)}", file=sys.stderr)
             planned.append((task, ctx, samples))
+        for task, ctx, samples in planned:  # every task's earlier predictions are this run's, before any generates
+            check_resume(task, backend, out, ctx, samples, repeats=args.repeats, temperature=args.temperature,
+                         max_new_tokens=args.max_new_tokens, agent=agent, label=args.label, fresh=args.fresh,
+                         rescore=args.rescore)
         for task, ctx, samples in planned:
+            started = True
             d = run_task(task, backend, out, ctx, repeats=args.repeats, temperature=args.temperature,
                          max_new_tokens=args.max_new_tokens, rescore=args.rescore, progress=not args.no_progress,
                          agent=agent, label=args.label, fresh=args.fresh, samples=samples)
@@ -212,7 +243,7 @@ def _run(args) -> int:
     finally:
         if backend is not None:
             backend.close()
-        if failed and any(out.glob("*/predictions.jsonl")):
+        if failed and started and any(out.glob("*/predictions.jsonl")):
             # a later task failed (or Ctrl-C): the report still covers the tasks that finished
             try:
                 R.build(out)

@@ -80,6 +80,8 @@ def run_task(task: Task, backend, out: Path, ctx: Context, *, repeats: int = 1, 
         raise EvalError(f"{task.name}: sample ids are not unique")
     if not samples:
         raise EvalError(f"{task.name}: no samples to run")
+    if rescore and not (pred_path.is_file() and read_predictions(pred_path)):
+        raise EvalError(f"{task.name}: nothing to rescore in {d} (no predictions.jsonl or it is empty)")
     if fresh and not rescore:
         for f in (pred_path, d / "run.json"):
             f.unlink(missing_ok=True)
@@ -103,14 +105,7 @@ def run_task(task: Task, backend, out: Path, ctx: Context, *, repeats: int = 1, 
     else:
         done = {(r["id"], r["repeat"]) for r in rows}
         todo = [(s, k) for s in samples for k in range(repeats) if (s.id, k) not in done]
-        run_info = {"task": task.name, "description": task.description, "options": ctx.options,
-                    "data": ctx.data, "limit": ctx.limit, "seed": ctx.seed, "generation": gen,
-                    "interpreter": agent, "n_samples": len(samples), "ids": list(by_id),
-                    "puyu_version": __version__,
-                    "backend": backend.describe() if backend is not None else None,
-                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        if samples and samples[0].messages is not None:
-            run_info["system_prompt"] = next((m["content"] for m in samples[0].messages if m["role"] == "system"), None)
+        run_info = _run_info(task, backend, ctx, gen, agent, samples)
         if rows:
             _check_same_run(d, run_info, rows, by_id, interpreter, bool(getattr(task, "loglik", False)))
         (d / "run.json").write_text(json.dumps(run_info, indent=2, ensure_ascii=False, default=str))
@@ -129,6 +124,41 @@ def run_task(task: Task, backend, out: Path, ctx: Context, *, repeats: int = 1, 
     return d
 
 
+def _run_info(task: Task, backend, ctx: Context, gen: dict, agent: dict | None, samples: list[Sample]) -> dict:
+    info = {"task": task.name, "description": task.description, "options": ctx.options,
+            "data": ctx.data, "limit": ctx.limit, "seed": ctx.seed, "generation": gen,
+            "interpreter": agent, "n_samples": len(samples), "ids": [s.id for s in samples],
+            "puyu_version": __version__,
+            "backend": backend.describe() if backend is not None else None,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if samples and samples[0].messages is not None:
+        info["system_prompt"] = next((m["content"] for m in samples[0].messages if m["role"] == "system"), None)
+    return info
+
+
+def check_resume(task: Task, backend, out: Path, ctx: Context, samples: list[Sample], *, repeats: int = 1,
+                 temperature: float | None = None, max_new_tokens: int | None = None,
+                 agent: dict | None = None, label: str | None = None, fresh: bool = False,
+                 rescore: bool = False) -> None:
+    """The checks `run_task` makes before it generates, without writing anything: `puyu eval run` calls
+    this for every task first, so a settings mismatch of the second task stops the run before the first
+    one generates. Raises EvalError naming the field that differs (e.g. generation.max_new_tokens), or
+    when `rescore` finds no predictions to re-score."""
+    d = task_dir(out, task, bool(agent), label)
+    if d.exists() and not d.is_dir():
+        raise EvalError(f"cannot create the output folder {d}: it is a file")
+    rows = read_predictions(d / "predictions.jsonl") if d.is_dir() else []
+    if rescore:
+        if not rows:
+            raise EvalError(f"{task.name}: nothing to rescore in {d} (no predictions.jsonl or it is empty)")
+        return
+    if fresh or not rows:
+        return
+    gen = generation_settings(task, repeats, temperature, ctx.seed, max_new_tokens)
+    _check_same_run(d, _run_info(task, backend, ctx, gen, agent, samples), rows, {s.id: s for s in samples},
+                    bool(agent), bool(getattr(task, "loglik", False)))
+
+
 _SAME = ("options", "data", "seed", "generation", "interpreter", "system_prompt")
 _SAME_BACKEND = ("backend", "model", "api_base", "config", "chat_template", "weights")
 
@@ -142,7 +172,16 @@ def _check_same_run(d: Path, new: dict, rows: list[dict], by_id: dict, interpret
     except (OSError, ValueError) as e:
         raise EvalError(f"{d}/run.json is missing or unreadable ({e}), so the predictions there cannot be "
                         f"checked against this run{hint}") from e
-    diffs = [k for k in _SAME if _norm(old.get(k)) != _norm(new.get(k))]
+    diffs = []
+    for k in _SAME:
+        a, b = _norm(old.get(k)), _norm(new.get(k))
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):  # name the field: generation.max_new_tokens (8 -> 16)
+            diffs += [f"{k}.{f} ({a.get(f)!r} -> {b.get(f)!r})" for f in sorted(set(a) | set(b))
+                      if a.get(f) != b.get(f)]
+        else:
+            diffs.append(k)
     ob, nb = old.get("backend") or {}, new.get("backend") or {}
     diffs += [f"backend.{k}" for k in _SAME_BACKEND if _norm(ob.get(k)) != _norm(nb.get(k))]
     if not interpreter and not loglik:  # a finished sample's recorded prompt must be the one this run sends
