@@ -92,15 +92,19 @@ def test_interpreter_through_puyu_serve_matches_the_local_engine(tmp_path_factor
         assert x["agent"]["interpreter_calls"] == x["agent"]["ok_calls"] == 1, x
         assert x["transcript"][1] == {"role": "environment", "name": "<|interpreter|>", "content": answer}
         assert x["output"] == f"The answer is {answer}." and x["score"] == 1.0
-        for field in ("prompt", "output", "transcript", "agent", "extracted", "score", "finish_reason"):
+        # token counts as generated on both sides (the endpoint's usage; before, null without --tokenizer)
+        assert x["completion_tokens"] > 0 and x["prompt_tokens"] > 0
+        for field in ("prompt", "output", "transcript", "agent", "extracted", "score", "finish_reason",
+                      "prompt_tokens", "completion_tokens"):
             assert x[field] == y[field], (x["id"], field, x[field], y[field])
     report = json.loads((tmp_path / "greedy" / "api" / "report.json").read_text())["tasks"][0]
     assert report["agent"]["called_interpreter"] == 1.0 and report["agent"]["calls_without_error"] == 1.0
 
     local, api = rows("sampled", "local"), rows("sampled", "api")
     assert len(local) == len(api) == 6
-    for x, y in zip(local, api):  # the same seeded draws on both backends
+    for x, y in zip(local, api):  # the same seeded draws on both backends, counted alike (generated tokens)
         assert (x["output"], x["transcript"]) == (y["output"], y["transcript"]), x["id"]
+        assert (x["prompt_tokens"], x["completion_tokens"]) == (y["prompt_tokens"], y["completion_tokens"]), x["id"]
     by_id = {}
     for x in local:
         by_id.setdefault(x["id"], []).append(json.dumps(x["transcript"]))

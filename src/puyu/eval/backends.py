@@ -178,20 +178,34 @@ class LocalBackend:
         from dataclasses import replace
 
         from puyu.engine.sampling import SamplingParams
-        from puyu.engine.scheduler import chat_policy
-        from puyu.model.chat_format import encode_chat
+        from puyu.model.chat_format import ACTION_END, encode_chat
 
         base = SamplingParams(**_params_fields(gen))
+        tok = self.tokenizer
+        action_end = tok.special_ids[ACTION_END]
 
         def policy(messages, tools=None, interpreter=None):
-            n = len(encode_chat(self.tokenizer, messages, tools, interpreter))
+            # chat_policy's loop (puyu.engine.scheduler), here so the turn's generated token ids are counted
+            ids = encode_chat(tok, messages, tools, interpreter)
+            n = len(ids)
             room = self.context - n
             if room <= 0:
                 raise ContextLengthError(f"the conversation has {n} tokens; the model's context is "
                                          f"{self.context} tokens, leaving no room for a completion",
                                          context=self.context, prompt_tokens=n)
-            p = replace(base, max_new_tokens=min(base.max_new_tokens, room))
-            yield from chat_policy(self.engine, p)(messages, tools, interpreter)
+            stops = set(base.stop_token_ids) | set(tok.stop_ids) | ({action_end} if tools or interpreter else set())
+            p = self.engine.fit(ids, replace(base, max_new_tokens=min(base.max_new_tokens, room),
+                                             stop_token_ids=sorted(stops)))
+            generated = 0
+            try:
+                for delta in self.engine.stream(ids, p):
+                    generated += len(delta.token_ids)
+                    if delta.text:
+                        yield delta.text
+                    if delta.token_ids and delta.token_ids[-1] == action_end and action_end in stops:
+                        yield ACTION_END
+            finally:
+                _report_turn(n, generated)
 
         return policy
 
@@ -390,6 +404,8 @@ class APIBackend:
             if gen.get("seed") is not None:  # the seed run_agent gives this repeat, as the local policy uses
                 body["seed"] = gen["seed"]
             data, _ = self._post_fitting("/completions", body)
+            usage = data.get("usage") or {}
+            _report_turn(usage.get("prompt_tokens"), usage.get("completion_tokens"))
             text = ((data.get("choices") or [{}])[0]).get("text") or ""
             yield text
             if ACTION_START in text:
@@ -475,7 +491,7 @@ def run_agent(backend, items: list[Item], gen: dict, on_done, *, workers: int = 
                     policy = policies[rep]
                 t0 = time.perf_counter()
                 failed: list[EvalError] = []
-                tokens = {"prompt": None, "completion": 0}
+                tokens = {"prompt": None, "completion": 0, "turns": 0, "unknown": False}
                 agent = Agent(_noting(policy, failed, getattr(backend, "tokenizer", None), tokens), tools=None, interpreter=interp, max_steps=max_steps,
                               interpreter_timeout=call_timeout)
                 res = agent.run(s.messages)
@@ -491,7 +507,7 @@ def run_agent(backend, items: list[Item], gen: dict, on_done, *, workers: int = 
                 errors_seen = [e.message for e in res.events if isinstance(e, Error) and e.fatal]
                 if errors_seen:
                     agent_info["error"] = errors_seen[0]
-                counted = tokens["prompt"] is not None
+                counted = tokens["turns"] > 0 and not tokens["unknown"]
                 result = {"prompt": render_chat(s.messages, interpreter=True), "output": res.text,
                           "transcript": res.messages[len(s.messages):],
                           "prompt_tokens": tokens["prompt"], "completion_tokens": tokens["completion"] if counted else None,
@@ -526,28 +542,51 @@ def run_agent(backend, items: list[Item], gen: dict, on_done, *, workers: int = 
         raise errors[0]
 
 
+_turn = threading.local()  # the running agent turn's token counts, as its policy reports them
+
+
+def _report_turn(prompt_tokens: int | None, completion_tokens: int | None) -> None:
+    """Called by a backend's agent policy once per turn, in the agent's thread: the prompt's tokens and
+    the tokens generated, as counted where they were generated (the local engine's token ids, the
+    endpoint's `usage`); None where the endpoint does not say."""
+    _turn.reported = (prompt_tokens, completion_tokens)
+
+
 def _noting(policy, failed: list, tokenizer=None, tokens: dict | None = None):
     """`policy`, with an EvalError it raises (the endpoint failing) appended to `failed` before the agent
-    turns it into a fatal Error event. With a tokenizer (the local model's, or the endpoint's given by
-    --tokenizer), `tokens` gets the first turn's prompt length (the ids `encode_chat` sends) and the
-    completion tokens of every turn, counted by encoding each turn's text with that tokenizer
-    (special markers as one id each, as generated)."""
+    turns it into a fatal Error event. `tokens` gets the first turn's prompt length and the completion
+    tokens summed over turns: as the policy reports them (`_report_turn`: the generated ids locally,
+    `usage` from an endpoint), else, for a policy that reports nothing (or an endpoint without `usage`),
+    by encoding with `tokenizer` when there is one (the conversation's encode_chat ids; each turn's text
+    with special markers as one id each); else "unknown" is set and the counts are recorded as null."""
     def noted(messages, tools=None, interpreter=None):
-        if tokenizer is not None and tokens is not None and tokens["prompt"] is None:
-            from puyu.model.chat_format import encode_chat
-
-            tokens["prompt"] = len(encode_chat(tokenizer, messages, tools, interpreter))
+        _turn.reported = None
         parts: list[str] = []
+        turn = policy(messages, tools, interpreter)
         try:
-            for piece in policy(messages, tools, interpreter):
+            for piece in turn:
                 parts.append(piece)
                 yield piece
         except EvalError as e:
             failed.append(e)
             raise
         finally:
-            if tokenizer is not None and tokens is not None and parts:
-                tokens["completion"] += len(tokenizer.encode("".join(parts), allow_special=True))
+            turn.close()  # the policy's own finally (its _report_turn) runs before the counts are read
+            if tokens is not None:
+                prompt, completion = _turn.reported or (None, None)
+                if prompt is None and tokenizer is not None and not tokens["turns"]:
+                    from puyu.model.chat_format import encode_chat
+
+                    prompt = len(encode_chat(tokenizer, messages, tools, interpreter))
+                if completion is None and parts and tokenizer is not None:
+                    completion = len(tokenizer.encode("".join(parts), allow_special=True))
+                if tokens["prompt"] is None and prompt is not None and not tokens["turns"]:
+                    tokens["prompt"] = prompt
+                if completion is None and parts:
+                    tokens["unknown"] = True
+                tokens["completion"] += completion or 0
+                tokens["turns"] += 1
+            _turn.reported = None
 
     return noted
 
