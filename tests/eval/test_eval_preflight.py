@@ -141,3 +141,24 @@ def test_rescore_with_nothing_to_rescore_or_with_fresh(tmp_path, capsys):
     assert "nothing to rescore" in _err(capsys) and not (out / "arithmetic").exists()
     assert main(["eval", "run", "arithmetic", "--rescore", "--fresh", "--out", str(out)]) == 1
     assert "--fresh" in _err(capsys)
+
+
+def test_api_temperature_above_two_is_refused_up_front(endpoint, tmp_path, capsys):
+    assert main(["eval", "run", "arithmetic", "--api-base", endpoint, "--temperature", "50",
+                 "--out", str(tmp_path / "o")]) == 1
+    assert "accepts 0 to 2" in _err(capsys) and _Endpoint.posts == []
+
+
+def test_perplexity_data_that_does_not_exist_says_so(tmp_path, capsys):
+    assert main(["eval", "run", "perplexity", "--data", f"perplexity={tmp_path / 'nonexist'}", "--rescore",
+                 "--out", str(tmp_path / "o")]) == 1
+    assert "nonexist does not exist" in _err(capsys)
+
+
+def test_report_of_predictions_without_run_json_says_so(tmp_path, capsys):
+    d = tmp_path / "o" / "arithmetic"
+    d.mkdir(parents=True)
+    (d / "predictions.jsonl").write_text(json.dumps({"id": "a", "repeat": 0, "output": "5", "score": 1.0}) + "\n")
+    assert main(["eval", "report", str(tmp_path / "o")]) == 0
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "no run.json" in md and "None" not in md

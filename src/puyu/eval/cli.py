@@ -181,6 +181,10 @@ def _run(args) -> int:
         raise EvalError(f"--repeats must be at least 1, got {args.repeats}")
     options = _options(args.option, args, tasks)
     data = _data_paths(args.data or [], tasks)
+    if args.api_base and not args.rescore and args.temperature is not None and args.temperature > 2:
+        # OpenAI's API (and puyu serve, vLLM) accept 0..2; the local engine takes any, so refuse it here
+        # rather than after the first task has started
+        raise EvalError(f"--temperature {args.temperature:g}: an OpenAI-compatible endpoint accepts 0 to 2")
     if args.rescore and args.fresh:
         raise EvalError("--rescore re-scores the predictions that --fresh would delete; give one of them")
     out = Path(args.out)

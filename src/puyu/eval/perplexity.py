@@ -56,6 +56,8 @@ class Perplexity(Task):
         if not ctx.data:
             raise EvalError("perplexity needs --data DIR (a folder of .txt/.md files) or a file")
         p = Path(ctx.data)
+        if not p.exists():
+            raise EvalError(f"perplexity: {p} does not exist")
         files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.suffix in (".txt", ".md"))
         if not p.exists() or not files:
             raise EvalError(f"perplexity: no .txt or .md files at {p}")

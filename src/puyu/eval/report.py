@@ -237,7 +237,9 @@ def markdown(tasks: list[dict], bars: bool = True) -> str:
         else:
             notes_k = ""
         notes = []
-        if not t["complete"]:
+        if t["expected_samples"] is None:  # predictions without their run.json
+            notes.append(f"no run.json: sample count and settings unknown ({t['n_samples']} samples found)")
+        elif not t["complete"]:
             notes.append(f"incomplete ({t['n_samples']}/{t['expected_samples']})")
         if t["empty_outputs"]:
             notes.append(f"{t['empty_outputs']} empty outputs")
