@@ -237,7 +237,7 @@ def markdown(tasks: list[dict], bars: bool = True) -> str:
         else:
             notes_k = ""
         notes = []
-        if t["expected_samples"] is None:  # predictions without their run.json
+        if t.get("expected_samples", 0) is None:  # predictions without their run.json
             notes.append(f"no run.json: sample count and settings unknown ({t['n_samples']} samples found)")
         elif not t["complete"]:
             notes.append(f"incomplete ({t['n_samples']}/{t['expected_samples']})")
