@@ -17,7 +17,15 @@ prompt_tokens, completion_tokens, seconds, finish_reason, and with the interpret
   with `error` (scored 0; the run goes on). Local: the context is max_position_embeddings (times the
   RoPE scaling factor); `Sample.beyond_context` (the needle grid) is exempt. API: the server's HTTP 400
   states its context and the prompt's length as it counted them, and the request is sent again capped
-  (`APIBackend._post_fitting`); /v1/models's max_model_len is only recorded.
+  (`APIBackend._post_fitting`); a context-length 400 that does not state both numbers stops the run
+  with one line (nothing then says the prompt, rather than max_tokens, is too long, so the sample is
+  not scored 0 as "longer than the context"); /v1/models's max_model_len is only recorded.
+- Token counts: `prompt_tokens`/`completion_tokens` are counted where the tokens were generated (the
+  engine's ids; the endpoint's `usage`, null where it gives none), with `--interpreter` summed over
+  the agent's turns.
+- Stored outputs: a chat sample over an endpoint records the message the server returns; `puyu serve`
+  shows an interpreter action (one the client did not ask for) as a markdown python block, where the
+  local backend stores the raw `<|action_start|><|interpreter|>` text. Scores are unaffected.
 - With `--interpreter` both run `puyu.Agent` locally (turn limit, per-call timeout) with a pool of
   sandboxed `puyu.Interpreter` kernels, one per worker thread, reset between samples (`%reset -f`,
   restarted only if that fails); the backend only generates each turn.
@@ -39,8 +47,9 @@ class ContextLengthError(EvalError):
     """A prompt plus its completion budget exceeds the model's context: the endpoint's HTTP 400 (OpenAI's
     code `context_length_exceeded`, or vLLM's "maximum context length" message), or the local backend's
     own check. A property of that sample, not of the endpoint: the sample is recorded with this message
-    as its `error` (score 0); any other endpoint failure stops the run. `context` and `prompt_tokens`
-    are parsed from the message when it states them (puyu serve and vLLM do), else None."""
+    as its `error` (score 0); any other endpoint failure stops the run, as does an endpoint's 400 that
+    does not state the lengths (`APIBackend._post_fitting`). `context` and `prompt_tokens` are given
+    (local) or parsed from the message when it states them (puyu serve and vLLM do), else None."""
 
     def __init__(self, message: str, context: int | None = None, prompt_tokens: int | None = None):
         super().__init__(message)
