@@ -19,7 +19,8 @@
    and after) / bytes read per token (every packed weight but the embedding table, plus the KV read).
 3. Memory (--memory PRESET): a 7B- or 20B-shaped packed model decoding with a KV cache reserved for
    --context tokens (in the first of --kv's formats): peak RSS and decode tokens/s. Needs ~4.5 GiB (7B int4)
-   to ~12 GiB (20B int4): never run on the shared development machine; its figures are not in the README.
+   to ~13.3 GiB (20B int4, measured): run it with little else on the machine (README, Performance: the
+   20B-shaped run, and the 7B-shaped one at 200K tokens through --long, 17.3 GiB).
 4. Long context (--long MODEL: a checkpoint directory, or a preset whose random weights are packed in
    --long-weights): for each KV format in --kv, the engine's cache holding --context tokens of one sequence,
    and single-stream decode steps timed at that length. The cache is filled by a real prefill of --prompt
