@@ -104,3 +104,24 @@ def test_an_oversubscribed_machine_decodes_on_the_caller(released):
     for i in range(3):
         ref = one.run(cache, seqs, [20 + i] * 4, [len(p) + i for p in prompts], [None] * 4)
         assert torch.equal(logits[1000, i], ref) and torch.equal(logits[1, i], ref)
+
+
+def test_part_counts_that_change_between_regions_never_run_a_phantom_part():
+    """Regions alternating between 2 and 8 parts: a worker that read a finished region's claim word while the
+    next region stored its larger count once claimed a phantom part (run twice, counted in the next region's
+    `done`), and the caller then waited forever. Run in a child so that a hang fails instead of blocking."""
+    import subprocess
+    import sys
+
+    regions = 200_000
+    code = ("import puyu.engine.fused_decode as fd\n"
+            f"counts, used = fd.pool_probe(threads=2, parts=-8, regions={regions}, work_us=0, spin_us=50)\n"
+            "print(used, *counts)")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the pool hung: a region's caller waited for parts that never finish")
+    assert out.returncode == 0, out.stderr
+    used, *counts = map(int, out.stdout.split())
+    assert used == 2
+    assert counts == [regions] * 2 + [regions // 2] * 6

@@ -116,6 +116,7 @@ static inline void cpu_relax(void) {
 }
 
 static inline unsigned region_of(uint64_t claim) { return (unsigned)(claim >> 32); }
+#define CLAIM_CLOSED 0x7fffffffu  /* a claim index no region reaches: the region is over */
 
 /* One unclaimed part of region r, or -1 when r is over or all its parts are taken. */
 static inline int claim_part(unsigned r) {
@@ -244,6 +245,10 @@ static void run_parallel(task_fn fn, void *ctx, int parts) {
         }
         cpu_relax();
     }
+    /* Close the region before the next one stores its part count: a worker that read this region's
+     * exhausted claim word could otherwise see the next region's larger count and claim a phantom part
+     * (running a part twice and counting it in the next region's `done`, which then never matches). */
+    atomic_store(&pool.claim, ((uint64_t)r << 32) | CLAIM_CLOSED);
 }
 
 /* [lo, hi) of part p when n items are split into `parts` runs aligned to `align`. */
@@ -1501,7 +1506,11 @@ int puyu_pool_test(int threads, int parts, int regions, long work_ns, long spin_
     } else {
         threads = 1;
     }
-    for (int i = 0; i < regions; i++) run_parallel(task_probe, &pr, threads > 1 ? parts : 1);
+    /* parts < 0: regions alternate between 2 and -parts parts (the count changing between regions) */
+    for (int i = 0; i < regions; i++) {
+        int n = parts > 0 ? parts : (i & 1 ? -parts : 2);
+        run_parallel(task_probe, &pr, threads > 1 ? n : 1);
+    }
     if (own) pthread_mutex_unlock(&pool.owner);
     return threads;
 }

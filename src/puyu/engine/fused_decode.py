@@ -327,8 +327,9 @@ def pool_mark_contended(seconds: float, flags=None) -> None:
 def pool_probe(threads: int, parts: int, regions: int, work_us: float = 0.0, spin_us: float = 200.0,
                flags=None) -> tuple[list[int], int]:
     """Tests: `regions` parallel regions of `parts` parts each on the kernel's pool, each part busy for
-    `work_us` -> (how often each part ran, threads used)."""
-    counts = (ctypes.c_int * parts)()
+    `work_us` -> (how often each part ran, threads used). `parts` < 0: the regions alternate between 2 and
+    -parts parts."""
+    counts = (ctypes.c_int * abs(parts))()
     used = load(flags).puyu_pool_test(threads, parts, regions, int(work_us * 1000), int(spin_us * 1000), counts)
     return list(counts), used
 
