@@ -9,10 +9,12 @@ model learns are exactly those the server will feed it.
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import socket
 import threading
 import time
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 TOOLS = [{"type": "function", "function": {
@@ -232,3 +234,18 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02):
             return value
         time.sleep(interval)
     return None
+
+
+class JSONHandler(BaseHTTPRequestHandler):
+    """Base of the tests' small loopback endpoints: `_send(code, obj)` writes one JSON response."""
+
+    def _send(self, code, obj):
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):  # keep test output clean
+        pass

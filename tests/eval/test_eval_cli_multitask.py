@@ -7,24 +7,17 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import HTTPServer
 
 import pytest
+from serving_fixtures import JSONHandler
 
 from puyu.cli import main
 from puyu.eval import get_task
 from puyu.eval.task import EvalError
 
 
-class _Endpoint(BaseHTTPRequestHandler):
-    def _send(self, code, obj):
-        body = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
+class _Endpoint(JSONHandler):
     def do_GET(self):
         self._send(200, {"object": "list", "data": [{"id": "m", "object": "model"}]})
 
@@ -37,8 +30,6 @@ class _Endpoint(BaseHTTPRequestHandler):
                                                  "finish_reason": "stop"}], "usage": {}})
         return self._send(200, {"choices": [{"text": "5", "finish_reason": "stop"}], "usage": {}})
 
-    def log_message(self, *a):
-        pass
 
 
 @pytest.fixture
