@@ -48,7 +48,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -185,15 +185,21 @@ def prefill_packed(model, cache: PagedKVCache, seqs: list[SequenceBlocks], promp
 
 @torch.inference_mode()
 def decode(model, cache: PagedKVCache, seqs: list[SequenceBlocks], tokens: list[int], positions: list[int],
-           bases: list[float | None], step: DecodeStep | FusedDecode | None = None) -> torch.Tensor:
+           bases: list[float | None], step: DecodeStep | FusedDecode | None = None,
+           on_unavailable=None) -> torch.Tensor:
     """One token per sequence: tokens[b] at positions[b] (keys 0..positions[b]) -> logits [B, V].
     With `step` (a `DecodeStep` or `FusedDecode` of `model`) that streamlined forward runs, unless forward
-    hooks are registered on the model; else the model's own forward."""
+    hooks are registered on the model; else the model's own forward. When the native kernel refuses the
+    weights (they changed dtype/layout after the step was built), this call uses the forward and
+    `on_unavailable(error)` is called (default: a warning)."""
     if step is not None and not step.hooked():
         try:
             return step.run(cache, seqs, tokens, positions, bases)  # [B, V]
-        except FusedDecodeUnavailable as e:  # weights changed dtype/device after the engine was built
-            log.warning("fused decode step skipped: %s", e)
+        except FusedDecodeUnavailable as e:
+            if on_unavailable is None:
+                log.warning("fused decode step skipped: %s", e)
+            else:
+                on_unavailable(e)
     device = cache.device
     hook = AttentionBatch.decode(cache, seqs, positions)
     hidden = model(torch.tensor(tokens, device=device)[:, None], position_ids=torch.tensor(positions, device=device)[:, None],
@@ -747,17 +753,12 @@ class Engine:
                 torch.set_num_threads(self.threads)
 
     def _decode_step(self, reqs: list[_Request]) -> None:
-        seqs, tokens, positions, bases = ([r.seq for r in reqs], [r.output[-1] for r in reqs],
-                                          [r.computed for r in reqs], [r.base for r in reqs])
-        step, logits = self._decoder, None
-        if isinstance(step, FusedDecode) and not step.hooked():  # one native call: torch's threads unused
-            try:
-                logits = step.run(self.cache, seqs, tokens, positions, bases)  # [B, V]
-            except FusedDecodeUnavailable as e:  # the weights changed dtype/layout after the engine was built
-                self._fused_failed(e)
-        if logits is None:
-            with self._threads_for(len(reqs)):
-                logits = decode(self.model, self.cache, seqs, tokens, positions, bases, self._decoder)  # [B, V]
+        # the native kernel is one call with its own threads: torch's thread count is left alone for it
+        threads = nullcontext() if isinstance(self._decoder, FusedDecode) else self._threads_for(len(reqs))
+        with threads:
+            logits = decode(self.model, self.cache, [r.seq for r in reqs], [r.output[-1] for r in reqs],
+                            [r.computed for r in reqs], [r.base for r in reqs], self._decoder,
+                            on_unavailable=self._fused_failed)  # [B, V]
         for r in reqs:
             r.computed += 1
         self._counters["decode_steps"] += 1
