@@ -20,7 +20,7 @@ from puyu.errors import ConfigError
 from puyu.rl.recipe import AlignRecipe
 
 DOMAINS_FOR_KIND = {"arithmetic": ("arithmetic", "format", "concise"), "tool": ("tool", "format"),
-                    "chat": ("format", "concise")}
+                    "interpreter": ("format",), "chat": ("format", "concise")}
 
 
 def log(stage: str, msg: str) -> None:
@@ -121,6 +121,8 @@ def eval_prompts(r: AlignRecipe, n: int | None = None, tag: str = "") -> list[di
             out.append(V.arithmetic_prompt(p))
         elif kind == "tool":
             out.append(V.tool_prompt(rng))
+        elif kind == "interpreter":
+            out.append(V.interpreter_prompt(rng))
         else:
             out.append(V.chat_prompt(rng))
     return out

@@ -150,9 +150,44 @@ def build_pairs(samples: list[dict], replies: list[list[Reply]], seed: int, pert
     return out
 
 
+# ---- programmatic arithmetic pairs ---------------------------------------------------------------
+OFF_BY = (-10, -2, -1, 1, 2, 10)  # the near misses `perturb` uses, and what a nano policy gets wrong
+
+
+def arithmetic_pairs(n: int, seed, exclude: set | None = None, p_big: float = 0.0,
+                     offsets: tuple[int, ...] = OFF_BY, problems: list | None = None) -> list[dict]:
+    """`n` arithmetic-domain pairs that differ only in the answer: the right reply `a+b=c` (the SFT
+    data's form) against `a+b=c+k`, k drawn from `offsets` (hard negatives: one digit off, or the tens
+    digit). Cheap (no sampling), so the reward model can see thousands of them; they teach the
+    arithmetic rubric the judge pairs alone do not (README, alignment section).
+
+    Problems: drawn like training problems (a, b < 100, a fraction `p_big` < 1000, `exclude` skipped),
+    or taken in turn from `problems` (a held-out set); the question's phrasing is drawn from the
+    training phrasings. Each record has `source` "programmatic" and a `prompt_id` (its problem), so
+    `split_pairs` keeps a problem's pairs on one side. Raises PairError for n < 0 or no offsets, or an
+    offset of 0 (that "wrong" answer is right)."""
+    from puyu.tasks.synthetic import _training_problem
+
+    if n < 0:
+        raise PairError(f"arithmetic_pairs: n must be >= 0, got {n}")
+    if not offsets or 0 in offsets:
+        raise PairError(f"arithmetic_pairs: offsets must be non-zero integers, got {offsets!r}")
+    rng = random.Random(f"puyu-arith-pairs-{seed}")
+    out = []
+    for i in range(n):
+        p = problems[i % len(problems)] if problems else _training_problem(rng, p_big, exclude or set())
+        sample = V.arithmetic_prompt(p, rng)
+        right = int(p.answer)
+        wrong = right + rng.choice(offsets)
+        out.append({"system": "arithmetic", "domain": "arithmetic", "messages": sample["messages"],
+                    "chosen": f"{p.prompt}{right}", "rejected": f"{p.prompt}{wrong}", "source": "programmatic",
+                    "prompt_id": f"arith:{p.a}{p.op}{p.b}"})
+    return out
+
+
 # ---- one pair per domain -------------------------------------------------------------------------
 DOMAINS_OF_KIND = {"arithmetic": ("arithmetic", "format", "concise"), "tool": ("tool", "format"),
-                   "chat": ("format", "concise")}
+                   "interpreter": ("format",), "chat": ("format", "concise")}
 
 
 def domain_verdict(sample: dict, a: Reply, b: Reply, domain: str) -> int | None:

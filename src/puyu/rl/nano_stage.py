@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from puyu.eval.stats import mcnemar
@@ -50,6 +50,8 @@ class NanoAlignSection:
     group_size: int = 8
     grpo_lr: float = 3e-5
     grpo_kl: float = 0.04
+    # GRPO prompt kinds (puyu.tasks.verifiable.rl_prompts): arithmetic, tool, interpreter, chat
+    grpo_weights: dict = field(default_factory=lambda: {"arithmetic": 1.0})
     judge_prompts: int = 240
     samples: int = 4
     rm_epochs: float = 4.0
@@ -87,7 +89,7 @@ def align_recipe(sec: NanoAlignSection, out: Path, seed: int, threads, progress:
         raise ConfigError(f"align.method must be grpo or ppo, got {sec.method!r}")
     # GRPO trains on arithmetic prompts: a chat prompt's score is 1 for any plain reply (no signal), and at
     # nano scale tool prompts gave no gain either (README); tool and interpreter calls are checked not lost
-    weights = {"arithmetic": 1.0} if sec.method == "grpo" else {"arithmetic": 0.6, "tool": 0.25, "chat": 0.15}
+    weights = dict(sec.grpo_weights) if sec.method == "grpo" else {"arithmetic": 0.6, "tool": 0.25, "chat": 0.15}
 
     return AlignRecipe(
         out_dir=str(out / "align"), seed=seed, device="cpu", threads=threads if isinstance(threads, int) else None,
@@ -111,6 +113,7 @@ def align_recipe(sec: NanoAlignSection, out: Path, seed: int, threads, progress:
 EVAL_SETS = {  # name in the report -> (`puyu eval` task, its options)
     "chat_arithmetic": ("arithmetic", {"style": "chat", "sizes": "100"}),
     "tool_calls": ("tools", {}),
+    "tool_calls_held_out_phrasings": ("tools", {"phrasings": "held_out"}),
 }
 
 

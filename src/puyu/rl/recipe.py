@@ -172,9 +172,9 @@ class AlignRecipe:
             raise ConfigError("top_p must be in (0, 1]")
         if not sum(v for v in self.prompts.weights.values()) > 0:
             raise ConfigError("prompts.weights must give some kind a positive weight")
-        unknown = set(self.prompts.weights) - {"arithmetic", "tool", "chat"}
+        unknown = set(self.prompts.weights) - {"arithmetic", "tool", "interpreter", "chat"}
         if unknown:
-            raise ConfigError(f"prompts.weights: unknown kind(s) {sorted(unknown)}; use arithmetic, tool, chat")
+            raise ConfigError(f"prompts.weights: unknown kind(s) {sorted(unknown)}; use arithmetic, tool, interpreter, chat")
 
 
 def load_align_recipe(path, overrides=None) -> AlignRecipe:

@@ -1,8 +1,8 @@
 """Prompts with checkable answers for RL, and their scorers `score(prediction, sample) -> float`.
 
-A sample is a dict: `kind` ("arithmetic", "tool" or "chat"), `messages` (the conversation up to the
+A sample is a dict: `kind` ("arithmetic", "tool", "interpreter" or "chat"), `messages` (the conversation up to the
 assistant's turn), optional `tools`, and what a right answer is (`answer` for arithmetic, `call`
-{"name", "arguments"} for a tool call). A prediction is the assistant turn's text as the model wrote
+{"name", "arguments"} for a tool call, `operands` for an interpreter call). A prediction is the assistant turn's text as the model wrote
 it (action markers included, the closing `<|im_end|>` excluded). Scorers return 1.0 or 0.0.
 
 These are the verifiable rewards of critic-free RL (GRPO/RLOO) and the task scores of the alignment
@@ -18,9 +18,18 @@ from fractions import Fraction
 
 from puyu.model.chat_format import ACTION_START
 from puyu.model.tool_calls import InterpreterCall, PluginCall, parse_turn
-from puyu.tasks.synthetic import ARITH_QUESTIONS, CITIES, GREETINGS, SYSTEM, TOOLS, Problem, _training_problem
+from puyu.tasks.synthetic import (
+    ARITH_QUESTIONS,
+    CITIES,
+    GREETINGS,
+    SYSTEM,
+    TOOLS,
+    Problem,
+    _training_problem,
+    tool_call_question,
+)
 
-KINDS = ("arithmetic", "tool", "chat")
+KINDS = ("arithmetic", "tool", "interpreter", "chat")
 _INT = re.compile(r"-?\d+")
 _MARKER = re.compile(r"<\|[a-z_]+\|>|\[UNUSED_TOKEN_\d+\]")  # chat markers, as text
 _TURN_END = re.compile(r"<\|im_end\|>|\[UNUSED_TOKEN_145\]|</s>")
@@ -33,13 +42,14 @@ def arithmetic_prompt(p: Problem, rng: random.Random | None = None, system: bool
 
 
 def tool_prompt(rng: random.Random) -> dict:
+    """A question for one of the demo's two tools about a random city, in one of the SFT data's
+    phrasings (`puyu.tasks.synthetic.TOOL_QUESTIONS`, training side: what `puyu eval run tools` asks by
+    default; its `phrasings=held_out` questions are never drawn here)."""
     city = rng.choice(CITIES)
-    if rng.random() < 0.5:
-        q, name = rng.choice(["What is the weather in {c}?", "Weather in {c}?"]), "get_weather"
-    else:
-        q, name = rng.choice(["What time is it in {c}?", "Local time in {c}?"]), "get_time"
+    name = "get_weather" if rng.random() < 0.5 else "get_time"
+    q = tool_call_question(rng, name, city)
     return {"kind": "tool", "tools": TOOLS, "call": {"name": name, "arguments": {"city": city}},
-            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q.format(c=city)}]}
+            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]}
 
 
 def chat_prompt(rng: random.Random) -> dict:
@@ -49,9 +59,16 @@ def chat_prompt(rng: random.Random) -> dict:
 
 
 def rl_prompts(seed, n: int, weights: dict[str, float], exclude: set[Problem], p_big: float = 0.1) -> list[dict]:
-    """`n` prompts drawn from `seed` by kind `weights` (arithmetic problems skip `exclude`)."""
+    """`n` prompts drawn from `seed` by kind `weights` (arithmetic problems skip `exclude`). Kinds:
+    arithmetic, tool, interpreter (`interpreter_prompt`: scored by `interpreter_call_score`), chat. Raises ValueError for an unknown kind or no
+    positive weight."""
+    unknown = sorted(set(weights) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown prompt kinds {unknown}; known: {', '.join(KINDS)}")
     rng = random.Random(f"puyu-rl-prompts-{seed}")
     kinds = [k for k in KINDS if weights.get(k, 0) > 0]
+    if not kinds:
+        raise ValueError("prompt weights: at least one kind needs a positive weight")
     out = []
     for _ in range(n):
         kind = rng.choices(kinds, weights=[weights[k] for k in kinds])[0]
@@ -59,6 +76,8 @@ def rl_prompts(seed, n: int, weights: dict[str, float], exclude: set[Problem], p
             out.append(arithmetic_prompt(_training_problem(rng, p_big, exclude), rng))
         elif kind == "tool":
             out.append(tool_prompt(rng))
+        elif kind == "interpreter":
+            out.append(interpreter_prompt(rng))
         else:
             out.append(chat_prompt(rng))
     return out
