@@ -2,6 +2,12 @@
 model) on programmatic arithmetic pairs (`puyu.rl.judge.arithmetic_pairs`: `a+b=c` vs `a+b=c+k`) and
 report held-out pairwise accuracy on pairs over the recipe's held-out test problems, every `--every` steps.
 
+`--probe` trains nothing: it asks whether the frozen body already carries the answer's correctness. A
+logistic regression (torch LBFGS, L2) on the difference of the final hidden states of chosen and rejected,
+read at the reward token, at `<|im_end|>` and at the answer's last digit, fitted on the training pairs and
+scored on the held-out ones; beside it the chat model's own preference (summed log-probability of the
+reply tokens, right vs near miss) on the same held-out pairs.
+
   python benchmarks/rm_arithmetic.py --model runs/nano/chat --tests runs/nano/data/test_problems.json \
       --pairs 8000 --steps 600 --lr 3e-4 --batch 32
 """
@@ -28,6 +34,7 @@ def main(argv=None) -> None:
     ap.add_argument("--no-focal", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--held-every", type=int, default=2, help="every k-th held-out test problem")
+    ap.add_argument("--probe", action="store_true", help="linear probes on the frozen body (no training)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -47,6 +54,9 @@ def main(argv=None) -> None:
     exclude = {Problem(*p) for k in ("small", "big") for p in tests.get(k, [])}
     tr = encode_pairs(tok, arithmetic_pairs(a.pairs, a.seed, exclude), rm.reward_token_id)
     ho = encode_pairs(tok, arithmetic_pairs(len(held), a.seed + 1, problems=held), rm.reward_token_id)
+    if a.probe:
+        probe(lm, rm, tr, ho)
+        return
     opt = build_optimizer(rm, a.lr, weight_decay=0.0)
     t0, cpu0 = time.perf_counter(), time.process_time()
     done = 0
@@ -60,6 +70,65 @@ def main(argv=None) -> None:
                           "held_out": round(acc["overall"], 4), "ci95": [round(x, 3) for x in acc["ci95"]],
                           "wall_s": round(time.perf_counter() - t0, 1),
                           "cpu_s": round(time.process_time() - cpu0, 1)}), flush=True)
+
+
+@torch.no_grad()
+def _features(rm, seqs, where: int) -> torch.Tensor:
+    """Final hidden state [N, C] of each sequence at offset `where` from its end (-1: reward token)."""
+    from puyu.rl.reward_model import pad_batch, padded_hidden
+
+    out = []
+    for i in range(0, len(seqs), 64):
+        ids, attn = pad_batch(seqs[i:i + 64], rm.pad_id, "right")
+        h = padded_hidden(rm.model, rm.config, ids, attn)
+        last = attn.sum(1) - 1
+        out.append(h[torch.arange(len(ids)), last + 1 + where])
+    return torch.cat(out)
+
+
+def _fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3) -> torch.Tensor:
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w, y) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach()
+
+
+@torch.no_grad()
+def _reply_logprob(lm, seqs, n_tail: int) -> list[float]:
+    """Summed log-probability of each sequence's tokens before its last `n_tail`, from where chosen and
+    rejected start to differ is not known here, so over the whole reply (same prompt on both sides)."""
+    out = []
+    for s in seqs:
+        ids = torch.tensor([s[:-n_tail]])
+        lp = torch.log_softmax(lm(ids)[0, :-1].float(), -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+        out.append(float(lp.sum()))
+    return out
+
+
+def probe(lm, rm, tr, ho) -> None:
+    # offsets from the end: -1 reward token, -3 `<|im_end|>` (then "\n", reward), -4 the last answer digit
+    tr = tr[:1500]
+    res = {}
+    for name, where in (("reward_token", -1), ("im_end", -3), ("last_digit", -4)):
+        xc, xr = _features(rm, [c for c, _, _ in tr], where), _features(rm, [r for _, r, _ in tr], where)
+        x = torch.cat([xc - xr, xr - xc])
+        y = torch.cat([torch.ones(len(tr)), torch.zeros(len(tr))])
+        w = _fit_probe(x, y)
+        train_acc = float(((x @ w > 0).float() == y).float().mean())
+        hc, hr = _features(rm, [c for c, _, _ in ho], where), _features(rm, [r for _, r, _ in ho], where)
+        res[name] = {"train": round(train_acc, 3), "held_out": round(float(((hc - hr) @ w > 0).float().mean()), 3)}
+    # the LM's own preference: drop the reward token and the newline after <|im_end|>
+    lc, lr_ = _reply_logprob(lm, [c for c, _, _ in ho], 2), _reply_logprob(lm, [r for _, r, _ in ho], 2)
+    res["lm_logprob_prefers_right"] = round(sum(a > b for a, b in zip(lc, lr_)) / len(ho), 3)
+    res["n_train_pairs"], res["n_held_out_pairs"] = len(tr), len(ho)
+    print(json.dumps(res), flush=True)
 
 
 if __name__ == "__main__":

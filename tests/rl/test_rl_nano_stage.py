@@ -36,13 +36,17 @@ def test_compare_goes_through_puyu_eval_and_pairs_the_same_items(tiny_checkpoint
     from puyu.rl.nano_stage import compare
 
     rep = compare(tiny_checkpoint, tiny_checkpoint, tiny_tokenizer, 0, (6, 3), 4, 3, 8, tmp_path, progress=False)
-    assert set(rep["table"]) == {f"{k}/{m}" for k in ("chat_arithmetic", "tool_calls", "interpreter_calls")
-                                 for m in ("correct", "ended")}
-    n = {"chat_arithmetic": 6, "tool_calls": 4, "interpreter_calls": 3}
+    sets = ("chat_arithmetic", "tool_calls", "tool_calls_held_out_phrasings", "interpreter_calls")
+    assert set(rep["table"]) == {f"{k}/{m}" for k in sets for m in ("correct", "ended")}
+    n = {"chat_arithmetic": 6, "tool_calls": 4, "tool_calls_held_out_phrasings": 4, "interpreter_calls": 3}
     for k, v in rep["table"].items():
         assert v["n"] == n[k.split("/")[0]] and v["a_only"] == v["b_only"] == 0 and v["p_value"] == 1.0
         assert v["sft"] == v["rl"]
     assert rep["length"]["growth"] == 0.0
     rows = [json.loads(line) for line in (tmp_path / "rl" / "arithmetic" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all(r["prompt"].endswith("<|im_start|>assistant\n") for r in rows)
-    assert len((tmp_path / "sft" / "tools" / "predictions.jsonl").read_text().splitlines()) == 4
+    tools = [json.loads(line) for line in (tmp_path / "sft" / "tools" / "predictions.jsonl").read_text().splitlines()]
+    held = [json.loads(line) for line in
+            (tmp_path / "sft" / "held_out_phrasings" / "tools" / "predictions.jsonl").read_text().splitlines()]
+    assert len(tools) == len(held) == 4  # the held-out phrasings have their own folder: nothing overwritten
+    assert {r["prompt"] for r in held}.isdisjoint({r["prompt"] for r in tools})  # other phrasings

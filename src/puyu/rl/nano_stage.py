@@ -110,10 +110,11 @@ def align_recipe(sec: NanoAlignSection, out: Path, seed: int, threads, progress:
                        slow_steps=sec.slow_steps))
 
 
-EVAL_SETS = {  # name in the report -> (`puyu eval` task, its options)
-    "chat_arithmetic": ("arithmetic", {"style": "chat", "sizes": "100"}),
-    "tool_calls": ("tools", {}),
-    "tool_calls_held_out_phrasings": ("tools", {"phrasings": "held_out"}),
+EVAL_SETS = {  # name in the report -> (`puyu eval` task, its options, subfolder of the predictions)
+    "chat_arithmetic": ("arithmetic", {"style": "chat", "sizes": "100"}, ""),
+    "tool_calls": ("tools", {}, ""),
+    # questions in phrasings no SFT dialogue and no RL prompt uses (`tools --option phrasings=held_out`)
+    "tool_calls_held_out_phrasings": ("tools", {"phrasings": "held_out"}, "held_out_phrasings"),
 }
 
 
@@ -131,12 +132,12 @@ def eval_items(model_dir: Path, out: Path, seed: int, held_out: tuple[int, int],
     backend = LocalBackend(str(model_dir), dtype="float32")
     res = {}
     try:
-        for name, (task_name, opts) in EVAL_SETS.items():
+        for name, (task_name, opts, sub) in EVAL_SETS.items():
             extra = ({"n": held_out[0], "test_small": held_out[0], "test_big": held_out[1]}
                      if task_name == "arithmetic" else {"n": n_tools})
             ctx = Context(seed=seed, options={**opts, **extra}, tokenizer=backend.tokenizer,
                           model_config=backend.config)
-            d = run_task(get_task(task_name), backend, out, ctx, progress=progress, fresh=True)
+            d = run_task(get_task(task_name), backend, out / sub if sub else out, ctx, progress=progress, fresh=True)
             res[name] = {r["id"]: {"correct": r["score"] == 1.0, "ended": r.get("finish_reason") == "stop",
                                    "length": r.get("completion_tokens", 0), "reply": r["output"]}
                          for r in read_predictions(d / "predictions.jsonl")}
