@@ -19,7 +19,9 @@
  * tiles, reduce8; 8-key score blocks; value sums in slices of 64 floats), and blocks of 8 input rows take a
  * broadcast kernel instead (bcast8x8: no horizontal sums; 82-85% of the FMA peak against 73-75% for the
  * 4x2 tiles on the nano products with 8 rows, one Sapphire Rapids core restricted to AVX2, weights in
- * cache); without either, portable C.
+ * cache), blocks of 16 rows a 16 x 6 one (bcast16: each weight read once for 16 rows; a 16-row product
+ * over 13.4 MB of weights, as a nano step's, ran 40 GFLOP/s against 22 for 8 rows: on this VM the weights
+ * stream from L3 at ~5 GB/s per core, so GFLOP/s follow rows per weight byte); without either, portable C.
  *
  * Built with -DPUYU_PROFILE, the per-phase seconds of every call accumulate in puyu_prof[8] (see forward).
  *
@@ -132,13 +134,40 @@ static inline int claim_part(unsigned r) {
 
 static atomic_long contended_until;  /* now_ns() before which the machine counts as oversubscribed */
 
-/* Whether this thread was preempted since *seen was taken (then the machine counts as oversubscribed
- * for CONTENDED_NS); updates *seen. */
-static void check_preempted(long *seen, long now) {
+/* Which preemptions mark the machine oversubscribed (a build flag, for A/Bs: benchmarks/kernel_ab.py):
+ * 1 (default) any involuntary context switch of a pool thread; 0 none (the pool never steps aside);
+ * k >= 2 at least k of one thread's switches within PREEMPT_WINDOW_NS. */
+#ifndef PUYU_PREEMPT_RULE
+#define PUYU_PREEMPT_RULE 1
+#endif
+#ifndef PREEMPT_WINDOW_NS
+#define PREEMPT_WINDOW_NS 50000000L
+#endif
+
+/* One thread's view of its involuntary context switches. */
+typedef struct {
+    long seen;          /* ru_nivcsw when last looked; -1: never */
+    long window_start;  /* now_ns() when the current window began */
+    long in_window;     /* switches counted in it */
+} Preempt;
+#define PREEMPT_INIT {-1, 0, 0}
+
+/* Whether this thread was preempted since it last looked (then the machine counts as oversubscribed
+ * for CONTENDED_NS); updates *st. */
+static void check_preempted(Preempt *st, long now) {
     struct rusage ru;
     if (getrusage(RUSAGE_THREAD, &ru) != 0) return;
-    if (*seen >= 0 && ru.ru_nivcsw != *seen) atomic_store(&contended_until, now + CONTENDED_NS);
-    *seen = ru.ru_nivcsw;
+    long d = st->seen >= 0 ? ru.ru_nivcsw - st->seen : 0;
+    st->seen = ru.ru_nivcsw;
+#if PUYU_PREEMPT_RULE == 0
+    (void)d, (void)now;
+#elif PUYU_PREEMPT_RULE == 1
+    if (d) atomic_store(&contended_until, now + CONTENDED_NS);
+#else
+    if (now - st->window_start > PREEMPT_WINDOW_NS) st->window_start = now, st->in_window = 0;
+    st->in_window += d;
+    if (st->in_window >= PUYU_PREEMPT_RULE) atomic_store(&contended_until, now + CONTENDED_NS);
+#endif
 }
 
 static inline int contended(long now) { return now < atomic_load_explicit(&contended_until, memory_order_relaxed); }
@@ -146,11 +175,12 @@ static inline int contended(long now) { return now < atomic_load_explicit(&conte
 static void *worker_main(void *arg) {
     int me = (int)(intptr_t)arg;
     unsigned seen = pool.start_region[me];  /* not the current one: a region may start before this runs */
-    long nivcsw = -1, checked = 0;
+    Preempt pre = PREEMPT_INIT;
+    long checked = 0;
     for (;;) {
         long t0 = now_ns();
         if (t0 - checked > RUSAGE_EVERY_NS) {
-            check_preempted(&nivcsw, t0);
+            check_preempted(&pre, t0);
             checked = t0;
         }
         long spin = contended(t0) ? 0 : pool.spin_ns;
@@ -560,6 +590,76 @@ static inline __attribute__((always_inline)) void bcast8x8(int K, const float *x
     }
 }
 
+/* xt[k * 16 + i] = x[i, k] for the 16 rows of x (row stride ldx), k < K. */
+static void pack16(int K, const float *x, int ldx, float *xt) {
+    int k = 0;
+    for (; k + 8 <= K; k += 8)
+        for (int h = 0; h < 2; h++) {
+            __m256 r[8];
+            for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(x + (long)(8 * h + i) * ldx + k);
+            transpose8(r);
+            for (int j = 0; j < 8; j++) _mm256_store_ps(xt + 16L * (k + j) + 8 * h, r[j]);
+        }
+    for (; k < K; k++)
+        for (int i = 0; i < 16; i++) xt[16L * k + i] = x[(long)i * ldx + k];
+}
+
+/* 16 input rows (packed by pack16) x NR <= 6 weight rows, by broadcasting: each weight W[n, k] loaded
+ * (broadcast) once serves all 16 rows in two FMAs, so a step's weights stream through the core once for
+ * 16 rows at half the bytes per FMA of bcast8x8 (whose 16-row steps read each weight panel twice, once
+ * from L3 and once from L2). 12 accumulators + 2 input vectors + 1 broadcast fill the 16 ymm registers.
+ * The accumulators (weight row j: rows 0-7 in acc[2j], 8-15 in acc[2j + 1]) are transposed in 8 x 8
+ * blocks and stored as each input row's NR outputs. */
+static inline __attribute__((always_inline)) void bcast16(const int NR, int K, const float *xt, const float *w,
+                                                          int ldw, const float *bias, float *y, int ldy,
+                                                          int accumulate) {
+    __m256 acc[12];
+#pragma GCC unroll 12
+    for (int j = 0; j < 12; j++) acc[j] = _mm256_setzero_ps();
+    for (int k = 0; k < K; k++) {
+        __m256 x0 = _mm256_load_ps(xt + 16L * k), x1 = _mm256_load_ps(xt + 16L * k + 8);
+#pragma GCC unroll 6
+        for (int j = 0; j < NR; j++) {
+            __m256 b = _mm256_broadcast_ss(w + (long)j * ldw + k);
+            acc[2 * j] = _mm256_fmadd_ps(x0, b, acc[2 * j]);
+            acc[2 * j + 1] = _mm256_fmadd_ps(x1, b, acc[2 * j + 1]);
+        }
+    }
+    const __m256i mk = tail_mask8(NR);
+    __m256 bv = bias ? _mm256_maskload_ps(bias, mk) : _mm256_setzero_ps();
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) {
+        __m256 r[8];
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) r[j] = j < NR ? acc[2 * j + h] : _mm256_setzero_ps();
+        transpose8(r);
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) {
+            float *yi = y + (long)(8 * h + i) * ldy;
+            __m256 v = _mm256_add_ps(r[i], bv);
+            if (accumulate) v = _mm256_add_ps(v, _mm256_maskload_ps(yi, mk));
+            _mm256_maskstore_ps(yi, mk, v);
+        }
+    }
+}
+
+/* Input rows [m, m + 16) (packed) against weight rows [c0, c1): panels of 6 weight rows, then the rest. */
+static void bcast16_rows(int K, const float *xt, int c0, int c1, const float *W, const float *bias, float *y,
+                         int ldy, int accumulate) {
+    int n = c0;
+    for (; n + 6 <= c1; n += 6)
+        bcast16(6, K, xt, W + (long)n * K, K, bias ? bias + n : NULL, y + n, ldy, accumulate);
+    const float *w = W + (long)n * K, *b = bias ? bias + n : NULL;
+    switch (c1 - n) {
+    case 5: bcast16(5, K, xt, w, K, b, y + n, ldy, accumulate); break;
+    case 4: bcast16(4, K, xt, w, K, b, y + n, ldy, accumulate); break;
+    case 3: bcast16(3, K, xt, w, K, b, y + n, ldy, accumulate); break;
+    case 2: bcast16(2, K, xt, w, K, b, y + n, ldy, accumulate); break;
+    case 1: bcast16(1, K, xt, w, K, b, y + n, ldy, accumulate); break;
+    default: break;
+    }
+}
+
 #define PACK_FLOATS 16384  /* 64 KB of packed input rows on the stack: M / 8 * 8 * K at most this */
 #endif
 
@@ -571,10 +671,12 @@ static void gemm_nt(int M, int K, const float *x, int ldx, const float *W, const
     int chunk = (int)((256L * 1024) / ((long)K * 4));
     chunk = chunk < 16 ? 16 : chunk / 16 * 16;
 #if PUYU_AVX2
-    /* Blocks of 8 input rows through bcast8x8 when they fit the packed buffer; the rest in tiles. */
-    int M8 = (long)(M / 8) * 8 * K <= PACK_FLOATS ? M / 8 * 8 : 0;
+    /* Blocks of 16 input rows through bcast16, then one of 8 through bcast8x8, when they fit the packed
+     * buffer; the rest in tiles. */
+    int M8 = (long)(M / 8) * 8 * K <= PACK_FLOATS ? M / 8 * 8 : 0, M16 = M8 / 16 * 16;
     float xt[M8 ? M8 * K : 8] __attribute__((aligned(32)));
-    for (int m = 0; m < M8; m += 8) pack8(K, x + (long)m * ldx, ldx, xt + (long)m * K);
+    for (int m = 0; m < M16; m += 16) pack16(K, x + (long)m * ldx, ldx, xt + (long)m * K);
+    if (M8 > M16) pack8(K, x + (long)M16 * ldx, ldx, xt + (long)M16 * K);
 #endif
     for (int c0 = n0; c0 < n1; c0 += chunk) {
         int c1 = c0 + chunk < n1 ? c0 + chunk : n1;
@@ -595,6 +697,8 @@ static void gemm_nt(int M, int K, const float *x, int ldx, const float *W, const
         for (; m < M; m++) tile_rows(1, 16, m, c0, c1, K, x, ldx, W, bias, y, ldy, accumulate);
 #elif PUYU_AVX2
         int m = 0;
+        for (; m < M16; m += 16)
+            bcast16_rows(K, xt + (long)m * K, c0, c1, W, bias, y + (long)m * ldy, ldy, accumulate);
         for (; m < M8; m += 8) {
             int n = c0;
             for (; n + 8 <= c1; n += 8)
@@ -1433,7 +1537,7 @@ void puyu_decode(const Args *a, void *scratch, long spin_ns) {
     c.cs = c.g3 + n_f, c.scores = c.cs + (long)B * D, c.smax = smax;
     c.slots = (long *)(buf + scratch_floats(a, a->threads < 1 ? 1 : a->threads, smax));
     if (threads > 1) {  /* oversubscribed: the caller alone (see the thread pool) */
-        static __thread long seen = -1;
+        static __thread Preempt seen = PREEMPT_INIT;
         long now = now_ns();
         check_preempted(&seen, now);
         if (contended(now)) local.threads = threads = 1;

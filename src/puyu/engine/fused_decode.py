@@ -29,8 +29,8 @@ Otherwise the engine uses `puyu.engine.decode_step.DecodeStep` (PyTorch ops) and
 
 Instruction sets: the widest this CPU runs, from /proc/cpuinfo: AVX-512 (16-wide tiles of 1x16, 2x8 or
 4x4 rows), else AVX2 + FMA (8-wide tiles of 1x8, 2x4 or 4x2 rows: 8 accumulators plus the loaded rows fill
-the 16 ymm registers, so each weight vector loaded serves up to 4 rows of the batch; blocks of 8 rows by
-broadcasting each weight into 8 rows' accumulators, with no horizontal sums), else portable C.
+the 16 ymm registers, so each weight vector loaded serves up to 4 rows of the batch; blocks of 16 and of 8
+rows by broadcasting each weight into 16 or 8 rows' accumulators, with no horizontal sums), else portable C.
 `PUYU_KERNEL_ISA=avx512|avx2|portable` forces one (refused with a clear error where the CPU lacks it), so
 the AVX2 path can be measured and tested on an AVX-512 machine. `FusedDecode.isa` and the engine's
 `decode_path` (`fused-avx512`, `fused-avx2`, `fused-portable`) name the build that runs.
@@ -341,12 +341,17 @@ class FusedDecode:
     threads: cores to split each matrix product over (the caller is one of them); spin_us: how long idle
     worker threads spin before sleeping (a decode loop calls again within tens of µs); min_parallel:
     weight elements below which a product runs on the calling thread alone (the hand-off costs ~1 µs);
-    split_rows: rows per core from which the cores split the batch instead of the weights (medians of a
-    nano step on 2 cores, weights vs rows split: 148 vs 209 µs at 2 rows, 178 vs 224 at 4, 273 vs 261 at
-    8, 486 vs 427 at 16, 897 vs 797 at 32)."""
+    split_rows: rows per core from which the cores split the batch instead of the weights. Default 16: a
+    16-stream step on 2 cores splits the weights, so each core reads half of them for all 16 rows instead
+    of all of them for 8 (on the Sapphire Rapids VM the nano weights stream from L3 at ~5 GB/s per core:
+    one thread's 16-row product over the 13.4 MB of a nano step ran 40-41 GFLOP/s, an 8-row one 22-25,
+    thread CPU time, AVX2 and AVX-512 builds, 2026-12-01 at load 7-9; benchmarks/decode_step.py times the
+    two splits). It was 4, from medians of a nano step on 2 cores of a machine with faster caches, weights
+    vs rows split: 148 vs 209 µs at 2 rows, 178 vs 224 at 4, 273 vs 261 at 8, 486 vs 427 at 16, 897 vs 797
+    at 32."""
 
     def __init__(self, model, threads: int = 1, spin_us: float = 200.0, min_parallel: int = 16384,
-                 split_rows: int = 4, flags: tuple[str, ...] | None = None):
+                 split_rows: int = 16, flags: tuple[str, ...] | None = None):
         if not self.supports(model):
             raise FusedDecodeUnavailable("the fused decode needs puyu's InternLM2ForCausalLM in float32 on the CPU")
         self.lib = load(flags)
