@@ -110,7 +110,7 @@ class NanoRecipe:
     progress: bool = True
     corpus: CorpusSection = field(default_factory=CorpusSection)
     pretrain: StageSection = field(default_factory=lambda: StageSection(
-        seq_len=128, steps=1700, batch_size=12, lr=1e-3, warmup_steps=30, eval_every=340))
+        seq_len=128, steps=1700, batch_size=12, lr=5e-4, warmup_steps=30, eval_every=340))  # 5e-4: README "Third round"
     longctx: StageSection = field(default_factory=lambda: StageSection(
         seq_len=512, steps=350, batch_size=3, lr=3e-4, warmup_steps=10, eval_every=175, rope_theta=100_000.0))
     sft: StageSection = field(default_factory=lambda: StageSection(
