@@ -127,3 +127,14 @@ def test_miniature_nano_run_writes_report_and_chat_model(tmp_path):
     # --resume skips every finished stage.
     again = run_nano(rec, resume=True)
     assert "pretrain" not in again["timings_s"] and again["stages"]["pretrain"]["steps"] == 6
+
+
+def test_pretraining_curve_scores_both_operators():
+    from puyu.recipes.nano import curve_problems
+
+    small, _ = S.held_out_problems(0, 400, 10)
+    curve = curve_problems(small, 200)
+    assert len(curve) == 200 and len(set(curve)) == 200 and set(curve) <= set(small)
+    assert sum(p.op == "+" for p in curve) == 100 and sum(p.op == "-" for p in curve) == 100
+    assert curve_problems(small, 5) == curve_problems(small, 5) and len(curve_problems(small, 5)) == 5
+    assert curve_problems(small[:3], 10) == small[:3]
