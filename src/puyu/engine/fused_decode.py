@@ -20,9 +20,12 @@ itself, which the call has just written to the cache.
 When it runs: CPU, a KV cache stored as float32, bfloat16 or int8 (`puyu.engine.kv_cache`, "KV formats": the
 kernel quantizes each new key and value as it stores them, with torch's rounding bit for bit, and dequantizes
 blocks of cached rows into a small buffer for the float32 score and value loops), puyu's own `InternLM2ForCausalLM` with float32 weights or packed ones
-(`puyu.model.quant`: bf16, int8 per output row, int4 in groups; the kernel reads the packed bytes and
-dequantizes in registers, accumulating in float32, so its logits equal the model's forward on the
-dequantized weights up to float32 rounding: tests/engine/test_engine_quant_decode.py), no forward hooks on
+(`puyu.model.quant`: bf16, int8 per output row, int4 in groups; the kernel reads the packed bytes: bf16
+is widened in registers; int8 and int4 products by default quantize their input rows to int8 per block of 32
+and multiply in integers, within the bound stated in fused_decode.c ("integer dot products";
+tests/engine/test_engine_int_dot.py); with act="f32" / PUYU_QUANT_ACT=f32 they dequantize in registers and
+accumulate in float32, so the logits equal the model's forward on the dequantized weights up to float32
+rounding: tests/engine/test_engine_quant_decode.py), no forward hooks on
 the model (the engine then uses the model's forward, where hooks run), a C compiler present (`cc`, or `$CC`).
 Otherwise the engine uses `puyu.engine.decode_step.DecodeStep` (PyTorch ops) and says so in `Engine.stats()`.
 `PUYU_FUSED_DECODE=0` turns the kernel off.
@@ -504,10 +507,11 @@ class FusedDecode:
 
     @torch.inference_mode()
     def prefill(self, cache, seqs, prompts: list[list[int]], bases: list[float | None],
-                starts: list[int] | None = None) -> torch.Tensor:
+                starts: list[int] | None = None, all_rows: bool = False) -> torch.Tensor:
         """Prompt tokens from `starts[i]` on (the earlier ones are cached; default: none), every token a row
         of one call: each row attends to its own sequence's keys up to itself -> logits [n, V] of each
-        prompt's last token."""
+        prompt's last token (all_rows: [rows, V] of every row, the prompts' tokens in order; perplexity
+        through the kernel, benchmarks/quant.py)."""
         tokens, positions, tables, last, row_bases = [], [], [], [], []
         for s, p, b, st in zip(seqs, prompts, bases, starts or [0] * len(prompts)):
             s.ensure(len(p))
@@ -516,7 +520,7 @@ class FusedDecode:
             tables += [s.table] * (len(p) - st)
             row_bases += [b] * (len(p) - st)
             last.append(len(tokens) - 1)
-        return self._call(cache, tables, tokens, positions, row_bases, last)
+        return self._call(cache, tables, tokens, positions, row_bases, list(range(len(tokens))) if all_rows else last)
 
     def _call(self, cache, tables, tokens, positions, bases, out_rows) -> torch.Tensor:
         cfg, B = self.cfg, len(tokens)
