@@ -79,6 +79,52 @@ def perplexity(model, tokens: torch.Tensor, window: int) -> float:
     return math.exp(total / count)
 
 
+def kernel_perplexity(model, tokens: torch.Tensor, window: int, act: str) -> float:
+    """`perplexity`, each window's logits computed by the native kernel's prefill (every position a row of one
+    call), its int8 / int4 products taking activations as `act` says ("int8": integer dot products)."""
+    from puyu.engine.fused_decode import FusedDecode
+    from puyu.engine.kv_cache import PagedKVCache, SequenceBlocks
+
+    step = FusedDecode(model, threads=os.cpu_count() or 1, act=act)
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for s in range(0, len(tokens) - 1, window):
+            ids = tokens[s:s + window + 1]
+            if len(ids) < 2:
+                break
+            cache = PagedKVCache(model.config, num_blocks=(window + 15) // 16 + 1, block_size=16)
+            seq = SequenceBlocks(cache, len(ids) - 1)
+            logits = step.prefill(cache, [seq], [ids[:-1].tolist()], [None], all_rows=True)
+            total += float(torch.nn.functional.cross_entropy(logits, ids[1:], reduction="sum"))
+            count += len(ids) - 1
+    return math.exp(total / count)
+
+
+def greedy_act(model, prompts: list[list[int]], n: int, act: str):
+    """`greedy` with the kernel's activations for int8 / int4 products set to `act` (PUYU_QUANT_ACT)."""
+    old = os.environ.get("PUYU_QUANT_ACT")
+    os.environ["PUYU_QUANT_ACT"] = act
+    try:
+        return greedy(model, prompts, n)
+    finally:
+        if old is None:
+            os.environ.pop("PUYU_QUANT_ACT")
+        else:
+            os.environ["PUYU_QUANT_ACT"] = old
+
+
+def agreement(out, ref_out) -> tuple[float, float]:
+    """(share of positions whose token equals the reference's, mean common-prefix length)."""
+    same = sum(a == b for o, r in zip(out, ref_out) for a, b in zip(o, r)) / sum(map(len, ref_out))
+    prefix = []
+    for o, r in zip(out, ref_out):
+        k = 0
+        while k < len(r) and o[k] == r[k]:
+            k += 1
+        prefix.append(k)
+    return same, sum(prefix) / len(prefix)
+
+
 def greedy(model, prompts: list[list[int]], n: int, kv: str | None = None):
     from puyu.engine.sampling import SamplingParams
     from puyu.engine.scheduler import Engine
@@ -122,6 +168,21 @@ def bench_quality(args) -> dict:
         print(f"[quality] {fmt}: perplexity {ppl:.4f} = {100 * (ppl / ref_ppl - 1):+.2f}% vs f32{goal}; greedy "
               f"tokens equal to f32's at {100 * same:.1f}% of {len(prompts)} x {n} positions, common prefix "
               f"{sum(prefix) / len(prefix):.1f} tokens ({path})", flush=True)
+        if fmt in ("int8", "int4") and args.acts:  # the kernel's two activation paths (PUYU_QUANT_ACT)
+            if "kernel_f32_ppl" not in res:
+                ref_model = load_model(args.model, weights="f32")
+                res["kernel_f32_ppl"] = kernel_perplexity(ref_model, tokens, window, "f32")
+                del ref_model
+            kref = res["kernel_f32_ppl"]
+            for act in args.acts:
+                kppl = kernel_perplexity(model, tokens, window, act)
+                kout, kpath = greedy_act(model, prompts, n, act)
+                ks, kp = agreement(kout, ref_out)
+                res[fmt][f"act_{act}"] = {"kernel_ppl": kppl, "ppl_increase": kppl / kref - 1, "greedy_same_share": ks,
+                                          "greedy_common_prefix": kp, "decode_path": kpath}
+                print(f"[quality] {fmt}, kernel activations {act}: perplexity through the kernel {kppl:.4f} = "
+                      f"{100 * (kppl / kref - 1):+.2f}% vs f32 through the kernel ({kref:.4f}){goal}; greedy tokens "
+                      f"equal to f32's at {100 * ks:.1f}%, common prefix {kp:.1f} tokens ({kpath})", flush=True)
         del model
     return res
 
@@ -232,30 +293,55 @@ def decode_speed(model, prompt: int, new: int, context: int | None = None, kv: s
         ids = torch.randint(3, cfg.vocab_size, (prompt,), generator=torch.Generator().manual_seed(0)).tolist()
     with Engine(model, max_batch_size=1, cache_tokens=context or (prompt + new + 64), prefix_cache=False,
                 kv=kv) as eng:
-        stamps = []
+        stamps, cpu = [], []
         t0 = time.perf_counter()
         for d in eng.stream(ids, SamplingParams(max_new_tokens=new, ignore_eos=True)):
             stamps += [time.perf_counter()] * len(d.token_ids)
+            cpu += [time.process_time()] * len(d.token_ids)
         path, kv_format = eng.stats()["decode_path"], eng.stats()["kv_format"]
     return {"tok_s": (len(stamps) - 1) / (stamps[-1] - stamps[0]), "first_token_s": stamps[0] - t0,
-            "decode_path": path, "kv_format": kv_format}
+            "decode_path": path, "kv_format": kv_format,
+            "cpu_s_per_token": (cpu[-1] - cpu[0]) / max(1, len(cpu) - 1)}  # all threads' CPU, decode only
+
+
+def decode_speed_act(model, prompt: int, new: int, act: str | None) -> dict:
+    """`decode_speed` with PUYU_QUANT_ACT set to `act` (None: as it is)."""
+    old = os.environ.get("PUYU_QUANT_ACT")
+    if act is not None:
+        os.environ["PUYU_QUANT_ACT"] = act
+    try:
+        return decode_speed(model, prompt, new)
+    finally:
+        if old is None:
+            os.environ.pop("PUYU_QUANT_ACT", None)
+        else:
+            os.environ["PUYU_QUANT_ACT"] = old
 
 
 def bench_speed(args) -> dict:
     res = {}
     for fmt in args.formats:
         model = packed_random_model(args.shape, fmt, args.group)
-        bw = bandwidth(model)
-        r = decode_speed(model, args.prompt, args.new_tokens)
-        bw = max(bw, bandwidth(model))
         kv = (args.prompt + args.new_tokens / 2) * model.config.kv_bytes_per_token(4)
         per_token = read_bytes(model) + kv
-        roof = bw / per_token
-        res[fmt] = {**r, "bytes_per_token": per_token, "bandwidth_GBs": bw / 1e9, "roofline_tok_s": roof,
-                    "roofline_fraction": r["tok_s"] / roof, "peak_rss_bytes": peak_rss()}
-        print(f"[{args.shape} {fmt}] decode {r['tok_s']:.2f} tok/s; roofline {roof:.2f} tok/s ({bw / 1e9:.1f} GB/s / "
-              f"{per_token / 1e9:.3f} GB per token) -> {100 * r['tok_s'] / roof:.0f}% (goal >= 80%); "
-              f"path {r['decode_path']}; peak RSS so far {peak_rss() / GIB:.2f} GiB", flush=True)
+        # --speed-acts: the kernel's activation paths alternated on this model, --speed-rounds times (a before /
+        # after in the same minutes); otherwise one run as PUYU_QUANT_ACT says
+        acts = args.speed_acts if fmt in ("int8", "int4") and args.speed_acts else [None]
+        for rnd in range(args.speed_rounds if acts != [None] else 1):
+            for act in acts:
+                bw = bandwidth(model)
+                r = decode_speed_act(model, args.prompt, args.new_tokens, act)
+                bw = max(bw, bandwidth(model))
+                roof = bw / per_token
+                key = fmt if act is None else f"{fmt}/act_{act}/round{rnd}"
+                res[key] = {**r, "bytes_per_token": per_token, "bandwidth_GBs": bw / 1e9, "roofline_tok_s": roof,
+                            "roofline_fraction": r["tok_s"] / roof, "peak_rss_bytes": peak_rss(),
+                            "load": os.getloadavg()[0]}
+                print(f"[{args.shape} {fmt}{'' if act is None else f' act {act}'}] decode {r['tok_s']:.2f} tok/s "
+                      f"(CPU {r['cpu_s_per_token'] * 1e3:.0f} ms/token); roofline {roof:.2f} tok/s ({bw / 1e9:.1f} GB/s"
+                      f" / {per_token / 1e9:.3f} GB per token) -> {100 * r['tok_s'] / roof:.0f}% (goal >= 80%); path "
+                      f"{r['decode_path']}; load {os.getloadavg()[0]:.1f}; peak RSS so far {peak_rss() / GIB:.2f} GiB",
+                      flush=True)
         del model
     return res
 
@@ -488,6 +574,11 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=16384)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--speed-acts", default="", help="with --shape: alternate these kernel activation paths "
+                    "(f32,int8) on each int8 / int4 model, --speed-rounds times")
+    ap.add_argument("--speed-rounds", type=int, default=2)
+    ap.add_argument("--acts", default="f32,int8", help="kernel activation paths (PUYU_QUANT_ACT) whose perplexity "
+                    "through the kernel and greedy agreement the quality run reports for int8 / int4 (empty: none)")
     ap.add_argument("--shape", help="preset for the speed figures, e.g. internlm2-1_8b (f32 there needs ~7 GB)")
     ap.add_argument("--memory", help="preset for the memory figures (internlm2-7b / internlm2-20b; never on a "
                                      "shared machine)")
@@ -514,6 +605,8 @@ def main() -> None:
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     args.formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    args.acts = [a.strip() for a in args.acts.split(",") if a.strip()]
+    args.speed_acts = [a.strip() for a in args.speed_acts.split(",") if a.strip()]
     args.kv = [f.strip() for f in args.kv.split(",") if f.strip()]
     torch.set_num_threads(args.threads)
     from puyu.engine.fused_decode import cpu_isas, default_isa

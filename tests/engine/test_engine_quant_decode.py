@@ -1,7 +1,9 @@
 """The native kernel reading stored weight formats (bf16, int8, int4): its products against torch's on the
 dequantized weights (tails in rows, outputs and K; every group size), its decode logits against the
 quantized model's own forward (which dequantizes each layer for PyTorch's ops), in every instruction-set
-build this CPU runs (others skipped), and the engine's decode path naming the format."""
+build this CPU runs (others skipped), and the engine's decode path naming the format. These are the
+float-activation products (act="f32"); the integer ones (act="int8", the default) are checked in
+test_engine_int_dot.py."""
 
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def test_stored_format_products_match_torch(isa, fmt):
             x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
             p = quantize(w, fmt, group)
             for bias in (b, None):
-                got, ref = fd.qlinear(x, p, bias, flags=flags), torch.nn.functional.linear(x, p.dequantize(), bias)
+                got, ref = fd.qlinear(x, p, bias, flags=flags, act="f32"), torch.nn.functional.linear(x, p.dequantize(), bias)
                 assert torch.allclose(got, ref, atol=3e-4, rtol=1e-5), (m, n, k, (got - ref).abs().max())
             assert torch.equal(fd.qrow(p, n - 1, flags=flags), p.dequantize()[n - 1])  # an embedding row
 
@@ -57,7 +59,7 @@ def test_quantized_decode_equals_the_models_forward(isa, fmt):
     model = quantize_model_(make_model(hidden_size=128, intermediate_size=200, num_attention_heads=4,
                                        num_key_value_heads=2, bias=True), fmt, 32)
     cfg = model.config
-    step = FusedDecode(model, threads=2, flags=isa_flags(isa))
+    step = FusedDecode(model, threads=2, flags=isa_flags(isa), act="f32")
     assert step.path == f"fused-{isa}-{fmt}"
     cache = PagedKVCache(cfg, num_blocks=80, block_size=8)
     g = torch.Generator().manual_seed(5)
@@ -76,7 +78,8 @@ def test_quantized_decode_equals_the_models_forward(isa, fmt):
 
 
 @pytest.mark.parametrize("fmt", FMTS)
-def test_engine_decodes_a_quantized_model(fmt):
+def test_engine_decodes_a_quantized_model(fmt, monkeypatch):
+    monkeypatch.setenv("PUYU_QUANT_ACT", "f32")  # the model's forward multiplies float activations
     model = quantize_model_(make_model(), fmt)
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(3, 131, (n,), generator=g).tolist() for n in (3, 17, 8)]

@@ -35,6 +35,7 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
@@ -735,6 +736,7 @@ typedef struct {
     int fmt, group;
     const void *data;
     const float *scales;
+    int act;  /* INT8 / INT4: 1 = quantize the activations to int8 and multiply in integers (below) */
 } QW;
 
 static inline long q_row_bytes(int fmt, int K) {
@@ -936,6 +938,351 @@ static void q_row(const QW *q, int K, long n, float *out) {
     for (int k = 0; k < K; k++) out[k] = qval(q->fmt, row, q->scales + n * ns, q->group, k);
 }
 
+/* ---------------------------------------------------------------- integer dot products -------- */
+/* With QW.act set, an INT8 or INT4 product quantizes its input rows to int8 first and multiplies in
+ * integers, as llama.cpp does (its Q8_0 activations against Q8_0 / Q4_0 weights):
+ *   activations: per row, per block of QA_BLOCK = 32 consecutive elements (the last one zero-padded),
+ *     s_b = max |x| / 127 over the block, q = round_half_even(x / s_b) in [-127, 127] (s_b = 0, q = 0 for
+ *     an all-zero block): torch's `(x / s).round()` bit for bit. Every int4 group (32, 64 or 128) is a
+ *     whole number of these blocks, so each block has one activation scale and one weight scale.
+ *   y[n] = sum_b s_b * S_n,b * sum_{k in b} q_x[k] q_w[n, k] (int8: S_n,b = the row's scale; int4: its
+ *     group's, q_w = nibble - 8); the block sums are exact in int32 and are scaled and summed in float32.
+ * Error against the float32 product on the dequantized weights (what QW.act = 0 computes): rounding moves
+ * each x[k] by at most s_b / 2, so |y_int[n] - y_float[n]| <= sum_b (s_b / 2) * sum_{k in b} |w_deq[n, k]|
+ *   = sum_b max_{k in b} |x[k]| / 254 * ||w_deq[n, b]||_1 (plus float32 rounding of the sums),
+ * a relative error of at most 1/254 of sum_k max_b|x| |w| per product (tests check this bound).
+ *
+ * Instructions: the unsigned x signed byte products of vpdpbusd (AVX-512 VNNI, or AVX-VNNI on 256 bits)
+ * or vpmaddubsw + vpmaddwd (AVX2). The weight is the unsigned operand: an int4 nibble q in [0, 15] as it
+ * is stored, an int8 weight as w + 128 (xor 0x80) on AVX-512; the sums then carry offset * sum_k q_x[k],
+ * which a per-block correction (-offset * the block's sum of q_x, precomputed with the activations) takes
+ * out in the accumulator's first value. vpmaddubsw saturates pairs at 32767, which (w + 128) * q_x can
+ * exceed, so the AVX2 int8 product moves the weight's sign onto the activation instead (|w| x sign(x, w),
+ * pairs <= 2 * 127 * 127). AVX-512 int4 reads 64 stored bytes = 128 elements per step: the low nibbles
+ * hold elements 0-15 of each 32-block and the high ones 16-31, so the activations of such a chunk are
+ * stored in that order (see qa_quantize); int32 lane l then covers block l / 4. */
+#define QA_BLOCK 32
+#if PUYU_AVX512 && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define IDOT 512
+#define IDOT_ISA 3
+#elif defined(__AVX2__)
+#define IDOT 256
+#if defined(__AVXVNNI__)
+#define IDOT_ISA 2
+#else
+#define IDOT_ISA 1
+#endif
+#else
+#define IDOT 0
+#define IDOT_ISA 0
+#endif
+
+/* Quantized activation rows for one product: q [M, ld] (blocks in the order the kernel reads), s [M, nb]
+ * block scales, and per block LPB int32 lanes of correction c and float lanes of scale e [M, nb * 8]. */
+typedef struct {
+    int fmt, K, nb, ld;
+    int8_t *q;
+    float *s, *e;
+    int32_t *c;
+} QAct;
+
+static inline int qa_lanes(int fmt) { return IDOT == 512 && fmt == FMT_INT4 ? 4 : 8; }
+/* Elements of a row the vector loop covers in whole steps (the rest, whole or partial blocks, in scalar
+ * code): int4 rows are padded to whole blocks with zero weights, int8 rows are not padded. */
+static inline int qa_vec_end(int fmt, int K) {
+    int Kp = (K + QA_BLOCK - 1) / QA_BLOCK * QA_BLOCK, step = IDOT == 512 ? (fmt == FMT_INT4 ? 128 : 64) : 32;
+    return IDOT ? (fmt == FMT_INT4 ? Kp : K) / step * step : 0;
+}
+
+static __thread uint8_t *qa_mem;  /* per thread: every product of a call quantizes into the same buffer */
+static __thread long qa_cap;
+
+static int qa_quantize(int fmt, int M, int K, const float *x, int ldx, QAct *a) {
+    int nb = (K + QA_BLOCK - 1) / QA_BLOCK, ld = (nb * QA_BLOCK + 63) / 64 * 64, lanes = qa_lanes(fmt);
+    long need = (long)M * ld + 4L * M * nb + 2 * 4L * M * nb * 8 + 64;
+    if (need > qa_cap) {
+        free(qa_mem);
+        qa_cap = need + need / 2;
+        qa_mem = (uint8_t *)aligned_alloc(64, (qa_cap + 63) / 64 * 64);
+        if (!qa_mem) { qa_cap = 0; return -1; }
+    }
+    a->fmt = fmt, a->K = K, a->nb = nb, a->ld = ld;
+    a->q = (int8_t *)qa_mem;
+    a->e = (float *)(qa_mem + (long)M * ld);
+    a->c = (int32_t *)(a->e + (long)M * nb * 8);
+    a->s = (float *)(a->c + (long)M * nb * 8);
+    int perm_end = IDOT == 512 && fmt == FMT_INT4 ? qa_vec_end(fmt, K) : 0;  /* chunks stored in nibble order */
+    int offset = fmt == FMT_INT4 ? 8 : 128;
+    for (int m = 0; m < M; m++) {
+        const float *xr = x + (long)m * ldx;
+        int8_t *qr = a->q + (long)m * ld;
+        for (int b = 0; b < nb; b++) {
+            int k0 = b * QA_BLOCK, k1 = k0 + QA_BLOCK < K ? k0 + QA_BLOCK : K;
+            float amax = 0.0f;
+            for (int k = k0; k < k1; k++) amax = fabsf(xr[k]) > amax ? fabsf(xr[k]) : amax;
+            float s = amax / 127.0f;
+            int8_t blk[QA_BLOCK];
+            int sum = 0;
+            for (int k = k0; k < k0 + QA_BLOCK; k++) {
+                int v = 0;
+                if (k < k1 && s > 0.0f) {
+                    v = (int)nearbyintf(xr[k] / s);
+                    v = v > 127 ? 127 : v < -127 ? -127 : v;
+                }
+                blk[k - k0] = (int8_t)v;
+                sum += v;
+            }
+            if (k0 < perm_end) {  /* chunk c = k0 / 128, block i = b % 4: low nibbles first, then high */
+                int8_t *chunk = qr + (k0 & ~127);
+                memcpy(chunk + (b & 3) * 16, blk, 16);
+                memcpy(chunk + 64 + (b & 3) * 16, blk + 16, 16);
+            } else {
+                memcpy(qr + k0, blk, QA_BLOCK);
+            }
+            a->s[(long)m * nb + b] = s;
+            float *e = a->e + (long)m * nb * 8 + (long)b * lanes;
+            int32_t *c = a->c + (long)m * nb * 8 + (long)b * lanes;
+            for (int l = 0; l < lanes; l++) e[l] = s, c[l] = 0;
+            c[0] = -offset * sum;
+        }
+    }
+    return 0;
+}
+
+/* sum over blocks [b0, nb) in scalar code, activations in natural order: int8 unscaled by the row's scale
+ * (the caller applies it once), int4 with each group's scale. */
+static inline float idot_scalar(int fmt, const QAct *a, int m, const uint8_t *w, const float *srow, int G, int b0) {
+    const int8_t *q = a->q + (long)m * a->ld;
+    const float *s = a->s + (long)m * a->nb;
+    float sum = 0.0f;
+    for (int b = b0; b < a->nb; b++) {
+        int k0 = b * QA_BLOCK, k1 = k0 + QA_BLOCK < a->K ? k0 + QA_BLOCK : a->K;
+        int32_t t = 0;
+        if (fmt == FMT_INT8) {
+            for (int k = k0; k < k1; k++) t += (int32_t)q[k] * ((const int8_t *)w)[k];
+            sum += s[b] * (float)t;
+        } else {
+            for (int k = k0; k < k1; k++) {
+                uint8_t byte = w[(k >> 5) * 16 + (k & 15)];
+                t += (int32_t)q[k] * (((k & 31) < 16 ? byte & 15 : byte >> 4) - 8);
+            }
+            sum += s[b] * srow[k0 >> __builtin_ctz(G)] * (float)t;
+        }
+    }
+    return sum;
+}
+
+#if IDOT == 512
+/* MR activation rows x NR weight rows (MR * NR <= 16): sums[i * NR + j]. */
+static inline __attribute__((always_inline)) void itile(const int fmt, const int MR, const int NR, const QAct *a, int m,
+                                                        const uint8_t *w, long rb, const float *sc, int ns, int G,
+                                                        float *sums) {
+    __m512 acc[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
+    const int end = qa_vec_end(fmt, a->K);
+    const long ldq = a->ld, lde = (long)a->nb * 8;
+    const int8_t *q = a->q + (long)m * ldq;
+    const float *e = a->e + (long)m * lde;
+    const int32_t *c = a->c + (long)m * lde;
+    if (fmt == FMT_INT8) {
+        const __m512i flip = _mm512_set1_epi8((char)0x80);
+        for (int k = 0; k < end; k += 64) {
+            __m512i wv[16], xv[4], cv[4];
+            __m512 ev[4];
+#pragma GCC unroll 16
+            for (int j = 0; j < NR; j++) wv[j] = _mm512_xor_si512(_mm512_loadu_si512(w + j * rb + k), flip);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++) {
+                xv[i] = _mm512_load_si512(q + i * ldq + k);
+                ev[i] = _mm512_loadu_ps(e + i * lde + k / 4);
+                cv[i] = _mm512_loadu_si512(c + i * lde + k / 4);
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++)
+#pragma GCC unroll 16
+                for (int j = 0; j < NR; j++)
+                    acc[i * NR + j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(cv[i], wv[j], xv[i])),
+                                                      ev[i], acc[i * NR + j]);
+        }
+    } else {
+        const __m512i low = _mm512_set1_epi8(15);
+        const int gs = __builtin_ctz(G);
+        /* lane l covers block l / 4, whose group is (l / 4) * 32 / G groups after the chunk's first */
+        const __m512i gidx = _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                               gs - 3);
+        const __mmask16 gmask = (__mmask16)((1u << (128 >> gs)) - 1);
+        for (int k = 0; k < end; k += 128) {
+            __m512i xl[4], xh[4], cv[4];
+            __m512 ev[4];
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++) {
+                xl[i] = _mm512_load_si512(q + i * ldq + k);
+                xh[i] = _mm512_load_si512(q + i * ldq + k + 64);
+                ev[i] = _mm512_loadu_ps(e + i * lde + k / 8);
+                cv[i] = _mm512_loadu_si512(c + i * lde + k / 8);
+            }
+#pragma GCC unroll 16
+            for (int j = 0; j < NR; j++) {
+                __m512i v = _mm512_loadu_si512(w + j * rb + k / 2);
+                __m512i lo = _mm512_and_si512(v, low), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+                const float *sg = sc + (long)j * ns + (k >> gs);
+                __m512 ws = G == 128 ? _mm512_set1_ps(*sg)
+                                     : _mm512_permutexvar_ps(gidx, _mm512_maskz_loadu_ps(gmask, sg));
+#pragma GCC unroll 4
+                for (int i = 0; i < MR; i++) {
+                    __m512i t = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(cv[i], lo, xl[i]), hi, xh[i]);
+                    acc[i * NR + j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(ev[i], ws), acc[i * NR + j]);
+                }
+            }
+        }
+    }
+    _mm512_storeu_ps(sums, reduce16(acc));
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) {
+            float t = sums[i * NR + j] + idot_scalar(fmt, a, m + i, w + j * rb, sc + (long)j * ns, G, end / QA_BLOCK);
+            sums[i * NR + j] = fmt == FMT_INT8 ? t * sc[(long)j * ns] : t;
+        }
+}
+#define ITILE_MAX 16
+#elif IDOT == 256
+static inline __attribute__((always_inline)) __m256i idot32(__m256i u, __m256i s, __m256i acc) {
+#if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(acc, u, s);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+
+/* MR activation rows x NR weight rows (MR * NR <= 8): sums[i * NR + j]. One 32-block per step. */
+static inline __attribute__((always_inline)) void itile(const int fmt, const int MR, const int NR, const QAct *a, int m,
+                                                        const uint8_t *w, long rb, const float *sc, int ns, int G,
+                                                        float *sums) {
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
+    const int end = qa_vec_end(fmt, a->K);
+    const long ldq = a->ld, lds = a->nb, lde = (long)a->nb * 8;
+    const int8_t *q = a->q + (long)m * ldq;
+    const float *s = a->s + (long)m * lds;
+    const int32_t *c = a->c + (long)m * lde;
+    if (fmt == FMT_INT8) {
+        for (int k = 0; k < end; k += 32) {
+            __m256i wa[8], wv[8];
+#pragma GCC unroll 8
+            for (int j = 0; j < NR; j++) {
+                wv[j] = _mm256_loadu_si256((const __m256i *)(w + j * rb + k));
+                wa[j] = _mm256_abs_epi8(wv[j]);
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++) {
+                __m256i xv = _mm256_load_si256((const __m256i *)(q + i * ldq + k));
+                __m256 sv = _mm256_set1_ps(s[i * lds + k / 32]);
+#pragma GCC unroll 8
+                for (int j = 0; j < NR; j++) {
+                    __m256i t = idot32(wa[j], _mm256_sign_epi8(xv, wv[j]), _mm256_setzero_si256());
+                    acc[i * NR + j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), sv, acc[i * NR + j]);
+                }
+            }
+        }
+    } else {
+        const __m256i low = _mm256_set1_epi8(15);
+        const int gs = __builtin_ctz(G);
+        for (int k = 0; k < end; k += 32) {
+            __m256i wv[8];
+            __m256 ws[8];
+#pragma GCC unroll 8
+            for (int j = 0; j < NR; j++) {
+                __m128i v = _mm_loadu_si128((const __m128i *)(w + j * rb + k / 2));
+                wv[j] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), low);
+                ws[j] = _mm256_set1_ps(sc[(long)j * ns + (k >> gs)]);
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++) {
+                __m256i xv = _mm256_load_si256((const __m256i *)(q + i * ldq + k));
+                __m256i cv = _mm256_loadu_si256((const __m256i *)(c + i * lde + k / 4));
+                __m256 sv = _mm256_set1_ps(s[i * lds + k / 32]);
+#pragma GCC unroll 8
+                for (int j = 0; j < NR; j++)
+                    acc[i * NR + j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(idot32(wv[j], xv, cv)), _mm256_mul_ps(sv, ws[j]),
+                                                      acc[i * NR + j]);
+            }
+        }
+    }
+    _mm256_storeu_ps(sums, reduce8(acc));
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) {
+            float t = sums[i * NR + j] + idot_scalar(fmt, a, m + i, w + j * rb, sc + (long)j * ns, G, end / QA_BLOCK);
+            sums[i * NR + j] = fmt == FMT_INT8 ? t * sc[(long)j * ns] : t;
+        }
+}
+#define ITILE_MAX 8
+#else
+static inline void itile(const int fmt, const int MR, const int NR, const QAct *a, int m, const uint8_t *w, long rb,
+                         const float *sc, int ns, int G, float *sums) {
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) {
+            float t = idot_scalar(fmt, a, m + i, w + j * rb, sc + (long)j * ns, G, 0);
+            sums[i * NR + j] = fmt == FMT_INT8 ? t * sc[(long)j * ns] : t;
+        }
+}
+#define ITILE_MAX 1
+#endif
+
+static inline __attribute__((always_inline)) void itile_rows(const int fmt, const int MR, const int NR, int m, int c0,
+                                                             int c1, const QAct *a, const QW *q, const float *bias,
+                                                             float *y, int ldy, int accumulate) {
+    long rb = q_row_bytes(fmt, a->K);
+    int ns = q_scales_per_row(q, a->K);
+    const uint8_t *W = (const uint8_t *)q->data;
+    float sums[16];
+    int n = c0;
+    for (; n + NR <= c1; n += NR) {
+        itile(fmt, MR, NR, a, m, W + n * rb, rb, q->scales + (long)n * ns, ns, q->group, sums);
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j++) put(y + (long)(m + i) * ldy + n + j, sums[i * NR + j], bias, n + j, accumulate);
+    }
+    for (; n < c1; n++)
+        for (int i = 0; i < MR; i++) {
+            itile(fmt, 1, 1, a, m + i, W + n * rb, rb, q->scales + (long)n * ns, ns, q->group, sums);
+            put(y + (long)(m + i) * ldy + n, sums[0], bias, n, accumulate);
+        }
+}
+
+static inline __attribute__((always_inline)) void igemm_fmt(const int fmt, int M, const QAct *a, const QW *q,
+                                                            const float *bias, float *y, int ldy, int c0, int c1,
+                                                            int accumulate) {
+    int m = 0;
+#if ITILE_MAX == 16
+    for (; m + 4 <= M; m += 4) itile_rows(fmt, 4, 4, m, c0, c1, a, q, bias, y, ldy, accumulate);
+    for (; m + 2 <= M; m += 2) itile_rows(fmt, 2, 8, m, c0, c1, a, q, bias, y, ldy, accumulate);
+    for (; m < M; m++) itile_rows(fmt, 1, 8, m, c0, c1, a, q, bias, y, ldy, accumulate);
+#elif ITILE_MAX == 8
+    for (; m + 4 <= M; m += 4) itile_rows(fmt, 4, 2, m, c0, c1, a, q, bias, y, ldy, accumulate);
+    for (; m + 2 <= M; m += 2) itile_rows(fmt, 2, 4, m, c0, c1, a, q, bias, y, ldy, accumulate);
+    for (; m < M; m++) itile_rows(fmt, 1, 8, m, c0, c1, a, q, bias, y, ldy, accumulate);
+#else
+    for (; m < M; m++) itile_rows(fmt, 1, 1, m, c0, c1, a, q, bias, y, ldy, accumulate);
+#endif
+}
+
+/* y[m, n] (+)= the integer product of activation rows a (quantized by qa_quantize for q->fmt) and stored
+ * rows n in [n0, n1) of q (INT8 or INT4), in chunks of ~256 KB of weights as qgemm_nt. */
+static void igemm_nt(int M, const QAct *a, const QW *q, const float *bias, float *y, int ldy, int n0, int n1,
+                     int accumulate) {
+    long rb = q_row_bytes(q->fmt, a->K);
+    int chunk = (int)((256L * 1024) / rb);
+    chunk = chunk < 16 ? 16 : chunk / 16 * 16;
+    for (int c0 = n0; c0 < n1; c0 += chunk) {
+        int c1 = c0 + chunk < n1 ? c0 + chunk : n1;
+        if (q->fmt == FMT_INT8) igemm_fmt(FMT_INT8, M, a, q, bias, y, ldy, c0, c1, accumulate);
+        else igemm_fmt(FMT_INT4, M, a, q, bias, y, ldy, c0, c1, accumulate);
+    }
+}
+
+/* Whether a product with this stored weight takes the integer path. */
+static inline int q_int_dot(const QW *q) { return q && q->act && (q->fmt == FMT_INT8 || q->fmt == FMT_INT4); }
+
 /* ---------------------------------------------------------------- elementwise ----------------- */
 
 static void rms_norm(int M, int C, const float *x, const float *w, float eps, float *y) {
@@ -1074,6 +1421,8 @@ typedef struct {
     const float *in, *W, *bias, *W3;
     const QW *Wq, *W3q;     /* the stored formats of W and W3; NULL: float32 */
     float *out;
+    const QAct *xa;         /* `in` quantized for Wq's integer products (q_int_dot), else NULL */
+    QAct xa_rows;
 } Ctx;
 
 /* Parts of a product split by weight rows over `threads` cores: PARTS_PER_THREAD each (so a preempted
@@ -1089,7 +1438,8 @@ static void task_linear(void *p, int part, int parts) {
     int lo, hi;
     split_range(c->N, part, parts, 16, &lo, &hi);
     if (lo >= hi) return;
-    if (c->Wq) qgemm_nt(c->M, c->Kd, c->in, c->Kd, c->Wq, c->bias, c->out, c->N, lo, hi, c->accumulate);
+    if (c->xa) igemm_nt(c->M, c->xa, c->Wq, c->bias, c->out, c->N, lo, hi, c->accumulate);
+    else if (c->Wq) qgemm_nt(c->M, c->Kd, c->in, c->Kd, c->Wq, c->bias, c->out, c->N, lo, hi, c->accumulate);
     else gemm_nt(c->M, c->Kd, c->in, c->Kd, c->W, c->bias, c->out, c->N, lo, hi, c->accumulate);
 }
 
@@ -1098,9 +1448,11 @@ static void task_gate_up(void *p, int part, int parts) {
     int lo, hi, F = c->N;
     split_range(F, part, parts, 16, &lo, &hi);
     if (lo >= hi) return;
-    if (c->Wq) qgemm_nt(c->M, c->Kd, c->in, c->Kd, c->Wq, NULL, c->g1, F, lo, hi, 0);
+    if (c->xa) igemm_nt(c->M, c->xa, c->Wq, NULL, c->g1, F, lo, hi, 0);
+    else if (c->Wq) qgemm_nt(c->M, c->Kd, c->in, c->Kd, c->Wq, NULL, c->g1, F, lo, hi, 0);
     else gemm_nt(c->M, c->Kd, c->in, c->Kd, c->W, NULL, c->g1, F, lo, hi, 0);
-    if (c->W3q) qgemm_nt(c->M, c->Kd, c->in, c->Kd, c->W3q, NULL, c->g3, F, lo, hi, 0);
+    if (c->xa && q_int_dot(c->W3q) && c->W3q->fmt == c->xa->fmt) igemm_nt(c->M, c->xa, c->W3q, NULL, c->g3, F, lo, hi, 0);
+    else if (c->W3q) qgemm_nt(c->M, c->Kd, c->in, c->Kd, c->W3q, NULL, c->g3, F, lo, hi, 0);
     else gemm_nt(c->M, c->Kd, c->in, c->Kd, c->W3, NULL, c->g3, F, lo, hi, 0);
     for (int m = 0; m < c->M; m++) silu_mul(c->g1 + (long)m * F + lo, c->g3 + (long)m * F + lo, hi - lo);
 }
@@ -1110,11 +1462,19 @@ static inline const QW *qof(const Args *a, int i) {
     return a->q && a->q[i].fmt != FMT_F32 ? &a->q[i] : NULL;
 }
 
+/* Before a product with stored weight Wq: its input rows quantized once (on the calling thread) when Wq
+ * takes the integer path; c->xa NULL otherwise, or when the buffer cannot be had (the float path runs). */
+static void quantize_input(Ctx *c, const QW *Wq, int M, int Kd, const float *in) {
+    c->xa = NULL;
+    if (q_int_dot(Wq) && qa_quantize(Wq->fmt, M, Kd, in, Kd, &c->xa_rows) == 0) c->xa = &c->xa_rows;
+}
+
 /* out (+)= in . W^T (+ bias) for weight entry wi of the table (float32 or a stored format). */
 static void linear(Ctx *c, int M, int Kd, const float *in, int wi, const float *bias, float *out, int N,
                    int accumulate) {
     c->M = M, c->Kd = Kd, c->in = in, c->W = c->a->w[wi], c->Wq = qof(c->a, wi), c->bias = bias, c->out = out;
     c->N = N, c->accumulate = accumulate;
+    quantize_input(c, c->Wq, M, Kd, in);
     run_parallel(task_linear, c, (long)N * Kd < c->a->min_parallel ? 1 : product_parts(c->a->threads, N));
 }
 
@@ -1455,6 +1815,7 @@ static void forward(const Args *a, Ctx *c) {
         rms_norm(B, C, c->x, lw[5], a->eps, c->h);
         c->M = B, c->Kd = C, c->in = c->h, c->W = lw[6], c->W3 = lw[7], c->N = F;
         c->Wq = qof(a, wl + 6), c->W3q = qof(a, wl + 7);
+        quantize_input(c, c->Wq, B, C, c->h);
         run_parallel(task_gate_up, c, (long)F * C < a->min_parallel ? 1 : product_parts(a->threads, F));
         PROF(5);
         linear(c, B, F, c->g1, wl + 8, NULL, c->x, C, 1);
@@ -1559,8 +1920,14 @@ void puyu_linear(int M, int K, int N, const float *x, const float *W, const floa
 
 /* The same with W in a stored format (q->fmt != F32). */
 void puyu_qlinear(int M, int K, int N, const float *x, const QW *q, const float *bias, float *y) {
-    qgemm_nt(M, K, x, K, q, bias, y, N, 0, N, 0);
+    QAct a;
+    if (q_int_dot(q) && qa_quantize(q->fmt, M, K, x, K, &a) == 0) igemm_nt(M, &a, q, bias, y, N, 0, N, 0);
+    else qgemm_nt(M, K, x, K, q, bias, y, N, 0, N, 0);
 }
+
+/* The integer products' instructions: 3 = AVX-512 VNNI, 2 = AVX-VNNI (256 bits), 1 = AVX2 vpmaddubsw,
+ * 0 = portable C. */
+int puyu_int_dot_isa(void) { return IDOT_ISA; }
 
 /* n rows of D floats x into a KV store of format fmt (dst: n * D elements; scales: n floats for KV_INT8), as
  * rope_and_store writes keys and values (tests check the rounding against torch's). */

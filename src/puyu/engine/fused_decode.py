@@ -20,9 +20,12 @@ itself, which the call has just written to the cache.
 When it runs: CPU, a KV cache stored as float32, bfloat16 or int8 (`puyu.engine.kv_cache`, "KV formats": the
 kernel quantizes each new key and value as it stores them, with torch's rounding bit for bit, and dequantizes
 blocks of cached rows into a small buffer for the float32 score and value loops), puyu's own `InternLM2ForCausalLM` with float32 weights or packed ones
-(`puyu.model.quant`: bf16, int8 per output row, int4 in groups; the kernel reads the packed bytes and
-dequantizes in registers, accumulating in float32, so its logits equal the model's forward on the
-dequantized weights up to float32 rounding: tests/engine/test_engine_quant_decode.py), no forward hooks on
+(`puyu.model.quant`: bf16, int8 per output row, int4 in groups; the kernel reads the packed bytes: bf16
+is widened in registers; int8 and int4 products by default quantize their input rows to int8 per block of 32
+and multiply in integers, within the bound stated in fused_decode.c ("integer dot products";
+tests/engine/test_engine_int_dot.py); with act="f32" / PUYU_QUANT_ACT=f32 they dequantize in registers and
+accumulate in float32, so the logits equal the model's forward on the dequantized weights up to float32
+rounding: tests/engine/test_engine_quant_decode.py), no forward hooks on
 the model (the engine then uses the model's forward, where hooks run), a C compiler present (`cc`, or `$CC`).
 Otherwise the engine uses `puyu.engine.decode_step.DecodeStep` (PyTorch ops) and says so in `Engine.stats()`.
 `PUYU_FUSED_DECODE=0` turns the kernel off.
@@ -80,6 +83,9 @@ AVX512_FLAGS = ("-O3", "-march=native", *_TUNE, *_COMMON)
 AVX2_FLAGS = ("-O3", "-march=native", "-mno-avx512f", *_TUNE, *_COMMON)
 PORTABLE_FLAGS = ("-O3", *_COMMON)  # the compiler's baseline target: plain C loops
 ISA_FLAGS = {"avx512": AVX512_FLAGS, "avx2": AVX2_FLAGS, "portable": PORTABLE_FLAGS}
+# The AVX2 build without AVX-VNNI (the 256-bit vpdpbusd that Alder Lake / Sapphire Rapids add): how an AVX2
+# machine without it runs the integer products (vpmaddubsw + vpmaddwd); tests and benchmarks only.
+AVX2_NO_VNNI_FLAGS = (*AVX2_FLAGS, "-mno-avxvnni")
 ISA_NAMES = {2: "avx512", 1: "avx2", 0: "portable"}  # puyu_decode_isa()
 
 
@@ -104,13 +110,34 @@ class _Args(ctypes.Structure):
 class _QW(ctypes.Structure):
     """Mirrors `QW` in fused_decode.c: one weight matrix in a stored format (puyu.model.quant)."""
 
-    _fields_ = [("fmt", ctypes.c_int), ("group", ctypes.c_int), ("data", ctypes.c_void_p), ("scales", ctypes.c_void_p)]
+    _fields_ = [("fmt", ctypes.c_int), ("group", ctypes.c_int), ("data", ctypes.c_void_p), ("scales", ctypes.c_void_p),
+                ("act", ctypes.c_int)]
 
 
-def _qw(packed) -> _QW:
-    """The kernel's descriptor of a `puyu.model.quant.Packed` (its tensors must outlive the call)."""
+ACTIVATIONS = ("int8", "f32")  # how int8 / int4 products treat their input rows (see default_act)
+INT_DOT_NAMES = {3: "avx512-vnni", 2: "avx-vnni", 1: "avx2-maddubs", 0: "portable"}  # puyu_int_dot_isa()
+
+
+def default_act() -> str:
+    """How products with int8 / int4 weights take their input: $PUYU_QUANT_ACT, default "int8".
+
+    "int8": each input row is quantized to int8 per block of 32 (scale max|x| / 127, as llama.cpp's Q8_0) and
+    multiplied in integers (vpdpbusd / vpmaddubsw); "f32": the weights are dequantized in registers and
+    multiplied with the float32 input. int8 is the default because it is the faster one on the 1.8B shape
+    (README, "Performance": the integer rows) and its error stays within the bound in fused_decode.c
+    ("integer dot products") and the perplexity goals (README, the quality rows). Raises
+    FusedDecodeUnavailable for another value."""
+    want = os.environ.get("PUYU_QUANT_ACT", "int8").strip().lower() or "int8"
+    if want not in ACTIVATIONS:
+        raise FusedDecodeUnavailable(f"PUYU_QUANT_ACT={want!r}: expected one of {', '.join(ACTIVATIONS)}")
+    return want
+
+
+def _qw(packed, act: str = "f32") -> _QW:
+    """The kernel's descriptor of a `puyu.model.quant.Packed` (its tensors must outlive the call); act "int8":
+    int8 / int4 products quantize their input rows and multiply in integers."""
     return _QW(FORMAT_CODES[packed.fmt], packed.group, packed.data.data_ptr(),
-               packed.scales.data_ptr() if packed.scales is not None else None)
+               packed.scales.data_ptr() if packed.scales is not None else None, int(act == "int8"))
 
 
 def _cpu_flags() -> str:
@@ -233,6 +260,7 @@ def load(flags: tuple[str, ...] | None = None) -> ctypes.CDLL:
         lib.puyu_linear.restype = None
         lib.puyu_qlinear.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p, ctypes.POINTER(_QW)] + [ctypes.c_void_p] * 2
         lib.puyu_qlinear.restype = None
+        lib.puyu_int_dot_isa.restype = ctypes.c_int
         lib.puyu_qrow.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.POINTER(_QW), ctypes.c_void_p]
         lib.puyu_qrow.restype = None
         lib.puyu_kv_store.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 3
@@ -271,16 +299,24 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, flag
     return y
 
 
-def qlinear(x: torch.Tensor, packed, b: torch.Tensor | None = None, flags=None) -> torch.Tensor:
+def int_dot_isa(flags=None) -> str:
+    """The instructions of the integer products in this build: avx512-vnni, avx-vnni, avx2-maddubs or portable."""
+    return INT_DOT_NAMES[load(flags).puyu_int_dot_isa()]
+
+
+def qlinear(x: torch.Tensor, packed, b: torch.Tensor | None = None, flags=None, act: str = "f32") -> torch.Tensor:
     """x [M, K] @ W^T (+ b) with W a `puyu.model.quant.Packed` [N, K] in a stored format, read by the kernel
-    directly (one thread; tests, benchmarks)."""
+    directly (one thread; tests, benchmarks). act "int8": int8 / int4 weights multiply x quantized to int8
+    per block of 32 in integers (`default_act`); "f32": x as it is."""
     x = x.float().contiguous()
     N, K = packed.shape
     if x.shape[1] != K:
         raise FusedDecodeUnavailable(f"x has {x.shape[1]} columns, the weight {K}")
     y = torch.empty(x.shape[0], N)
     bias = b.float().contiguous() if b is not None else None
-    load(flags).puyu_qlinear(x.shape[0], K, N, x.data_ptr(), ctypes.byref(_qw(packed)),
+    if act not in ACTIVATIONS:
+        raise FusedDecodeUnavailable(f"act={act!r}: expected one of {', '.join(ACTIVATIONS)}")
+    load(flags).puyu_qlinear(x.shape[0], K, N, x.data_ptr(), ctypes.byref(_qw(packed, act)),
                              bias.data_ptr() if bias is not None else None, y.data_ptr())
     return y
 
@@ -351,14 +387,20 @@ class FusedDecode:
     at 32."""
 
     def __init__(self, model, threads: int = 1, spin_us: float = 200.0, min_parallel: int = 16384,
-                 split_rows: int = 16, flags: tuple[str, ...] | None = None):
+                 split_rows: int = 16, flags: tuple[str, ...] | None = None, act: str | None = None):
         if not self.supports(model):
             raise FusedDecodeUnavailable("the fused decode needs puyu's InternLM2ForCausalLM in float32 on the CPU")
         self.lib = load(flags)
         self.isa = ISA_NAMES[self.lib.puyu_decode_isa()]
         self.weights_format = model_format(model)  # of the linear layers; "f32" when none is packed
-        # what Engine.stats()["decode_path"] shows: the build, and the stored format when not float32
+        self.act = default_act() if act is None else act
+        if self.act not in ACTIVATIONS:
+            raise FusedDecodeUnavailable(f"act={self.act!r}: expected one of {', '.join(ACTIVATIONS)}")
+        # what Engine.stats()["decode_path"] shows: the build, the stored format when not float32, and "-a8"
+        # when int8 / int4 products quantize their input to int8 (integer dot products)
         self.path = f"fused-{self.isa}" + ("" if self.weights_format == "f32" else f"-{self.weights_format}")
+        if self.act == "int8" and self.weights_format in ("int8", "int4"):
+            self.path += "-a8"
         self.model, self.cfg = model, model.config
         self.threads, self.spin_ns, self.min_parallel = max(1, int(threads)), int(spin_us * 1000), min_parallel
         self.split_rows = split_rows
@@ -429,7 +471,7 @@ class FusedDecode:
                 if not isinstance(t, torch.Tensor):  # a Packed weight
                     if t.shape != shape:
                         raise FusedDecodeUnavailable(f"{type(mod).__name__} has shape {t.shape}, the config says {shape}")
-                    qtable[i] = _qw(t)
+                    qtable[i] = _qw(t, self.act)
                     packed_any = True
                     continue
                 if t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous():
@@ -470,10 +512,11 @@ class FusedDecode:
 
     @torch.inference_mode()
     def prefill(self, cache, seqs, prompts: list[list[int]], bases: list[float | None],
-                starts: list[int] | None = None) -> torch.Tensor:
+                starts: list[int] | None = None, all_rows: bool = False) -> torch.Tensor:
         """Prompt tokens from `starts[i]` on (the earlier ones are cached; default: none), every token a row
         of one call: each row attends to its own sequence's keys up to itself -> logits [n, V] of each
-        prompt's last token."""
+        prompt's last token (all_rows: [rows, V] of every row, the prompts' tokens in order; perplexity
+        through the kernel, benchmarks/quant.py)."""
         tokens, positions, tables, last, row_bases = [], [], [], [], []
         for s, p, b, st in zip(seqs, prompts, bases, starts or [0] * len(prompts)):
             s.ensure(len(p))
@@ -482,7 +525,7 @@ class FusedDecode:
             tables += [s.table] * (len(p) - st)
             row_bases += [b] * (len(p) - st)
             last.append(len(tokens) - 1)
-        return self._call(cache, tables, tokens, positions, row_bases, last)
+        return self._call(cache, tables, tokens, positions, row_bases, list(range(len(tokens))) if all_rows else last)
 
     def _call(self, cache, tables, tokens, positions, bases, out_rows) -> torch.Tensor:
         cfg, B = self.cfg, len(tokens)
