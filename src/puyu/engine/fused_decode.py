@@ -237,6 +237,10 @@ def load(flags: tuple[str, ...] | None = None) -> ctypes.CDLL:
         lib.puyu_qrow.restype = None
         lib.puyu_kv_store.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 3
         lib.puyu_kv_store.restype = None
+        lib.puyu_attention.argtypes = [ctypes.POINTER(_Args)] + [ctypes.c_void_p] * 3 + [ctypes.c_long]
+        lib.puyu_attention.restype = None
+        lib.puyu_attention_scratch_bytes.argtypes = [ctypes.POINTER(_Args)]
+        lib.puyu_attention_scratch_bytes.restype = ctypes.c_long
         lib.puyu_pool_hold.argtypes = [ctypes.c_int]
         lib.puyu_pool_hold.restype = None
         lib.puyu_pool_mark_contended.argtypes = [ctypes.c_long]
@@ -302,6 +306,40 @@ def kv_store(x: torch.Tensor, kv: str, flags=None) -> tuple[torch.Tensor, torch.
     load(flags).puyu_kv_store(KV_CODES[kv], n, D, x.data_ptr(), out.data_ptr(),
                               scales.data_ptr() if scales is not None else None)
     return out, scales
+
+
+def attention(cache, seqs, positions: list[int], q: torch.Tensor, threads: int = 1, flags=None) -> torch.Tensor:
+    """The kernel's attention alone (tests, benchmarks): queries q [B, H, D] (RoPE applied) of B sequences over
+    layer 0 of `cache` (a `PagedKVCache` in any KV format), keys 0..positions[b] of seqs[b] -> [B, H, D] float32,
+    on `threads` threads as a decode step splits it."""
+    cfg = cache.cfg
+    B, H, D = q.shape
+    K = cfg.num_key_value_heads
+    if H != cfg.num_attention_heads or D != cfg.head_dim or B != len(seqs) or B != len(positions):
+        raise FusedDecodeUnavailable(f"q {tuple(q.shape)} does not match the cache's model (H {cfg.num_attention_heads}, "
+                                     f"D {cfg.head_dim}) and {len(seqs)} sequences")
+    if cache.format not in KV_CODES or cache.k.device.type != "cpu":
+        raise FusedDecodeUnavailable(f"the kernel reads a CPU cache stored as {', '.join(KV_CODES)}")
+    for s, p in zip(seqs, positions):
+        s.ensure(p + 1)
+    n_rep = H // K
+    qkv = torch.zeros(B, K, n_rep + 2, D)
+    qkv[:, :, :n_rep] = q.float().view(B, K, n_rep, D)
+    tables = [s.table for s in seqs]
+    tab = (ctypes.c_void_p * B)(*[t.data_ptr() for t in tables])
+    pos = (ctypes.c_int64 * B)(*positions)
+    a = _Args()
+    a.B, a.H, a.K, a.D, a.L = B, H, K, D, 1
+    a.P, a.nblocks, a.threads = cache.block_size, cache.num_blocks, max(1, int(threads))
+    a.positions, a.tables = ctypes.addressof(pos), ctypes.addressof(tab)
+    a.kc, a.vc = cache.k.data_ptr(), cache.v.data_ptr()
+    a.kv_fmt = KV_CODES[cache.format]
+    a.ks, a.vs = (None, None) if cache.k_scale is None else (cache.k_scale.data_ptr(), cache.v_scale.data_ptr())
+    lib = load(flags)
+    scratch = torch.empty(lib.puyu_attention_scratch_bytes(ctypes.byref(a)), dtype=torch.uint8)
+    out = torch.empty(B, H, D)
+    lib.puyu_attention(ctypes.byref(a), qkv.data_ptr(), out.data_ptr(), scratch.data_ptr(), 200_000)
+    return out
 
 
 def pool_stats(flags=None) -> tuple[int, int, int]:
