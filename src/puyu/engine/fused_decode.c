@@ -1228,6 +1228,25 @@ static void values_f32(int n_rep, int S, const float *p, int ps, const float *vc
     }
 }
 
+#if PUYU_AVX512
+/* out[j] = scale * q . kp[j] for 16 keys of ND * 16 floats, the query held in registers (each key element is
+ * loaded once; 8 + 16 accumulators at ND = 8). */
+static inline __attribute__((always_inline)) void score16(const int ND, const float *q, const float *const *kp,
+                                                          float scale, float *out) {
+    __m512 qv[8], acc[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < ND; i++) qv[i] = _mm512_loadu_ps(q + 16 * i);
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; j++) {
+        __m512 v = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kp[j]));
+#pragma GCC unroll 8
+        for (int i = 1; i < ND; i++) v = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(kp[j] + 16 * i), v);
+        acc[j] = v;
+    }
+    _mm512_storeu_ps(out, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(scale)));
+}
+#endif
+
 /* s[r * KVB + j] = scale * q_r . k_j for the n_rep queries q [n_rep, D] and n <= KVB float32 keys kp[j].
  * Keys are taken 16 (AVX2: 8) at a time: each query's dot products are folded by reduce16 into one vector. */
 static void score_block(int n_rep, const float *q, const float *const *kp, int n, int D, float scale, float *s) {
@@ -1236,6 +1255,12 @@ static void score_block(int n_rep, const float *q, const float *const *kp, int n
         float *sr = s + (long)r * KVB;
         int j0 = 0;
 #if PUYU_AVX512
+        if (D == 128 || D == 64 || D == 32)
+            for (; j0 + 16 <= n; j0 += 16) {
+                if (D == 128) score16(8, qr, kp + j0, scale, sr + j0);
+                else if (D == 64) score16(4, qr, kp + j0, scale, sr + j0);
+                else score16(2, qr, kp + j0, scale, sr + j0);
+            }
         if (D % 16 == 0)
             for (; j0 + 16 <= n; j0 += 16) {
                 __m512 acc[16];
