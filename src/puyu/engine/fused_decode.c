@@ -4,7 +4,8 @@
  * checks every shape, dtype and layout before calling, so this file trusts its arguments.
  *
  * One call runs: embedding rows -> per layer [RMSNorm, wqkv, RoPE on the query and key slots, store
- * k/v in the paged cache, attention over each sequence's cached keys, wo + residual, RMSNorm, w1/w3,
+ * k/v in the paged cache, attention over each sequence's cached keys (streamed in token order, see "KV
+ * formats"), wo + residual, RMSNorm, w1/w3,
  * silu(gate) * up, w2 + residual] -> final RMSNorm -> output head -> logits [B, V].
  *
  * Matrix products keep PyTorch's nn.Linear layout (W [N, K], y = x W^T): every output is a dot product
@@ -1106,11 +1107,12 @@ static inline __attribute__((always_inline)) void weighted_values(const int NV, 
  * every row and left the hardware prefetchers and the TLB to cope with K-strided reads. The chunks'
  * partial results (m, l, o per query head) are merged after the parallel region (attn_merge).
  *
- * Integer dot products (quantizing the query to int8 for VNNI's vpdpbusd) were not needed: with the
- * conversion done once per block and reused by the n_rep queries of a group, the int8 step runs at the rate
- * the cache's bytes arrive (README, "attention over the KV cache"), and the float products keep the
- * result equal to float attention over the stored numbers, so the only error is the storage's own (bound in
- * tests/engine/test_engine_kv_quant.py). */
+ * Not done yet: integer dot products (the query quantized per head to int8, scores by VNNI's vpdpbusd, or
+ * vpmaddubsw + vpmaddwd on AVX2). Measured (benchmarks/kv_attention.py, README "attention over the KV
+ * cache"), float32 keys now stream at ~0.9x of a plain read, but int8 and bf16 ones are bound by the
+ * conversion and float products (~3.5 GB/s of int8 cache per thread against ~14 GB/s a thread reads), so
+ * scoring int8 keys without converting them is the next step; its extra error (the query's rounding) would
+ * add at most (s_q / 2) sum_d |k_d| / sqrt(D) to each score. */
 enum { KV_F32 = 0, KV_BF16 = 1, KV_INT8 = 2 };
 #define KVB 32           /* tokens per block (32 x head_dim floats: 16 KiB at D = 128, in L1) */
 #define ATT_MIN_CHUNK 256 /* a sequence is split across cores in chunks of at least this many tokens */

@@ -18,8 +18,10 @@ every prompt token is a row at its own position, and each row attends to its seq
 itself, which the call has just written to the cache.
 
 When it runs: CPU, a KV cache stored as float32, bfloat16 or int8 (`puyu.engine.kv_cache`, "KV formats": the
-kernel quantizes each new key and value as it stores them, with torch's rounding bit for bit, and dequantizes
-blocks of cached rows into a small buffer for the float32 score and value loops), puyu's own `InternLM2ForCausalLM` with float32 weights or packed ones
+kernel quantizes each new key and value as it stores them, with torch's rounding bit for bit, and streams the
+cache in token order, converting each block of 32 tokens' keys and values once into a small buffer for the
+float32 score and value loops and a running softmax; a long sequence is split across the threads in chunks
+that are merged: `attention()` runs this part alone), puyu's own `InternLM2ForCausalLM` with float32 weights or packed ones
 (`puyu.model.quant`: bf16, int8 per output row, int4 in groups; the kernel reads the packed bytes and
 dequantizes in registers, accumulating in float32, so its logits equal the model's forward on the
 dequantized weights up to float32 rounding: tests/engine/test_engine_quant_decode.py), no forward hooks on
