@@ -1365,6 +1365,13 @@ static void attn_plan(Ctx *c) {
     c->n_items = n;
 }
 
+/* Parts of the attention's parallel region: up to 4 per thread; 1 on one thread (a row split's own forward
+ * runs inside a parallel region and must not start another). */
+static inline int attn_parts(const Ctx *c) {
+    int t = c->a->threads;
+    return t <= 1 ? 1 : c->n_items < 4 * t ? c->n_items : 4 * t;
+}
+
 static void task_attention(void *p, int part, int parts) {
     Ctx *c = (Ctx *)p;
     const Args *a = c->a;
@@ -1480,7 +1487,7 @@ static void forward(const Args *a, Ctx *c) {
         PROF(1);
         rope_and_store(c);
         PROF(2);
-        run_parallel(task_attention, c, c->n_items < 4 * a->threads ? c->n_items : 4 * a->threads);
+        run_parallel(task_attention, c, attn_parts(c));
         attn_merge(c);
         PROF(3);
         linear(c, B, H * D, c->att, wl + 3, lw[4], c->x, C, 1);
@@ -1625,7 +1632,7 @@ void puyu_attention(const Args *a, const float *qkv, float *att, void *scratch, 
         for (int t = 0; t <= (int)a->positions[b]; t++)
             c.slots[(long)b * c.smax + t] = a->tables[b][t / a->P] * a->P + t % a->P;
     attn_plan(&c);
-    run_parallel(task_attention, &c, c.n_items < 4 * threads ? c.n_items : 4 * threads);
+    run_parallel(task_attention, &c, attn_parts(&c));
     attn_merge(&c);
     if (own) pthread_mutex_unlock(&pool.owner);
 }
