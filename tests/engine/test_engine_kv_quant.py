@@ -122,6 +122,110 @@ def test_quantized_attention_within_the_stated_bound(kv):
     assert float((err / bound).max()) < 0.5
 
 
+def _fill(cache, seqs, ks, vs) -> None:
+    """Write keys/values ks[i], vs[i] [K, S_i, D] of sequence i into layer 0 of the cache through torch's store
+    (PagedKVCache.encode: the format's rounding)."""
+    for seq, k, v in zip(seqs, ks, vs):
+        S = k.shape[1]
+        hook = AttentionBatch.prefill(cache, seq, 0, S)
+        hook.attend(0, torch.zeros(1, k.shape[0], S, k.shape[2]), k[None], v[None])
+
+
+def _interleaved(cache, lengths):
+    """Sequences whose blocks alternate in the pool (each block table is a real gather, not a run)."""
+    seqs = [SequenceBlocks(cache, n) for n in lengths]
+    P = cache.block_size
+    for t in range(0, max(lengths), P):
+        for s, n in zip(seqs, lengths):
+            if t < n:
+                s.ensure(min(n, t + P))
+    return seqs
+
+
+def _float_attention(q, k, v):
+    """Float64 attention of one token's q [H, D] over k, v [K, S, D] (GQA groups of H / K) -> [H, D]."""
+    H, K, D = q.shape[0], k.shape[0], q.shape[1]
+    kk, vv = k.double().repeat_interleave(H // K, 0), v.double().repeat_interleave(H // K, 0)
+    return (((q.double()[:, None] @ kk.transpose(1, 2)) / math.sqrt(D)).softmax(-1) @ vv)[:, 0]
+
+
+# (H, K, D, lengths, threads): 7B's head shape, split across cores in chunks; a head dim that is no multiple of
+# 16 or 8 (vector tails) with a 1-token sequence; one query per kv head, lengths not multiples of a block
+KERNEL_SHAPES = {"d128": (8, 2, 128, [1000, 37], 2), "d24": (3, 1, 24, [1, 300], 1), "d64-mha": (4, 4, 64, [517, 33], 2)}
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", sorted(KERNEL_SHAPES))
+@pytest.mark.parametrize("kv", ["f32", "bf16", "int8"])
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "portable"])
+def test_kernel_attention_over_each_format(isa, kv, shape):
+    """The kernel's attention (streamed block by block, long sequences split across threads and merged)
+    equals float attention on the numbers the cache stores (float32 rounding only), and so stays within the
+    format's bound (attention_bound) of float attention on the exact keys and values."""
+    flags = isa_flags(isa)
+    H, K, D, lengths, threads = KERNEL_SHAPES[shape]
+    cfg = get_preset("nano-tiny", num_attention_heads=H, num_key_value_heads=K, hidden_size=H * D)
+    cache = PagedKVCache(cfg, num_blocks=sum(n // 16 + 1 for n in lengths) + 2, block_size=16, kv=kv)
+    seqs = _interleaved(cache, lengths)
+    g = torch.Generator().manual_seed(5)
+    ks = [torch.randn(K, n, D, generator=g) * (1 + 4 * (torch.rand(1, 1, D, generator=g) > 0.9)) for n in lengths]
+    vs = [torch.randn(K, n, D, generator=g) for n in lengths]
+    _fill(cache, seqs, ks, vs)
+    q = torch.randn(len(lengths), H, D, generator=g) * 2
+    got = fd.attention(cache, seqs, [n - 1 for n in lengths], q, threads=threads, flags=flags)  # [B, H, D]
+    for b, (k, v) in enumerate(zip(ks, vs)):
+        stored = _float_attention(q[b], kv_round_trip(k, kv), kv_round_trip(v, kv))
+        assert torch.allclose(got[b].double(), stored, atol=2e-6 * float(v.abs().max()), rtol=0), \
+            float((got[b] - stored).abs().max())
+        err = (got[b].double() - _float_attention(q[b], k, v)).abs()
+        assert bool((err <= attention_bound(q[b], k, v, kv).double() + 1e-5).all())
+
+
+@pytest.mark.parametrize("kv", ["bf16", "int8"])
+def test_torch_attention_over_a_stored_cache_reads_it_in_chunks(kv, monkeypatch):
+    """`AttentionBatch` over a bf16/int8 cache attends chunk by chunk (bounded temporaries): a ragged batched
+    decode through gathered block tables and a prefill chunk after cached keys give what attention over the whole
+    dequantized cache gives, and the keys were read in several chunks."""
+    import puyu.engine.kv_cache as kvc
+
+    H, K, D = 4, 2, 32
+    cfg = get_preset("nano-tiny", num_attention_heads=H, num_key_value_heads=K, hidden_size=H * D)
+    cache = PagedKVCache(cfg, num_blocks=60, block_size=8, kv=kv)
+    lengths = [150, 61, 90]
+    seqs = _interleaved(cache, [n + 1 for n in lengths])
+    g = torch.Generator().manual_seed(6)
+    ks = [torch.randn(K, n, D, generator=g) * 3 for n in lengths]
+    _fill(cache, seqs, ks, [torch.randn(K, n, D, generator=g) for n in lengths])
+    reads = []
+    monkeypatch.setattr(kvc, "STORED_CHUNK_BYTES", 4 * (2 * 3 * K * D + 2 * 3 * H * 5) * 24)  # ~24 keys
+    real = kvc._as_float
+    monkeypatch.setattr(kvc, "_as_float", lambda x, s: reads.append(x.shape[2]) or real(x, s))
+
+    def whole(hook, layer, q, k, v):  # the reference: every key dequantized, one SDPA call
+        c = hook.cache
+        hook._store(c.k[layer], None if c.k_scale is None else c.k_scale[layer], k)
+        hook._store(c.v[layer], None if c.v_scale is None else c.v_scale[layer], v)
+        keys = c.decode(hook._read(c.k[layer]), None if c.k_scale is None else hook._read(c.k_scale[layer]))
+        values = c.decode(hook._read(c.v[layer]), None if c.v_scale is None else hook._read(c.v_scale[layer]))
+        return torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=hook.mask,
+                                                                enable_gqa=True)
+
+    q, k, v = torch.randn(3, H, 1, D, generator=g), torch.randn(3, K, 1, D, generator=g), torch.randn(3, K, 1, D, generator=g)
+    hook = AttentionBatch.decode(cache, seqs, lengths)  # ragged: a padding mask; gathered tables
+    got = hook.attend(0, q, k, v)
+    assert len(reads) >= 2 * 150 // 24 and max(reads) < 150
+    torch.testing.assert_close(got, whole(hook, 0, q, k, v), rtol=0, atol=2e-6)
+    # a prefill chunk of 5 tokens after the first sequence's 151 cached ones (a causal mask over cached keys)
+    seq = SequenceBlocks(cache, 160)
+    _fill(cache, [seq], [torch.randn(K, 151, D, generator=g)], [torch.randn(K, 151, D, generator=g)])
+    q, k, v = torch.randn(1, H, 5, D, generator=g), torch.randn(1, K, 5, D, generator=g), torch.randn(1, K, 5, D, generator=g)
+    hook = AttentionBatch.prefill(cache, seq, 151, 5)
+    reads.clear()
+    got = hook.attend(0, q, k, v)
+    assert len(reads) >= 2 and got.shape == (1, H, 5, D)
+    torch.testing.assert_close(got, whole(hook, 0, q, k, v), rtol=0, atol=2e-6)
+
+
 # ---- decode logits of every path, per mode ---------------------------------------------------------------------
 CASES = {"d32": dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, bias=True),  # vector attention
          "d24-dynamic": dict(hidden_size=96, num_attention_heads=4, num_key_value_heads=2,  # portable attention

@@ -4,7 +4,8 @@
  * checks every shape, dtype and layout before calling, so this file trusts its arguments.
  *
  * One call runs: embedding rows -> per layer [RMSNorm, wqkv, RoPE on the query and key slots, store
- * k/v in the paged cache, attention over each sequence's cached keys, wo + residual, RMSNorm, w1/w3,
+ * k/v in the paged cache, attention over each sequence's cached keys (streamed in token order, see "KV
+ * formats"), wo + residual, RMSNorm, w1/w3,
  * silu(gate) * up, w2 + residual] -> final RMSNorm -> output head -> logits [B, V].
  *
  * Matrix products keep PyTorch's nn.Linear layout (W [N, K], y = x W^T): every output is a dot product
@@ -1416,6 +1417,9 @@ typedef struct {
     float *x, *h, *qkv, *att, *g1, *g3, *cs, *scores;
     long *slots;  /* [B, smax]: cache slot of each row's tokens */
     int smax;
+    float *part;  /* attention chunks' partial results [items, H * (D + 2)] (attend_range) */
+    int *items;   /* attention chunks: (row, first key, end) each (attn_plan) */
+    int n_items;
     /* the current product */
     int M, Kd, N, accumulate;
     const float *in, *W, *bias, *W3;
@@ -1552,18 +1556,40 @@ static inline __attribute__((always_inline)) void weighted_values(const int NV, 
  *   KV_BF16  bfloat16 (the top half of a float32, rounded to nearest even as torch rounds)
  *   KV_INT8  int8 q with one float32 scale per token and kv head: x = q * s, s = max |x| / 127,
  *            q = round_half_even(x / s) (torch.round's rounding), s = 0 and q = 0 for an all-zero row
- * Written by rope_and_store (kv_put) as each token's key and value are computed; read by attend_group,
- * which dequantizes blocks of KVB rows into a small per-thread float buffer (kv_rows) and runs the float
- * score and value kernels on it, so each stored byte is read from memory once per query group. */
+ * Written by rope_and_store (kv_put) as each token's key and value are computed; read by attend_range.
+ *
+ * Attention streams the cache in token order. A row's keys are cut into chunks (attn_plan: one chunk per
+ * row on one thread; about 4 per thread in all otherwise, so a single long sequence is split across the
+ * cores), and each chunk is read block by block of KVB tokens: for each block, every kv head's keys are
+ * converted to float32 (bf16: a shift; int8: q * s, the same product torch's dequantization computes, so
+ * the numbers are exactly those of float attention on the dequantized cache) into a small per-thread
+ * buffer in L1, scored against the group's n_rep queries, folded into a running softmax (max m, sum l,
+ * output o rescaled by exp(m_old - m_new) when the max grows), and the block's value rows are converted
+ * the same way and accumulated. So each stored byte is read from memory once per step, in the order it
+ * lies: a token's K heads sit side by side (K * D elements), so a block is one contiguous run of memory
+ * per block of the page table, where reading one head over all tokens (the earlier order) touched 1 / K of
+ * every row and left the hardware prefetchers and the TLB to cope with K-strided reads. The chunks'
+ * partial results (m, l, o per query head) are merged after the parallel region (attn_merge).
+ *
+ * Not done yet: integer dot products (the query quantized per head to int8, scores by VNNI's vpdpbusd, or
+ * vpmaddubsw + vpmaddwd on AVX2). Measured (benchmarks/kv_attention.py, README "attention over the KV
+ * cache"), float32 keys now stream at ~0.9x of a plain read, but int8 and bf16 ones are bound by the
+ * conversion and float products (~3.5 GB/s of int8 cache per thread against ~14 GB/s a thread reads), so
+ * scoring int8 keys without converting them is the next step; its extra error (the query's rounding) would
+ * add at most (s_q / 2) sum_d |k_d| / sqrt(D) to each score. */
 enum { KV_F32 = 0, KV_BF16 = 1, KV_INT8 = 2 };
-#define KVB 32  /* rows dequantized per block (32 x head_dim floats: 16 KiB at D = 128, in L1) */
+#define KVB 32           /* tokens per block (32 x head_dim floats: 16 KiB at D = 128, in L1) */
+#define ATT_MIN_CHUNK 256 /* a sequence is split across cores in chunks of at least this many tokens */
 
 static inline long kv_elem_bytes(int fmt) { return fmt == KV_F32 ? 4 : fmt == KV_BF16 ? 2 : 1; }
 
-/* Floats of per-thread attention scratch: scores of the group's queries, then the dequantization block. */
-static inline long attn_scratch(const Args *a, int smax) {
-    return (long)(a->H / a->K) * smax + (long)KVB * a->D;
-}
+/* Floats of one part's attention work area: a block's scores for the group's queries, then the converted
+ * rows of one block. */
+static inline long attn_work(const Args *a) { return (long)(a->H / a->K) * KVB + (long)KVB * a->D; }
+
+/* Chunks a forward over B rows on `threads` threads can make (attn_plan): one per row, plus up to 4 per
+ * thread from splitting long rows. */
+static inline long attn_max_items(int B, int threads) { return (long)B + 4L * threads; }
 
 /* Store one head's D floats x at dst (and its scale at *scale for KV_INT8). */
 static void kv_put(int fmt, void *dst, float *scale, const float *x, int D) {
@@ -1589,24 +1615,48 @@ static void kv_put(int fmt, void *dst, float *scale, const float *x, int D) {
     }
 }
 
+/* One stored row of D elements (bf16 or int8 with scale s) as float32 into o. */
+static inline void kv_row(int fmt, const uint8_t *row, float s, int D, float *o) {
+    int d = 0;
+    if (fmt == KV_BF16) {
+        const uint16_t *h = (const uint16_t *)row;
+#if PUYU_AVX512
+        for (; d + 16 <= D; d += 16)
+            _mm512_storeu_ps(o + d, _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(h + d))), 16)));
+#elif PUYU_AVX2
+        for (; d + 8 <= D; d += 8)
+            _mm256_storeu_ps(o + d, _mm256_castsi256_ps(_mm256_slli_epi32(
+                _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(h + d))), 16)));
+#endif
+        for (; d < D; d++) {
+            uint32_t u = (uint32_t)h[d] << 16;
+            memcpy(o + d, &u, 4);
+        }
+    } else {
+        const int8_t *q = (const int8_t *)row;
+#if PUYU_AVX512
+        __m512 vs = _mm512_set1_ps(s);
+        for (; d + 16 <= D; d += 16)
+            _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_cvtepi32_ps(
+                _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + d)))), vs));
+#elif PUYU_AVX2
+        __m256 vs = _mm256_set1_ps(s);
+        for (; d + 8 <= D; d += 8)
+            _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_cvtepi32_ps(
+                _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + d)))), vs));
+#endif
+        for (; d < D; d++) o[d] = (float)q[d] * s;
+    }
+}
+
 /* Rows slot[0..n) of one kv head as float32 into out [n, D]: row j's elements at base + slot[j] * rstride
- * elements, its int8 scale at sc[slot[j] * sstride]. Plain loops the compiler vectorises for each build. */
+ * elements, its int8 scale at sc[slot[j] * sstride]. */
 static void kv_rows(int fmt, const uint8_t *base, const float *sc, long sstride, const long *slot, int n,
                     long rstride, int D, float *out) {
-    for (int j = 0; j < n; j++) {
-        float *o = out + (long)j * D;
-        if (fmt == KV_BF16) {
-            const uint16_t *h = (const uint16_t *)base + slot[j] * rstride;
-            for (int d = 0; d < D; d++) {
-                uint32_t u = (uint32_t)h[d] << 16;
-                memcpy(o + d, &u, 4);
-            }
-        } else {
-            const int8_t *q = (const int8_t *)base + slot[j] * rstride;
-            float s = sc[slot[j] * sstride];
-            for (int d = 0; d < D; d++) o[d] = (float)q[d] * s;
-        }
-    }
+    long eb = kv_elem_bytes(fmt);
+    for (int j = 0; j < n; j++)
+        kv_row(fmt, base + slot[j] * rstride * eb, fmt == KV_INT8 ? sc[slot[j] * sstride] : 0.0f, D, out + (long)j * D);
 }
 
 static const long kv_iota[KVB] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
@@ -1644,93 +1694,185 @@ static void values_f32(int n_rep, int S, const float *p, int ps, const float *vc
     }
 }
 
-/* Attention of one (row, kv group): its n_rep query heads over positions 0..pos of the row. Keys are
- * taken 16 at a time: each query's 16 dot products are folded by reduce16 into one vector of scores.
- * `buf` (KVB * D floats) holds dequantized rows of a bf16 or int8 cache. */
-static void attend_group(Ctx *c, int b, int g, float *scores, float *buf) {
-    const Args *a = c->a;
-    int K = a->K, D = a->D, H = a->H, n_rep = H / K, fmt = a->kv_fmt;
-    int S = (int)a->positions[b] + 1;
-    const long *slot = c->slots + (long)b * c->smax;
-    long layer_off = (long)c->layer * a->nblocks * a->P * K * D, eb = kv_elem_bytes(fmt);
-    const uint8_t *kc = (const uint8_t *)a->kc + (layer_off + (long)g * D) * eb;
-    const uint8_t *vc = (const uint8_t *)a->vc + (layer_off + (long)g * D) * eb;
-    long sc_off = (long)c->layer * a->nblocks * a->P * K + g;  /* this head's scales: [slot * K] from here */
-    const float *ksc = a->ks ? a->ks + sc_off : NULL, *vsc = a->vs ? a->vs + sc_off : NULL;
-    const float *q = c->qkv + (long)b * (H + 2 * K) * D + (long)g * (n_rep + 2) * D;  /* n_rep heads */
-    float scale = 1.0f / sqrtf((float)D);
-    long kstride = (long)K * D;  /* elements between consecutive slots */
-    for (int t0 = 0; t0 < S; t0 += 16) {
-        int n = S - t0 < 16 ? S - t0 : 16;
-        const float *kp[16];
-        if (fmt == KV_F32) {
-            for (int j = 0; j < n; j++) kp[j] = (const float *)kc + slot[t0 + j] * kstride;
-        } else {
-            kv_rows(fmt, kc, ksc, K, slot + t0, n, kstride, D, buf);
-            for (int j = 0; j < n; j++) kp[j] = buf + (long)j * D;
-        }
-        for (int r = 0; r < n_rep; r++) {
-            const float *qr = q + (long)r * D;
-            float *s = scores + (long)r * S + t0;
 #if PUYU_AVX512
-            if (n == 16 && D % 16 == 0) {
+/* out[j] = scale * q . kp[j] for 16 keys of ND * 16 floats, the query held in registers (each key element is
+ * loaded once; 8 + 16 accumulators at ND = 8). */
+static inline __attribute__((always_inline)) void score16(const int ND, const float *q, const float *const *kp,
+                                                          float scale, float *out) {
+    __m512 qv[8], acc[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < ND; i++) qv[i] = _mm512_loadu_ps(q + 16 * i);
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; j++) {
+        __m512 v = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kp[j]));
+#pragma GCC unroll 8
+        for (int i = 1; i < ND; i++) v = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(kp[j] + 16 * i), v);
+        acc[j] = v;
+    }
+    _mm512_storeu_ps(out, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(scale)));
+}
+#endif
+
+/* s[r * KVB + j] = scale * q_r . k_j for the n_rep queries q [n_rep, D] and n <= KVB float32 keys kp[j].
+ * Keys are taken 16 (AVX2: 8) at a time: each query's dot products are folded by reduce16 into one vector. */
+static void score_block(int n_rep, const float *q, const float *const *kp, int n, int D, float scale, float *s) {
+    for (int r = 0; r < n_rep; r++) {
+        const float *qr = q + (long)r * D;
+        float *sr = s + (long)r * KVB;
+        int j0 = 0;
+#if PUYU_AVX512
+        if (D == 128 || D == 64 || D == 32)
+            for (; j0 + 16 <= n; j0 += 16) {
+                if (D == 128) score16(8, qr, kp + j0, scale, sr + j0);
+                else if (D == 64) score16(4, qr, kp + j0, scale, sr + j0);
+                else score16(2, qr, kp + j0, scale, sr + j0);
+            }
+        if (D % 16 == 0)
+            for (; j0 + 16 <= n; j0 += 16) {
                 __m512 acc[16];
                 for (int j = 0; j < 16; j++) {
-                    __m512 v = _mm512_mul_ps(_mm512_loadu_ps(qr), _mm512_loadu_ps(kp[j]));
-                    for (int d = 16; d < D; d += 16)
-                        v = _mm512_fmadd_ps(_mm512_loadu_ps(qr + d), _mm512_loadu_ps(kp[j] + d), v);
+                    const float *kj = kp[j0 + j];
+                    __m512 v = _mm512_mul_ps(_mm512_loadu_ps(qr), _mm512_loadu_ps(kj));
+                    for (int d = 16; d < D; d += 16) v = _mm512_fmadd_ps(_mm512_loadu_ps(qr + d), _mm512_loadu_ps(kj + d), v);
                     acc[j] = v;
                 }
-                _mm512_storeu_ps(s, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(scale)));
-                continue;
+                _mm512_storeu_ps(sr + j0, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(scale)));
             }
 #elif PUYU_AVX2
-            if (n >= 8 && D % 8 == 0) {  /* 8 keys at a time, then the rest one by one */
-                int j0 = 0;
-                for (; j0 + 8 <= n; j0 += 8) {
-                    __m256 acc[8];
-                    for (int j = 0; j < 8; j++) {
-                        const float *kj = kp[j0 + j];
-                        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(qr), _mm256_loadu_ps(kj));
-                        for (int d = 8; d < D; d += 8) v = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d), _mm256_loadu_ps(kj + d), v);
-                        acc[j] = v;
-                    }
-                    _mm256_storeu_ps(s + j0, _mm256_mul_ps(reduce8(acc), _mm256_set1_ps(scale)));
+        if (D % 8 == 0)
+            for (; j0 + 8 <= n; j0 += 8) {
+                __m256 acc[8];
+                for (int j = 0; j < 8; j++) {
+                    const float *kj = kp[j0 + j];
+                    __m256 v = _mm256_mul_ps(_mm256_loadu_ps(qr), _mm256_loadu_ps(kj));
+                    for (int d = 8; d < D; d += 8) v = _mm256_fmadd_ps(_mm256_loadu_ps(qr + d), _mm256_loadu_ps(kj + d), v);
+                    acc[j] = v;
                 }
-                for (int j = j0; j < n; j++) s[j] = dot(qr, kp[j], D) * scale;
-                continue;
+                _mm256_storeu_ps(sr + j0, _mm256_mul_ps(reduce8(acc), _mm256_set1_ps(scale)));
             }
 #endif
-            for (int j = 0; j < n; j++) s[j] = dot(qr, kp[j], D) * scale;
+        for (int j = j0; j < n; j++) sr[j] = dot(qr, kp[j], D) * scale;
+    }
+}
+
+/* One chunk of attention: row b's query heads over its keys [t0, t1), every kv group, block by block.
+ * part: [H] running max, [H] sum, [H, D] output (not yet divided by the sum). work: attn_work floats. */
+static void attend_range(const Ctx *c, int b, int t0, int t1, float *part, float *work) {
+    const Args *a = c->a;
+    int K = a->K, D = a->D, H = a->H, n_rep = H / K, fmt = a->kv_fmt;
+    const long *slot = c->slots + (long)b * c->smax;
+    long layer_off = (long)c->layer * a->nblocks * a->P * K * D, eb = kv_elem_bytes(fmt);
+    const uint8_t *kc = (const uint8_t *)a->kc + layer_off * eb, *vc = (const uint8_t *)a->vc + layer_off * eb;
+    long sc_off = (long)c->layer * a->nblocks * a->P * K;  /* scales [slot * K + g] from here */
+    const float *ksc = a->ks ? a->ks + sc_off : NULL, *vsc = a->vs ? a->vs + sc_off : NULL;
+    const float *qrow = c->qkv + (long)b * (H + 2 * K) * D;
+    float scale = 1.0f / sqrtf((float)D);
+    long kstride = (long)K * D;  /* elements between consecutive slots */
+    float *m = part, *l = part + H, *o = part + 2 * H;
+    float *s = work, *buf = work + (long)n_rep * KVB;
+    for (int h = 0; h < H; h++) m[h] = -INFINITY, l[h] = 0.0f;
+    memset(o, 0, sizeof(float) * H * D);
+    for (int tb = t0; tb < t1; tb += KVB) {
+        int n = t1 - tb < KVB ? t1 - tb : KVB;
+        const long *sl = slot + tb;
+        for (int g = 0; g < K; g++) {
+            const float *q = qrow + (long)g * (n_rep + 2) * D;  /* the group's n_rep query heads */
+            const float *kp[KVB];
+            if (fmt == KV_F32) {
+                for (int j = 0; j < n; j++) kp[j] = (const float *)kc + sl[j] * kstride + (long)g * D;
+            } else {
+                kv_rows(fmt, kc + (long)g * D * eb, ksc ? ksc + g : NULL, K, sl, n, kstride, D, buf);
+                for (int j = 0; j < n; j++) kp[j] = buf + (long)j * D;
+            }
+            score_block(n_rep, q, kp, n, D, scale, s);
+            float *og = o + (long)g * n_rep * D;
+            for (int r = 0; r < n_rep; r++) {
+                int h = g * n_rep + r;
+                float *sr = s + (long)r * KVB, mx = sr[0];
+                for (int j = 1; j < n; j++) mx = sr[j] > mx ? sr[j] : mx;
+                if (mx > m[h]) {  /* a new max: earlier terms shrink by exp(m_old - m_new) (0 at the start) */
+                    float alpha = expf(m[h] - mx);
+                    l[h] *= alpha;
+                    for (int d = 0; d < D; d++) og[(long)r * D + d] *= alpha;
+                    m[h] = mx;
+                }
+                l[h] += softmax_exp(sr, n, m[h]);
+            }
+            if (fmt == KV_F32) {
+                values_f32(n_rep, n, s, KVB, (const float *)vc + (long)g * D, sl, kstride, og, D, 1);
+            } else {
+                kv_rows(fmt, vc + (long)g * D * eb, vsc ? vsc + g : NULL, K, sl, n, kstride, D, buf);
+                values_f32(n_rep, n, s, KVB, buf, kv_iota, D, og, D, 1);
+            }
         }
     }
-    for (int r = 0; r < n_rep; r++) {
-        float *s = scores + (long)r * S;
-        float mx = s[0];
-        for (int t = 1; t < S; t++) mx = s[t] > mx ? s[t] : mx;
-        float inv = 1.0f / softmax_exp(s, S, mx);
-        for (int t = 0; t < S; t++) s[t] *= inv;  /* probabilities: the value sums below need no scaling */
+}
+
+/* The chunks of this forward's attention into c->items (row, first key, end) and c->n_items: one per row
+ * on one thread; else rows longer than a share of all keys (~1/4 of a thread's) are cut, so one long
+ * sequence keeps every core busy. */
+static void attn_plan(Ctx *c) {
+    const Args *a = c->a;
+    long total = 0;
+    for (int b = 0; b < a->B; b++) total += a->positions[b] + 1;
+    long chunk = a->threads > 1 ? (total + 4L * a->threads - 1) / (4L * a->threads) : total;
+    if (chunk < ATT_MIN_CHUNK) chunk = ATT_MIN_CHUNK;
+    chunk = (chunk + KVB - 1) / KVB * KVB;
+    int n = 0;
+    for (int b = 0; b < a->B; b++) {
+        int S = (int)a->positions[b] + 1;
+        for (int t = 0; t < S; t += (int)chunk) {
+            c->items[3 * n] = b, c->items[3 * n + 1] = t, c->items[3 * n + 2] = S - t < chunk ? S : t + (int)chunk;
+            n++;
+        }
     }
-    float *o = c->att + (long)b * H * D + (long)g * n_rep * D;  /* the group's n_rep outputs [n_rep, D] */
-    if (fmt == KV_F32) {
-        values_f32(n_rep, S, scores, S, (const float *)vc, slot, kstride, o, D, 0);
-        return;
-    }
-    for (int t0 = 0; t0 < S; t0 += KVB) {  /* a block of value rows at a time, dequantized into buf */
-        int n = S - t0 < KVB ? S - t0 : KVB;
-        kv_rows(fmt, vc, vsc, K, slot + t0, n, kstride, D, buf);
-        values_f32(n_rep, n, scores + t0, S, buf, kv_iota, D, o, D, t0 > 0);
-    }
+    c->n_items = n;
+}
+
+/* Parts of the attention's parallel region: up to 4 per thread; 1 on one thread (a row split's own forward
+ * runs inside a parallel region and must not start another). */
+static inline int attn_parts(const Ctx *c) {
+    int t = c->a->threads;
+    return t <= 1 ? 1 : c->n_items < 4 * t ? c->n_items : 4 * t;
 }
 
 static void task_attention(void *p, int part, int parts) {
     Ctx *c = (Ctx *)p;
     const Args *a = c->a;
-    int lo, hi, items = a->B * a->K;
-    split_range(items, part, parts, 1, &lo, &hi);
-    float *scores = c->scores + (long)part * attn_scratch(a, c->smax);
-    float *buf = scores + (long)(a->H / a->K) * c->smax;
-    for (int it = lo; it < hi; it++) attend_group(c, it / a->K, it % a->K, scores, buf);
+    int lo, hi;
+    split_range(c->n_items, part, parts, 1, &lo, &hi);
+    float *work = c->scores + (long)part * attn_work(a);
+    long psz = (long)a->H * (a->D + 2);
+    for (int it = lo; it < hi; it++)
+        attend_range(c, c->items[3 * it], c->items[3 * it + 1], c->items[3 * it + 2], c->part + it * psz, work);
+}
+
+/* The chunks' partial results into each row's attention output att [B, H * D]. */
+static void attn_merge(Ctx *c) {
+    const Args *a = c->a;
+    int H = a->H, D = a->D;
+    long psz = (long)H * (D + 2);
+    for (int i0 = 0; i0 < c->n_items;) {
+        int b = c->items[3 * i0], i1 = i0 + 1;
+        while (i1 < c->n_items && c->items[3 * i1] == b) i1++;
+        float *out = c->att + (long)b * H * D;
+        for (int h = 0; h < H; h++) {
+            float M = -INFINITY, L = 0.0f;
+            for (int i = i0; i < i1; i++) M = c->part[i * psz + h] > M ? c->part[i * psz + h] : M;
+            float *oh = out + (long)h * D;
+            for (int d = 0; d < D; d++) oh[d] = 0.0f;
+            for (int i = i0; i < i1; i++) {
+                const float *pt = c->part + i * psz;
+                float w = expf(pt[h] - M);
+                L += w * pt[H + h];
+                const float *po = pt + 2 * H + (long)h * D;
+                for (int d = 0; d < D; d++) oh[d] += w * po[d];
+            }
+            float inv = 1.0f / L;
+            for (int d = 0; d < D; d++) oh[d] *= inv;
+        }
+        i0 = i1;
+    }
 }
 
 /* RoPE on the query and key slots of each group, then the key and value into the cache (in its format). */
@@ -1787,6 +1929,7 @@ static void forward(const Args *a, Ctx *c) {
     for (int b = 0; b < B; b++)
         for (int t = 0; t <= (int)a->positions[b]; t++)
             c->slots[(long)b * c->smax + t] = a->tables[b][t / a->P] * a->P + t % a->P;
+    attn_plan(c);
     int half = D / 2;
     for (int b = 0; b < B; b++) {
         const float *inv = a->invf + (long)b * a->invf_stride;
@@ -1808,7 +1951,8 @@ static void forward(const Args *a, Ctx *c) {
         PROF(1);
         rope_and_store(c);
         PROF(2);
-        run_parallel(task_attention, c, B * K >= 2 ? a->threads : 1);
+        run_parallel(task_attention, c, attn_parts(c));
+        attn_merge(c);
         PROF(3);
         linear(c, B, H * D, c->att, wl + 3, lw[4], c->x, C, 1);
         PROF(4);
@@ -1854,23 +1998,26 @@ static void task_rows(void *p, int part, int parts) {
     s.a = &sub;
     s.x += (long)r0 * a->C, s.h += (long)r0 * a->C, s.qkv += (long)r0 * (a->H + 2 * a->K) * a->D;
     s.att += (long)r0 * a->H * a->D, s.g1 += (long)r0 * a->F, s.g3 += (long)r0 * a->F, s.cs += (long)r0 * a->D;
-    s.scores += (long)part * attn_scratch(a, c->smax);
+    s.scores += (long)part * attn_work(a);
+    s.part += (long)r0 * a->H * (a->D + 2), s.items += 3L * r0;
     s.slots += (long)r0 * c->smax;
     forward(&sub, &s);
 }
 
-/* Scratch layout for `threads` parts: floats first, then the slot table (8-byte aligned). */
-static long scratch_floats(const Args *a, int threads, int smax) {
+/* Scratch layout for `threads` threads: floats (the attention chunks' table, 3 ints per chunk, at the end of
+them), then the slot table (8-byte aligned). */
+static long scratch_floats(const Args *a, int threads) {
     int B = a->B, C = a->C, H = a->H, K = a->K, D = a->D, F = a->F;
+    long items = attn_max_items(B, threads);
     long n = 2L * B * C + (long)B * (H + 2 * K) * D + (long)B * H * D + 2L * B * F + (long)B * D
-             + (long)threads * attn_scratch(a, smax);
+             + 4L * threads * attn_work(a) + items * H * (D + 2) + 3 * items;
     return n + (n & 1);
 }
 
 /* Bytes of scratch memory puyu_decode needs for these arguments. */
 long puyu_decode_scratch_bytes(const Args *a) {
     int smax = max_keys(a), threads = a->threads < 1 ? 1 : a->threads;
-    return sizeof(float) * scratch_floats(a, threads, smax) + sizeof(long) * (long)a->B * smax;
+    return sizeof(float) * scratch_floats(a, threads) + sizeof(long) * (long)a->B * smax;
 }
 
 /* The entry point; `scratch` holds puyu_decode_scratch_bytes(a) bytes (kept by the caller, so no
@@ -1895,8 +2042,11 @@ void puyu_decode(const Args *a, void *scratch, long spin_ns) {
     memset(&c, 0, sizeof c);
     c.a = &local;
     c.x = buf, c.h = c.x + n_x, c.qkv = c.h + n_x, c.att = c.qkv + n_qkv, c.g1 = c.att + n_att, c.g3 = c.g1 + n_f;
+    int sthreads = a->threads < 1 ? 1 : a->threads;  /* the threads the scratch was sized for */
     c.cs = c.g3 + n_f, c.scores = c.cs + (long)B * D, c.smax = smax;
-    c.slots = (long *)(buf + scratch_floats(a, a->threads < 1 ? 1 : a->threads, smax));
+    c.part = c.scores + 4L * sthreads * attn_work(a);
+    c.items = (int *)(c.part + attn_max_items(B, sthreads) * H * (D + 2));
+    c.slots = (long *)(buf + scratch_floats(a, sthreads));
     if (threads > 1) {  /* oversubscribed: the caller alone (see the thread pool) */
         static __thread Preempt seen = PREEMPT_INIT;
         long now = now_ns();
@@ -1907,6 +2057,48 @@ void puyu_decode(const Args *a, void *scratch, long spin_ns) {
         run_parallel(task_rows, &c, threads);  /* each core runs the whole forward for its own rows */
     else
         forward(&local, &c);  /* one set of rows; every product's weight rows split across cores */
+    if (own) pthread_mutex_unlock(&pool.owner);
+}
+
+/* Tests and benchmarks: the attention alone. Rows b < a->B with queries in qkv [B, (H + 2K) * D] (the wqkv
+ * layout, RoPE applied; only the query slots are read) over layer 0 of the cache, keys 0..positions[b] through
+ * tables[b] -> att [B, H * D], on a->threads threads as a decode step runs it. Scratch:
+ * puyu_attention_scratch_bytes(a) bytes. */
+static long attention_scratch_floats(const Args *a, int threads) {
+    long n = 4L * threads * attn_work(a) + attn_max_items(a->B, threads) * (long)a->H * (a->D + 2)
+             + 3 * attn_max_items(a->B, threads);
+    return n + (n & 1);
+}
+
+long puyu_attention_scratch_bytes(const Args *a) {
+    int threads = a->threads < 1 ? 1 : a->threads;
+    return sizeof(float) * attention_scratch_floats(a, threads) + sizeof(long) * (long)a->B * max_keys(a);
+}
+
+void puyu_attention(const Args *a, const float *qkv, float *att, void *scratch, long spin_ns) {
+    int sthreads = a->threads < 1 ? 1 : a->threads, threads = sthreads, own = 0;
+    Args local = *a;
+    if (threads > 1 && pthread_mutex_trylock(&pool.owner) == 0) {
+        own = 1;
+        pool.spin_ns = spin_ns;
+        threads = pool_grow(threads);
+    } else {
+        threads = 1;
+    }
+    local.threads = threads;
+    Ctx c;
+    memset(&c, 0, sizeof c);
+    c.a = &local, c.layer = 0, c.qkv = (float *)qkv, c.att = att, c.smax = max_keys(a);
+    c.scores = (float *)scratch;
+    c.part = c.scores + 4L * sthreads * attn_work(a);
+    c.items = (int *)(c.part + attn_max_items(a->B, sthreads) * a->H * (a->D + 2));
+    c.slots = (long *)((float *)scratch + attention_scratch_floats(a, sthreads));
+    for (int b = 0; b < a->B; b++)
+        for (int t = 0; t <= (int)a->positions[b]; t++)
+            c.slots[(long)b * c.smax + t] = a->tables[b][t / a->P] * a->P + t % a->P;
+    attn_plan(&c);
+    run_parallel(task_attention, &c, attn_parts(&c));
+    attn_merge(&c);
     if (own) pthread_mutex_unlock(&pool.owner);
 }
 

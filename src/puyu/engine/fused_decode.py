@@ -18,8 +18,10 @@ every prompt token is a row at its own position, and each row attends to its seq
 itself, which the call has just written to the cache.
 
 When it runs: CPU, a KV cache stored as float32, bfloat16 or int8 (`puyu.engine.kv_cache`, "KV formats": the
-kernel quantizes each new key and value as it stores them, with torch's rounding bit for bit, and dequantizes
-blocks of cached rows into a small buffer for the float32 score and value loops), puyu's own `InternLM2ForCausalLM` with float32 weights or packed ones
+kernel quantizes each new key and value as it stores them, with torch's rounding bit for bit, and streams the
+cache in token order, converting each block of 32 tokens' keys and values once into a small buffer for the
+float32 score and value loops and a running softmax; a long sequence is split across the threads in chunks
+that are merged: `attention()` runs this part alone), puyu's own `InternLM2ForCausalLM` with float32 weights or packed ones
 (`puyu.model.quant`: bf16, int8 per output row, int4 in groups; the kernel reads the packed bytes: bf16
 is widened in registers; int8 and int4 products by default quantize their input rows to int8 per block of 32
 and multiply in integers, within the bound stated in fused_decode.c ("integer dot products";
@@ -265,6 +267,10 @@ def load(flags: tuple[str, ...] | None = None) -> ctypes.CDLL:
         lib.puyu_qrow.restype = None
         lib.puyu_kv_store.argtypes = [ctypes.c_int] * 3 + [ctypes.c_void_p] * 3
         lib.puyu_kv_store.restype = None
+        lib.puyu_attention.argtypes = [ctypes.POINTER(_Args)] + [ctypes.c_void_p] * 3 + [ctypes.c_long]
+        lib.puyu_attention.restype = None
+        lib.puyu_attention_scratch_bytes.argtypes = [ctypes.POINTER(_Args)]
+        lib.puyu_attention_scratch_bytes.restype = ctypes.c_long
         lib.puyu_pool_hold.argtypes = [ctypes.c_int]
         lib.puyu_pool_hold.restype = None
         lib.puyu_pool_mark_contended.argtypes = [ctypes.c_long]
@@ -338,6 +344,40 @@ def kv_store(x: torch.Tensor, kv: str, flags=None) -> tuple[torch.Tensor, torch.
     load(flags).puyu_kv_store(KV_CODES[kv], n, D, x.data_ptr(), out.data_ptr(),
                               scales.data_ptr() if scales is not None else None)
     return out, scales
+
+
+def attention(cache, seqs, positions: list[int], q: torch.Tensor, threads: int = 1, flags=None) -> torch.Tensor:
+    """The kernel's attention alone (tests, benchmarks): queries q [B, H, D] (RoPE applied) of B sequences over
+    layer 0 of `cache` (a `PagedKVCache` in any KV format), keys 0..positions[b] of seqs[b] -> [B, H, D] float32,
+    on `threads` threads as a decode step splits it."""
+    cfg = cache.cfg
+    B, H, D = q.shape
+    K = cfg.num_key_value_heads
+    if H != cfg.num_attention_heads or D != cfg.head_dim or B != len(seqs) or B != len(positions):
+        raise FusedDecodeUnavailable(f"q {tuple(q.shape)} does not match the cache's model (H {cfg.num_attention_heads}, "
+                                     f"D {cfg.head_dim}) and {len(seqs)} sequences")
+    if cache.format not in KV_CODES or cache.k.device.type != "cpu":
+        raise FusedDecodeUnavailable(f"the kernel reads a CPU cache stored as {', '.join(KV_CODES)}")
+    for s, p in zip(seqs, positions):
+        s.ensure(p + 1)
+    n_rep = H // K
+    qkv = torch.zeros(B, K, n_rep + 2, D)
+    qkv[:, :, :n_rep] = q.float().view(B, K, n_rep, D)
+    tables = [s.table for s in seqs]
+    tab = (ctypes.c_void_p * B)(*[t.data_ptr() for t in tables])
+    pos = (ctypes.c_int64 * B)(*positions)
+    a = _Args()
+    a.B, a.H, a.K, a.D, a.L = B, H, K, D, 1
+    a.P, a.nblocks, a.threads = cache.block_size, cache.num_blocks, max(1, int(threads))
+    a.positions, a.tables = ctypes.addressof(pos), ctypes.addressof(tab)
+    a.kc, a.vc = cache.k.data_ptr(), cache.v.data_ptr()
+    a.kv_fmt = KV_CODES[cache.format]
+    a.ks, a.vs = (None, None) if cache.k_scale is None else (cache.k_scale.data_ptr(), cache.v_scale.data_ptr())
+    lib = load(flags)
+    scratch = torch.empty(lib.puyu_attention_scratch_bytes(ctypes.byref(a)), dtype=torch.uint8)
+    out = torch.empty(B, H, D)
+    lib.puyu_attention(ctypes.byref(a), qkv.data_ptr(), out.data_ptr(), scratch.data_ptr(), 200_000)
+    return out
 
 
 def pool_stats(flags=None) -> tuple[int, int, int]:

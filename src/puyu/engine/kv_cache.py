@@ -391,16 +391,20 @@ class AttentionBatch:
             mask = _additive_mask(k_pos < lens, cache.dtype)[:, None, None, :]  # [B, 1, 1, S]
         return cls(cache, seqs, slots, S, mask, causal=False)
 
-    def _read(self, store: torch.Tensor) -> torch.Tensor:
-        """store [N, P, K, *rest] -> this batch's rows [B, K, S, *rest] (a strided view or a gather): keys or
-        values (rest = D) or their int8 scales (no rest)."""
+    def _read(self, store: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """store [N, P, K, *rest] -> this batch's rows of keys [start, end) (default: all S) [B, K, end - start,
+        *rest] (a strided view or a gather of just the blocks they lie in): keys or values (rest = D) or their
+        int8 scales (no rest)."""
         P, K, rest = store.shape[1], store.shape[2], store.shape[3:]
+        end = self.S if end is None else end
+        b0, b1 = start // P, -(-end // P)  # the blocks holding keys [start, end)
         if self.span is not None:
-            first, nb = self.span
-            rows = store[first:first + nb].reshape(1, nb * P, K, *rest)  # [1, S_pad, K, *rest] view
+            first, _ = self.span
+            rows = store[first + b0:first + b1].reshape(1, (b1 - b0) * P, K, *rest)  # [1, S_pad, K, *rest] view
         else:
-            rows = store.index_select(0, self.table).view(self.B, self.nb * P, K, *rest)  # [B, S_pad, K, *rest]
-        return rows[:, :self.S].transpose(1, 2)  # [B, K, S, *rest]
+            table = self.table.view(self.B, self.nb)[:, b0:b1].reshape(-1)
+            rows = store.index_select(0, table).view(self.B, (b1 - b0) * P, K, *rest)  # [B, S_pad, K, *rest]
+        return rows[:, start - b0 * P:end - b0 * P].transpose(1, 2)  # [B, K, end - start, *rest]
 
     def _store(self, pool: torch.Tensor, scales: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
         """Write x [B, K, T, D] into this batch's slots of one layer's pool [N, P, K, D] (and scales [N, P, K])
@@ -427,10 +431,55 @@ class AttentionBatch:
         elif not c.quantized:
             keys, values = self._read(ks), self._read(vs)  # [B, K, S, D]
         else:
-            keys = c.decode(self._read(ks), None if kss is None else self._read(kss))  # [B, K, S, D]
-            values = c.decode(self._read(vs), None if vss is None else self._read(vss))
+            return self._attend_stored(q, ks, vs, kss, vss)
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=self.mask, is_causal=self.causal,
                                               enable_gqa=True)  # [B, H, T, D]
+
+    def _attend_stored(self, q: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor, kss: torch.Tensor | None,
+                       vss: torch.Tensor | None) -> torch.Tensor:
+        """Attention of q [B, H, T, D] over a bf16 or int8 cache ([N, P, K, D] pools, [N, P, K] int8 scales),
+        reading it in chunks of keys: each chunk is converted to float32 (the same numbers as the whole
+        cache's dequantization), scored, and folded into a running softmax (max m, sum, output o rescaled by
+        exp(m_old - m_new)), so the temporaries are bounded by `STORED_CHUNK_BYTES` (keys + values + scores of
+        a chunk) instead of two float copies of every cached key and value (~0.8 GiB per layer per call for a
+        7B-shaped model at 200K tokens). Computed in float32, returned in q's dtype -> [B, H, T, D]."""
+        c = self.cache
+        B, H, T, D = q.shape
+        K = ks.shape[2]
+        n_rep, P = H // K, c.block_size
+        per_key = 4 * (2 * B * K * D + 2 * B * H * T)  # float32 bytes a key costs a chunk
+        chunk = max(P, STORED_CHUNK_BYTES // per_key // P * P)
+        qg = q.float().reshape(B, K, n_rep * T, D)  # head h = g * n_rep + r reads kv head g
+        m = torch.full((B, K, n_rep * T, 1), float("-inf"), device=q.device)
+        total = torch.zeros(B, K, n_rep * T, 1, device=q.device)
+        o = torch.zeros(B, K, n_rep * T, D, device=q.device)
+        scale = 1.0 / math.sqrt(D)
+        for s0 in range(0, self.S, chunk):
+            s1 = min(self.S, s0 + chunk)
+            keys = _as_float(self._read(ks, s0, s1), None if kss is None else self._read(kss, s0, s1))  # [B, K, n, D]
+            values = _as_float(self._read(vs, s0, s1), None if vss is None else self._read(vss, s0, s1))
+            sc = torch.matmul(qg, keys.transpose(-1, -2)).mul_(scale)  # [B, K, n_rep * T, n]
+            if self.mask is not None:  # [B or 1, 1, T, S] -> [B or 1, 1, 1, T, n]
+                sc = sc.view(B, K, n_rep, T, s1 - s0).add_(self.mask[..., s0:s1].float()[:, :, None])
+                sc = sc.view(B, K, n_rep * T, s1 - s0)
+            m_new = torch.maximum(m, sc.amax(-1, keepdim=True))
+            base = torch.where(m_new == float("-inf"), 0.0, m_new)  # a row masked so far: exp(-inf) = 0, no NaN
+            p = sc.sub_(base).exp_()
+            alpha = (m - base).exp_()
+            total = total.mul_(alpha).add_(p.sum(-1, keepdim=True))
+            o = o.mul_(alpha).add_(torch.matmul(p, values))
+            m = m_new
+        return o.div_(total).view(B, H, T, D).to(q.dtype)
+
+
+# Bytes of float32 temporaries (a chunk's keys, values, scores and probabilities) of attention over a bf16 or
+# int8 cache through PyTorch (`AttentionBatch._attend_stored`).
+STORED_CHUNK_BYTES = 64 << 20
+
+
+def _as_float(stored: torch.Tensor, scales: torch.Tensor | None) -> torch.Tensor:
+    """Stored keys or values [..., D] (int8 with scales [...], or bf16) as float32, the cache's own round trip."""
+    return dequantize_kv(stored, scales) if scales is not None else stored.float()
 
 
 def max_chunk_for(context: int, chunk: int, mask_bytes: int, dtype_bytes: int = 4) -> int:
