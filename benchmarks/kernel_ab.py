@@ -2,7 +2,7 @@
 
     PUYU_KERNEL_ISA=avx2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \\
       .venv/bin/python benchmarks/kernel_ab.py --rounds 10 \\
-      --variant any= --variant off=-DPUYU_PREEMPT_RULE=0 --variant rate3=-DPUYU_PREEMPT_RULE=3
+      --variant any=-DPUYU_PREEMPT_RULE=1 --variant off=-DPUYU_PREEMPT_RULE=0 --variant rate3=-DPUYU_PREEMPT_RULE=3
 
 Each variant is `name=extra compiler flags` (added to the build of `PUYU_KERNEL_ISA`, default the CPU's
 widest). Every round runs each variant once, in a fresh subprocess, in a rotated order (so no variant

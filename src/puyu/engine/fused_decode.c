@@ -137,10 +137,12 @@ static inline int claim_part(unsigned r) {
 static atomic_long contended_until;  /* now_ns() before which the machine counts as oversubscribed */
 
 /* Which preemptions mark the machine oversubscribed (a build flag, for A/Bs: benchmarks/kernel_ab.py):
- * 1 (default) any involuntary context switch of a pool thread; 0 none (the pool never steps aside);
- * k >= 2 at least k of one thread's switches within PREEMPT_WINDOW_NS. */
+ * 1 any involuntary context switch of a pool thread; 0 none (the pool never steps aside);
+ * k >= 2 at least k of one thread's switches within PREEMPT_WINDOW_NS. Default 3: on a quiet 2-core machine
+ * rule 1 tripped on stray switches and cost 36-42% of decode speed, while with two busy processes beside
+ * the engine rule 3 kept rule 1's speed and rule 0 lost up to 38% (README, 2026-12-01 04:10 UTC rows). */
 #ifndef PUYU_PREEMPT_RULE
-#define PUYU_PREEMPT_RULE 1
+#define PUYU_PREEMPT_RULE 3
 #endif
 #ifndef PREEMPT_WINDOW_NS
 #define PREEMPT_WINDOW_NS 50000000L
