@@ -155,19 +155,13 @@ def bench_quality(args) -> dict:
         model = load_model(args.model, weights=fmt, group=args.group)
         ppl = perplexity(model, tokens, window)
         out, path = greedy(model, prompts, n)
-        same = sum(a == b for o, r in zip(out, ref_out) for a, b in zip(o, r)) / sum(map(len, ref_out))
-        prefix = []
-        for o, r in zip(out, ref_out):
-            k = 0
-            while k < len(r) and o[k] == r[k]:
-                k += 1
-            prefix.append(k)
+        same, common = agreement(out, ref_out)
         res[fmt] = {"ppl": ppl, "ppl_increase": ppl / ref_ppl - 1, "greedy_same_share": same,
-                    "greedy_common_prefix": sum(prefix) / len(prefix), "decode_path": path}
+                    "greedy_common_prefix": common, "decode_path": path}
         goal = {"int8": " (goal <= 0.5%)", "int4": " (goal <= 5%)"}.get(fmt, "")
         print(f"[quality] {fmt}: perplexity {ppl:.4f} = {100 * (ppl / ref_ppl - 1):+.2f}% vs f32{goal}; greedy "
               f"tokens equal to f32's at {100 * same:.1f}% of {len(prompts)} x {n} positions, common prefix "
-              f"{sum(prefix) / len(prefix):.1f} tokens ({path})", flush=True)
+              f"{common:.1f} tokens ({path})", flush=True)
         if fmt in ("int8", "int4") and args.acts:  # the kernel's two activation paths (PUYU_QUANT_ACT)
             if "kernel_f32_ppl" not in res:
                 ref_model = load_model(args.model, weights="f32")
