@@ -138,3 +138,22 @@ def test_pretraining_curve_scores_both_operators():
     assert sum(p.op == "+" for p in curve) == 100 and sum(p.op == "-" for p in curve) == 100
     assert curve_problems(small, 5) == curve_problems(small, 5) and len(curve_problems(small, 5)) == 5
     assert curve_problems(small[:3], 10) == small[:3]
+
+
+def test_turn_ending_target_counts_sample_chats_and_chat_arithmetic_together():
+    # a looping greeting among the sample chats must fail the target even when every arithmetic chat ended
+    from puyu.recipes.nano import _targets, _turns_ended
+
+    samples = [{"ends_with_im_end": True}] * 5 + [{"ends_with_im_end": False}]
+    ev = {"chat_samples": {"samples": samples, "ends_with_im_end": 5 / 6},
+          "chat_arith_100": {"accuracy": 0.5, "ends_with_im_end": 1.0, "n": 394},
+          "base_arith_100": {"accuracy": 0.9}, "passkey": {"accuracy": 0.9}}
+    assert _turns_ended(ev) == 399 / 400
+    t = _targets({"eval": ev, "timings_s": {"core": 600.0}})
+    key = next(k for k in t if k.startswith("chat turns end"))
+    assert t[key] == {"value": 399 / 400, "met": False}
+    ev["chat_samples"] = {"samples": [{"ends_with_im_end": True}] * 6, "ends_with_im_end": 1.0}
+    ev["chat_arith_100"]["ends_with_im_end"] = 393 / 394
+    assert _targets({"eval": ev, "timings_s": {"core": 600.0}})[key]["met"] is False
+    ev["chat_arith_100"]["ends_with_im_end"] = 1.0
+    assert _targets({"eval": ev, "timings_s": {"core": 600.0}})[key] == {"value": 1.0, "met": True}
