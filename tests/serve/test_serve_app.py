@@ -420,8 +420,9 @@ def test_disconnect_cancels_and_frees_the_slot(stack, client, stream):
         with engine.slow(0.05), pytest.raises(httpx.ReadTimeout):
             httpx.post(url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=0.3))
         during = engine.stats()
-    assert during["running"] + during["waiting"] >= 1
     handle = engine.handles[n_handles]
+    # if the request is already over here, say how it ended (a forward error, or a finish) and what was read
+    assert during["running"] + during["waiting"] >= 1, (during, handle.result(timeout=20), got if stream else None)
     result = handle.result(timeout=20)
     assert result.finish_reason == "abort" and len(result.token_ids) < max_tokens  # cancelled, not finished
     freed = sf.wait_until(lambda: (s := engine.stats())["running"] == 0 and s["cache_blocks_used"] ==
