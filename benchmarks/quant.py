@@ -67,13 +67,18 @@ vm_hwm = peak_rss  # VmHWM: both names are used below
 # ---- 1. quality ----------------------------------------------------------------------------------------------
 def perplexity(model, tokens: torch.Tensor, window: int) -> float:
     """exp(mean next-token loss) over consecutive windows of `window` tokens."""
+    return windowed_perplexity(tokens, window, lambda ids: model(ids[None])[0].float())
+
+
+def windowed_perplexity(tokens: torch.Tensor, window: int, logits_of) -> float:
+    """exp(mean next-token loss) over consecutive windows of `window` tokens; `logits_of(ids)` -> [len(ids), V]."""
     total, count = 0.0, 0
     with torch.inference_mode():
         for s in range(0, len(tokens) - 1, window):
             ids = tokens[s:s + window + 1]
             if len(ids) < 2:
                 break
-            logits = model(ids[None, :-1])[0].float()
+            logits = logits_of(ids[:-1])
             total += float(torch.nn.functional.cross_entropy(logits, ids[1:], reduction="sum"))
             count += len(ids) - 1
     return math.exp(total / count)
@@ -86,18 +91,12 @@ def kernel_perplexity(model, tokens: torch.Tensor, window: int, act: str) -> flo
     from puyu.engine.kv_cache import PagedKVCache, SequenceBlocks
 
     step = FusedDecode(model, threads=os.cpu_count() or 1, act=act)
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for s in range(0, len(tokens) - 1, window):
-            ids = tokens[s:s + window + 1]
-            if len(ids) < 2:
-                break
-            cache = PagedKVCache(model.config, num_blocks=(window + 15) // 16 + 1, block_size=16)
-            seq = SequenceBlocks(cache, len(ids) - 1)
-            logits = step.prefill(cache, [seq], [ids[:-1].tolist()], [None], all_rows=True)
-            total += float(torch.nn.functional.cross_entropy(logits, ids[1:], reduction="sum"))
-            count += len(ids) - 1
-    return math.exp(total / count)
+
+    def logits_of(ids: torch.Tensor) -> torch.Tensor:
+        cache = PagedKVCache(model.config, num_blocks=(window + 15) // 16 + 1, block_size=16)
+        return step.prefill(cache, [SequenceBlocks(cache, len(ids))], [ids.tolist()], [None], all_rows=True)
+
+    return windowed_perplexity(tokens, window, logits_of)
 
 
 def greedy_act(model, prompts: list[list[int]], n: int, act: str):
