@@ -138,9 +138,10 @@ static atomic_long contended_until;  /* now_ns() before which the machine counts
 
 /* Which preemptions mark the machine oversubscribed (a build flag, for A/Bs: benchmarks/kernel_ab.py):
  * 1 any involuntary context switch of a pool thread; 0 none (the pool never steps aside);
- * k >= 2 at least k of one thread's switches within PREEMPT_WINDOW_NS. Default 3: on a quiet 2-core machine
- * rule 1 tripped on stray switches and cost 36-42% of decode speed, while with two busy processes beside
- * the engine rule 3 kept rule 1's speed and rule 0 lost up to 38% (README, 2026-12-01 04:10 UTC rows). */
+ * k >= 2 at least k of one thread's switches within PREEMPT_WINDOW_NS. Default 3: on a quiet 2-core
+ * Sapphire Rapids VM (AVX2 and AVX-512 builds) rule 1 tripped on stray switches and ran 26-30% slower
+ * than rule 0, while with two busy processes beside the engine (AVX2 build) rule 3 was within 7% of rule 1
+ * for one stream and 18% faster for 16, and rule 0 lost 38% for one stream (README, 2026-12-01 04:10 UTC). */
 #ifndef PUYU_PREEMPT_RULE
 #define PUYU_PREEMPT_RULE 3
 #endif
