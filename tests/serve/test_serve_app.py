@@ -422,7 +422,11 @@ def test_disconnect_cancels_and_frees_the_slot(stack, client, stream):
         during = engine.stats()
     handle = engine.handles[n_handles]
     # if the request is already over here, say how it ended (a forward error, or a finish) and what was read
-    assert during["running"] + during["waiting"] >= 1, (during, handle.result(timeout=20), got if stream else None)
+    if during["running"] + during["waiting"] == 0:
+        r = handle.result(timeout=20)
+        pytest.fail(f"the request was over before the client left: finish_reason={r.finish_reason!r}, "
+                    f"{len(r.token_ids)} tokens {r.token_ids[:12]}, text={r.text[:80]!r}, "
+                    f"handles {n_handles}->{len(engine.handles)}, read={got if stream else None}")
     result = handle.result(timeout=20)
     assert result.finish_reason == "abort" and len(result.token_ids) < max_tokens  # cancelled, not finished
     freed = sf.wait_until(lambda: (s := engine.stats())["running"] == 0 and s["cache_blocks_used"] ==
