@@ -17,10 +17,11 @@ BASE = dict(vocab_size=131, hidden_size=64, intermediate_size=96, num_hidden_lay
 def make_model(**kw) -> InternLM2ForCausalLM:
     model = InternLM2ForCausalLM(ModelConfig(**{**BASE, **kw})).reset_parameters(std=0.1, seed=1).eval()
     if kw.get("bias"):
+        g = torch.Generator().manual_seed(2)  # seeded: a test's model must not depend on the tests run before it
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if name.endswith(".bias"):
-                    p.uniform_(-0.2, 0.2)
+                    p.uniform_(-0.2, 0.2, generator=g)
     return model
 
 
@@ -72,6 +73,36 @@ class RoundTripAttention:
         scores = (q @ k.transpose(-1, -2)) / D ** 0.5  # [B, H, T, T]
         causal = torch.ones(T, T, dtype=torch.bool).tril()
         return scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v
+
+
+class StoredAttention(RoundTripAttention):
+    """A `cache` hook for the model's one-shot forward that attends over the keys/values an engine stored
+    for `seq` in `cache` (read back and decoded), not over recomputed ones: the reference for "the same
+    stored numbers". Recomputing them instead can flip a bf16 or int8 rounding where the engine's float
+    key differs from torch's in the last bit, which moves the logits far more than summation order does."""
+
+    def __init__(self, cache, seq):
+        super().__init__(None)
+        self.cache, self.seq = cache, seq
+
+    def attend(self, layer_idx, q, k, v):
+        """q [1, H, T, D]; k/v (recomputed, ignored) -> [1, H, T, D] over the stored k/v of positions [0, T)."""
+        c, T = self.cache, q.shape[2]
+        slots = self.seq.slots(0, T)  # [T]
+
+        def stored(pool, scales):
+            flat = pool[layer_idx].flatten(0, 1)[slots]  # [T, K, D]
+            sc = None if scales is None else scales[layer_idx].flatten(0, 1)[slots]  # [T, K]
+            return c.decode(flat, sc).float().transpose(0, 1)[None]  # [1, K, T, D]
+
+        return super().attend(layer_idx, q, stored(c.k, c.k_scale), stored(c.v, c.v_scale))
+
+
+@torch.inference_mode()
+def stored_logits(model, cache, seq, tokens: list[int], base=None) -> torch.Tensor:
+    """The model's one-shot forward logits [T, V] over `tokens`, attending over what `cache` stores for `seq`
+    (every one of the T positions must have been written)."""
+    return model(torch.tensor([tokens]), cache=StoredAttention(cache, seq), rope_base=base)[0].float()
 
 
 @torch.inference_mode()
