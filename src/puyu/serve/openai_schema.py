@@ -8,7 +8,9 @@ value or an argument the server does not know is a 400 whose body names the fiel
 OpenAI fields that puyu accepts but does not implement are accepted only at their neutral value
 (`presence_penalty: 0`, `logit_bias: {}`, `n: 1`, ...); anything else is rejected with a message saying so,
 never silently ignored. puyu extensions: `top_k`, `repetition_penalty`, `ignore_eos` (generate exactly
-`max_tokens`, for benchmarks), `session_id` and `interpreter` (the server-side code interpreter).
+`max_tokens`, for benchmarks; in a chat completion the text after a generated end marker such as
+`<|im_end|>` is not part of the message, so a stream sends nothing more until the finish chunk, whose
+usage counts every token), `session_id` and `interpreter` (the server-side code interpreter).
 
 Responses are built from the models below and dumped with `exclude_none=True`, which is how OpenAI's
 own streaming deltas look (absent, not null, fields).
