@@ -2,10 +2,10 @@
 
 For each run directory (a `puyu demo` output: data/, tokenizer/, pretrain/hf, longctx/hf) this scores the
 held-out a±b < 100 problems (`data/test_problems.json`, greedy, `puyu.train.evaluate.arithmetic_accuracy`)
-per cell of `puyu.tasks.synthetic.arithmetic_cell` (operator, digit counts of a and b, negative result),
+per cell of `puyu.tasks.synthetic.arithmetic_cell` (operator, digit counts of a, b and the result, its sign),
 and counts the same cells over the run's own pretraining records (`data/pretrain_train.jsonl`: plain
-problems, worksheets, problems after text, arithmetic chats). Also breaks errors down by answer length
-and by whether the model wrote the wrong sign / the wrong number of digits.
+problems, worksheets, problems after text, arithmetic chats). Also counts the errors by kind: wrong sign,
+wrong number of digits, first digit wrong, a later digit wrong.
 
     PYTHONPATH=src python benchmarks/arith_cells.py /work/main/runs/s6_lr5e4_s0 [...] [--stage longctx]
         [--json out.json]
@@ -103,10 +103,10 @@ def main() -> None:
         print(f"\n== {run} ({args.stage}): {res['accuracy']:.1%} of {res['n']}; by op "
               + ", ".join(f"{k} {v:.1%}" for k, v in res["by_op"].items()))
         print(f"training problems < 100 by record kind: {dict(kinds)}; errors: {dict(errors)}")
-        print(f"{'cell':<14}{'held-out n':>11}{'held %':>8}{'train %':>9}{'acc':>8}  wrong (first 6)")
+        print(f"{'cell':<18}{'held-out n':>11}{'held %':>8}{'train %':>9}{'acc':>8}  wrong (first 6)")
         for c in sorted(set(held) | set(cells)):
             acc = res["by_cell"].get(c, {}).get("accuracy", float("nan"))
-            print(f"{c:<14}{held[c]:>11}{100 * held[c] / len(small):>7.1f}%{100 * cells[c] / total:>8.1f}%"
+            print(f"{c:<18}{held[c]:>11}{100 * held[c] / len(small):>7.1f}%{100 * cells[c] / total:>8.1f}%"
                   f"{100 * acc:>7.1f}%  {'; '.join(wrong.get(c, [])[:6])}")
         out[str(run)] = {"accuracy": res["accuracy"], "by_op": res["by_op"], "by_cell": res["by_cell"],
                          "errors": dict(errors), "train_cells": dict(cells), "train_kinds": dict(kinds),

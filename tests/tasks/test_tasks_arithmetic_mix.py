@@ -27,12 +27,13 @@ def _problems(recs: list[dict]) -> list[Problem]:
 
 
 def test_cells_name_operator_digits_and_sign():
-    assert arithmetic_cell(Problem(12, "+", 34)) == "+ 2d2d"
-    assert arithmetic_cell(Problem(7, "+", 0)) == "+ 1d1d"
-    assert arithmetic_cell(Problem(40, "-", 8)) == "- 2d1d"
-    assert arithmetic_cell(Problem(12, "-", 19)) == "- 2d2d neg"
-    assert arithmetic_cell(Problem(3, "-", 3)) == "- 1d1d"  # zero is not negative
-    assert arithmetic_cell(Problem(5, "-", 200)) == "- 1d3d neg"
+    assert arithmetic_cell(Problem(12, "+", 34)) == "+ 2d2d =2d"
+    assert arithmetic_cell(Problem(7, "+", 0)) == "+ 1d1d =1d"
+    assert arithmetic_cell(Problem(97, "+", 8)) == "+ 2d1d =3d"
+    assert arithmetic_cell(Problem(40, "-", 8)) == "- 2d1d =2d"
+    assert arithmetic_cell(Problem(12, "-", 19)) == "- 2d2d =1d neg"
+    assert arithmetic_cell(Problem(3, "-", 3)) == "- 1d1d =1d"  # zero is not negative
+    assert arithmetic_cell(Problem(5, "-", 200)) == "- 1d3d =3d neg"
 
 
 def test_uniform_default_and_reweighted_shares():
@@ -56,7 +57,8 @@ def test_uniform_default_and_reweighted_shares():
     assert one_digit(mix, "+") == pytest.approx(0.25, abs=0.015)
     assert close(mix) > 0.3 + 0.7 * 0.1
     assert Counter(p.op for p in mix)["-"] == pytest.approx(n / 2, rel=0.05)
-    assert {arithmetic_cell(p) for p in mix} >= {"+ 1d1d", "- 1d1d neg", "- 2d2d neg", "- 2d1d", "+ 2d2d"}
+    assert {arithmetic_cell(p) for p in mix} >= {"+ 1d1d =1d", "- 1d1d =1d neg", "- 2d2d =1d neg", "- 2d1d =2d",
+                                                 "+ 2d2d =3d"}
 
 
 def test_records_are_deterministic_per_seed_and_keep_their_shape():
@@ -116,6 +118,6 @@ def test_base_check_scores_each_cell(tiny_tokenizer):
     probs = [Problem(12, "+", 34), Problem(12, "+", 5), Problem(33, "-", 28), Problem(12, "-", 19)]
     replies = ["46", "18", "5", "-5"]  # right, wrong, right, wrong
     res = arithmetic_accuracy(None, tok, probs, engine=_ScriptedEngine([tok.encode(x) + [tok.eos_id] for x in replies]))
-    assert res["by_cell"] == {"+ 2d1d": {"accuracy": 0.0, "n": 1}, "+ 2d2d": {"accuracy": 1.0, "n": 1},
-                              "- 2d2d": {"accuracy": 1.0, "n": 1}, "- 2d2d neg": {"accuracy": 0.0, "n": 1}}
+    assert res["by_cell"] == {"+ 2d1d =2d": {"accuracy": 0.0, "n": 1}, "+ 2d2d =2d": {"accuracy": 1.0, "n": 1},
+                              "- 2d2d =1d": {"accuracy": 1.0, "n": 1}, "- 2d2d =1d neg": {"accuracy": 0.0, "n": 1}}
     assert res["accuracy"] == 0.5 and res["by_op"] == {"+": 0.5, "-": 0.5}

@@ -44,10 +44,11 @@ class Problem:
 
 
 def arithmetic_cell(p: Problem) -> str:
-    """The problem's cell for per-cell accuracy and data counts: operator, digit counts of a and b, and
-    for a-b the sign of the result, e.g. `"+ 1d2d"`, `"- 2d2d neg"`, `"- 2d1d"` (result >= 0)."""
-    cell = f"{p.op} {len(str(p.a))}d{len(str(p.b))}d"
-    return cell + " neg" if answer(p.a, p.op, p.b) < 0 else cell
+    """The problem's cell for per-cell accuracy and data counts: operator, digit counts of a and b and of
+    the result, and its sign, e.g. `"+ 1d2d =2d"`, `"- 2d2d =1d neg"` (12-19=-7), `"- 2d1d =2d"`."""
+    r = answer(p.a, p.op, p.b)
+    cell = f"{p.op} {len(str(p.a))}d{len(str(p.b))}d ={len(str(abs(r)))}d"
+    return cell + " neg" if r < 0 else cell
 
 
 def held_out_problems(seed: int, n_small: int, n_big: int) -> tuple[list[Problem], list[Problem]]:

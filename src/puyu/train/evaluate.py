@@ -34,7 +34,7 @@ def arithmetic_accuracy(model, tokenizer, problems: list[Problem], engine=None) 
     "46") passes `arithmetic_score`, the rule of RL and `puyu eval` (the first number after the last '=',
     by value): " 46", "46.0" and "46 (carry the 1)" count, "47", "", "-46" and a completion that starts with a newline do not; what follows
     the first line (a new problem the base model made up) is not read. `by_cell`: accuracy and count per
-    `puyu.tasks.synthetic.arithmetic_cell` (operator, operand digit counts, negative result). Not stricter than the
+    `puyu.tasks.synthetic.arithmetic_cell` (operator, digit counts of the operands and the result, negative result). Not stricter than the
     chat check on purpose: this figure measures arithmetic, not the training data's exact format (the
     wrong examples show what was written)."""
     engine = engine or _engine(model, tokenizer)
