@@ -55,6 +55,24 @@ def training_cells(path: Path, limit: int | None = None) -> tuple[Counter, Count
     return cells, kinds
 
 
+# Three groups that sum up the cells (README "Fourth round"): what the model does well, and the two weak spots.
+GROUPS = {
+    "two-digit operands, result of 2+ digits": lambda c: " 2d2d " in c and "=1d" not in c,
+    "a-b, two-digit operands, one-digit result": lambda c: c.startswith("- 2d2d =1d"),
+    "a one-digit operand": lambda c: "1d" in c.split(" ")[1],
+}
+
+
+def group_accuracy(by_cell: dict) -> dict:
+    """{group: (accuracy, n)} over `arithmetic_accuracy`'s `by_cell` (cells < 100 only)."""
+    out = {}
+    for name, member in GROUPS.items():
+        cells = [v for k, v in by_cell.items() if member(k)]
+        n = sum(v["n"] for v in cells)
+        out[name] = (sum(v["n"] * v["accuracy"] for v in cells) / n if n else float("nan"), n)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
@@ -108,6 +126,7 @@ def main() -> None:
             acc = res["by_cell"].get(c, {}).get("accuracy", float("nan"))
             print(f"{c:<18}{held[c]:>11}{100 * held[c] / len(small):>7.1f}%{100 * cells[c] / total:>8.1f}%"
                   f"{100 * acc:>7.1f}%  {'; '.join(wrong.get(c, [])[:6])}")
+        print("groups: " + "; ".join(f"{k} {100 * a:.0f}% of {n}" for k, (a, n) in group_accuracy(res["by_cell"]).items()))
         out[str(run)] = {"accuracy": res["accuracy"], "by_op": res["by_op"], "by_cell": res["by_cell"],
                          "errors": dict(errors), "train_cells": dict(cells), "train_kinds": dict(kinds),
                          "wrong": wrong}
