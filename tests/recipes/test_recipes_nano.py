@@ -157,3 +157,28 @@ def test_turn_ending_target_counts_sample_chats_and_chat_arithmetic_together():
     assert _targets({"eval": ev, "timings_s": {"core": 600.0}})[key]["met"] is False
     ev["chat_arith_100"]["ends_with_im_end"] = 1.0
     assert _targets({"eval": ev, "timings_s": {"core": 600.0}})[key] == {"value": 1.0, "met": True}
+
+
+def test_long_context_reweighting_leaves_every_other_record_as_it_was(tmp_path):
+    from puyu.recipes.nano import NanoRecipe, build_corpus
+    from puyu.train.recipe import load_recipe
+
+    tiny = ["corpus.docs_chars=20000", "corpus.long_docs_chars=5000", "corpus.arithmetic=2000", "corpus.copy=100",
+            "corpus.pretrain_chats=100", "corpus.pretrain_tools=20", "corpus.long_arithmetic=3000",
+            "corpus.chats=100", "corpus.clean=false", "corpus.test_small=40", "corpus.test_big=10", "progress=false"]
+    base = load_recipe(None, tiny, cls=NanoRecipe)
+    mixed = load_recipe(None, tiny + ["corpus.long_arithmetic_p_short=0.25", "corpus.long_arithmetic_p_close=0.3"],
+                        cls=NanoRecipe)
+    build_corpus(base, tmp_path / "a")
+    build_corpus(mixed, tmp_path / "b")
+    for f in ("pretrain_train.jsonl", "pretrain_val.jsonl", "sft_train.jsonl", "sft_val.jsonl", "test_problems.json"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+    def close_share(path):
+        subs = [m for line in path.read_text().splitlines()
+                for m in re.findall(r"(?<!\d)(\d{1,2})-(\d{1,2})=", line)]
+        return sum(abs(int(a) - int(b)) <= 9 for a, b in subs) / len(subs)
+
+    # uniform operands: ~18% of subtractions have |a-b| <= 9; reweighted: 30% by construction plus the rest's
+    assert close_share(tmp_path / "a" / "longctx_train.jsonl") < 0.25 < 0.37 < close_share(
+        tmp_path / "b" / "longctx_train.jsonl")

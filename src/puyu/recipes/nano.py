@@ -52,6 +52,12 @@ class CorpusSection:
     arithmetic_p_big: float = 0.1
     arithmetic_p_sheet: float = 0.25  # worksheets of 2-4 problems (see synthetic.arithmetic_records)
     arithmetic_p_prefix: float = 0.3  # one problem after unrelated text (so it is solved anywhere, e.g. in a chat)
+    # < 100 problems: P(an operand has one digit) (None: uniform 0..99) and P(a subtraction has |a-b| <= 9),
+    # in pretraining and in the long-context stage (synthetic.arithmetic_records; README "Fourth round")
+    arithmetic_p_short: float | None = None
+    arithmetic_p_close: float = 0.0
+    long_arithmetic_p_short: float | None = None
+    long_arithmetic_p_close: float = 0.0
     passkey: int = 5000
     passkey_tokens: list = field(default_factory=lambda: [0, 128])
     copy: int = 15000
@@ -123,6 +129,12 @@ class NanoRecipe:
 
         if self.longctx.rope_theta is None:
             raise ConfigError("longctx.rope_theta must be set (the long-context stage raises the RoPE base)")
+        c = self.corpus
+        for key in ("arithmetic_p_big", "arithmetic_p_sheet", "arithmetic_p_prefix", "arithmetic_p_short",
+                    "arithmetic_p_close", "long_arithmetic_p_short", "long_arithmetic_p_close"):
+            v = getattr(c, key)
+            if v is not None and not 0.0 <= v <= 1.0:
+                raise ConfigError(f"corpus.{key} must be a probability in [0, 1], got {v}")
         for name in ("pretrain", "longctx", "sft"):
             st: StageSection = getattr(self, name)
             if st.steps <= 0 or st.batch_size <= 0 or st.seq_len < 2:
@@ -209,14 +221,24 @@ def build_corpus(r: NanoRecipe, data: Path) -> dict:
     facts = docstring_facts()
     bar.update()
     pre = docs_pre + S.arithmetic_records(rng, c.arithmetic, c.arithmetic_p_big, exclude, c.arithmetic_p_sheet,
-                                          p_prefix=c.arithmetic_p_prefix)
+                                          p_prefix=c.arithmetic_p_prefix, p_short=c.arithmetic_p_short,
+                                          p_close=c.arithmetic_p_close)
     bar.update()
     pre += S.copy_records(rng, c.copy, *c.copy_items, p_list=c.copy_p_list)
     pre += [S.arithmetic_chat(rng, exclude, c.arithmetic_p_big) for _ in range(c.pretrain_chats)]
     pre += [S.tool_chat(rng) if i % 2 else S.interpreter_chat(rng, exclude) for i in range(c.pretrain_tools)]
     long = list(docs_long)
-    long += S.arithmetic_records(rng, c.long_arithmetic, c.arithmetic_p_big, exclude, c.arithmetic_p_sheet,
-                                 p_prefix=c.arithmetic_p_prefix)
+    long_arith = S.arithmetic_records(rng, c.long_arithmetic, c.arithmetic_p_big, exclude, c.arithmetic_p_sheet,
+                                      p_prefix=c.arithmetic_p_prefix)
+    if c.long_arithmetic_p_short is not None or c.long_arithmetic_p_close:
+        # Reweighted long-context problems come from their own generator: the main one has drawn the
+        # uniform ones above (discarded), so every other record, the splits included, stays as without
+        # the reweighting and a run with it shares its pretraining data with one without.
+        long_arith = S.arithmetic_records(random.Random(f"puyu-long-arith-{r.seed}"), c.long_arithmetic,
+                                          c.arithmetic_p_big, exclude, c.arithmetic_p_sheet,
+                                          p_prefix=c.arithmetic_p_prefix, p_short=c.long_arithmetic_p_short,
+                                          p_close=c.long_arithmetic_p_close)
+    long += long_arith
     long += S.copy_records(rng, c.copy // 10, *c.copy_items, p_list=c.copy_p_list)
     bar.update()
     chats = S.chat_records(rng, c.chats, exclude, facts, c.chat_weights)
@@ -365,7 +387,8 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
     def task_hook(lm, step: int, elapsed: float) -> dict:
         res = E.arithmetic_accuracy(lm, tok, curve_probs)
         pk = E.passkey_accuracy(lm, tok, 10, r.pretrain.seq_len, seed=r.seed + 1)
-        return {"arith_acc_100": res["accuracy"], "passkey_short": pk["accuracy"], "minutes": elapsed / 60}
+        return {"arith_acc_100": res["accuracy"], "arith_by_op": res["by_op"], "passkey_short": pk["accuracy"],
+                "minutes": elapsed / 60}
 
     # pretrain -> longctx -> sft
     stages = [("pretrain", None), ("longctx", str(out / "pretrain" / "hf")), ("sft", str(out / "longctx" / "hf"))]
@@ -457,7 +480,8 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
 def _curve(metrics_path: Path) -> list[dict]:
     from puyu.train.metrics import read_metrics
 
-    return [{"step": m["step"], "minutes": round(m["minutes"], 2), "arith_acc_100": m["arith_acc_100"]}
+    return [{"step": m["step"], "minutes": round(m["minutes"], 2), "arith_acc_100": m["arith_acc_100"],
+             **({"by_op": m["arith_by_op"]} if "arith_by_op" in m else {})}
             for m in read_metrics(metrics_path) if m.get("kind") == "task"]
 
 
@@ -509,6 +533,9 @@ def _write_report(out: Path, rep: dict) -> None:
         f"- a+b, a-b with a, b < 100 (base model, {ev['base_arith_100']['n']} held-out problems): "
         f"{pct(ev['base_arith_100']['accuracy'])} (by op: "
         + ", ".join(f"{k} {pct(v)}" for k, v in ev["base_arith_100"]["by_op"].items()) + ")",
+        *([("  by cell (operator, digits of a, b and the result, negative result; `benchmarks/arith_cells.py`): "
+            + ", ".join(f"{k} {pct(v['accuracy'])} of {v['n']}" for k, v in ev["base_arith_100"]["by_cell"].items()))]
+          if "by_cell" in ev["base_arith_100"] else []),
         f"- a+b, a-b with a, b < 1000 (base model, {ev['base_arith_1000']['n']} held-out problems): "
         f"{pct(ev['base_arith_1000']['accuracy'])}",
         f"- passkey retrieval at the long-context training length ({ev['passkey']['prompt_tokens']} tokens, "
@@ -543,8 +570,10 @@ def _write_report(out: Path, rep: dict) -> None:
         "| stage | wall | CPU |", "|---|---|---|",
         *[f"| {k} | {v:.0f} | {rep['cpu_s'].get(k, float('nan')):.0f} |" for k, v in t.items()],
         "", "## Arithmetic accuracy (< 100, held out) during pretraining", "",
-        "| step | minutes | accuracy |", "|---|---|---|",
-        *[f"| {c['step']} | {c['minutes']:.1f} | {pct(c['arith_acc_100'])} |" for c in rep["curve"]],
+        "| step | minutes | accuracy | a+b | a-b |", "|---|---|---|---|---|",
+        *[f"| {c['step']} | {c['minutes']:.1f} | {pct(c['arith_acc_100'])} | "
+          + " | ".join(pct(c["by_op"][op]) if op in c.get("by_op", {}) else "" for op in "+-") + " |"
+          for c in rep["curve"]],
         "", "## Sample chats (chat model, greedy)", "",
     ]
     for s in ev["chat_samples"]["samples"]:

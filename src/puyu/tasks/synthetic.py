@@ -43,6 +43,14 @@ class Problem:
         return str(answer(self.a, self.op, self.b))
 
 
+def arithmetic_cell(p: Problem) -> str:
+    """The problem's cell for per-cell accuracy and data counts: operator, digit counts of a and b and of
+    the result, and its sign, e.g. `"+ 1d2d =2d"`, `"- 2d2d =1d neg"` (12-19=-7), `"- 2d1d =2d"`."""
+    r = answer(p.a, p.op, p.b)
+    cell = f"{p.op} {len(str(p.a))}d{len(str(p.b))}d ={len(str(abs(r)))}d"
+    return cell + " neg" if r < 0 else cell
+
+
 def held_out_problems(seed: int, n_small: int, n_big: int) -> tuple[list[Problem], list[Problem]]:
     """Test problems: `n_small` with a, b < 100 and `n_big` with a, b < 1000 (distinct, half + half -),
     drawn from their own seed. Training generators skip all of them."""
@@ -57,20 +65,45 @@ def held_out_problems(seed: int, n_small: int, n_big: int) -> tuple[list[Problem
     return out[0], out[1]
 
 
-def _training_problem(rng: random.Random, p_big: float, exclude: set[Problem]) -> Problem:
+def _training_problem(rng: random.Random, p_big: float, exclude: set[Problem],
+                      p_short: float | None = None, p_close: float = 0.0) -> Problem:
+    """One training problem not in `exclude`: operands < 1000 with probability `p_big`, else < 100.
+    For < 100: each operand has one digit with probability `p_short` (None: uniform over 0..99, so 0.1),
+    and a subtraction has |a-b| <= 9 (a one-digit result, either sign) with probability `p_close`."""
     while True:
-        limit = 1000 if rng.random() < p_big else 100
-        p = Problem(rng.randrange(limit), rng.choice(OPS), rng.randrange(limit))
+        if rng.random() < p_big:
+            p = Problem(rng.randrange(1000), rng.choice(OPS), rng.randrange(1000))
+        elif p_short is None and not p_close:
+            p = Problem(rng.randrange(100), rng.choice(OPS), rng.randrange(100))
+        else:
+            op = rng.choice(OPS)
+            if op == "-" and rng.random() < p_close:
+                a = rng.randrange(100)
+                b = a + rng.randint(-9, 9)
+                if not 0 <= b < 100:
+                    continue
+            else:
+                a, b = (rng.randrange(100) if p_short is None else
+                        rng.randrange(10) if rng.random() < p_short else rng.randrange(10, 100) for _ in "ab")
+            p = Problem(a, op, b)
         if p not in exclude:
             return p
 
 
 def arithmetic_records(rng: random.Random, n: int, p_big: float, exclude: set[Problem],
-                       p_sheet: float = 0.0, max_sheet: int = 4, p_prefix: float = 0.0) -> list[dict]:
+                       p_sheet: float = 0.0, max_sheet: int = 4, p_prefix: float = 0.0,
+                       p_short: float | None = None, p_close: float = 0.0) -> list[dict]:
     """`n` records; a fraction `p_big` of problems with operands < 1000, the rest < 100. Most are one
     problem (prompt/completion); a fraction `p_sheet` are "worksheets" of 2..max_sheet problems, one
     per line, trained on every answer, so that problems also appear after other text in a document;
     a fraction `p_prefix` are one problem after unrelated text (`context_prefix`, no loss on it).
+    `p_short` and `p_close` reweight the < 100 problems toward one-digit operands and one-digit
+    differences (`_training_problem`; None and 0.0: uniform operands).
+
+    Why the reweighting: a nano base model trained on uniform operands (nano recipe, pretraining lr
+    5e-4, seeds 0-2) got a+b and a-b with two-digit operands and a two-digit result 85-100% right, but
+    a-b with two-digit operands and a one-digit result 13-24% (about 1 held-out problem in 10) and
+    problems with a one-digit operand 50-97% (about 1 in 5); `benchmarks/arith_cells.py`.
 
     Why the last two: the position of a token restarts in every packed document, and a nano model
     trained only on problems at a document's start computes them there and almost nowhere else
@@ -80,16 +113,16 @@ def arithmetic_records(rng: random.Random, n: int, p_big: float, exclude: set[Pr
     while len(out) < n:
         u = rng.random()
         if u < p_prefix:
-            p = _training_problem(rng, p_big, exclude)
+            p = _training_problem(rng, p_big, exclude, p_short, p_close)
             out.append({"segments": [[context_prefix(rng) + p.prompt, False], [p.answer, True]]})
         elif u < p_prefix + p_sheet:
             segs = []
             for k in range(rng.randint(2, max_sheet)):
-                p = _training_problem(rng, p_big, exclude)
+                p = _training_problem(rng, p_big, exclude, p_short, p_close)
                 segs += [[("\n" if k else "") + p.prompt, False], [p.answer, True]]
             out.append({"segments": segs})
         else:
-            p = _training_problem(rng, p_big, exclude)
+            p = _training_problem(rng, p_big, exclude, p_short, p_close)
             out.append({"prompt": p.prompt, "completion": p.answer})
     return out
 

@@ -11,7 +11,7 @@ import random
 import time
 
 from puyu.model.chat_format import IM_END, encode_chat
-from puyu.tasks.synthetic import SYSTEM, TOOLS, Problem, passkey_prompt
+from puyu.tasks.synthetic import SYSTEM, TOOLS, Problem, arithmetic_cell, passkey_prompt
 from puyu.tasks.verifiable import arithmetic_raw_text, arithmetic_score
 
 
@@ -33,24 +33,28 @@ def arithmetic_accuracy(model, tokenizer, problems: list[Problem], engine=None) 
     followed by the completion's first line (`puyu.tasks.verifiable.arithmetic_raw_text`: "12+34=" +
     "46") passes `arithmetic_score`, the rule of RL and `puyu eval` (the first number after the last '=',
     by value): " 46", "46.0" and "46 (carry the 1)" count, "47", "", "-46" and a completion that starts with a newline do not; what follows
-    the first line (a new problem the base model made up) is not read. Not stricter than the
+    the first line (a new problem the base model made up) is not read. `by_cell`: accuracy and count per
+    `puyu.tasks.synthetic.arithmetic_cell` (operator, digit counts of the operands and the result, negative result). Not stricter than the
     chat check on purpose: this figure measures arithmetic, not the training data's exact format (the
     wrong examples show what was written)."""
     engine = engine or _engine(model, tokenizer)
     t0 = time.perf_counter()
     prompts = [[tokenizer.bos_id] + tokenizer.encode(p.prompt) for p in problems]
     results = _greedy(engine, prompts, max_new=8, stop_ids=[tokenizer.eos_id])
-    correct, by_op, wrong = 0, {}, []
+    correct, by_op, by_cell, wrong = 0, {}, {}, []
     for p, r in zip(problems, results):
         got = tokenizer.decode([t for t in r.token_ids if t != tokenizer.eos_id])
         ok = arithmetic_score(arithmetic_raw_text(p.prompt, got), {"answer": p.answer}) == 1.0
         correct += ok
-        hit, n = by_op.get(p.op, (0, 0))
-        by_op[p.op] = (hit + ok, n + 1)
+        for key, table in ((p.op, by_op), (arithmetic_cell(p), by_cell)):
+            hit, n = table.get(key, (0, 0))
+            table[key] = (hit + ok, n + 1)
         if not ok and len(wrong) < 8:
             wrong.append(f"{p.prompt}{got.strip()}  (expected {p.answer})")
     return {"accuracy": correct / max(len(problems), 1), "n": len(problems),
-            "by_op": {op: h / n for op, (h, n) in by_op.items()}, "wrong_examples": wrong,
+            "by_op": {op: h / n for op, (h, n) in by_op.items()},
+            "by_cell": {c: {"accuracy": h / n, "n": n} for c, (h, n) in sorted(by_cell.items())},
+            "wrong_examples": wrong,
             "seconds": time.perf_counter() - t0}
 
 
