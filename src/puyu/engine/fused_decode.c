@@ -962,9 +962,11 @@ static void q_row(const QW *q, int K, long n, float *out) {
  * which a per-block correction (-offset * the block's sum of q_x, precomputed with the activations) takes
  * out in the accumulator's first value. vpmaddubsw saturates pairs at 32767, which (w + 128) * q_x can
  * exceed, so the AVX2 int8 product moves the weight's sign onto the activation instead (|w| x sign(x, w),
- * pairs <= 2 * 127 * 127). AVX-512 int4 reads 64 stored bytes = 128 elements per step: the low nibbles
- * hold elements 0-15 of each 32-block and the high ones 16-31, so the activations of such a chunk are
- * stored in that order (see qa_quantize); int32 lane l then covers block l / 4. */
+ * pairs <= 2 * 127 * 127; int4 pairs <= 2 * 15 * 127). Int4 reads a chunk of QA_INT4_CHUNK elements per
+ * step (AVX-512: 64 stored bytes = 128 elements; AVX2: 32 bytes = 64): one and for the low nibbles, one
+ * shift and one and for the high ones; the low nibbles hold elements 0-15 of each 32-block of the chunk and
+ * the high ones 16-31, so the activations of a chunk are stored in that order (see qa_quantize); int32 lane
+ * l then covers block l / 4, and one convert and one FMA per vector serve 4 (AVX-512) or 2 (AVX2) blocks. */
 #define QA_BLOCK 32
 #if PUYU_AVX512 && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define IDOT 512
@@ -990,11 +992,13 @@ typedef struct {
     int32_t *c;
 } QAct;
 
-static inline int qa_lanes(int fmt) { return IDOT == 512 && fmt == FMT_INT4 ? 4 : 8; }
+static inline int qa_lanes(int fmt) { return IDOT && fmt == FMT_INT4 ? 4 : 8; }
+/* int4: elements per vector step (a chunk of the activations stored in nibble order, see qa_quantize). */
+#define QA_INT4_CHUNK (IDOT == 512 ? 128 : 64)
 /* Elements of a row the vector loop covers in whole steps (the rest, whole or partial blocks, in scalar
  * code): int4 rows are padded to whole blocks with zero weights, int8 rows are not padded. */
 static inline int qa_vec_end(int fmt, int K) {
-    int Kp = (K + QA_BLOCK - 1) / QA_BLOCK * QA_BLOCK, step = IDOT == 512 ? (fmt == FMT_INT4 ? 128 : 64) : 32;
+    int Kp = (K + QA_BLOCK - 1) / QA_BLOCK * QA_BLOCK, step = fmt == FMT_INT4 ? QA_INT4_CHUNK : IDOT == 512 ? 64 : 32;
     return IDOT ? (fmt == FMT_INT4 ? Kp : K) / step * step : 0;
 }
 
@@ -1015,7 +1019,8 @@ static int qa_quantize(int fmt, int M, int K, const float *x, int ldx, QAct *a) 
     a->e = (float *)(qa_mem + (long)M * ld);
     a->c = (int32_t *)(a->e + (long)M * nb * 8);
     a->s = (float *)(a->c + (long)M * nb * 8);
-    int perm_end = IDOT == 512 && fmt == FMT_INT4 ? qa_vec_end(fmt, K) : 0;  /* chunks stored in nibble order */
+    int perm_end = IDOT && fmt == FMT_INT4 ? qa_vec_end(fmt, K) : 0;  /* chunks stored in nibble order */
+    const int CH = QA_INT4_CHUNK, BPC = QA_INT4_CHUNK / QA_BLOCK;
     int offset = fmt == FMT_INT4 ? 8 : 128;
     for (int m = 0; m < M; m++) {
         const float *xr = x + (long)m * ldx;
@@ -1036,10 +1041,10 @@ static int qa_quantize(int fmt, int M, int K, const float *x, int ldx, QAct *a) 
                 blk[k - k0] = (int8_t)v;
                 sum += v;
             }
-            if (k0 < perm_end) {  /* chunk c = k0 / 128, block i = b % 4: low nibbles first, then high */
-                int8_t *chunk = qr + (k0 & ~127);
-                memcpy(chunk + (b & 3) * 16, blk, 16);
-                memcpy(chunk + 64 + (b & 3) * 16, blk + 16, 16);
+            if (k0 < perm_end) {  /* chunk k0 / CH, its block b % BPC: low nibbles first, then high */
+                int8_t *chunk = qr + k0 / CH * CH;
+                memcpy(chunk + (b % BPC) * 16, blk, 16);
+                memcpy(chunk + CH / 2 + (b % BPC) * 16, blk + 16, 16);
             } else {
                 memcpy(qr + k0, blk, QA_BLOCK);
             }
@@ -1076,6 +1081,27 @@ static inline float idot_scalar(int fmt, const QAct *a, int m, const uint8_t *w,
     return sum;
 }
 
+#if IDOT
+
+/* Software prefetch for the integer tiles: NR weight rows are read as NR streams, S bytes of each per step;
+ * each stream asks for the line PF_DIST bytes ahead of where it reads (past its row's end: the same row of
+ * the next tile, NR rows on, which this thread reads next), into L1. The hardware prefetcher alone fell
+ * behind on short rows (K = 2048: int4 rows are 1 KB, a 4 KB page holds 4 of them): measured on the
+ * 1.8B shapes, one product over ~1 GB of weights, 2 threads, CPU time (Sapphire Rapids, load 6-8):
+ * K = 2048 int8 21-25 -> 25-32 GB/s, int4 13-15 -> 17-21; K = 8192 (4-8 KB rows) unchanged within noise
+ * (distances 256-2048 and the L2 hint tried: 512 into L1 was best). */
+#define PF_DIST 512
+#define PF_HINT _MM_HINT_T0
+static inline __attribute__((always_inline)) void prefetch_rows(const int NR, const uint8_t *w, long rb, long off,
+                                                                int S) {
+    if ((off & 63) >= S) return;
+    long ahead = off + PF_DIST;
+    const uint8_t *p = w + ahead + (ahead >= rb ? (long)(NR - 1) * rb : 0);
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; j++) _mm_prefetch((const char *)p + j * rb, PF_HINT);
+}
+#endif
+
 #if IDOT == 512
 /* MR activation rows x NR weight rows (MR * NR <= 16): sums[i * NR + j]. */
 static inline __attribute__((always_inline)) void itile(const int fmt, const int MR, const int NR, const QAct *a, int m,
@@ -1094,6 +1120,7 @@ static inline __attribute__((always_inline)) void itile(const int fmt, const int
         for (int k = 0; k < end; k += 64) {
             __m512i wv[16], xv[4], cv[4];
             __m512 ev[4];
+            prefetch_rows(NR, w, rb, k, 64);
 #pragma GCC unroll 16
             for (int j = 0; j < NR; j++) wv[j] = _mm512_xor_si512(_mm512_loadu_si512(w + j * rb + k), flip);
 #pragma GCC unroll 4
@@ -1119,6 +1146,7 @@ static inline __attribute__((always_inline)) void itile(const int fmt, const int
         for (int k = 0; k < end; k += 128) {
             __m512i xl[4], xh[4], cv[4];
             __m512 ev[4];
+            prefetch_rows(NR, w, rb, k / 2, 64);
 #pragma GCC unroll 4
             for (int i = 0; i < MR; i++) {
                 xl[i] = _mm512_load_si512(q + i * ldq + k);
@@ -1168,11 +1196,12 @@ static inline __attribute__((always_inline)) void itile(const int fmt, const int
     const int end = qa_vec_end(fmt, a->K);
     const long ldq = a->ld, lds = a->nb, lde = (long)a->nb * 8;
     const int8_t *q = a->q + (long)m * ldq;
-    const float *s = a->s + (long)m * lds;
+    const float *s = a->s + (long)m * lds, *e = a->e + (long)m * lde;
     const int32_t *c = a->c + (long)m * lde;
     if (fmt == FMT_INT8) {
         for (int k = 0; k < end; k += 32) {
             __m256i wa[8], wv[8];
+            prefetch_rows(NR, w, rb, k, 32);
 #pragma GCC unroll 8
             for (int j = 0; j < NR; j++) {
                 wv[j] = _mm256_loadu_si256((const __m256i *)(w + j * rb + k));
@@ -1190,26 +1219,30 @@ static inline __attribute__((always_inline)) void itile(const int fmt, const int
             }
         }
     } else {
+        /* 64 elements = 32 stored bytes (blocks A, B) per step: the low nibbles hold A 0-15 and B 0-15, the
+         * high ones A 16-31 and B 16-31, as the activations are stored; int32 lane l covers block l / 4. */
         const __m256i low = _mm256_set1_epi8(15);
         const int gs = __builtin_ctz(G);
-        for (int k = 0; k < end; k += 32) {
-            __m256i wv[8];
-            __m256 ws[8];
+        const __m256i pair = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+        for (int k = 0; k < end; k += 64) {
+            prefetch_rows(NR, w, rb, k / 2, 32);
 #pragma GCC unroll 8
             for (int j = 0; j < NR; j++) {
-                __m128i v = _mm_loadu_si128((const __m128i *)(w + j * rb + k / 2));
-                wv[j] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), low);
-                ws[j] = _mm256_set1_ps(sc[(long)j * ns + (k >> gs)]);
-            }
+                __m256i v = _mm256_loadu_si256((const __m256i *)(w + j * rb + k / 2));
+                __m256i lo = _mm256_and_si256(v, low), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                const float *sg = sc + (long)j * ns + (k >> gs);
+                __m256 ws = G == 32 ? _mm256_permutevar8x32_ps(_mm256_castps128_ps256(
+                                          _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)sg))), pair)
+                                    : _mm256_set1_ps(*sg);  /* G >= 64: both blocks in one group */
 #pragma GCC unroll 4
-            for (int i = 0; i < MR; i++) {
-                __m256i xv = _mm256_load_si256((const __m256i *)(q + i * ldq + k));
-                __m256i cv = _mm256_loadu_si256((const __m256i *)(c + i * lde + k / 4));
-                __m256 sv = _mm256_set1_ps(s[i * lds + k / 32]);
-#pragma GCC unroll 8
-                for (int j = 0; j < NR; j++)
-                    acc[i * NR + j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(idot32(wv[j], xv, cv)), _mm256_mul_ps(sv, ws[j]),
-                                                      acc[i * NR + j]);
+                for (int i = 0; i < MR; i++) {
+                    __m256i xl = _mm256_load_si256((const __m256i *)(q + i * ldq + k));
+                    __m256i xh = _mm256_load_si256((const __m256i *)(q + i * ldq + k + 32));
+                    __m256i cv = _mm256_loadu_si256((const __m256i *)(c + i * lde + k / 8));
+                    __m256 ev = _mm256_loadu_ps(e + i * lde + k / 8);
+                    __m256i t = idot32(hi, xh, idot32(lo, xl, cv));
+                    acc[i * NR + j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_mul_ps(ev, ws), acc[i * NR + j]);
+                }
             }
         }
     }
