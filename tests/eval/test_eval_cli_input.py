@@ -1,6 +1,7 @@
 """`puyu eval run` refuses bad command-line values at once with one `error:` line (no traceback, no
 silent substitute, no retries): an output folder that is a file, --max-new-tokens below 1, a negative
-temperature, a label that is not one folder name, an --api-base that is not an http(s) URL."""
+temperature, a label that is not one folder name, an --api-base that is not an http(s) URL, arithmetic options
+that are not positive integers."""
 
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ def test_an_output_path_that_is_a_file_is_one_error_line(tmp_path, capsys):
     (["--temperature", "-0.5"], "--temperature must be at least 0"),
     (["--label", "a/b"], "--label 'a/b': use letters"),
     (["--label", ".."], "--label '..': use letters"),
+    (["--option", "n=abc"], "--option n='abc': expected a positive integer"),
+    (["--option", "n=-1"], "--option n=-1: expected a positive integer"),
+    (["--option", "sizes=0"], "--option sizes=0: expected a positive integer"),
+    (["--option", "sizes="], "--option sizes='': expected a positive integer"),
+    (["--option", "test_small=x"], "--option test_small='x': expected a positive integer"),
 ])
 def test_bad_values_are_refused_not_replaced(tmp_path, capsys, argv, msg):
     err = _err(capsys, ["arithmetic", "--out", str(tmp_path / "o"), *DEAD, *argv])

@@ -68,6 +68,7 @@ def check_memory(args: argparse.Namespace) -> None:
     from puyu.model.checkpoint import QUANT_KEY, resolve_device
     from puyu.model.info import resolve_config
     from puyu.model.memory import check_fits
+    from puyu.model.quant import check_format
 
     if getattr(args, "no_memory_check", False) or resolve_device(args.device).type != "cpu":
         return
@@ -77,6 +78,8 @@ def check_memory(args: argparse.Namespace) -> None:
     # 32), so its group counts, not --group's default
     group = args.group if args.weights else int(stored.get("group", args.group))
     weights = args.weights or stored.get("weights") or "f32"
+    if args.weights:
+        check_format(args.weights, group)  # a bad --group is named before any size is computed from it
     check_fits(cfg, weights, kv_format(args), getattr(args, "context", None), group=group)
 
 

@@ -43,6 +43,17 @@ def problems(seed: int, size: int, n: int, test_small: int = 400, test_big: int 
     return list(chosen)
 
 
+def _positive(value, key: str) -> int:
+    """An option's value as a positive int, or EvalError naming the option."""
+    try:
+        v = int(str(value).strip())
+    except ValueError:
+        raise EvalError(f"arithmetic: --option {key}={value!r}: expected a positive integer") from None
+    if v < 1:
+        raise EvalError(f"arithmetic: --option {key}={v}: expected a positive integer")
+    return v
+
+
 class Arithmetic(Task):
     name = "arithmetic"
     description = "a+b and a-b at operands < 100, < 1000, < 10^4 (the nano recipe's held-out problems)"
@@ -51,14 +62,15 @@ class Arithmetic(Task):
 
     def samples(self, ctx: Context) -> list[Sample]:
         o = ctx.options
-        sizes = [int(x) for x in str(o.get("sizes", "100,1000,10000")).split(",")]
-        n = int(o.get("n", 100))
+        sizes = [_positive(x, "sizes") for x in str(o.get("sizes", "100,1000,10000")).split(",")]
+        n = _positive(o.get("n", 100), "n")
+        test_small, test_big = _positive(o.get("test_small", 400), "test_small"), _positive(o.get("test_big", 200), "test_big")
         style = "chat" if ctx.interpreter else o.get("style", "raw")
         if style not in ("raw", "chat"):
             raise EvalError(f"arithmetic: unknown style {style!r} (raw, chat)")
         out = []
         for size in sizes:
-            for p in problems(ctx.seed, size, n, int(o.get("test_small", 400)), int(o.get("test_big", 200))):
+            for p in problems(ctx.seed, size, n, test_small, test_big):
                 q = p.prompt[:-1]
                 record = {"question": q, "answer": p.answer, "size": size, "style": style}
                 s = Sample(id=f"{size}:{q}", record=record, groups={"size": f"< {size}", "op": p.op})

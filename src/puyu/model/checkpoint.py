@@ -64,9 +64,17 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None -> cuda when available, else cpu. Raises ConfigError for a name torch does not know, or for
+    cuda where this torch build or machine has none (rather than torch's assertion deep in a load)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}; use cpu or cuda (cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: this torch build or machine has no CUDA device; use --device cpu")
+    return dev
 
 
 def parse_size(text: str | int | None) -> int | None:

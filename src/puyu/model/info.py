@@ -147,6 +147,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.context <= 0:
         raise PuyuError("--context must be positive")
+    if args.weights:
+        from puyu.model.quant import check_format
+
+        check_format(args.weights, args.group)  # the group sizes the loader accepts, nothing else
     s = summary(resolve_config(args.model), args.context, args.kv_dtype, args.weight_dtype, args.weights, args.group,
                 args.kv)
     print(json.dumps(s, indent=2) if args.json else format_summary(s))

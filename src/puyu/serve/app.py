@@ -495,13 +495,23 @@ def _chat_response(cid: str, model: str, result: dict) -> ChatCompletion:
 
 
 # ---- CLI ----------------------------------------------------------------------------------------------
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (0-65535)")
+    return port
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from puyu.model.checkpoint import parse_size
 
     p.add_argument("--model", required=True, help="checkpoint directory (or a preset name, random weights)")
     p.add_argument("--tokenizer", help="tokenizer directory or .model file (default: the model directory)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    p.add_argument("--port", type=int, default=23333)
+    p.add_argument("--port", type=_port, default=23333, help="TCP port, 0-65535 (0: any free port)")
     p.add_argument("--api-key", default=os.environ.get("PUYU_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1/ (default: $PUYU_API_KEY, else none)")
     p.add_argument("--served-model-name", help="model id reported by /v1/models (default: directory name)")
