@@ -1,6 +1,6 @@
 """Bad device names, int4 group sizes and ports on the command line are one `error:` line, not a traceback
 (found by trying the CLI as a new user: `--device cuda` on a CPU-only torch, `info --group 0`, `serve --port
-99999`)."""
+99999`), and a --model directory that does not exist is named as such (not as a missing tokenizer)."""
 
 from __future__ import annotations
 
@@ -46,3 +46,11 @@ def test_serve_refuses_a_port_out_of_range(capsys, port, msg):
     with pytest.raises(SystemExit) as e:
         main(["serve", "--model", "nano", "--port", port])
     assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["generate", "chat"])
+def test_a_missing_model_directory_is_named_as_such(capsys, tmp_path, command):
+    missing = tmp_path / "doesnotexist"
+    argv = [command, "--model", str(missing)] + (["hi"] if command == "generate" else [])
+    err = _one_error_line(capsys, argv)
+    assert "is neither a checkpoint directory nor a preset" in err and "tokenizer" not in err, err

@@ -110,6 +110,10 @@ def load_model_and_tokenizer(args: argparse.Namespace, need_tokenizer: bool):
     from puyu.model.gguf_file import is_gguf
     from puyu.model.tokenizer import load_tokenizer
 
+    if not Path(args.model).exists():
+        from puyu.model.info import resolve_config
+
+        resolve_config(str(args.model))  # a preset name passes; anything else: "neither a checkpoint ... nor a preset"
     tok_path = args.tokenizer
     if tok_path is None and Path(args.model).is_dir() and (Path(args.model) / "tokenizer.model").exists():
         tok_path = args.model
