@@ -1081,6 +1081,17 @@ static inline float idot_scalar(int fmt, const QAct *a, int m, const uint8_t *w,
     return sum;
 }
 
+/* Blocks b0.. of every (row, channel) pair of a tile added to its sum (the vector loop's tail; all of the
+   blocks in the portable build), then int8's per-channel scale (int4's per-group scales are already in). */
+static inline void itile_finish(int fmt, int MR, int NR, const QAct *a, int m, const uint8_t *w, long rb,
+                                const float *sc, int ns, int G, int b0, float *sums) {
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) {
+            float t = sums[i * NR + j] + idot_scalar(fmt, a, m + i, w + j * rb, sc + (long)j * ns, G, b0);
+            sums[i * NR + j] = fmt == FMT_INT8 ? t * sc[(long)j * ns] : t;
+        }
+}
+
 #if IDOT
 
 /* Software prefetch for the integer tiles: NR weight rows are read as NR streams, S bytes of each per step;
@@ -1170,11 +1181,7 @@ static inline __attribute__((always_inline)) void itile(const int fmt, const int
         }
     }
     _mm512_storeu_ps(sums, reduce16(acc));
-    for (int i = 0; i < MR; i++)
-        for (int j = 0; j < NR; j++) {
-            float t = sums[i * NR + j] + idot_scalar(fmt, a, m + i, w + j * rb, sc + (long)j * ns, G, end / QA_BLOCK);
-            sums[i * NR + j] = fmt == FMT_INT8 ? t * sc[(long)j * ns] : t;
-        }
+    itile_finish(fmt, MR, NR, a, m, w, rb, sc, ns, G, end / QA_BLOCK, sums);
 }
 #define ITILE_MAX 16
 #elif IDOT == 256
@@ -1247,21 +1254,14 @@ static inline __attribute__((always_inline)) void itile(const int fmt, const int
         }
     }
     _mm256_storeu_ps(sums, reduce8(acc));
-    for (int i = 0; i < MR; i++)
-        for (int j = 0; j < NR; j++) {
-            float t = sums[i * NR + j] + idot_scalar(fmt, a, m + i, w + j * rb, sc + (long)j * ns, G, end / QA_BLOCK);
-            sums[i * NR + j] = fmt == FMT_INT8 ? t * sc[(long)j * ns] : t;
-        }
+    itile_finish(fmt, MR, NR, a, m, w, rb, sc, ns, G, end / QA_BLOCK, sums);
 }
 #define ITILE_MAX 8
 #else
 static inline void itile(const int fmt, const int MR, const int NR, const QAct *a, int m, const uint8_t *w, long rb,
                          const float *sc, int ns, int G, float *sums) {
-    for (int i = 0; i < MR; i++)
-        for (int j = 0; j < NR; j++) {
-            float t = idot_scalar(fmt, a, m + i, w + j * rb, sc + (long)j * ns, G, 0);
-            sums[i * NR + j] = fmt == FMT_INT8 ? t * sc[(long)j * ns] : t;
-        }
+    for (int i = 0; i < MR * NR; i++) sums[i] = 0.0f;
+    itile_finish(fmt, MR, NR, a, m, w, rb, sc, ns, G, 0, sums);
 }
 #define ITILE_MAX 1
 #endif
