@@ -1645,6 +1645,12 @@ static inline __attribute__((always_inline)) void weighted_values(const int NV, 
 enum { KV_F32 = 0, KV_BF16 = 1, KV_INT8 = 2 };
 #define KVB 32           /* tokens per block (32 x head_dim floats: 16 KiB at D = 128, in L1) */
 #define ATT_MIN_CHUNK 256 /* a sequence is split across cores in chunks of at least this many tokens */
+/* Tokens of at most this many bytes per kv row (K heads x D elements) have the next block's keys and values
+ * prefetched while a block is scored: a small model's token is a few cache lines in a page of P tokens,
+ * runs too short for the hardware prefetchers, so each block's rows came from L3 one miss at a time (nano,
+ * 16 rows x 97 keys: the value loads were the hottest instructions of the attention). Larger tokens are
+ * long contiguous runs that the hardware prefetchers follow. */
+#define KV_PREFETCH_BYTES 1024
 
 static inline long kv_elem_bytes(int fmt) { return fmt == KV_F32 ? 4 : fmt == KV_BF16 ? 2 : 1; }
 
@@ -1860,9 +1866,16 @@ static void attend_range(const Ctx *c, int b, int t0, int t1, float *part, float
     float *s = work, *buf = work + (long)n_rep * KVB;
     for (int h = 0; h < H; h++) m[h] = -INFINITY, l[h] = 0.0f;
     memset(o, 0, sizeof(float) * H * D);
+    long tok_bytes = kstride * eb;  /* one token's K heads, side by side */
     for (int tb = t0; tb < t1; tb += KVB) {
         int n = t1 - tb < KVB ? t1 - tb : KVB;
         const long *sl = slot + tb;
+        if (tok_bytes <= KV_PREFETCH_BYTES)  /* the next block's keys and values into L2 (see KV_PREFETCH_BYTES) */
+            for (int j = tb + KVB; j < t1 && j < tb + 2 * KVB; j++)
+                for (long off = 0; off < tok_bytes; off += 64) {
+                    __builtin_prefetch(kc + slot[j] * tok_bytes + off, 0, 2);
+                    __builtin_prefetch(vc + slot[j] * tok_bytes + off, 0, 2);
+                }
         for (int g = 0; g < K; g++) {
             const float *q = qrow + (long)g * (n_rep + 2) * D;  /* the group's n_rep query heads */
             const float *kp[KVB];
