@@ -67,11 +67,14 @@ def test_linear_matches_torch(isa):
     flags = isa_flags(isa)
     assert fd.ISA_NAMES[fd.load(flags).puyu_decode_isa()] == isa
     g = torch.Generator().manual_seed(0)
-    for m in (1, 2, 3, 4, 5, 7, 8, 9, 16, 21, 24, 35):
+    for m in (1, 2, 3, 4, 5, 7, 8, 9, 16, 21, 24, 35, 100, 520):
         # tails in rows, columns and K; K >= 1024 takes the one-row path for large weights (rows8); on
-        # AVX2, blocks of 16 rows take the 16-row broadcast kernel (bcast16: panels of 6 weight rows and
-        # tails of 1-5) and a block of 8 bcast8x8, up to 64 KB of packed rows
-        for n, k in [(48, 64), (45, 70), (17, 33), (130, 16), (5, 300), (8, 1024), (13, 1056), (27, 1030)]:
+        # AVX2, blocks of 16 rows take the 16-row broadcast kernel (bcast16: panels of 6 weight rows, the
+        # last ones of 3-5 where N % 6 != 0, or N itself below 7) and a block of 8 bcast8x8 (only blocks of 8
+        # for 1024 < K <= 2048), packed once when they fit 64 KB, else block by block in each weight chunk
+        # (100 and 520 rows: a prefill's)
+        for n, k in [(48, 64), (45, 70), (17, 33), (130, 16), (5, 300), (8, 1024), (13, 1056), (27, 1030), (7, 96),
+                     (19, 520)]:
             x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
             for bias in (b, None):
                 got, ref = fd.linear(x, w, bias, flags=flags), torch.nn.functional.linear(x, w, bias)

@@ -330,6 +330,12 @@ static inline __attribute__((always_inline)) __m512 tile16(const int MR, const i
         __m512 wv[16], xv[16];
 #pragma GCC unroll 16
         for (int j = 0; j < NR; j++) wv[j] = _mm512_loadu_ps(w + (long)j * ldw + k);
+        /* 4-row tiles (blocks of 4+ input rows): the next tile's weight rows into L2 at this k, as bcast16
+         * does on AVX2 (16 rows over a nano step's weights, one Zen 4 core at load 5: 48.8 -> 67.8 GFLOP/s) */
+        if (MR == 4) {
+#pragma GCC unroll 16
+            for (int j = 0; j < NR; j++) _mm_prefetch((const char *)(w + (long)(NR + j) * ldw + k), _MM_HINT_T1);
+        }
 #pragma GCC unroll 16
         for (int i = 0; i < MR; i++) xv[i] = _mm512_loadu_ps(x + (long)i * ldx + k);
 #pragma GCC unroll 16
@@ -621,8 +627,16 @@ static inline __attribute__((always_inline)) void bcast16(const int NR, int K, c
     __m256 acc[12];
 #pragma GCC unroll 12
     for (int j = 0; j < 12; j++) acc[j] = _mm256_setzero_ps();
+    /* Not unrolled: with -funroll-loops gcc 12 unrolled this loop twice and kept one accumulator on the
+     * stack, putting a store-to-load forward into its FMA chain. */
+#pragma GCC unroll 1
     for (int k = 0; k < K; k++) {
         __m256 x0 = _mm256_load_ps(xt + 16L * k), x1 = _mm256_load_ps(xt + 16L * k + 8);
+        /* the next panel (NR rows further on: contiguous when ldw == K, as bcast16_rows calls it) into L2,
+         * NR floats per k, so it has arrived when this one ends: a panel's rows are only K floats long, too
+         * short for the hardware prefetchers to pick up from L3. Over a nano step's 13.4 MB of weights, 16
+         * rows, one Zen 4 core under load 3.7: 65.6 -> 84.5 GFLOP/s (in cache: 87-99). */
+        _mm_prefetch((const char *)(w + (long)NR * ldw + NR * k), _MM_HINT_T1);
 #pragma GCC unroll 6
         for (int j = 0; j < NR; j++) {
             __m256 b = _mm256_broadcast_ss(w + (long)j * ldw + k);
@@ -648,24 +662,29 @@ static inline __attribute__((always_inline)) void bcast16(const int NR, int K, c
     }
 }
 
-/* Input rows [m, m + 16) (packed) against weight rows [c0, c1): panels of 6 weight rows, then the rest. */
+/* Input rows [m, m + 16) (packed) against weight rows [c0, c1): panels of 6 weight rows, and where the
+ * rows do not divide by 6, the last panels of 5 or 4 rather than a panel of 1-3. A panel of NR rows keeps
+ * 2 NR independent accumulator chains; below 4 rows (8 chains) they cannot cover the FMA latency on two
+ * pipes (4 cycles on Zen 4 and Sapphire Rapids), so a 32-row part runs as 6+6+6+6+4+4, not 6+6+6+6+6+2
+ * (remainders: 7 = 4+3, 8 = 4+4, 9 = 5+4, 10 = 5+5, 11 = 6+5, 13 = 5+4+4). */
 static void bcast16_rows(int K, const float *xt, int c0, int c1, const float *W, const float *bias, float *y,
                          int ldy, int accumulate) {
-    int n = c0;
-    for (; n + 6 <= c1; n += 6)
-        bcast16(6, K, xt, W + (long)n * K, K, bias ? bias + n : NULL, y + n, ldy, accumulate);
-    const float *w = W + (long)n * K, *b = bias ? bias + n : NULL;
-    switch (c1 - n) {
-    case 5: bcast16(5, K, xt, w, K, b, y + n, ldy, accumulate); break;
-    case 4: bcast16(4, K, xt, w, K, b, y + n, ldy, accumulate); break;
-    case 3: bcast16(3, K, xt, w, K, b, y + n, ldy, accumulate); break;
-    case 2: bcast16(2, K, xt, w, K, b, y + n, ldy, accumulate); break;
-    case 1: bcast16(1, K, xt, w, K, b, y + n, ldy, accumulate); break;
-    default: break;
+    for (int n = c0; n < c1;) {
+        int left = c1 - n, nr = left <= 6 ? left : left == 13 ? 5 : left >= 12 ? 6 : (left + 1) / 2;
+        const float *w = W + (long)n * K, *b = bias ? bias + n : NULL;
+        switch (nr) {
+        case 6: bcast16(6, K, xt, w, K, b, y + n, ldy, accumulate); break;
+        case 5: bcast16(5, K, xt, w, K, b, y + n, ldy, accumulate); break;
+        case 4: bcast16(4, K, xt, w, K, b, y + n, ldy, accumulate); break;
+        case 3: bcast16(3, K, xt, w, K, b, y + n, ldy, accumulate); break;
+        case 2: bcast16(2, K, xt, w, K, b, y + n, ldy, accumulate); break;
+        default: bcast16(1, K, xt, w, K, b, y + n, ldy, accumulate); break;
+        }
+        n += nr;
     }
 }
 
-#define PACK_FLOATS 16384  /* 64 KB of packed input rows on the stack: M / 8 * 8 * K at most this */
+#define PACK_FLOATS 16384  /* 64 KB of packed input rows on the stack (gemm_nt) */
 #endif
 
 /* y[m, n] (+)= x[m, :] . W[n, :] (+ bias[n]) for m < M, n in [n0, n1). x [M, K] (row stride ldx),
@@ -676,12 +695,18 @@ static void gemm_nt(int M, int K, const float *x, int ldx, const float *W, const
     int chunk = (int)((256L * 1024) / ((long)K * 4));
     chunk = chunk < 16 ? 16 : chunk / 16 * 16;
 #if PUYU_AVX2
-    /* Blocks of 16 input rows through bcast16, then one of 8 through bcast8x8, when they fit the packed
-     * buffer; the rest in tiles. */
-    int M8 = (long)(M / 8) * 8 * K <= PACK_FLOATS ? M / 8 * 8 : 0, M16 = M8 / 16 * 16;
-    float xt[M8 ? M8 * K : 8] __attribute__((aligned(32)));
-    for (int m = 0; m < M16; m += 16) pack16(K, x + (long)m * ldx, ldx, xt + (long)m * K);
-    if (M8 > M16) pack8(K, x + (long)M16 * ldx, ldx, xt + (long)M16 * K);
+    /* Blocks of 16 input rows through bcast16 (K <= 1024), then one of 8 through bcast8x8 (or only blocks of
+     * 8 for K <= 2048); the rest in tiles. The blocks are packed once when all of them fit the buffer (a
+     * decode step's rows), else each block again for every weight chunk (a prefill's hundreds of rows: the
+     * packing is ~1 / chunk of the block's FMAs). */
+    int M16 = 16L * K <= PACK_FLOATS ? M / 16 * 16 : 0;
+    int M8 = M16 ? M16 + (M - M16 >= 8 ? 8 : 0) : 8L * K <= PACK_FLOATS ? M / 8 * 8 : 0;
+    int once = (long)M8 * K <= PACK_FLOATS;
+    float xt[!M8 ? 8 : once ? M8 * K : (M16 ? 16 : 8) * K] __attribute__((aligned(32)));
+    if (once) {
+        for (int m = 0; m < M16; m += 16) pack16(K, x + (long)m * ldx, ldx, xt + (long)m * K);
+        for (int m = M16; m < M8; m += 8) pack8(K, x + (long)m * ldx, ldx, xt + (long)m * K);
+    }
 #endif
     for (int c0 = n0; c0 < n1; c0 += chunk) {
         int c1 = c0 + chunk < n1 ? c0 + chunk : n1;
@@ -702,13 +727,16 @@ static void gemm_nt(int M, int K, const float *x, int ldx, const float *W, const
         for (; m < M; m++) tile_rows(1, 16, m, c0, c1, K, x, ldx, W, bias, y, ldy, accumulate);
 #elif PUYU_AVX2
         int m = 0;
-        for (; m < M16; m += 16)
-            bcast16_rows(K, xt + (long)m * K, c0, c1, W, bias, y + (long)m * ldy, ldy, accumulate);
+        for (; m < M16; m += 16) {
+            if (!once) pack16(K, x + (long)m * ldx, ldx, xt);
+            bcast16_rows(K, once ? xt + (long)m * K : xt, c0, c1, W, bias, y + (long)m * ldy, ldy, accumulate);
+        }
         for (; m < M8; m += 8) {
+            const float *xb = once ? xt + (long)m * K : xt;
+            if (!once) pack8(K, x + (long)m * ldx, ldx, xt);
             int n = c0;
             for (; n + 8 <= c1; n += 8)
-                bcast8x8(K, xt + (long)m * K, W + (long)n * K, K, bias ? bias + n : NULL, y + (long)m * ldy + n, ldy,
-                         accumulate);
+                bcast8x8(K, xb, W + (long)n * K, K, bias ? bias + n : NULL, y + (long)m * ldy + n, ldy, accumulate);
             if (n < c1) {
                 tile_rows(4, 2, m, n, c1, K, x, ldx, W, bias, y, ldy, accumulate);
                 tile_rows(4, 2, m + 4, n, c1, K, x, ldx, W, bias, y, ldy, accumulate);
@@ -1395,6 +1423,13 @@ static float softmax_exp(float *s, int n, float mx) {
         _mm256_storeu_ps(s + i, e);
         vs = _mm256_add_ps(vs, e);
     }
+    if (i < n) {  /* a block's last 1-7 keys in the vector code too */
+        __m256i mk = tail_mask8(n - i);
+        __m256 e = _mm256_and_ps(exp256(_mm256_sub_ps(_mm256_maskload_ps(s + i, mk), vm)), _mm256_castsi256_ps(mk));
+        _mm256_maskstore_ps(s + i, mk, e);
+        vs = _mm256_add_ps(vs, e);
+        i = n;
+    }
     sum = hsum8(vs);
 #endif
     for (; i < n; i++) {
@@ -1616,6 +1651,12 @@ static inline __attribute__((always_inline)) void weighted_values(const int NV, 
 enum { KV_F32 = 0, KV_BF16 = 1, KV_INT8 = 2 };
 #define KVB 32           /* tokens per block (32 x head_dim floats: 16 KiB at D = 128, in L1) */
 #define ATT_MIN_CHUNK 256 /* a sequence is split across cores in chunks of at least this many tokens */
+/* Tokens of at most this many bytes per kv row (K heads x D elements) have the next block's keys and values
+ * prefetched while a block is scored: a small model's token is a few cache lines in a page of P tokens,
+ * runs too short for the hardware prefetchers, so each block's rows came from L3 one miss at a time (nano,
+ * 16 rows x 97 keys: the value loads were the hottest instructions of the attention). Larger tokens are
+ * long contiguous runs that the hardware prefetchers follow. */
+#define KV_PREFETCH_BYTES 1024
 
 static inline long kv_elem_bytes(int fmt) { return fmt == KV_F32 ? 4 : fmt == KV_BF16 ? 2 : 1; }
 
@@ -1747,6 +1788,24 @@ static inline __attribute__((always_inline)) void score16(const int ND, const fl
     }
     _mm512_storeu_ps(out, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(scale)));
 }
+#elif PUYU_AVX2
+/* out[j] = scale * q . kp[j] for 8 keys of ND * 8 floats (ND <= 4), the query held in registers: ND + 8
+ * accumulators + 1 key vector fit the 16 ymm registers, and each key element is loaded once (the general
+ * loop below loads the query again for every key: two loads per FMA). */
+static inline __attribute__((always_inline)) void score8(const int ND, const float *q, const float *const *kp,
+                                                         float scale, float *out) {
+    __m256 qv[4], acc[8];
+#pragma GCC unroll 4
+    for (int i = 0; i < ND; i++) qv[i] = _mm256_loadu_ps(q + 8 * i);
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++) {
+        __m256 v = _mm256_mul_ps(qv[0], _mm256_loadu_ps(kp[j]));
+#pragma GCC unroll 4
+        for (int i = 1; i < ND; i++) v = _mm256_fmadd_ps(qv[i], _mm256_loadu_ps(kp[j] + 8 * i), v);
+        acc[j] = v;
+    }
+    _mm256_storeu_ps(out, _mm256_mul_ps(reduce8(acc), _mm256_set1_ps(scale)));
+}
 #endif
 
 /* s[r * KVB + j] = scale * q_r . k_j for the n_rep queries q [n_rep, D] and n <= KVB float32 keys kp[j].
@@ -1775,6 +1834,11 @@ static void score_block(int n_rep, const float *q, const float *const *kp, int n
                 _mm512_storeu_ps(sr + j0, _mm512_mul_ps(reduce16(acc), _mm512_set1_ps(scale)));
             }
 #elif PUYU_AVX2
+        if (D == 32 || D == 16)
+            for (; j0 + 8 <= n; j0 += 8) {
+                if (D == 32) score8(4, qr, kp + j0, scale, sr + j0);
+                else score8(2, qr, kp + j0, scale, sr + j0);
+            }
         if (D % 8 == 0)
             for (; j0 + 8 <= n; j0 += 8) {
                 __m256 acc[8];
@@ -1808,9 +1872,16 @@ static void attend_range(const Ctx *c, int b, int t0, int t1, float *part, float
     float *s = work, *buf = work + (long)n_rep * KVB;
     for (int h = 0; h < H; h++) m[h] = -INFINITY, l[h] = 0.0f;
     memset(o, 0, sizeof(float) * H * D);
+    long tok_bytes = kstride * eb;  /* one token's K heads, side by side */
     for (int tb = t0; tb < t1; tb += KVB) {
         int n = t1 - tb < KVB ? t1 - tb : KVB;
         const long *sl = slot + tb;
+        if (tok_bytes <= KV_PREFETCH_BYTES)  /* the next block's keys and values into L2 (see KV_PREFETCH_BYTES) */
+            for (int j = tb + KVB; j < t1 && j < tb + 2 * KVB; j++)
+                for (long off = 0; off < tok_bytes; off += 64) {
+                    __builtin_prefetch(kc + slot[j] * tok_bytes + off, 0, 2);
+                    __builtin_prefetch(vc + slot[j] * tok_bytes + off, 0, 2);
+                }
         for (int g = 0; g < K; g++) {
             const float *q = qrow + (long)g * (n_rep + 2) * D;  /* the group's n_rep query heads */
             const float *kp[KVB];
