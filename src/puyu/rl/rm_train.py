@@ -16,8 +16,10 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from puyu.rl import common as C
 from puyu.rl.judge import (
@@ -29,9 +31,9 @@ from puyu.rl.judge import (
     read_pairs,
     write_pairs,
 )
-from puyu.rl.losses import bradley_terry_loss
+from puyu.rl.losses import bradley_terry_loss, dense_pair_loss
 from puyu.rl.recipe import AlignRecipe
-from puyu.rl.reward_model import RewardModel, pad_batch, save_reward_model
+from puyu.rl.reward_model import RewardModel, RewardModelError, pad_batch, padded_hidden, save_reward_model
 from puyu.train.optim import build_optimizer
 
 
@@ -70,27 +72,92 @@ def split_pairs(pairs: list[dict], held_out: float, seed: int) -> tuple[list[dic
     return [p for i, p in enumerate(pairs) if i not in out], [p for i, p in enumerate(pairs) if i in out]
 
 
-def encode_pairs(tok, pairs: list[dict], reward_token_id: int) -> list[tuple[list[int], list[int], str]]:
-    return [(*pair_ids(tok, p, reward_token_id)[:2], pair_domain(p)) for p in pairs]
+class EncodedPair(NamedTuple):
+    """One pair as reward-model inputs: token ids of chosen and rejected (each ending with the reward
+    token), its domain, and the prompt's length in tokens (rubric included; the replies start there)."""
+
+    chosen: list[int]
+    rejected: list[int]
+    domain: str
+    prompt_len: int
 
 
-def rm_step(rm: RewardModel, optimizer, batch: list[tuple], focal: bool, barrier: float, bound: float,
-            grad_clip: float = 1.0) -> dict:
+def encode_pairs(tok, pairs: list[dict], reward_token_id: int) -> list[EncodedPair]:
+    out = []
+    for p in pairs:
+        c, r, n_head = pair_ids(tok, p, reward_token_id)
+        out.append(EncodedPair(c, r, pair_domain(p), n_head))
+    return out
+
+
+def divergence(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix of two token lists (the first position where they differ)."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def reply_lm_loss(lm_head: torch.nn.Module, h: torch.Tensor, ids: torch.Tensor, starts: list[int],
+                  ends: list[int]) -> torch.Tensor:
+    """Next-token cross-entropy (mean over tokens) of the reply tokens ids[i, starts[i]:ends[i]], read by
+    `lm_head` from the final hidden states h [n, T, C] one position earlier (ids [n, T], right-padded)."""
+    rows, cols = [], []
+    for i, (a, b) in enumerate(zip(starts, ends)):
+        for t in range(max(a, 1), b):
+            rows.append(i)
+            cols.append(t)
+    if not rows:
+        return h.sum() * 0.0
+    r = torch.tensor(rows, device=h.device)
+    c = torch.tensor(cols, device=h.device)
+    logits = lm_head(h[r, c - 1]).float()  # [M, V]
+    return F.cross_entropy(logits, ids[r, c])
+
+
+def rm_step(rm: RewardModel, optimizer, batch: list[EncodedPair], focal: bool, barrier: float, bound: float,
+            grad_clip: float = 1.0, dense_weight: float = 0.0, lm_weight: float = 0.0, lm_head=None) -> dict:
+    """One optimizer step on a batch of encoded pairs. Loss: Bradley-Terry on the scores at the reward
+    token (focal weight and log barrier as set), plus `dense_weight` x `dense_pair_loss` (v_head read at
+    every position where chosen and rejected differ), plus `lm_weight` x the next-token cross-entropy of
+    the chosen replies (reward token excluded) through `lm_head`, a frozen language-model head (the
+    policy's `output`; it is not part of the reward model and is not saved). The score stays `v_head` at
+    the reward token (released layout)."""
+    if lm_weight > 0 and lm_head is None:
+        raise RewardModelError("rm lm_weight > 0 needs the policy's language-model head (lm_head)")
     dev = next(rm.parameters()).device
-    ids, attn = pad_batch([c for c, _, _ in batch] + [r for _, r, _ in batch], rm.pad_id, "right", dev)
-    s = rm(ids, attn)
     n = len(batch)
-    loss = bradley_terry_loss(s[:n], s[n:], focal=focal, barrier_weight=barrier, bound=bound)
+    ids, attn = pad_batch([p.chosen for p in batch] + [p.rejected for p in batch], rm.pad_id, "right", dev)
+    last = rm.reward_positions(ids, attn)
+    h = padded_hidden(rm.model, rm.config, ids, attn)  # [2n, T, C]
+    v = rm.v_head(h).squeeze(-1).float()  # [2n, T]
+    s = v[torch.arange(2 * n, device=dev), last]
+    bt = bradley_terry_loss(s[:n], s[n:], focal=focal, barrier_weight=barrier, bound=bound)
+    loss = bt
+    rec = {}
+    if dense_weight > 0:
+        start = torch.tensor([divergence(p.chosen, p.rejected) for p in batch], device=dev)
+        stop = torch.tensor([min(len(p.chosen), len(p.rejected)) for p in batch], device=dev)
+        dl = dense_pair_loss(v[:n], v[n:], start, stop)
+        loss = loss + dense_weight * dl
+        rec["dense_loss"] = float(dl.detach())
+    if lm_weight > 0:
+        ll = reply_lm_loss(lm_head, h[:n], ids[:n], [p.prompt_len for p in batch], [len(p.chosen) - 1 for p in batch])
+        loss = loss + lm_weight * ll
+        rec["lm_loss"] = float(ll.detach())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     gn = torch.nn.utils.clip_grad_norm_(rm.parameters(), grad_clip)
     optimizer.step()
-    return {"loss": float(loss.detach()), "acc": float((s[:n] > s[n:]).float().mean()), "grad_norm": float(gn)}
+    return {"loss": float(loss.detach()), "bt_loss": float(bt.detach()), **rec,
+            "acc": float((s[:n] > s[n:]).float().mean()), "grad_norm": float(gn)}
 
 
-def train_rm_steps(rm: RewardModel, optimizer, data: list[tuple], steps: int, batch_size: int, seed: int,
-                   focal: bool = True, barrier: float = 0.02, bound: float = 5.0, on_step=None) -> list[dict]:
-    """`steps` optimizer steps over `data` (encoded pairs) in seeded epochs of shuffled batches."""
+def train_rm_steps(rm: RewardModel, optimizer, data: list[EncodedPair], steps: int, batch_size: int, seed: int,
+                   focal: bool = True, barrier: float = 0.02, bound: float = 5.0, on_step=None,
+                   dense_weight: float = 0.0, lm_weight: float = 0.0, lm_head=None) -> list[dict]:
+    """`steps` optimizer steps (`rm_step`) over `data` (encoded pairs) in seeded epochs of shuffled batches."""
     rng = random.Random(f"puyu-rm-order-{seed}")
     order: list[int] = []
     logs = []
@@ -101,7 +168,8 @@ def train_rm_steps(rm: RewardModel, optimizer, data: list[tuple], steps: int, ba
             rng.shuffle(perm)
             order += perm
         idx, order = order[:batch_size], order[batch_size:]
-        rec = rm_step(rm, optimizer, [data[i] for i in idx], focal, barrier, bound)
+        rec = rm_step(rm, optimizer, [data[i] for i in idx], focal, barrier, bound, dense_weight=dense_weight,
+                      lm_weight=lm_weight, lm_head=lm_head)
         logs.append(rec)
         if on_step:
             on_step(step + 1, rec)
@@ -117,11 +185,11 @@ def pairwise_accuracy(rm: RewardModel, data: list[tuple], batch_size: int = 32) 
     from puyu.rl.reward_model import score_ids
 
     rm.eval()
-    sc = score_ids(rm, [c for c, _, _ in data], batch_size)
-    sr = score_ids(rm, [r for _, r, _ in data], batch_size)
+    sc = score_ids(rm, [p[0] for p in data], batch_size)
+    sr = score_ids(rm, [p[1] for p in data], batch_size)
     by: dict[str, list] = {}
-    for (_, _, d), a, b in zip(data, sc, sr):
-        by.setdefault(d, []).append((a, b))
+    for p, a, b in zip(data, sc, sr):
+        by.setdefault(p[2], []).append((a, b))
     wins = sum(a > b for a, b in zip(sc, sr))
     res = {"overall": wins / max(len(data), 1), "n": len(data), "ci95": list(wilson(wins, len(data))), "domains": {}}
     for d, v in sorted(by.items()):
@@ -162,6 +230,14 @@ def plot_scores(acc: dict, png: Path, title: str = "reward-model scores (held-ou
     return png
 
 
+def frozen_lm_head(lm) -> torch.nn.Module:
+    """A frozen fp32 copy of a causal LM's `output` head (never a LoRA target): the reward model's
+    auxiliary LM loss reads the body through it (`rm.lm_weight`); the reward model trains in fp32."""
+    import copy
+
+    return copy.deepcopy(lm.output).float().requires_grad_(False)
+
+
 def run_rm(r: AlignRecipe) -> dict:
     """The whole RM stage (see the module docstring); returns the report."""
     from puyu.train.metrics import MetricsLog
@@ -199,7 +275,8 @@ def run_rm(r: AlignRecipe) -> dict:
                f"{steps} steps of {r.rm.batch_size}; reward token {rm.reward_token_id}")
     before = pairwise_accuracy(rm, ho_data) if ho_data else None
     train_rm_steps(rm, opt, tr_data, steps, r.rm.batch_size, r.seed, r.rm.focal, r.rm.barrier_weight, r.rm.bound,
-                   on_step=lambda s, rec: metrics.log("train", s, **rec))
+                   on_step=lambda s, rec: metrics.log("train", s, **rec), dense_weight=r.rm.dense_weight,
+                   lm_weight=r.rm.lm_weight, lm_head=frozen_lm_head(actor) if r.rm.lm_weight > 0 else None)
     acc = pairwise_accuracy(rm, ho_data) if ho_data else pairwise_accuracy(rm, tr_data)
     save_reward_model(C.plain(rm), out / "hf", tok)
     plot_scores(acc, out / "scores.png")
