@@ -10,7 +10,9 @@ reply tokens, right vs near miss) on the same held-out pairs.
 
 `--dense-weight W` adds the dense auxiliary (Bradley-Terry on v_head at every position where chosen and
 rejected differ, `puyu.rl.losses.dense_pair_loss`) and `--lm-weight W` the next-token loss on the chosen
-replies through the chat model's frozen LM head (`rm.dense_weight`, `rm.lm_weight` of the recipe).
+replies through the chat model's frozen LM head, `--distill-weight W` the squared error between v_head at
+each reply token and the chat model's log-probability of it (`rm.dense_weight`, `rm.lm_weight`,
+`rm.distill_weight` of the recipe).
 `--judge-pairs FILE` mixes the judge's pairs of the other domains into training (its `split: train`
 rows) and reports held-out accuracy per domain on its `split: held_out` rows; `--make-judge N` first
 writes that file from the chat model's own samples (N training and N held-out prompts, arithmetic and
@@ -45,6 +47,7 @@ def main(argv=None) -> None:
     ap.add_argument("--probe", action="store_true", help="linear probes on the frozen body (no training)")
     ap.add_argument("--dense-weight", type=float, default=0.0)
     ap.add_argument("--lm-weight", type=float, default=0.0)
+    ap.add_argument("--distill-weight", type=float, default=0.0)
     ap.add_argument("--judge-pairs", default=None, help="JSONL of judge pairs with split train/held_out")
     ap.add_argument("--make-judge", type=int, default=0, help="first sample N+N prompts into --judge-pairs")
     ap.add_argument("--judge-only", action="store_true", help="train on the judge pairs alone (no arithmetic pairs)")
@@ -56,7 +59,7 @@ def main(argv=None) -> None:
     from puyu.model.tokenizer import load_tokenizer
     from puyu.rl.judge import arithmetic_pairs, read_pairs, write_pairs
     from puyu.rl.reward_model import RewardModel, default_reward_token
-    from puyu.rl.rm_train import encode_pairs, frozen_lm_head, pairwise_accuracy, train_rm_steps
+    from puyu.rl.rm_train import encode_pairs, frozen_teacher, pairwise_accuracy, train_rm_steps
     from puyu.tasks.synthetic import Problem
     from puyu.train.optim import build_optimizer
 
@@ -80,19 +83,20 @@ def main(argv=None) -> None:
         ho_judge = encode_pairs(tok, [p for p in recs if p.get("split") == "held_out"], rm.reward_token_id)
         tr = tr_j if a.judge_only else tr + tr_j
         print(json.dumps({"judge_train": len(tr_j), "judge_held_out": len(ho_judge), "train_pairs": len(tr)}), flush=True)
-    lm_head = frozen_lm_head(lm) if a.lm_weight > 0 else None
+    teacher = frozen_teacher(lm) if a.lm_weight > 0 or a.distill_weight > 0 else None
     opt = build_optimizer(rm, a.lr, weight_decay=0.0)
     t0, cpu0 = time.perf_counter(), time.process_time()
     done = 0
     while done < a.steps:
         n = min(a.every, a.steps - done)
         logs = train_rm_steps(rm, opt, tr, n, a.batch, a.seed + done, focal=not a.no_focal,
-                              dense_weight=a.dense_weight, lm_weight=a.lm_weight, lm_head=lm_head)
+                              dense_weight=a.dense_weight, lm_weight=a.lm_weight, distill_weight=a.distill_weight,
+                              teacher=teacher)
         done += n
         acc = pairwise_accuracy(rm, ho)
         tr_acc = sum(r["acc"] for r in logs) / len(logs)
         rec = {"step": done, "train_acc": round(tr_acc, 3), "loss": round(logs[-1]["loss"], 4)}
-        for key in ("bt_loss", "dense_loss", "lm_loss"):
+        for key in ("bt_loss", "dense_loss", "lm_loss", "distill_loss"):
             if key in logs[-1]:
                 rec[key] = round(sum(r[key] for r in logs) / len(logs), 4)
         rec.update(held_out=round(acc["overall"], 4), ci95=[round(x, 3) for x in acc["ci95"]])

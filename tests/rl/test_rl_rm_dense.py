@@ -1,6 +1,7 @@
-"""The reward model's auxiliary losses (`rm.dense_weight`, `rm.lm_weight`): each checked against a plain
-per-example loop over unpadded sequences run through the causal LM alone (so padding invariance is
-checked too), and an RM trained with them still saves and loads in the released layout."""
+"""The reward model's auxiliary losses (`rm.dense_weight`, `rm.lm_weight`, `rm.distill_weight`): each
+checked against a plain per-example loop over unpadded sequences run through the causal LM alone (so
+padding invariance is checked too), and an RM trained with them still saves and loads in the released
+layout."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from puyu.rl.reward_model import (
     save_reward_model,
     score_ids,
 )
-from puyu.rl.rm_train import EncodedPair, divergence, frozen_lm_head, rm_step, train_rm_steps
+from puyu.rl.rm_train import EncodedPair, divergence, frozen_teacher, rm_step, train_rm_steps
 
 RT = 100  # reward token of the tiny model
 
@@ -67,17 +68,22 @@ def _rm_and_pairs():
     return lm, rm, pairs
 
 
-def _reference_loss(lm, rm, pairs, dense_w, lm_w, bound=5.0, barrier=0.02):
+def _reference_loss(lm, rm, pairs, dense_w, lm_w, distill_w=0.0, bound=5.0, barrier=0.02):
     """Each sequence alone through the causal LM (no padding): v_head on its hidden states, the LM's own
     logits for the reply tokens; focal Bradley-Terry with the barrier written out by hand."""
     w = rm.v_head.weight[0].detach()
-    bt, dense, barrier_terms, nll, n_tok = [], [], [], 0.0, 0
+    bt, dense, barrier_terms, nll, n_tok, sq = [], [], [], 0.0, 0, []
     for p in pairs:
         with torch.no_grad():
             hc = lm(torch.tensor([p.chosen]), return_hidden=True)[0]
             hr = lm(torch.tensor([p.rejected]), return_hidden=True)[0]
             logits = lm(torch.tensor([p.chosen]))[0]
+            logits_r = lm(torch.tensor([p.rejected]))[0]
         vc, vr = (hc @ w).tolist(), (hr @ w).tolist()
+        for seq, vals, lg in ((p.chosen, vc, logits), (p.rejected, vr, logits_r)):
+            lp = torch.log_softmax(lg, -1)
+            for t in range(p.prompt_len, len(seq) - 1):
+                sq.append((vals[t] - max(float(lp[t - 1, seq[t]]), -bound)) ** 2)
         d = vc[-1] - vr[-1]
         pr = 2 * max(1 / (1 + math.exp(-d)) - 0.5, 0.0)
         bt.append(-_logsig(d) * (1 - pr) ** 2)
@@ -91,37 +97,41 @@ def _reference_loss(lm, rm, pairs, dense_w, lm_w, bound=5.0, barrier=0.02):
             n_tok += 1
     # bradley_terry_loss averages the barrier over chosen and rejected scores together
     total = sum(bt) / len(bt) + barrier * sum(barrier_terms) / len(barrier_terms)
-    return total + dense_w * sum(dense) / len(dense) + lm_w * nll / n_tok
+    return total + dense_w * sum(dense) / len(dense) + lm_w * nll / n_tok + distill_w * sum(sq) / len(sq)
 
 
-@pytest.mark.parametrize("dense_w,lm_w", [(0.0, 0.0), (0.7, 0.0), (0.0, 0.3), (1.0, 0.5)])
-def test_rm_step_loss_equals_unpadded_reference(dense_w, lm_w):
+@pytest.mark.parametrize("dense_w,lm_w,distill_w", [(0.0, 0.0, 0.0), (0.7, 0.0, 0.0), (0.0, 0.3, 0.0),
+                                                    (0.0, 0.0, 0.4), (1.0, 0.5, 2.0)])
+def test_rm_step_loss_equals_unpadded_reference(dense_w, lm_w, distill_w):
     lm, rm, pairs = _rm_and_pairs()
-    want = _reference_loss(lm, rm, pairs, dense_w, lm_w)
+    want = _reference_loss(lm, rm, pairs, dense_w, lm_w, distill_w)
     opt = torch.optim.SGD(rm.parameters(), lr=0.0)
     rec = rm_step(rm, opt, pairs, focal=True, barrier=0.02, bound=5.0, dense_weight=dense_w, lm_weight=lm_w,
-                  lm_head=frozen_lm_head(lm))
+                  distill_weight=distill_w, teacher=frozen_teacher(lm))
     assert rec["loss"] == pytest.approx(want, rel=1e-5)
     assert ("dense_loss" in rec) == (dense_w > 0) and ("lm_loss" in rec) == (lm_w > 0)
+    assert ("distill_loss" in rec) == (distill_w > 0)
 
 
 def test_lm_weight_needs_a_head_and_recipe_refuses_negative_weights():
     _, rm, pairs = _rm_and_pairs()
-    with pytest.raises(RewardModelError, match="lm_head"):
-        rm_step(rm, torch.optim.SGD(rm.parameters(), lr=0.0), pairs, True, 0.02, 5.0, lm_weight=0.1)
-    for kw in ({"dense_weight": -1.0}, {"lm_weight": -0.1}):
+    for kw in ({"lm_weight": 0.1}, {"distill_weight": 0.1}):
+        with pytest.raises(RewardModelError, match="teacher"):
+            rm_step(rm, torch.optim.SGD(rm.parameters(), lr=0.0), pairs, True, 0.02, 5.0, **kw)
+    for kw in ({"dense_weight": -1.0}, {"lm_weight": -0.1}, {"distill_weight": -2.0}):
         with pytest.raises(ConfigError, match="dense_weight"):
             AlignRecipe(policy=PolicySection(init="x"), rm=RMSection(**kw)).validate()
 
 
 def test_trained_with_aux_losses_still_the_released_layout(tmp_path):
     lm, rm, pairs = _rm_and_pairs()
-    head = frozen_lm_head(lm)
-    w_head = head.weight.detach().clone()
+    teacher = frozen_teacher(lm)
+    w_head = teacher.output.weight.detach().clone()
     opt = torch.optim.AdamW(rm.parameters(), lr=1e-2)
-    logs = train_rm_steps(rm, opt, pairs, 3, 2, seed=0, dense_weight=1.0, lm_weight=0.5, lm_head=head)
+    logs = train_rm_steps(rm, opt, pairs, 3, 2, seed=0, dense_weight=1.0, lm_weight=0.5, distill_weight=1.0,
+                          teacher=teacher)
     assert len(logs) == 3 and all(math.isfinite(r["loss"]) for r in logs)
-    assert torch.equal(head.weight, w_head)  # the LM head is frozen and not part of the RM
+    assert torch.equal(teacher.output.weight, w_head)  # the teacher is frozen and not part of the RM
     sd = rm.state_dict()
     assert set(sd) == {k for k in sd if k.startswith("model.")} | {"v_head.weight"}
     save_reward_model(rm, tmp_path / "rm")

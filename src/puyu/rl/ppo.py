@@ -218,7 +218,14 @@ def _load_or_train_rm(r: AlignRecipe, actor, tok):
 
 def _round_rm_update(r: AlignRecipe, rnd: int, hack: dict, actor, ref, rm, opt_rm, tok, engine, ref_engine) -> dict:
     """Fast or slow path (module docstring). Returns what was done."""
-    from puyu.rl.rm_train import encode_pairs, frozen_lm_head, judge_pairs, pairwise_accuracy, train_rm_steps
+    from puyu.rl.rm_train import (
+        encode_pairs,
+        frozen_teacher,
+        judge_pairs,
+        pairwise_accuracy,
+        train_rm_steps,
+        uses_teacher,
+    )
 
     p = r.ppo
     k = r.rm.samples
@@ -246,7 +253,7 @@ def _round_rm_update(r: AlignRecipe, rnd: int, hack: dict, actor, ref, rm, opt_r
     if keep:
         train_rm_steps(rm, opt_rm, keep, steps, min(r.rm.batch_size, len(keep)), r.seed + rnd, r.rm.focal,
                        r.rm.barrier_weight, r.rm.bound, dense_weight=r.rm.dense_weight, lm_weight=r.rm.lm_weight,
-                       lm_head=frozen_lm_head(ref) if r.rm.lm_weight > 0 else None)
+                       distill_weight=r.rm.distill_weight, teacher=frozen_teacher(ref) if uses_teacher(r.rm) else None)
     after = pairwise_accuracy(rm, keep) if keep else None
     return {"path": path, "pairs": len(keep), "steps": steps if keep else 0,
             "train_acc_after": after["overall"] if after else None, "records": pairs}

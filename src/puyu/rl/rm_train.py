@@ -99,33 +99,49 @@ def divergence(a: list[int], b: list[int]) -> int:
     return n
 
 
-def reply_lm_loss(lm_head: torch.nn.Module, h: torch.Tensor, ids: torch.Tensor, starts: list[int],
-                  ends: list[int]) -> torch.Tensor:
-    """Next-token cross-entropy (mean over tokens) of the reply tokens ids[i, starts[i]:ends[i]], read by
-    `lm_head` from the final hidden states h [n, T, C] one position earlier (ids [n, T], right-padded)."""
+def span_positions(starts: list[int], ends: list[int], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) [M] of the positions t in [max(starts[i], 1), ends[i]) of every row i."""
     rows, cols = [], []
     for i, (a, b) in enumerate(zip(starts, ends)):
         for t in range(max(a, 1), b):
             rows.append(i)
             cols.append(t)
-    if not rows:
+    return torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(cols, dtype=torch.long, device=device)
+
+
+def reply_lm_loss(lm_head: torch.nn.Module, h: torch.Tensor, ids: torch.Tensor, starts: list[int],
+                  ends: list[int]) -> torch.Tensor:
+    """Next-token cross-entropy (mean over tokens) of the reply tokens ids[i, starts[i]:ends[i]], read by
+    `lm_head` from the final hidden states h [n, T, C] one position earlier (ids [n, T], right-padded)."""
+    r, c = span_positions(starts, ends, h.device)
+    if not len(r):
         return h.sum() * 0.0
-    r = torch.tensor(rows, device=h.device)
-    c = torch.tensor(cols, device=h.device)
     logits = lm_head(h[r, c - 1]).float()  # [M, V]
     return F.cross_entropy(logits, ids[r, c])
 
 
+@torch.no_grad()
+def token_logprobs(teacher, ids: torch.Tensor, attn: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                   ) -> torch.Tensor:
+    """log p_teacher(ids[r, c] | ids[r, :c]) [M] at the given positions of a right-padded batch."""
+    h = padded_hidden(teacher.model, teacher.config, ids, attn)
+    logp = torch.log_softmax(teacher.output(h[rows, cols - 1]).float(), -1)
+    return logp.gather(-1, ids[rows, cols][:, None]).squeeze(-1)
+
+
 def rm_step(rm: RewardModel, optimizer, batch: list[EncodedPair], focal: bool, barrier: float, bound: float,
-            grad_clip: float = 1.0, dense_weight: float = 0.0, lm_weight: float = 0.0, lm_head=None) -> dict:
+            grad_clip: float = 1.0, dense_weight: float = 0.0, lm_weight: float = 0.0, distill_weight: float = 0.0,
+            teacher=None) -> dict:
     """One optimizer step on a batch of encoded pairs. Loss: Bradley-Terry on the scores at the reward
     token (focal weight and log barrier as set), plus `dense_weight` x `dense_pair_loss` (v_head read at
     every position where chosen and rejected differ), plus `lm_weight` x the next-token cross-entropy of
-    the chosen replies (reward token excluded) through `lm_head`, a frozen language-model head (the
-    policy's `output`; it is not part of the reward model and is not saved). The score stays `v_head` at
-    the reward token (released layout)."""
-    if lm_weight > 0 and lm_head is None:
-        raise RewardModelError("rm lm_weight > 0 needs the policy's language-model head (lm_head)")
+    the chosen replies (reward token excluded) through the frozen `teacher`'s LM head, plus
+    `distill_weight` x the mean squared error between v_head at each reply token (both replies, reward
+    token excluded) and the teacher's log-probability of that token, clamped to [-bound, 0]. `teacher`
+    is a frozen causal LM (the policy the RM starts from); it is not part of the reward model and is not
+    saved. The score stays `v_head` at the reward token (released layout)."""
+    if (lm_weight > 0 or distill_weight > 0) and teacher is None:
+        raise RewardModelError("rm lm_weight or distill_weight > 0 needs the policy as teacher")
     dev = next(rm.parameters()).device
     n = len(batch)
     ids, attn = pad_batch([p.chosen for p in batch] + [p.rejected for p in batch], rm.pad_id, "right", dev)
@@ -143,9 +159,18 @@ def rm_step(rm: RewardModel, optimizer, batch: list[EncodedPair], focal: bool, b
         loss = loss + dense_weight * dl
         rec["dense_loss"] = float(dl.detach())
     if lm_weight > 0:
-        ll = reply_lm_loss(lm_head, h[:n], ids[:n], [p.prompt_len for p in batch], [len(p.chosen) - 1 for p in batch])
+        ll = reply_lm_loss(teacher.output, h[:n], ids[:n], [p.prompt_len for p in batch],
+                           [len(p.chosen) - 1 for p in batch])
         loss = loss + lm_weight * ll
         rec["lm_loss"] = float(ll.detach())
+    if distill_weight > 0:
+        starts = [p.prompt_len for p in batch] * 2
+        ends = [len(p.chosen) - 1 for p in batch] + [len(p.rejected) - 1 for p in batch]
+        r, c = span_positions(starts, ends, dev)
+        target = token_logprobs(teacher, ids, attn, r, c).clamp(min=-bound)
+        dd = F.mse_loss(v[r, c], target)
+        loss = loss + distill_weight * dd
+        rec["distill_loss"] = float(dd.detach())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     gn = torch.nn.utils.clip_grad_norm_(rm.parameters(), grad_clip)
@@ -156,7 +181,8 @@ def rm_step(rm: RewardModel, optimizer, batch: list[EncodedPair], focal: bool, b
 
 def train_rm_steps(rm: RewardModel, optimizer, data: list[EncodedPair], steps: int, batch_size: int, seed: int,
                    focal: bool = True, barrier: float = 0.02, bound: float = 5.0, on_step=None,
-                   dense_weight: float = 0.0, lm_weight: float = 0.0, lm_head=None) -> list[dict]:
+                   dense_weight: float = 0.0, lm_weight: float = 0.0, distill_weight: float = 0.0,
+                   teacher=None) -> list[dict]:
     """`steps` optimizer steps (`rm_step`) over `data` (encoded pairs) in seeded epochs of shuffled batches."""
     rng = random.Random(f"puyu-rm-order-{seed}")
     order: list[int] = []
@@ -169,7 +195,7 @@ def train_rm_steps(rm: RewardModel, optimizer, data: list[EncodedPair], steps: i
             order += perm
         idx, order = order[:batch_size], order[batch_size:]
         rec = rm_step(rm, optimizer, [data[i] for i in idx], focal, barrier, bound, dense_weight=dense_weight,
-                      lm_weight=lm_weight, lm_head=lm_head)
+                      lm_weight=lm_weight, distill_weight=distill_weight, teacher=teacher)
         logs.append(rec)
         if on_step:
             on_step(step + 1, rec)
@@ -230,12 +256,17 @@ def plot_scores(acc: dict, png: Path, title: str = "reward-model scores (held-ou
     return png
 
 
-def frozen_lm_head(lm) -> torch.nn.Module:
-    """A frozen fp32 copy of a causal LM's `output` head (never a LoRA target): the reward model's
-    auxiliary LM loss reads the body through it (`rm.lm_weight`); the reward model trains in fp32."""
+def uses_teacher(rm_section) -> bool:
+    """Whether the RM section's auxiliary losses read the policy (`lm_weight`, `distill_weight`)."""
+    return rm_section.lm_weight > 0 or rm_section.distill_weight > 0
+
+
+def frozen_teacher(lm):
+    """A frozen fp32 eval-mode copy of a causal LM: the teacher of the reward model's auxiliary losses
+    (`rm.lm_weight`, `rm.distill_weight`); the reward model trains in fp32."""
     import copy
 
-    return copy.deepcopy(lm.output).float().requires_grad_(False)
+    return copy.deepcopy(lm).float().eval().requires_grad_(False)
 
 
 def run_rm(r: AlignRecipe) -> dict:
@@ -276,7 +307,8 @@ def run_rm(r: AlignRecipe) -> dict:
     before = pairwise_accuracy(rm, ho_data) if ho_data else None
     train_rm_steps(rm, opt, tr_data, steps, r.rm.batch_size, r.seed, r.rm.focal, r.rm.barrier_weight, r.rm.bound,
                    on_step=lambda s, rec: metrics.log("train", s, **rec), dense_weight=r.rm.dense_weight,
-                   lm_weight=r.rm.lm_weight, lm_head=frozen_lm_head(actor) if r.rm.lm_weight > 0 else None)
+                   lm_weight=r.rm.lm_weight, distill_weight=r.rm.distill_weight,
+                   teacher=frozen_teacher(actor) if uses_teacher(r.rm) else None)
     acc = pairwise_accuracy(rm, ho_data) if ho_data else pairwise_accuracy(rm, tr_data)
     save_reward_model(C.plain(rm), out / "hf", tok)
     plot_scores(acc, out / "scores.png")
