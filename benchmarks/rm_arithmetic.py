@@ -51,6 +51,8 @@ def main(argv=None) -> None:
     ap.add_argument("--judge-pairs", default=None, help="JSONL of judge pairs with split train/held_out")
     ap.add_argument("--make-judge", type=int, default=0, help="first sample N+N prompts into --judge-pairs")
     ap.add_argument("--judge-only", action="store_true", help="train on the judge pairs alone (no arithmetic pairs)")
+    ap.add_argument("--train-last", type=int, default=0,
+                    help="train only the last N layers, the final norm and v_head (0: the whole RM)")
     ap.add_argument("--save", default=None, help="write the trained RM here (released layout)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -84,6 +86,10 @@ def main(argv=None) -> None:
         tr = tr_j if a.judge_only else tr + tr_j
         print(json.dumps({"judge_train": len(tr_j), "judge_held_out": len(ho_judge), "train_pairs": len(tr)}), flush=True)
     teacher = frozen_teacher(lm) if a.lm_weight > 0 or a.distill_weight > 0 else None
+    if a.train_last:
+        keep = {f"model.layers.{i}." for i in range(rm.config.num_hidden_layers - a.train_last, rm.config.num_hidden_layers)}
+        for name, p in rm.named_parameters():
+            p.requires_grad_(name.startswith(tuple(keep)) or name.startswith(("model.norm.", "v_head.")))
     opt = build_optimizer(rm, a.lr, weight_decay=0.0)
     t0, cpu0 = time.perf_counter(), time.process_time()
     done = 0
