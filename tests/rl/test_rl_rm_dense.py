@@ -139,3 +139,30 @@ def test_trained_with_aux_losses_still_the_released_layout(tmp_path):
     seqs = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     assert score_ids(again, seqs) == pytest.approx(score_ids(rm.eval(), seqs), abs=1e-6)
     assert score_ids(again, seqs, side="left") == pytest.approx(score_ids(again, seqs), abs=1e-5)
+
+
+def test_run_rm_with_the_recipe_options(tiny_checkpoint, tmp_path, one_thread):
+    """`puyu train rm` wiring: the rm.* weights reach every step (logged), the policy is the teacher, and
+    the saved directory is the released layout (no output head)."""
+    import json
+
+    from puyu.model.checkpoint import read_state_dict
+    from puyu.rl.judge import arithmetic_pairs, write_pairs
+    from puyu.rl.rm_train import run_rm
+    from puyu.train.metrics import read_metrics
+    from puyu.train.recipe import from_dict
+
+    write_pairs(tmp_path / "pairs.jsonl", arithmetic_pairs(12, seed=0))
+    r = from_dict(AlignRecipe, {
+        "out_dir": str(tmp_path / "out"), "threads": 1, "progress": False, "policy": {"init": str(tiny_checkpoint)},
+        "rm": {"pairs": [str(tmp_path / "pairs.jsonl")], "held_out": 0.25, "batch_size": 4, "epochs": 1.0,
+               "dense_weight": 1.0, "lm_weight": 0.5, "distill_weight": 1.0}})
+    rep = run_rm(r)
+    logs = [m for m in read_metrics(tmp_path / "out" / "rm" / "metrics.jsonl")]
+    assert len(logs) == rep["steps"] > 0
+    assert all({"dense_loss", "lm_loss", "distill_loss"} <= set(m) for m in logs)
+    hf = tmp_path / "out" / "rm" / "hf"
+    assert "output.weight" not in read_state_dict(hf)
+    assert json.loads((hf / "config.json").read_text())["architectures"] == ["InternLM2ForRewardModel"]
+    assert math.isfinite(load_reward_model(hf).score([{"role": "user", "content": "1+1"},
+                                                      {"role": "assistant", "content": "2"}], domain="arithmetic"))
