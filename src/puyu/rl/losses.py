@@ -165,6 +165,28 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, focal: bool
     return loss
 
 
+def dense_pair_loss(v_chosen: torch.Tensor, v_rejected: torch.Tensor, start: torch.Tensor,
+                    stop: torch.Tensor) -> torch.Tensor:
+    """Bradley-Terry at every position where a pair's two sequences differ: the dense auxiliary of the
+    reward model (README, alignment section, "Reward model, arithmetic domain").
+
+    v_chosen, v_rejected [n, T]: per-position scores (`v_head` of every final hidden state) of the chosen
+    and rejected sequences, right-padded to one length T; a pair shares its prompt, so position k is the
+    k-th token of both. start [n]: the first position whose token differs (the common prefix length);
+    stop [n]: the shorter sequence's length. Loss: for each pair with start < stop, the mean over
+    k in [start, stop) of -log sigmoid(v_chosen[k] - v_rejected[k]); then the mean over those pairs.
+    Positions before `start` are left out: their hidden states are the same on both sides (causal model).
+    Returns a zero that keeps the graph when no pair has such a position."""
+    k = torch.arange(v_chosen.shape[1], device=v_chosen.device)
+    m = (k[None, :] >= start[:, None]) & (k[None, :] < stop[:, None])  # [n, T]
+    per = -F.logsigmoid(v_chosen - v_rejected) * m
+    cnt = m.sum(1)
+    ok = cnt > 0
+    if not bool(ok.any()):
+        return (v_chosen.sum() + v_rejected.sum()) * 0.0
+    return (per.sum(1)[ok] / cnt[ok]).mean()
+
+
 def dpo_loss(pol_chosen: torch.Tensor, pol_rejected: torch.Tensor, ref_chosen: torch.Tensor,
              ref_rejected: torch.Tensor, beta: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """DPO (Rafailov et al. 2023) on summed response log-probabilities [B]:

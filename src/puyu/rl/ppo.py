@@ -218,7 +218,14 @@ def _load_or_train_rm(r: AlignRecipe, actor, tok):
 
 def _round_rm_update(r: AlignRecipe, rnd: int, hack: dict, actor, ref, rm, opt_rm, tok, engine, ref_engine) -> dict:
     """Fast or slow path (module docstring). Returns what was done."""
-    from puyu.rl.rm_train import encode_pairs, judge_pairs, pairwise_accuracy, train_rm_steps
+    from puyu.rl.rm_train import (
+        encode_pairs,
+        frozen_teacher,
+        judge_pairs,
+        pairwise_accuracy,
+        train_rm_steps,
+        uses_teacher,
+    )
 
     p = r.ppo
     k = r.rm.samples
@@ -245,7 +252,8 @@ def _round_rm_update(r: AlignRecipe, rnd: int, hack: dict, actor, ref, rm, opt_r
         steps, path = p.slow_steps, "slow"
     if keep:
         train_rm_steps(rm, opt_rm, keep, steps, min(r.rm.batch_size, len(keep)), r.seed + rnd, r.rm.focal,
-                       r.rm.barrier_weight, r.rm.bound)
+                       r.rm.barrier_weight, r.rm.bound, dense_weight=r.rm.dense_weight, lm_weight=r.rm.lm_weight,
+                       distill_weight=r.rm.distill_weight, teacher=frozen_teacher(ref) if uses_teacher(r.rm) else None)
     after = pairwise_accuracy(rm, keep) if keep else None
     return {"path": path, "pairs": len(keep), "steps": steps if keep else 0,
             "train_acc_after": after["overall"] if after else None, "records": pairs}
@@ -255,8 +263,8 @@ def _round_rm_update(r: AlignRecipe, rnd: int, hack: dict, actor, ref, rm, opt_r
 def _pair_scores(rm, data):
     from puyu.rl.reward_model import score_ids
 
-    sc = score_ids(rm, [c for c, _, _ in data])
-    sr = score_ids(rm, [r for _, r, _ in data])
+    sc = score_ids(rm, [p.chosen for p in data])
+    sr = score_ids(rm, [p.rejected for p in data])
     return list(zip(sc, sr))
 
 

@@ -60,6 +60,11 @@ pairs of that many separate held-out prompts (arithmetic from `prompts.exclude_f
     barrier_weight: float = 0.02
     bound: float = 5.0
     weight_decay: float = 0.0
+    # dense auxiliary: Bradley-Terry on v_head at every position where chosen and rejected differ
+    # (`puyu.rl.losses.dense_pair_loss`); the score stays v_head at the reward token. README, alignment section.
+    dense_weight: float = 0.0
+    lm_weight: float = 0.0  # next-token loss on the chosen replies through the policy's frozen LM head
+    distill_weight: float = 0.0  # MSE of v_head at each reply token to the policy's log-probability of it
 
 
 @dataclass
@@ -159,6 +164,8 @@ class AlignRecipe:
             raise ConfigError("set policy.init (the SFT model directory)")
         if self.lora.enabled:
             self.lora.validate()
+        if min(self.rm.dense_weight, self.rm.lm_weight, self.rm.distill_weight) < 0:
+            raise ConfigError("rm.dense_weight, rm.lm_weight and rm.distill_weight must be >= 0")
         if not 0 <= self.rm.held_out < 1 or not 0 <= self.dpo.held_out < 1:
             raise ConfigError("rm.held_out and dpo.held_out must be within [0, 1)")
         if self.grpo.baseline not in ("grpo", "rloo"):

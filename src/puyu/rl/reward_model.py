@@ -118,15 +118,21 @@ class RewardModel(nn.Module):
         h = padded_hidden(self.model, self.config, input_ids, attn)
         return self.v_head(h).squeeze(-1).float()  # [B, T]
 
-    def forward(self, input_ids: torch.Tensor, attn: torch.Tensor | None = None) -> torch.Tensor:
-        if attn is None:
-            attn = (input_ids != self.pad_id).long()
+    def reward_positions(self, input_ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Index [B] of each row's last real token; RewardModelError unless it is the reward token."""
         T = input_ids.shape[1]
         last = torch.where(attn.bool(), torch.arange(T, device=input_ids.device), -1).max(1).values  # [B]
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         if bool((last < 0).any()) or bool((input_ids[rows, last] != self.reward_token_id).any()):
             raise RewardModelError("every row must end (before padding) with the reward token "
                                    f"{self.reward_token_id}; build inputs with reward_inputs()")
+        return last
+
+    def forward(self, input_ids: torch.Tensor, attn: torch.Tensor | None = None) -> torch.Tensor:
+        if attn is None:
+            attn = (input_ids != self.pad_id).long()
+        last = self.reward_positions(input_ids, attn)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         h = padded_hidden(self.model, self.config, input_ids, attn)  # [B, T, C]
         return self.v_head(h[rows, last]).squeeze(-1).float()  # [B]
 

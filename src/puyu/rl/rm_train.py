@@ -16,8 +16,10 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from puyu.rl import common as C
 from puyu.rl.judge import (
@@ -29,9 +31,9 @@ from puyu.rl.judge import (
     read_pairs,
     write_pairs,
 )
-from puyu.rl.losses import bradley_terry_loss
+from puyu.rl.losses import bradley_terry_loss, dense_pair_loss
 from puyu.rl.recipe import AlignRecipe
-from puyu.rl.reward_model import RewardModel, pad_batch, save_reward_model
+from puyu.rl.reward_model import RewardModel, RewardModelError, pad_batch, padded_hidden, save_reward_model
 from puyu.train.optim import build_optimizer
 
 
@@ -70,27 +72,118 @@ def split_pairs(pairs: list[dict], held_out: float, seed: int) -> tuple[list[dic
     return [p for i, p in enumerate(pairs) if i not in out], [p for i, p in enumerate(pairs) if i in out]
 
 
-def encode_pairs(tok, pairs: list[dict], reward_token_id: int) -> list[tuple[list[int], list[int], str]]:
-    return [(*pair_ids(tok, p, reward_token_id)[:2], pair_domain(p)) for p in pairs]
+class EncodedPair(NamedTuple):
+    """One pair as reward-model inputs: token ids of chosen and rejected (each ending with the reward
+    token), its domain, and the prompt's length in tokens (rubric included; the replies start there)."""
+
+    chosen: list[int]
+    rejected: list[int]
+    domain: str
+    prompt_len: int
 
 
-def rm_step(rm: RewardModel, optimizer, batch: list[tuple], focal: bool, barrier: float, bound: float,
-            grad_clip: float = 1.0) -> dict:
+def encode_pairs(tok, pairs: list[dict], reward_token_id: int) -> list[EncodedPair]:
+    out = []
+    for p in pairs:
+        c, r, n_head = pair_ids(tok, p, reward_token_id)
+        out.append(EncodedPair(c, r, pair_domain(p), n_head))
+    return out
+
+
+def divergence(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix of two token lists (the first position where they differ)."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def span_positions(starts: list[int], ends: list[int], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols) [M] of the positions t in [max(starts[i], 1), ends[i]) of every row i."""
+    rows, cols = [], []
+    for i, (a, b) in enumerate(zip(starts, ends)):
+        for t in range(max(a, 1), b):
+            rows.append(i)
+            cols.append(t)
+    return torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(cols, dtype=torch.long, device=device)
+
+
+def reply_lm_loss(lm_head: torch.nn.Module, h: torch.Tensor, ids: torch.Tensor, starts: list[int],
+                  ends: list[int]) -> torch.Tensor:
+    """Next-token cross-entropy (mean over tokens) of the reply tokens ids[i, starts[i]:ends[i]], read by
+    `lm_head` from the final hidden states h [n, T, C] one position earlier (ids [n, T], right-padded)."""
+    r, c = span_positions(starts, ends, h.device)
+    if not len(r):
+        return h.sum() * 0.0
+    logits = lm_head(h[r, c - 1]).float()  # [M, V]
+    return F.cross_entropy(logits, ids[r, c])
+
+
+@torch.no_grad()
+def token_logprobs(teacher, ids: torch.Tensor, attn: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                   ) -> torch.Tensor:
+    """log p_teacher(ids[r, c] | ids[r, :c]) [M] at the given positions of a right-padded batch."""
+    h = padded_hidden(teacher.model, teacher.config, ids, attn)
+    logp = torch.log_softmax(teacher.output(h[rows, cols - 1]).float(), -1)
+    return logp.gather(-1, ids[rows, cols][:, None]).squeeze(-1)
+
+
+def rm_step(rm: RewardModel, optimizer, batch: list[EncodedPair], focal: bool, barrier: float, bound: float,
+            grad_clip: float = 1.0, dense_weight: float = 0.0, lm_weight: float = 0.0, distill_weight: float = 0.0,
+            teacher=None) -> dict:
+    """One optimizer step on a batch of encoded pairs. Loss: Bradley-Terry on the scores at the reward
+    token (focal weight and log barrier as set), plus `dense_weight` x `dense_pair_loss` (v_head read at
+    every position where chosen and rejected differ), plus `lm_weight` x the next-token cross-entropy of
+    the chosen replies (reward token excluded) through the frozen `teacher`'s LM head, plus
+    `distill_weight` x the mean squared error between v_head at each reply token (both replies, reward
+    token excluded) and the teacher's log-probability of that token, clamped to [-bound, 0]. `teacher`
+    is a frozen causal LM (the policy the RM starts from); it is not part of the reward model and is not
+    saved. The score stays `v_head` at the reward token (released layout)."""
+    if (lm_weight > 0 or distill_weight > 0) and teacher is None:
+        raise RewardModelError("rm lm_weight or distill_weight > 0 needs the policy as teacher")
     dev = next(rm.parameters()).device
-    ids, attn = pad_batch([c for c, _, _ in batch] + [r for _, r, _ in batch], rm.pad_id, "right", dev)
-    s = rm(ids, attn)
     n = len(batch)
-    loss = bradley_terry_loss(s[:n], s[n:], focal=focal, barrier_weight=barrier, bound=bound)
+    ids, attn = pad_batch([p.chosen for p in batch] + [p.rejected for p in batch], rm.pad_id, "right", dev)
+    last = rm.reward_positions(ids, attn)
+    h = padded_hidden(rm.model, rm.config, ids, attn)  # [2n, T, C]
+    v = rm.v_head(h).squeeze(-1).float()  # [2n, T]
+    s = v[torch.arange(2 * n, device=dev), last]
+    bt = bradley_terry_loss(s[:n], s[n:], focal=focal, barrier_weight=barrier, bound=bound)
+    loss = bt
+    rec = {}
+    if dense_weight > 0:
+        start = torch.tensor([divergence(p.chosen, p.rejected) for p in batch], device=dev)
+        stop = torch.tensor([min(len(p.chosen), len(p.rejected)) for p in batch], device=dev)
+        dl = dense_pair_loss(v[:n], v[n:], start, stop)
+        loss = loss + dense_weight * dl
+        rec["dense_loss"] = float(dl.detach())
+    if lm_weight > 0:
+        ll = reply_lm_loss(teacher.output, h[:n], ids[:n], [p.prompt_len for p in batch],
+                           [len(p.chosen) - 1 for p in batch])
+        loss = loss + lm_weight * ll
+        rec["lm_loss"] = float(ll.detach())
+    if distill_weight > 0:
+        starts = [p.prompt_len for p in batch] * 2
+        ends = [len(p.chosen) - 1 for p in batch] + [len(p.rejected) - 1 for p in batch]
+        r, c = span_positions(starts, ends, dev)
+        target = token_logprobs(teacher, ids, attn, r, c).clamp(min=-bound)
+        dd = F.mse_loss(v[r, c], target)
+        loss = loss + distill_weight * dd
+        rec["distill_loss"] = float(dd.detach())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     gn = torch.nn.utils.clip_grad_norm_(rm.parameters(), grad_clip)
     optimizer.step()
-    return {"loss": float(loss.detach()), "acc": float((s[:n] > s[n:]).float().mean()), "grad_norm": float(gn)}
+    return {"loss": float(loss.detach()), "bt_loss": float(bt.detach()), **rec,
+            "acc": float((s[:n] > s[n:]).float().mean()), "grad_norm": float(gn)}
 
 
-def train_rm_steps(rm: RewardModel, optimizer, data: list[tuple], steps: int, batch_size: int, seed: int,
-                   focal: bool = True, barrier: float = 0.02, bound: float = 5.0, on_step=None) -> list[dict]:
-    """`steps` optimizer steps over `data` (encoded pairs) in seeded epochs of shuffled batches."""
+def train_rm_steps(rm: RewardModel, optimizer, data: list[EncodedPair], steps: int, batch_size: int, seed: int,
+                   focal: bool = True, barrier: float = 0.02, bound: float = 5.0, on_step=None,
+                   dense_weight: float = 0.0, lm_weight: float = 0.0, distill_weight: float = 0.0,
+                   teacher=None) -> list[dict]:
+    """`steps` optimizer steps (`rm_step`) over `data` (encoded pairs) in seeded epochs of shuffled batches."""
     rng = random.Random(f"puyu-rm-order-{seed}")
     order: list[int] = []
     logs = []
@@ -101,7 +194,8 @@ def train_rm_steps(rm: RewardModel, optimizer, data: list[tuple], steps: int, ba
             rng.shuffle(perm)
             order += perm
         idx, order = order[:batch_size], order[batch_size:]
-        rec = rm_step(rm, optimizer, [data[i] for i in idx], focal, barrier, bound)
+        rec = rm_step(rm, optimizer, [data[i] for i in idx], focal, barrier, bound, dense_weight=dense_weight,
+                      lm_weight=lm_weight, distill_weight=distill_weight, teacher=teacher)
         logs.append(rec)
         if on_step:
             on_step(step + 1, rec)
@@ -117,11 +211,11 @@ def pairwise_accuracy(rm: RewardModel, data: list[tuple], batch_size: int = 32) 
     from puyu.rl.reward_model import score_ids
 
     rm.eval()
-    sc = score_ids(rm, [c for c, _, _ in data], batch_size)
-    sr = score_ids(rm, [r for _, r, _ in data], batch_size)
+    sc = score_ids(rm, [p[0] for p in data], batch_size)
+    sr = score_ids(rm, [p[1] for p in data], batch_size)
     by: dict[str, list] = {}
-    for (_, _, d), a, b in zip(data, sc, sr):
-        by.setdefault(d, []).append((a, b))
+    for p, a, b in zip(data, sc, sr):
+        by.setdefault(p[2], []).append((a, b))
     wins = sum(a > b for a, b in zip(sc, sr))
     res = {"overall": wins / max(len(data), 1), "n": len(data), "ci95": list(wilson(wins, len(data))), "domains": {}}
     for d, v in sorted(by.items()):
@@ -162,6 +256,19 @@ def plot_scores(acc: dict, png: Path, title: str = "reward-model scores (held-ou
     return png
 
 
+def uses_teacher(rm_section) -> bool:
+    """Whether the RM section's auxiliary losses read the policy (`lm_weight`, `distill_weight`)."""
+    return rm_section.lm_weight > 0 or rm_section.distill_weight > 0
+
+
+def frozen_teacher(lm):
+    """A frozen fp32 eval-mode copy of a causal LM: the teacher of the reward model's auxiliary losses
+    (`rm.lm_weight`, `rm.distill_weight`); the reward model trains in fp32."""
+    import copy
+
+    return copy.deepcopy(lm).float().eval().requires_grad_(False)
+
+
 def run_rm(r: AlignRecipe) -> dict:
     """The whole RM stage (see the module docstring); returns the report."""
     from puyu.train.metrics import MetricsLog
@@ -199,7 +306,9 @@ def run_rm(r: AlignRecipe) -> dict:
                f"{steps} steps of {r.rm.batch_size}; reward token {rm.reward_token_id}")
     before = pairwise_accuracy(rm, ho_data) if ho_data else None
     train_rm_steps(rm, opt, tr_data, steps, r.rm.batch_size, r.seed, r.rm.focal, r.rm.barrier_weight, r.rm.bound,
-                   on_step=lambda s, rec: metrics.log("train", s, **rec))
+                   on_step=lambda s, rec: metrics.log("train", s, **rec), dense_weight=r.rm.dense_weight,
+                   lm_weight=r.rm.lm_weight, distill_weight=r.rm.distill_weight,
+                   teacher=frozen_teacher(actor) if uses_teacher(r.rm) else None)
     acc = pairwise_accuracy(rm, ho_data) if ho_data else pairwise_accuracy(rm, tr_data)
     save_reward_model(C.plain(rm), out / "hf", tok)
     plot_scores(acc, out / "scores.png")
