@@ -182,3 +182,35 @@ def test_long_context_reweighting_leaves_every_other_record_as_it_was(tmp_path):
     # uniform operands: ~18% of subtractions have |a-b| <= 9; reweighted: 30% by construction plus the rest's
     assert close_share(tmp_path / "a" / "longctx_train.jsonl") < 0.25 < 0.37 < close_share(
         tmp_path / "b" / "longctx_train.jsonl")
+
+
+def test_pretraining_tool_dialogues_draw_from_more_cities_when_asked(tmp_path):
+    """`corpus.pretrain_tool_cities`: pretraining tool calls name cities beyond the demo's ten (the argument is
+    then a copy, not a prior over ten names); SFT dialogues keep the ten the evaluation asks about."""
+    from puyu.recipes.nano import NanoRecipe, build_corpus
+    from puyu.train.recipe import load_recipe
+
+    rng = random.Random(3)
+    assert {S.tool_chat(rng)["messages"][2]["tool_calls"][0]["function"]["arguments"]["city"]
+            for _ in range(300)} == set(S.CITIES)
+    tiny = ["corpus.docs_chars=20000", "corpus.long_docs_chars=5000", "corpus.arithmetic=2000", "corpus.copy=100",
+            "corpus.pretrain_chats=100", "corpus.pretrain_tools=400", "corpus.long_arithmetic=300",
+            "corpus.chats=200", "corpus.clean=false", "corpus.test_small=40", "corpus.test_big=10", "progress=false"]
+
+    def called(path):
+        out = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            for m in rec.get("messages", []):
+                out += [c["function"]["arguments"]["city"] for c in m.get("tool_calls") or []]
+        return out
+
+    for flag, want_more in (("false", False), ("true", True)):
+        r = load_recipe(None, tiny + [f"corpus.pretrain_tool_cities={flag}"], cls=NanoRecipe)
+        build_corpus(r, tmp_path / flag)
+        pre = called(tmp_path / flag / "pretrain_train.jsonl") + called(tmp_path / flag / "pretrain_val.jsonl")
+        assert len(pre) >= 150
+        others = [c for c in pre if c not in S.CITIES]
+        assert all(c in S.MORE_CITIES for c in others)
+        assert (len(others) > len(pre) // 2) is want_more, (flag, len(others), len(pre))
+        assert set(called(tmp_path / flag / "sft_train.jsonl")) <= set(S.CITIES)

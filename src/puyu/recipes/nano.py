@@ -64,6 +64,9 @@ class CorpusSection:
     copy_p_list: float = 0.3  # copy records answered as a JSON list (a word's token changes, as in a tool call)
     pretrain_chats: int = 16000  # arithmetic chats mixed into pretraining (loss on the assistant turn)
     pretrain_tools: int = 1600  # tool-call and interpreter dialogues mixed into pretraining (half each)
+    # pretraining tool dialogues draw their city from the demo's ten and 70 more (synthetic.MORE_CITIES), so
+    # the argument is learnt as a copy, not a prior over ten names (README "Fifth round"); SFT keeps the ten
+    pretrain_tool_cities: bool = False
     copy_items: list = field(default_factory=lambda: [3, 12])
     long_passkey: int = 4500
     long_passkey_tokens: list = field(default_factory=lambda: [100, 512])
@@ -226,7 +229,8 @@ def build_corpus(r: NanoRecipe, data: Path) -> dict:
     bar.update()
     pre += S.copy_records(rng, c.copy, *c.copy_items, p_list=c.copy_p_list)
     pre += [S.arithmetic_chat(rng, exclude, c.arithmetic_p_big) for _ in range(c.pretrain_chats)]
-    pre += [S.tool_chat(rng) if i % 2 else S.interpreter_chat(rng, exclude) for i in range(c.pretrain_tools)]
+    tool_cities = S.CITIES + S.MORE_CITIES if c.pretrain_tool_cities else S.CITIES
+    pre += [S.tool_chat(rng, tool_cities) if i % 2 else S.interpreter_chat(rng, exclude) for i in range(c.pretrain_tools)]
     long = list(docs_long)
     long_arith = S.arithmetic_records(rng, c.long_arithmetic, c.arithmetic_p_big, exclude, c.arithmetic_p_sheet,
                                       p_prefix=c.arithmetic_p_prefix)

@@ -250,6 +250,14 @@ TOOLS = [
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
 ]
 CITIES = ["Paris", "Shanghai", "Tokyo", "Lima", "Oslo", "Cairo", "Sydney", "Boston", "Delhi", "Rome"]
+# More city names for pretraining tool dialogues (`corpus.pretrain_tool_cities`): with the demo's ten alone a
+# model can lower its loss on the argument by a prior over ten names instead of copying the question's.
+MORE_CITIES = ("Berlin Madrid Lisbon Vienna Prague Warsaw Dublin Athens Helsinki Stockholm Copenhagen Zurich "
+               "Geneva Milan Naples Munich Hamburg Lyon Seville Porto Krakow Budapest Bucharest Sofia Riga "
+               "Vilnius Tallinn Kyiv Istanbul Ankara Tehran Dubai Doha Riyadh Karachi Mumbai Chennai Dhaka "
+               "Bangkok Hanoi Manila Jakarta Seoul Busan Osaka Kyoto Beijing Taipei Perth Auckland Toronto "
+               "Montreal Vancouver Chicago Denver Seattle Houston Miami Havana Bogota Quito Santiago Caracas "
+               "Nairobi Lagos Accra Dakar Tunis Casablanca Johannesburg").split()
 CONDITIONS = ["sunny", "cloudy", "rainy", "windy", "snowy", "foggy"]
 COPY_WORDS = ("red green blue apple river stone seven lamp cloud paper tiger music north silver "
               "window garden bread candle forest orange").split() + CITIES
@@ -276,9 +284,10 @@ def tool_call_question(rng: random.Random, call: str, city: str, held_out: bool 
     return rng.choice(TOOL_QUESTIONS[call][1 if held_out else 0]).format(c=city)
 
 
-def tool_chat(rng: random.Random) -> dict:
-    """User asks; assistant calls a tool (plugin action); the environment answers; assistant replies."""
-    city = rng.choice(CITIES)
+def tool_chat(rng: random.Random, cities=CITIES) -> dict:
+    """User asks; assistant calls a tool (plugin action); the environment answers; assistant replies.
+    The city is drawn from `cities` (default: the demo's ten, which the evaluation asks about)."""
+    city = rng.choice(cities)
     call = rng.choice(["get_weather", "get_time"])
     q = tool_call_question(rng, call, city)
     if call == "get_weather":
