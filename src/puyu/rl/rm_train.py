@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -92,11 +93,7 @@ def encode_pairs(tok, pairs: list[dict], reward_token_id: int) -> list[EncodedPa
 
 def divergence(a: list[int], b: list[int]) -> int:
     """Length of the common prefix of two token lists (the first position where they differ)."""
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+    return len(os.path.commonprefix([a, b]))  # element-wise on any sequences, not only paths
 
 
 def span_positions(starts: list[int], ends: list[int], device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,18 +201,18 @@ def train_rm_steps(rm: RewardModel, optimizer, data: list[EncodedPair], steps: i
 
 
 @torch.no_grad()
-def pairwise_accuracy(rm: RewardModel, data: list[tuple], batch_size: int = 32) -> dict:
+def pairwise_accuracy(rm: RewardModel, data: list[EncodedPair], batch_size: int = 32) -> dict:
     """Held-out accuracy per domain and overall, each with its 95% Wilson interval (`ci95`), and the
     chosen and rejected scores."""
     from puyu.eval.stats import wilson
     from puyu.rl.reward_model import score_ids
 
     rm.eval()
-    sc = score_ids(rm, [p[0] for p in data], batch_size)
-    sr = score_ids(rm, [p[1] for p in data], batch_size)
+    sc = score_ids(rm, [p.chosen for p in data], batch_size)
+    sr = score_ids(rm, [p.rejected for p in data], batch_size)
     by: dict[str, list] = {}
     for p, a, b in zip(data, sc, sr):
-        by.setdefault(p[2], []).append((a, b))
+        by.setdefault(p.domain, []).append((a, b))
     wins = sum(a > b for a, b in zip(sc, sr))
     res = {"overall": wins / max(len(data), 1), "n": len(data), "ci95": list(wilson(wins, len(data))), "domains": {}}
     for d, v in sorted(by.items()):
