@@ -2,7 +2,10 @@
 `pydoc` from the modules installed with this Python, so it exists on every machine without a download.
 
 Each module becomes one document (pydoc's plain-text page: description, classes, functions and their
-docstrings). Lines that differ between machines (the FILE path, the versioned docs URL) are removed.
+docstrings). Lines that differ between machines (the FILE path, the versioned docs URL) are removed, and
+so are the memory addresses in default values' reprs (`<function copy2 at 0x7f44dde3a7a0>` becomes
+`<function copy2>`), which differ between two processes on one machine: with them the same seed gave a
+different corpus, tokenizer and training run each time.
 `docstring_facts` also collects (qualified name, first docstring line) pairs for short Q&A chats.
 """
 
@@ -29,12 +32,14 @@ MODULES = [
     "zlib", "binascii", "timeit", "tokenize", "keyword", "graphlib", "ipaddress", "mimetypes", "wave",
 ]
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # `<... at 0x7f44dde3a7a0>`: differs per process
 _DROP_SECTIONS = {"FILE", "MODULE REFERENCE", "VERSION", "AUTHOR", "CREDITS", "DATA"}
 
 
 def _clean(page: str) -> str:
-    """Drop machine-specific sections and pydoc's backspace bolding; keep the rest verbatim."""
+    """Drop machine-specific sections, pydoc's backspace bolding and object addresses; keep the rest verbatim."""
     page = re.sub(r".\x08", "", page)
+    page = _ADDRESS.sub("", page)
     out, skipping = [], False
     for line in page.splitlines():
         if line and not line.startswith(" "):  # a section heading such as "FUNCTIONS"
