@@ -110,6 +110,28 @@ def test_caps_apart_makes_a_name_the_same_token_in_a_question_and_in_json(tmp_pa
         train_tokenizer([tmp_path / "bad.txt"], tmp_path / "bad", vocab_size=400, caps_apart=True)
 
 
+def test_sign_apart_gives_a_negative_answer_the_same_tokens_with_and_without_a_cut(tmp_path):
+    """With sign_apart, `63-91=-28` in one text has the tokens of the prompt `63-91=` followed by the
+    completion `-28`; without it (the same training text) the tokenizer learns `=-`. caps_apart still
+    applies beside it."""
+    from puyu.model.tokenizer import train_tokenizer
+
+    lines = [f"{a}-{b}={a - b}\n{b}-{a}={b - a} The sky is blue in Oslo." for a in range(10, 60) for b in range(60, 99, 7)]
+    (tmp_path / "t.txt").write_text("\n".join(lines + [MIXED] * 5) + "\n", encoding="utf-8")
+    plain = train_tokenizer([tmp_path / "t.txt"], tmp_path / "plain", vocab_size=400)
+    apart = train_tokenizer([tmp_path / "t.txt"], tmp_path / "apart", vocab_size=400, caps_apart=True,
+                            sign_apart=True)
+
+    def pieces(t, s):
+        return [t.id_to_piece(i) for i in t.encode(s)]
+
+    assert "=-" in pieces(plain, "63-91=-28")  # the fault being fixed
+    assert pieces(apart, "63-91=-28") == pieces(apart, "63-91=") + pieces(apart, "-28")
+    assert not [apart.id_to_piece(i) for i in range(apart.vocab_size) if "=-" in apart.id_to_piece(i)]
+    assert pieces(apart, "in Oslo.")[:3] == ["in", "\u2581", "Oslo"]
+    assert apart.decode(apart.encode(MIXED)) == MIXED
+
+
 def test_bad_tokenizer_files(tmp_path):
     with pytest.raises(TokenizerError, match="does not exist"):
         load_tokenizer(tmp_path)

@@ -290,12 +290,14 @@ def update_template(directory: str | Path, force: bool = False) -> str:
 
 
 # ---- training ------------------------------------------------------------------------------------
-CAPS_DELIMITER = "\x1f"  # marks "space | capital letter" boundaries in the training text (caps_apart)
+CAPS_DELIMITER = "\x1f"  # marks the boundaries caps_apart and sign_apart keep in the training text
+_CAPS_BOUNDARY = r"(?<= )(?=[A-Z])"  # a space, then a capital letter
+_SIGN_BOUNDARY = r"(?<==)(?=-)"  # `=`, then a minus sign
 
 
 def train_tokenizer(inputs: list[str | Path], out_dir: str | Path, vocab_size: int = 2048,
                     max_sentences: int = 2_000_000, character_coverage: float = 0.9995,
-                    caps_apart: bool = False) -> Tokenizer:
+                    caps_apart: bool = False, sign_apart: bool = False) -> Tokenizer:
     """Train a BPE SentencePiece tokenizer like InternLM2's (byte fallback, identity normalizer, no dummy
     prefix) but with digits split one by one (better arithmetic at small scale), and the chat tokens
     plus newline as atomic pieces. Writes `tokenizer.model` and `tokenizer_config.json` into `out_dir`.
@@ -307,8 +309,14 @@ def train_tokenizer(inputs: list[str | Path], out_dir: str | Path, vocab_size: i
     SentencePiece's `pretokenization_delimiter`: the training text gets a delimiter between such a
     space and the capital, so no learned piece spans them; encoding needs no change (a plain
     SentencePiece model, loadable by Hugging Face's InternLM2 tokenizer). It costs about 0.2-0.6%
-    more tokens on English text (measured on the nano corpus). Raises TokenizerError when the text
-    already holds the delimiter character (U+001F)."""
+    more tokens on English text (measured on the nano corpus).
+
+    `sign_apart=True`: no piece joins `=` to a following minus sign, so the answer of `63-91=-28`
+    starts with the same `-` token whether the text is cut after `=` (a prompt, then its completion)
+    or not (a worksheet line, a chat reply). Without it the nano tokenizer learns `=-`, and a negative
+    answer is two different token sequences (most of pretraining's problems have `=` `-`, the chats
+    `=-`). Same mechanism as `caps_apart`. Raises TokenizerError when the text already holds the
+    delimiter character (U+001F) and either option is on."""
     import sentencepiece as spm
 
     files = [str(p) for p in inputs]
@@ -322,8 +330,10 @@ def train_tokenizer(inputs: list[str | Path], out_dir: str | Path, vocab_size: i
     with tempfile.TemporaryDirectory() as tmp:
         prefix = os.path.join(tmp, "tokenizer")
         extra = {}
-        if caps_apart:
-            files = [_mark_caps(f, os.path.join(tmp, f"input_{i}.txt")) for i, f in enumerate(files)]
+        boundaries = [b for b, on in ((_CAPS_BOUNDARY, caps_apart), (_SIGN_BOUNDARY, sign_apart)) if on]
+        if boundaries:
+            files = [_mark_boundaries(f, os.path.join(tmp, f"input_{i}.txt"), boundaries)
+                     for i, f in enumerate(files)]
             extra["pretokenization_delimiter"] = CAPS_DELIMITER
         try:
             spm.SentencePieceTrainer.train(
@@ -343,13 +353,13 @@ def train_tokenizer(inputs: list[str | Path], out_dir: str | Path, vocab_size: i
     return tok
 
 
-def _mark_caps(src: str, dst: str) -> str:
-    """Copy text file `src` to `dst` with CAPS_DELIMITER between each space and a following capital."""
+def _mark_boundaries(src: str, dst: str, boundaries: list[str]) -> str:
+    """Copy text file `src` to `dst` with CAPS_DELIMITER at every match of the `boundaries` regexes."""
     text = Path(src).read_text(encoding="utf-8")
     if CAPS_DELIMITER in text:
         raise TokenizerError(f"tokenizer training input {src} holds the character U+001F, which caps_apart "
-                             "uses as its delimiter")
-    Path(dst).write_text(re.sub(r"(?<= )(?=[A-Z])", CAPS_DELIMITER, text), encoding="utf-8")
+                             "and sign_apart use as their delimiter")
+    Path(dst).write_text(re.sub("|".join(boundaries), CAPS_DELIMITER, text), encoding="utf-8")
     return dst
 
 
@@ -361,6 +371,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--vocab-size", type=int, default=2048)
     t.add_argument("--caps-apart", action="store_true",
                    help="keep a space apart from a following capital letter (` Oslo` -> ` ` + `Oslo`)")
+    t.add_argument("--sign-apart", action="store_true",
+                   help="keep `=` apart from a following minus sign (`=-28` -> `=` + `-` + `2` + `8`)")
     e = sub.add_parser("encode", help="show the ids and pieces of a text")
     e.add_argument("--tokenizer", required=True, help="directory or tokenizer.model")
     e.add_argument("text")
@@ -382,7 +394,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.directory}: chat template {before}" + (" -> rewritten" if done else " (left as is)"))
         return 0
     if args.tok_command == "train":
-        tok = train_tokenizer(args.inputs, args.out, vocab_size=args.vocab_size, caps_apart=args.caps_apart)
+        tok = train_tokenizer(args.inputs, args.out, vocab_size=args.vocab_size, caps_apart=args.caps_apart,
+                              sign_apart=args.sign_apart)
         print(f"trained tokenizer with {tok.vocab_size} pieces -> {args.out}")
     else:
         tok = load_tokenizer(args.tokenizer)

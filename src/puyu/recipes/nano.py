@@ -114,6 +114,7 @@ class NanoRecipe:
     threads: int | str | None = "auto"
     vocab_size: int = 2048
     caps_apart: bool = True  # tokenizer: ` Oslo` -> ` ` + `Oslo`, so a name in a tool call copies the question's token
+    sign_apart: bool = False  # tokenizer: `=-28` -> `=` `-` `2` `8`, the same tokens as a prompt `=` then `-28`
     preset: str = "nano"
     model_overrides: dict = field(default_factory=dict)
     progress: bool = True
@@ -369,7 +370,7 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
     # tokenizer
     if not (_finished(tok_dir, resume) is not None and (tok_dir / "tokenizer.model").exists()):
         timed("tokenizer", lambda: train_tokenizer([data / "tokenizer_text.txt"], tok_dir, vocab_size=r.vocab_size,
-                                                     caps_apart=r.caps_apart))
+                                                     caps_apart=r.caps_apart, sign_apart=r.sign_apart))
         _mark_done(tok_dir, {})
     tok = load_tokenizer(tok_dir)
     # shards
