@@ -48,6 +48,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from puyu.engine.generate import add_weights_arguments, check_memory
+from puyu.engine.sampling import context_length
 from puyu.errors import PuyuError
 from puyu.model.chat_format import BOS
 from puyu.serve.chat import EngineStream, Event, chat_events, chat_prompt, completion_events
@@ -100,8 +101,7 @@ class _State:
                  sessions: Sessions, interpreter: bool):
         self.engine, self.tokenizer, self.model_name = engine, tokenizer, model_name
         self.limits, self.api_key, self.sessions, self.interpreter = limits, api_key, sessions, interpreter
-        cfg = getattr(getattr(engine, "model", None), "config", None)
-        self.context = limits.context_length or getattr(cfg, "max_position_embeddings", None) or 4096
+        self.context = context_length(getattr(getattr(engine, "model", None), "config", None), limits.context_length)
         self.active = 0
 
     def admit(self) -> _Ticket:
@@ -114,17 +114,15 @@ class _State:
 
     def sampling(self, req, prompt_len: int, stop_token_ids: list[int]):
         """SamplingParams for a request whose prompt has `prompt_len` tokens, or a 400 if it cannot fit."""
-        from puyu.engine.sampling import SamplingParams
+        from puyu.engine.sampling import ContextLengthError, SamplingParams, check_context
 
         room = self.context - prompt_len
         want = req.token_limit()
-        if room <= 0 or (want is not None and want > room):
-            asked = f"{prompt_len + want} tokens ({prompt_len} in the prompt, {want} in the completion)" \
-                if want is not None else f"{prompt_len} tokens in the prompt, leaving no room for a completion"
-            raise APIError(400, f"this model's maximum context length is {self.context} tokens, but you "
-                                f"requested {asked}; shorten the messages or lower max_tokens",
-                           param="messages" if hasattr(req, "messages") else "prompt",
-                           code="context_length_exceeded")
+        try:
+            check_context(self.context, prompt_len, want, fix="shorten the messages or lower max_tokens")
+        except ContextLengthError as e:
+            raise APIError(400, str(e), param="messages" if hasattr(req, "messages") else "prompt",
+                           code="context_length_exceeded") from None
         if want is not None and want > self.limits.max_tokens:
             raise APIError(400, f"max_tokens is {want}; this server allows at most {self.limits.max_tokens}",
                            param="max_tokens", code="max_tokens_too_large")
