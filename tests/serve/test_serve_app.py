@@ -245,6 +245,25 @@ def test_other_4xx(stack):
             model=MODEL, messages=_user("x"), max_tokens=-1)
 
 
+def _refused(call) -> dict:
+    """The error object of a request the official client sends and the server refuses (400)."""
+    with pytest.raises(openai.BadRequestError) as info:
+        call()
+    err = info.value.response.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
+    assert info.value.message == f"Error code: 400 - {err['message']}"
+    return err
+
+
+def test_n_above_1_is_one_clean_sentence(client):
+    """The value was said twice ("n must be 1, got 3, got 3"): the validator and the message both added it."""
+    err = _refused(lambda: client.chat.completions.create(model=MODEL, messages=_user("x"), n=3))
+    assert err["message"] == "invalid value for 'n': puyu returns one choice per request; n must be 1, got 3"
+    assert err["param"] == "n"
+    err = _refused(lambda: client.completions.create(model=MODEL, prompt="x", n=2))
+    assert err["message"] == "invalid value for 'n': puyu returns one choice per request; n must be 1, got 2"
+
+
 def test_api_key_body_size_and_max_tokens_limits(stack):
     url = stack[3].url
     bad = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0)

@@ -241,7 +241,7 @@ class _GenerationRequest(_Strict):
     @classmethod
     def _check_n(cls, v):
         if v != 1:
-            raise ValueError(f"puyu returns one choice per request; n must be 1, got {v}")
+            raise ValueError("puyu returns one choice per request; n must be 1")  # validation_message adds ", got N"
         return v
 
     @field_validator("presence_penalty", "frequency_penalty")
