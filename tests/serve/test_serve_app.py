@@ -264,6 +264,19 @@ def test_n_above_1_is_one_clean_sentence(client):
     assert err["message"] == "invalid value for 'n': puyu returns one choice per request; n must be 1, got 2"
 
 
+@pytest.mark.parametrize("parts", [
+    [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}],
+    [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}],
+])
+def test_an_image_part_says_images_are_not_supported(client, parts):
+    """It gave pydantic's "Input should be a valid string (and 3 more problems)" for the union of content."""
+    err = _refused(lambda: client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}, {"role": "user", "content": parts}]))
+    assert err["param"] == "messages.1.content"
+    assert err["message"] == ("invalid value for 'messages.1.content': images are not supported: puyu's models "
+                              "read text only; send only {'type': 'text'} parts")
+
+
 def test_api_key_body_size_and_max_tokens_limits(stack):
     url = stack[3].url
     bad = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0)

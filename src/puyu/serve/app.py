@@ -18,7 +18,8 @@ Endpoints (all JSON; errors in OpenAI's shape `{"error": {"message", "type", "pa
     GET  /                                the web chat (static files from puyu/web, no CDN)
 
 Limits, each a 4xx with a message naming the problem, never a 500:
-    400 malformed JSON, wrong types, unknown arguments, out-of-range values, a prompt that does not fit
+    400 malformed JSON, wrong types, unknown arguments, out-of-range values, image content parts ("images
+        are not supported": text-only models), a prompt that does not fit
         the context (code "context_length_exceeded"), max_tokens above --max-tokens, text that is not
         Unicode (a lone UTF-16 surrogate such as "\\ud800", valid JSON) in any field, the field named
     401 missing or wrong Bearer key when --api-key is set (every /v1/ path; / and /health stay open)

@@ -29,6 +29,7 @@ MAX_STOP = 4  # OpenAI: "Up to 4 sequences"
 MAX_TOOLS = 128  # OpenAI's limit on the number of functions in one request
 SESSION_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 TOOL_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+IMAGE_PARTS = ("image_url", "input_image")  # OpenAI's image content parts (chat; Responses API)
 
 
 # ---- errors ---------------------------------------------------------------------------------------
@@ -171,6 +172,16 @@ class ChatMessage(_Strict):
         if (self.tool_calls or self.code is not None) and self.role != "assistant":
             raise ValueError("only 'assistant' messages may carry 'tool_calls' or 'code'")
         return self
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _no_images(cls, v):
+        # Before the union is tried: an image part would otherwise fail every member ("Input should be a
+        # valid string (and 3 more problems)") instead of saying what is not supported.
+        if isinstance(v, list) and any(isinstance(p, dict) and p.get("type") in IMAGE_PARTS for p in v):
+            raise ValueError("images are not supported: puyu's models read text only; send only "
+                             "{'type': 'text'} parts")
+        return v
 
     def text(self) -> str:
         if isinstance(self.content, list):
