@@ -277,6 +277,18 @@ def test_an_image_part_says_images_are_not_supported(client, parts):
                               "read text only; send only {'type': 'text'} parts")
 
 
+def test_a_body_that_is_not_utf8_says_so(stack):
+    """Latin-1 text in JSON (what the client cannot send): Starlette's generic "There was an error parsing the
+    body" before."""
+    body = '{"messages": [{"role": "user", "content": "caf\u00e9"}]}'.encode("latin-1")
+    at = body.index(b"\xe9")
+    r = _post(stack[2].url, body)
+    assert r.status_code == 400, r.text
+    assert r.json() == {"error": {
+        "message": f"the request body is not valid UTF-8 JSON: byte 0xe9 at offset {at} cannot be decoded "
+                   f"(invalid continuation byte)", "type": "invalid_request_error", "param": None, "code": None}}
+
+
 def test_api_key_body_size_and_max_tokens_limits(stack):
     url = stack[3].url
     bad = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0)

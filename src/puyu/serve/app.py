@@ -18,8 +18,8 @@ Endpoints (all JSON; errors in OpenAI's shape `{"error": {"message", "type", "pa
     GET  /                                the web chat (static files from puyu/web, no CDN)
 
 Limits, each a 4xx with a message naming the problem, never a 500:
-    400 malformed JSON, wrong types, unknown arguments, out-of-range values, image content parts ("images
-        are not supported": text-only models), a prompt that does not fit
+    400 malformed JSON or a body that is not UTF-8, wrong types, unknown arguments, out-of-range values,
+        image content parts ("images are not supported": text-only models), a prompt that does not fit
         the context (code "context_length_exceeded"), max_tokens above --max-tokens, text that is not
         Unicode (a lone UTF-16 surrogate such as "\\ud800", valid JSON) in any field, the field named
     401 missing or wrong Bearer key when --api-key is set (every /v1/ path; / and /health stay open)
@@ -260,6 +260,11 @@ def create_app(engine, tokenizer, model_name: str, *, api_key: str | None = None
             message = f"no such endpoint: {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"method {request.method} is not allowed on {request.url.path}"
+        elif exc.status_code == 400 and isinstance(bad := exc.__cause__, UnicodeDecodeError):
+            # FastAPI's json.loads of the body failed to decode it; its own message is only "There was an
+            # error parsing the body"
+            message = (f"the request body is not valid UTF-8 JSON: byte {bad.object[bad.start]:#04x} at offset "
+                       f"{bad.start} cannot be decoded ({bad.reason})")
         return JSONResponse(error_body(message, code=code), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(APIError)
