@@ -289,6 +289,21 @@ def test_a_body_that_is_not_utf8_says_so(stack):
                    f"(invalid continuation byte)", "type": "invalid_request_error", "param": None, "code": None}}
 
 
+@pytest.mark.parametrize("path, field", [("/v1/chat/completions", "messages"), ("/v1/completions", "prompt")])
+def test_an_empty_body_names_the_required_fields(stack, path, field):
+    """It said "invalid request body: Field required" without the field (FastAPI reports the body itself)."""
+    r = _post(stack[2].url, b"", path=path)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == {"message": f"the request body is empty; send a JSON object with the required "
+                                            f"field '{field}'", "type": "invalid_request_error", "param": field,
+                                 "code": None}
+    # an empty object, and several missing fields at once, are named too
+    assert _post(stack[2].url, {}, path=path).json()["error"]["message"] == f"missing required field '{field}'"
+    r = _post(stack[2].url, {"messages": _user("x"), "tools": [{}]})
+    assert r.json()["error"]["message"] == "missing required fields 'tools.0.type', 'tools.0.function'"
+    assert r.json()["error"]["param"] == "tools.0.type"
+
+
 def test_api_key_body_size_and_max_tokens_limits(stack):
     url = stack[3].url
     bad = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0)

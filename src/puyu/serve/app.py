@@ -18,10 +18,11 @@ Endpoints (all JSON; errors in OpenAI's shape `{"error": {"message", "type", "pa
     GET  /                                the web chat (static files from puyu/web, no CDN)
 
 Limits, each a 4xx with a message naming the problem, never a 500:
-    400 malformed JSON or a body that is not UTF-8, wrong types, unknown arguments, out-of-range values,
-        image content parts ("images are not supported": text-only models), a prompt that does not fit
-        the context (code "context_length_exceeded"), max_tokens above --max-tokens, text that is not
-        Unicode (a lone UTF-16 surrogate such as "\\ud800", valid JSON) in any field, the field named
+    400 malformed JSON, a body that is not UTF-8 or empty (the required fields named), wrong types,
+        unknown arguments, out-of-range values, image content parts ("images are not supported": text-only
+        models), a prompt that does not fit the context (code "context_length_exceeded"), max_tokens
+        above --max-tokens, text that is not Unicode (a lone UTF-16 surrogate such as "\\ud800", valid
+        JSON) in any field, the field named
     401 missing or wrong Bearer key when --api-key is set (every /v1/ path; / and /health stay open)
     404 unknown model or path;  405 wrong method
     413 body over --max-body-bytes (uploads: --max-upload-bytes)
@@ -240,6 +241,8 @@ def create_app(engine, tokenizer, model_name: str, *, api_key: str | None = None
                   description="OpenAI-compatible InternLM2 server (puyu). Errors use OpenAI's error shape.")
     app.state.puyu = state
     errors = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 429)}
+    # each JSON route's request model: an empty body is answered with its required fields
+    bodies = {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest}
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):
@@ -249,7 +252,7 @@ def create_app(engine, tokenizer, model_name: str, *, api_key: str | None = None
                 and "json" not in ctype and "multipart" not in ctype:
             return JSONResponse(error_body(f"the request body must be JSON sent with 'Content-Type: "
                                            f"application/json' (got {ctype or 'no Content-Type'})"), status_code=400)
-        message, param = validation_message(errors)
+        message, param = validation_message(errors, bodies.get(request.url.path))
         return JSONResponse(error_body(message, param=param), status_code=400)
 
     @app.exception_handler(HTTPException)
