@@ -127,6 +127,33 @@ def test_tools_flag_runs_the_agent_through_the_engine(tiny_tokenizer):
     assert s.messages[1]["tool_calls"][0]["function"] == {"name": "calculator", "arguments": {"expression": "2+3"}}
 
 
+def test_an_interpreter_call_without_code_is_shown_as_such(tiny_tokenizer):
+    """`--interpreter`: an action with no code showed as "[interpreter] None"."""
+    import argparse
+
+    from tiny_models import ScriptedModel
+
+    from puyu.agent.chat import make_agent
+    from puyu.model.chat_format import encode_chat
+
+    tok = tiny_tokenizer
+    messages = [{"role": "user", "content": "run it"}]
+    prompt = encode_chat(tok, messages, None, True)
+    # The scripted model writes an interpreter action with nothing in it, then ends its next turn at once.
+    script = prompt + tok.encode("<|action_start|><|interpreter|>\n<|action_end|>", allow_special=True)
+    params = SamplingParams(max_new_tokens=50, stop_token_ids=tok.stop_ids)
+    args = argparse.Namespace(tools=False, interpreter=True, workdir=None, max_steps=2)
+    out = io.StringIO()
+    with Engine(ScriptedModel(tok.vocab_size, script), tok, cache_tokens=2048) as engine:
+        agent = make_agent(args, engine, params)
+        try:
+            assert ChatSession(engine, tok, params, agent=agent, out=out).handle("run it")
+        finally:
+            agent.close()
+    text = out.getvalue()
+    assert "\n[interpreter] (no code)\n" in text and "None" not in text, text
+    assert "[result (error)] Error: the interpreter call contains no code" in text
+
 def test_chat_without_a_model_is_a_clear_error(capsys):
     from puyu.cli import main
 

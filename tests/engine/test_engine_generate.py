@@ -92,6 +92,30 @@ def test_user_errors_are_one_clear_line(args, message, capsys):
     assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 
+def test_prompt_past_the_context_is_refused_as_serve_refuses_it(tiny_checkpoint, capsys):
+    """nano-tiny has 256 positions (max_position_embeddings): prompt + --max-new-tokens up to 256 runs, one
+    token more is one error line in `puyu serve`'s words and nothing is generated; --context-length raises
+    the limit (as serve's flag does)."""
+    ids = " ".join(["7"] * 250)
+    base = ["generate", "--model", str(tiny_checkpoint), "--ids", ids, "--ignore-eos", "--json"]
+    assert main(base + ["--max-new-tokens", "6"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["token_ids"]) == 6
+    assert main(base + ["--max-new-tokens", "7"]) == 1
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.startswith("error: this model's maximum context length is 256 tokens, but you "
+                                                "requested 257 tokens (250 in the prompt, 7 in the completion)")
+    assert main(base + ["--max-new-tokens", "7", "--context-length", "257"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["token_ids"]) == 7
+    # a text prompt (the reported case: a long prompt, streamed) is counted as the engine encodes it
+    text = "the engine " * 200
+    n = len(load_tokenizer(tiny_checkpoint).encode("<s>" + text, allow_special=True))
+    assert n > 256
+    assert main(["generate", "--model", str(tiny_checkpoint), "short", text, "--max-new-tokens", "4"]) == 1
+    out = capsys.readouterr()
+    assert out.out == "" and f"error: prompt [1]: this model's maximum context length is 256 tokens, but you " \
+                             f"requested {n + 4} tokens ({n} in the prompt, 4 in the completion)" in out.err
+
+
 @pytest.mark.parametrize("kv", ["bf16", "int8"])
 def test_kv_flag_stores_the_cache_in_that_format(tiny_checkpoint, capsys, kv):
     from tiny_models import reference_logits

@@ -291,6 +291,17 @@ def test_corrupt_file_gives_one_line_error(tmp_path, damage, capsys, tiny_tokeni
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(f) in lines[0], err
 
 
+@pytest.mark.parametrize("keep", [10, 30])
+def test_a_header_cut_short_has_one_error_prefix(tmp_path, keep, capsys):
+    """struct's exception is named "error", so the message read "error: ... is truncated or corrupt: error:
+    unpack_from requires ..."."""
+    f = write_gguf_from_model(tiny(seed=3), tmp_path / "m.gguf", "f32")
+    f.write_bytes(f.read_bytes()[:keep])
+    assert main(["generate", "--model", str(f), "--ids", "1 2 3", "--max-new-tokens", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {f} is truncated or corrupt: the header runs past the end of the file (")
+    assert err.count("error:") == 1 and len(err.splitlines()) == 1, err
+
 def test_cli_convert_info_and_generate(tmp_path, capsys):
     """The commands as a user runs them (in-process: `puyu.cli.main` is the console script's body)."""
     import json

@@ -53,6 +53,18 @@ def test_quantize_command_writes_a_checkpoint_that_reloads(tmp_path, capsys):
         load_model(tmp_path / "q", weights="int8")
 
 
+def test_quantize_reports_a_small_checkpoint_in_mib(tmp_path, capsys):
+    """The nano model's packed weights (a few MiB) were reported as "0.00 GiB"."""
+    from puyu.model.transformer import InternLM2ForCausalLM
+
+    save_pretrained(InternLM2ForCausalLM(get_preset("nano")).reset_parameters(seed=0), tmp_path / "f",
+                    dtype="bfloat16")
+    assert main(["quantize", str(tmp_path / "f"), str(tmp_path / "q"), "--weights", "int8"]) == 0
+    out = capsys.readouterr().out
+    total = sum(f.stat().st_size for f in (tmp_path / "q").glob("*.safetensors"))
+    assert 2**20 < total < 2**30
+    assert out.strip().endswith(f"(int8 weights, {total / 2**20:.2f} MiB)"), out
+
 CHILD = textwrap.dedent("""
     import ctypes, json, sys, torch
     from puyu.model.checkpoint import load_model

@@ -245,6 +245,65 @@ def test_other_4xx(stack):
             model=MODEL, messages=_user("x"), max_tokens=-1)
 
 
+def _refused(call) -> dict:
+    """The error object of a request the official client sends and the server refuses (400)."""
+    with pytest.raises(openai.BadRequestError) as info:
+        call()
+    err = info.value.response.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
+    assert info.value.message == f"Error code: 400 - {err['message']}"
+    return err
+
+
+def test_n_above_1_is_one_clean_sentence(client):
+    """The value was said twice ("n must be 1, got 3, got 3"): the validator and the message both added it."""
+    err = _refused(lambda: client.chat.completions.create(model=MODEL, messages=_user("x"), n=3))
+    assert err["message"] == "invalid value for 'n': puyu returns one choice per request; n must be 1, got 3"
+    assert err["param"] == "n"
+    err = _refused(lambda: client.completions.create(model=MODEL, prompt="x", n=2))
+    assert err["message"] == "invalid value for 'n': puyu returns one choice per request; n must be 1, got 2"
+
+
+@pytest.mark.parametrize("parts", [
+    [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}],
+    [{"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}],
+])
+def test_an_image_part_says_images_are_not_supported(client, parts):
+    """It gave pydantic's "Input should be a valid string (and 3 more problems)" for the union of content."""
+    err = _refused(lambda: client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}, {"role": "user", "content": parts}]))
+    assert err["param"] == "messages.1.content"
+    assert err["message"] == ("invalid value for 'messages.1.content': images are not supported: puyu's models "
+                              "read text only; send only {'type': 'text'} parts")
+
+
+def test_a_body_that_is_not_utf8_says_so(stack):
+    """Latin-1 text in JSON (what the client cannot send): Starlette's generic "There was an error parsing the
+    body" before."""
+    body = '{"messages": [{"role": "user", "content": "caf\u00e9"}]}'.encode("latin-1")
+    at = body.index(b"\xe9")
+    r = _post(stack[2].url, body)
+    assert r.status_code == 400, r.text
+    assert r.json() == {"error": {
+        "message": f"the request body is not valid UTF-8 JSON: byte 0xe9 at offset {at} cannot be decoded "
+                   f"(invalid continuation byte)", "type": "invalid_request_error", "param": None, "code": None}}
+
+
+@pytest.mark.parametrize("path, field", [("/v1/chat/completions", "messages"), ("/v1/completions", "prompt")])
+def test_an_empty_body_names_the_required_fields(stack, path, field):
+    """It said "invalid request body: Field required" without the field (FastAPI reports the body itself)."""
+    r = _post(stack[2].url, b"", path=path)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == {"message": f"the request body is empty; send a JSON object with the required "
+                                            f"field '{field}'", "type": "invalid_request_error", "param": field,
+                                 "code": None}
+    # an empty object, and several missing fields at once, are named too
+    assert _post(stack[2].url, {}, path=path).json()["error"]["message"] == f"missing required field '{field}'"
+    r = _post(stack[2].url, {"messages": _user("x"), "tools": [{}]})
+    assert r.json()["error"]["message"] == "missing required fields 'tools.0.type', 'tools.0.function'"
+    assert r.json()["error"]["param"] == "tools.0.type"
+
+
 def test_api_key_body_size_and_max_tokens_limits(stack):
     url = stack[3].url
     bad = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0)

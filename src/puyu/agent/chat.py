@@ -111,7 +111,10 @@ class ChatSession:
             if isinstance(ev, TextDelta):
                 self._write(ev.text)
             elif isinstance(ev, ToolCall):
-                what = ev.code if ev.kind == "interpreter" else f"{ev.name}({ev.arguments})"
+                if ev.kind == "interpreter":  # code None: the action held none (the result says so next)
+                    what = "(no code)" if ev.code is None else ev.code
+                else:
+                    what = f"{ev.name}({ev.arguments})"
                 self._write(f"\n[{ev.kind}] {what}\n")
             elif isinstance(ev, ToolOutput):
                 self._write(f"[result{'' if ev.ok else ' (error)'}] {ev.content}\n")

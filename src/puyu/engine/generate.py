@@ -7,7 +7,9 @@
 Text prompts get `<s>` in front (unless `--no-bos`); `--chat` wraps each prompt as a user turn of the
 InternLM2 template (and stops at `<|im_end|>`). A preset name gives a randomly initialised model, so
 text needs `--tokenizer`, or give token ids with `--ids`. The sampling flags here are shared with
-`puyu chat` (`add_sampling_arguments`, `sampling_from_args`).
+`puyu chat` (`add_sampling_arguments`, `sampling_from_args`). A prompt whose tokens + `--max-new-tokens`
+exceed the model's context (`max_position_embeddings`, or `--context-length`: the rule `puyu serve` uses)
+is refused before anything is generated.
 """
 
 from __future__ import annotations
@@ -159,6 +161,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--logprobs", action="store_true", help="report each token's log-probability (with --json)")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt instead of plain text")
     p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument("--context-length", type=int,
+                   help="longest prompt + completion (default: the model's max_position_embeddings, as serve)")
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -184,9 +188,27 @@ def build_prompts(args: argparse.Namespace, tokenizer) -> list:
     return [t if args.no_bos else "<s>" + t for t in texts]
 
 
+def check_prompts_fit(args: argparse.Namespace, config, tokenizer, prompts: list) -> None:
+    """Refuse (ContextLengthError, naming the prompt) any prompt whose tokens + --max-new-tokens exceed the
+    context `puyu serve` would allow (puyu.engine.sampling.context_length: --context-length, else the
+    model's max_position_embeddings): past it the model runs on positions it never saw."""
+    from puyu.engine.sampling import ContextLengthError, check_context, context_length
+
+    context = context_length(config, getattr(args, "context_length", None))
+    for i, prompt in enumerate(prompts):
+        # counted as the engine encodes a text prompt (markers written in it are special ids)
+        n = len(tokenizer.encode(prompt, allow_special=True)) if isinstance(prompt, str) else len(prompt)
+        try:
+            check_context(context, n, args.max_new_tokens,
+                          fix="shorten the prompt, lower --max-new-tokens or raise --context-length")
+        except ContextLengthError as e:
+            raise ContextLengthError(f"prompt [{i}]: {e}" if len(prompts) > 1 else str(e)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model_and_tokenizer(args, need_tokenizer=not args.ids)
     prompts = build_prompts(args, tokenizer)
+    check_prompts_fit(args, model.config, tokenizer, prompts)
     stop_ids = tokenizer.stop_ids if (args.chat and tokenizer is not None) else []
     params = sampling_from_args(args, stop_ids, ignore_eos=args.ignore_eos, logprobs=args.logprobs)
     with make_engine(args, model, tokenizer, max_batch_size=args.max_batch_size) as engine:

@@ -102,6 +102,33 @@ class SamplingParams:
         return self.temperature == 0
 
 
+class ContextLengthError(PuyuError, ValueError):
+    """A prompt plus its completion budget longer than the model's context."""
+
+
+def context_length(config, override: int | None = None) -> int:
+    """The longest prompt + completion, in tokens, that `puyu serve` and `puyu generate` accept: `override`
+    (their `--context-length`), else the config's `max_position_embeddings` (not raised by a RoPE scaling
+    factor: pass `override` to go past the trained length on purpose), else 4096 when `config` has no
+    such field."""
+    return int(override or getattr(config, "max_position_embeddings", None) or 4096)
+
+
+def check_context(context: int, prompt_tokens: int, max_new_tokens: int | None, fix: str) -> None:
+    """Raise ContextLengthError unless `prompt_tokens` + `max_new_tokens` fit in `context` tokens (with
+    `max_new_tokens` None, unless at least one token is left for the completion). The message states the
+    context and the prompt's length in OpenAI's words (puyu.eval.backends reads both numbers back), then
+    `fix`, what the caller's user can change ("shorten the prompt or lower --max-new-tokens")."""
+    room = context - prompt_tokens
+    if room > 0 and (max_new_tokens is None or max_new_tokens <= room):
+        return
+    asked = (f"{prompt_tokens + max_new_tokens} tokens ({prompt_tokens} in the prompt, {max_new_tokens} in the "
+             f"completion)" if max_new_tokens is not None
+             else f"{prompt_tokens} tokens in the prompt, leaving no room for a completion")
+    raise ContextLengthError(f"this model's maximum context length is {context} tokens, but you requested "
+                             f"{asked}; {fix}")
+
+
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
     """The request's own random stream: seeded when asked, else from fresh OS entropy."""
     g = torch.Generator(device=device)

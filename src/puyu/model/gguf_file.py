@@ -134,7 +134,10 @@ class _File:
             raise GGUFError(f"{self.path} is not a GGUF file (it does not start with the bytes 'GGUF')")
         try:
             self.fields, infos, data_start = _parse_header(self.path)
-        except (struct.error, ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError, MemoryError) as e:
+        except struct.error as e:  # the one struct raises for a buffer too short; its name is just "error"
+            raise GGUFError(f"{self.path} is truncated or corrupt: the header runs past the end of the file "
+                            f"({e})") from None
+        except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError, MemoryError) as e:
             raise GGUFError(f"{self.path} is truncated or corrupt: {type(e).__name__}: {e}") from None
         self.tensors: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
         for name, dims, type_id, offset in infos:

@@ -29,5 +29,14 @@ def run(args: argparse.Namespace) -> int:
     weight_map(src)  # a clear error for a directory without weights
     out = save_quantized(src, dst, args.weights, args.group)
     total = sum(f.stat().st_size for f in out.iterdir() if f.suffix == ".safetensors")
-    print(f"wrote {out} ({args.weights} weights, {total / 2**30:.2f} GiB)")
+    print(f"wrote {out} ({args.weights} weights, {_size(total)})")
     return 0
+
+
+def _size(n: int) -> str:
+    """`n` bytes in GiB from 1 GiB up, else MiB from 1 MiB up, else KiB, two decimals (a nano model's few
+    MiB read "0.00 GiB" when every size was in GiB)."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n / 2**10:.2f} KiB"

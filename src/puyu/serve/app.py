@@ -18,9 +18,11 @@ Endpoints (all JSON; errors in OpenAI's shape `{"error": {"message", "type", "pa
     GET  /                                the web chat (static files from puyu/web, no CDN)
 
 Limits, each a 4xx with a message naming the problem, never a 500:
-    400 malformed JSON, wrong types, unknown arguments, out-of-range values, a prompt that does not fit
-        the context (code "context_length_exceeded"), max_tokens above --max-tokens, text that is not
-        Unicode (a lone UTF-16 surrogate such as "\\ud800", valid JSON) in any field, the field named
+    400 malformed JSON, a body that is not UTF-8 or empty (the required fields named), wrong types,
+        unknown arguments, out-of-range values, image content parts ("images are not supported": text-only
+        models), a prompt that does not fit the context (code "context_length_exceeded"), max_tokens
+        above --max-tokens, text that is not Unicode (a lone UTF-16 surrogate such as "\\ud800", valid
+        JSON) in any field, the field named
     401 missing or wrong Bearer key when --api-key is set (every /v1/ path; / and /health stay open)
     404 unknown model or path;  405 wrong method
     413 body over --max-body-bytes (uploads: --max-upload-bytes)
@@ -48,6 +50,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from puyu.engine.generate import add_weights_arguments, check_memory
+from puyu.engine.sampling import context_length
 from puyu.errors import PuyuError
 from puyu.model.chat_format import BOS
 from puyu.serve.chat import EngineStream, Event, chat_events, chat_prompt, completion_events
@@ -100,8 +103,7 @@ class _State:
                  sessions: Sessions, interpreter: bool):
         self.engine, self.tokenizer, self.model_name = engine, tokenizer, model_name
         self.limits, self.api_key, self.sessions, self.interpreter = limits, api_key, sessions, interpreter
-        cfg = getattr(getattr(engine, "model", None), "config", None)
-        self.context = limits.context_length or getattr(cfg, "max_position_embeddings", None) or 4096
+        self.context = context_length(getattr(getattr(engine, "model", None), "config", None), limits.context_length)
         self.active = 0
 
     def admit(self) -> _Ticket:
@@ -114,17 +116,15 @@ class _State:
 
     def sampling(self, req, prompt_len: int, stop_token_ids: list[int]):
         """SamplingParams for a request whose prompt has `prompt_len` tokens, or a 400 if it cannot fit."""
-        from puyu.engine.sampling import SamplingParams
+        from puyu.engine.sampling import ContextLengthError, SamplingParams, check_context
 
         room = self.context - prompt_len
         want = req.token_limit()
-        if room <= 0 or (want is not None and want > room):
-            asked = f"{prompt_len + want} tokens ({prompt_len} in the prompt, {want} in the completion)" \
-                if want is not None else f"{prompt_len} tokens in the prompt, leaving no room for a completion"
-            raise APIError(400, f"this model's maximum context length is {self.context} tokens, but you "
-                                f"requested {asked}; shorten the messages or lower max_tokens",
-                           param="messages" if hasattr(req, "messages") else "prompt",
-                           code="context_length_exceeded")
+        try:
+            check_context(self.context, prompt_len, want, fix="shorten the messages or lower max_tokens")
+        except ContextLengthError as e:
+            raise APIError(400, str(e), param="messages" if hasattr(req, "messages") else "prompt",
+                           code="context_length_exceeded") from None
         if want is not None and want > self.limits.max_tokens:
             raise APIError(400, f"max_tokens is {want}; this server allows at most {self.limits.max_tokens}",
                            param="max_tokens", code="max_tokens_too_large")
@@ -241,6 +241,8 @@ def create_app(engine, tokenizer, model_name: str, *, api_key: str | None = None
                   description="OpenAI-compatible InternLM2 server (puyu). Errors use OpenAI's error shape.")
     app.state.puyu = state
     errors = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 429)}
+    # each JSON route's request model: an empty body is answered with its required fields
+    bodies = {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest}
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):
@@ -250,7 +252,7 @@ def create_app(engine, tokenizer, model_name: str, *, api_key: str | None = None
                 and "json" not in ctype and "multipart" not in ctype:
             return JSONResponse(error_body(f"the request body must be JSON sent with 'Content-Type: "
                                            f"application/json' (got {ctype or 'no Content-Type'})"), status_code=400)
-        message, param = validation_message(errors)
+        message, param = validation_message(errors, bodies.get(request.url.path))
         return JSONResponse(error_body(message, param=param), status_code=400)
 
     @app.exception_handler(HTTPException)
@@ -261,6 +263,11 @@ def create_app(engine, tokenizer, model_name: str, *, api_key: str | None = None
             message = f"no such endpoint: {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"method {request.method} is not allowed on {request.url.path}"
+        elif exc.status_code == 400 and isinstance(bad := exc.__cause__, UnicodeDecodeError):
+            # FastAPI's json.loads of the body failed to decode it; its own message is only "There was an
+            # error parsing the body"
+            message = (f"the request body is not valid UTF-8 JSON: byte {bad.object[bad.start]:#04x} at offset "
+                       f"{bad.start} cannot be decoded ({bad.reason})")
         return JSONResponse(error_body(message, code=code), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(APIError)

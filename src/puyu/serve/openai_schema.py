@@ -29,6 +29,7 @@ MAX_STOP = 4  # OpenAI: "Up to 4 sequences"
 MAX_TOOLS = 128  # OpenAI's limit on the number of functions in one request
 SESSION_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 TOOL_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+IMAGE_PARTS = ("image_url", "input_image")  # OpenAI's image content parts (chat; Responses API)
 
 
 # ---- errors ---------------------------------------------------------------------------------------
@@ -62,25 +63,29 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-def validation_message(errors: list[dict]) -> tuple[str, str | None]:
+def validation_message(errors: list[dict], body_model: type[BaseModel] | None = None) -> tuple[str, str | None]:
     """(message, param) for pydantic/FastAPI validation errors: the first error, its location dotted
-    ("messages.0.role"), with OpenAI's wording for unknown arguments and malformed JSON."""
+    ("messages.0.role"), with OpenAI's wording for unknown arguments and malformed JSON. Missing fields are
+    all named ("missing required fields 'tools.0.type', 'tools.0.function'"); an empty body (FastAPI: the
+    body itself missing) names the required fields of `body_model`, the endpoint's request model."""
     if not errors:
         return "invalid request", None
     # Text that is not Unicode is named first: inside a union (content: str | parts) the other member's
     # mismatch would otherwise hide it.
     e = next((x for x in errors if x.get("type") == "string_unicode" or "lone UTF-16 surrogate" in x.get("msg", "")),
              errors[0])
-    loc = [str(p) for p in e.get("loc", ())]
-    loc = loc[1:] if loc and loc[0] in ("body", "path", "query", "header") else loc
-    # Union members add their type name to the location ("stop.str"); keep only real field names.
-    param = ".".join(p for p in loc if not _is_type_tag(p)) or None
+    param = _param(e)
     kind = e.get("type", "")
     if kind == "json_invalid":
         detail = e.get("ctx", {}).get("error", "")
         return f"the request body is not valid JSON ({detail})" if detail else "the request body is not valid JSON", None
     if kind == "missing" and param:
-        return f"missing required field '{param}'", param
+        missing = list(dict.fromkeys(p for x in errors if x.get("type") == "missing" and (p := _param(x))))
+        return f"missing required {_fields(missing)}", param
+    if kind == "missing" and body_model is not None:
+        required = [name for name, f in body_model.model_fields.items() if f.is_required()]
+        return f"the request body is empty; send a JSON object with the required {_fields(required)}", \
+            (required or [None])[0]
     if kind == "extra_forbidden":
         return f"unrecognized request argument supplied: {param}", param
     msg = e.get("msg", "invalid value")
@@ -94,6 +99,19 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
     got = e.get("input")
     shown = "" if isinstance(got, (dict, list)) or got is None else f", got {got!r}"[:120]
     return f"invalid value for '{param}': {msg}{shown}{more}", param
+
+
+def _param(error: dict) -> str | None:
+    """A validation error's field, dotted ("messages.0.role"), without FastAPI's "body" prefix and the
+    union members' type tags pydantic adds to the location ("stop.str"); None for the body itself."""
+    loc = [str(p) for p in error.get("loc", ())]
+    loc = loc[1:] if loc and loc[0] in ("body", "path", "query", "header") else loc
+    return ".".join(p for p in loc if not _is_type_tag(p)) or None
+
+
+def _fields(names: list[str]) -> str:
+    """"field 'a'" or "fields 'a', 'b'"."""
+    return f"field{'s' if len(names) > 1 else ''} " + ", ".join(f"'{n}'" for n in names)
 
 
 def _is_type_tag(part: str) -> bool:
@@ -172,6 +190,16 @@ class ChatMessage(_Strict):
             raise ValueError("only 'assistant' messages may carry 'tool_calls' or 'code'")
         return self
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _no_images(cls, v):
+        # Before the union is tried: an image part would otherwise fail every member ("Input should be a
+        # valid string (and 3 more problems)") instead of saying what is not supported.
+        if isinstance(v, list) and any(isinstance(p, dict) and p.get("type") in IMAGE_PARTS for p in v):
+            raise ValueError("images are not supported: puyu's models read text only; send only "
+                             "{'type': 'text'} parts")
+        return v
+
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(p.text for p in self.content)
@@ -241,7 +269,7 @@ class _GenerationRequest(_Strict):
     @classmethod
     def _check_n(cls, v):
         if v != 1:
-            raise ValueError(f"puyu returns one choice per request; n must be 1, got {v}")
+            raise ValueError("puyu returns one choice per request; n must be 1")  # validation_message adds ", got N"
         return v
 
     @field_validator("presence_penalty", "frequency_penalty")
