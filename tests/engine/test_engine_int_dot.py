@@ -2,7 +2,7 @@
 int8 per block of 32 (fused_decode.c, "integer dot products"). Checked against an independent torch
 reference (activations quantized in torch, block products in int64, scaled in float64), tails in rows,
 outputs and K, every int4 group size, in every build this CPU runs (AVX-512 VNNI, AVX2 with and without
-AVX-VNNI, portable C; the others skipped); the error against the float product on the dequantized weights
+AVX-VNNI, portable C, and the AMD prefetch setting of the first two; the others skipped); the error against the float product on the dequantized weights
 within the stated bound; decode logits against the model's forward with the same activation rounding."""
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from puyu.engine.scheduler import Engine, decode, request_rope_base
 from puyu.model.quant import QuantLinear, quantize, quantize_model_
 
 pytestmark = pytest.mark.skipif(not fd.available(), reason="no C compiler: the kernel cannot be built here")
-BUILDS = {"avx512": "avx512", "avx2": "avx2", "avx2-no-vnni": "avx2", "portable": "portable"}
+# "-pf-l2": the prefetch distance and cache level built on AMD CPUs (-DPUYU_PF_L2), run here on any CPU
+BUILDS = {"avx512": "avx512", "avx2": "avx2", "avx2-no-vnni": "avx2", "portable": "portable",
+          "avx512-pf-l2": "avx512", "avx2-pf-l2": "avx2"}
 SHAPES = [(48, 64, 32), (45, 70, 32), (17, 33, 64), (130, 128, 128), (5, 300, 64), (13, 1056, 128), (27, 1030, 32),
           (3, 8, 32), (40, 256, 64), (33, 384, 32), (20, 160, 32)]
 
@@ -27,6 +29,8 @@ SHAPES = [(48, 64, 32), (45, 70, 32), (17, 33, 64), (130, 128, 128), (5, 300, 64
 def build_flags(build: str) -> tuple[str, ...]:
     if BUILDS[build] not in fd.cpu_isas():
         pytest.skip(f"this CPU cannot run the {build} build")
+    if build.endswith("-pf-l2"):
+        return (*fd.ISA_FLAGS[BUILDS[build]], "-DPUYU_PF_L2")
     return fd.AVX2_NO_VNNI_FLAGS if build == "avx2-no-vnni" else fd.ISA_FLAGS[build]
 
 

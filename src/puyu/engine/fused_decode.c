@@ -1129,8 +1129,18 @@ static inline void itile_finish(int fmt, int MR, int NR, const QAct *a, int m, c
  * 1.8B shapes, one product over ~1 GB of weights, 2 threads, CPU time (Sapphire Rapids, load 6-8):
  * K = 2048 int8 21-25 -> 25-32 GB/s, int4 13-15 -> 17-21; K = 8192 (4-8 KB rows) unchanged within noise
  * (distances 256-2048 and the L2 hint tried: 512 into L1 was best). */
+#ifdef PUYU_PF_L2
+/* AMD Zen 4 (what fused_decode.py builds with on an AuthenticAMD CPU): 4096 bytes ahead into L2 ran the
+ * 1.8B-shaped decode step in 89/98 ms per token where 512 into L1 took 152/127 (int8, AVX-512 build, two
+ * runs, 1 thread, CPU time, load 1.0-1.1), int4 64/63 vs 128/114, and with the AVX2 build int8 105/91 vs
+ * 181/172, int4 82/77 vs 125/125: Zen 4's L1 prefetch queue filled with 512-byte-ahead requests that
+ * arrived too late. Intel keeps the setting above (README "Performance"). */
+#define PF_DIST 4096
+#define PF_HINT _MM_HINT_T1
+#else
 #define PF_DIST 512
 #define PF_HINT _MM_HINT_T0
+#endif
 static inline __attribute__((always_inline)) void prefetch_rows(const int NR, const uint8_t *w, long rb, long off,
                                                                 int S) {
     if ((off & 63) >= S) return;
