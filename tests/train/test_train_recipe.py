@@ -42,6 +42,10 @@ def test_types_are_checked():
         parse_override("optim.lr")
     with pytest.raises(ConfigError, match="data.pack"):
         load_recipe(None, ["data.pack=random"])
+    # a flow map without spaces after the colons: YAML's keys 'hidden_size:192' etc., named as such
+    with pytest.raises(ConfigError, match="'hidden_size:192' as one key without a value; write a space"):
+        parse_override("model.overrides={hidden_size:192,num_attention_heads:6}")
+    assert parse_override("model.overrides={hidden_size: 192}") == (["model", "overrides"], {"hidden_size": 192})
 
 
 def test_nested_section_keeps_parent_defaults():

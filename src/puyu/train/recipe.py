@@ -220,6 +220,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {key}: cannot read value {raw!r} ({e})") from None
+    # YAML reads the flow map {a:1} as one key 'a:1' without a value; say so instead of failing later on 'a:1'.
+    if isinstance(value, dict):
+        glued = [k for k, v in value.items() if isinstance(k, str) and ":" in k and v is None]
+        if glued:
+            raise ConfigError(f"--set {key}: YAML reads {glued[0]!r} as one key without a value; write a space "
+                              f"after each colon, e.g. {key}='{{hidden_size: 192, num_attention_heads: 6}}'")
     # YAML 1.1 reads "3e-4" as a string (no dot); accept it as the float it obviously is.
     if isinstance(value, str):
         try:
