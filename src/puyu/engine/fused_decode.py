@@ -80,15 +80,21 @@ SOURCE = Path(__file__).with_name("fused_decode.c")
 _TUNE = ("-mtune=sapphirerapids",) if platform.machine() in ("x86_64", "AMD64") else ()
 
 
-def cpu_vendor() -> str:
-    """The CPU's vendor_id from /proc/cpuinfo ("GenuineIntel", "AuthenticAMD", ...), "" where unknown."""
+def _cpuinfo_line(key: str) -> str | None:
+    """The first line of /proc/cpuinfo that starts with `key` (None where there is none or no such file)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
+            if line.startswith(key):
+                return line
     except OSError:
         pass
-    return ""
+    return None
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor_id from /proc/cpuinfo ("GenuineIntel", "AuthenticAMD", ...), "" where unknown."""
+    line = _cpuinfo_line("vendor_id")
+    return line.split(":", 1)[1].strip() if line and ":" in line else ""
 
 
 # On AMD, the integer tiles prefetch their weights 4 KB ahead into L2 instead of 512 bytes into L1
@@ -160,13 +166,7 @@ def _qw(packed, act: str = "f32") -> _QW:
 
 
 def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
+    return _cpuinfo_line("flags") or platform.processor()
 
 
 def cpu_isas() -> set[str]:
