@@ -77,3 +77,44 @@ def test_nano_yaml_matches_builtin_defaults():
     from puyu.train.recipe import to_dict
 
     assert to_dict(load_recipe(REPO / "recipes" / "nano.yaml", cls=NanoRecipe)) == to_dict(NanoRecipe())
+
+
+def test_bad_recipe_files_fail_with_one_line(tmp_path):
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("out_dir: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml is not UTF-8 text \(byte 12"):
+        load_recipe(latin)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("out_dir: x\ntrain: {steps: 3\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"broken.yaml:3:1: not valid YAML") as e:
+        load_recipe(broken)
+    assert "\n" not in str(e.value)
+    glued = tmp_path / "glued.yaml"
+    glued.write_text("model_overrides: {hidden_size:192}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"glued.yaml.model_overrides: YAML reads 'hidden_size:192'.*\{hidden_size: 192\}"):
+        load_recipe(glued)
+    with pytest.raises(ConfigError, match=r"--set corpus.chat_weights: YAML reads 'tool:0.5'"):
+        parse_override("corpus={chat_weights: {tool:0.5}}")
+
+
+def test_nano_recipe_is_checked_before_any_stage_runs():
+    """Wrong values fail in load_recipe (before the corpus, tokenizer and shards stages), one line each."""
+    from puyu.recipes.nano import NanoRecipe
+
+    cases = {
+        "model_overrides.hidden_size=190": r"'hidden_size' \(190\) must be divisible by 'num_attention_heads' \(6\)",
+        "model_overrides.nonsense=1": r"unknown model config field\(s\) 'nonsense'; known: .*hidden_size",
+        "threads=0": r"threads must be 'auto' or a positive integer, got 0",
+        "corpus.docs_chars=-1": r"corpus.docs_chars must be >= 0, got -1",
+        "corpus.val_fraction=2": r"corpus.val_fraction must be in \[0, 1\), got 2",
+        "corpus.chat_weights={tool: -1}": r"corpus.chat_weights must map chat kinds to numbers >= 0",
+        "pretrain.eval_every=0": r"pretrain: eval_every and lr must be positive",
+        "precision=fp16": r"precision must be auto, fp32 or bf16, got 'fp16'",
+    }
+    for text, message in cases.items():
+        with pytest.raises(ConfigError, match=message):
+            load_recipe(None, [text], cls=NanoRecipe)
+    # without a recipe file a dotted --set merges into the default model_overrides, as it does into nano.yaml's
+    r = load_recipe(None, ["model_overrides.hidden_size=256", "model_overrides.num_attention_heads=8"], cls=NanoRecipe)
+    assert r.model_overrides == {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 8,
+                                 "num_key_value_heads": 2}

@@ -177,6 +177,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def get_preset(name: str, **overrides: Any) -> ModelConfig:
+    """The preset's config with `overrides` (config.json field names). Raises ConfigError for an unknown
+    preset, an unknown field or an invalid shape."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    known = {f.name for f in dataclasses.fields(ModelConfig) if f.init}
+    unknown = sorted(str(k) for k in overrides if k not in known)
+    if unknown:
+        raise ConfigError(f"unknown model config field(s) {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
     return ModelConfig(**{**PRESETS[name], **overrides})

@@ -146,6 +146,24 @@ class NanoRecipe:
             st: StageSection = getattr(self, name)
             if st.steps <= 0 or st.batch_size <= 0 or st.seq_len < 2:
                 raise ConfigError(f"{name}: steps, batch_size and seq_len must be positive")
+            if st.eval_every <= 0 or st.warmup_steps < 0 or not st.lr > 0:
+                raise ConfigError(f"{name}: eval_every and lr must be positive and warmup_steps >= 0")
+        for key, v in vars(c).items():  # record counts and character budgets
+            if isinstance(v, int) and not isinstance(v, bool) and v < 0:
+                raise ConfigError(f"corpus.{key} must be >= 0, got {v}")
+        if not 0.0 <= c.val_fraction < 1.0:
+            raise ConfigError(f"corpus.val_fraction must be in [0, 1), got {c.val_fraction}")
+        bad = {k: w for k, w in c.chat_weights.items() if not isinstance(w, (int, float)) or w < 0}
+        if bad or not any(w > 0 for w in c.chat_weights.values()):
+            raise ConfigError(f"corpus.chat_weights must map chat kinds to numbers >= 0, not all 0; got {c.chat_weights}")
+        if self.threads not in (None, "auto") and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"threads must be 'auto' or a positive integer, got {self.threads!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        # the model's shape now, not after the corpus, tokenizer and shards stages
+        from puyu.model.config import get_preset
+
+        get_preset(self.preset, **{"vocab_size": self.vocab_size, **self.model_overrides})
 
 
 # ---- helpers -------------------------------------------------------------------------------------

@@ -206,6 +206,20 @@ def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
 
 
+def check_glued_keys(value: Any, where: str) -> None:
+    """YAML reads the flow map {a:1} as one key 'a:1' without a value: raise ConfigError naming it (at any depth
+    of `value`) instead of failing later on a key 'a:1'."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and ":" in k and v is None:
+                raise ConfigError(f"{where}: YAML reads {k!r} as one key without a value; write a space after "
+                                  f"each colon in a {{...}} map, e.g. {{{k.split(':', 1)[0]}: {k.split(':', 1)[1]}}}")
+            check_glued_keys(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for v in value:
+            check_glued_keys(v, where)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'optim.lr=3e-4' -> (['optim', 'lr'], 0.0003). The value is read as YAML."""
     import yaml
@@ -220,12 +234,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {key}: cannot read value {raw!r} ({e})") from None
-    # YAML reads the flow map {a:1} as one key 'a:1' without a value; say so instead of failing later on 'a:1'.
-    if isinstance(value, dict):
-        glued = [k for k, v in value.items() if isinstance(k, str) and ":" in k and v is None]
-        if glued:
-            raise ConfigError(f"--set {key}: YAML reads {glued[0]!r} as one key without a value; write a space "
-                              f"after each colon, e.g. {key}='{{hidden_size: 192, num_attention_heads: 6}}'")
+    check_glued_keys(value, f"--set {key}")
     # YAML 1.1 reads "3e-4" as a string (no dot); accept it as the float it obviously is.
     if isinstance(value, str):
         try:
@@ -259,8 +268,14 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"recipe file {p} does not exist")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"recipe {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"recipe {p} is not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
+        what = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+        raise ConfigError(f"recipe {where}: not valid YAML: {what}") from None
+    check_glued_keys(data, f"recipe {p}")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -269,8 +284,10 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None, cls: type = Recipe):
-    """Read a recipe file (or start from defaults when `path` is None), apply overrides, type-check."""
-    data = read_yaml(path) if path is not None else {}
+    """Read a recipe file (or start from the defaults of `cls` when `path` is None), apply overrides, type-check.
+    Without a file, `--set a.b=v` on a mapping-valued field merges into its default mapping, as it does into the
+    file's mapping with one."""
+    data = read_yaml(path) if path is not None else to_dict(cls())
     data = apply_overrides(data, overrides or [])
     recipe = from_dict(cls, data)
     if hasattr(recipe, "validate"):
