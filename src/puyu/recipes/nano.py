@@ -527,7 +527,7 @@ def _targets(rep: dict) -> dict:
         "passkey >= 90%": {"value": ev["passkey"]["accuracy"], "met": ev["passkey"]["accuracy"] >= 0.90},
         "chat turns end with <|im_end|> (sample chats and chat arithmetic)": {
             "value": _turns_ended(ev), "met": _turns_ended(ev) == 1.0},
-        "core recipe (corpus to SFT) <= 20 min wall": {"value": rep["timings_s"].get("core", 0.0) / 60,
+        "core recipe (corpus to SFT) <= 20 min wall": {"value": rep["timings_s"].get("core", 0.0) / 60, "unit": "min",
                                                        "met": rep["timings_s"].get("core", 0.0) <= 1200},
         **({"tool call: right function and city (held-out phrasings) >= 90%": {
                 "value": ev["tool_call"]["accuracy"], "met": ev["tool_call"]["accuracy"] >= 0.90},
@@ -537,6 +537,20 @@ def _targets(rep: dict) -> dict:
                 "value": ev["interpreter_arith_1000"]["accuracy"],
                 "met": ev["interpreter_arith_1000"]["accuracy"] >= 0.95}} if "tool_call" in ev else {}),
     }
+
+
+def _target_value(t: dict) -> str:
+    """A target's measured value as the report shows it: minutes, or a fraction as a percentage."""
+    return f"{t['value']:.1f} min" if t.get("unit") == "min" else f"{100 * t['value']:.1f}%"
+
+
+def _command_line() -> str:
+    """The command that ran, for the report: `puyu ARGS` when run from the console script, else `puyu demo`."""
+    import shlex
+
+    if sys.argv and Path(sys.argv[0]).name == "puyu":
+        return " ".join(["puyu", *(shlex.quote(a) for a in sys.argv[1:])])
+    return "puyu demo"
 
 
 def _write_report(out: Path, rep: dict) -> None:
@@ -550,10 +564,10 @@ def _write_report(out: Path, rep: dict) -> None:
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     lines = [
         "# nano recipe report", "",
-        f"Command: `puyu demo` (= `puyu train nano recipes/nano.yaml`). Output: `{out}`.", "",
+        f"Command: `{_command_line()}` (`puyu demo` = `puyu train nano recipes/nano.yaml`). Output: `{out}`.", "",
         "## Targets (greedy decoding)", "",
         "| target | measured | met |", "|---|---|---|",
-        *[f"| {k.replace('|', '&#124;')} | {v['value']:.3f} | {'yes' if v['met'] else 'no'} |"
+        *[f"| {k.replace('|', '&#124;')} | {_target_value(v)} | {'yes' if v['met'] else 'no'} |"
           for k, v in rep["targets"].items()],
         "", "## Results", "",
         f"- a+b, a-b with a, b < 100 (base model, {ev['base_arith_100']['n']} held-out problems): "

@@ -94,7 +94,8 @@ def build_model(recipe: Recipe, vocab_size: int) -> tuple[InternLM2ForCausalLM, 
         except TypeError as e:
             raise ConfigError(f"model.overrides: {e}") from None
         model = InternLM2ForCausalLM(cfg).reset_parameters(seed=recipe.train.seed)
-        source = f"preset {sec.preset} (random init, seed {recipe.train.seed})"
+        shape = "".join(f", {k} {v}" for k, v in sec.overrides.items())
+        source = f"preset {sec.preset}{shape} (random init, seed {recipe.train.seed})"
     cfg = model.config
     if sec.rope_theta is not None:
         cfg.rope_theta = float(sec.rope_theta)
