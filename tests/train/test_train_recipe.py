@@ -102,14 +102,15 @@ def test_nano_recipe_is_checked_before_any_stage_runs():
     from puyu.recipes.nano import NanoRecipe
 
     cases = {
-        "model_overrides.hidden_size=190": r"'hidden_size' \(190\) must be divisible by 'num_attention_heads' \(6\)",
+        "model_overrides.hidden_size=190": r"pretrain: .*'hidden_size' \(190\) must be divisible by 'num_attention_heads' \(6\)",
         "model_overrides.nonsense=1": r"unknown model config field\(s\) 'nonsense'; known: .*hidden_size",
-        "threads=0": r"threads must be 'auto' or a positive integer, got 0",
+        "threads=0": r"pretrain: train.threads must be a positive number, auto or null, got 0",
         "corpus.docs_chars=-1": r"corpus.docs_chars must be >= 0, got -1",
         "corpus.val_fraction=2": r"corpus.val_fraction must be in \[0, 1\), got 2",
         "corpus.chat_weights={tool: -1}": r"corpus.chat_weights must map chat kinds to numbers >= 0",
-        "pretrain.eval_every=0": r"pretrain: eval_every and lr must be positive",
-        "precision=fp16": r"precision must be auto, fp32 or bf16, got 'fp16'",
+        "pretrain.eval_every=0": r"pretrain: train.eval_every must be positive, got 0",
+        "longctx.warmup_steps=-1": r"longctx: optim.warmup_steps must be >= 0, got -1",
+        "precision=fp16": r"pretrain: train.precision must be auto, fp32 or bf16, got 'fp16'",
     }
     for text, message in cases.items():
         with pytest.raises(ConfigError, match=message):

@@ -146,8 +146,12 @@ class NanoRecipe:
             st: StageSection = getattr(self, name)
             if st.steps <= 0 or st.batch_size <= 0 or st.seq_len < 2:
                 raise ConfigError(f"{name}: steps, batch_size and seq_len must be positive")
-            if st.eval_every <= 0 or st.warmup_steps < 0 or not st.lr > 0:
-                raise ConfigError(f"{name}: eval_every and lr must be positive and warmup_steps >= 0")
+            try:  # the stage's generic Recipe: optimiser, precision, threads, model shape (with the vocabulary)
+                rec = stage_recipe(self, name, None)
+                rec.model.overrides = {"vocab_size": self.vocab_size, **rec.model.overrides}
+                rec.validate()
+            except ConfigError as e:
+                raise ConfigError(f"{name}: {e}") from None
         for key, v in vars(c).items():  # record counts and character budgets
             if isinstance(v, int) and not isinstance(v, bool) and v < 0:
                 raise ConfigError(f"corpus.{key} must be >= 0, got {v}")
@@ -156,14 +160,6 @@ class NanoRecipe:
         bad = {k: w for k, w in c.chat_weights.items() if not isinstance(w, (int, float)) or w < 0}
         if bad or not any(w > 0 for w in c.chat_weights.values()):
             raise ConfigError(f"corpus.chat_weights must map chat kinds to numbers >= 0, not all 0; got {c.chat_weights}")
-        if self.threads not in (None, "auto") and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ConfigError(f"threads must be 'auto' or a positive integer, got {self.threads!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        # the model's shape now, not after the corpus, tokenizer and shards stages
-        from puyu.model.config import get_preset
-
-        get_preset(self.preset, **{"vocab_size": self.vocab_size, **self.model_overrides})
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -539,9 +535,13 @@ def _targets(rep: dict) -> dict:
     }
 
 
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
 def _target_value(t: dict) -> str:
     """A target's measured value as the report shows it: minutes, or a fraction as a percentage."""
-    return f"{t['value']:.1f} min" if t.get("unit") == "min" else f"{100 * t['value']:.1f}%"
+    return f"{t['value']:.1f} min" if t.get("unit") == "min" else _pct(t["value"])
 
 
 def _command_line() -> str:
@@ -561,7 +561,7 @@ def _write_report(out: Path, rep: dict) -> None:
                 title="nano recipe: pretrain, long-context, SFT")
     _plot_curve(rep["curve"], out / "accuracy.png")
     ev, t = rep["eval"], rep["timings_s"]
-    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    pct = _pct
     lines = [
         "# nano recipe report", "",
         f"Command: `{_command_line()}` (`puyu demo` = `puyu train nano recipes/nano.yaml`). Output: `{out}`.", "",

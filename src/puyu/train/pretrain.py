@@ -89,10 +89,7 @@ def build_model(recipe: Recipe, vocab_size: int) -> tuple[InternLM2ForCausalLM, 
             model = load_model(init, dtype="float32", device="cpu")
             source = f"weights {init}"
     else:
-        try:
-            cfg = get_preset(sec.preset, **{"vocab_size": vocab_size, **sec.overrides})
-        except TypeError as e:
-            raise ConfigError(f"model.overrides: {e}") from None
+        cfg = get_preset(sec.preset, **{"vocab_size": vocab_size, **sec.overrides})  # ConfigError when invalid
         model = InternLM2ForCausalLM(cfg).reset_parameters(seed=recipe.train.seed)
         shape = "".join(f", {k} {v}" for k, v in sec.overrides.items())
         source = f"preset {sec.preset}{shape} (random init, seed {recipe.train.seed})"

@@ -115,8 +115,9 @@ class Recipe:
     def validate(self) -> None:
         if self.train.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {self.train.precision!r}")
-        if isinstance(self.train.threads, str) and self.train.threads != "auto":
-            raise ConfigError(f"train.threads must be a number, auto or null, got {self.train.threads!r}")
+        t = self.train.threads
+        if (isinstance(t, str) and t != "auto") or (isinstance(t, (int, float)) and not isinstance(t, bool) and t < 1):
+            raise ConfigError(f"train.threads must be a positive number, auto or null, got {t!r}")
         if self.data.pack not in ("stream", "docs"):
             raise ConfigError(f"data.pack must be 'stream' or 'docs', got {self.data.pack!r}")
         if self.dist.strategy not in ("ddp", "fsdp"):
@@ -130,8 +131,14 @@ class Recipe:
             raise ConfigError(f"optim.betas must hold two numbers, got {self.optim.betas!r}")
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr must be positive, got {self.optim.lr}")
+        if self.optim.warmup_steps < 0:
+            raise ConfigError(f"optim.warmup_steps must be >= 0, got {self.optim.warmup_steps}")
         if self.model.preset is None and self.model.init is None:
             raise ConfigError("set model.preset or model.init")
+        if self.model.init is None:  # the shape now, not after the data is read
+            from puyu.model.config import get_preset
+
+            get_preset(self.model.preset, **self.model.overrides)
 
 
 # ---- reading YAML into dataclasses ---------------------------------------------------------------
