@@ -122,6 +122,11 @@ def test_miniature_nano_run_writes_report_and_chat_model(tmp_path):
     ev = saved["eval"]
     assert ev["tool_call"]["n"] == 4 and ev["interpreter_call"]["n"] == 4 and ev["interpreter_arith_1000"]["n"] == 2
     assert len(saved["curve"]) == 2 and saved["timings_s"]["total"] > 0
+    # chat/ is the RL model once alignment has run; the SFT model stays in sft/hf.
+    rl_weights = (out / "align/ppo/hf/model.safetensors").read_bytes()
+    assert (out / "chat/model.safetensors").read_bytes() == rl_weights
+    assert (out / "sft/hf/model.safetensors").read_bytes() != rl_weights
+    assert "holds the RL model" in (out / "report.md").read_text()
     chat = load_model(out / "chat")
     assert chat.config.rope_theta == rec.longctx.rope_theta and chat.config.hidden_size == 64
     # --resume skips every finished stage.
@@ -214,3 +219,42 @@ def test_pretraining_tool_dialogues_draw_from_more_cities_when_asked(tmp_path):
         assert all(c in S.MORE_CITIES for c in others)
         assert (len(others) > len(pre) // 2) is want_more, (flag, len(others), len(pre))
         assert set(called(tmp_path / flag / "sft_train.jsonl")) <= set(S.CITIES)
+
+
+def test_with_city_renames_every_mention_and_refuses_other_chats():
+    rng = random.Random(5)
+    rec = S.tool_chat(rng)
+    old = rec["messages"][2]["tool_calls"][0]["function"]["arguments"]["city"]
+    new = S.with_city(rec, "Krakow")
+    text = json.dumps(new)
+    assert old not in text and text.count("Krakow") == 4  # question, argument, tool result, reply
+    assert new["messages"][2]["tool_calls"][0]["function"]["arguments"] == {"city": "Krakow"}
+    assert rec["messages"][2]["tool_calls"][0]["function"]["arguments"]["city"] == old  # the original is kept
+    with pytest.raises(ValueError, match="not a tool chat"):
+        S.with_city(S.greeting_chat(rng), "Krakow")
+
+
+def test_sft_tool_dialogues_ask_about_more_cities_and_leave_tokenizer_and_pretraining_alone(tmp_path):
+    """`corpus.sft_more_cities`: that share of the SFT tool dialogues asks about other cities (so the call's
+    argument has to be copied), drawn after the tokenizer's sample: everything before SFT is unchanged."""
+    from puyu.recipes.nano import NanoRecipe, build_corpus
+    from puyu.train.recipe import load_recipe
+
+    tiny = ["corpus.docs_chars=20000", "corpus.long_docs_chars=5000", "corpus.arithmetic=2000", "corpus.copy=100",
+            "corpus.pretrain_chats=100", "corpus.pretrain_tools=20", "corpus.long_arithmetic=300",
+            "corpus.chats=400", "corpus.clean=false", "corpus.test_small=40", "corpus.test_big=10", "progress=false"]
+    build_corpus(load_recipe(None, tiny, cls=NanoRecipe), tmp_path / "a")
+    build_corpus(load_recipe(None, tiny + ["corpus.sft_more_cities=0.75"], cls=NanoRecipe), tmp_path / "b")
+    for f in ("tokenizer_text.txt", "pretrain_train.jsonl", "longctx_train.jsonl", "test_problems.json"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+    def cities(path):
+        return [c["function"]["arguments"]["city"] for line in path.read_text(encoding="utf-8").splitlines()
+                for m in json.loads(line)["messages"] for c in m.get("tool_calls") or []]
+
+    a, b = cities(tmp_path / "a" / "sft_train.jsonl"), cities(tmp_path / "b" / "sft_train.jsonl")
+    assert len(a) == len(b) >= 60 and set(a) <= set(S.CITIES)
+    more = sum(c in S.MORE_CITIES for c in b)
+    assert 0.6 * len(b) < more < 0.9 * len(b) and set(b) <= set(S.CITIES) | set(S.MORE_CITIES)
+    with pytest.raises(Exception, match="sft_more_cities"):
+        load_recipe(None, tiny + ["corpus.sft_more_cities=1.5"], cls=NanoRecipe).validate()

@@ -10,9 +10,12 @@ Stages (each with its own progress bar; `--resume` skips finished ones):
   longctx    continue at `longctx.seq_len` with `longctx.rope_theta` (the "32K, larger base" stage)
   sft        conversations, loss on assistant turns only
   eval       greedy: a+b / a-b on the held-out problems (< 100 and < 1000), passkey at the long-context
-             training length, arithmetic through the chat template, sample chats
+             training length, arithmetic through the chat template, sample chats (of the SFT model)
+  align      GRPO on verifiable arithmetic scores (or RM + PPO rounds), then SFT vs RL on the same
+             held-out items with exact McNemar tests (`puyu.rl.nano_stage`); chat/ becomes the RL model
 Outputs in `out_dir`: data/, tokenizer/, pretrain/, longctx/, sft/ (each with metrics.jsonl, loss.png,
-checkpoints/, hf/), chat/ (the final chat model as a Hugging Face directory), report.md, report.json,
+checkpoints/, hf/), chat/ (the final chat model as a Hugging Face directory: the RL model when the
+alignment stage runs, else the SFT model), report.md, report.json,
 loss.png (all stages) and accuracy.png (arithmetic accuracy against minutes of pretraining).
 """
 
@@ -67,6 +70,10 @@ class CorpusSection:
     # pretraining tool dialogues draw their city from the demo's ten and 70 more (synthetic.MORE_CITIES), so
     # the argument is learnt as a copy, not a prior over ten names (README "Fifth round"); SFT keeps the ten
     pretrain_tool_cities: bool = False
+    # P(an SFT tool dialogue asks about one of synthetic.MORE_CITIES instead of its city from the demo's ten),
+    # drawn with a generator of its own after the tokenizer's sample, so tokenizer and pretraining are those
+    # of a run without it (README "Seventh round")
+    sft_more_cities: float = 0.0
     copy_items: list = field(default_factory=lambda: [3, 12])
     long_passkey: int = 4500
     long_passkey_tokens: list = field(default_factory=lambda: [100, 512])
@@ -138,7 +145,7 @@ class NanoRecipe:
             raise ConfigError("longctx.rope_theta must be set (the long-context stage raises the RoPE base)")
         c = self.corpus
         for key in ("arithmetic_p_big", "arithmetic_p_sheet", "arithmetic_p_prefix", "arithmetic_p_short",
-                    "arithmetic_p_close", "long_arithmetic_p_short", "long_arithmetic_p_close"):
+                    "arithmetic_p_close", "long_arithmetic_p_short", "long_arithmetic_p_close", "sft_more_cities"):
             v = getattr(c, key)
             if v is not None and not 0.0 <= v <= 1.0:
                 raise ConfigError(f"corpus.{key} must be a probability in [0, 1], got {v}")
@@ -265,9 +272,18 @@ def build_corpus(r: NanoRecipe, data: Path) -> dict:
     bar.update()
     chats = S.chat_records(rng, c.chats, exclude, facts, c.chat_weights)
     bar.update()
+    crng = random.Random(f"puyu-sft-cities-{r.seed}")  # its own generator: the other records stay as without
+
+    def more_cities(recs: list[dict]) -> list[dict]:
+        if not c.sft_more_cities:
+            return recs
+        return [S.with_city(ch, crng.choice(S.MORE_CITIES))
+                if ch.get("tools") and crng.random() < c.sft_more_cities else ch for ch in recs]
     counts = {}
     for name, recs in (("pretrain", pre), ("longctx", long), ("sft", chats)):
         train, val = _split(recs, c.val_fraction, rng)
+        if name == "sft":  # after the tokenizer's sample is fixed (chats[:3000] below keeps the demo's ten)
+            train, val = more_cities(train), more_cities(val)
         S.write_jsonl(data / f"{name}_train.jsonl", train)
         S.write_jsonl(data / f"{name}_val.jsonl", val)
         counts[name] = {"train": len(train), "val": len(val)}
@@ -483,6 +499,9 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
 
         report["align"] = timed("align", lambda: run_nano_align(r.align, out, r.seed, r.threads, r.progress,
                                                                 resume, (r.corpus.test_small, r.corpus.test_big)))
+        # The demo hands users the RL model; the SFT model stays in sft/hf (the targets above are its own).
+        shutil.rmtree(chat_dir)
+        shutil.copytree(report["align"]["rl_dir"], chat_dir)
     timings["total"] = round(time.perf_counter() - t_all, 1)
     cpu["total"] = round(_cpu_seconds() - c_all, 1)
     core = [k for k in ("corpus", "tokenizer", "shards", "pretrain", "longctx", "sft") if k in timings]
@@ -622,6 +641,8 @@ def _write_report(out: Path, rep: dict) -> None:
     lines += ["", "Wrong answers (first few): " + "; ".join(ev["base_arith_100"]["wrong_examples"]), ""]
     if rep.get("align"):  # details, rounds and the RM in align/report.md
         lines += ["## Alignment: SFT vs RL (same held-out items, exact McNemar; align/report.md)", "",
+                  f"`{out / 'chat'}` holds the RL model (from `{rep['align'].get('rl_dir')}`); the targets and "
+                  f"results above are the SFT model's (`{out / 'sft' / 'hf'}`).", "",
                   *[f"- {k}: SFT {pct(v['sft'])}, RL {pct(v['rl'])}: {v['verdict']}"
                     for k, v in rep["align"]["compare"]["table"].items()], ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")

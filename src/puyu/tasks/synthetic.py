@@ -307,6 +307,26 @@ def tool_chat(rng: random.Random, cities=CITIES) -> dict:
     return {"messages": msgs, "tools": TOOLS}
 
 
+def with_city(rec: dict, city: str) -> dict:
+    """A copy of a `tool_chat` record asking about `city` instead: the question, the call's argument, the
+    tool's result and the reply all name it. Raises ValueError for a record that is not a tool chat."""
+    calls = [m for m in rec.get("messages", []) if m.get("tool_calls")]
+    if not calls:
+        raise ValueError("with_city: not a tool chat (no assistant message with tool_calls)")
+    old = calls[0]["tool_calls"][0]["function"]["arguments"]["city"]
+    msgs = []
+    for m in rec["messages"]:
+        m = dict(m)
+        if m.get("role") != "system":
+            m["content"] = m["content"].replace(old, city)
+        if m.get("tool_calls"):
+            m["tool_calls"] = [{**tc, "function": {**tc["function"], "arguments": {**tc["function"]["arguments"],
+                                                                                   "city": city}}}
+                               for tc in m["tool_calls"]]
+        msgs.append(m)
+    return {**rec, "messages": msgs}
+
+
 def interpreter_arithmetic_code(p: Problem) -> str:
     """The code the model should send for a+b / a-b when it has the interpreter. Written without spaces,
     as the question writes it: with the nano tokenizer `+` and ` +` are different tokens, and a nano
