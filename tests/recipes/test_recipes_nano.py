@@ -234,9 +234,9 @@ def test_with_city_renames_every_mention_and_refuses_other_chats():
         S.with_city(S.greeting_chat(rng), "Krakow")
 
 
-def test_sft_tool_dialogues_ask_about_more_cities_and_leave_tokenizer_and_pretraining_alone(tmp_path):
-    """`corpus.sft_more_cities`: that share of the SFT tool dialogues asks about other cities (so the call's
-    argument has to be copied), drawn after the tokenizer's sample: everything before SFT is unchanged."""
+def test_more_cities_swap_only_tool_dialogues_of_their_stage(tmp_path):
+    """`corpus.{pretrain,sft}_more_cities`: that share of a stage's tool dialogues asks about other cities (so
+    the call's argument has to be copied), drawn apart and after the tokenizer's sample: the rest is unchanged."""
     from puyu.recipes.nano import NanoRecipe, build_corpus
     from puyu.train.recipe import load_recipe
 
@@ -245,16 +245,21 @@ def test_sft_tool_dialogues_ask_about_more_cities_and_leave_tokenizer_and_pretra
             "corpus.chats=400", "corpus.clean=false", "corpus.test_small=40", "corpus.test_big=10", "progress=false"]
     build_corpus(load_recipe(None, tiny, cls=NanoRecipe), tmp_path / "a")
     build_corpus(load_recipe(None, tiny + ["corpus.sft_more_cities=0.75"], cls=NanoRecipe), tmp_path / "b")
+    build_corpus(load_recipe(None, tiny + ["corpus.pretrain_more_cities=1.0"], cls=NanoRecipe), tmp_path / "c")
     for f in ("tokenizer_text.txt", "pretrain_train.jsonl", "longctx_train.jsonl", "test_problems.json"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    for f in ("tokenizer_text.txt", "longctx_train.jsonl", "sft_train.jsonl", "test_problems.json"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "c" / f).read_bytes(), f
 
     def cities(path):
         return [c["function"]["arguments"]["city"] for line in path.read_text(encoding="utf-8").splitlines()
-                for m in json.loads(line)["messages"] for c in m.get("tool_calls") or []]
+                for m in json.loads(line).get("messages", []) for c in m.get("tool_calls") or []]
 
     a, b = cities(tmp_path / "a" / "sft_train.jsonl"), cities(tmp_path / "b" / "sft_train.jsonl")
     assert len(a) == len(b) >= 60 and set(a) <= set(S.CITIES)
     more = sum(c in S.MORE_CITIES for c in b)
     assert 0.6 * len(b) < more < 0.9 * len(b) and set(b) <= set(S.CITIES) | set(S.MORE_CITIES)
+    pre_a, pre_c = (cities(tmp_path / d / "pretrain_train.jsonl") for d in "ac")
+    assert len(pre_a) == len(pre_c) >= 5 and set(pre_a) <= set(S.CITIES) and set(pre_c) <= set(S.MORE_CITIES)
     with pytest.raises(Exception, match="sft_more_cities"):
         load_recipe(None, tiny + ["corpus.sft_more_cities=1.5"], cls=NanoRecipe).validate()

@@ -70,9 +70,11 @@ class CorpusSection:
     # pretraining tool dialogues draw their city from the demo's ten and 70 more (synthetic.MORE_CITIES), so
     # the argument is learnt as a copy, not a prior over ten names (README "Fifth round"); SFT keeps the ten
     pretrain_tool_cities: bool = False
-    # P(an SFT tool dialogue asks about one of synthetic.MORE_CITIES instead of its city from the demo's ten),
-    # drawn with a generator of its own after the tokenizer's sample, so tokenizer and pretraining are those
-    # of a run without it (README "Seventh round")
+    # P(a pretraining / SFT tool dialogue asks about one of synthetic.MORE_CITIES instead of its city from the
+    # demo's ten), drawn with a generator of its own after the tokenizer's sample: every other record, the
+    # tokenizer and the order of the data are those of a run without it, so the two are paired (unlike
+    # pretrain_tool_cities, which draws from the main generator; README "Seventh round")
+    pretrain_more_cities: float = 0.0
     sft_more_cities: float = 0.0
     copy_items: list = field(default_factory=lambda: [3, 12])
     long_passkey: int = 4500
@@ -145,7 +147,8 @@ class NanoRecipe:
             raise ConfigError("longctx.rope_theta must be set (the long-context stage raises the RoPE base)")
         c = self.corpus
         for key in ("arithmetic_p_big", "arithmetic_p_sheet", "arithmetic_p_prefix", "arithmetic_p_short",
-                    "arithmetic_p_close", "long_arithmetic_p_short", "long_arithmetic_p_close", "sft_more_cities"):
+                    "arithmetic_p_close", "long_arithmetic_p_short", "long_arithmetic_p_close", "pretrain_more_cities",
+                    "sft_more_cities"):
             v = getattr(c, key)
             if v is not None and not 0.0 <= v <= 1.0:
                 raise ConfigError(f"corpus.{key} must be a probability in [0, 1], got {v}")
@@ -274,16 +277,17 @@ def build_corpus(r: NanoRecipe, data: Path) -> dict:
     bar.update()
     crng = random.Random(f"puyu-sft-cities-{r.seed}")  # its own generator: the other records stay as without
 
-    def more_cities(recs: list[dict]) -> list[dict]:
-        if not c.sft_more_cities:
+    def more_cities(recs: list[dict], p: float) -> list[dict]:
+        if not p:
             return recs
-        return [S.with_city(ch, crng.choice(S.MORE_CITIES))
-                if ch.get("tools") and crng.random() < c.sft_more_cities else ch for ch in recs]
+        return [S.with_city(ch, crng.choice(S.MORE_CITIES)) if ch.get("tools") and crng.random() < p else ch
+                for ch in recs]
     counts = {}
     for name, recs in (("pretrain", pre), ("longctx", long), ("sft", chats)):
         train, val = _split(recs, c.val_fraction, rng)
-        if name == "sft":  # after the tokenizer's sample is fixed (chats[:3000] below keeps the demo's ten)
-            train, val = more_cities(train), more_cities(val)
+        p_more = {"pretrain": c.pretrain_more_cities, "sft": c.sft_more_cities}.get(name, 0.0)
+        # the tokenizer's sample (pre[:20000], chats[:3000] below) keeps the records as drawn
+        train, val = more_cities(train, p_more), more_cities(val, p_more)
         S.write_jsonl(data / f"{name}_train.jsonl", train)
         S.write_jsonl(data / f"{name}_val.jsonl", val)
         counts[name] = {"train": len(train), "val": len(val)}
