@@ -680,6 +680,12 @@ def _print_summary(rep: dict) -> None:
         print(f"{'MET ' if v['met'] else 'MISS'} {k}: {v['value']:.3f}")
     print(f"a, b < 1000: {ev['base_arith_1000']['accuracy']:.3f}")
     print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in rep["timings_s"].items()))
+    if rep.get("align"):
+        for k, v in rep["align"]["compare"]["table"].items():
+            print(f"alignment, {k}: SFT {v['sft']:.3f} -> RL {v['rl']:.3f} ({v['verdict']})")
+    out = Path(rep["recipe"]["out_dir"])
+    print(f"chat model: {out / 'chat'}" + (" (the RL model; SFT: " + str(out / "sft" / "hf") + ")"
+                                           if rep.get("align") else "") + f"; report: {out / 'report.md'}")
     print("\nsample chats:")
     for s in ev["chat_samples"]["samples"]:
         print(f"  user: {s['user']}\n  assistant: {s['reply']}")
