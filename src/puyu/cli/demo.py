@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     if path is None and Path("recipes/nano.yaml").is_file():
         path = "recipes/nano.yaml"
     recipe = load_recipe(path, args.overrides, cls=NanoRecipe)
-    run_nano(recipe, resume=args.resume)
-    print(f"\nreport: {Path(recipe.out_dir) / 'report.md'}; chat model: {Path(recipe.out_dir) / 'chat'} "
-          f"(try `puyu chat {Path(recipe.out_dir) / 'chat'}`)")
+    rep = run_nano(recipe, resume=args.resume)
+    out = Path(recipe.out_dir)
+    kind = f"the RL model; the SFT model is {out / 'sft' / 'hf'}" if rep.get("align") else "the SFT model"
+    print(f"\nreport: {out / 'report.md'}; chat model: {out / 'chat'} ({kind}; try `puyu chat {out / 'chat'}`)")
     return 0  # targets met or missed are printed and written to the report; the run itself succeeded

@@ -685,9 +685,6 @@ def _print_summary(rep: dict) -> None:
     if rep.get("align"):
         for k, v in rep["align"]["compare"]["table"].items():
             print(f"alignment, {k}: SFT {v['sft']:.3f} -> RL {v['rl']:.3f} ({v['verdict']})")
-    out = Path(rep["recipe"]["out_dir"])
-    print(f"chat model: {out / 'chat'}" + (" (the RL model; SFT: " + str(out / "sft" / "hf") + ")"
-                                           if rep.get("align") else "") + f"; report: {out / 'report.md'}")
     print("\nsample chats:")
     for s in ev["chat_samples"]["samples"]:
         print(f"  user: {s['user']}\n  assistant: {s['reply']}")
