@@ -132,6 +132,12 @@ def test_miniature_nano_run_writes_report_and_chat_model(tmp_path):
     # --resume skips every finished stage.
     again = run_nano(rec, resume=True)
     assert "pretrain" not in again["timings_s"] and again["stages"]["pretrain"]["steps"] == 6
+    # SFT run again: alignment starts afresh from the new SFT model, never from the old RL checkpoints.
+    (out / "sft" / "done.json").unlink()
+    (out / "align" / "stale").write_text("from the old SFT model")
+    third = run_nano(rec, resume=True)
+    assert "sft" in third["timings_s"] and not (out / "align" / "stale").exists()
+    assert (out / "chat/model.safetensors").read_bytes() == (out / "align/ppo/hf/model.safetensors").read_bytes()
 
 
 def test_pretraining_curve_scores_both_operators():
@@ -263,3 +269,16 @@ def test_more_cities_swap_only_tool_dialogues_of_their_stage(tmp_path):
     assert len(pre_a) == len(pre_c) >= 5 and set(pre_a) <= set(S.CITIES) and set(pre_c) <= set(S.MORE_CITIES)
     with pytest.raises(Exception, match="sft_more_cities"):
         load_recipe(None, tiny + ["corpus.sft_more_cities=1.5"], cls=NanoRecipe).validate()
+
+
+@pytest.mark.parametrize("bad, words", [("align.method=xyz", "grpo or ppo"), ("align.group_size=1", "group_size"),
+                                        ("align.grpo_weights={foo: 1}", "unknown kind"),
+                                        ("align.grpo_iterations=0", "grpo_iterations"), ("align.grpo_lr=-1", "grpo_lr")])
+def test_alignment_settings_fail_before_the_first_stage(bad, words):
+    from puyu.errors import ConfigError
+    from puyu.recipes.nano import NanoRecipe
+    from puyu.train.recipe import load_recipe
+
+    with pytest.raises(ConfigError, match=words):
+        load_recipe(None, [bad], cls=NanoRecipe).validate()
+    load_recipe(None, [bad, "align.enabled=false"], cls=NanoRecipe).validate()  # a stage that will not run

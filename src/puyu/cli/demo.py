@@ -28,8 +28,5 @@ def run(args: argparse.Namespace) -> int:
     if path is None and Path("recipes/nano.yaml").is_file():
         path = "recipes/nano.yaml"
     recipe = load_recipe(path, args.overrides, cls=NanoRecipe)
-    rep = run_nano(recipe, resume=args.resume)
-    out = Path(recipe.out_dir)
-    kind = f"the RL model; the SFT model is {out / 'sft' / 'hf'}" if rep.get("align") else "the SFT model"
-    print(f"\nreport: {out / 'report.md'}; chat model: {out / 'chat'} ({kind}; try `puyu chat {out / 'chat'}`)")
+    run_nano(recipe, resume=args.resume)  # its summary ends with the report's and the chat model's paths
     return 0  # targets met or missed are printed and written to the report; the run itself succeeded

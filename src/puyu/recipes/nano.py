@@ -169,6 +169,19 @@ class NanoRecipe:
                 raise ConfigError(f"corpus.{key} must be >= 0, got {v}")
         if not 0.0 <= c.val_fraction < 1.0:
             raise ConfigError(f"corpus.val_fraction must be in [0, 1), got {c.val_fraction}")
+        if self.align.enabled:  # the alignment stage's own checks, before hours of training rather than after
+            from puyu.rl.nano_stage import align_recipe
+
+            a = self.align
+            for key in ("grpo_iterations", "grpo_prompts", "samples", "max_new_tokens", "judge_prompts"):
+                if getattr(a, key) <= 0:
+                    raise ConfigError(f"align.{key} must be positive, got {getattr(a, key)}")
+            if a.grpo_lr <= 0 or a.grpo_kl < 0:
+                raise ConfigError(f"align.grpo_lr must be > 0 and align.grpo_kl >= 0, got {a.grpo_lr}, {a.grpo_kl}")
+            try:
+                align_recipe(a, Path(self.out_dir), self.seed, self.threads, False).validate()
+            except ConfigError as e:
+                raise ConfigError(f"align: {e}") from None
         bad = {k: w for k, w in c.chat_weights.items() if not isinstance(w, (int, float)) or w < 0}
         if bad or not any(w > 0 for w in c.chat_weights.values()):
             raise ConfigError(f"corpus.chat_weights must map chat kinds to numbers >= 0, not all 0; got {c.chat_weights}")
@@ -277,9 +290,7 @@ def build_corpus(r: NanoRecipe, data: Path) -> dict:
     bar.update()
     chats = S.chat_records(rng, c.chats, exclude, facts, c.chat_weights)
     bar.update()
-    crng = random.Random(f"puyu-sft-cities-{r.seed}")  # its own generator: the other records stay as without
-
-    def more_cities(recs: list[dict], p: float) -> list[dict]:
+    def more_cities(recs: list[dict], p: float, crng: random.Random) -> list[dict]:
         if not p:
             return recs
         return [S.with_city(ch, crng.choice(S.MORE_CITIES)) if ch.get("tools") and crng.random() < p else ch
@@ -289,7 +300,8 @@ def build_corpus(r: NanoRecipe, data: Path) -> dict:
         train, val = _split(recs, c.val_fraction, rng)
         p_more = {"pretrain": c.pretrain_more_cities, "sft": c.sft_more_cities}.get(name, 0.0)
         # the tokenizer's sample (pre[:20000], chats[:3000] below) keeps the records as drawn
-        train, val = more_cities(train, p_more), more_cities(val, p_more)
+        crng = random.Random(f"puyu-sft-cities-{r.seed}")  # one of its own per stage: the rest stays as without
+        train, val = more_cities(train, p_more, crng), more_cities(val, p_more, crng)
         S.write_jsonl(data / f"{name}_train.jsonl", train)
         S.write_jsonl(data / f"{name}_val.jsonl", val)
         counts[name] = {"train": len(train), "val": len(val)}
@@ -503,6 +515,10 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
     if r.align.enabled:  # alignment: RM, PPO rounds, SFT vs RL (report in align/report.md)
         from puyu.rl.nano_stage import run_nano_align
 
+        if "sft" in timings and (out / "align").exists():  # a new SFT model: never resume RL from the old one's
+            _log("SFT ran again: the alignment stage starts afresh (align/ removed)")
+            shutil.rmtree(out / "align")
+
         report["align"] = timed("align", lambda: run_nano_align(r.align, out, r.seed, r.threads, r.progress,
                                                                 resume, (r.corpus.test_small, r.corpus.test_big)))
         # The demo hands users the RL model; the SFT model stays in sft/hf (the targets above are its own).
@@ -688,3 +704,6 @@ def _print_summary(rep: dict) -> None:
     print("\nsample chats:")
     for s in ev["chat_samples"]["samples"]:
         print(f"  user: {s['user']}\n  assistant: {s['reply']}")
+    out = Path(rep["recipe"]["out_dir"])
+    kind = f"the RL model; the SFT model is {out / 'sft' / 'hf'}" if rep.get("align") else "the SFT model"
+    print(f"\nreport: {out / 'report.md'}; chat model: {out / 'chat'} ({kind}; try `puyu chat {out / 'chat'}`)")

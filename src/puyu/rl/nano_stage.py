@@ -39,7 +39,7 @@ class NanoAlignSection:
     71.8% -> 77.2%, p = 0.023; the 256-wide model: 35.8% -> 46.5%, p = 2.2e-5) but not the SFT-300 ones of the
     current recipe (87.0% -> 87.5%, p = 0.86; 81.2% -> 82.2%, p = 0.69), in ~1-3 CPU minutes; the RM
     goal (>= 0.9 on every domain) is not met at nano scale (README, alignment section). `method`: "grpo" (critic-free RL on the verifiable task scores of
-    arithmetic and tool prompts) or "ppo" (the RM's reward, online rounds). `reward_model`: train and
+    the prompt kinds in `grpo_weights`, arithmetic only by default) or "ppo" (the RM's reward, online rounds). `reward_model`: train and
     report the conditional RM (always trained for ppo); its held-out set is `rm_held_out_prompts` prompts
     of its own, the kinds in turn, so each domain gets about 100 pairs or more. `grpo_weights`: the GRPO
     prompt kinds (`puyu.tasks.verifiable.rl_prompts`: arithmetic, tool, interpreter, chat)."""
@@ -240,7 +240,7 @@ def _write_md(path: Path, rep: dict) -> None:
     pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
     lines = ["# nano alignment report", "",
              ("Reward model, then online PPO rounds" if rep["method"] == "ppo" else
-              "Reward model (reported), then GRPO on the verifiable task scores")
+              ("Reward model (reported), then " if rep["rm"] else "") + "GRPO on the verifiable task scores")
              + ", then SFT vs RL on the same held-out items (greedy, `puyu eval`).", ""]
     if rep["rm"]:
         acc = rep["rm"]["accuracy"]
