@@ -271,6 +271,19 @@ def test_more_cities_swap_only_tool_dialogues_of_their_stage(tmp_path):
         load_recipe(None, tiny + ["corpus.sft_more_cities=1.5"], cls=NanoRecipe).validate()
 
 
+@pytest.mark.parametrize("bad, words", [("eval.passkey_n=-1", "eval.passkey_n"),
+                                        ("corpus.passkey_tokens=[5, 1]", "corpus.passkey_tokens"),
+                                        ("corpus.copy_items=[0, 0]", "corpus.copy_items"),
+                                        ("corpus.long_passkey_tokens=[100]", "corpus.long_passkey_tokens")])
+def test_corpus_ranges_and_eval_sizes_fail_before_the_first_stage(bad, words):
+    from puyu.errors import ConfigError
+    from puyu.recipes.nano import NanoRecipe
+    from puyu.train.recipe import load_recipe
+
+    with pytest.raises(ConfigError, match=words):
+        load_recipe(None, [bad], cls=NanoRecipe).validate()
+
+
 @pytest.mark.parametrize("bad, words", [("align.method=xyz", "grpo or ppo"), ("align.group_size=1", "group_size"),
                                         ("align.grpo_weights={foo: 1}", "unknown kind"),
                                         ("align.grpo_iterations=0", "grpo_iterations"), ("align.grpo_lr=-1", "grpo_lr")])

@@ -167,6 +167,14 @@ class NanoRecipe:
         for key, v in vars(c).items():  # record counts and character budgets
             if isinstance(v, int) and not isinstance(v, bool) and v < 0:
                 raise ConfigError(f"corpus.{key} must be >= 0, got {v}")
+        for key in ("passkey_tokens", "long_passkey_tokens", "copy_items"):  # [shortest, longest]
+            v = getattr(c, key)
+            if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v) and 0 <= v[0] <= v[1]
+                    and v[1] > 0):
+                raise ConfigError(f"corpus.{key} must be [low, high] with 0 <= low <= high, high > 0; got {v}")
+        for key, v in vars(self.eval).items():
+            if v <= 0:
+                raise ConfigError(f"eval.{key} must be positive, got {v}")
         if not 0.0 <= c.val_fraction < 1.0:
             raise ConfigError(f"corpus.val_fraction must be in [0, 1), got {c.val_fraction}")
         if self.align.enabled:  # the alignment stage's own checks, before hours of training rather than after
