@@ -308,7 +308,9 @@ def build_corpus(r: NanoRecipe, data: Path) -> dict:
         train, val = _split(recs, c.val_fraction, rng)
         p_more = {"pretrain": c.pretrain_more_cities, "sft": c.sft_more_cities}.get(name, 0.0)
         # the tokenizer's sample (pre[:20000], chats[:3000] below) keeps the records as drawn
-        crng = random.Random(f"puyu-sft-cities-{r.seed}")  # one of its own per stage: the rest stays as without
+        # one generator of its own per stage, so the rest stays as without (the name predates
+        # pretrain_more_cities; kept so that the README's runs reproduce)
+        crng = random.Random(f"puyu-sft-cities-{r.seed}")
         train, val = more_cities(train, p_more, crng), more_cities(val, p_more, crng)
         S.write_jsonl(data / f"{name}_train.jsonl", train)
         S.write_jsonl(data / f"{name}_val.jsonl", val)
