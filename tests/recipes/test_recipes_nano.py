@@ -91,6 +91,7 @@ def test_miniature_nano_run_writes_report_and_chat_model(tmp_path):
     import torch
 
     from puyu.model.checkpoint import load_model
+    from puyu.errors import ConfigError
     from puyu.recipes.nano import NanoRecipe, run_nano
     from puyu.train.recipe import load_recipe
 
@@ -132,6 +133,17 @@ def test_miniature_nano_run_writes_report_and_chat_model(tmp_path):
     # --resume skips every finished stage.
     again = run_nano(rec, resume=True)
     assert "pretrain" not in again["timings_s"] and again["stages"]["pretrain"]["steps"] == 6
+    # ... and the 20-minute target is not measured then (it used to read "0.0 min, met").
+    timing = again["targets"]["core recipe (corpus to SFT) <= 20 min wall"]
+    assert timing["met"] is None and timing["value"] is None and "pretrain" in timing["reused"]
+    assert "not measured (corpus, tokenizer, shards, pretrain, longctx, sft reused" in (out / "report.md").read_text()
+    # --resume under other settings than a finished stage was made with is refused, and nothing is removed.
+    weights = (out / "pretrain/hf/model.safetensors").read_bytes()
+    for change, words in (("pretrain.steps=7", r"pretrain\.steps 6 -> 7"), ("corpus.copy=301", r"corpus\.copy 300 -> 301"),
+                          ("align.iterations=3", r"align\.iterations 2 -> 3")):
+        with pytest.raises(ConfigError, match=words):
+            run_nano(load_recipe(None, tiny + [change], cls=NanoRecipe), resume=True)
+    assert (out / "pretrain/hf/model.safetensors").read_bytes() == weights and (out / "align/ppo/hf").exists()
     # SFT run again: alignment starts afresh from the new SFT model, never from the old RL checkpoints.
     (out / "sft" / "done.json").unlink()
     (out / "align" / "stale").write_text("from the old SFT model")
@@ -274,7 +286,10 @@ def test_more_cities_swap_only_tool_dialogues_of_their_stage(tmp_path):
 @pytest.mark.parametrize("bad, words", [("eval.passkey_n=-1", "eval.passkey_n"),
                                         ("corpus.passkey_tokens=[5, 1]", "corpus.passkey_tokens"),
                                         ("corpus.copy_items=[0, 0]", "corpus.copy_items"),
-                                        ("corpus.long_passkey_tokens=[100]", "corpus.long_passkey_tokens")])
+                                        ("corpus.long_passkey_tokens=[100]", "corpus.long_passkey_tokens"),
+                                        ("vocab_size=10", "vocab_size must be at least"),
+                                        ("device=tpu", "device must be cpu, cuda"),
+                                        ("device=mps", "MPS is not available")])
 def test_corpus_ranges_and_eval_sizes_fail_before_the_first_stage(bad, words):
     from puyu.errors import ConfigError
     from puyu.recipes.nano import NanoRecipe
@@ -295,3 +310,12 @@ def test_alignment_settings_fail_before_the_first_stage(bad, words):
     with pytest.raises(ConfigError, match=words):
         load_recipe(None, [bad], cls=NanoRecipe).validate()
     load_recipe(None, [bad, "align.enabled=false"], cls=NanoRecipe).validate()  # a stage that will not run
+
+
+def test_a_recipe_directory_is_named_as_one_with_its_yaml_files(tmp_path):
+    from puyu.errors import ConfigError
+    from puyu.train.recipe import read_yaml
+
+    (tmp_path / "nano.yaml").write_text("seed: 1\n")
+    with pytest.raises(ConfigError, match=r"is a directory; give a YAML file in it, e\.g\. .*nano\.yaml"):
+        read_yaml(tmp_path)

@@ -38,6 +38,7 @@ from puyu.train.recipe import (
     OptimSection,
     Recipe,
     TrainSection,
+    check_device,
     to_dict,
 )
 
@@ -145,6 +146,12 @@ class NanoRecipe:
     def validate(self) -> None:
         from puyu.errors import ConfigError
 
+        from puyu.model.chat_format import CHAT_TOKENS
+
+        if self.vocab_size < 256 + len(CHAT_TOKENS) + 16:  # the bound puyu.model.tokenizer.train_tokenizer enforces
+            raise ConfigError(f"vocab_size must be at least {256 + len(CHAT_TOKENS) + 16} (256 byte-fallback pieces, "
+                              f"the chat tokens and a few merges), got {self.vocab_size}")
+        check_device(self.device, "device")
         if self.longctx.rope_theta is None:
             raise ConfigError("longctx.rope_theta must be set (the long-context stage raises the RoPE base)")
         c = self.corpus
@@ -213,15 +220,73 @@ def _done_marker(d: Path) -> Path:
     return d / "done.json"
 
 
-def _finished(d: Path, resume: bool):
+# The recipe values each stage is made from (top-level keys; a section stands for all its values). A stage
+# also depends on every stage before it, so its recorded settings are those of its own keys and theirs. How a
+# stage runs (device, precision, threads, progress, out_dir) is not recorded: it does not change what is made
+# beyond rounding.
+STAGE_KEYS = {"corpus": ("seed", "corpus"), "tokenizer": ("vocab_size", "caps_apart", "sign_apart"), "shards": (),
+              "pretrain": ("preset", "model_overrides", "pretrain"), "longctx": ("longctx",), "sft": ("sft",),
+              "align": ("align",)}
+
+
+def stage_settings(r: "NanoRecipe", stage: str) -> dict:
+    """The recipe values `stage` and the stages before it are made from, flattened to dotted keys
+    ({"pretrain.steps": 2650, ...}), as JSON would give them back. Raises KeyError for an unknown stage."""
+    d, out = to_dict(r), {}
+    names = list(STAGE_KEYS)
+    for name in names[: names.index(stage) + 1]:
+        for key in STAGE_KEYS[name]:
+            v = d[key]
+            if isinstance(v, dict) and key != "model_overrides":
+                out.update({f"{key}.{k}": x for k, x in v.items()})
+            else:
+                out[key] = v
+    return json.loads(json.dumps(out))
+
+
+def _settings_marker(d: Path) -> Path:
+    return d / "settings.json"
+
+
+def check_resumable(d: Path, settings: dict) -> None:
+    """Raise ConfigError when the stage in `d` was made from other recipe values than `settings` (what this
+    run would make it from): `--resume` would reuse it while report.json records the new values. A stage
+    from before settings were recorded (no settings.json) is reused as it is."""
+    from puyu.errors import ConfigError
+
+    m = _settings_marker(d)
+    if not m.exists():
+        return
+    try:
+        old = json.loads(m.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--resume: cannot read {m} ({e}); delete {d} to redo that stage") from None
+    missing = object()
+    diff = [f"{k} {old[k] if k in old else '(not set)'} -> {settings[k] if k in settings else '(not set)'}"
+            for k in sorted(set(old) | set(settings)) if old.get(k, missing) != settings.get(k, missing)]
+    if diff:
+        shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
+        raise ConfigError(
+            f"--resume: {d} was made with other settings than this run's ({shown}). Reusing it would report the new "
+            f"values for a model made with the old ones. Run with the old values, choose a new out_dir, or delete "
+            f"{d} and the stages after it to redo them.")
+
+
+def _finished(d: Path, resume: bool, settings: dict | None = None):
+    """The stage's done.json (its summary) when `resume` and the stage finished, else None. With `settings`,
+    raises ConfigError when the finished stage was made from other values (`check_resumable`)."""
     m = _done_marker(d)
     if resume and m.exists():
+        if settings is not None:
+            check_resumable(d, settings)
         return json.loads(m.read_text(encoding="utf-8"))
     return None
 
 
-def _mark_done(d: Path, info: dict) -> dict:
+def _mark_done(d: Path, info: dict, settings: dict | None = None) -> dict:
     d.mkdir(parents=True, exist_ok=True)
+    if settings is not None:
+        _settings_marker(d).write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
     _done_marker(d).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     return info
 
@@ -426,13 +491,15 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
         return res
 
     # corpus
-    info = _finished(data, resume) or timed("corpus", lambda: _mark_done(data, build_corpus(r, data)))
+    st = {name: stage_settings(r, name) for name in STAGE_KEYS}
+    info = _finished(data, resume, st["corpus"]) or timed(
+        "corpus", lambda: _mark_done(data, build_corpus(r, data), st["corpus"]))
     report["stages"]["corpus"] = info
     # tokenizer
-    if not (_finished(tok_dir, resume) is not None and (tok_dir / "tokenizer.model").exists()):
+    if not (_finished(tok_dir, resume, st["tokenizer"]) is not None and (tok_dir / "tokenizer.model").exists()):
         timed("tokenizer", lambda: train_tokenizer([data / "tokenizer_text.txt"], tok_dir, vocab_size=r.vocab_size,
                                                      caps_apart=r.caps_apart, sign_apart=r.sign_apart))
-        _mark_done(tok_dir, {})
+        _mark_done(tok_dir, {}, st["tokenizer"])
     tok = load_tokenizer(tok_dir)
     # shards
     def make_shards():
@@ -445,7 +512,8 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
                 metas[f"{name}_{split}"] = {"tokens": meta["n_tokens"], "docs": meta["n_docs"],
                                             "loss_tokens": meta["n_loss_tokens"]}
         return metas
-    report["stages"]["shards"] = _finished(shards, resume) or timed("shards", lambda: _mark_done(shards, make_shards()))
+    report["stages"]["shards"] = _finished(shards, resume, st["shards"]) or timed(
+        "shards", lambda: _mark_done(shards, make_shards(), st["shards"]))
 
     small, big = _load_tests(data)
     curve_probs = curve_problems(small, r.eval.task_eval_problems)
@@ -460,7 +528,7 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
     stages = [("pretrain", None), ("longctx", str(out / "pretrain" / "hf")), ("sft", str(out / "longctx" / "hf"))]
     for name, init in stages:
         d = out / name
-        done = _finished(d, resume)
+        done = _finished(d, resume, st[name])
         if done:
             report["stages"][name] = done
             continue
@@ -473,7 +541,10 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
             fn = lambda rec=rec: run_sft(rec, resume=resume)  # noqa: E731
         summary = timed(name, fn)
         summary["wall_s"], summary["cpu_s"] = timings[name], cpu[name]
-        report["stages"][name] = _mark_done(d, summary)
+        report["stages"][name] = _mark_done(d, summary, st[name])
+
+    if r.align.enabled and resume and "sft" not in timings and (out / "align").exists():
+        check_resumable(out / "align", st["align"])  # RL resumes from its checkpoints: only under the same settings
 
     # chat model directory
     chat_dir = out / "chat"
@@ -528,7 +599,8 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
         if "sft" in timings and (out / "align").exists():  # a new SFT model: never resume RL from the old one's
             _log("SFT ran again: the alignment stage starts afresh (align/ removed)")
             shutil.rmtree(out / "align")
-
+        (out / "align").mkdir(exist_ok=True)
+        _settings_marker(out / "align").write_text(json.dumps(st["align"], indent=1) + "\n", encoding="utf-8")
         report["align"] = timed("align", lambda: run_nano_align(r.align, out, r.seed, r.threads, r.progress,
                                                                 resume, (r.corpus.test_small, r.corpus.test_big)))
         # The demo hands users the RL model; the SFT model stays in sft/hf (the targets above are its own).
@@ -537,6 +609,8 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
     timings["total"] = round(time.perf_counter() - t_all, 1)
     cpu["total"] = round(_cpu_seconds() - c_all, 1)
     core = [k for k in ("corpus", "tokenizer", "shards", "pretrain", "longctx", "sft") if k in timings]
+    report["reused_stages"] = [k for k in ("corpus", "tokenizer", "shards", "pretrain", "longctx", "sft")
+                               if k not in timings]  # by --resume
     if core:
         timings["core"], cpu["core"] = round(sum(timings[k] for k in core), 1), round(sum(cpu[k] for k in core), 1)
     report["timings_s"] = timings
@@ -544,7 +618,7 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
     report["machine"] = {"cpus": os.cpu_count(), "load_avg_at_end": list(os.getloadavg())}
     report["curve"] = _curve(out / "pretrain" / "metrics.jsonl")
     report["targets"] = _targets(report)
-    report["ok"] = all(t["met"] for t in report["targets"].values())
+    report["ok"] = all(t["met"] for t in report["targets"].values() if t["met"] is not None)
     _write_report(out, report)
     _print_summary(report)
     return report
@@ -574,8 +648,11 @@ def _targets(rep: dict) -> dict:
         "passkey >= 90%": {"value": ev["passkey"]["accuracy"], "met": ev["passkey"]["accuracy"] >= 0.90},
         "chat turns end with <|im_end|> (sample chats and chat arithmetic)": {
             "value": _turns_ended(ev), "met": _turns_ended(ev) == 1.0},
-        "core recipe (corpus to SFT) <= 20 min wall": {"value": rep["timings_s"].get("core", 0.0) / 60, "unit": "min",
-                                                       "met": rep["timings_s"].get("core", 0.0) <= 1200},
+        # Measured only when this run made every core stage (None: some were reused by --resume).
+        "core recipe (corpus to SFT) <= 20 min wall": (
+            {"value": None, "unit": "min", "met": None, "reused": rep["reused_stages"]} if rep.get("reused_stages")
+            else {"value": rep["timings_s"].get("core", 0.0) / 60, "unit": "min",
+                  "met": rep["timings_s"].get("core", 0.0) <= 1200}),
         **({"tool call: right function and city (held-out phrasings) >= 90%": {
                 "value": ev["tool_call"]["accuracy"], "met": ev["tool_call"]["accuracy"] >= 0.90},
             "interpreter call with exactly a and b for a*b >= 90%": {
@@ -592,6 +669,8 @@ def _pct(x: float) -> str:
 
 def _target_value(t: dict) -> str:
     """A target's measured value as the report shows it: minutes, or a fraction as a percentage."""
+    if t["value"] is None:
+        return f"not measured ({', '.join(t.get('reused', []))} reused by --resume)"
     return f"{t['value']:.1f} min" if t.get("unit") == "min" else _pct(t["value"])
 
 
@@ -618,7 +697,7 @@ def _write_report(out: Path, rep: dict) -> None:
         f"Command: `{_command_line()}` (`puyu demo` = `puyu train nano recipes/nano.yaml`). Output: `{out}`.", "",
         "## Targets (greedy decoding)", "",
         "| target | measured | met |", "|---|---|---|",
-        *[f"| {k.replace('|', '&#124;')} | {_target_value(v)} | {'yes' if v['met'] else 'no'} |"
+        *[f"| {k.replace('|', '&#124;')} | {_target_value(v)} | {'-' if v['met'] is None else 'yes' if v['met'] else 'no'} |"
           for k, v in rep["targets"].items()],
         "", "## Results", "",
         f"- a+b, a-b with a, b < 100 (base model, {ev['base_arith_100']['n']} held-out problems): "
@@ -705,7 +784,10 @@ def _print_summary(rep: dict) -> None:
     ev = rep["eval"]
     print("\n=== nano recipe ===")
     for k, v in rep["targets"].items():
-        print(f"{'MET ' if v['met'] else 'MISS'} {k}: {v['value']:.3f}")
+        if v["met"] is None:
+            print(f"---- {k}: {_target_value(v)}")
+        else:
+            print(f"{'MET ' if v['met'] else 'MISS'} {k}: {v['value']:.3f}")
     print(f"a, b < 1000: {ev['base_arith_1000']['accuracy']:.3f}")
     print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in rep["timings_s"].items()))
     if rep.get("align"):

@@ -115,6 +115,7 @@ class Recipe:
     def validate(self) -> None:
         if self.train.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {self.train.precision!r}")
+        check_device(self.train.device, "train.device")
         t = self.train.threads
         if (isinstance(t, str) and t != "auto") or (isinstance(t, (int, float)) and not isinstance(t, bool) and t < 1):
             raise ConfigError(f"train.threads must be a positive number, auto or null, got {t!r}")
@@ -267,10 +268,33 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def check_device(device: str | None, where: str) -> None:
+    """Raise ConfigError, before any work, when `device` (None: cuda if available, else cpu) is not a
+    torch device name or is one this machine lacks (cuda without CUDA, mps without Metal)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{where} must be cpu, cuda, cuda:N or mps (or null: cuda when present), got {device!r}") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{where} must be cpu, cuda, cuda:N or mps (or null: cuda when present), got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{where} is {device!r} but CUDA is not available on this machine; use cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{where} is {device!r} but MPS is not available on this machine; use cpu")
+
+
 def read_yaml(path: str | Path) -> dict:
     import yaml
 
     p = Path(path)
+    if p.is_dir():
+        found = sorted(x.name for x in p.glob("*.yaml"))[:6]
+        raise ConfigError(f"recipe {p} is a directory; give a YAML file in it" + (f", e.g. {p / found[0]} "
+                          f"(there: {', '.join(found)})" if found else ""))
     if not p.is_file():
         raise ConfigError(f"recipe file {p} does not exist")
     try:
