@@ -173,3 +173,16 @@ def test_cli_argv_with_undecodable_bytes(tiny_tokenizer, tmp_path, capsys):
     assert main(["tokenizer", "encode", "--tokenizer", str(tmp_path), arg]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["ids"] == tiny_tokenizer.encode("caf\ufffd")
+
+
+def test_a_vocabulary_smaller_than_the_texts_characters_names_the_size_needed(tmp_path):
+    from puyu.errors import TokenizerError
+    from puyu.model.tokenizer import train_tokenizer
+
+    text = tmp_path / "t.txt"
+    # 200 distinct characters (Latin-1 and Greek letters), each many times: more than 300 - 256 - specials.
+    chars = [chr(c) for c in range(0xC0, 0x180)] + [chr(c) for c in range(0x391, 0x3C9)]
+    text.write_text("\n".join(" ".join(chars[i:] + chars[:i]) for i in range(200)), encoding="utf-8")
+    with pytest.raises(TokenizerError, match=r"vocab_size 300 is too small for this text: SentencePiece needs (\d+) "
+                                             r"pieces.*use vocab_size >= \1"):
+        train_tokenizer([text], tmp_path / "tok", vocab_size=300)

@@ -319,3 +319,70 @@ def test_a_recipe_directory_is_named_as_one_with_its_yaml_files(tmp_path):
     (tmp_path / "nano.yaml").write_text("seed: 1\n")
     with pytest.raises(ConfigError, match=r"is a directory; give a YAML file in it, e\.g\. .*nano\.yaml"):
         read_yaml(tmp_path)
+
+
+def _stage_dirs(root, names=("corpus", "pretrain", "sft", "align")):
+    return {n: root / n for n in names}
+
+
+def _stamp(d, settings, done=True):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "settings.json").write_text(json.dumps(settings))
+    if done:
+        (d / "done.json").write_text("{}")
+
+
+def test_resume_plan_checks_every_stage_before_any_work_and_redoes_what_follows_a_redone_stage(tmp_path):
+    from puyu.errors import ConfigError
+    from puyu.recipes.nano import plan_stages
+
+    dirs = _stage_dirs(tmp_path)
+    st = {"corpus": {"seed": 0}, "pretrain": {"seed": 0, "pretrain.steps": 6}, "sft": {"seed": 0, "pretrain.steps": 6,
+                                                                                       "sft.steps": 2},
+          "align": {"seed": 0, "pretrain.steps": 6, "sft.steps": 2, "align.lr": 1.0}}
+    for n in dirs:
+        _stamp(dirs[n], st[n], done=n != "align")
+    assert plan_stages(dirs, st, True) == {"corpus": "reuse", "pretrain": "reuse", "sft": "reuse", "align": "continue"}
+    assert set(plan_stages(dirs, st, False).values()) == {"make"}
+    # pretrain deleted and its steps changed: the finished SFT stage (made from the old pretrain) is refused
+    # before pretrain is trained again, and nothing is touched.
+    (dirs["pretrain"] / "done.json").unlink()
+    (dirs["pretrain"] / "settings.json").unlink()
+    new = {k: {**v, "pretrain.steps": 7} if "pretrain.steps" in v else v for k, v in st.items()}
+    with pytest.raises(ConfigError, match=r"sft was made with other settings .*pretrain\.steps 6 -> 7"):
+        plan_stages(dirs, new, True)
+    assert (dirs["sft"] / "done.json").exists()
+    # Under the same settings, a stage made again is followed by every later stage made again.
+    assert plan_stages(dirs, st, True) == {"corpus": "reuse", "pretrain": "make", "sft": "make", "align": "make"}
+
+
+def test_an_interrupted_stage_is_checked_too_and_an_older_puyus_stage_is_not_stamped(tmp_path):
+    from puyu.errors import ConfigError
+    from puyu.recipes.nano import plan_stages
+
+    dirs = _stage_dirs(tmp_path, ("corpus", "pretrain"))
+    st = {"corpus": {"seed": 0}, "pretrain": {"seed": 0, "pretrain.lr": 0.0005}}
+    _stamp(dirs["corpus"], st["corpus"])
+    _stamp(dirs["pretrain"], st["pretrain"], done=False)  # interrupted: settings.json, checkpoints, no done.json
+    assert plan_stages(dirs, st, True)["pretrain"] == "continue"
+    with pytest.raises(ConfigError, match=r"pretrain\.lr 0\.0005 -> 0\.01"):
+        plan_stages(dirs, {**st, "pretrain": {"seed": 0, "pretrain.lr": 0.01}}, True)
+    # An older puyu's stages (no settings.json): finished ones reused unchecked, interrupted ones made afresh.
+    (dirs["corpus"] / "settings.json").unlink()
+    (dirs["pretrain"] / "settings.json").unlink()
+    assert plan_stages(dirs, st, True) == {"corpus": "reuse", "pretrain": "make"}
+    assert not (dirs["corpus"] / "settings.json").exists()
+
+
+@pytest.mark.parametrize("marker, text, words", [("done.json", "{oops", "cannot read"),
+                                                 ("settings.json", "[]", "holds a list, not a JSON object"),
+                                                 ("settings.json", "null", "holds a NoneType")])
+def test_a_corrupt_stage_marker_is_a_clear_error(tmp_path, marker, text, words):
+    from puyu.errors import ConfigError
+    from puyu.recipes.nano import plan_stages
+
+    dirs = _stage_dirs(tmp_path, ("corpus",))
+    _stamp(dirs["corpus"], {"seed": 0})
+    (dirs["corpus"] / marker).write_text(text)
+    with pytest.raises(ConfigError, match=words + r".*delete .*corpus"):
+        plan_stages(dirs, {"corpus": {"seed": 0}}, True)

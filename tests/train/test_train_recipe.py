@@ -119,3 +119,17 @@ def test_nano_recipe_is_checked_before_any_stage_runs():
     r = load_recipe(None, ["model_overrides.hidden_size=256", "model_overrides.num_attention_heads=8"], cls=NanoRecipe)
     assert r.model_overrides == {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 8,
                                  "num_key_value_heads": 2}
+
+
+def test_a_recipe_file_reads_5e_4_as_a_float_and_refuses_a_key_written_twice(tmp_path):
+    from puyu.errors import ConfigError
+    from puyu.train.recipe import read_yaml
+
+    f = tmp_path / "r.yaml"
+    f.write_text("optim: {lr: 5e-4, min_lr_ratio: .1E+0}\nname: 1e5x\n")
+    assert read_yaml(f) == {"optim": {"lr": 0.0005, "min_lr_ratio": 0.1}, "name": "1e5x"}
+    f.write_text("seed: 1\noptim: {lr: 0.1}\nseed: 2\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml:3:1: .*key 'seed' appears twice in one mapping \(first on line 1\)"):
+        read_yaml(f)
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        read_yaml("/dev/null")

@@ -346,6 +346,12 @@ def train_tokenizer(inputs: list[str | Path], out_dir: str | Path, vocab_size: i
                 hard_vocab_limit=False, minloglevel=2, **extra,
             )
         except RuntimeError as e:
+            m = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(e))
+            if m:  # SentencePiece: one piece per distinct character kept, besides the byte and special pieces
+                raise TokenizerError(
+                    f"vocab_size {vocab_size} is too small for this text: SentencePiece needs {m.group(2)} pieces for "
+                    f"its distinct characters, the 256 byte pieces and the special tokens; use vocab_size >= "
+                    f"{m.group(2)} (more for merges)") from None
             raise TokenizerError(f"tokenizer training failed: {e}") from None
         shutil.copy2(prefix + ".model", out / "tokenizer.model")
     tok = Tokenizer(out / "tokenizer.model")

@@ -148,9 +148,11 @@ class NanoRecipe:
 
         from puyu.model.chat_format import CHAT_TOKENS
 
-        if self.vocab_size < 256 + len(CHAT_TOKENS) + 16:  # the bound puyu.model.tokenizer.train_tokenizer enforces
-            raise ConfigError(f"vocab_size must be at least {256 + len(CHAT_TOKENS) + 16} (256 byte-fallback pieces, "
-                              f"the chat tokens and a few merges), got {self.vocab_size}")
+        # SentencePiece wants a piece per distinct character besides the 256 byte pieces and the chat tokens:
+        # the nano corpus has ~100 distinct characters (346 pieces needed for the full corpus, 343 for a miniature one).
+        if self.vocab_size < 400:
+            raise ConfigError(f"vocab_size must be at least 400 for the nano corpus (256 byte-fallback pieces, one per "
+                              f"distinct character, the {len(CHAT_TOKENS)} chat tokens), got {self.vocab_size}")
         check_device(self.device, "device")
         if self.longctx.rope_theta is None:
             raise ConfigError("longctx.rope_theta must be set (the long-context stage raises the RoPE base)")
@@ -248,19 +250,30 @@ def _settings_marker(d: Path) -> Path:
     return d / "settings.json"
 
 
+def _read_json(path: Path, what: str, kind: type):
+    """A stage's JSON marker, or ConfigError saying what to delete (corrupt, unreadable or of another shape)."""
+    from puyu.errors import ConfigError
+
+    try:
+        v = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--resume: cannot read {path} ({e}); delete {path.parent} to redo {what}") from None
+    if not isinstance(v, kind):
+        raise ConfigError(f"--resume: {path} holds a {type(v).__name__}, not a JSON {'object' if kind is dict else kind.__name__}; "
+                          f"delete {path.parent} to redo {what}")
+    return v
+
+
 def check_resumable(d: Path, settings: dict) -> None:
-    """Raise ConfigError when the stage in `d` was made from other recipe values than `settings` (what this
-    run would make it from): `--resume` would reuse it while report.json records the new values. A stage
-    from before settings were recorded (no settings.json) is reused as it is."""
+    """Raise ConfigError when the stage in `d` was made (or begun) from other recipe values than `settings`
+    (what this run would make it from): `--resume` would reuse or continue it while report.json records the
+    new values. Without a settings.json (nothing begun there, or an older puyu) there is nothing to check."""
     from puyu.errors import ConfigError
 
     m = _settings_marker(d)
     if not m.exists():
         return
-    try:
-        old = json.loads(m.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--resume: cannot read {m} ({e}); delete {d} to redo that stage") from None
+    old = _read_json(m, "that stage", dict)
     missing = object()
     diff = [f"{k} {old[k] if k in old else '(not set)'} -> {settings[k] if k in settings else '(not set)'}"
             for k in sorted(set(old) | set(settings)) if old.get(k, missing) != settings.get(k, missing)]
@@ -272,21 +285,48 @@ def check_resumable(d: Path, settings: dict) -> None:
             f"{d} and the stages after it to redo them.")
 
 
-def _finished(d: Path, resume: bool, settings: dict | None = None):
-    """The stage's done.json (its summary) when `resume` and the stage finished, else None. With `settings`,
-    raises ConfigError when the finished stage was made from other values (`check_resumable`)."""
-    m = _done_marker(d)
-    if resume and m.exists():
-        if settings is not None:
-            check_resumable(d, settings)
-        return json.loads(m.read_text(encoding="utf-8"))
-    return None
+def plan_stages(dirs: dict[str, Path], settings: dict[str, dict], resume: bool, unfinished=()) -> dict[str, str]:
+    """What `run_nano` does with each stage (`dirs` in recipe order), decided before any work: "reuse" (finished,
+    under --resume), "continue" (begun and interrupted: resumes from its checkpoints) or "make" (from scratch).
+    Under --resume every stage's settings.json is checked first (`check_resumable`: ConfigError, nothing
+    touched, whatever stage differs); once a stage is continued or made, every stage after it is made again
+    (it was made from the old one); a stage of an older puyu (no settings.json) is reused when finished, with a
+    warning, and made afresh when interrupted (its values cannot be checked). `unfinished`: stages to treat
+    as not finished whatever their done.json says (a tokenizer directory without its model)."""
+    if resume:
+        for name, d in dirs.items():
+            check_resumable(d, settings[name])
+    plan: dict[str, str] = {}
+    upstream_made = not resume
+    for name, d in dirs.items():
+        begun = _settings_marker(d).exists()
+        done = _done_marker(d).exists() and name not in unfinished
+        if upstream_made:
+            plan[name] = "make"
+        elif done:
+            plan[name] = "reuse"
+            _read_json(_done_marker(d), f"the {name} stage", dict)  # readable, or a clear error now
+            if not begun:
+                _log(f"{d}: made by an older puyu (no settings.json); reused as it is, its settings unchecked")
+        else:
+            plan[name] = "continue" if begun else "make"
+        upstream_made = upstream_made or plan[name] != "reuse"
+    return plan
 
 
-def _mark_done(d: Path, info: dict, settings: dict | None = None) -> dict:
+def _begin(d: Path, settings: dict, action: str) -> None:
+    """Record the settings a stage is made from before its work starts (so an interrupted stage is checked
+    too); with "make", first remove what an earlier run left there (stale checkpoints, an old done.json)."""
+    if action == "make" and d.exists():
+        if any(d.iterdir()):
+            _log(f"{d}: made again from scratch (what was there is removed)")
+        shutil.rmtree(d)
     d.mkdir(parents=True, exist_ok=True)
-    if settings is not None:
-        _settings_marker(d).write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+    _settings_marker(d).write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+
+
+def _mark_done(d: Path, info: dict) -> dict:
+    d.mkdir(parents=True, exist_ok=True)
     _done_marker(d).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     return info
 
@@ -490,16 +530,23 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
         _log(f"{name} finished in {timings[name]:.0f} s ({cpu[name]:.0f} CPU s)")
         return res
 
-    # corpus
+    # What each stage does (reuse / continue / make), decided and checked before any work.
     st = {name: stage_settings(r, name) for name in STAGE_KEYS}
-    info = _finished(data, resume, st["corpus"]) or timed(
-        "corpus", lambda: _mark_done(data, build_corpus(r, data), st["corpus"]))
-    report["stages"]["corpus"] = info
+    dirs = {"corpus": data, "tokenizer": tok_dir, "shards": shards, **{k: out / k for k in ("pretrain", "longctx", "sft")},
+            **({"align": out / "align"} if r.align.enabled else {})}
+    plan = plan_stages(dirs, st, resume, unfinished={"tokenizer"} if not (tok_dir / "tokenizer.model").exists() else ())
+    # corpus
+    if plan["corpus"] == "reuse":
+        report["stages"]["corpus"] = json.loads(_done_marker(data).read_text(encoding="utf-8"))
+    else:
+        _begin(data, st["corpus"], "make")
+        report["stages"]["corpus"] = timed("corpus", lambda: _mark_done(data, build_corpus(r, data)))
     # tokenizer
-    if not (_finished(tok_dir, resume, st["tokenizer"]) is not None and (tok_dir / "tokenizer.model").exists()):
+    if plan["tokenizer"] != "reuse":
+        _begin(tok_dir, st["tokenizer"], "make")
         timed("tokenizer", lambda: train_tokenizer([data / "tokenizer_text.txt"], tok_dir, vocab_size=r.vocab_size,
                                                      caps_apart=r.caps_apart, sign_apart=r.sign_apart))
-        _mark_done(tok_dir, {}, st["tokenizer"])
+        _mark_done(tok_dir, {})
     tok = load_tokenizer(tok_dir)
     # shards
     def make_shards():
@@ -512,8 +559,11 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
                 metas[f"{name}_{split}"] = {"tokens": meta["n_tokens"], "docs": meta["n_docs"],
                                             "loss_tokens": meta["n_loss_tokens"]}
         return metas
-    report["stages"]["shards"] = _finished(shards, resume, st["shards"]) or timed(
-        "shards", lambda: _mark_done(shards, make_shards(), st["shards"]))
+    if plan["shards"] == "reuse":
+        report["stages"]["shards"] = json.loads(_done_marker(shards).read_text(encoding="utf-8"))
+    else:
+        _begin(shards, st["shards"], "make")
+        report["stages"]["shards"] = timed("shards", lambda: _mark_done(shards, make_shards()))
 
     small, big = _load_tests(data)
     curve_probs = curve_problems(small, r.eval.task_eval_problems)
@@ -528,23 +578,21 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
     stages = [("pretrain", None), ("longctx", str(out / "pretrain" / "hf")), ("sft", str(out / "longctx" / "hf"))]
     for name, init in stages:
         d = out / name
-        done = _finished(d, resume, st[name])
-        if done:
-            report["stages"][name] = done
+        if plan[name] == "reuse":
+            report["stages"][name] = json.loads(_done_marker(d).read_text(encoding="utf-8"))
             continue
+        _begin(d, st[name], plan[name])
         rec = stage_recipe(r, name, init)
+        cont = plan[name] == "continue"
         if name == "pretrain":
-            fn = lambda rec=rec: train(rec, resume=resume, stage="pretrain", task_hook=task_hook)  # noqa: E731
+            fn = lambda rec=rec: train(rec, resume=cont, stage="pretrain", task_hook=task_hook)  # noqa: E731
         elif name == "longctx":
-            fn = lambda rec=rec: run_longctx(rec, resume=resume)  # noqa: E731
+            fn = lambda rec=rec: run_longctx(rec, resume=cont)  # noqa: E731
         else:
-            fn = lambda rec=rec: run_sft(rec, resume=resume)  # noqa: E731
+            fn = lambda rec=rec: run_sft(rec, resume=cont)  # noqa: E731
         summary = timed(name, fn)
         summary["wall_s"], summary["cpu_s"] = timings[name], cpu[name]
-        report["stages"][name] = _mark_done(d, summary, st[name])
-
-    if r.align.enabled and resume and "sft" not in timings and (out / "align").exists():
-        check_resumable(out / "align", st["align"])  # RL resumes from its checkpoints: only under the same settings
+        report["stages"][name] = _mark_done(d, summary)
 
     # chat model directory
     chat_dir = out / "chat"
@@ -596,13 +644,12 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
     if r.align.enabled:  # alignment: RM, PPO rounds, SFT vs RL (report in align/report.md)
         from puyu.rl.nano_stage import run_nano_align
 
-        if "sft" in timings and (out / "align").exists():  # a new SFT model: never resume RL from the old one's
-            _log("SFT ran again: the alignment stage starts afresh (align/ removed)")
-            shutil.rmtree(out / "align")
-        (out / "align").mkdir(exist_ok=True)
-        _settings_marker(out / "align").write_text(json.dumps(st["align"], indent=1) + "\n", encoding="utf-8")
+        # "make" after a new SFT model (never resume RL from the old one's checkpoints) or over an align/ of an
+        # older puyu; "continue" resumes RL from its checkpoints under the same settings (plan_stages).
+        _begin(out / "align", st["align"], plan["align"])
+        cont = plan["align"] == "continue"
         report["align"] = timed("align", lambda: run_nano_align(r.align, out, r.seed, r.threads, r.progress,
-                                                                resume, (r.corpus.test_small, r.corpus.test_big)))
+                                                                cont, (r.corpus.test_small, r.corpus.test_big)))
         # The demo hands users the RL model; the SFT model stays in sft/hf (the targets above are its own).
         shutil.rmtree(chat_dir)
         shutil.copytree(report["align"]["rl_dir"], chat_dir)

@@ -287,18 +287,50 @@ def check_device(device: str | None, where: str) -> None:
         raise ConfigError(f"{where} is {device!r} but MPS is not available on this machine; use cpu")
 
 
+def _recipe_loader():
+    """A SafeLoader for recipe files that reads `5e-4` as the float it is (YAML 1.1 wants `5.0e-4`; PyYAML
+    reads the shorter form as a string) and refuses a key written twice in one mapping (PyYAML keeps the
+    last silently)."""
+    import re
+
+    import yaml
+
+    class RecipeLoader(yaml.SafeLoader):
+        pass
+
+    RecipeLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    RecipeLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
+
+    def mapping(loader, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (first on line {seen[key] + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return loader.construct_mapping(node, deep=deep)
+
+    RecipeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return RecipeLoader
+
+
 def read_yaml(path: str | Path) -> dict:
     import yaml
 
     p = Path(path)
     if p.is_dir():
-        found = sorted(x.name for x in p.glob("*.yaml"))[:6]
+        found = sorted((x.name for x in p.glob("*.yaml")), key=lambda n: (n != "nano.yaml", n))[:6]
         raise ConfigError(f"recipe {p} is a directory; give a YAML file in it" + (f", e.g. {p / found[0]} "
                           f"(there: {', '.join(found)})" if found else ""))
+    if p.exists() and not p.is_file():
+        raise ConfigError(f"recipe {p} is not a regular file; give a YAML file")
     if not p.is_file():
         raise ConfigError(f"recipe file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_recipe_loader())
     except UnicodeDecodeError as e:
         raise ConfigError(f"recipe {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
     except yaml.YAMLError as e:
