@@ -141,3 +141,27 @@ def test_doc_rows_pack_whole_documents():
         # Padding has loss mask 0.
         assert all(not m for t, m in zip(b.targets[0].tolist(), b.loss_mask[0].tolist()) if t == 2)
     assert sorted(seen) == [10, 11, 12, 13, 14]
+
+
+def test_best_fit_packs_every_document_once_in_fewer_rows_than_next_fit():
+    import numpy as np
+
+    from puyu.errors import ConfigError
+    from puyu.train.dataset import DocRows
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(20, 200, size=400)  # like the nano SFT conversations: 113 tokens on average
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    tokens = np.arange(int(lengths.sum())) % 1000
+    mask = np.ones_like(tokens, dtype=np.uint8)
+    nxt, best = (DocRows(tokens, mask, starts, 256, seed=3, fit=f) for f in ("next", "best"))
+    for rows in (nxt, best):
+        pieces = sorted(p for row in rows.layout for p in row)
+        assert pieces == sorted(zip(starts.tolist(), lengths.tolist()))  # each document once, whole
+        assert all(sum(n for _, n in row) <= 257 for row in rows.layout)
+        t, m, doc, pos = rows.row(rows.n_rows - 1)
+        assert t.shape == (257,) and pos[0] == 0
+    assert best.n_rows < nxt.n_rows and best.fill > 0.95 > nxt.fill
+    assert best.layout == DocRows(tokens, mask, starts, 256, seed=3, fit="best").layout  # seeded
+    with pytest.raises(ConfigError, match="'next' or 'best'"):
+        DocRows(tokens, mask, starts, 256, fit="first")

@@ -105,6 +105,7 @@ class StageSection:
     eval_every: int = 200
     doc_mask: bool = True
     rope_theta: float | None = None
+    pack_fit: str = "next"  # SFT only: how conversations fill rows (puyu.train.dataset.DocRows)
 
 
 @dataclass
@@ -492,7 +493,7 @@ def stage_recipe(r: NanoRecipe, name: str, init: str | None) -> Recipe:
                            max_position_embeddings=max(st.seq_len, 512) if init else None),
         data=DataSection(train=[str(shards / f"{name}_train")], val=[str(shards / f"{name}_val")],
                          tokenizer=str(out / "tokenizer"), seq_len=st.seq_len, doc_mask=st.doc_mask,
-                         pack="docs" if name == "sft" else "stream"),
+                         pack="docs" if name == "sft" else "stream", pack_fit=st.pack_fit),
         optim=OptimSection(lr=st.lr, warmup_steps=st.warmup_steps, min_lr_ratio=st.min_lr_ratio,
                            weight_decay=st.weight_decay, grad_clip=st.grad_clip),
         train=TrainSection(out_dir=str(out / name), steps=st.steps, batch_size=st.batch_size, seed=r.seed,

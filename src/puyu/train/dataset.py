@@ -3,9 +3,12 @@
 Two packings:
 - `StreamRows` (pretraining): the concatenated token stream is cut into windows of T + 1 tokens with
   stride T (each token is a target exactly once per epoch); documents may span windows.
-- `DocRows` (SFT): whole documents (conversations) are packed greedily into rows of T + 1 tokens in
-  shuffled order, never split; the rest of a row is padding with loss mask 0. A document longer
-  than T + 1 is cut to its first T + 1 tokens (counted in `truncated`).
+- `DocRows` (SFT): whole documents (conversations) are packed into rows of T + 1 tokens in shuffled
+  order, never split; the rest of a row is padding with loss mask 0. `fit="next"` closes a row when the
+  next document does not fit (next fit: the nano SFT data, 113 tokens a conversation on average, fills
+  76% of its 257-token rows); `fit="best"` puts each document into the open row whose free space is the
+  smallest that holds it (best fit, in the same shuffled order: 96.5% there). A document longer than
+  T + 1 is cut to its first T + 1 tokens (counted in `truncated`).
 
 Both yield `Batch`es: input_ids [B, T], targets [B, T], loss_mask [B, T] (1 = target counts),
 doc_ids [B, T] and position_ids [B, T] (restarting at 0 at each document start inside the row;
@@ -19,6 +22,8 @@ takes its own slice of rows, so the global batch does not depend on the number o
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import bisect
 
 import numpy as np
 import torch
@@ -126,10 +131,11 @@ class StreamRows(Rows):
 
 
 class DocRows(Rows):
-    """Whole documents packed greedily (in a seeded shuffled order) into rows of T + 1 tokens."""
+    """Whole documents packed (in a seeded shuffled order; `fit`: "next" or "best", see the module
+    docstring) into rows of T + 1 tokens. `fill`: the share of row tokens that are document tokens."""
 
     def __init__(self, tokens: np.ndarray, mask: np.ndarray, doc_starts: np.ndarray, seq_len: int,
-                 seed: int = 0, pad_id: int = 2):
+                 seed: int = 0, pad_id: int = 2, fit: str = "next"):
         super().__init__(seq_len, seed)
         self.tokens, self.mask, self.pad_id = tokens, mask, pad_id
         ends = np.append(doc_starts[1:], len(tokens))
@@ -137,20 +143,38 @@ class DocRows(Rows):
         self.truncated = int(((ends - doc_starts) > seq_len + 1).sum())
         order = torch.randperm(len(doc_starts), generator=torch.Generator().manual_seed(seed)).tolist()
         self.layout: list[list[tuple[int, int]]] = []  # per row: (doc start, length) pieces
-        row: list[tuple[int, int]] = []
-        used = 0
-        for d in order:
-            n = int(lengths[d])
-            if n == 0:
-                continue
-            if used + n > seq_len + 1:
+        if fit == "next":
+            row: list[tuple[int, int]] = []
+            used = 0
+            for d in order:
+                n = int(lengths[d])
+                if n == 0:
+                    continue
+                if used + n > seq_len + 1:
+                    self.layout.append(row)
+                    row, used = [], 0
+                row.append((int(doc_starts[d]), n))
+                used += n
+            if row:
                 self.layout.append(row)
-                row, used = [], 0
-            row.append((int(doc_starts[d]), n))
-            used += n
-        if row:
-            self.layout.append(row)
+        elif fit == "best":
+            free: list[tuple[int, int]] = []  # (free tokens, row index), sorted
+            for d in order:
+                n = int(lengths[d])
+                if n == 0:
+                    continue
+                k = bisect.bisect_left(free, (n, -1))
+                if k < len(free):
+                    room, r = free.pop(k)
+                else:
+                    room, r = seq_len + 1, len(self.layout)
+                    self.layout.append([])
+                self.layout[r].append((int(doc_starts[d]), n))
+                bisect.insort(free, (room - n, r))
+        else:
+            raise ConfigError(f"unknown packing fit {fit!r}; use 'next' or 'best'")
         self.n_rows = len(self.layout)
+        self.fill = float(sum(n for row in self.layout for _, n in row)) / max(self.n_rows * (seq_len + 1), 1)
         if self.n_rows < 1:
             raise ConfigError("no documents to pack")
 
@@ -171,9 +195,9 @@ class DocRows(Rows):
         return tokens, mask, doc, np.arange(L) - start
 
 
-def make_rows(kind: str, tokens, mask, doc_starts, seq_len: int, seed: int, pad_id: int = 2) -> Rows:
+def make_rows(kind: str, tokens, mask, doc_starts, seq_len: int, seed: int, pad_id: int = 2, fit: str = "next") -> Rows:
     if kind == "stream":
         return StreamRows(tokens, mask, doc_starts, seq_len, seed)
     if kind == "docs":
-        return DocRows(tokens, mask, doc_starts, seq_len, seed, pad_id)
+        return DocRows(tokens, mask, doc_starts, seq_len, seed, pad_id, fit)
     raise ConfigError(f"unknown packing {kind!r}; use 'stream' or 'docs'")

@@ -244,12 +244,13 @@ def train(recipe: Recipe, resume: bool = False, stage: str = "pretrain", task_ho
         if not recipe.data.train:
             raise ConfigError("data.train lists no shard directories (make them with `puyu train tokenize`)")
         tokens, mask, docs, vocab = load_shards(recipe.data.train)
-        rows = make_rows(recipe.data.pack, tokens, mask, docs, recipe.data.seq_len, tr.seed, pad_id)
+        rows = make_rows(recipe.data.pack, tokens, mask, docs, recipe.data.seq_len, tr.seed, pad_id, recipe.data.pack_fit)
         val_rows = None
         if recipe.data.val:
             vt, vm, vd, _ = load_shards(recipe.data.val)
             try:
-                val_rows = make_rows(recipe.data.pack, vt, vm, vd, recipe.data.seq_len, tr.seed, pad_id)
+                val_rows = make_rows(recipe.data.pack, vt, vm, vd, recipe.data.seq_len, tr.seed, pad_id,
+                                     recipe.data.pack_fit)
             except ConfigError as e:  # a validation set too small for one row: train without it
                 if info.is_main:
                     print(f"warning: no validation ({e})", file=sys.stderr)
@@ -289,8 +290,9 @@ def train(recipe: Recipe, resume: bool = False, stage: str = "pretrain", task_ho
             metrics.reset()
         if info.is_main:
             n_params = sum(p.numel() for p in lm.parameters())
+            fill = f" ({100 * rows.fill:.1f}% conversation, {recipe.data.pack_fit} fit)" if hasattr(rows, "fill") else ""
             print(f"[{stage}] {source}: {n_params / 1e6:.2f}M parameters, {rows.n_rows} rows of "
-                  f"{recipe.data.seq_len} tokens, {info.world_size} process(es) on {info.device}, {precision}"
+                  f"{recipe.data.seq_len} tokens{fill}, {info.world_size} process(es) on {info.device}, {precision}"
                   + (f", {threads} thread(s)" if threads else ""), file=sys.stderr)
 
         def checkpoint(step: int) -> None:

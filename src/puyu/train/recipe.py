@@ -43,8 +43,9 @@ class DataSection:
     `train`/`val`: lists of shard directories. `seq_len`: tokens per row (T). `doc_mask`: keep attention
     within documents (and restart positions) when documents are packed. `pack`: "stream" cuts the
     concatenated stream into windows of T + 1 (pretraining); "docs" packs whole documents into rows
-    without splitting them, padding the rest (SFT conversations). `tokenizer`: tokenizer directory
-    (saved with the final weights)."""
+    without splitting them, padding the rest (SFT conversations); `pack_fit` ("next" or "best") is how
+    "docs" fills its rows (`puyu.train.dataset.DocRows`). `tokenizer`: tokenizer directory (saved with the
+    final weights)."""
 
     train: list = field(default_factory=list)
     val: list = field(default_factory=list)
@@ -52,6 +53,7 @@ class DataSection:
     seq_len: int = 256
     doc_mask: bool = True
     pack: str = "stream"
+    pack_fit: str = "next"
 
 
 @dataclass
@@ -121,6 +123,8 @@ class Recipe:
             raise ConfigError(f"train.threads must be a positive number, auto or null, got {t!r}")
         if self.data.pack not in ("stream", "docs"):
             raise ConfigError(f"data.pack must be 'stream' or 'docs', got {self.data.pack!r}")
+        if self.data.pack_fit not in ("next", "best"):
+            raise ConfigError(f"data.pack_fit must be 'next' or 'best', got {self.data.pack_fit!r}")
         if self.dist.strategy not in ("ddp", "fsdp"):
             raise ConfigError(f"dist.strategy must be 'ddp' or 'fsdp', got {self.dist.strategy!r}")
         for name in ("steps", "batch_size", "grad_accum", "eval_every", "log_every", "save_every"):
