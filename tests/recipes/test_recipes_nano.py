@@ -317,7 +317,7 @@ def test_a_recipe_directory_is_named_as_one_with_its_yaml_files(tmp_path):
     from puyu.train.recipe import read_yaml
 
     (tmp_path / "nano.yaml").write_text("seed: 1\n")
-    with pytest.raises(ConfigError, match=r"is a directory; give a YAML file in it, e\.g\. .*nano\.yaml"):
+    with pytest.raises(ConfigError, match=r"is a directory; give a YAML file in it \(there: nano\.yaml\)"):
         read_yaml(tmp_path)
 
 
@@ -325,11 +325,14 @@ def _stage_dirs(root, names=("corpus", "pretrain", "sft", "align")):
     return {n: root / n for n in names}
 
 
-def _stamp(d, settings, done=True):
+def _stamp(d, settings, done=True, model=True):
     d.mkdir(parents=True, exist_ok=True)
     (d / "settings.json").write_text(json.dumps(settings))
     if done:
         (d / "done.json").write_text("{}")
+        if model and d.name in ("pretrain", "longctx", "sft"):  # a finished model stage holds its model
+            (d / "hf").mkdir(exist_ok=True)
+            (d / "hf" / "config.json").write_text("{}")
 
 
 def test_resume_plan_checks_every_stage_before_any_work_and_redoes_what_follows_a_redone_stage(tmp_path):
@@ -344,16 +347,22 @@ def test_resume_plan_checks_every_stage_before_any_work_and_redoes_what_follows_
         _stamp(dirs[n], st[n], done=n != "align")
     assert plan_stages(dirs, st, True) == {"corpus": "reuse", "pretrain": "reuse", "sft": "reuse", "align": "continue"}
     assert set(plan_stages(dirs, st, False).values()) == {"make"}
-    # pretrain deleted and its steps changed: the finished SFT stage (made from the old pretrain) is refused
-    # before pretrain is trained again, and nothing is touched.
-    (dirs["pretrain"] / "done.json").unlink()
-    (dirs["pretrain"] / "settings.json").unlink()
-    new = {k: {**v, "pretrain.steps": 7} if "pretrain.steps" in v else v for k, v in st.items()}
-    with pytest.raises(ConfigError, match=r"sft was made with other settings .*pretrain\.steps 6 -> 7"):
+    # Changed values of two stages: refused before any work, every changed key named, the first stage to delete.
+    new = {k: {**v, **{x: v[x] + 1 for x in ("pretrain.steps", "sft.steps") if x in v}} for k, v in st.items()}
+    with pytest.raises(ConfigError, match=r"pretrain was made with other settings .*pretrain\.steps 6 -> 7; "
+                                          r"sft\.steps 2 -> 3\).*delete .*pretrain and the stages after it"):
         plan_stages(dirs, new, True)
     assert (dirs["sft"] / "done.json").exists()
-    # Under the same settings, a stage made again is followed by every later stage made again.
+    # pretrain deleted: it and every later stage are made again (the old SFT and RL were made from the old
+    # pretrain), and their leftovers are not checked, even under other values.
+    (dirs["pretrain"] / "done.json").unlink()
+    (dirs["pretrain"] / "settings.json").unlink()
     assert plan_stages(dirs, st, True) == {"corpus": "reuse", "pretrain": "make", "sft": "make", "align": "make"}
+    new = {k: {**v, "pretrain.steps": 7} if "pretrain.steps" in v else v for k, v in st.items()}
+    assert plan_stages(dirs, new, True) == {"corpus": "reuse", "pretrain": "make", "sft": "make", "align": "make"}
+    # A fresh run with other values killed in pretrain, leaving an older run's later stages: resumed, not refused.
+    _stamp(dirs["pretrain"], new["pretrain"], done=False)
+    assert plan_stages(dirs, new, True) == {"corpus": "reuse", "pretrain": "continue", "sft": "make", "align": "make"}
 
 
 def test_an_interrupted_stage_is_checked_too_and_an_older_puyus_stage_is_not_stamped(tmp_path):
@@ -386,3 +395,17 @@ def test_a_corrupt_stage_marker_is_a_clear_error(tmp_path, marker, text, words):
     (dirs["corpus"] / marker).write_text(text)
     with pytest.raises(ConfigError, match=words + r".*delete .*corpus"):
         plan_stages(dirs, {"corpus": {"seed": 0}}, True)
+
+
+def test_a_finished_model_stage_without_its_model_is_refused(tmp_path):
+    from puyu.errors import ConfigError
+    from puyu.recipes.nano import plan_stages
+
+    dirs = _stage_dirs(tmp_path, ("corpus", "sft"))
+    for n in dirs:
+        _stamp(dirs[n], {"seed": 0}, model=False)
+    with pytest.raises(ConfigError, match=r"marks the sft stage finished but .*sft/hf holds no model; delete"):
+        plan_stages(dirs, {"corpus": {"seed": 0}, "sft": {"seed": 0}}, True)
+    (dirs["sft"] / "hf").mkdir()
+    (dirs["sft"] / "hf" / "config.json").write_text("{}")
+    assert plan_stages(dirs, {"corpus": {"seed": 0}, "sft": {"seed": 0}}, True)["sft"] == "reuse"

@@ -167,6 +167,8 @@ class NanoRecipe:
                 raise ConfigError(f"corpus.{key} must be a probability in [0, 1], got {v}")
         for name in ("pretrain", "longctx", "sft"):
             st: StageSection = getattr(self, name)
+            if st.pack_fit not in ("next", "best"):
+                raise ConfigError(f"{name}.pack_fit must be next or best, got {st.pack_fit!r}")
             if st.steps <= 0 or st.batch_size <= 0 or st.seq_len < 2:
                 raise ConfigError(f"{name}: steps, batch_size and seq_len must be positive")
             try:  # the stage's generic Recipe: optimiser, precision, threads, model shape (with the vocabulary)
@@ -266,38 +268,50 @@ def _read_json(path: Path, what: str, kind: type):
     return v
 
 
-def check_resumable(d: Path, settings: dict) -> None:
-    """Raise ConfigError when the stage in `d` was made (or begun) from other recipe values than `settings`
-    (what this run would make it from): `--resume` would reuse or continue it while report.json records the
-    new values. Without a settings.json (nothing begun there, or an older puyu) there is nothing to check."""
-    from puyu.errors import ConfigError
-
+def settings_diff(d: Path, settings: dict) -> list[str]:
+    """The recipe values that differ between the stage in `d` (its settings.json) and `settings` (what this run
+    would make it from), as "key old -> new"; [] without a settings.json (nothing begun there, or an older puyu)."""
     m = _settings_marker(d)
     if not m.exists():
-        return
+        return []
     old = _read_json(m, "that stage", dict)
     missing = object()
-    diff = [f"{k} {old[k] if k in old else '(not set)'} -> {settings[k] if k in settings else '(not set)'}"
+    return [f"{k} {old[k] if k in old else '(not set)'} -> {settings[k] if k in settings else '(not set)'}"
             for k in sorted(set(old) | set(settings)) if old.get(k, missing) != settings.get(k, missing)]
-    if diff:
-        shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
+
+
+def check_resumable(dirs: dict[str, Path], settings: dict[str, dict]) -> None:
+    """Raise ConfigError when any stage in `dirs` (the ones --resume would reuse or continue) was made or begun
+    from other recipe values than `settings`: it would be reused while report.json records the new values. The
+    message names every changed key (over all those stages) and the first stage to delete."""
+    from puyu.errors import ConfigError
+
+    diffs, first = [], None
+    for name, d in dirs.items():
+        diff = settings_diff(d, settings[name])
+        if diff and first is None:
+            first = d
+        diffs += [x for x in diff if x not in diffs]
+    if diffs:
+        shown = "; ".join(diffs[:12]) + (f"; and {len(diffs) - 12} more" if len(diffs) > 12 else "")
         raise ConfigError(
-            f"--resume: {d} was made with other settings than this run's ({shown}). Reusing it would report the new "
-            f"values for a model made with the old ones. Run with the old values, choose a new out_dir, or delete "
-            f"{d} and the stages after it to redo them.")
+            f"--resume: {first} was made with other settings than this run's ({shown}). Reusing it would report the "
+            f"new values for a model made with the old ones. Run with the old values, choose a new out_dir, or delete "
+            f"{first} and the stages after it to redo them.")
 
 
 def plan_stages(dirs: dict[str, Path], settings: dict[str, dict], resume: bool, unfinished=()) -> dict[str, str]:
     """What `run_nano` does with each stage (`dirs` in recipe order), decided before any work: "reuse" (finished,
     under --resume), "continue" (begun and interrupted: resumes from its checkpoints) or "make" (from scratch).
-    Under --resume every stage's settings.json is checked first (`check_resumable`: ConfigError, nothing
-    touched, whatever stage differs); once a stage is continued or made, every stage after it is made again
-    (it was made from the old one); a stage of an older puyu (no settings.json) is reused when finished, with a
-    warning, and made afresh when interrupted (its values cannot be checked). `unfinished`: stages to treat
-    as not finished whatever their done.json says (a tokenizer directory without its model)."""
-    if resume:
-        for name, d in dirs.items():
-            check_resumable(d, settings[name])
+    Once a stage is continued or made, every stage after it is made again (it was made from the old one); a
+    stage of an older puyu (no settings.json) is reused when finished, with a warning, and made afresh when
+    interrupted (its values cannot be checked). Then every stage to be reused or continued is checked against
+    this run's settings (`check_resumable`: ConfigError naming every changed key, nothing touched); what will
+    be made again is not (a leftover of an older run there is replaced). A finished model stage must hold its
+    model (`hf/config.json`). `unfinished`: stages to treat as not finished whatever their done.json says (a
+    tokenizer directory without its model)."""
+    from puyu.errors import ConfigError
+
     plan: dict[str, str] = {}
     upstream_made = not resume
     for name, d in dirs.items():
@@ -313,6 +327,11 @@ def plan_stages(dirs: dict[str, Path], settings: dict[str, dict], resume: bool, 
         else:
             plan[name] = "continue" if begun else "make"
         upstream_made = upstream_made or plan[name] != "reuse"
+        if plan[name] == "reuse" and name in ("pretrain", "longctx", "sft") and not (d / "hf" / "config.json").exists():
+            raise ConfigError(f"--resume: {d}/done.json marks the {name} stage finished but {d}/hf holds no model; "
+                              f"delete {d} to redo it")
+    if resume:
+        check_resumable({n: d for n, d in dirs.items() if plan[n] != "make"}, settings)
     return plan
 
 

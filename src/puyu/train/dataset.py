@@ -7,7 +7,7 @@ Two packings:
   order, never split; the rest of a row is padding with loss mask 0. `fit="next"` closes a row when the
   next document does not fit (next fit: the nano SFT data, 113 tokens a conversation on average, fills
   76% of its 257-token rows); `fit="best"` puts each document into the open row whose free space is the
-  smallest that holds it (best fit, in the same shuffled order: 96.5% there). A document longer than
+  smallest that holds it (best fit, in the same shuffled order: 96.5-96.9% there, by seed). A document longer than
   T + 1 is cut to its first T + 1 tokens (counted in `truncated`).
 
 Both yield `Batch`es: input_ids [B, T], targets [B, T], loss_mask [B, T] (1 = target counts),

@@ -326,9 +326,9 @@ def read_yaml(path: str | Path) -> dict:
 
     p = Path(path)
     if p.is_dir():
-        found = sorted((x.name for x in p.glob("*.yaml")), key=lambda n: (n != "nano.yaml", n))[:6]
-        raise ConfigError(f"recipe {p} is a directory; give a YAML file in it" + (f", e.g. {p / found[0]} "
-                          f"(there: {', '.join(found)})" if found else ""))
+        found = sorted(x.name for x in p.glob("*.yaml"))[:8]
+        raise ConfigError(f"recipe {p} is a directory; give a YAML file in it" + (f" (there: {', '.join(found)})"
+                                                                                if found else ""))
     if p.exists() and not p.is_file():
         raise ConfigError(f"recipe {p} is not a regular file; give a YAML file")
     if not p.is_file():
