@@ -90,8 +90,8 @@ def test_copy_and_tool_records_render(tiny_tokenizer):
 def test_miniature_nano_run_writes_report_and_chat_model(tmp_path):
     import torch
 
-    from puyu.model.checkpoint import load_model
     from puyu.errors import ConfigError
+    from puyu.model.checkpoint import load_model
     from puyu.recipes.nano import NanoRecipe, run_nano
     from puyu.train.recipe import load_recipe
 

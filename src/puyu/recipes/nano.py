@@ -147,7 +147,6 @@ class NanoRecipe:
 
     def validate(self) -> None:
         from puyu.errors import ConfigError
-
         from puyu.model.chat_format import CHAT_TOKENS
 
         # SentencePiece wants a piece per distinct character besides the 256 byte pieces and the chat tokens:
@@ -235,7 +234,7 @@ STAGE_KEYS = {"corpus": ("seed", "corpus"), "tokenizer": ("vocab_size", "caps_ap
               "align": ("align",)}
 
 
-def stage_settings(r: "NanoRecipe", stage: str) -> dict:
+def stage_settings(r: NanoRecipe, stage: str) -> dict:
     """The recipe values `stage` and the stages before it are made from, flattened to dotted keys
     ({"pretrain.steps": 2650, ...}), as JSON would give them back. Raises KeyError for an unknown stage."""
     d, out = to_dict(r), {}
@@ -606,11 +605,11 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
         rec = stage_recipe(r, name, init)
         cont = plan[name] == "continue"
         if name == "pretrain":
-            fn = lambda rec=rec: train(rec, resume=cont, stage="pretrain", task_hook=task_hook)  # noqa: E731
+            fn = lambda rec=rec, cont=cont: train(rec, resume=cont, stage="pretrain", task_hook=task_hook)  # noqa: E731
         elif name == "longctx":
-            fn = lambda rec=rec: run_longctx(rec, resume=cont)  # noqa: E731
+            fn = lambda rec=rec, cont=cont: run_longctx(rec, resume=cont)  # noqa: E731
         else:
-            fn = lambda rec=rec: run_sft(rec, resume=cont)  # noqa: E731
+            fn = lambda rec=rec, cont=cont: run_sft(rec, resume=cont)  # noqa: E731
         summary = timed(name, fn)
         summary["wall_s"], summary["cpu_s"] = timings[name], cpu[name]
         report["stages"][name] = _mark_done(d, summary)

@@ -21,9 +21,8 @@ takes its own slice of rows, so the global batch does not depend on the number o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import bisect
+from dataclasses import dataclass
 
 import numpy as np
 import torch
