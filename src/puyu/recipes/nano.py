@@ -229,6 +229,7 @@ def _done_marker(d: Path) -> Path:
 # also depends on every stage before it, so its recorded settings are those of its own keys and theirs. How a
 # stage runs (device, precision, threads, progress, out_dir) is not recorded: it does not change what is made
 # beyond rounding.
+CORE_STAGES = ("corpus", "tokenizer", "shards", "pretrain", "longctx", "sft")  # what the 20-minute budget covers
 STAGE_KEYS = {"corpus": ("seed", "corpus"), "tokenizer": ("vocab_size", "caps_apart", "sign_apart"), "shards": (),
               "pretrain": ("preset", "model_overrides", "pretrain"), "longctx": ("longctx",), "sft": ("sft",),
               "align": ("align",)}
@@ -320,7 +321,7 @@ def plan_stages(dirs: dict[str, Path], settings: dict[str, dict], resume: bool, 
             plan[name] = "make"
         elif done:
             plan[name] = "reuse"
-            _read_json(_done_marker(d), f"the {name} stage", dict)  # readable, or a clear error now
+            _done_info(d)  # readable, or a clear error now
             if not begun:
                 _log(f"{d}: made by an older puyu (no settings.json); reused as it is, its settings unchecked")
         else:
@@ -332,6 +333,11 @@ def plan_stages(dirs: dict[str, Path], settings: dict[str, dict], resume: bool, 
     if resume:
         check_resumable({n: d for n, d in dirs.items() if plan[n] != "make"}, settings)
     return plan
+
+
+def _done_info(d: Path) -> dict:
+    """A finished stage's summary (its done.json), or ConfigError saying what to delete."""
+    return _read_json(_done_marker(d), f"the stage in {d}", dict)
 
 
 def _begin(d: Path, settings: dict, action: str) -> None:
@@ -557,7 +563,7 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
     plan = plan_stages(dirs, st, resume, unfinished={"tokenizer"} if not (tok_dir / "tokenizer.model").exists() else ())
     # corpus
     if plan["corpus"] == "reuse":
-        report["stages"]["corpus"] = json.loads(_done_marker(data).read_text(encoding="utf-8"))
+        report["stages"]["corpus"] = _done_info(data)
     else:
         _begin(data, st["corpus"], "make")
         report["stages"]["corpus"] = timed("corpus", lambda: _mark_done(data, build_corpus(r, data)))
@@ -580,7 +586,7 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
                                             "loss_tokens": meta["n_loss_tokens"]}
         return metas
     if plan["shards"] == "reuse":
-        report["stages"]["shards"] = json.loads(_done_marker(shards).read_text(encoding="utf-8"))
+        report["stages"]["shards"] = _done_info(shards)
     else:
         _begin(shards, st["shards"], "make")
         report["stages"]["shards"] = timed("shards", lambda: _mark_done(shards, make_shards()))
@@ -599,7 +605,7 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
     for name, init in stages:
         d = out / name
         if plan[name] == "reuse":
-            report["stages"][name] = json.loads(_done_marker(d).read_text(encoding="utf-8"))
+            report["stages"][name] = _done_info(d)
             continue
         _begin(d, st[name], plan[name])
         rec = stage_recipe(r, name, init)
@@ -675,9 +681,8 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
         shutil.copytree(report["align"]["rl_dir"], chat_dir)
     timings["total"] = round(time.perf_counter() - t_all, 1)
     cpu["total"] = round(_cpu_seconds() - c_all, 1)
-    core = [k for k in ("corpus", "tokenizer", "shards", "pretrain", "longctx", "sft") if k in timings]
-    report["reused_stages"] = [k for k in ("corpus", "tokenizer", "shards", "pretrain", "longctx", "sft")
-                               if k not in timings]  # by --resume
+    core = [k for k in CORE_STAGES if k in timings]
+    report["reused_stages"] = [k for k in CORE_STAGES if k not in timings]  # by --resume
     if core:
         timings["core"], cpu["core"] = round(sum(timings[k] for k in core), 1), round(sum(cpu[k] for k in core), 1)
     report["timings_s"] = timings

@@ -14,6 +14,7 @@ The nano recipe (`puyu.recipes.nano`) has its own top-level dataclass built from
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -242,17 +243,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set has an empty key in {text!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+    try:  # read as a recipe file's values are (`3e-4` is a float there too)
+        value = yaml.load(raw, Loader=_recipe_loader()) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {key}: cannot read value {raw!r} ({e})") from None
     check_glued_keys(value, f"--set {key}")
-    # YAML 1.1 reads "3e-4" as a string (no dot); accept it as the float it obviously is.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value.lower() for c in "e.") and value.strip() else value
-        except ValueError:
-            pass
     return key.split("."), value
 
 
@@ -291,6 +286,7 @@ def check_device(device: str | None, where: str) -> None:
         raise ConfigError(f"{where} is {device!r} but MPS is not available on this machine; use cpu")
 
 
+@functools.cache
 def _recipe_loader():
     """A SafeLoader for recipe files that reads `5e-4` as the float it is (YAML 1.1 wants `5.0e-4`; PyYAML
     reads the shorter form as a string) and refuses a key written twice in one mapping (PyYAML keeps the
