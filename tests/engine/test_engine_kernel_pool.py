@@ -125,3 +125,61 @@ def test_part_counts_that_change_between_regions_never_run_a_phantom_part():
     used, *counts = map(int, out.stdout.split())
     assert used == 2
     assert counts == [regions] * 2 + [regions // 2] * 6
+
+
+# A child pinned to one CPU beside a busy process pinned to the same CPU: its threads wait for that core
+# about half of the time (more with two of its own threads there).
+_PINNED_BESIDE_A_BUSY_LOOP = """
+import os, subprocess, sys, time
+cpu = min(os.sched_getaffinity(0))
+os.sched_setaffinity(0, {cpu})
+busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # inherits the affinity
+time.sleep(0.2)
+try:
+    import puyu.engine.fused_decode as fd
+"""
+
+
+def _child(body: str) -> str:
+    import subprocess
+    import sys
+    import textwrap
+
+    code = _PINNED_BESIDE_A_BUSY_LOOP + textwrap.indent(textwrap.dedent(body), "    ") + "finally:\n    busy.kill()\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def _schedstat_or_skip():
+    if fd.run_delay_s() is None:
+        pytest.skip("/proc/thread-self/schedstat is not readable here: the pool falls back to counting switches")
+
+
+def test_run_delay_is_the_time_a_thread_waited_for_its_core():
+    """The signal of the pool's oversubscription rule: a thread spinning for 0.6 s of wall time on a core
+    shared with a busy process waits for it a good part of that time (the scheduler shares it about evenly)."""
+    _schedstat_or_skip()
+    out = _child("""
+        d0, t0 = fd.run_delay_s(), time.perf_counter()
+        while time.perf_counter() - t0 < 0.6:
+            pass
+        print(fd.run_delay_s() - d0, time.perf_counter() - t0)
+    """)
+    waited, wall = map(float, out.split())
+    assert 0.1 * wall < waited < wall, (waited, wall)
+
+
+def test_a_pool_kept_from_its_cores_counts_the_machine_oversubscribed():
+    """With its two threads and a busy process on one core, the pool's threads wait far more than a quarter
+    of the time: the pool marks the machine oversubscribed (then decode calls run on the caller alone)."""
+    _schedstat_or_skip()
+    assert fd.load().puyu_preempt_rule() == -1
+    out = _child("""
+        fd.pool_mark_contended(0)
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 1.0 and fd.pool_contended_s() == 0:
+            fd.pool_probe(threads=2, parts=8, regions=20, work_us=500)
+        print(fd.pool_contended_s())
+    """)
+    assert float(out) > 0

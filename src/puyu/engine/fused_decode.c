@@ -38,8 +38,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 /* The instruction set is chosen at build time (fused_decode.py passes the flags): AVX-512 where the
  * compiler targets it, else AVX2 + FMA, else portable C. */
@@ -138,40 +140,97 @@ static atomic_long contended_until;  /* now_ns() before which the machine counts
 
 /* Which preemptions mark the machine oversubscribed (a build flag, for A/Bs: benchmarks/kernel_ab.py):
  * 1 any involuntary context switch of a pool thread; 0 none (the pool never steps aside);
- * k >= 2 at least k of one thread's switches within PREEMPT_WINDOW_NS. Default 3: on a quiet 2-core
- * Sapphire Rapids VM (AVX2 and AVX-512 builds) rule 1 tripped on stray switches and ran 26-30% slower
- * than rule 0, while with two busy processes beside the engine (AVX2 build) rule 3 was within 7% of rule 1
- * for one stream and 18% faster for 16, and rule 0 lost 38% for one stream (README, 2026-12-01 04:10 UTC). */
+ * k >= 2 at least k of one thread's switches within PREEMPT_WINDOW_NS; -1 (the default) the time a pool
+ * thread waited, runnable, for a core: run_delay of /proc/thread-self/schedstat (the kernel's own account,
+ * in ns) of at least 1 / DELAY_SHARE of the wall time since its window began, that time counted as at
+ * least DELAY_SPAN_MIN_NS (a window lasts PREEMPT_WINDOW_NS). On a quiet 2-core VM a pool thread still
+ * waits now and then for one time slice of another process (2.6-3.4 ms at once, ~0.5% of its time): with
+ * 10 ms as the least span that tripped the rule 6 times in 8 s of a 2-thread probe, with 20 ms never in
+ * 15 s. Where that file cannot be read (no CONFIG_SCHED_INFO, no /proc), rule 3.
+ * Why -1: counting switches cannot tell a thread that lost a whole time slice to another process from one
+ * that gave a core for 50 µs to this process's own Python thread. A single 1.8B-shaped int4 stream (an
+ * engine step of ~50 ms) tripped rule 3 on a quiet 2-core Xeon (AVX2 build) in 7 of 23 steps, each then
+ * run on the caller alone at ~96 ms instead of ~52 (README, Performance, 2026-12-02). Rule 3 was chosen on
+ * a quiet and a busy 2-core Sapphire Rapids VM (rule 1 tripped on stray switches and ran 26-30% slower
+ * than rule 0 when quiet; with two busy processes beside the engine, AVX2 build, rule 3 was within 7% of
+ * rule 1 for one stream and 18% faster for 16, and rule 0 lost 38% for one stream: README, 2026-12-01
+ * 04:10 UTC). */
 #ifndef PUYU_PREEMPT_RULE
-#define PUYU_PREEMPT_RULE 3
+#define PUYU_PREEMPT_RULE -1
 #endif
 #ifndef PREEMPT_WINDOW_NS
 #define PREEMPT_WINDOW_NS 50000000L
 #endif
+#ifndef DELAY_SHARE
+#define DELAY_SHARE 4  /* rule -1: waited at least a quarter of the window's wall time ... */
+#endif
+#ifndef DELAY_SPAN_MIN_NS
+#define DELAY_SPAN_MIN_NS 20000000L  /* ... counted as at least 20 ms (so at least 5 ms of waiting) */
+#endif
 
-/* One thread's view of its involuntary context switches. */
+/* One thread's view of its preemptions. */
 typedef struct {
     long seen;          /* ru_nivcsw when last looked; -1: never */
     long window_start;  /* now_ns() when the current window began */
     long in_window;     /* switches counted in it */
+    long delay0;        /* rule -1: run_delay when the window began; -1: not read yet; -2: unreadable */
+    long last;          /* rule -1: now_ns() when last read (read at most once per RUSAGE_EVERY_NS) */
 } Preempt;
-#define PREEMPT_INIT {-1, 0, 0}
+#define PREEMPT_INIT {-1, 0, 0, -1, 0}
+
+/* This thread's run_delay (ns runnable but not running, since it started), -1 where it cannot be read.
+ * Opened and closed each time (a few µs; callers look at most once per RUSAGE_EVERY_NS), so no thread
+ * holds a descriptor. */
+static long run_delay_ns(void) {
+    int fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    char buf[128];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = 0;
+    char *p = buf, *q;
+    strtoull(p, &q, 10);  /* time on a CPU */
+    if (q == p) return -1;
+    p = q;
+    unsigned long long d = strtoull(p, &q, 10);
+    return q == p ? -1 : (long)d;
+}
 
 /* Whether this thread was preempted since it last looked (then the machine counts as oversubscribed
  * for CONTENDED_NS); updates *st. */
 static void check_preempted(Preempt *st, long now) {
+#if PUYU_PREEMPT_RULE == -1
+    if (st->delay0 != -2) {
+        if (st->delay0 >= 0 && now - st->last < RUSAGE_EVERY_NS) return;
+        long d = run_delay_ns();
+        if (d < 0) {
+            st->delay0 = -2;  /* unreadable: rule 3 from now on */
+        } else {
+            long waited = d - st->delay0, span = now - st->window_start;
+            if (st->delay0 >= 0 && waited * DELAY_SHARE >= (span > DELAY_SPAN_MIN_NS ? span : DELAY_SPAN_MIN_NS))
+                atomic_store(&contended_until, now + CONTENDED_NS);
+            if (st->delay0 < 0 || span > PREEMPT_WINDOW_NS) st->window_start = now, st->delay0 = d;
+            st->last = now;
+            return;
+        }
+    }
+#define RULE_SWITCHES 3
+#else
+#define RULE_SWITCHES PUYU_PREEMPT_RULE
+#endif
     struct rusage ru;
     if (getrusage(RUSAGE_THREAD, &ru) != 0) return;
     long d = st->seen >= 0 ? ru.ru_nivcsw - st->seen : 0;
     st->seen = ru.ru_nivcsw;
-#if PUYU_PREEMPT_RULE == 0
+#if RULE_SWITCHES == 0
     (void)d, (void)now;
-#elif PUYU_PREEMPT_RULE == 1
+#elif RULE_SWITCHES == 1
     if (d) atomic_store(&contended_until, now + CONTENDED_NS);
 #else
     if (now - st->window_start > PREEMPT_WINDOW_NS) st->window_start = now, st->in_window = 0;
     st->in_window += d;
-    if (st->in_window >= PUYU_PREEMPT_RULE) atomic_store(&contended_until, now + CONTENDED_NS);
+    if (st->in_window >= RULE_SWITCHES) atomic_store(&contended_until, now + CONTENDED_NS);
 #endif
 }
 
@@ -2256,6 +2315,14 @@ void puyu_pool_hold(int hold) { atomic_store(&pool.hold, hold); }
 
 /* Tests: count the machine as oversubscribed for the next ns nanoseconds (0: no longer). */
 void puyu_pool_mark_contended(long ns) { atomic_store(&contended_until, ns > 0 ? now_ns() + ns : 0); }
+
+/* Tests: ns left of the oversubscribed mode (0: not in it); this thread's run_delay (-1: unreadable). */
+long puyu_pool_contended_ns(void) {
+    long left = atomic_load(&contended_until) - now_ns();
+    return left > 0 ? left : 0;
+}
+long puyu_run_delay_ns(void) { return run_delay_ns(); }
+int puyu_preempt_rule(void) { return PUYU_PREEMPT_RULE; }
 
 /* Tests: out[0..2] = regions run in parallel, parts the caller ran, parts workers ran (since load). */
 void puyu_pool_stats(long *out) {

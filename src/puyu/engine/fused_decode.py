@@ -297,6 +297,9 @@ def load(flags: tuple[str, ...] | None = None) -> ctypes.CDLL:
         lib.puyu_pool_stats.restype = None
         lib.puyu_pool_test.argtypes = [ctypes.c_int] * 3 + [ctypes.c_long] * 2 + [ctypes.c_void_p]
         lib.puyu_pool_test.restype = ctypes.c_int
+        lib.puyu_pool_contended_ns.restype = ctypes.c_long
+        lib.puyu_run_delay_ns.restype = ctypes.c_long
+        lib.puyu_preempt_rule.restype = ctypes.c_int
         _libs[flags] = lib
         return lib
 
@@ -416,6 +419,18 @@ def pool_mark_contended(seconds: float, flags=None) -> None:
     """Tests: count the machine as oversubscribed for `seconds` (0: no longer), as a preempted pool thread
     does: idle workers sleep at once, and decode calls run their per-product regions on the caller."""
     load(flags).puyu_pool_mark_contended(int(seconds * 1e9))
+
+
+def pool_contended_s(flags=None) -> float:
+    """Tests: seconds left of the oversubscribed mode (0.0: not in it)."""
+    return load(flags).puyu_pool_contended_ns() / 1e9
+
+
+def run_delay_s(flags=None) -> float | None:
+    """The calling thread's run delay (seconds it was runnable but waited for a core, since it started), as
+    the pool's oversubscription rule reads it from /proc/thread-self/schedstat; None where unreadable."""
+    ns = load(flags).puyu_run_delay_ns()
+    return None if ns < 0 else ns / 1e9
 
 
 def pool_probe(threads: int, parts: int, regions: int, work_us: float = 0.0, spin_us: float = 200.0,
