@@ -116,3 +116,42 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     rec.write_text("policy: {init: x}\nrm: {focal: maybe}\n")
     assert main(["train", "dpo", str(rec)]) == 1
     assert "rm.focal" in capsys.readouterr().err
+
+
+def test_grpo_dynamic_sampling_keeps_only_groups_whose_scores_differ(tiny_checkpoint, tmp_path, one_thread):
+    """DAPO's dynamic sampling: groups whose replies all scored alike are dropped and more prompts drawn; the
+    first draw is the iteration's plain sample (the same prompts and replies as without it)."""
+    import dataclasses
+
+    import torch
+
+    from puyu.engine.sampling import SamplingParams
+    from puyu.rl import common as C
+    from puyu.rl.grpo import sample_groups
+    from puyu.rl.rollout import make_engine
+
+    r = _recipe(tiny_checkpoint, tmp_path / "ds", prompts={"weights": {"arithmetic": 1.0}},
+                grpo={"dynamic_sampling": True, "max_draws": 4})
+    off = dataclasses.replace(r, grpo=dataclasses.replace(r.grpo, dynamic_sampling=False))
+
+    def reward(ro):  # constant for even first operands (no signal), the reply's length parity otherwise
+        return 1.0 if ro.sample["problem"][0] % 2 == 0 else float(len(ro.replies[0]) % 2)
+
+    tok, actor = C.load_policy(r)
+    engine = make_engine(actor, tok)
+    params = SamplingParams(max_new_tokens=6, temperature=1.0)
+    try:
+        ros, rw, drawn, sampled = sample_groups(r, 0, engine, tok, params, reward)
+        ros0, rw0, drawn0, sampled0 = sample_groups(off, 0, engine, tok, params, reward)
+    finally:
+        engine.close()
+    g = r.grpo.group_size
+    assert 0 < len(ros) <= r.grpo.prompts_per_iter * g and len(rw) == len(ros)
+    assert all(bool(grp.max() > grp.min()) for grp in rw.view(-1, g))
+    assert all(ro.sample["problem"][0] % 2 == 1 for ro in ros)
+    assert drawn % r.grpo.prompts_per_iter == 0 and r.grpo.prompts_per_iter <= drawn <= 4 * r.grpo.prompts_per_iter
+    assert len(sampled) == drawn * g
+    assert drawn0 == r.grpo.prompts_per_iter and len(ros0) == drawn0 * g and torch.equal(rw0, sampled0)
+    assert torch.equal(sampled[:len(sampled0)], sampled0)
+    with pytest.raises(Exception, match="max_draws"):
+        dataclasses.replace(r, grpo=dataclasses.replace(r.grpo, max_draws=0)).validate()

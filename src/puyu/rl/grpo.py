@@ -75,6 +75,39 @@ def grpo_step(actor, ref, opt, batch, advantages: torch.Tensor, kl_coef: float, 
             "kl": float((L.kl_estimate(old, ref_lp, "k1") * batch.mask).sum(1).mean())}
 
 
+def turn_reward(score_fn):
+    """A rollout's GRPO reward: `score_fn(first reply, sample)`, times 0 when the reply did not end its turn."""
+    return lambda ro: float(score_fn(ro.replies[0], ro.sample)) * float(ro.end)
+
+
+def sample_groups(r: AlignRecipe, it: int, engine, tok, params, reward_fn):
+    """Iteration `it`'s groups: `group_size` replies for each of `prompts_per_iter` prompts, seeded by the
+    iteration; `reward_fn(rollout) -> float` (`turn_reward`). With `dynamic_sampling`, groups whose rewards are all equal are dropped and further batches
+    of prompts drawn (at most `max_draws` in all) until `prompts_per_iter` groups differ; fewer may remain.
+    -> (rollouts of the kept groups, their rewards [kept * group_size], prompts drawn, every sampled
+    reward: the task score of the policy as sampled)."""
+    from puyu.rl.rollout import generate_rollouts
+
+    g = r.grpo
+    kept, rewards, sampled, drawn = [], [], [], 0
+    for d in range(g.max_draws if g.dynamic_sampling else 1):
+        prompts = C.train_prompts(r, g.prompts_per_iter, f"grpo-{it}" if d == 0 else f"grpo-{it}-draw{d}")
+        flat = [s for s in prompts for _ in range(g.group_size)]
+        seed = r.seed * 100_003 + it if d == 0 else (r.seed * 100_003 + it) * 64 + d + 10**9
+        ros = generate_rollouts(engine, tok, flat, params, seed=seed)
+        rw = torch.tensor([reward_fn(ro) for ro in ros])
+        drawn += len(prompts)
+        sampled.append(rw)
+        for i in range(len(prompts)):
+            grp = rw[i * g.group_size:(i + 1) * g.group_size]
+            if len(kept) < g.prompts_per_iter * g.group_size and (not g.dynamic_sampling or bool(grp.max() > grp.min())):
+                kept += ros[i * g.group_size:(i + 1) * g.group_size]
+                rewards.append(grp)
+        if len(kept) >= g.prompts_per_iter * g.group_size:
+            break
+    return kept, torch.cat(rewards) if rewards else torch.zeros(0), drawn, torch.cat(sampled)
+
+
 def run_grpo(r: AlignRecipe, resume: bool = False, score_fn=None, stop_after: int | None = None) -> dict:
     """The GRPO/RLOO loop (module docstring), as one process or under torchrun."""
     from puyu.train import distributed as D
@@ -88,7 +121,7 @@ def _run_grpo(r: AlignRecipe, info, resume: bool, score_fn, stop_after: int | No
     from puyu.engine.sampling import SamplingParams
     from puyu.model.checkpoint import save_pretrained
     from puyu.rl.ppo import plot_rl
-    from puyu.rl.rollout import generate_rollouts, make_engine
+    from puyu.rl.rollout import make_engine
     from puyu.train import distributed as D
     from puyu.train.metrics import MetricsLog, read_metrics
     from puyu.train.state import find_latest, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -122,24 +155,25 @@ def _run_grpo(r: AlignRecipe, info, resume: bool, score_fn, stop_after: int | No
         if start == 0 and main:
             metrics.log("eval", 0, **C.greedy_eval(engine, tok, evals, g.max_new_tokens))
         for it in range(start, g.iterations):
-            prompts = C.train_prompts(r, g.prompts_per_iter, f"grpo-{it}")
-            flat = [s for s in prompts for _ in range(g.group_size)]
-            ros = generate_rollouts(engine, tok, flat, params, seed=r.seed * 100_003 + it)
-            rewards = torch.tensor([float(score_fn(ro.replies[0], ro.sample)) * float(ro.end) for ro in ros])
-            adv = L.group_advantages(rewards.view(len(prompts), g.group_size), g.baseline).flatten()
-            batch = seq_batch([ro.prompt for ro in ros], [ro.response for ro in ros], [ro.action_mask for ro in ros],
-                              tok.pad_id)
-            fig = grpo_step(actor, ref, opt, batch, adv, g.kl_coef, g.clip, g.grad_clip, info)
-            fig.update(reward_mean=float(rewards.mean()), reward_std=float(rewards.std()),
-                       task_score=float(rewards.mean()),
-                       response_length=sum(ro.n_policy_tokens for ro in ros) / len(ros))
+            ros, rewards, drawn, sampled = sample_groups(r, it, engine, tok, params, turn_reward(score_fn))
+            if ros:
+                adv = L.group_advantages(rewards.view(-1, g.group_size), g.baseline).flatten()
+                batch = seq_batch([ro.prompt for ro in ros], [ro.response for ro in ros],
+                                  [ro.action_mask for ro in ros], tok.pad_id)
+                fig = grpo_step(actor, ref, opt, batch, adv, g.kl_coef, g.clip, g.grad_clip, info)
+                fig.update(reward_mean=float(rewards.mean()), reward_std=float(rewards.std()),
+                           response_length=sum(ro.n_policy_tokens for ro in ros) / len(ros))
+            else:  # dynamic sampling found no group with differing scores: no step this iteration
+                fig = {"skipped": 1.0}
+            fig.update(task_score=float(sampled.mean()), groups=len(ros) // g.group_size, prompts_drawn=drawn)
             done = it + 1
             metrics.log("train", done, elapsed_s=time.perf_counter() - t0, **fig)
             if main and (done % g.eval_every == 0 or done == g.iterations):
                 metrics.log("eval", done, **C.greedy_eval(engine, tok, evals, g.max_new_tokens))
             if r.progress and main:
-                C.log("grpo", f"it {done}/{g.iterations} reward {fig['reward_mean']:.3f} kl {fig['kl']:.3f} "
-                              f"len {fig['response_length']:.1f}")
+                C.log("grpo", f"it {done}/{g.iterations} score {fig['task_score']:.3f} groups {fig['groups']} "
+                              f"of {drawn} prompts" + (f" kl {fig['kl']:.3f} len {fig['response_length']:.1f}"
+                                                       if "kl" in fig else " (no step)"))
             if done % g.save_every == 0 or done == g.iterations:
                 if main:
                     save_checkpoint(ckpt_root, done, {"actor": actor.state_dict(), "opt_actor": opt.state_dict(),

@@ -57,6 +57,8 @@ class NanoAlignSection:
     grpo_kl: float = 0.04
     # GRPO prompt kinds (puyu.tasks.verifiable.rl_prompts): arithmetic, tool, interpreter, chat
     grpo_weights: dict = field(default_factory=lambda: {"arithmetic": 1.0})
+    grpo_dynamic_sampling: bool = False  # DAPO's dynamic sampling (`puyu.rl.recipe.GRPOSection`)
+    grpo_max_draws: int = 4
     judge_prompts: int = 240
     samples: int = 4
     rm_epochs: float = 4.0
@@ -106,7 +108,8 @@ def align_recipe(sec: NanoAlignSection, out: Path, seed: int, threads, progress:
         grpo=GRPOSection(task="verifiable", group_size=sec.group_size, prompts_per_iter=sec.grpo_prompts,
                          iterations=sec.grpo_iterations, lr=sec.grpo_lr, kl_coef=sec.grpo_kl,
                          max_new_tokens=sec.max_new_tokens, eval_every=sec.grpo_iterations,
-                         save_every=max(1, sec.grpo_iterations // 2)),
+                         save_every=max(1, sec.grpo_iterations // 2),
+                         dynamic_sampling=sec.grpo_dynamic_sampling, max_draws=sec.grpo_max_draws),
         ppo=PPOSection(rounds=sec.rounds, iterations=sec.iterations, prompts_per_iter=sec.prompts_per_iter,
                        minibatch=sec.prompts_per_iter, actor_lr=sec.actor_lr, critic_lr=sec.critic_lr,
                        critic_warmup=sec.critic_warmup, kl_coef=sec.kl_coef, ptx_coef=sec.ptx_coef,

@@ -140,6 +140,11 @@ class GRPOSection:
     grad_clip: float = 1.0
     eval_every: int = 50
     save_every: int = 10
+    # DAPO's dynamic sampling (Yu et al. 2025, "DAPO", section 3.2): groups whose replies all scored the same
+    # carry no advantage and only dilute the token mean; draw more prompts (up to max_draws batches of
+    # prompts_per_iter in an iteration) and keep the first prompts_per_iter groups that differ.
+    dynamic_sampling: bool = False
+    max_draws: int = 4
 
 
 @dataclass
@@ -172,6 +177,8 @@ class AlignRecipe:
             raise ConfigError(f"grpo.baseline must be grpo or rloo, got {self.grpo.baseline!r}")
         if self.grpo.group_size < 2:
             raise ConfigError("grpo.group_size must be at least 2")
+        if self.grpo.max_draws < 1:
+            raise ConfigError(f"grpo.max_draws must be at least 1, got {self.grpo.max_draws}")
         for name in ("rounds", "iterations", "prompts_per_iter", "ppo_epochs", "minibatch", "max_turns"):
             if getattr(self.ppo, name) <= 0:
                 raise ConfigError(f"ppo.{name} must be positive")
