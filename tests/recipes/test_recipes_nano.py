@@ -409,3 +409,20 @@ def test_a_finished_model_stage_without_its_model_is_refused(tmp_path):
     (dirs["sft"] / "hf").mkdir()
     (dirs["sft"] / "hf" / "config.json").write_text("{}")
     assert plan_stages(dirs, {"corpus": {"seed": 0}, "sft": {"seed": 0}}, True)["sft"] == "reuse"
+
+
+def test_a_setting_added_after_a_stage_was_made_counts_as_unchanged_at_its_default(tmp_path):
+    """A stage made by a puyu without `sft.pack_fit` (settings.json lacks it) is reused when the run keeps the
+    setting's default (next fit, the only packing there was), and refused, named, when it asks for another."""
+    from puyu.errors import ConfigError
+    from puyu.recipes.nano import NanoRecipe, plan_stages, stage_settings
+
+    st = {n: stage_settings(NanoRecipe(), n) for n in ("corpus", "pretrain", "sft")}
+    assert st["sft"]["sft.pack_fit"] == "next"
+    dirs = _stage_dirs(tmp_path, ("corpus", "pretrain", "sft"))
+    for n in dirs:
+        _stamp(dirs[n], {k: v for k, v in st[n].items() if not k.endswith(".pack_fit")})
+    assert plan_stages(dirs, st, True) == {"corpus": "reuse", "pretrain": "reuse", "sft": "reuse"}
+    best = {n: {**v, "sft.pack_fit": "best"} if "sft.pack_fit" in v else v for n, v in st.items()}
+    with pytest.raises(ConfigError, match=r"sft was made with other settings .*sft\.pack_fit \(not set\) -> best"):
+        plan_stages(dirs, best, True)

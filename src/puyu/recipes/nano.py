@@ -237,7 +237,7 @@ STAGE_KEYS = {"corpus": ("seed", "corpus"), "tokenizer": ("vocab_size", "caps_ap
 
 def stage_settings(r: NanoRecipe, stage: str) -> dict:
     """The recipe values `stage` and the stages before it are made from, flattened to dotted keys
-    ({"pretrain.steps": 2650, ...}), as JSON would give them back. Raises KeyError for an unknown stage."""
+    ({"pretrain.steps": 2650, ...}), as JSON would give them back. Raises ValueError for an unknown stage."""
     d, out = to_dict(r), {}
     names = list(STAGE_KEYS)
     for name in names[: names.index(stage) + 1]:
@@ -268,16 +268,26 @@ def _read_json(path: Path, what: str, kind: type):
     return v
 
 
-def settings_diff(d: Path, settings: dict) -> list[str]:
+def settings_diff(d: Path, settings: dict, defaults: dict | None = None) -> list[str]:
     """The recipe values that differ between the stage in `d` (its settings.json) and `settings` (what this run
-    would make it from), as "key old -> new"; [] without a settings.json (nothing begun there, or an older puyu)."""
+    would make it from), as "key old -> new"; [] without a settings.json (nothing begun there, or an older puyu).
+    A key the stage's settings.json lacks (a setting added to puyu after the stage was made) counts as the same
+    when this run gives it its default (`defaults`): a new setting's default is the behaviour from before it
+    existed (e.g. `sft.pack_fit: next`, the only packing there was)."""
     m = _settings_marker(d)
     if not m.exists():
         return []
     old = _read_json(m, "that stage", dict)
     missing = object()
+    defaults = defaults or {}
+
+    def same(k):
+        if k not in old and k in settings and k in defaults and settings[k] == defaults[k]:
+            return True
+        return old.get(k, missing) == settings.get(k, missing)
+
     return [f"{k} {old[k] if k in old else '(not set)'} -> {settings[k] if k in settings else '(not set)'}"
-            for k in sorted(set(old) | set(settings)) if old.get(k, missing) != settings.get(k, missing)]
+            for k in sorted(set(old) | set(settings)) if not same(k)]
 
 
 def check_resumable(dirs: dict[str, Path], settings: dict[str, dict]) -> None:
@@ -288,7 +298,11 @@ def check_resumable(dirs: dict[str, Path], settings: dict[str, dict]) -> None:
 
     diffs, first = [], None
     for name, d in dirs.items():
-        diff = settings_diff(d, settings[name])
+        try:
+            defaults = stage_settings(NanoRecipe(), name)
+        except (KeyError, ValueError):  # not a stage of the recipe (tests)
+            defaults = {}
+        diff = settings_diff(d, settings[name], defaults)
         if diff and first is None:
             first = d
         diffs += [x for x in diff if x not in diffs]
