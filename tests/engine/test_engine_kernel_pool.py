@@ -183,3 +183,18 @@ def test_a_pool_kept_from_its_cores_counts_the_machine_oversubscribed():
         print(fd.pool_contended_s())
     """)
     assert float(out) > 0
+
+
+def test_run_delay_reader_falls_back_where_the_kernel_keeps_no_statistics(tmp_path):
+    """The reader's verdicts, on a file standing in for /proc/thread-self/schedstat: a delay; "0 0 0" (a kernel
+    with scheduler statistics switched off: never readable, so the pool counts switches instead, rule 3);
+    another format and a missing file likewise; each read is a fresh open, so the file may change between."""
+    stat = tmp_path / "schedstat"
+    flags = ("-O1", "-fPIC", "-shared", "-pthread", f'-DPUYU_SCHEDSTAT="{stat}"')
+    lib = fd.load(flags)
+    for text, want in [("123 456 7\n", 456), ("0 0 0\n", -2), ("running\n", -2), ("5 6\n", -2)]:
+        stat.write_text(text)
+        assert lib.puyu_run_delay_ns() == want, text
+    stat.unlink()
+    assert lib.puyu_run_delay_ns() == -2
+    assert lib.puyu_preempt_rule() == -1

@@ -131,8 +131,13 @@ def test_miniature_nano_run_writes_report_and_chat_model(tmp_path):
     chat = load_model(out / "chat")
     assert chat.config.rope_theta == rec.longctx.rope_theta and chat.config.hidden_size == 64
     # --resume skips every finished stage.
+    align_report = (out / "align" / "report.md").read_text()
     again = run_nano(rec, resume=True)
     assert "pretrain" not in again["timings_s"] and again["stages"]["pretrain"]["steps"] == 6
+    # the finished alignment too: its report (and timings) kept, the same RL model in chat/
+    assert "align" not in again["timings_s"] and again["align"]["rl_dir"] == report["align"]["rl_dir"]
+    assert (out / "align" / "report.md").read_text() == align_report
+    assert (out / "chat/model.safetensors").read_bytes() == rl_weights
     # ... and the 20-minute target is not measured then (it used to read "0.0 min, met").
     timing = again["targets"]["core recipe (corpus to SFT) <= 20 min wall"]
     assert timing["met"] is None and timing["value"] is None and "pretrain" in timing["reused"]
@@ -424,5 +429,6 @@ def test_a_setting_added_after_a_stage_was_made_counts_as_unchanged_at_its_defau
         _stamp(dirs[n], {k: v for k, v in st[n].items() if not k.endswith(".pack_fit")})
     assert plan_stages(dirs, st, True) == {"corpus": "reuse", "pretrain": "reuse", "sft": "reuse"}
     best = {n: {**v, "sft.pack_fit": "best"} if "sft.pack_fit" in v else v for n, v in st.items()}
-    with pytest.raises(ConfigError, match=r"sft was made with other settings .*sft\.pack_fit \(not set\) -> best"):
+    with pytest.raises(ConfigError, match=r"sft was made with other settings .*sft\.pack_fit \(not set: made before this setting "
+                                          r"existed\) -> \"best\""):
         plan_stages(dirs, best, True)

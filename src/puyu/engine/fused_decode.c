@@ -38,6 +38,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <time.h>
@@ -75,8 +76,9 @@
  * Idle workers spin for spin_ns (a decode step's next region follows within microseconds), then sleep
  * on a condition variable.
  *
- * An oversubscribed machine (more runnable threads than cores) is recognised when a pool thread was
- * preempted: its involuntary context switches (getrusage RUSAGE_THREAD) grew since it last looked. For
+ * An oversubscribed machine (more runnable threads than cores) is recognised when a pool thread waited for a
+ * core for a good share of its time (its run delay; PUYU_PREEMPT_RULE below says exactly, and the other
+ * rules, which count its involuntary context switches instead). For
  * CONTENDED_NS after that, idle workers sleep at once instead of spinning (a spinning worker takes a core
  * from runnable threads, other processes or this process's own caller, and is preempted anyway), and a
  * decode call runs on the caller alone: a region waited for a preempted worker for a whole time slice,
@@ -141,12 +143,14 @@ static atomic_long contended_until;  /* now_ns() before which the machine counts
 /* Which preemptions mark the machine oversubscribed (a build flag, for A/Bs: benchmarks/kernel_ab.py):
  * 1 any involuntary context switch of a pool thread; 0 none (the pool never steps aside);
  * k >= 2 at least k of one thread's switches within PREEMPT_WINDOW_NS; -1 (the default) the time a pool
- * thread waited, runnable, for a core: run_delay of /proc/thread-self/schedstat (the kernel's own account,
- * in ns) of at least 1 / DELAY_SHARE of the wall time since its window began, that time counted as at
- * least DELAY_SPAN_MIN_NS (a window lasts PREEMPT_WINDOW_NS). On a quiet 2-core VM a pool thread still
+ * thread waited, runnable, for a core: at a check (at most once per RUSAGE_EVERY_NS per thread), the growth of
+ * run_delay in /proc/thread-self/schedstat (the kernel's own account, in ns) since the thread's window began is
+ * at least 1 / DELAY_SHARE of the wall time since then, that time counted as at least DELAY_SPAN_MIN_NS; a
+ * window begins anew at the first check more than PREEMPT_WINDOW_NS after it began (after a long sleep the
+ * span is long and the share small: no false alarm, and the next window starts). On a quiet 2-core VM a pool thread still
  * waits now and then for one time slice of another process (2.6-3.4 ms at once, ~0.5% of its time): with
  * 10 ms as the least span that tripped the rule 6 times in 8 s of a 2-thread probe, with 20 ms never in
- * 15 s. Where that file cannot be read (no CONFIG_SCHED_INFO, no /proc), rule 3.
+ * 15 s. Where that file cannot be read (no /proc, no CONFIG_SCHED_INFO, statistics switched off: "0 0 0"), rule 3.
  * Why -1: counting switches cannot tell a thread that lost a whole time slice to another process from one
  * that gave a core for 50 µs to this process's own Python thread. A single 1.8B-shaped int4 stream (an
  * engine step of ~50 ms) tripped rule 3 on a quiet 2-core Xeon (AVX2 build) in 7 of 23 steps, each then
@@ -178,23 +182,29 @@ typedef struct {
 } Preempt;
 #define PREEMPT_INIT {-1, 0, 0, -1, 0}
 
-/* This thread's run_delay (ns runnable but not running, since it started), -1 where it cannot be read.
- * Opened and closed each time (a few µs; callers look at most once per RUSAGE_EVERY_NS), so no thread
- * holds a descriptor. */
+/* This thread's run_delay (ns runnable but not running, since it started); -1: not read this time (a transient
+ * failure: out of descriptors, interrupted), -2: never readable here (no such file or no permission, another
+ * format, or a kernel that keeps no scheduler statistics: it then shows "0 0 0", and a running thread with
+ * statistics has been scheduled at least once). Opened and closed each time (~3 µs; callers look at most once
+ * per RUSAGE_EVERY_NS), so no thread holds a descriptor. */
+#ifndef PUYU_SCHEDSTAT
+#define PUYU_SCHEDSTAT "/proc/thread-self/schedstat"  /* tests build with another file */
+#endif
 static long run_delay_ns(void) {
-    int fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
+    int fd = open(PUYU_SCHEDSTAT, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno == ENOENT || errno == ENOTDIR || errno == EACCES || errno == EPERM ? -2 : -1;
     char buf[128];
     ssize_t n = read(fd, buf, sizeof buf - 1);
     close(fd);
     if (n <= 0) return -1;
     buf[n] = 0;
+    unsigned long long f[3];
     char *p = buf, *q;
-    strtoull(p, &q, 10);  /* time on a CPU */
-    if (q == p) return -1;
-    p = q;
-    unsigned long long d = strtoull(p, &q, 10);
-    return q == p ? -1 : (long)d;
+    for (int i = 0; i < 3; i++, p = q) {  /* time on a CPU, time waiting for one, times scheduled */
+        f[i] = strtoull(p, &q, 10);
+        if (q == p) return -2;
+    }
+    return f[2] == 0 ? -2 : (long)f[1];
 }
 
 /* Whether this thread was preempted since it last looked (then the machine counts as oversubscribed
@@ -204,8 +214,12 @@ static void check_preempted(Preempt *st, long now) {
     if (st->delay0 != -2) {
         if (st->delay0 >= 0 && now - st->last < RUSAGE_EVERY_NS) return;
         long d = run_delay_ns();
-        if (d < 0) {
-            st->delay0 = -2;  /* unreadable: rule 3 from now on */
+        if (d == -1) {  /* try again at the next check */
+            st->last = now;
+            return;
+        }
+        if (d == -2) {
+            st->delay0 = -2;  /* never readable here: rule 3 from now on */
         } else {
             long waited = d - st->delay0, span = now - st->window_start;
             if (st->delay0 >= 0 && waited * DELAY_SHARE >= (span > DELAY_SPAN_MIN_NS ? span : DELAY_SPAN_MIN_NS))
@@ -2334,7 +2348,7 @@ long puyu_pool_contended_ns(void) {
     long left = atomic_load(&contended_until) - now_ns();
     return left > 0 ? left : 0;
 }
-long puyu_run_delay_ns(void) { return run_delay_ns(); }
+long puyu_run_delay_ns(void) { return run_delay_ns(); }  /* -1, -2: see run_delay_ns */
 int puyu_preempt_rule(void) { return PUYU_PREEMPT_RULE; }
 
 /* Tests: out[0..2] = regions run in parallel, parts the caller ran, parts workers ran (since load). */

@@ -193,7 +193,8 @@ class NanoRecipe:
             from puyu.rl.nano_stage import align_recipe
 
             a = self.align
-            for key in ("grpo_iterations", "grpo_prompts", "samples", "max_new_tokens", "judge_prompts"):
+            for key in ("grpo_iterations", "grpo_prompts", "grpo_max_draws", "samples", "max_new_tokens",
+                        "judge_prompts"):
                 if getattr(a, key) <= 0:
                     raise ConfigError(f"align.{key} must be positive, got {getattr(a, key)}")
             if a.grpo_lr <= 0 or a.grpo_kl < 0:
@@ -286,7 +287,10 @@ def settings_diff(d: Path, settings: dict, defaults: dict | None = None) -> list
             return True
         return old.get(k, missing) == settings.get(k, missing)
 
-    return [f"{k} {old[k] if k in old else '(not set)'} -> {settings[k] if k in settings else '(not set)'}"
+    def shown(d, k, absent):
+        return json.dumps(d[k]) if k in d else absent  # as the recipe file writes it: true, null, "best"
+
+    return [f"{k} {shown(old, k, '(not set: made before this setting existed)')} -> {shown(settings, k, '(not set)')}"
             for k in sorted(set(old) | set(settings)) if not same(k)]
 
 
@@ -686,10 +690,13 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
 
         # "make" after a new SFT model (never resume RL from the old one's checkpoints) or over an align/ of an
         # older puyu; "continue" resumes RL from its checkpoints under the same settings (plan_stages).
-        _begin(out / "align", st["align"], plan["align"])
-        cont = plan["align"] == "continue"
-        report["align"] = timed("align", lambda: run_nano_align(r.align, out, r.seed, r.threads, r.progress,
-                                                                cont, (r.corpus.test_small, r.corpus.test_big)))
+        if plan["align"] == "reuse":  # finished under these settings: its report and RL model as they are
+            report["align"] = _done_info(out / "align")
+        else:
+            _begin(out / "align", st["align"], plan["align"])
+            cont = plan["align"] == "continue"
+            report["align"] = _mark_done(out / "align", timed("align", lambda: run_nano_align(
+                r.align, out, r.seed, r.threads, r.progress, cont, (r.corpus.test_small, r.corpus.test_big))))
         # The demo hands users the RL model; the SFT model stays in sft/hf (the targets above are its own).
         shutil.rmtree(chat_dir)
         shutil.copytree(report["align"]["rl_dir"], chat_dir)

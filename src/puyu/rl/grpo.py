@@ -171,9 +171,9 @@ def _run_grpo(r: AlignRecipe, info, resume: bool, score_fn, stop_after: int | No
             if main and (done % g.eval_every == 0 or done == g.iterations):
                 metrics.log("eval", done, **C.greedy_eval(engine, tok, evals, g.max_new_tokens))
             if r.progress and main:
-                C.log("grpo", f"it {done}/{g.iterations} score {fig['task_score']:.3f} groups {fig['groups']} "
-                              f"of {drawn} prompts" + (f" kl {fig['kl']:.3f} len {fig['response_length']:.1f}"
-                                                       if "kl" in fig else " (no step)"))
+                C.log("grpo", f"it {done}/{g.iterations} score {fig['task_score']:.3f} kept {fig['groups']} of "
+                              f"{drawn} groups" + (f" kl {fig['kl']:.3f} len {fig['response_length']:.1f}"
+                                                   if "kl" in fig else " (no step: every group scored alike)"))
             if done % g.save_every == 0 or done == g.iterations:
                 if main:
                     save_checkpoint(ckpt_root, done, {"actor": actor.state_dict(), "opt_actor": opt.state_dict(),
