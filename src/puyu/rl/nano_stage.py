@@ -58,9 +58,10 @@ class NanoAlignSection:
     grpo_kl: float = 0.04
     # GRPO prompt kinds (puyu.tasks.verifiable.rl_prompts): arithmetic, tool, interpreter, chat
     grpo_weights: dict = field(default_factory=lambda: {"arithmetic": 1.0})
-    # DAPO's dynamic sampling (`puyu.rl.recipe.GRPOSection`): on the SFT-500 models of seeds 0 and 2, 89.2 -> 91.0%
-    # and 84.0 -> 86.8% (discordant 26 vs 44 pooled, exact p = 0.04) where plain GRPO gave 89.0% and 83.5% (39 vs
-    # 36, p = 0.82), for ~1.2-1.3x the GRPO time (README "Dynamic sampling on the SFT-500 model")
+    # DAPO's dynamic sampling (`puyu.rl.recipe.GRPOSection`): on the SFT-500 models of seeds 0-3 chat arithmetic
+    # 89.2 -> 91.0%, 80.2 -> 86.0%, 84.0 -> 86.8%, 82.2 -> 88.8% (discordant 56 vs 123 pooled, exact p = 6e-7) where
+    # plain GRPO gave 89.0, 79.5, 83.5, 88.8% (88 vs 108, p = 0.17), for ~1.2-1.3x the GRPO time (README "Dynamic
+    # sampling on the SFT-500 model")
     grpo_dynamic_sampling: bool = True
     grpo_max_draws: int = 4
     judge_prompts: int = 240
