@@ -153,5 +153,7 @@ def test_grpo_dynamic_sampling_keeps_only_groups_whose_scores_differ(tiny_checkp
     assert len(sampled) == drawn * g
     assert drawn0 == r.grpo.prompts_per_iter and len(ros0) == drawn0 * g and torch.equal(rw0, sampled0)
     assert torch.equal(sampled[:len(sampled0)], sampled0)
-    with pytest.raises(Exception, match="max_draws"):
+    from puyu.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_draws must be at least 1"):
         dataclasses.replace(r, grpo=dataclasses.replace(r.grpo, max_draws=0)).validate()

@@ -211,23 +211,19 @@ static long run_delay_ns(void) {
  * for CONTENDED_NS); updates *st. */
 static void check_preempted(Preempt *st, long now) {
 #if PUYU_PREEMPT_RULE == -1
-    if (st->delay0 != -2) {
+    if (st->delay0 != -2) {  /* while schedstat is readable */
         if (st->delay0 >= 0 && now - st->last < RUSAGE_EVERY_NS) return;
         long d = run_delay_ns();
-        if (d == -1) {  /* try again at the next check */
-            st->last = now;
-            return;
-        }
-        if (d == -2) {
-            st->delay0 = -2;  /* never readable here: rule 3 from now on */
-        } else {
+        st->last = now;
+        if (d == -1) return;  /* a transient failure: try again at the next check */
+        if (d >= 0) {
             long waited = d - st->delay0, span = now - st->window_start;
             if (st->delay0 >= 0 && waited * DELAY_SHARE >= (span > DELAY_SPAN_MIN_NS ? span : DELAY_SPAN_MIN_NS))
                 atomic_store(&contended_until, now + CONTENDED_NS);
             if (st->delay0 < 0 || span > PREEMPT_WINDOW_NS) st->window_start = now, st->delay0 = d;
-            st->last = now;
             return;
         }
+        st->delay0 = -2;  /* never readable here: rule 3 from now on */
     }
 #define RULE_SWITCHES 3
 #else

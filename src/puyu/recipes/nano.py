@@ -287,8 +287,8 @@ def settings_diff(d: Path, settings: dict, defaults: dict | None = None) -> list
             return True
         return old.get(k, missing) == settings.get(k, missing)
 
-    def shown(d, k, absent):
-        return json.dumps(d[k]) if k in d else absent  # as the recipe file writes it: true, null, "best"
+    def shown(values, k, absent):
+        return json.dumps(values[k]) if k in values else absent  # as the recipe file writes it: true, null, "best"
 
     return [f"{k} {shown(old, k, '(not set: made before this setting existed)')} -> {shown(settings, k, '(not set)')}"
             for k in sorted(set(old) | set(settings)) if not same(k)]

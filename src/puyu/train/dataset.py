@@ -63,6 +63,7 @@ class Rows:
         self._perm: torch.Tensor | None = None
 
     n_rows: int
+    fill: float | None = None  # share of row tokens that are document tokens, where packing leaves padding
 
     def row(self, i: int):
         raise NotImplementedError
@@ -142,33 +143,28 @@ class DocRows(Rows):
         self.truncated = int(((ends - doc_starts) > seq_len + 1).sum())
         order = torch.randperm(len(doc_starts), generator=torch.Generator().manual_seed(seed)).tolist()
         self.layout: list[list[tuple[int, int]]] = []  # per row: (doc start, length) pieces
+        docs = [(int(doc_starts[d]), int(lengths[d])) for d in order if lengths[d] > 0]
         if fit == "next":
             row: list[tuple[int, int]] = []
             used = 0
-            for d in order:
-                n = int(lengths[d])
-                if n == 0:
-                    continue
+            for start, n in docs:
                 if used + n > seq_len + 1:
                     self.layout.append(row)
                     row, used = [], 0
-                row.append((int(doc_starts[d]), n))
+                row.append((start, n))
                 used += n
             if row:
                 self.layout.append(row)
         elif fit == "best":
             free: list[tuple[int, int]] = []  # (free tokens, row index), sorted
-            for d in order:
-                n = int(lengths[d])
-                if n == 0:
-                    continue
+            for start, n in docs:
                 k = bisect.bisect_left(free, (n, -1))
                 if k < len(free):
                     room, r = free.pop(k)
                 else:
                     room, r = seq_len + 1, len(self.layout)
                     self.layout.append([])
-                self.layout[r].append((int(doc_starts[d]), n))
+                self.layout[r].append((start, n))
                 bisect.insort(free, (room - n, r))
         else:
             raise ConfigError(f"unknown packing fit {fit!r}; use 'next' or 'best'")
