@@ -21,6 +21,7 @@ loss.png (all stages) and accuracy.png (arithmetic accuracy against minutes of p
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -579,18 +580,28 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
     dirs = {"corpus": data, "tokenizer": tok_dir, "shards": shards, **{k: out / k for k in ("pretrain", "longctx", "sft")},
             **({"align": out / "align"} if r.align.enabled else {})}
     plan = plan_stages(dirs, st, resume, unfinished={"tokenizer"} if not (tok_dir / "tokenizer.model").exists() else ())
-    # corpus
-    if plan["corpus"] == "reuse":
-        report["stages"]["corpus"] = _done_info(data)
-    else:
-        _begin(data, st["corpus"], "make")
-        report["stages"]["corpus"] = timed("corpus", lambda: _mark_done(data, build_corpus(r, data)))
-    # tokenizer
-    if plan["tokenizer"] != "reuse":
-        _begin(tok_dir, st["tokenizer"], "make")
-        timed("tokenizer", lambda: train_tokenizer([data / "tokenizer_text.txt"], tok_dir, vocab_size=r.vocab_size,
-                                                     caps_apart=r.caps_apart, sign_apart=r.sign_apart))
-        _mark_done(tok_dir, {})
+
+    def stage(name: str, make, resumable: bool = False, times: bool = False) -> dict:
+        """Stage `name` by its plan: a finished one's done.json, or its settings recorded, `make(continue?)` timed
+        and its summary (with its wall and CPU seconds when `times`) written as done.json. Stages without
+        checkpoints (`resumable` false) are made afresh when interrupted."""
+        d = dirs[name]
+        if plan[name] == "reuse":
+            return _done_info(d)
+        action = plan[name] if resumable else "make"
+        _begin(d, st[name], action)
+        info = timed(name, lambda: make(action == "continue"))
+        if times:
+            info["wall_s"], info["cpu_s"] = timings[name], cpu[name]
+        return _mark_done(d, info)
+
+    report["stages"]["corpus"] = stage("corpus", lambda cont: build_corpus(r, data))
+    def make_tokenizer(cont: bool) -> dict:
+        train_tokenizer([data / "tokenizer_text.txt"], tok_dir, vocab_size=r.vocab_size, caps_apart=r.caps_apart,
+                        sign_apart=r.sign_apart)
+        return {}
+
+    stage("tokenizer", make_tokenizer)
     tok = load_tokenizer(tok_dir)
     # shards
     def make_shards():
@@ -603,11 +614,7 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
                 metas[f"{name}_{split}"] = {"tokens": meta["n_tokens"], "docs": meta["n_docs"],
                                             "loss_tokens": meta["n_loss_tokens"]}
         return metas
-    if plan["shards"] == "reuse":
-        report["stages"]["shards"] = _done_info(shards)
-    else:
-        _begin(shards, st["shards"], "make")
-        report["stages"]["shards"] = timed("shards", lambda: _mark_done(shards, make_shards()))
+    report["stages"]["shards"] = stage("shards", lambda cont: make_shards())
 
     small, big = _load_tests(data)
     curve_probs = curve_problems(small, r.eval.task_eval_problems)
@@ -620,23 +627,12 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
 
     # pretrain -> longctx -> sft
     stages = [("pretrain", None), ("longctx", str(out / "pretrain" / "hf")), ("sft", str(out / "longctx" / "hf"))]
+    runners = {"pretrain": lambda rec, cont: train(rec, resume=cont, stage="pretrain", task_hook=task_hook),
+               "longctx": lambda rec, cont: run_longctx(rec, resume=cont),
+               "sft": lambda rec, cont: run_sft(rec, resume=cont)}
     for name, init in stages:
-        d = out / name
-        if plan[name] == "reuse":
-            report["stages"][name] = _done_info(d)
-            continue
-        _begin(d, st[name], plan[name])
         rec = stage_recipe(r, name, init)
-        cont = plan[name] == "continue"
-        if name == "pretrain":
-            fn = lambda rec=rec, cont=cont: train(rec, resume=cont, stage="pretrain", task_hook=task_hook)  # noqa: E731
-        elif name == "longctx":
-            fn = lambda rec=rec, cont=cont: run_longctx(rec, resume=cont)  # noqa: E731
-        else:
-            fn = lambda rec=rec, cont=cont: run_sft(rec, resume=cont)  # noqa: E731
-        summary = timed(name, fn)
-        summary["wall_s"], summary["cpu_s"] = timings[name], cpu[name]
-        report["stages"][name] = _mark_done(d, summary)
+        report["stages"][name] = stage(name, functools.partial(runners[name], rec), resumable=True, times=True)
 
     # chat model directory
     chat_dir = out / "chat"
@@ -690,13 +686,8 @@ def run_nano(r: NanoRecipe, resume: bool = False) -> dict:
 
         # "make" after a new SFT model (never resume RL from the old one's checkpoints) or over an align/ of an
         # older puyu; "continue" resumes RL from its checkpoints under the same settings (plan_stages).
-        if plan["align"] == "reuse":  # finished under these settings: its report and RL model as they are
-            report["align"] = _done_info(out / "align")
-        else:
-            _begin(out / "align", st["align"], plan["align"])
-            cont = plan["align"] == "continue"
-            report["align"] = _mark_done(out / "align", timed("align", lambda: run_nano_align(
-                r.align, out, r.seed, r.threads, r.progress, cont, (r.corpus.test_small, r.corpus.test_big))))
+        report["align"] = stage("align", lambda cont: run_nano_align(
+            r.align, out, r.seed, r.threads, r.progress, cont, (r.corpus.test_small, r.corpus.test_big)), resumable=True)
         # The demo hands users the RL model; the SFT model stays in sft/hf (the targets above are its own).
         shutil.rmtree(chat_dir)
         shutil.copytree(report["align"]["rl_dir"], chat_dir)
