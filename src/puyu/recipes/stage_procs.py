@@ -1,4 +1,4 @@
-"""A nano training stage as several torchrun workers: the choice of processes, the launcher, the worker.
+"""A nano training stage as several torchrun workers: the choice of processes and the launcher.
 
 Why: on a 2-core CPU two single-thread processes that split each batch (DDP, gradients all-reduced over
 gloo) train faster than one process whose two threads meet at every operator. Measured on a 2-core AMD
@@ -7,12 +7,12 @@ EPYC Zen 4 under AVX2 settings, fp32, 200 pretraining steps of the nano recipe: 
 equal to 4e-7 (README "Ninth round").
 
 The launcher runs `python -m torch.distributed.run --standalone --nproc_per_node=N -m
-puyu.recipes.stage_procs JOB` (the real torchrun: its own rendezvous on a free port, and it stops every worker
+puyu.recipes.stage_worker JOB` (the real torchrun: its own rendezvous on a free port, and it stops every worker
 when one fails). JOB is a JSON file in the stage's directory with the nano recipe, the stage's name, whether
 to resume and the threads per worker; rank 0 writes the loop's summary, or the user-facing error it met,
-to a second JSON file that the launcher reads back. The workers run `puyu.recipes.nano.run_training_stage`,
-the same function as a single-process stage, so checkpoints, metrics.jsonl, the pretraining curve (rank 0)
-and --resume are those of `puyu train pretrain` under torchrun.
+to a second JSON file that the launcher reads back. The workers (`puyu.recipes.stage_worker`) run
+`puyu.recipes.nano.run_training_stage`, the same function as a single-process stage, so checkpoints,
+metrics.jsonl, the pretraining curve (rank 0) and --resume are those of `puyu train pretrain` under torchrun.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def run_in_procs(r, name: str, procs: int, threads: int, resume: bool = False) -
     result.unlink(missing_ok=True)
     job.write_text(json.dumps({"recipe": to_dict(r), "stage": name, "resume": resume, "threads": threads}))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
-           "-m", "puyu.recipes.stage_procs", str(job)]
+           "-m", "puyu.recipes.stage_worker", str(job)]
     # torchrun sets OMP_NUM_THREADS=1 for its workers (with a warning) unless it is set; the loop sets torch's
     # threads itself from the job, this only keeps OpenMP's own pool from being sized for the whole machine.
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -106,41 +106,3 @@ def run_in_procs(r, name: str, procs: int, threads: int, resume: bool = False) -
     job.unlink(missing_ok=True)
     result.unlink(missing_ok=True)
     return got["summary"]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """A torchrun worker: `python -m puyu.recipes.stage_procs JOB` (launched by `run_in_procs`)."""
-    from puyu.recipes.nano import NanoRecipe, run_training_stage
-    from puyu.train.recipe import from_dict
-
-    argv = sys.argv[1:] if argv is None else argv
-    job_path = Path(argv[0])
-    job = json.loads(job_path.read_text())
-    rank = int(os.environ.get("RANK", "0"))
-    result = job_path.parent / RESULT_FILE
-
-    def write(obj: dict) -> None:
-        if rank == 0:
-            tmp = result.with_suffix(".tmp")
-            tmp.write_text(json.dumps(obj))
-            tmp.replace(result)
-
-    try:
-        r = from_dict(NanoRecipe, job["recipe"])
-        summary = run_training_stage(r, job["stage"], job["resume"], threads=job["threads"])
-    except errors.PuyuError as e:
-        write({"error": type(e).__name__, "message": str(e)})
-        print(f"error: {e}", file=sys.stderr)
-        rc = 1
-    else:
-        write({"summary": summary})
-        rc = 0
-    # Leave at once: the process group is destroyed, and the interpreter's teardown can meet gloo's C++ threads
-    # and abort (the same reason as in puyu.cli.main).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(rc)
-
-
-if __name__ == "__main__":
-    main()
