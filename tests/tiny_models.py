@@ -10,6 +10,14 @@ from torch import nn
 from puyu.model.config import ModelConfig, get_preset
 from puyu.model.transformer import InternLM2ForCausalLM
 
+# A nano recipe in miniature (`--set` overrides): a corpus of a few hundred records and a 2-layer, 64-wide model,
+# for the recipe tests that run every stage in seconds.
+TINY_NANO = ["corpus.docs_chars=30000", "corpus.long_docs_chars=10000", "corpus.arithmetic=3000",
+             "corpus.passkey=60", "corpus.long_passkey=30", "corpus.copy=300", "corpus.pretrain_chats=100",
+             "corpus.long_arithmetic=300", "corpus.chats=200", "corpus.val_fraction=0.1", "corpus.test_small=20",
+             "corpus.test_big=10", "vocab_size=400", "model_overrides={hidden_size: 64, intermediate_size: 176, "
+             "num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2}"]
+
 BASE = dict(vocab_size=131, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=32, rope_theta=10000.0, torch_dtype="float32")
 

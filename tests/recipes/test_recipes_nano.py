@@ -9,6 +9,7 @@ import random
 import re
 
 import pytest
+from tiny_models import TINY_NANO
 
 from puyu.tasks import synthetic as S
 
@@ -96,11 +97,7 @@ def test_miniature_nano_run_writes_report_and_chat_model(tmp_path):
     from puyu.train.recipe import load_recipe
 
     torch.set_num_threads(1)
-    tiny = ["corpus.docs_chars=30000", "corpus.long_docs_chars=10000", "corpus.arithmetic=3000",
-            "corpus.passkey=60", "corpus.long_passkey=30", "corpus.copy=300", "corpus.pretrain_chats=100",
-            "corpus.long_arithmetic=300", "corpus.chats=200", "corpus.val_fraction=0.1", "corpus.test_small=20",
-            "corpus.test_big=10", "vocab_size=400", "model_overrides={hidden_size: 64, intermediate_size: 176, "
-            "num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2}",
+    tiny = TINY_NANO + [
             "pretrain.steps=6", "pretrain.eval_every=3", "longctx.steps=2", "longctx.eval_every=2",
             "longctx.seq_len=256", "corpus.long_passkey_tokens=[50, 256]",
             "sft.steps=2", "sft.eval_every=2", "eval.passkey_n=3", "eval.task_eval_problems=5", "eval.tool_n=4",

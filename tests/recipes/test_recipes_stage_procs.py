@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny_models import TINY_NANO
 
 from puyu.errors import ConfigError
 from puyu.recipes.nano import NanoRecipe
@@ -57,11 +58,7 @@ def test_two_processes_train_what_one_does(tmp_path):
     pretraining curve, each stage's process count and world_size in the report, the job files cleared."""
     from puyu.recipes.nano import run_nano
 
-    tiny = ["corpus.docs_chars=30000", "corpus.long_docs_chars=10000", "corpus.arithmetic=3000",
-            "corpus.passkey=60", "corpus.long_passkey=30", "corpus.copy=300", "corpus.pretrain_chats=100",
-            "corpus.long_arithmetic=300", "corpus.chats=200", "corpus.val_fraction=0.1", "corpus.test_small=20",
-            "corpus.test_big=10", "vocab_size=400", "model_overrides={hidden_size: 64, intermediate_size: 176, "
-            "num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2}",
+    tiny = TINY_NANO + [
             "pretrain.steps=20", "pretrain.eval_every=10", "longctx.steps=4", "longctx.eval_every=2",
             "longctx.batch_size=4", "longctx.seq_len=256", "corpus.long_passkey_tokens=[50, 256]", "sft.steps=10",
             "sft.eval_every=10", "eval.passkey_n=3", "eval.task_eval_problems=5", "eval.tool_n=4",
