@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Debian packages: bubblewrap (interpreter sandbox), chromium (web-page test), tmux, gcc + libc6-dev (the
-# engine's native decode kernel, puyu/fused_decode.c, compiled on first use). Needs root.
+# engine's native decode kernel, src/puyu/engine/fused_decode.c, compiled on first use). Needs root.
 system-deps:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

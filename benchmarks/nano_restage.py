@@ -5,7 +5,8 @@ Copies SRC's tokenizer/, pretrain/, shards/ and data/ into DST, rebuilds the cor
 (recipes/nano.yaml plus --set overrides, SRC's seed) in a scratch folder, checks that its pretraining
 records are byte for byte SRC's (the pretrained weights then belong to this recipe's data), takes its
 long-context records, tokenizes them into DST/shards, and prints the `puyu demo --resume` command that
-runs long-context, SFT and the evaluation in DST (SFT data stays SRC's: the same draw).
+runs long-context, SFT and the evaluation in DST (SFT data stays SRC's: the same draw). The copied stages'
+settings.json files record the new corpus.long_* values, so that `--resume` accepts them.
 
     PYTHONPATH=src python benchmarks/nano_restage.py /work/main/runs/s6_lr5e4_s0 runs/G_s0 \\
         --set seed=0 --set corpus.long_arithmetic_p_close=0.3
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,7 +33,7 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
     from puyu.model.tokenizer import load_tokenizer
-    from puyu.recipes.nano import NanoRecipe, build_corpus
+    from puyu.recipes.nano import NanoRecipe, build_corpus, stage_settings
     from puyu.train.recipe import load_recipe
     from puyu.train.shards import tokenize_to_shard
 
@@ -64,6 +66,16 @@ def main() -> None:
         meta = tokenize_to_shard([data / f"longctx_{split}.jsonl", data / f"passkey_longctx_{split}.jsonl"],
                                  shards / f"longctx_{split}", tok, progress=False)
         print(f"longctx_{split}: {meta['n_tokens']} tokens, {meta['n_docs']} documents")
+    # The copied stages' recorded settings take this recipe's long-context data values (corpus.long_*), which the
+    # check above shows leave their own data unchanged; every other value stays as SRC made it, so --resume still
+    # refuses a change that would need them redone.
+    for name in ("data", "tokenizer", "shards", "pretrain"):
+        marker = args.dst / name / "settings.json"
+        if marker.is_file():
+            old = json.loads(marker.read_text())
+            new = {k: v for k, v in stage_settings(r, "corpus" if name == "data" else name).items()
+                   if k.startswith("corpus.long_")}
+            marker.write_text(json.dumps({**old, **new}, indent=1))
     sets = " ".join(f"--set {o}" for o in args.overrides)
     print(f"pretraining data identical to {args.src}'s; now:\n  puyu demo --resume --set out_dir={args.dst} {sets}")
 

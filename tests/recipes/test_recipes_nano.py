@@ -367,6 +367,25 @@ def test_resume_plan_checks_every_stage_before_any_work_and_redoes_what_follows_
     assert plan_stages(dirs, new, True) == {"corpus": "reuse", "pretrain": "continue", "sft": "make", "align": "make"}
 
 
+def test_a_finished_shards_stage_with_a_broken_shard_is_refused_with_what_to_delete(tmp_path):
+    """--resume must not hand the training stages a shard whose tokenizing never finished (no meta.json)."""
+    from puyu.errors import ConfigError
+    from puyu.recipes.nano import plan_stages
+
+    dirs = _stage_dirs(tmp_path, ("corpus", "shards", "pretrain"))
+    st = {n: {"seed": 0} for n in dirs}
+    for n in dirs:
+        _stamp(dirs[n], st[n])
+    (dirs["shards"] / "done.json").write_text(json.dumps({"passkey": {"pretrain": {"docs": 3}},
+                                                          "pretrain_train": {"tokens": 9, "docs": 1}}))
+    (dirs["shards"] / "pretrain_train").mkdir()
+    with pytest.raises(ConfigError, match=r"pretrain_train in .*shards is not a finished shard \(no meta\.json\); "
+                                          r"delete .*shards to redo it"):
+        plan_stages(dirs, st, True)
+    (dirs["shards"] / "pretrain_train" / "meta.json").write_text("{}")
+    assert plan_stages(dirs, st, True) == {"corpus": "reuse", "shards": "reuse", "pretrain": "reuse"}
+
+
 def test_an_interrupted_stage_is_checked_too_and_an_older_puyus_stage_is_not_stamped(tmp_path):
     from puyu.errors import ConfigError
     from puyu.recipes.nano import plan_stages

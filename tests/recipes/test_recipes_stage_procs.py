@@ -4,6 +4,7 @@ processes train what one does, and that a worker's error reaches the caller as i
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from tiny_models import TINY_NANO
@@ -42,13 +43,13 @@ def test_bad_process_settings_fail_before_any_work(sets, words):
 
 def test_a_workers_error_comes_back_as_its_own_class(tmp_path):
     """Rank 0's user-facing error (here: no tokenizer in an empty out_dir) is raised again by the launcher,
-    not as torchrun's exit status; the job files are left for a look."""
+    not as torchrun's exit status; no job or result file is left behind."""
     from puyu.errors import TokenizerError
 
     r = load_recipe(None, [f"out_dir={tmp_path}", "progress=false"], cls=NanoRecipe)
     with pytest.raises(TokenizerError):
         run_in_procs(r, "sft", 2, 1)
-    assert json.loads((tmp_path / "sft" / "procs_result.json").read_text())["error"] == "TokenizerError"
+    assert not list((tmp_path / "sft").glob("procs_*"))
 
 
 @pytest.mark.slow
@@ -79,3 +80,55 @@ def test_two_processes_train_what_one_does(tmp_path):
     curve = reports[2]["curve"]
     assert [c["step"] for c in curve] == [10, 20] and all(0.0 <= c["arith_acc_100"] <= 1.0 for c in curve)
     assert not list((tmp_path / "2").glob("*/procs_*.json"))
+
+
+def _workers(marker: str) -> list[int]:
+    """Pids of live processes whose command line contains `marker`."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and marker in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                pids.append(int(d.name))
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_no_worker_outlives_an_interrupted_launcher(tmp_path, how):
+    """SIGINT or SIGKILL sent to the launching process alone (not its process group, as a terminal's Ctrl-C would):
+    torchrun and both workers are gone within seconds, and none writes a later checkpoint."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from puyu.recipes.nano import run_nano
+
+    base = TINY_NANO + ["pretrain.steps=2", "pretrain.eval_every=2", "longctx.steps=1", "longctx.eval_every=1",
+                        "longctx.seq_len=256", "corpus.long_passkey_tokens=[50, 256]", "sft.steps=1",
+                        "sft.eval_every=1", "align.enabled=false", "progress=false", "procs=1", "threads=1",
+                        "eval.passkey_n=1", "eval.task_eval_problems=2", "eval.tool_n=1", "eval.interpreter_arith_n=1"]
+    run_nano(load_recipe(None, base + [f"out_dir={tmp_path}"], cls=NanoRecipe))  # the data and shards to train on
+    long = base + [f"out_dir={tmp_path}", "pretrain.steps=100000", "pretrain.eval_every=100000"]
+    code = ("import sys; from puyu.recipes.nano import NanoRecipe; from puyu.recipes.stage_procs import run_in_procs; "
+            "from puyu.train.recipe import load_recipe; "
+            "run_in_procs(load_recipe(None, sys.argv[1:], cls=NanoRecipe), 'pretrain', 2, 1)")
+    launcher = subprocess.Popen([sys.executable, "-c", code, *long], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = f"stage_worker {tmp_path / 'pretrain'}"
+    deadline = time.time() + 120
+    metrics = tmp_path / "pretrain" / "metrics.jsonl"
+    while len(_workers(marker)) < 2 or not metrics.is_file() or len(metrics.read_text().splitlines()) < 3:
+        assert launcher.poll() is None and time.time() < deadline, "the workers did not start training"
+        time.sleep(0.5)
+    time.sleep(3)  # well into training (stopped in their set-up, workers can die of torchrun's end by chance)
+    launcher.send_signal(getattr(signal, how))
+    launcher.wait(timeout=60)
+    deadline = time.time() + 20
+    while _workers(str(tmp_path / "pretrain" / "procs_job.json")):  # torchrun's command line and the workers'
+        assert time.time() < deadline, f"still running after {how}"
+        time.sleep(0.5)
+    size = metrics.stat().st_size
+    time.sleep(2)
+    assert metrics.stat().st_size == size

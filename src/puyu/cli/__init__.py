@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        hint = "; rerun with --resume to continue from the last checkpoint" if hasattr(args, "resume") else ""
+        print(f"interrupted{hint}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `puyu info --json | head`: the reader left; say nothing more
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="nano recipe YAML (default: recipes/nano.yaml when present, else built-in defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set pretrain.steps=500 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="skip stages that already finished in out_dir")
+    p.add_argument("--resume", action="store_true", help="continue the run in out_dir: reuse the stages that finished, continue an interrupted one from its last checkpoint (refused, before any work, where the recipe's values changed)")
 
 
 def run(args: argparse.Namespace) -> int:

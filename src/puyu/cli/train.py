@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set optim.lr=3e-4 (repeatable)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the newest valid checkpoint (nano: skip finished stages)")
+                   help="continue from the newest valid checkpoint (nano: reuse finished stages, continue the interrupted one from its checkpoint)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -366,6 +366,13 @@ def plan_stages(dirs: dict[str, Path], settings: dict[str, dict], resume: bool, 
         if plan[name] == "reuse" and name in ("pretrain", "longctx", "sft") and not (d / "hf" / "config.json").exists():
             raise ConfigError(f"--resume: {d}/done.json marks the {name} stage finished but {d}/hf holds no model; "
                               f"delete {d} to redo it")
+        if plan[name] == "reuse" and name == "shards":  # every shard its done.json lists must still be whole
+            broken = sorted(k for k, v in _done_info(d).items() if isinstance(v, dict) and "tokens" in v
+                            and not (d / k / "meta.json").is_file())
+            if broken:
+                raise ConfigError(f"--resume: {d}/done.json marks the shards stage finished but {', '.join(broken)} "
+                                  f"in {d} is not a finished shard (no meta.json); delete {d} to redo it (the "
+                                  f"training stages after it are then made again)")
     if resume:
         check_resumable({n: d for n, d in dirs.items() if plan[n] != "make"}, settings)
     return plan
@@ -800,6 +807,13 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _procs_cell(info: dict | None) -> str:
+    """A training stage's processes x threads per process from its summary (done.json), else empty."""
+    if not isinstance(info, dict) or "procs" not in info:
+        return ""
+    return f"{info['procs']} x {info.get('threads', '?')}"
+
+
 def _target_value(t: dict) -> str:
     """A target's measured value as the report shows it: minutes, or a fraction as a percentage."""
     if t["value"] is None:
@@ -866,12 +880,14 @@ def _write_report(out: Path, rep: dict) -> None:
             f"{k} {pct(v['pass@1'])}" + (f" (effective length {v['effective_length']})" if "effective_length" in v else "")
             for k, v in ev["suite"].items() if isinstance(v, dict) and "pass@1" in v)] if "suite" in ev else []),
         "", "## Time per stage (seconds)", "",
-        "Wall time, and CPU seconds of the recipe's process (its threads and finished child processes). "
-        "`core` is the corpus-to-SFT part that the 20-minute budget covers (stages skipped by --resume "
-        f"are not counted); load average at the end: {', '.join(f'{x:.1f}' for x in rep['machine']['load_avg_at_end'])} "
-        f"on {rep['machine']['cpus']} CPUs.", "",
-        "| stage | wall | CPU |", "|---|---|---|",
-        *[f"| {k} | {v:.0f} | {rep['cpu_s'].get(k, float('nan')):.0f} |" for k, v in t.items()],
+        "Wall time, and CPU seconds of the recipe's process (its threads and finished child processes, the "
+        "torchrun workers of a training stage included). Processes x threads: how a training stage ran (`procs`; "
+        "for a stage continued by --resume, its last part). `core` is the corpus-to-SFT part that the 20-minute "
+        "budget covers (stages skipped by --resume are not counted); load average at the end: "
+        f"{', '.join(f'{x:.1f}' for x in rep['machine']['load_avg_at_end'])} on {rep['machine']['cpus']} CPUs.", "",
+        "| stage | wall | CPU | processes x threads |", "|---|---|---|---|",
+        *[f"| {k} | {v:.0f} | {rep['cpu_s'].get(k, float('nan')):.0f} | {_procs_cell(rep['stages'].get(k))} |"
+          for k, v in t.items()],
         "", "## Arithmetic accuracy (< 100, held out) during pretraining", "",
         "| step | minutes | accuracy | a+b | a-b |", "|---|---|---|---|---|",
         *[f"| {c['step']} | {c['minutes']:.1f} | {pct(c['arith_acc_100'])} | "
@@ -917,10 +933,7 @@ def _print_summary(rep: dict) -> None:
     ev = rep["eval"]
     print("\n=== nano recipe ===")
     for k, v in rep["targets"].items():
-        if v["met"] is None:
-            print(f"---- {k}: {_target_value(v)}")
-        else:
-            print(f"{'MET ' if v['met'] else 'MISS'} {k}: {v['value']:.3f}")
+        print(f"{'----' if v['met'] is None else 'MET ' if v['met'] else 'MISS'} {k}: {_target_value(v)}")
     print(f"a, b < 1000: {ev['base_arith_1000']['accuracy']:.3f}")
     print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in rep["timings_s"].items()))
     if rep.get("align"):

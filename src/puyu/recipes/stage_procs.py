@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,12 @@ from pathlib import Path
 from puyu import errors
 
 JOB_FILE, RESULT_FILE = "procs_job.json", "procs_result.json"
+
+
+def rank_result_file(rank: int | str) -> str:
+    """The file in which worker `rank` > 0 leaves the user-facing error it met (rank 0 uses RESULT_FILE); "*" gives
+    the glob pattern of them all."""
+    return f"procs_result.rank{rank}.json"
 
 
 def available_cores() -> int:
@@ -53,13 +60,16 @@ def stage_procs(r, name: str, cores: int | None = None) -> tuple[int, int | str 
         n = int(r.procs)
     if n == 1:
         return 1, r.threads
+    if n > budget:
+        print(f"[nano] warning: {name}: procs {n} with a budget of {budget} thread(s) on {cores} core(s): the {n} "
+              f"single-thread workers share the cores and train slower than procs: auto", file=sys.stderr, flush=True)
     return n, max(1, budget // n)
 
 
-def _term_when_parent_dies() -> None:
-    """In the child before exec: SIGTERM when the launching process ends (Linux prctl PR_SET_PDEATHSIG)."""
+def term_when_parent_dies() -> None:
+    """SIGTERM to this process when its parent ends (Linux prctl PR_SET_PDEATHSIG); nothing elsewhere. Called in
+    torchrun's process before exec (by the launcher) and at each worker's start."""
     import ctypes
-    import signal
 
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
@@ -67,31 +77,62 @@ def _term_when_parent_dies() -> None:
         pass
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """After our KeyboardInterrupt: let torchrun stop its workers. A Ctrl-C in the terminal reached it too (give it
+    5 s); a SIGINT sent to this process alone did not, so pass one on (30 s more); then SIGKILL (the workers then
+    end by their parent-death signal). A second Ctrl-C while waiting kills at once."""
+    try:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        proc.kill()
+        proc.wait()
+
+
+def _read_result(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def run_in_procs(r, name: str, procs: int, threads: int, resume: bool = False) -> dict:
     """Train stage `name` as `procs` torchrun workers of `threads` threads each; return rank 0's summary.
-    Raises the worker's own PuyuError (ConfigError, CheckpointError, ...) when rank 0 met one, else
-    TrainingError naming torchrun's exit status (its report, with each worker's traceback, is above)."""
+    Raises the worker's own PuyuError (ConfigError, CheckpointError, ...) when rank 0 (else another rank) met one,
+    else TrainingError naming torchrun's exit status (its report, with each worker's traceback, is above);
+    KeyboardInterrupt once torchrun and its workers have stopped. The job and result files are removed either way."""
     from puyu.train.recipe import to_dict
 
     d = Path(r.out_dir) / name
     d.mkdir(parents=True, exist_ok=True)
     job, result = d / JOB_FILE, d / RESULT_FILE
-    result.unlink(missing_ok=True)
+    for stale in (result, *d.glob(rank_result_file("*"))):  # an interrupted run's
+        stale.unlink(missing_ok=True)
     job.write_text(json.dumps({"recipe": to_dict(r), "stage": name, "resume": resume, "threads": threads}))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
            "-m", "puyu.recipes.stage_worker", str(job)]
     # torchrun sets OMP_NUM_THREADS=1 for its workers (with a warning) unless it is set; the loop sets torch's
     # threads itself from the job, this only keeps OpenMP's own pool from being sized for the whole machine.
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    # Ctrl-C reaches torchrun too, which stops its workers; so does our own end by any signal (SIGKILL included),
-    # through the parent-death signal, so that no orphaned workers go on writing into the stage's directory.
-    rc = subprocess.run(cmd, env=env, check=False, preexec_fn=_term_when_parent_dies).returncode
-    got = {}
-    if result.is_file():
-        try:
-            got = json.loads(result.read_text())
-        except (OSError, ValueError):
-            got = {}
+    # Our own end by any signal (SIGKILL included) ends torchrun through the parent-death signal, and torchrun's
+    # end ends the workers through theirs (stage_worker), so no orphan goes on writing into the stage's directory.
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=term_when_parent_dies)
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        _stop(proc)
+        raise
+    finally:
+        job.unlink(missing_ok=True)
+    got = _read_result(result)
+    for other in sorted(d.glob(rank_result_file("*"))):
+        if "error" not in got and "summary" not in got:  # rank 0 left nothing: another rank's error, if any
+            got = _read_result(other)
+        other.unlink()
+    result.unlink(missing_ok=True)
     from puyu.train import pretrain
 
     if "error" in got:  # the worker's class where it is one of the common ones, else TrainingError
@@ -103,6 +144,4 @@ def run_in_procs(r, name: str, procs: int, threads: int, resume: bool = False) -
         raise pretrain.TrainingError(f"{name}: torchrun with {procs} workers exited with status {rc} (its report and "
                                    f"the workers' output are above); rerun with --set procs=1 to train in one "
                                    f"process, or with --resume to continue from the last checkpoint")
-    job.unlink(missing_ok=True)
-    result.unlink(missing_ok=True)
     return got["summary"]

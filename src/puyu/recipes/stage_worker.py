@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from puyu import errors
-from puyu.recipes.stage_procs import RESULT_FILE
+from puyu.recipes.stage_procs import RESULT_FILE, rank_result_file, term_when_parent_dies
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,27 +22,35 @@ def main(argv: list[str] | None = None) -> int:
     from puyu.recipes.nano import NanoRecipe, run_training_stage
     from puyu.train.recipe import from_dict
 
+    # torchrun may itself be killed (SIGKILL leaves it no time to stop its workers): then stop too, rather than
+    # train on as an orphan writing into the run. The check after covers a parent gone before the prctl.
+    term_when_parent_dies()
+    if os.getppid() == 1:
+        os._exit(1)
     argv = sys.argv[1:] if argv is None else argv
     job_path = Path(argv[0])
     job = json.loads(job_path.read_text())
     rank = int(os.environ.get("RANK", "0"))
-    result = job_path.parent / RESULT_FILE
+    # rank 0 writes its summary or error to the result file, another rank only its error to a file of its own; the
+    # launcher prints the error once, so the workers print none
+    result = job_path.parent / (RESULT_FILE if rank == 0 else rank_result_file(rank))
 
     def write(obj: dict) -> None:
-        if rank == 0:
-            tmp = result.with_suffix(".tmp")
-            tmp.write_text(json.dumps(obj))
-            tmp.replace(result)
+        tmp = result.with_suffix(".tmp")
+        tmp.write_text(json.dumps(obj))
+        tmp.replace(result)
 
     try:
         r = from_dict(NanoRecipe, job["recipe"])
         summary = run_training_stage(r, job["stage"], job["resume"], threads=job["threads"])
     except errors.PuyuError as e:
         write({"error": type(e).__name__, "message": str(e)})
-        print(f"error: {e}", file=sys.stderr)
         rc = 1
+    except KeyboardInterrupt:  # Ctrl-C, or torchrun passing on the launcher's SIGINT: stop without a traceback
+        rc = 130
     else:
-        write({"summary": summary})
+        if rank == 0:
+            write({"summary": summary})
         rc = 0
     # Leave at once: the process group is destroyed, and the interpreter's teardown can meet gloo's C++ threads
     # and abort (the same reason as in puyu.cli.main).

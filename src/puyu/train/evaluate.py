@@ -34,18 +34,20 @@ def arithmetic_accuracy(model, tokenizer, problems: list[Problem], engine=None) 
     "46") passes `arithmetic_score`, the rule of RL and `puyu eval` (the first number after the last '=',
     by value): " 46", "46.0" and "46 (carry the 1)" count, "47", "", "-46" and a completion that starts with a newline do not; what follows
     the first line (a new problem the base model made up) is not read. `by_cell`: accuracy and count per
-    `puyu.tasks.synthetic.arithmetic_cell` (operator, digit counts of the operands and the result, negative result). Not stricter than the
+    `puyu.tasks.synthetic.arithmetic_cell` (operator, digit counts of the operands and the result, negative result);
+    `right`: each problem's outcome in order (for paired tests between models). Not stricter than the
     chat check on purpose: this figure measures arithmetic, not the training data's exact format (the
     wrong examples show what was written)."""
     engine = engine or _engine(model, tokenizer)
     t0 = time.perf_counter()
     prompts = [[tokenizer.bos_id] + tokenizer.encode(p.prompt) for p in problems]
     results = _greedy(engine, prompts, max_new=8, stop_ids=[tokenizer.eos_id])
-    correct, by_op, by_cell, wrong = 0, {}, {}, []
+    correct, by_op, by_cell, wrong, right = 0, {}, {}, [], []
     for p, r in zip(problems, results):
         got = tokenizer.decode([t for t in r.token_ids if t != tokenizer.eos_id])
         ok = arithmetic_score(arithmetic_raw_text(p.prompt, got), {"answer": p.answer}) == 1.0
         correct += ok
+        right.append(ok)
         for key, table in ((p.op, by_op), (arithmetic_cell(p), by_cell)):
             hit, n = table.get(key, (0, 0))
             table[key] = (hit + ok, n + 1)
@@ -54,7 +56,7 @@ def arithmetic_accuracy(model, tokenizer, problems: list[Problem], engine=None) 
     return {"accuracy": correct / max(len(problems), 1), "n": len(problems),
             "by_op": {op: h / n for op, (h, n) in by_op.items()},
             "by_cell": {c: {"accuracy": h / n, "n": n} for c, (h, n) in sorted(by_cell.items())},
-            "wrong_examples": wrong,
+            "wrong_examples": wrong, "right": right,
             "seconds": time.perf_counter() - t0}
 
 
@@ -62,18 +64,18 @@ def chat_arithmetic_accuracy(model, tokenizer, problems: list[Problem], engine=N
     """Through the chat template: user `12+34=`-style question, greedy for 16 tokens. Right = the reply
     passes `puyu.tasks.verifiable.arithmetic_score` (the RL reward and `puyu eval`'s rule: "12+34=46",
     "46", "The answer is 46." count; a reply that opens a tool call does not). `ends_with_im_end`: the
-    share of replies that end the turn with `<|im_end|>`."""
+    share of replies that end the turn with `<|im_end|>`; `right`: each problem's outcome in order."""
     engine = engine or _engine(model, tokenizer)
     prompts = [encode_chat(tokenizer, [{"role": "user", "content": p.prompt}], None) for p in problems]
     results = _greedy(engine, prompts, max_new=16, stop_ids=tokenizer.stop_ids)
     im_end = tokenizer.special_ids[IM_END]
-    correct = ended = 0
+    right, ended = [], 0
     for p, r in zip(problems, results):
         text = tokenizer.decode([t for t in r.token_ids if t not in tokenizer.stop_ids]).strip()
-        correct += arithmetic_score(text, {"answer": p.answer}) == 1.0
+        right.append(arithmetic_score(text, {"answer": p.answer}) == 1.0)
         ended += bool(r.token_ids) and r.token_ids[-1] == im_end
     n = max(len(problems), 1)
-    return {"accuracy": correct / n, "ends_with_im_end": ended / n, "n": len(problems)}
+    return {"accuracy": sum(right) / n, "ends_with_im_end": ended / n, "n": len(problems), "right": right}
 
 
 def passkey_accuracy(model, tokenizer, n: int, target_tokens: int, seed: int = 0, engine=None) -> dict:

@@ -1,0 +1,61 @@
+"""Two nano runs on the same held-out problems, paired: is B's arithmetic better than A's, or only different?
+
+For each run directory (a `puyu demo` output) the held-out a±b < 100 problems (`data/test_problems.json`, which
+must be the same in both) are scored per problem, greedily: the base model (`longctx/hf`) on the raw prompt and
+the chat model (`sft/hf`) through the chat template (`puyu.train.evaluate`, as the recipe's report does; its
+report.json's per-problem `right` lists are used where present). Prints each run's accuracy and the exact McNemar
+test on the problems where exactly one of the two is right (`puyu.eval.stats.mcnemar`).
+
+    PYTHONPATH=src python benchmarks/nano_paired.py runs/A runs/B [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def outcomes(run: Path) -> dict[str, list[bool]]:
+    """Per-problem outcomes of `run` for "base" and "chat" arithmetic < 100, from its report.json or recomputed."""
+    rep = json.loads((run / "report.json").read_text(encoding="utf-8")) if (run / "report.json").is_file() else {}
+    ev = rep.get("eval", {})
+    got = {k: ev.get(key, {}).get("right") for k, key in (("base", "base_arith_100"), ("chat", "chat_arith_100"))}
+    if all(got.values()):
+        return got
+    from puyu.model.checkpoint import load_model
+    from puyu.model.tokenizer import load_tokenizer
+    from puyu.recipes.nano import _load_tests
+    from puyu.train import evaluate as E
+
+    tok = load_tokenizer(run / "tokenizer")
+    small, _ = _load_tests(run / "data")
+    base = load_model(run / "longctx" / "hf", dtype="float32", device="cpu")
+    chat = load_model(run / "sft" / "hf", dtype="float32", device="cpu")
+    return {"base": E.arithmetic_accuracy(base, tok, small)["right"],
+            "chat": E.chat_arithmetic_accuracy(chat, tok, small)["right"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("a", type=Path)
+    ap.add_argument("b", type=Path)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    from puyu.eval.stats import mcnemar
+
+    if (args.a / "data" / "test_problems.json").read_bytes() != (args.b / "data" / "test_problems.json").read_bytes():
+        raise SystemExit("the two runs hold different held-out problems: no paired comparison")
+    oa, ob = outcomes(args.a), outcomes(args.b)
+    out = {}
+    for k in ("base", "chat"):
+        t = mcnemar(oa[k], ob[k])
+        out[k] = {"a": sum(oa[k]) / len(oa[k]), "b": sum(ob[k]) / len(ob[k]), "n": len(oa[k]), **t}
+        print(f"{k} arithmetic < 100: A {100 * out[k]['a']:.1f}% -> B {100 * out[k]['b']:.1f}% of {out[k]['n']}; "
+              f"right in A only {t['a_only']}, in B only {t['b_only']}; exact McNemar p = {t['p_value']:.3g}")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
