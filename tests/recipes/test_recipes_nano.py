@@ -191,7 +191,7 @@ def test_long_context_reweighting_leaves_every_other_record_as_it_was(tmp_path):
     tiny = ["corpus.docs_chars=20000", "corpus.long_docs_chars=5000", "corpus.arithmetic=2000", "corpus.copy=100",
             "corpus.pretrain_chats=100", "corpus.pretrain_tools=20", "corpus.long_arithmetic=3000",
             "corpus.chats=100", "corpus.clean=false", "corpus.test_small=40", "corpus.test_big=10", "progress=false"]
-    base = load_recipe(None, tiny, cls=NanoRecipe)
+    base = load_recipe(None, tiny + ["corpus.long_arithmetic_p_short=null"], cls=NanoRecipe)
     mixed = load_recipe(None, tiny + ["corpus.long_arithmetic_p_short=0.25", "corpus.long_arithmetic_p_close=0.3"],
                         cls=NanoRecipe)
     build_corpus(base, tmp_path / "a")

@@ -58,10 +58,11 @@ class CorpusSection:
     arithmetic_p_sheet: float = 0.25  # worksheets of 2-4 problems (see synthetic.arithmetic_records)
     arithmetic_p_prefix: float = 0.3  # one problem after unrelated text (so it is solved anywhere, e.g. in a chat)
     # < 100 problems: P(an operand has one digit) (None: uniform 0..99) and P(a subtraction has |a-b| <= 9),
-    # in pretraining and in the long-context stage (synthetic.arithmetic_records; README "Fourth round")
+    # in pretraining and in the long-context stage (synthetic.arithmetic_records; README "Fourth round"); 0.25 in
+    # the long-context stage since README "Tenth round" (two-digit ± one-digit was the weak cell)
     arithmetic_p_short: float | None = None
     arithmetic_p_close: float = 0.0
-    long_arithmetic_p_short: float | None = None
+    long_arithmetic_p_short: float | None = 0.25
     long_arithmetic_p_close: float = 0.0
     passkey: int = 5000
     passkey_tokens: list = field(default_factory=lambda: [0, 128])
