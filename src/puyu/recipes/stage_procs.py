@@ -6,9 +6,9 @@ EPYC Zen 4 under AVX2 settings, fp32, 200 pretraining steps of the nano recipe: 
 `torchrun --nproc_per_node=2` against 50.7 / 47.0 s for one 2-thread process (~13% faster), loss at step 200
 equal to 4e-7 (README "Ninth round").
 
-The launcher runs `python -m torch.distributed.run --standalone --nproc_per_node=N -m
-puyu.recipes.stage_worker JOB` (the real torchrun: its own rendezvous on a free port, and it stops every worker
-when one fails). JOB is a JSON file in the stage's directory with the nano recipe, the stage's name, whether
+The launcher runs torchrun (`torch.distributed.run.main`, entered as `python -m puyu.recipes.stage_procs --standalone
+--nproc_per_node=N -m puyu.recipes.stage_worker JOB` only so that a stop by signal ends without a traceback): its own
+rendezvous on a free port, and it stops every worker when one fails. JOB is a JSON file in the stage's directory with the nano recipe, the stage's name, whether
 to resume and the threads per worker; rank 0 writes the loop's summary, or the user-facing error it met,
 to a second JSON file that the launcher reads back. The workers (`puyu.recipes.stage_worker`) run
 `puyu.recipes.nano.run_training_stage`, the same function as a single-process stage, so checkpoints,
@@ -112,7 +112,8 @@ def run_in_procs(r, name: str, procs: int, threads: int, resume: bool = False) -
     for stale in (result, *d.glob(rank_result_file("*"))):  # an interrupted run's
         stale.unlink(missing_ok=True)
     job.write_text(json.dumps({"recipe": to_dict(r), "stage": name, "resume": resume, "threads": threads}))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+    # torchrun itself (torch.distributed.run.main), entered through this module so that a stop by signal ends quietly
+    cmd = [sys.executable, "-m", "puyu.recipes.stage_procs", "--standalone", f"--nproc_per_node={procs}",
            "-m", "puyu.recipes.stage_worker", str(job)]
     # torchrun sets OMP_NUM_THREADS=1 for its workers (with a warning) unless it is set; the loop sets torch's
     # threads itself from the job, this only keeps OpenMP's own pool from being sized for the whole machine.
@@ -145,3 +146,19 @@ def run_in_procs(r, name: str, procs: int, threads: int, resume: bool = False) -
                                    f"the workers' output are above); rerun with --set procs=1 to train in one "
                                    f"process, or with --resume to continue from the last checkpoint")
     return got["summary"]
+
+
+def torchrun(argv: list[str]) -> None:
+    """torchrun (`torch.distributed.run.main`) on `argv`, ending with status 128 + N and no traceback when signal N
+    stopped it (its workers are stopped by then; the launcher tells the user how to resume)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.run import main
+
+    try:
+        main(argv)
+    except SignalException as e:
+        sys.exit(128 + int(e.sigval))
+
+
+if __name__ == "__main__":
+    torchrun(sys.argv[1:])
