@@ -209,6 +209,68 @@ def test_long_context_reweighting_leaves_every_other_record_as_it_was(tmp_path):
         tmp_path / "b" / "longctx_train.jsonl")
 
 
+def test_extra_sft_arithmetic_chats_are_added_apart_from_every_other_record(tmp_path):
+    """`corpus.sft_arithmetic_chats`: that many more arithmetic chats in SFT's training split, none of them a held-out
+    problem, and every other file (SFT's other conversations and validation split included) as without them."""
+    from puyu.recipes.nano import NanoRecipe, _load_tests, build_corpus
+    from puyu.train.recipe import load_recipe
+
+    tiny = ["corpus.docs_chars=20000", "corpus.long_docs_chars=5000", "corpus.arithmetic=2000", "corpus.copy=100",
+            "corpus.pretrain_chats=100", "corpus.pretrain_tools=20", "corpus.long_arithmetic=300",
+            "corpus.chats=100", "corpus.clean=false", "corpus.test_small=300", "corpus.test_big=10", "progress=false"]
+    build_corpus(load_recipe(None, tiny + ["corpus.sft_arithmetic_chats=0"], cls=NanoRecipe), tmp_path / "a")
+    build_corpus(load_recipe(None, tiny + ["corpus.sft_arithmetic_chats=500"], cls=NanoRecipe), tmp_path / "b")
+    for f in ("pretrain_train.jsonl", "longctx_train.jsonl", "sft_val.jsonl", "test_problems.json", "tokenizer_text.txt"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    a = (tmp_path / "a" / "sft_train.jsonl").read_text().splitlines()
+    b = (tmp_path / "b" / "sft_train.jsonl").read_text().splitlines()
+    assert b[: len(a)] == a and len(b) == len(a) + 500
+    held_out = {p.prompt for tests in _load_tests(tmp_path / "b") for p in tests}
+    answers = [json.loads(line)["messages"][-1]["content"] for line in b[len(a):]]
+    assert all(re.fullmatch(r"\d+[+-]\d+=-?\d+", x) for x in answers)
+    assert not {x[: x.index("=") + 1] for x in answers} & held_out
+
+
+def test_sft_no_call_tools_offers_the_tools_in_conversations_without_a_call_and_changes_nothing_else(tmp_path):
+    from puyu.recipes.nano import NanoRecipe, build_corpus
+    from puyu.train.recipe import load_recipe
+
+    tiny = ["corpus.docs_chars=20000", "corpus.long_docs_chars=5000", "corpus.arithmetic=2000", "corpus.copy=100",
+            "corpus.pretrain_chats=100", "corpus.pretrain_tools=20", "corpus.long_arithmetic=300",
+            "corpus.chats=300", "corpus.clean=false", "corpus.test_small=40", "corpus.test_big=10", "progress=false",
+            "corpus.sft_arithmetic_chats=50"]
+    build_corpus(load_recipe(None, tiny + ["corpus.sft_no_call_tools=0"], cls=NanoRecipe), tmp_path / "a")
+    build_corpus(load_recipe(None, tiny + ["corpus.sft_no_call_tools=0.5"], cls=NanoRecipe), tmp_path / "b")
+    for f in ("pretrain_train.jsonl", "longctx_train.jsonl", "tokenizer_text.txt"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    a = [json.loads(x) for x in (tmp_path / "a" / "sft_train.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "b" / "sft_train.jsonl").read_text().splitlines()]
+    assert [x["messages"] for x in a] == [x["messages"] for x in b]
+    offered = [y for x, y in zip(a, b) if x != y]
+    calls = lambda r: any(m.get("tool_calls") or m.get("code") for m in r["messages"])  # noqa: E731
+    assert offered and all(r["tools"] == S.TOOLS and not calls(r) for r in offered)
+    no_call = [x for x in a if not x.get("tools") and not x.get("interpreter")]
+    assert 0.35 < len(offered) / len(no_call) < 0.65  # p = 0.5 of the conversations without a call
+    assert a[-50:] == b[-50:]  # the extra arithmetic chats come after, untouched
+
+
+def test_a_stage_made_before_extra_sft_arithmetic_chats_is_refused_when_they_are_asked_for(tmp_path):
+    """A settings.json without `corpus.sft_arithmetic_chats` was made with none (MADE_BEFORE), whatever today's
+    default: reused when the run asks for 0, refused with the key named when it asks for more."""
+    from puyu.errors import ConfigError
+    from puyu.recipes.nano import NanoRecipe, plan_stages, stage_settings
+
+    st = {n: stage_settings(NanoRecipe(), n) for n in ("corpus", "sft")}
+    dirs = _stage_dirs(tmp_path, ("corpus", "sft"))
+    for n in dirs:
+        _stamp(dirs[n], {k: v for k, v in st[n].items() if k != "corpus.sft_arithmetic_chats"})
+    none = {n: {**v, "corpus.sft_arithmetic_chats": 0} for n, v in st.items()}
+    assert plan_stages(dirs, none, True) == {"corpus": "reuse", "sft": "reuse"}
+    more = {n: {**v, "corpus.sft_arithmetic_chats": 6000} for n, v in st.items()}
+    with pytest.raises(ConfigError, match=r"corpus\.sft_arithmetic_chats \(not set: made before this setting existed\) -> 6000"):
+        plan_stages(dirs, more, True)
+
+
 def test_pretraining_tool_dialogues_draw_from_more_cities_when_asked(tmp_path):
     """`corpus.pretrain_tool_cities`: pretraining tool calls name cities beyond the demo's ten (the argument is
     then a copy, not a prior over ten names); SFT dialogues keep the ten the evaluation asks about."""
