@@ -112,6 +112,10 @@ def test_no_worker_outlives_an_interrupted_launcher(tmp_path, how):
                         "eval.passkey_n=1", "eval.task_eval_problems=2", "eval.tool_n=1", "eval.interpreter_arith_n=1"]
     run_nano(load_recipe(None, base + [f"out_dir={tmp_path}"], cls=NanoRecipe))  # the data and shards to train on
     long = base + [f"out_dir={tmp_path}", "pretrain.steps=100000", "pretrain.eval_every=100000"]
+    metrics = tmp_path / "pretrain" / "metrics.jsonl"
+    # the first run's lines would satisfy the wait below before the workers train (a fresh run deletes the file
+    # when it starts, so the kill could then come before the new file exists)
+    metrics.unlink()
     code = ("import sys; from puyu.recipes.nano import NanoRecipe; from puyu.recipes.stage_procs import run_in_procs; "
             "from puyu.train.recipe import load_recipe; "
             "run_in_procs(load_recipe(None, sys.argv[1:], cls=NanoRecipe), 'pretrain', 2, 1)")
@@ -119,14 +123,7 @@ def test_no_worker_outlives_an_interrupted_launcher(tmp_path, how):
                                 text=True)
     marker = f"stage_worker {tmp_path / 'pretrain'}"
     deadline = time.time() + 120
-    metrics = tmp_path / "pretrain" / "metrics.jsonl"
-    def n_lines():  # the first run's metrics.jsonl is replaced when the workers start: it may vanish in between
-        try:
-            return len(metrics.read_text().splitlines())
-        except FileNotFoundError:
-            return 0
-
-    while len(_workers(marker)) < 2 or n_lines() < 3:
+    while len(_workers(marker)) < 2 or not metrics.is_file() or len(metrics.read_text().splitlines()) < 3:
         assert launcher.poll() is None and time.time() < deadline, "the workers did not start training"
         time.sleep(0.5)
     time.sleep(3)  # well into training (stopped in their set-up, workers can die of torchrun's end by chance)
@@ -137,9 +134,6 @@ def test_no_worker_outlives_an_interrupted_launcher(tmp_path, how):
     while _workers(str(tmp_path / "pretrain" / "procs_job.json")):  # torchrun's command line and the workers'
         assert time.time() < deadline, f"still running after {how}"
         time.sleep(0.5)
-    def size():  # nothing may write it any more (absent counts as size -1)
-        return metrics.stat().st_size if metrics.is_file() else -1
-
-    before = size()
+    size = metrics.stat().st_size
     time.sleep(2)
-    assert size() == before
+    assert metrics.stat().st_size == size
