@@ -51,6 +51,8 @@ def main(argv=None) -> None:
     ap.add_argument("--judge-pairs", default=None, help="JSONL of judge pairs with split train/held_out")
     ap.add_argument("--make-judge", type=int, default=0, help="first sample N+N prompts into --judge-pairs")
     ap.add_argument("--judge-only", action="store_true", help="train on the judge pairs alone (no arithmetic pairs)")
+    ap.add_argument("--tool-pairs", type=int, default=0,
+                    help="add N programmatic tool pairs (puyu.rl.judge.tool_pairs) to training")
     ap.add_argument("--train-last", type=int, default=0,
                     help="train only the last N layers, the final norm and v_head (0: the whole RM)")
     ap.add_argument("--save", default=None, help="write the trained RM here (released layout)")
@@ -59,7 +61,7 @@ def main(argv=None) -> None:
     torch.manual_seed(a.seed)
     from puyu.model.checkpoint import load_model
     from puyu.model.tokenizer import load_tokenizer
-    from puyu.rl.judge import arithmetic_pairs, read_pairs, write_pairs
+    from puyu.rl.judge import arithmetic_pairs, read_pairs, tool_pairs, write_pairs
     from puyu.rl.reward_model import RewardModel, default_reward_token
     from puyu.rl.rm_train import encode_pairs, frozen_teacher, pairwise_accuracy, train_rm_steps
     from puyu.tasks.synthetic import Problem
@@ -84,7 +86,11 @@ def main(argv=None) -> None:
         tr_j = encode_pairs(tok, [p for p in recs if p.get("split") == "train"], rm.reward_token_id)
         ho_judge = encode_pairs(tok, [p for p in recs if p.get("split") == "held_out"], rm.reward_token_id)
         tr = tr_j if a.judge_only else tr + tr_j
-        print(json.dumps({"judge_train": len(tr_j), "judge_held_out": len(ho_judge), "train_pairs": len(tr)}), flush=True)
+    if a.tool_pairs:
+        tr = tr + encode_pairs(tok, tool_pairs(a.tool_pairs, a.seed), rm.reward_token_id)
+    if a.judge_pairs or a.tool_pairs:
+        print(json.dumps({"judge_train": len(tr_j) if a.judge_pairs else 0, "judge_held_out": len(ho_judge),
+                          "tool_pairs": a.tool_pairs, "train_pairs": len(tr)}), flush=True)
     teacher = frozen_teacher(lm) if a.lm_weight > 0 or a.distill_weight > 0 else None
     if a.train_last:
         keep = {f"model.layers.{i}." for i in range(rm.config.num_hidden_layers - a.train_last, rm.config.num_hidden_layers)}

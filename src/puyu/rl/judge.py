@@ -185,6 +185,54 @@ def arithmetic_pairs(n: int, seed, exclude: set | None = None, p_big: float = 0.
     return out
 
 
+TOOL_FAULTS = ("city", "function", "json", "unknown")  # what `tool_pairs` can break in the rejected call
+# The default order: a wrong city three times in four, else the other tool. A nano RM (the seed-0 chat model's
+# body, lr 3e-4) tells a wrong tool, broken JSON or an unknown tool apart within 100 steps (the judge's own
+# perturbations include the last two), but a wrong city only after ~3,000 city-pair views, and not on every run
+# (README, "Tool domain").
+TOOL_FAULT_ORDER = ("city", "function", "city", "city")
+
+
+def tool_pairs(n: int, seed, faults: tuple[str, ...] = TOOL_FAULT_ORDER) -> list[dict]:
+    """`n` tool-domain pairs that differ only in the call: the right call for a demo tool question
+    (`puyu.tasks.verifiable.tool_prompt`: training phrasings, the demo's two tools and ten cities) against
+    the same call broken one way, the `faults` in turn (default `TOOL_FAULT_ORDER`): "city" another of
+    the ten cities, "function" the demo's other tool (weather for time: the confusion a nano policy
+    makes), "json" the arguments' opening brace dropped (invalid JSON), "unknown" a tool that is not on
+    offer. Cheap (no sampling), like `arithmetic_pairs`; records carry `tools`, `source` "programmatic"
+    and a `prompt_id` (the question: the demo's phrasings and cities make ~160 questions, so pairs repeat
+    questions and a split by `prompt_id` keeps each question on one side). Raises PairError for n < 0, a
+    string or an empty tuple for `faults`, or an unknown fault."""
+    from puyu.model.chat_format import plugin_action
+
+    if n < 0:
+        raise PairError(f"tool_pairs: n must be >= 0, got {n}")
+    if isinstance(faults, str):
+        raise PairError(f"tool_pairs: faults must be a tuple of names among {', '.join(TOOL_FAULTS)}, got {faults!r}")
+    bad = [f for f in faults if f not in TOOL_FAULTS]
+    if bad or not faults:
+        raise PairError(f"tool_pairs: faults must be among {', '.join(TOOL_FAULTS)}, got {list(faults)!r}")
+    rng = random.Random(f"puyu-tool-pairs-{seed}")
+    names = [t.get("function", t)["name"] for t in V.TOOLS]
+    out = []
+    for i in range(n):
+        sample = V.tool_prompt(rng)
+        name, city = sample["call"]["name"], sample["call"]["arguments"]["city"]
+        right = plugin_action(name, {"city": city})
+        fault = faults[i % len(faults)]
+        if fault == "city":
+            wrong = plugin_action(name, {"city": rng.choice([c for c in V.CITIES if c != city])})
+        elif fault == "function":
+            wrong = plugin_action(rng.choice([x for x in names if x != name]), {"city": city})
+        elif fault == "json":
+            wrong = right.replace('"parameters": {', '"parameters": ', 1)
+        else:
+            wrong = plugin_action("get_" + rng.choice(["news", "stock"]), {"city": city})
+        out.append({"system": "tool", "domain": "tool", "messages": sample["messages"], "tools": sample["tools"],
+                    "chosen": right, "rejected": wrong, "source": "programmatic", "prompt_id": f"tool:{sample['messages'][-1]['content']}"})
+    return out
+
+
 # ---- one pair per domain -------------------------------------------------------------------------
 DOMAINS_OF_KIND = {"arithmetic": ("arithmetic", "format", "concise"), "tool": ("tool", "format"),
                    "interpreter": ("format",), "chat": ("format", "concise")}

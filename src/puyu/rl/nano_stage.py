@@ -69,6 +69,7 @@ class NanoAlignSection:
     judge_prompts: int = 240
     samples: int = 4
     rm_epochs: float = 4.0
+    rm_tool_pairs: int = 0  # programmatic tool pairs for the RM (`rm.tool_pairs`)
     rm_lr: float = 1e-4
     rounds: int = 2
     iterations: int = 10
@@ -111,7 +112,8 @@ def align_recipe(sec: NanoAlignSection, out: Path, seed: int, threads, progress:
         progress=progress, policy=PolicySection(init=str(out / "sft" / "hf"), tokenizer=str(out / "tokenizer")),
         prompts=PromptSection(exclude_file=str(out / "data" / "test_problems.json"), eval_n=60, weights=weights),
         rm=RMSection(judge_prompts=sec.judge_prompts, samples=sec.samples, max_new_tokens=sec.max_new_tokens,
-                     epochs=sec.rm_epochs, lr=sec.rm_lr, batch_size=16, held_out_prompts=sec.rm_held_out_prompts),
+                     epochs=sec.rm_epochs, lr=sec.rm_lr, batch_size=16, held_out_prompts=sec.rm_held_out_prompts,
+                     tool_pairs=sec.rm_tool_pairs),
         grpo=GRPOSection(task="verifiable", group_size=sec.group_size, prompts_per_iter=sec.grpo_prompts,
                          iterations=sec.grpo_iterations, lr=sec.grpo_lr, kl_coef=sec.grpo_kl,
                          max_new_tokens=sec.max_new_tokens, eval_every=sec.grpo_iterations,

@@ -53,6 +53,10 @@ pairs of that many separate held-out prompts (arithmetic from `prompts.exclude_f
     held_out: float = 0.2
     held_out_prompts: int = 0  # > 0: held-out pairs from this many prompts of their own (not a share)
     per_domain: bool = True  # judge pairs: one per domain of each prompt's kind (False: one per prompt)
+    # programmatic pairs added to training (no sampling; `puyu.rl.judge.tool_pairs` / `arithmetic_pairs`):
+    # the right call or answer against the same one broken (README, alignment section, "Tool domain")
+    tool_pairs: int = 0
+    arithmetic_pairs: int = 0
     epochs: float = 1.0
     batch_size: int = 16
     lr: float = 2e-5
@@ -169,6 +173,8 @@ class AlignRecipe:
             raise ConfigError("set policy.init (the SFT model directory)")
         if self.lora.enabled:
             self.lora.validate()
+        if min(self.rm.tool_pairs, self.rm.arithmetic_pairs) < 0:
+            raise ConfigError("rm.tool_pairs and rm.arithmetic_pairs must be >= 0")
         if min(self.rm.dense_weight, self.rm.lm_weight, self.rm.distill_weight) < 0:
             raise ConfigError("rm.dense_weight, rm.lm_weight and rm.distill_weight must be >= 0")
         if not 0 <= self.rm.held_out < 1 or not 0 <= self.dpo.held_out < 1:

@@ -266,6 +266,15 @@ def frozen_teacher(lm):
     return copy.deepcopy(lm).float().eval().requires_grad_(False)
 
 
+def programmatic_pairs(r: AlignRecipe) -> list[dict]:
+    """`rm.tool_pairs` tool pairs and `rm.arithmetic_pairs` arithmetic pairs (`puyu.rl.judge`), the
+    arithmetic problems of `prompts.exclude_file` left out (they are the held-out set)."""
+    from puyu.rl.judge import arithmetic_pairs, tool_pairs
+
+    exclude = C.exclude_set(r) if r.rm.arithmetic_pairs else set()
+    return tool_pairs(r.rm.tool_pairs, r.seed) + arithmetic_pairs(r.rm.arithmetic_pairs, r.seed, exclude)
+
+
 def run_rm(r: AlignRecipe) -> dict:
     """The whole RM stage (see the module docstring); returns the report."""
     from puyu.train.metrics import MetricsLog
@@ -283,19 +292,31 @@ def run_rm(r: AlignRecipe) -> dict:
         samples = C.train_prompts(r, r.rm.judge_prompts, "rm")
         pairs += judge_pairs(actor.eval(), tok, samples, r.rm.samples, r.rm.max_new_tokens, r.rm.temperature, r.seed,
                              per_domain=r.rm.per_domain, group="train-")
-    if len(pairs) < 2:
-        raise C.ConfigError("the reward model needs pairs: list rm.pairs files or set rm.judge_prompts")
+    drawn = programmatic_pairs(r) if r.rm.tool_pairs or r.rm.arithmetic_pairs else []
+    if len(pairs) + len(drawn) < 2:
+        raise C.ConfigError("the reward model needs pairs: list rm.pairs files or set rm.judge_prompts, "
+                            "rm.tool_pairs or rm.arithmetic_pairs")
     if r.rm.held_out_prompts > 0:  # a held-out set of its own: prompts never trained on, kinds balanced
-        train = pairs
+        train, train_drawn = pairs, drawn
         held = judge_pairs(actor.eval(), tok, C.eval_prompts(r, r.rm.held_out_prompts, "rm-held-out"), r.rm.samples,
                            r.rm.max_new_tokens, r.rm.temperature, r.seed + 1, per_domain=r.rm.per_domain,
                            group="held-")
-    else:
+    else:  # each kind split by prompt on its own, so the programmatic ones stay known
         train, held = split_pairs(pairs, r.rm.held_out, r.seed)
+        train_drawn, held_drawn = split_pairs(drawn, r.rm.held_out, r.seed)
+        held = held + held_drawn
+    pairs, train = pairs + drawn, train + train_drawn
     write_pairs(out / "pairs.jsonl", [{**p, "split": "train"} for p in train] + [{**p, "split": "held_out"} for p in held])
-    tr_data = encode_pairs(tok, train, rm.reward_token_id)
+    # rm.epochs passes over the file and judge pairs; programmatic pairs (drawn fresh, as many as asked) once
+    # each, so adding them leaves the other domains' passes as they were (epochs rounded up to whole passes then)
+    rest = train[:len(train) - len(train_drawn)]
+    tr_data = encode_pairs(tok, rest, rm.reward_token_id)
+    epochs = r.rm.epochs
+    if train_drawn:  # (without them, the data and its order stay as they were before the option existed)
+        epochs = max(1, math.ceil(r.rm.epochs))
+        tr_data = tr_data * epochs + encode_pairs(tok, train_drawn, rm.reward_token_id)
     ho_data = encode_pairs(tok, held, rm.reward_token_id)
-    steps = max(1, math.ceil(len(tr_data) * r.rm.epochs / r.rm.batch_size))
+    steps = max(1, math.ceil((len(rest) * epochs + len(train_drawn)) / r.rm.batch_size))
     opt = build_optimizer(rm, r.rm.lr, weight_decay=r.rm.weight_decay)
     metrics = MetricsLog(out / "metrics.jsonl")
     metrics.reset()
