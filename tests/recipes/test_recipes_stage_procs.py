@@ -4,6 +4,7 @@ processes train what one does, and that a worker's error reaches the caller as i
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -119,21 +120,32 @@ def test_no_worker_outlives_an_interrupted_launcher(tmp_path, how):
     code = ("import sys; from puyu.recipes.nano import NanoRecipe; from puyu.recipes.stage_procs import run_in_procs; "
             "from puyu.train.recipe import load_recipe; "
             "run_in_procs(load_recipe(None, sys.argv[1:], cls=NanoRecipe), 'pretrain', 2, 1)")
+    # SIGINT at its default, as in a terminal's foreground job: a test run started in the background by a
+    # non-interactive shell (`make test &`) ignores SIGINT, and the launcher would inherit that and never stop
     launcher = subprocess.Popen([sys.executable, "-c", code, *long], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True)
-    marker = f"stage_worker {tmp_path / 'pretrain'}"
-    deadline = time.time() + 120
-    while len(_workers(marker)) < 2 or not metrics.is_file() or len(metrics.read_text().splitlines()) < 3:
-        assert launcher.poll() is None and time.time() < deadline, "the workers did not start training"
-        time.sleep(0.5)
-    time.sleep(3)  # well into training (stopped in their set-up, workers can die of torchrun's end by chance)
-    launcher.send_signal(getattr(signal, how))
-    err = launcher.communicate(timeout=60)[1]
-    assert "SignalException" not in err  # torchrun stopped by the signal passed on: quietly
-    deadline = time.time() + 20
-    while _workers(str(tmp_path / "pretrain" / "procs_job.json")):  # torchrun's command line and the workers'
-        assert time.time() < deadline, f"still running after {how}"
-        time.sleep(0.5)
-    size = metrics.stat().st_size
-    time.sleep(2)
-    assert metrics.stat().st_size == size
+                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        marker = f"stage_worker {tmp_path / 'pretrain'}"
+        deadline = time.time() + 120
+        while len(_workers(marker)) < 2 or not metrics.is_file() or len(metrics.read_text().splitlines()) < 3:
+            assert launcher.poll() is None and time.time() < deadline, "the workers did not start training"
+            time.sleep(0.5)
+        time.sleep(3)  # well into training (stopped in their set-up, workers can die of torchrun's end by chance)
+        launcher.send_signal(getattr(signal, how))
+        err = launcher.communicate(timeout=60)[1]
+        assert "SignalException" not in err  # torchrun stopped by the signal passed on: quietly
+        deadline = time.time() + 20
+        while _workers(str(tmp_path / "pretrain" / "procs_job.json")):  # torchrun's command line and the workers'
+            assert time.time() < deadline, f"still running after {how}"
+            time.sleep(0.5)
+        size = metrics.stat().st_size
+        time.sleep(2)
+        assert metrics.stat().st_size == size
+    finally:  # a failure above must not leave a 100,000-step run behind
+        if launcher.poll() is None:
+            launcher.kill()
+        for pid in _workers(str(tmp_path / "pretrain" / "procs_job.json")):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
