@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from puyu.errors import ConfigError
 from puyu.model.tool_calls import PluginCall, parse_turn
 from puyu.rl.judge import TOOL_FAULT_ORDER, TOOL_FAULTS, PairError, pair_domain, pair_ids, tool_pairs
 from puyu.tasks import verifiable as V
@@ -120,6 +121,6 @@ def test_run_rm_adds_the_programmatic_pairs(tiny_checkpoint, tmp_path, one_threa
     n_drawn = sum(p["split"] == "train" and p["prompt_id"].startswith("tool:") for p in written)
     assert n_file and n_drawn and n_file + n_drawn == rep["train"]
     assert rep["steps"] == -(-(3 * n_file + n_drawn) // 4)
-    with pytest.raises(Exception, match="rm.tool_pairs and rm.arithmetic_pairs must be >= 0"):
+    with pytest.raises(ConfigError, match="rm.tool_pairs and rm.arithmetic_pairs must be >= 0"):
         run_rm(from_dict(AlignRecipe, {"out_dir": str(tmp_path / "o2"), "policy": {"init": str(tiny_checkpoint)},
                                        "rm": {"tool_pairs": -1}}))

@@ -73,6 +73,27 @@ def prefer(sample: dict, a: Reply, b: Reply) -> tuple[str, int] | None:
     return None
 
 
+TOOL_FAULTS = ("city", "function", "json", "unknown")  # the ways `broken_call` breaks a call
+
+
+def broken_call(content: str, call: dict, fault: str, rng: random.Random, cities=None) -> str:
+    """`content` (a reply holding `call`, {"name", "arguments": {"city"}}) with the call broken one way:
+    "json" the arguments' opening brace dropped (invalid JSON), "unknown" a tool not on offer
+    (get_news or get_stock), "city" the city swapped for one drawn from `cities` (default: the demo's ten,
+    which may draw the same city: callers check), "function" the demo's other tool."""
+    if fault == "json":
+        return content.replace('"parameters": {', '"parameters": ')
+    if fault == "unknown":
+        return content.replace(call["name"], "get_" + rng.choice(["news", "stock"]))
+    if fault == "city":
+        city = call["arguments"]["city"]
+        return content.replace(json.dumps(city), json.dumps(rng.choice(V.CITIES if cities is None else cities)))
+    if fault == "function":
+        other = [t.get("function", t)["name"] for t in V.TOOLS if t.get("function", t)["name"] != call["name"]]
+        return content.replace(json.dumps(call["name"]), json.dumps(rng.choice(other)))
+    raise PairError(f"unknown tool fault {fault!r}; known: {', '.join(TOOL_FAULTS)}")
+
+
 def perturb(sample: dict, good: Reply, rng: random.Random) -> tuple[str, Reply] | None:
     """A worse variant of `good` for the domain the sample exercises: (domain, reply), or None."""
     kind = sample["kind"]
@@ -83,11 +104,7 @@ def perturb(sample: dict, good: Reply, rng: random.Random) -> tuple[str, Reply] 
         head = good.content.rsplit(str(ans), 1)
         return "arithmetic", Reply(f"{head[0]}{wrong}{head[1]}" if len(head) == 2 else str(wrong), True)
     if kind == "tool" and V.tool_call_score(good.content, sample) == 1.0 and choice < 0.5:
-        broken = rng.choice([
-            good.content.replace('"parameters": {', '"parameters": '),  # invalid JSON
-            good.content.replace(sample["call"]["name"], "get_" + rng.choice(["news", "stock"])),  # wrong tool
-            good.content.replace(json.dumps(sample["call"]["arguments"]["city"]), json.dumps(rng.choice(V.CITIES))),
-        ])
+        broken = rng.choice([broken_call(good.content, sample["call"], f, rng) for f in ("json", "unknown", "city")])
         if broken != good.content and V.tool_call_score(broken, sample) == 0.0:
             return "tool", Reply(broken, True)
     if choice < 0.75 or kind == "tool":
@@ -185,7 +202,6 @@ def arithmetic_pairs(n: int, seed, exclude: set | None = None, p_big: float = 0.
     return out
 
 
-TOOL_FAULTS = ("city", "function", "json", "unknown")  # what `tool_pairs` can break in the rejected call
 # The default order: a wrong city three times in four, else the other tool. A nano RM (the seed-0 chat model's
 # body, lr 3e-4) tells a wrong tool, broken JSON or an unknown tool apart within 100 steps (the judge's own
 # perturbations include the last two), but a wrong city only after ~3,000 city-pair views, and not on every run
@@ -213,21 +229,13 @@ def tool_pairs(n: int, seed, faults: tuple[str, ...] = TOOL_FAULT_ORDER) -> list
     if bad or not faults:
         raise PairError(f"tool_pairs: faults must be among {', '.join(TOOL_FAULTS)}, got {list(faults)!r}")
     rng = random.Random(f"puyu-tool-pairs-{seed}")
-    names = [t.get("function", t)["name"] for t in V.TOOLS]
     out = []
     for i in range(n):
         sample = V.tool_prompt(rng)
-        name, city = sample["call"]["name"], sample["call"]["arguments"]["city"]
-        right = plugin_action(name, {"city": city})
-        fault = faults[i % len(faults)]
-        if fault == "city":
-            wrong = plugin_action(name, {"city": rng.choice([c for c in V.CITIES if c != city])})
-        elif fault == "function":
-            wrong = plugin_action(rng.choice([x for x in names if x != name]), {"city": city})
-        elif fault == "json":
-            wrong = right.replace('"parameters": {', '"parameters": ', 1)
-        else:
-            wrong = plugin_action("get_" + rng.choice(["news", "stock"]), {"city": city})
+        call = sample["call"]
+        right = plugin_action(call["name"], call["arguments"])
+        others = [c for c in V.CITIES if c != call["arguments"]["city"]]  # never the same city
+        wrong = broken_call(right, call, faults[i % len(faults)], rng, cities=others)
         out.append({"system": "tool", "domain": "tool", "messages": sample["messages"], "tools": sample["tools"],
                     "chosen": right, "rejected": wrong, "source": "programmatic", "prompt_id": f"tool:{sample['messages'][-1]['content']}"})
     return out
@@ -264,11 +272,7 @@ def worse_variant(sample: dict, good: Reply, domain: str, rng: random.Random) ->
         return Reply(f"{head[0]}{wrong}{head[1]}" if len(head) == 2 else str(wrong), True, good.n_tokens)
     if domain == "tool" and V.tool_call_score(good.content, sample) == 1.0:
         for _ in range(4):
-            broken = rng.choice([
-                good.content.replace('"parameters": {', '"parameters": '),  # invalid JSON
-                good.content.replace(sample["call"]["name"], "get_" + rng.choice(["news", "stock"])),  # wrong tool
-                good.content.replace(json.dumps(sample["call"]["arguments"]["city"]), json.dumps(rng.choice(V.CITIES))),
-            ])
+            broken = rng.choice([broken_call(good.content, sample["call"], f, rng) for f in ("json", "unknown", "city")])
             if broken != good.content and V.tool_call_score(broken, sample) == 0.0:
                 return Reply(broken, True)
         return None

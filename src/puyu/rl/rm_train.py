@@ -301,33 +301,32 @@ def run_rm(r: AlignRecipe) -> dict:
         held = judge_pairs(actor.eval(), tok, C.eval_prompts(r, r.rm.held_out_prompts, "rm-held-out"), r.rm.samples,
                            r.rm.max_new_tokens, r.rm.temperature, r.seed + 1, per_domain=r.rm.per_domain,
                            group="held-")
-    else:  # each kind split by prompt on its own, so the programmatic ones stay known
+    else:  # the file/judge pairs and the programmatic ones split by prompt each on their own
         train, held = split_pairs(pairs, r.rm.held_out, r.seed)
         train_drawn, held_drawn = split_pairs(drawn, r.rm.held_out, r.seed)
         held = held + held_drawn
-    pairs, train = pairs + drawn, train + train_drawn
-    write_pairs(out / "pairs.jsonl", [{**p, "split": "train"} for p in train] + [{**p, "split": "held_out"} for p in held])
+    write_pairs(out / "pairs.jsonl", [{**p, "split": "train"} for p in train + train_drawn] +
+                [{**p, "split": "held_out"} for p in held])
     # rm.epochs passes over the file and judge pairs; programmatic pairs (drawn fresh, as many as asked) once
-    # each, so adding them leaves the other domains' passes as they were (epochs rounded up to whole passes then)
-    rest = train[:len(train) - len(train_drawn)]
-    tr_data = encode_pairs(tok, rest, rm.reward_token_id)
-    epochs = r.rm.epochs
-    if train_drawn:  # (without them, the data and its order stay as they were before the option existed)
-        epochs = max(1, math.ceil(r.rm.epochs))
-        tr_data = tr_data * epochs + encode_pairs(tok, train_drawn, rm.reward_token_id)
+    # each, so adding them leaves the other domains' passes as they were (epochs rounded up to whole passes then;
+    # without them, the data and its order stay as they were before the option existed)
+    epochs = max(1, math.ceil(r.rm.epochs)) if train_drawn else r.rm.epochs
+    enc_train, enc_drawn = encode_pairs(tok, train, rm.reward_token_id), encode_pairs(tok, train_drawn, rm.reward_token_id)
+    tr_data = enc_train * epochs + enc_drawn if enc_drawn else enc_train
     ho_data = encode_pairs(tok, held, rm.reward_token_id)
-    steps = max(1, math.ceil((len(rest) * epochs + len(train_drawn)) / r.rm.batch_size))
+    steps = max(1, math.ceil((len(train) * epochs + len(train_drawn)) / r.rm.batch_size))
     opt = build_optimizer(rm, r.rm.lr, weight_decay=r.rm.weight_decay)
     metrics = MetricsLog(out / "metrics.jsonl")
     metrics.reset()
-    C.log("rm", f"{len(pairs)} pairs ({n_file} from files), {len(train)} train / {len(held)} held out; "
-               f"{steps} steps of {r.rm.batch_size}; reward token {rm.reward_token_id}")
+    pairs, train = pairs + drawn, train + train_drawn
+    C.log("rm", f"{len(pairs)} pairs ({n_file} from files, {len(drawn)} programmatic), {len(train)} train / "
+               f"{len(held)} held out; {steps} steps of {r.rm.batch_size}; reward token {rm.reward_token_id}")
     before = pairwise_accuracy(rm, ho_data) if ho_data else None
     train_rm_steps(rm, opt, tr_data, steps, r.rm.batch_size, r.seed, r.rm.focal, r.rm.barrier_weight, r.rm.bound,
                    on_step=lambda s, rec: metrics.log("train", s, **rec), dense_weight=r.rm.dense_weight,
                    lm_weight=r.rm.lm_weight, distill_weight=r.rm.distill_weight,
                    teacher=frozen_teacher(actor) if uses_teacher(r.rm) else None)
-    acc = pairwise_accuracy(rm, ho_data) if ho_data else pairwise_accuracy(rm, tr_data)
+    acc = pairwise_accuracy(rm, ho_data) if ho_data else pairwise_accuracy(rm, enc_train + enc_drawn)
     save_reward_model(C.plain(rm), out / "hf", tok)
     plot_scores(acc, out / "scores.png")
     src = {}
