@@ -3,7 +3,8 @@
     PUYU_KERNEL_ISA=avx2 .venv/bin/python benchmarks/decode_step.py --rows 16 --threads 2 \\
       --variant rows:split_rows=4 --variant weights:split_rows=1000 [--source old.c] [--profile]
 
-A nano-preset model with random weights (seed 0), a float32 paged cache holding `--keys` cached tokens for
+A model of `--preset` shape (default nano) with random weights (seed 0; `--weights int8|int4|bf16` packs them
+as `benchmarks/quant.py` does), a float32 paged cache holding `--keys` cached tokens for
 each of `--rows` sequences; each repetition times `--steps` calls of `FusedDecode.run` per variant, the
 variants in turn, and prints the median step time (wall µs) per variant over the repetitions, with min
 and max, and the calling thread's CPU time per step (on a loaded machine the figure to compare for
@@ -37,6 +38,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--variant", action="append", default=[])
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--preset", default="nano", help="model shape (e.g. internlm2-1_8b: use --rows 1)")
+    ap.add_argument("--weights", default="f32", choices=["f32", "bf16", "int8", "int4"],
+                    help="packed weight format (random weights packed one matrix at a time, as benchmarks/quant.py)")
+    ap.add_argument("--group", type=int, default=32, help="int4 group size")
     args = ap.parse_args()
 
     import puyu.engine.fused_decode as fd
@@ -46,7 +51,15 @@ def main() -> None:
     from puyu.model.transformer import InternLM2ForCausalLM
 
     torch.set_num_threads(1)
-    model = InternLM2ForCausalLM(get_preset("nano")).reset_parameters(seed=0).eval()
+    if args.weights == "f32":
+        model = InternLM2ForCausalLM(get_preset(args.preset)).reset_parameters(seed=0).eval()
+    else:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("quant_bench", Path(__file__).with_name("quant.py"))
+        quant_bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(quant_bench)
+        model = quant_bench.packed_random_model(args.preset, args.weights, args.group)
     cfg = model.config
     B = args.rows
     cache = PagedKVCache(cfg, num_blocks=B * (args.keys // 16 + 2), block_size=16)
@@ -101,7 +114,7 @@ def main() -> None:
             elif not torch.allclose(out, ref, atol=1e-4):
                 raise SystemExit(f"{name}: logits differ from the first variant by {(out - ref).abs().max():.2e}")
     load = os.getloadavg()[0]
-    print(f"{B} rows x {args.keys} keys, {args.threads} threads, isa {first.isa}, {args.reps} x {args.steps} steps, "
+    print(f"{args.preset} {args.weights}, {B} rows x {args.keys} keys, {args.threads} threads, isa {first.isa}, {args.reps} x {args.steps} steps, "
           f"load {load:.2f}")
     for name, _ in variants:
         v = times[name]

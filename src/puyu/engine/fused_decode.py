@@ -41,7 +41,8 @@ the AVX2 path can be measured and tested on an AVX-512 machine. `FusedDecode.isa
 `decode_path` (`fused-avx512`, `fused-avx2`, `fused-portable`) name the build that runs.
 
 Build: `cc -O3 -march=native -shared` (AVX2: plus `-mno-avx512f`; portable: no -march; on AMD CPUs plus
-`-DPUYU_PF_L2`, the integer tiles' weight prefetch 4 KB ahead into L2 instead of 512 bytes into L1) into
+`-DPUYU_PF_L2`, the integer tiles' weight prefetch 4 KB ahead into L2 instead of 512 bytes into L1; the int4
+scales are prefetched one tile ahead with the same hint) into
 `$PUYU_CACHE_DIR` (default `~/.cache/puyu/kernels`), named by a hash of the source, the flags, the
 compiler's version and the CPU's feature flags, so a changed source, another instruction set or another
 machine sharing the home directory builds its own. The build is atomic (rename), so parallel processes
