@@ -231,6 +231,40 @@ def test_extra_sft_arithmetic_chats_are_added_apart_from_every_other_record(tmp_
     assert not {x[: x.index("=") + 1] for x in answers} & held_out
 
 
+def test_sft_arithmetic_p_close_reweights_only_the_extra_arithmetic_chats(tmp_path):
+    """`corpus.sft_arithmetic_p_close`: the extra SFT arithmetic chats' subtractions have |a-b| <= 9 more often;
+    every other record (the 4,000-style conversations, validation, pretraining) is as without it, and 0 draws
+    exactly what the recipe drew before the setting existed."""
+    from puyu.recipes.nano import NanoRecipe, _load_tests, build_corpus
+    from puyu.train.recipe import load_recipe
+
+    tiny = ["corpus.docs_chars=20000", "corpus.long_docs_chars=5000", "corpus.arithmetic=2000", "corpus.copy=100",
+            "corpus.pretrain_chats=100", "corpus.pretrain_tools=20", "corpus.long_arithmetic=300",
+            "corpus.chats=100", "corpus.clean=false", "corpus.test_small=300", "corpus.test_big=10", "progress=false",
+            "corpus.sft_arithmetic_chats=1500"]
+    build_corpus(load_recipe(None, tiny + ["corpus.sft_arithmetic_p_close=0"], cls=NanoRecipe), tmp_path / "a")
+    build_corpus(load_recipe(None, tiny + ["corpus.sft_arithmetic_p_close=0.5"], cls=NanoRecipe), tmp_path / "b")
+    for f in ("pretrain_train.jsonl", "longctx_train.jsonl", "sft_val.jsonl", "test_problems.json", "tokenizer_text.txt"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    a = (tmp_path / "a" / "sft_train.jsonl").read_text().splitlines()
+    b = (tmp_path / "b" / "sft_train.jsonl").read_text().splitlines()
+    assert len(a) == len(b) and a[:-1500] == b[:-1500]
+    # p_close 0 is the generator as it was: the same chats as arithmetic_chat without the argument
+    rng = random.Random("puyu-sft-arith-0")
+    held_out = {p for tests in _load_tests(tmp_path / "a") for p in tests}
+    assert [json.loads(x) for x in a[-1500:]] == [S.arithmetic_chat(rng, held_out, p_big=0.2) for _ in range(1500)]
+
+    def close_share(lines):
+        subs = [m.groups() for x in lines
+                for m in [re.fullmatch(r"(\d{1,2})-(\d{1,2})=-?\d+", json.loads(x)["messages"][-1]["content"])] if m]
+        return sum(abs(int(x) - int(y)) <= 9 for x, y in subs) / len(subs)
+
+    # uniform: ~19% of two-digit-or-less subtractions are close; 0.5: half by construction plus the rest's share
+    assert close_share(a[-1500:]) < 0.26 < 0.5 < close_share(b[-1500:])
+    answers = [json.loads(x)["messages"][-1]["content"] for x in b[-1500:]]
+    assert not {x[: x.index("=") + 1] for x in answers} & {p.prompt for p in held_out}
+
+
 def test_sft_no_call_tools_offers_the_tools_in_conversations_without_a_call_and_changes_nothing_else(tmp_path):
     from puyu.recipes.nano import NanoRecipe, build_corpus
     from puyu.train.recipe import load_recipe

@@ -89,6 +89,9 @@ class CorpusSection:
     # stays as without them): SFT on the 4,000 mixed conversations alone left chat arithmetic 9-16 points below the
     # base model's (README "Eleventh round")
     sft_arithmetic_chats: int = 6000
+    # P(an arithmetic chat's subtraction has |a-b| <= 9), as arithmetic_p_close: the SFT models' remaining chat
+    # errors are mostly a-b with a small negative result (48-51 -> -4); 0.0: operands uniform (about 0.18 by chance)
+    sft_arithmetic_p_close: float = 0.0
     # P(an SFT conversation without a call, of the 4,000 drawn, offers the demo's tools all the same): the model
     # learns that a greeting or a sum needs no call when tools are on offer (drawn apart, like sft_more_cities).
     # 0.1: `puyu eval` tools 85 -> 100% on seeds 0-2, calls on held-out phrasings kept at 100%; 0.3 lost some (84%,
@@ -189,7 +192,7 @@ class NanoRecipe:
         c = self.corpus
         for key in ("arithmetic_p_big", "arithmetic_p_sheet", "arithmetic_p_prefix", "arithmetic_p_short",
                     "arithmetic_p_close", "long_arithmetic_p_short", "long_arithmetic_p_close", "pretrain_more_cities",
-                    "sft_more_cities", "sft_no_call_tools"):
+                    "sft_more_cities", "sft_no_call_tools", "sft_arithmetic_p_close"):
             v = getattr(c, key)
             if v is not None and not 0.0 <= v <= 1.0:
                 raise ConfigError(f"corpus.{key} must be a probability in [0, 1], got {v}")
@@ -325,7 +328,8 @@ def settings_diff(d: Path, settings: dict, defaults: dict | None = None) -> list
 
 # Settings added after runs were made whose default is not the behaviour from before them: a stage's settings.json
 # that lacks one of these keys was made with the value here (not with today's default), so --resume compares that.
-MADE_BEFORE = {"corpus.sft_arithmetic_chats": 0, "corpus.sft_no_call_tools": 0.0}
+MADE_BEFORE = {"corpus.sft_arithmetic_chats": 0, "corpus.sft_no_call_tools": 0.0,
+               "corpus.sft_arithmetic_p_close": 0.0}
 
 
 def check_resumable(dirs: dict[str, Path], settings: dict[str, dict]) -> None:
@@ -511,7 +515,8 @@ def build_corpus(r: NanoRecipe, data: Path) -> dict:
             train, val = offer_tools(train, c.sft_no_call_tools, nrng), offer_tools(val, c.sft_no_call_tools, nrng)
         if name == "sft" and c.sft_arithmetic_chats:
             arng = random.Random(f"puyu-sft-arith-{r.seed}")
-            train = train + [S.arithmetic_chat(arng, exclude, p_big=0.2) for _ in range(c.sft_arithmetic_chats)]
+            train = train + [S.arithmetic_chat(arng, exclude, p_big=0.2, p_close=c.sft_arithmetic_p_close)
+                             for _ in range(c.sft_arithmetic_chats)]
         S.write_jsonl(data / f"{name}_train.jsonl", train)
         S.write_jsonl(data / f"{name}_val.jsonl", val)
         counts[name] = {"train": len(train), "val": len(val)}

@@ -216,8 +216,10 @@ GREETINGS = [
 ARITH_QUESTIONS = ["{p}", "What is {q}?", "Compute {q}.", "{q} = ?", "Please calculate {q}."]
 
 
-def arithmetic_chat(rng: random.Random, exclude: set[Problem], p_big: float) -> dict:
-    p = _training_problem(rng, p_big, exclude)
+def arithmetic_chat(rng: random.Random, exclude: set[Problem], p_big: float, p_close: float = 0.0) -> dict:
+    """A user's arithmetic question answered `a+b=c` (a system prompt half the time); the problem as
+    `_training_problem` draws it (`p_close`: one-digit-result subtractions reweighted)."""
+    p = _training_problem(rng, p_big, exclude, p_close=p_close)
     q = rng.choice(ARITH_QUESTIONS).format(p=p.prompt, q=p.prompt[:-1])
     msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": f"{p.prompt}{p.answer}"}]
     if rng.random() < 0.5:
