@@ -184,13 +184,21 @@ def test_turn_ending_target_counts_sample_chats_and_chat_arithmetic_together():
     assert _targets({"eval": ev, "timings_s": {"core": 600.0}})[key] == {"value": 1.0, "met": True}
 
 
+
+def _tiny_corpus(*overrides: str) -> list[str]:
+    """`--set` values for a corpus small enough to build in seconds, each `overrides` entry (KEY=VALUE) replacing
+    the default of its key."""
+    sets = dict(x.split("=", 1) for x in (
+        "corpus.docs_chars=20000", "corpus.long_docs_chars=5000", "corpus.arithmetic=2000", "corpus.copy=100",
+        "corpus.pretrain_chats=100", "corpus.pretrain_tools=20", "corpus.long_arithmetic=300", "corpus.chats=100",
+        "corpus.clean=false", "corpus.test_small=40", "corpus.test_big=10", "progress=false", *overrides))
+    return [f"{k}={v}" for k, v in sets.items()]
+
 def test_long_context_reweighting_leaves_every_other_record_as_it_was(tmp_path):
     from puyu.recipes.nano import NanoRecipe, build_corpus
     from puyu.train.recipe import load_recipe
 
-    tiny = ["corpus.docs_chars=20000", "corpus.long_docs_chars=5000", "corpus.arithmetic=2000", "corpus.copy=100",
-            "corpus.pretrain_chats=100", "corpus.pretrain_tools=20", "corpus.long_arithmetic=3000",
-            "corpus.chats=100", "corpus.clean=false", "corpus.test_small=40", "corpus.test_big=10", "progress=false"]
+    tiny = _tiny_corpus("corpus.long_arithmetic=3000")
     base = load_recipe(None, tiny + ["corpus.long_arithmetic_p_short=null"], cls=NanoRecipe)
     mixed = load_recipe(None, tiny + ["corpus.long_arithmetic_p_short=0.25", "corpus.long_arithmetic_p_close=0.3"],
                         cls=NanoRecipe)
@@ -215,9 +223,7 @@ def test_extra_sft_arithmetic_chats_are_added_apart_from_every_other_record(tmp_
     from puyu.recipes.nano import NanoRecipe, _load_tests, build_corpus
     from puyu.train.recipe import load_recipe
 
-    tiny = ["corpus.docs_chars=20000", "corpus.long_docs_chars=5000", "corpus.arithmetic=2000", "corpus.copy=100",
-            "corpus.pretrain_chats=100", "corpus.pretrain_tools=20", "corpus.long_arithmetic=300",
-            "corpus.chats=100", "corpus.clean=false", "corpus.test_small=300", "corpus.test_big=10", "progress=false"]
+    tiny = _tiny_corpus("corpus.test_small=300")
     build_corpus(load_recipe(None, tiny + ["corpus.sft_arithmetic_chats=0"], cls=NanoRecipe), tmp_path / "a")
     build_corpus(load_recipe(None, tiny + ["corpus.sft_arithmetic_chats=500"], cls=NanoRecipe), tmp_path / "b")
     for f in ("pretrain_train.jsonl", "longctx_train.jsonl", "sft_val.jsonl", "test_problems.json", "tokenizer_text.txt"):
@@ -238,10 +244,7 @@ def test_sft_arithmetic_p_close_reweights_only_the_extra_arithmetic_chats(tmp_pa
     from puyu.recipes.nano import NanoRecipe, _load_tests, build_corpus
     from puyu.train.recipe import load_recipe
 
-    tiny = ["corpus.docs_chars=20000", "corpus.long_docs_chars=5000", "corpus.arithmetic=2000", "corpus.copy=100",
-            "corpus.pretrain_chats=100", "corpus.pretrain_tools=20", "corpus.long_arithmetic=300",
-            "corpus.chats=100", "corpus.clean=false", "corpus.test_small=300", "corpus.test_big=10", "progress=false",
-            "corpus.sft_arithmetic_chats=1500"]
+    tiny = _tiny_corpus("corpus.test_small=300", "corpus.sft_arithmetic_chats=1500")
     build_corpus(load_recipe(None, tiny + ["corpus.sft_arithmetic_p_close=0"], cls=NanoRecipe), tmp_path / "a")
     build_corpus(load_recipe(None, tiny + ["corpus.sft_arithmetic_p_close=0.5"], cls=NanoRecipe), tmp_path / "b")
     for f in ("pretrain_train.jsonl", "longctx_train.jsonl", "sft_val.jsonl", "test_problems.json", "tokenizer_text.txt"):
@@ -269,10 +272,7 @@ def test_sft_no_call_tools_offers_the_tools_in_conversations_without_a_call_and_
     from puyu.recipes.nano import NanoRecipe, build_corpus
     from puyu.train.recipe import load_recipe
 
-    tiny = ["corpus.docs_chars=20000", "corpus.long_docs_chars=5000", "corpus.arithmetic=2000", "corpus.copy=100",
-            "corpus.pretrain_chats=100", "corpus.pretrain_tools=20", "corpus.long_arithmetic=300",
-            "corpus.chats=300", "corpus.clean=false", "corpus.test_small=40", "corpus.test_big=10", "progress=false",
-            "corpus.sft_arithmetic_chats=50"]
+    tiny = _tiny_corpus("corpus.chats=300", "corpus.sft_arithmetic_chats=50")
     build_corpus(load_recipe(None, tiny + ["corpus.sft_no_call_tools=0"], cls=NanoRecipe), tmp_path / "a")
     build_corpus(load_recipe(None, tiny + ["corpus.sft_no_call_tools=0.5"], cls=NanoRecipe), tmp_path / "b")
     for f in ("pretrain_train.jsonl", "longctx_train.jsonl", "tokenizer_text.txt"):
@@ -314,9 +314,7 @@ def test_pretraining_tool_dialogues_draw_from_more_cities_when_asked(tmp_path):
     rng = random.Random(3)
     assert {S.tool_chat(rng)["messages"][2]["tool_calls"][0]["function"]["arguments"]["city"]
             for _ in range(300)} == set(S.CITIES)
-    tiny = ["corpus.docs_chars=20000", "corpus.long_docs_chars=5000", "corpus.arithmetic=2000", "corpus.copy=100",
-            "corpus.pretrain_chats=100", "corpus.pretrain_tools=400", "corpus.long_arithmetic=300",
-            "corpus.chats=200", "corpus.clean=false", "corpus.test_small=40", "corpus.test_big=10", "progress=false"]
+    tiny = _tiny_corpus("corpus.pretrain_tools=400", "corpus.chats=200")
 
     def called(path):
         out = []
@@ -356,9 +354,7 @@ def test_more_cities_swap_only_tool_dialogues_of_their_stage(tmp_path):
     from puyu.recipes.nano import NanoRecipe, build_corpus
     from puyu.train.recipe import load_recipe
 
-    tiny = ["corpus.docs_chars=20000", "corpus.long_docs_chars=5000", "corpus.arithmetic=2000", "corpus.copy=100",
-            "corpus.pretrain_chats=100", "corpus.pretrain_tools=20", "corpus.long_arithmetic=300",
-            "corpus.chats=400", "corpus.clean=false", "corpus.test_small=40", "corpus.test_big=10", "progress=false"]
+    tiny = _tiny_corpus("corpus.chats=400")
     build_corpus(load_recipe(None, tiny, cls=NanoRecipe), tmp_path / "a")
     build_corpus(load_recipe(None, tiny + ["corpus.sft_more_cities=0.75"], cls=NanoRecipe), tmp_path / "b")
     build_corpus(load_recipe(None, tiny + ["corpus.pretrain_more_cities=1.0"], cls=NanoRecipe), tmp_path / "c")
