@@ -1,7 +1,7 @@
 """Time the native kernel's decode step alone (no engine, no sampling), variants interleaved in one process.
 
     PUYU_KERNEL_ISA=avx2 .venv/bin/python benchmarks/decode_step.py --rows 16 --threads 2 \\
-      --variant rows:split_rows=4 --variant weights:split_rows=1000 [--source old.c] [--profile]
+      --variant rows:split_rows=4 --variant weights:split_rows=1000 [--variant old:src=old.c] [--profile]
 
 A model of `--preset` shape (default nano) with random weights (seed 0; `--weights int8|int4|bf16` packs them
 as `benchmarks/quant.py` does), a float32 paged cache holding `--keys` cached tokens for

@@ -4,6 +4,7 @@ model that loads."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -184,7 +185,6 @@ def test_turn_ending_target_counts_sample_chats_and_chat_arithmetic_together():
     assert _targets({"eval": ev, "timings_s": {"core": 600.0}})[key] == {"value": 1.0, "met": True}
 
 
-
 def _tiny_corpus(*overrides: str) -> list[str]:
     """`--set` values for a corpus small enough to build in seconds, each `overrides` entry (KEY=VALUE) replacing
     the default of its key."""
@@ -193,6 +193,7 @@ def _tiny_corpus(*overrides: str) -> list[str]:
         "corpus.pretrain_chats=100", "corpus.pretrain_tools=20", "corpus.long_arithmetic=300", "corpus.chats=100",
         "corpus.clean=false", "corpus.test_small=40", "corpus.test_big=10", "progress=false", *overrides))
     return [f"{k}={v}" for k, v in sets.items()]
+
 
 def test_long_context_reweighting_leaves_every_other_record_as_it_was(tmp_path):
     from puyu.recipes.nano import NanoRecipe, build_corpus
@@ -252,7 +253,12 @@ def test_sft_arithmetic_p_close_reweights_only_the_extra_arithmetic_chats(tmp_pa
     a = (tmp_path / "a" / "sft_train.jsonl").read_text().splitlines()
     b = (tmp_path / "b" / "sft_train.jsonl").read_text().splitlines()
     assert len(a) == len(b) and a[:-1500] == b[:-1500]
-    # p_close 0 is the generator as it was: the same chats as arithmetic_chat without the argument
+    # p_close 0 is the generator as it was before the setting existed: these 300 chats hashed the same with the
+    # source of commit a36b412, and the recipe's chats are arithmetic_chat's own draws
+    rng = random.Random("puyu-sft-arith-0")
+    ex = {S.Problem(*x) for x in [(12, "+", 34), (48, "-", 51), (5, "-", 9)]}
+    old = json.dumps([S.arithmetic_chat(rng, ex, p_big=0.2, p_close=0.0) for _ in range(300)], sort_keys=True)
+    assert hashlib.sha256(old.encode()).hexdigest() == "82d0e00d247cf61a5cb2c9c8cd89efbfa34ca0a72ad474be5506e4756acc6c3f"
     rng = random.Random("puyu-sft-arith-0")
     held_out = {p for tests in _load_tests(tmp_path / "a") for p in tests}
     assert [json.loads(x) for x in a[-1500:]] == [S.arithmetic_chat(rng, held_out, p_big=0.2) for _ in range(1500)]
@@ -262,7 +268,7 @@ def test_sft_arithmetic_p_close_reweights_only_the_extra_arithmetic_chats(tmp_pa
                 for m in [re.fullmatch(r"(\d{1,2})-(\d{1,2})=-?\d+", json.loads(x)["messages"][-1]["content"])] if m]
         return sum(abs(int(x) - int(y)) <= 9 for x, y in subs) / len(subs)
 
-    # uniform: ~19% of two-digit-or-less subtractions are close; 0.5: half by construction plus the rest's share
+    # uniform: ~18% of the < 100 subtractions are close; 0.5: half by construction plus ~18% of the rest
     assert close_share(a[-1500:]) < 0.26 < 0.5 < close_share(b[-1500:])
     answers = [json.loads(x)["messages"][-1]["content"] for x in b[-1500:]]
     assert not {x[: x.index("=") + 1] for x in answers} & {p.prompt for p in held_out}

@@ -1209,7 +1209,9 @@ static inline void itile_finish(int fmt, int MR, int NR, const QAct *a, int m, c
 #endif
 #define PF_HINT _MM_HINT_T1
 #else
+#ifndef PF_DIST
 #define PF_DIST 512
+#endif
 #define PF_HINT _MM_HINT_T0
 #endif
 static inline __attribute__((always_inline)) void prefetch_rows(const int NR, const uint8_t *w, long rb, long off,

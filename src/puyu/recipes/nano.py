@@ -89,8 +89,9 @@ class CorpusSection:
     # stays as without them): SFT on the 4,000 mixed conversations alone left chat arithmetic 9-16 points below the
     # base model's (README "Eleventh round")
     sft_arithmetic_chats: int = 6000
-    # P(an arithmetic chat's subtraction has |a-b| <= 9), as arithmetic_p_close: the SFT models' remaining chat
-    # errors are mostly a-b with a small negative result (48-51 -> -4); 0.0: operands uniform (about 0.18 by chance)
+    # P(an arithmetic chat's subtraction with operands < 100 is drawn with |a-b| <= 9), as arithmetic_p_close; the
+    # rest keep uniform operands (|a-b| <= 9 in ~18% of them). The SFT models' remaining chat errors are mostly a-b
+    # with a small negative result (48-51 -> -4); 0.3 did not help overall (README "Twelfth round")
     sft_arithmetic_p_close: float = 0.0
     # P(an SFT conversation without a call, of the 4,000 drawn, offers the demo's tools all the same): the model
     # learns that a greeting or a sum needs no call when tools are on offer (drawn apart, like sft_more_cities).
@@ -328,8 +329,7 @@ def settings_diff(d: Path, settings: dict, defaults: dict | None = None) -> list
 
 # Settings added after runs were made whose default is not the behaviour from before them: a stage's settings.json
 # that lacks one of these keys was made with the value here (not with today's default), so --resume compares that.
-MADE_BEFORE = {"corpus.sft_arithmetic_chats": 0, "corpus.sft_no_call_tools": 0.0,
-               "corpus.sft_arithmetic_p_close": 0.0}
+MADE_BEFORE = {"corpus.sft_arithmetic_chats": 0, "corpus.sft_no_call_tools": 0.0}
 
 
 def check_resumable(dirs: dict[str, Path], settings: dict[str, dict]) -> None:
