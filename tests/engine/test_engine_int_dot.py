@@ -19,7 +19,8 @@ from puyu.engine.scheduler import Engine, decode, request_rope_base
 from puyu.model.quant import QuantLinear, quantize, quantize_model_
 
 pytestmark = pytest.mark.skipif(not fd.available(), reason="no C compiler: the kernel cannot be built here")
-# "-pf-l2": the prefetch distance and cache level built on AMD CPUs (-DPUYU_PF_L2), run here on any CPU
+# "-pf-l2": the settings built on AMD CPUs (fd.AMD_FLAGS: prefetch distance and cache level, one weight row per
+# single-row tile), run here on any CPU; the others build Intel's
 BUILDS = {"avx512": "avx512", "avx2": "avx2", "avx2-no-vnni": "avx2", "portable": "portable",
           "avx512-pf-l2": "avx512", "avx2-pf-l2": "avx2"}
 SHAPES = [(48, 64, 32), (45, 70, 32), (17, 33, 64), (130, 128, 128), (5, 300, 64), (13, 1056, 128), (27, 1030, 32),
@@ -30,8 +31,8 @@ def build_flags(build: str) -> tuple[str, ...]:
     if BUILDS[build] not in fd.cpu_isas():
         pytest.skip(f"this CPU cannot run the {build} build")
     flags = fd.AVX2_NO_VNNI_FLAGS if build == "avx2-no-vnni" else fd.ISA_FLAGS[BUILDS[build]]
-    flags = tuple(f for f in flags if f != "-DPUYU_PF_L2")  # the Intel setting, also on an AMD CPU
-    return (*flags, "-DPUYU_PF_L2") if build.endswith("-pf-l2") else flags
+    flags = tuple(f for f in flags if f not in fd.AMD_FLAGS)  # the Intel setting, also on an AMD CPU
+    return (*flags, *fd.AMD_FLAGS) if build.endswith("-pf-l2") else flags
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -879,6 +879,52 @@ static inline float qdot_scalar(const int fmt, const float *x, const uint8_t *ro
     return s;
 }
 
+#if defined(__AVX2__)
+
+/* Software prefetch for the integer tiles (and the bf16 ones): NR weight rows are read as NR streams, S bytes of each per step;
+ * each stream asks for the line PF_DIST bytes ahead of where it reads (past its row's end: the same row of
+ * the next tile, NR rows on, which this thread reads next), into L1. The hardware prefetcher alone fell
+ * behind on short rows (K = 2048: int4 rows are 1 KB, a 4 KB page holds 4 of them): measured on the
+ * 1.8B shapes, one product over ~1 GB of weights, 2 threads, CPU time (Sapphire Rapids, load 6-8):
+ * K = 2048 int8 21-25 -> 25-32 GB/s, int4 13-15 -> 17-21; K = 8192 (4-8 KB rows) unchanged within noise
+ * (distances 256-2048 and the L2 hint tried: 512 into L1 was best). */
+#ifdef PUYU_PF_L2
+/* AMD Zen 4 (what fused_decode.py builds with on an AuthenticAMD CPU): 4096 bytes ahead into L2 ran the
+ * 1.8B-shaped decode step in 89/98 ms per token where 512 into L1 took 152/127 (int8, AVX-512 build, two
+ * runs, 1 thread, CPU time, load 1.0-1.1), int4 64/63 vs 128/114, and with the AVX2 build int8 105/91 vs
+ * 181/172, int4 82/77 vs 125/125: Zen 4's L1 prefetch queue filled with 512-byte-ahead requests that
+ * arrived too late. Intel keeps the setting above (README "Performance"). */
+#ifndef PF_DIST  /* -DPF_DIST=N for tuning runs */
+#define PF_DIST 4096
+#endif
+#define PF_HINT _MM_HINT_T1
+#else
+#ifndef PF_DIST
+#define PF_DIST 512
+#endif
+#define PF_HINT _MM_HINT_T0
+#endif
+static inline __attribute__((always_inline)) void prefetch_rows(const int NR, const uint8_t *w, long rb, long off,
+                                                                int S) {
+    if ((off & 63) >= S) return;
+    long ahead = off + PF_DIST;
+    const uint8_t *p = w + ahead + (ahead >= rb ? (long)(NR - 1) * rb : 0);
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; j++) _mm_prefetch((const char *)p + j * rb, PF_HINT);
+}
+
+/* The int4 weights' group scales (float32 [N, K / G], one more stream per weight row, a quarter of the
+ * weights' bytes at G = 32) prefetched as well: at every 16th group (one cache line of scales) each row asks
+ * for the same line of the row NR on, which the next tile reads. Without it the scales came from memory on
+ * demand and stalled the loop: 1.8B-shaped int4 decode step, 1 thread (AMD EPYC Zen 5, 2026-12-03) 100 ->
+ * 52 ms (AVX-512 build), 65 -> 37 ms (AVX2 build); README "Performance". */
+static inline __attribute__((always_inline)) void prefetch_scales(const int NR, const float *sc, int ns, int g) {
+    if (g & 15) return;
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; j++) _mm_prefetch((const char *)(sc + (long)(j + NR) * ns + g), PF_HINT);
+}
+#endif
+
 #if PUYU_AVX512
 #define QVW 16
 typedef __m512 qvec;
@@ -946,6 +992,9 @@ static inline __attribute__((always_inline)) void qtile(const int fmt, const int
     int k = 0;
     for (; k + QVW <= K; k += QVW) {
         qvec wv[QVW], xv[QVW];
+        /* bf16 weights prefetched as the integer tiles' are: 1.8B-shaped bf16 decode 9.2 -> 10.8 tok/s (AVX-512
+         * build), 9.6 -> 13.3 (AVX2) on an AMD EPYC Zen 5, 2026-12-03 (README "Performance") */
+        if (fmt == FMT_BF16) prefetch_rows(NR, w, rb, 2L * k, 2 * QVW);
 #pragma GCC unroll 16
         for (int j = 0; j < NR; j++) wv[j] = qload(fmt, w + j * rb, sc + (long)j * ns, G, k);
 #pragma GCC unroll 16
@@ -1189,52 +1238,6 @@ static inline void itile_finish(int fmt, int MR, int NR, const QAct *a, int m, c
         }
 }
 
-#if IDOT
-
-/* Software prefetch for the integer tiles: NR weight rows are read as NR streams, S bytes of each per step;
- * each stream asks for the line PF_DIST bytes ahead of where it reads (past its row's end: the same row of
- * the next tile, NR rows on, which this thread reads next), into L1. The hardware prefetcher alone fell
- * behind on short rows (K = 2048: int4 rows are 1 KB, a 4 KB page holds 4 of them): measured on the
- * 1.8B shapes, one product over ~1 GB of weights, 2 threads, CPU time (Sapphire Rapids, load 6-8):
- * K = 2048 int8 21-25 -> 25-32 GB/s, int4 13-15 -> 17-21; K = 8192 (4-8 KB rows) unchanged within noise
- * (distances 256-2048 and the L2 hint tried: 512 into L1 was best). */
-#ifdef PUYU_PF_L2
-/* AMD Zen 4 (what fused_decode.py builds with on an AuthenticAMD CPU): 4096 bytes ahead into L2 ran the
- * 1.8B-shaped decode step in 89/98 ms per token where 512 into L1 took 152/127 (int8, AVX-512 build, two
- * runs, 1 thread, CPU time, load 1.0-1.1), int4 64/63 vs 128/114, and with the AVX2 build int8 105/91 vs
- * 181/172, int4 82/77 vs 125/125: Zen 4's L1 prefetch queue filled with 512-byte-ahead requests that
- * arrived too late. Intel keeps the setting above (README "Performance"). */
-#ifndef PF_DIST  /* -DPF_DIST=N for tuning runs */
-#define PF_DIST 4096
-#endif
-#define PF_HINT _MM_HINT_T1
-#else
-#ifndef PF_DIST
-#define PF_DIST 512
-#endif
-#define PF_HINT _MM_HINT_T0
-#endif
-static inline __attribute__((always_inline)) void prefetch_rows(const int NR, const uint8_t *w, long rb, long off,
-                                                                int S) {
-    if ((off & 63) >= S) return;
-    long ahead = off + PF_DIST;
-    const uint8_t *p = w + ahead + (ahead >= rb ? (long)(NR - 1) * rb : 0);
-#pragma GCC unroll 16
-    for (int j = 0; j < NR; j++) _mm_prefetch((const char *)p + j * rb, PF_HINT);
-}
-
-/* The int4 weights' group scales (float32 [N, K / G], one more stream per weight row, a quarter of the
- * weights' bytes at G = 32) prefetched as well: at every 16th group (one cache line of scales) each row asks
- * for the same line of the row NR on, which the next tile reads. Without it the scales came from memory on
- * demand and stalled the loop: 1.8B-shaped int4 decode step, 1 thread (AMD EPYC Zen 5, 2026-12-03) 100 ->
- * 52 ms (AVX-512 build), 65 -> 37 ms (AVX2 build); README "Performance". */
-static inline __attribute__((always_inline)) void prefetch_scales(const int NR, const float *sc, int ns, int g) {
-    if (g & 15) return;
-#pragma GCC unroll 16
-    for (int j = 0; j < NR; j++) _mm_prefetch((const char *)(sc + (long)(j + NR) * ns + g), PF_HINT);
-}
-#endif
-
 #if IDOT == 512
 /* MR activation rows x NR weight rows (MR * NR <= 16): sums[i * NR + j]. */
 static inline __attribute__((always_inline)) void itile(const int fmt, const int MR, const int NR, const QAct *a, int m,
@@ -1423,6 +1426,15 @@ static inline __attribute__((always_inline)) void itile_rows(const int fmt, cons
         }
 }
 
+/* Weight rows per tile when one input row is multiplied (a single stream's decode step): 8 rows share each
+ * load of the activations, but on an AMD EPYC Zen 5 one row at a time (one sequential stream per thread, as
+ * llama.cpp reads its weights) ran the 1.8B-shaped decode 1.11-1.41x faster (int8 and int4, AVX-512 and AVX2
+ * builds, 2026-12-03, README "Performance"), so fused_decode.py builds with -DPUYU_IROWS1=1 on AMD CPUs, as
+ * with PUYU_PF_L2; Intel keeps 8 (not measured there). */
+#ifndef PUYU_IROWS1
+#define PUYU_IROWS1 8
+#endif
+
 static inline __attribute__((always_inline)) void igemm_fmt(const int fmt, int M, const QAct *a, const QW *q,
                                                             const float *bias, float *y, int ldy, int c0, int c1,
                                                             int accumulate) {
@@ -1430,11 +1442,11 @@ static inline __attribute__((always_inline)) void igemm_fmt(const int fmt, int M
 #if ITILE_MAX == 16
     for (; m + 4 <= M; m += 4) itile_rows(fmt, 4, 4, m, c0, c1, a, q, bias, y, ldy, accumulate);
     for (; m + 2 <= M; m += 2) itile_rows(fmt, 2, 8, m, c0, c1, a, q, bias, y, ldy, accumulate);
-    for (; m < M; m++) itile_rows(fmt, 1, 8, m, c0, c1, a, q, bias, y, ldy, accumulate);
+    for (; m < M; m++) itile_rows(fmt, 1, PUYU_IROWS1, m, c0, c1, a, q, bias, y, ldy, accumulate);
 #elif ITILE_MAX == 8
     for (; m + 4 <= M; m += 4) itile_rows(fmt, 4, 2, m, c0, c1, a, q, bias, y, ldy, accumulate);
     for (; m + 2 <= M; m += 2) itile_rows(fmt, 2, 4, m, c0, c1, a, q, bias, y, ldy, accumulate);
-    for (; m < M; m++) itile_rows(fmt, 1, 8, m, c0, c1, a, q, bias, y, ldy, accumulate);
+    for (; m < M; m++) itile_rows(fmt, 1, PUYU_IROWS1, m, c0, c1, a, q, bias, y, ldy, accumulate);
 #else
     for (; m < M; m++) itile_rows(fmt, 1, 1, m, c0, c1, a, q, bias, y, ldy, accumulate);
 #endif

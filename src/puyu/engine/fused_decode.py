@@ -41,8 +41,9 @@ the AVX2 path can be measured and tested on an AVX-512 machine. `FusedDecode.isa
 `decode_path` (`fused-avx512`, `fused-avx2`, `fused-portable`) name the build that runs.
 
 Build: `cc -O3 -march=native -shared` (AVX2: plus `-mno-avx512f`; portable: no -march; on AMD CPUs plus
-`-DPUYU_PF_L2`, the integer tiles' weight prefetch 4 KB ahead into L2 instead of 512 bytes into L1; the int4
-scales are prefetched one tile ahead with the same hint) into
+`-DPUYU_PF_L2`, the integer tiles' weight prefetch 4 KB ahead into L2 instead of 512 bytes into L1, the int4
+scales are prefetched one tile ahead with the same hint; and `-DPUYU_IROWS1=1`, one weight row at a time in a
+single input row's integer products instead of 8) into
 `$PUYU_CACHE_DIR` (default `~/.cache/puyu/kernels`), named by a hash of the source, the flags, the
 compiler's version and the CPU's feature flags, so a changed source, another instruction set or another
 machine sharing the home directory builds its own. The build is atomic (rename), so parallel processes
@@ -100,9 +101,12 @@ def cpu_vendor() -> str:
 
 
 # On AMD, the integer tiles prefetch their weights 4 KB ahead into L2 instead of 512 bytes into L1
-# (fused_decode.c, PUYU_PF_L2: 1.4-2x faster int8/int4 decode on Zen 4; Intel is best with the latter).
+# (fused_decode.c, PUYU_PF_L2: 1.4-2x faster int8/int4 decode on Zen 4; Intel is best with the latter), and a
+# single input row's integer products read one weight row at a time instead of 8 (PUYU_IROWS1=1: 1.11-1.41x on
+# Zen 5; not measured on Intel, which keeps 8).
+AMD_FLAGS = ("-DPUYU_PF_L2", "-DPUYU_IROWS1=1")
 if cpu_vendor() == "AuthenticAMD":
-    _TUNE = (*_TUNE, "-DPUYU_PF_L2")
+    _TUNE = (*_TUNE, *AMD_FLAGS)
 _COMMON = ("-funroll-loops", "-fno-math-errno", "-fPIC", "-shared", "-pthread")
 AVX512_FLAGS = ("-O3", "-march=native", *_TUNE, *_COMMON)
 # -mno-avx512f turns every AVX-512 subset off, so this build runs the AVX2 + FMA code on any CPU
