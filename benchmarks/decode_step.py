@@ -114,8 +114,8 @@ def main() -> None:
             elif not torch.allclose(out, ref, atol=1e-4):
                 raise SystemExit(f"{name}: logits differ from the first variant by {(out - ref).abs().max():.2e}")
     load = os.getloadavg()[0]
-    print(f"{args.preset} {args.weights}, {B} rows x {args.keys} keys, {args.threads} threads, isa {first.isa}, {args.reps} x {args.steps} steps, "
-          f"load {load:.2f}")
+    print(f"{args.preset} {args.weights}, {B} rows x {args.keys} keys, {args.threads} threads, isa {first.isa}, "
+          f"{args.reps} x {args.steps} steps, load {load:.2f}")
     for name, _ in variants:
         v = times[name]
         line = (f"{name:>12}: median {statistics.median(v):8.0f} µs  min {min(v):8.0f}  max {max(v):8.0f}; caller's "

@@ -258,7 +258,8 @@ def test_sft_arithmetic_p_close_reweights_only_the_extra_arithmetic_chats(tmp_pa
     rng = random.Random("puyu-sft-arith-0")
     ex = {S.Problem(*x) for x in [(12, "+", 34), (48, "-", 51), (5, "-", 9)]}
     old = json.dumps([S.arithmetic_chat(rng, ex, p_big=0.2, p_close=0.0) for _ in range(300)], sort_keys=True)
-    assert hashlib.sha256(old.encode()).hexdigest() == "82d0e00d247cf61a5cb2c9c8cd89efbfa34ca0a72ad474be5506e4756acc6c3f"
+    pinned = "82d0e00d247cf61a5cb2c9c8cd89efbfa34ca0a72ad474be5506e4756acc6c3f"
+    assert hashlib.sha256(old.encode()).hexdigest() == pinned
     rng = random.Random("puyu-sft-arith-0")
     held_out = {p for tests in _load_tests(tmp_path / "a") for p in tests}
     assert [json.loads(x) for x in a[-1500:]] == [S.arithmetic_chat(rng, held_out, p_big=0.2) for _ in range(1500)]

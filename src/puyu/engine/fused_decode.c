@@ -881,9 +881,9 @@ static inline float qdot_scalar(const int fmt, const float *x, const uint8_t *ro
 
 #if defined(__AVX2__)
 
-/* Software prefetch for the integer tiles (and the bf16 ones): NR weight rows are read as NR streams, S bytes of each per step;
- * each stream asks for the line PF_DIST bytes ahead of where it reads (past its row's end: the same row of
- * the next tile, NR rows on, which this thread reads next), into L1. The hardware prefetcher alone fell
+/* Software prefetch for the integer tiles (and the bf16 ones): NR weight rows are read as NR streams, S
+ * bytes of each per step; each stream asks for the line PF_DIST bytes ahead of where it reads (past its
+ * row's end: the same row of the next tile, NR rows on, which this thread reads next), into L1. The hardware prefetcher alone fell
  * behind on short rows (K = 2048: int4 rows are 1 KB, a 4 KB page holds 4 of them): measured on the
  * 1.8B shapes, one product over ~1 GB of weights, 2 threads, CPU time (Sapphire Rapids, load 6-8):
  * K = 2048 int8 21-25 -> 25-32 GB/s, int4 13-15 -> 17-21; K = 8192 (4-8 KB rows) unchanged within noise
@@ -992,8 +992,9 @@ static inline __attribute__((always_inline)) void qtile(const int fmt, const int
     int k = 0;
     for (; k + QVW <= K; k += QVW) {
         qvec wv[QVW], xv[QVW];
-        /* bf16 weights prefetched as the integer tiles' are: 1.8B-shaped bf16 decode 9.2 -> 10.8 tok/s (AVX-512
-         * build), 9.6 -> 13.3 (AVX2) on an AMD EPYC Zen 5, 2026-12-03 (README "Performance") */
+        /* bf16 weights prefetched as the integer tiles' are: 1.8B-shaped bf16 single-stream decode 9.2 -> 10.8
+         * tok/s (AVX-512 build), 9.6 -> 13.3 (AVX2) on an AMD EPYC Zen 5, 2026-12-03 (README "Performance");
+         * not measured on Intel (the L1 setting) nor for the multi-row tiles of batches and prefill */
         if (fmt == FMT_BF16) prefetch_rows(NR, w, rb, 2L * k, 2 * QVW);
 #pragma GCC unroll 16
         for (int j = 0; j < NR; j++) wv[j] = qload(fmt, w + j * rb, sc + (long)j * ns, G, k);

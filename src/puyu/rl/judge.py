@@ -94,6 +94,12 @@ def broken_call(content: str, call: dict, fault: str, rng: random.Random, cities
     raise PairError(f"unknown tool fault {fault!r}; known: {', '.join(TOOL_FAULTS)}")
 
 
+def judge_breakage(content: str, call: dict, rng: random.Random) -> str:
+    """The judge's own tool perturbation (`perturb`, `worse_variant`): broken JSON, an unknown tool or another
+    city, one of the three at random (each drawn first, so the rng advances as it always has)."""
+    return rng.choice([broken_call(content, call, f, rng) for f in ("json", "unknown", "city")])
+
+
 def perturb(sample: dict, good: Reply, rng: random.Random) -> tuple[str, Reply] | None:
     """A worse variant of `good` for the domain the sample exercises: (domain, reply), or None."""
     kind = sample["kind"]
@@ -104,7 +110,7 @@ def perturb(sample: dict, good: Reply, rng: random.Random) -> tuple[str, Reply] 
         head = good.content.rsplit(str(ans), 1)
         return "arithmetic", Reply(f"{head[0]}{wrong}{head[1]}" if len(head) == 2 else str(wrong), True)
     if kind == "tool" and V.tool_call_score(good.content, sample) == 1.0 and choice < 0.5:
-        broken = rng.choice([broken_call(good.content, sample["call"], f, rng) for f in ("json", "unknown", "city")])
+        broken = judge_breakage(good.content, sample["call"], rng)
         if broken != good.content and V.tool_call_score(broken, sample) == 0.0:
             return "tool", Reply(broken, True)
     if choice < 0.75 or kind == "tool":
@@ -237,7 +243,8 @@ def tool_pairs(n: int, seed, faults: tuple[str, ...] = TOOL_FAULT_ORDER) -> list
         others = [c for c in V.CITIES if c != call["arguments"]["city"]]  # never the same city
         wrong = broken_call(right, call, faults[i % len(faults)], rng, cities=others)
         out.append({"system": "tool", "domain": "tool", "messages": sample["messages"], "tools": sample["tools"],
-                    "chosen": right, "rejected": wrong, "source": "programmatic", "prompt_id": f"tool:{sample['messages'][-1]['content']}"})
+                    "chosen": right, "rejected": wrong, "source": "programmatic",
+                    "prompt_id": f"tool:{sample['messages'][-1]['content']}"})
     return out
 
 
@@ -272,7 +279,7 @@ def worse_variant(sample: dict, good: Reply, domain: str, rng: random.Random) ->
         return Reply(f"{head[0]}{wrong}{head[1]}" if len(head) == 2 else str(wrong), True, good.n_tokens)
     if domain == "tool" and V.tool_call_score(good.content, sample) == 1.0:
         for _ in range(4):
-            broken = rng.choice([broken_call(good.content, sample["call"], f, rng) for f in ("json", "unknown", "city")])
+            broken = judge_breakage(good.content, sample["call"], rng)
             if broken != good.content and V.tool_call_score(broken, sample) == 0.0:
                 return Reply(broken, True)
         return None

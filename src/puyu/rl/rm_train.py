@@ -292,7 +292,7 @@ def run_rm(r: AlignRecipe) -> dict:
         samples = C.train_prompts(r, r.rm.judge_prompts, "rm")
         pairs += judge_pairs(actor.eval(), tok, samples, r.rm.samples, r.rm.max_new_tokens, r.rm.temperature, r.seed,
                              per_domain=r.rm.per_domain, group="train-")
-    drawn = programmatic_pairs(r) if r.rm.tool_pairs or r.rm.arithmetic_pairs else []
+    drawn = programmatic_pairs(r)  # [] unless rm.tool_pairs / rm.arithmetic_pairs
     if len(pairs) + len(drawn) < 2:
         raise C.ConfigError("the reward model needs pairs: list rm.pairs files or set rm.judge_prompts, "
                             "rm.tool_pairs or rm.arithmetic_pairs")
@@ -311,7 +311,8 @@ def run_rm(r: AlignRecipe) -> dict:
     # each, so adding them leaves the other domains' passes as they were (epochs rounded up to whole passes then;
     # without them, the data and its order stay as they were before the option existed)
     epochs = max(1, math.ceil(r.rm.epochs)) if train_drawn else r.rm.epochs
-    enc_train, enc_drawn = encode_pairs(tok, train, rm.reward_token_id), encode_pairs(tok, train_drawn, rm.reward_token_id)
+    enc_train = encode_pairs(tok, train, rm.reward_token_id)
+    enc_drawn = encode_pairs(tok, train_drawn, rm.reward_token_id)
     tr_data = enc_train * epochs + enc_drawn if enc_drawn else enc_train
     ho_data = encode_pairs(tok, held, rm.reward_token_id)
     steps = max(1, math.ceil((len(train) * epochs + len(train_drawn)) / r.rm.batch_size))
