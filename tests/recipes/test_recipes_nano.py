@@ -312,6 +312,25 @@ def test_a_stage_made_before_extra_sft_arithmetic_chats_is_refused_when_they_are
         plan_stages(dirs, more, True)
 
 
+def test_a_long_context_stage_made_with_stream_windows_is_refused_by_the_whole_document_recipe(tmp_path):
+    """A long-context settings.json without `longctx.pack` cut windows over the stream (MADE_BEFORE): reused when
+    the run asks for that (pack null, the old fit), refused with the key named under today's whole documents."""
+    from puyu.errors import ConfigError
+    from puyu.recipes.nano import NanoRecipe, plan_stages, stage_settings
+
+    st = {n: stage_settings(NanoRecipe(), n) for n in ("corpus", "pretrain", "longctx")}
+    assert st["longctx"]["longctx.pack"] == "docs"
+    dirs = _stage_dirs(tmp_path, ("corpus", "pretrain", "longctx"))
+    old = {n: {**{k: v for k, v in st[n].items() if not k.endswith(".pack")}, "longctx.pack_fit": "next"}
+           if n == "longctx" else {k: v for k, v in st[n].items() if not k.endswith(".pack")} for n in st}
+    for n in dirs:
+        _stamp(dirs[n], old[n])
+    then = {n: {**v, "longctx.pack": None, "longctx.pack_fit": "next"} if n == "longctx" else v for n, v in st.items()}
+    assert plan_stages(dirs, then, True) == {"corpus": "reuse", "pretrain": "reuse", "longctx": "reuse"}
+    with pytest.raises(ConfigError, match=r"longctx\.pack \(not set: made before this setting existed\) -> \"docs\""):
+        plan_stages(dirs, st, True)
+
+
 def test_pretraining_tool_dialogues_draw_from_more_cities_when_asked(tmp_path):
     """`corpus.pretrain_tool_cities`: pretraining tool calls name cities beyond the demo's ten (the argument is
     then a copy, not a prior over ten names); SFT dialogues keep the ten the evaluation asks about."""
@@ -388,6 +407,7 @@ def test_more_cities_swap_only_tool_dialogues_of_their_stage(tmp_path):
                                         ("corpus.passkey_tokens=[5, 1]", "corpus.passkey_tokens"),
                                         ("corpus.copy_items=[0, 0]", "corpus.copy_items"),
                                         ("corpus.long_passkey_tokens=[100]", "corpus.long_passkey_tokens"),
+                                        ("longctx.pack=windows", "longctx.pack must be stream, docs or null"),
                                         ("vocab_size=10", "vocab_size must be at least"),
                                         ("device=tpu", "device must be cpu, cuda"),
                                         ("device=mps", "MPS is not available")])
@@ -398,6 +418,21 @@ def test_corpus_ranges_and_eval_sizes_fail_before_the_first_stage(bad, words):
 
     with pytest.raises(ConfigError, match=words):
         load_recipe(None, [bad], cls=NanoRecipe).validate()
+
+
+def test_stage_packing_defaults_to_streams_before_sft_and_follows_the_recipe():
+    """`pack: null` keeps each stage's packing from before the setting existed (windows over the stream for
+    pretraining and long-context, whole conversations for SFT); the recipe keeps long-context documents whole,
+    so a passkey document's key and question are never cut apart."""
+    from puyu.recipes.nano import NanoRecipe, stage_recipe
+    from puyu.train.recipe import load_recipe
+
+    unset = load_recipe(None, [f"{n}.pack=null" for n in ("pretrain", "longctx", "sft")], cls=NanoRecipe)
+    assert [stage_recipe(unset, n, None).data.pack for n in ("pretrain", "longctx", "sft")] == ["stream", "stream", "docs"]
+    nano = load_recipe(None, [], cls=NanoRecipe)
+    data = stage_recipe(nano, "longctx", "x").data
+    assert (data.pack, data.pack_fit) == ("docs", "best")
+    assert stage_recipe(nano, "pretrain", None).data.pack == "stream"
 
 
 @pytest.mark.parametrize("bad, words", [("align.method=xyz", "grpo or ppo"), ("align.group_size=1", "group_size"),

@@ -7,7 +7,8 @@ Stages (each with its own progress bar; `--resume` skips finished ones):
   tokenizer  BPE with byte fallback, digits split one by one, chat tokens atomic
   shards     JSONL -> packed token shards with loss masks
   pretrain   nano InternLM2 from random init at `pretrain.seq_len` (the "4K" stage, scaled down)
-  longctx    continue at `longctx.seq_len` with `longctx.rope_theta` (the "32K, larger base" stage)
+  longctx    continue at `longctx.seq_len` with `longctx.rope_theta` (the "32K, larger base" stage), whole
+             documents in each row (`longctx.pack: docs`)
   sft        conversations, loss on assistant turns only
   eval       greedy: a+b / a-b on the held-out problems (< 100 and < 1000), passkey at the long-context
              training length, arithmetic through the chat template, sample chats (of the SFT model)
@@ -120,7 +121,10 @@ class StageSection:
     eval_every: int = 200
     doc_mask: bool = True
     rope_theta: float | None = None
-    pack_fit: str = "next"  # SFT only: how conversations fill rows (puyu.train.dataset.DocRows)
+    # How rows are cut from the stage's tokens (puyu.train.dataset): "stream" (windows over the concatenated
+    # documents) or "docs" (whole documents packed into rows); None: "docs" for SFT, "stream" otherwise.
+    pack: str | None = None
+    pack_fit: str = "next"  # with pack "docs": how documents fill rows (puyu.train.dataset.DocRows)
 
 
 @dataclass
@@ -154,8 +158,12 @@ class NanoRecipe:
     corpus: CorpusSection = field(default_factory=CorpusSection)
     pretrain: StageSection = field(default_factory=lambda: StageSection(
         seq_len=128, steps=2650, batch_size=12, lr=5e-4, warmup_steps=30, eval_every=530))  # 5e-4: README "Third round"
-    longctx: StageSection = field(default_factory=lambda: StageSection(  # 550 steps: README "Sixth round"
-        seq_len=512, steps=550, batch_size=3, lr=3e-4, warmup_steps=10, eval_every=275, rope_theta=100_000.0))
+    # 550 steps: README "Sixth round". Whole documents in each row (best fit, 99.6% of row tokens are document
+    # tokens): windows over the stream cut most full-length passkey documents between key and question
+    # (README "Thirteenth round")
+    longctx: StageSection = field(default_factory=lambda: StageSection(
+        seq_len=512, steps=550, batch_size=3, lr=3e-4, warmup_steps=10, eval_every=275, rope_theta=100_000.0,
+        pack="docs", pack_fit="best"))
     # 500 SFT steps, not 300: the city copy is learnt in a sudden transition that 300 steps missed on one seed
     # in four (tool call 10 -> 92%, the other three stay 100%), chat arithmetic +1.25 to +3.25 points on all four
     # (README "Eighth round"); 300, not 100: README "Seventh round". lr 2.5e-4, not 5e-4, with
@@ -199,6 +207,8 @@ class NanoRecipe:
                 raise ConfigError(f"corpus.{key} must be a probability in [0, 1], got {v}")
         for name in ("pretrain", "longctx", "sft"):
             st: StageSection = getattr(self, name)
+            if st.pack not in (None, "stream", "docs"):
+                raise ConfigError(f"{name}.pack must be stream, docs or null, got {st.pack!r}")
             if st.pack_fit not in ("next", "best"):
                 raise ConfigError(f"{name}.pack_fit must be next or best, got {st.pack_fit!r}")
             if st.steps <= 0 or st.batch_size <= 0 or st.seq_len < 2:
@@ -329,7 +339,7 @@ def settings_diff(d: Path, settings: dict, defaults: dict | None = None) -> list
 
 # Settings added after runs were made whose default is not the behaviour from before them: a stage's settings.json
 # that lacks one of these keys was made with the value here (not with today's default), so --resume compares that.
-MADE_BEFORE = {"corpus.sft_arithmetic_chats": 0, "corpus.sft_no_call_tools": 0.0}
+MADE_BEFORE = {"corpus.sft_arithmetic_chats": 0, "corpus.sft_no_call_tools": 0.0, "longctx.pack": None}
 
 
 def check_resumable(dirs: dict[str, Path], settings: dict[str, dict]) -> None:
@@ -591,7 +601,7 @@ def stage_recipe(r: NanoRecipe, name: str, init: str | None) -> Recipe:
                            max_position_embeddings=max(st.seq_len, 512) if init else None),
         data=DataSection(train=[str(shards / f"{name}_train")], val=[str(shards / f"{name}_val")],
                          tokenizer=str(out / "tokenizer"), seq_len=st.seq_len, doc_mask=st.doc_mask,
-                         pack="docs" if name == "sft" else "stream", pack_fit=st.pack_fit),
+                         pack=st.pack or ("docs" if name == "sft" else "stream"), pack_fit=st.pack_fit),
         optim=OptimSection(lr=st.lr, warmup_steps=st.warmup_steps, min_lr_ratio=st.min_lr_ratio,
                            weight_decay=st.weight_decay, grad_clip=st.grad_clip),
         train=TrainSection(out_dir=str(out / name), steps=st.steps, batch_size=st.batch_size, seed=r.seed,

@@ -290,7 +290,7 @@ def train(recipe: Recipe, resume: bool = False, stage: str = "pretrain", task_ho
             metrics.reset()
         if info.is_main:
             n_params = sum(p.numel() for p in lm.parameters())
-            fill = f" ({100 * rows.fill:.1f}% conversation, {recipe.data.pack_fit} fit)" if rows.fill is not None else ""
+            fill = f" ({100 * rows.fill:.1f}% document tokens, the rest padding; {recipe.data.pack_fit} fit)" if rows.fill is not None else ""
             print(f"[{stage}] {source}: {n_params / 1e6:.2f}M parameters, {rows.n_rows} rows of "
                   f"{recipe.data.seq_len} tokens{fill}, {info.world_size} process(es) on {info.device}, {precision}"
                   + (f", {threads} thread(s)" if threads else ""), file=sys.stderr)
