@@ -1038,10 +1038,51 @@ static inline __attribute__((always_inline)) void qtile_rows(const int fmt, cons
         }
 }
 
+/* A single input row's bf16 products one weight row at a time (a sequential stream per thread, four
+ * accumulator chains), instead of 16 (AVX-512) / 8 (AVX2) rows sharing each load of the activations: on by
+ * default on AMD (PUYU_FROWS1=1 in fused_decode.py's AMD_FLAGS), as PUYU_IROWS1 for the integer products.
+ * 1.8B-shaped bf16 single-stream decode on an AMD EPYC Zen 5, alternated in one process, medians of 4 rounds:
+ * AVX-512 build 9.28 -> 12.48 tok/s, AVX2 build 10.11 -> 13.27 (2026-12-03, README "Performance"). One chain
+ * (the tile code with one row) ran the AVX2 build slower than 8 rows. Not measured on Intel. */
+#ifndef PUYU_FROWS1
+#define PUYU_FROWS1 0
+#endif
+#if PUYU_AVX512
+#define QHSUM(v) _mm512_reduce_add_ps(v)
+#define QADD(a, b) _mm512_add_ps(a, b)
+#else
+#define QHSUM(v) hsum8(v)
+#define QADD(a, b) _mm256_add_ps(a, b)
+#endif
+static inline __attribute__((always_inline)) float qdot1_bf16(int K, const float *x, const uint8_t *row) {
+    qvec a0 = QZERO(), a1 = QZERO(), a2 = QZERO(), a3 = QZERO();
+    int k = 0;
+    for (; k + 4 * QVW <= K; k += 4 * QVW) {  /* 4 * QVW bf16 = 128 (AVX-512) / 64 (AVX2) bytes a step */
+        _mm_prefetch((const char *)row + 2L * k + PF_DIST, PF_HINT);
+        if (QVW == 16) _mm_prefetch((const char *)row + 2L * k + 64 + PF_DIST, PF_HINT);
+        a0 = QFMA(QLOADX(x + k), qload(FMT_BF16, row, NULL, 1, k), a0);
+        a1 = QFMA(QLOADX(x + k + QVW), qload(FMT_BF16, row, NULL, 1, k + QVW), a1);
+        a2 = QFMA(QLOADX(x + k + 2 * QVW), qload(FMT_BF16, row, NULL, 1, k + 2 * QVW), a2);
+        a3 = QFMA(QLOADX(x + k + 3 * QVW), qload(FMT_BF16, row, NULL, 1, k + 3 * QVW), a3);
+    }
+    for (; k + QVW <= K; k += QVW) a0 = QFMA(QLOADX(x + k), qload(FMT_BF16, row, NULL, 1, k), a0);
+    float s = QHSUM(QADD(QADD(a0, a1), QADD(a2, a3)));
+    return k < K ? s + qdot_scalar(FMT_BF16, x, row, NULL, 1, k, K) : s;
+}
+
 static inline __attribute__((always_inline)) void qgemm_fmt(const int fmt, int M, int K, const float *x, int ldx,
                                                             const QW *q, const float *bias, float *y, int ldy, int c0,
                                                             int c1, int accumulate) {
     int m = 0;
+#if PUYU_FROWS1
+    if (fmt == FMT_BF16 && M % 2 == 1) {  /* the single row left after the 4- and 2-row tiles */
+        long rb = q_row_bytes(fmt, K);
+        const uint8_t *W = (const uint8_t *)q->data;
+        for (int n = c0; n < c1; n++)
+            put(y + (long)(M - 1) * ldy + n, qdot1_bf16(K, x + (long)(M - 1) * ldx, W + n * rb), bias, n, accumulate);
+        M -= 1;
+    }
+#endif
 #if PUYU_AVX512
     for (; m + 4 <= M; m += 4) qtile_rows(fmt, 4, 4, m, c0, c1, K, x, ldx, q, bias, y, ldy, accumulate);
     for (; m + 2 <= M; m += 2) qtile_rows(fmt, 2, 8, m, c0, c1, K, x, ldx, q, bias, y, ldy, accumulate);

@@ -349,7 +349,8 @@ def train(recipe: Recipe, resume: bool = False, stage: str = "pretrain", task_ho
                     D.unwrap(net).lm.train()
                     metrics.log("task", done, elapsed_s=time.perf_counter() - t_start, **figures)
                 D.barrier(info)
-            bar.set_postfix_str(f"loss {train_loss:.3f} val {val_loss:.3f} lr {lr:.2e} {tok_s:,.0f} tok/s"
+            val = "" if math.isnan(val_loss) else f" val {val_loss:.3f}"  # none until the first validation
+            bar.set_postfix_str(f"loss {train_loss:.3f}{val} lr {lr:.2e} {tok_s:,.0f} tok/s"
                                 + (f" {threads}t" if threads else ""))
             bar.update(1)
             if done % tr.save_every == 0 or done == tr.steps:
