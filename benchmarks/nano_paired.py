@@ -6,7 +6,11 @@ the chat model (`sft/hf`) through the chat template (`puyu.train.evaluate`, as t
 report.json's per-problem `right` lists are used where present). Prints each run's accuracy and the exact McNemar
 test on the problems where exactly one of the two is right (`puyu.eval.stats.mcnemar`).
 
-    PYTHONPATH=src python benchmarks/nano_paired.py runs/A runs/B [--json out.json]
+With `--passkey N`, also passkey retrieval by the two base models on the same N keys at N evenly spread depths
+(`puyu.train.evaluate.passkey_accuracy`, the report's test with N depths instead of its 50; the prompt fills the
+long-context stage's rows), paired key by key.
+
+    PYTHONPATH=src python benchmarks/nano_paired.py runs/A runs/B [--passkey 200] [--json out.json]
 """
 
 from __future__ import annotations
@@ -36,10 +40,22 @@ def outcomes(run: Path) -> dict[str, list[bool]]:
             "chat": E.chat_arithmetic_accuracy(chat, tok, small)["right"]}
 
 
+def passkey_outcomes(run: Path, n: int) -> list[bool]:
+    """Per-key passkey outcomes of `run`'s base model (longctx/hf) at n depths, prompts of its long-context rows."""
+    from puyu.model.checkpoint import load_model
+    from puyu.model.tokenizer import load_tokenizer
+    from puyu.train import evaluate as E
+
+    settings = json.loads((run / "longctx" / "settings.json").read_text(encoding="utf-8"))
+    base = load_model(run / "longctx" / "hf", dtype="float32", device="cpu")
+    return E.passkey_accuracy(base, load_tokenizer(run / "tokenizer"), n, settings["longctx.seq_len"], seed=0)["right"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("a", type=Path)
     ap.add_argument("b", type=Path)
+    ap.add_argument("--passkey", type=int, default=0, metavar="N", help="also passkey at N depths (default: not)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     from puyu.eval.stats import mcnemar
@@ -52,6 +68,12 @@ def main() -> None:
         t = mcnemar(oa[k], ob[k])
         out[k] = {"a": sum(oa[k]) / len(oa[k]), "b": sum(ob[k]) / len(ob[k]), "n": len(oa[k]), **t}
         print(f"{k} arithmetic < 100: A {100 * out[k]['a']:.1f}% -> B {100 * out[k]['b']:.1f}% of {out[k]['n']}; "
+              f"right in A only {t['a_only']}, in B only {t['b_only']}; exact McNemar p = {t['p_value']:.3g}")
+    if args.passkey:
+        pa, pb = passkey_outcomes(args.a, args.passkey), passkey_outcomes(args.b, args.passkey)
+        t = mcnemar(pa, pb)
+        out["passkey"] = {"a": sum(pa) / len(pa), "b": sum(pb) / len(pb), "n": len(pa), **t}
+        print(f"passkey ({len(pa)} depths): A {100 * out['passkey']['a']:.1f}% -> B {100 * out['passkey']['b']:.1f}%; "
               f"right in A only {t['a_only']}, in B only {t['b_only']}; exact McNemar p = {t['p_value']:.3g}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))

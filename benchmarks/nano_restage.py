@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -86,8 +87,8 @@ def main() -> None:
             new = {k: v for k, v in stage_settings(r, "corpus" if name == "data" else name).items()
                    if k.startswith(prefix)}
             marker.write_text(json.dumps({**old, **new}, indent=1))
-    sets = " ".join(f"--set {o}" for o in args.overrides)
-    print(f"{' and '.join(same)} data identical to {args.src}'s; now:\n  puyu demo --resume --set out_dir={args.dst} {sets}")
+    sets = " ".join(f"--set {shlex.quote(o)}" for o in args.overrides)  # pasteable: values may hold spaces, braces
+    print(f"{' and '.join(same)} data identical to {args.src}'s; now:\n  puyu demo --resume --set {shlex.quote(f'out_dir={args.dst}')} {sets}")
 
 
 if __name__ == "__main__":

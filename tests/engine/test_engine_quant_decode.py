@@ -56,7 +56,7 @@ def full_logits(model, tokens, base):
 
 
 @pytest.mark.parametrize("fmt", FMTS)
-@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "avx512-amd", "avx2-amd"])
 def test_quantized_decode_equals_the_models_forward(isa, fmt):
     """Logits of a quantized model through the kernel (prefill, then decode with the batch's rows split
     and with the weight rows split) against its forward on the same dequantized weights."""
@@ -64,7 +64,7 @@ def test_quantized_decode_equals_the_models_forward(isa, fmt):
                                        num_key_value_heads=2, bias=True), fmt, 32)
     cfg = model.config
     step = FusedDecode(model, threads=2, flags=isa_flags(isa), act="f32")
-    assert step.path == f"fused-{isa}-{fmt}"
+    assert step.path == f"fused-{isa.removesuffix('-amd')}-{fmt}"
     cache = PagedKVCache(cfg, num_blocks=80, block_size=8)
     g = torch.Generator().manual_seed(5)
     prompts = [torch.randint(3, cfg.vocab_size, (n,), generator=g).tolist() for n in (9, 30, 3, 17, 12)]

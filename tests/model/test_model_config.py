@@ -52,6 +52,17 @@ def test_config_json_round_trip_and_real_variants(tmp_path):
         ModelConfig.load(tmp_path)
 
 
+@pytest.mark.parametrize("text, kind", [("[]", "array"), ("null", "null"), ('"x"', "string"), ("3", "number")])
+def test_a_config_json_that_is_not_an_object_is_a_one_line_error(tmp_path, text, kind):
+    """Valid JSON of another shape (a user's truncated or mistyped file) is named, not an AttributeError."""
+    from puyu.model.llama_layout import detect_layout
+
+    (tmp_path / "config.json").write_text(text)
+    for read in (detect_layout, ModelConfig.load):
+        with pytest.raises(ConfigError, match=rf"config.json holds a JSON {kind}, not an object"):
+            read(tmp_path)
+
+
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown preset"):
         get_preset("internlm2-70b")

@@ -36,6 +36,20 @@ def test_load_quantizes_like_the_float_model(tmp_path, fmt):
     assert got.model.layers[0].attention.wqkv.bias.abs().sum() > 0  # biases kept
 
 
+def test_packed_weights_with_a_16_bit_dtype_are_refused_before_loading(tmp_path, capsys):
+    """The model around packed layers runs in float32; a bf16/fp16 rest made the engine fail mid-generation
+    (query float32, keys bfloat16). Refused up front, for a directory, a preset and through the CLI."""
+    save_pretrained(make_model(), tmp_path / "f", dtype="bfloat16")
+    for src in (tmp_path / "f", "nano"):
+        for dtype in ("bfloat16", torch.float16):
+            with pytest.raises(CheckpointError, match=r"runs in float32 .* leave dtype unset or use float32"):
+                load_model(src, weights="int8", dtype=dtype)
+    assert isinstance(load_model(tmp_path / "f", weights="bf16", dtype="float32").model.layers[0].feed_forward.w2,
+                      QuantLinear)
+    assert main(["generate", "--model", str(tmp_path / "f"), "--weights", "bf16", "--dtype", "bfloat16", "--ids", "1 2"]) != 0
+    assert "not bfloat16" in capsys.readouterr().err
+
+
 def test_quantize_command_writes_a_checkpoint_that_reloads(tmp_path, capsys):
     save_pretrained(make_model(), tmp_path / "f", dtype="bfloat16")
     assert main(["quantize", str(tmp_path / "f"), str(tmp_path / "q"), "--weights", "int4", "--group", "32"]) == 0

@@ -308,26 +308,30 @@ def test_a_stage_made_before_extra_sft_arithmetic_chats_is_refused_when_they_are
     none = {n: {**v, "corpus.sft_arithmetic_chats": 0} for n, v in st.items()}
     assert plan_stages(dirs, none, True) == {"corpus": "reuse", "sft": "reuse"}
     more = {n: {**v, "corpus.sft_arithmetic_chats": 6000} for n, v in st.items()}
-    with pytest.raises(ConfigError, match=r"corpus\.sft_arithmetic_chats \(not set: made before this setting existed\) -> 6000"):
+    with pytest.raises(ConfigError, match=r"corpus\.sft_arithmetic_chats \(not set: made before this setting existed, i\.e\. 0\) -> 6000"):
         plan_stages(dirs, more, True)
 
 
 def test_a_long_context_stage_made_with_stream_windows_is_refused_by_the_whole_document_recipe(tmp_path):
     """A long-context settings.json without `longctx.pack` cut windows over the stream (MADE_BEFORE): reused when
-    the run asks for that (pack null, the old fit), refused with the key named under today's whole documents."""
+    the run asks for stream rows (`stream`, or null: the stage's old packing; the fit, unused there, whatever it
+    is), refused with the key and the old value named under today's whole documents."""
     from puyu.errors import ConfigError
     from puyu.recipes.nano import NanoRecipe, plan_stages, stage_settings
+    from puyu.train.recipe import load_recipe
 
     st = {n: stage_settings(NanoRecipe(), n) for n in ("corpus", "pretrain", "longctx")}
-    assert st["longctx"]["longctx.pack"] == "docs"
+    assert (st["longctx"]["longctx.pack"], st["longctx"]["longctx.pack_fit"]) == ("docs", "best")
+    assert st["pretrain"]["pretrain.pack"] == "stream"
     dirs = _stage_dirs(tmp_path, ("corpus", "pretrain", "longctx"))
-    old = {n: {**{k: v for k, v in st[n].items() if not k.endswith(".pack")}, "longctx.pack_fit": "next"}
-           if n == "longctx" else {k: v for k, v in st[n].items() if not k.endswith(".pack")} for n in st}
-    for n in dirs:
-        _stamp(dirs[n], old[n])
-    then = {n: {**v, "longctx.pack": None, "longctx.pack_fit": "next"} if n == "longctx" else v for n, v in st.items()}
-    assert plan_stages(dirs, then, True) == {"corpus": "reuse", "pretrain": "reuse", "longctx": "reuse"}
-    with pytest.raises(ConfigError, match=r"longctx\.pack \(not set: made before this setting existed\) -> \"docs\""):
+    for n in dirs:  # as an older puyu wrote them: no pack keys, every fit "next"
+        _stamp(dirs[n], {k: "next" if k.endswith(".pack_fit") else v for k, v in st[n].items() if not k.endswith(".pack")})
+    for sets in (["longctx.pack=stream"], ["longctx.pack=null"], ["longctx.pack=stream", "longctx.pack_fit=best"]):
+        r = load_recipe(None, sets, cls=NanoRecipe)
+        then = {n: stage_settings(r, n) for n in st}
+        assert plan_stages(dirs, then, True) == {"corpus": "reuse", "pretrain": "reuse", "longctx": "reuse"}, sets
+    with pytest.raises(ConfigError, match=r"longctx\.pack \(not set: made before this setting existed, i\.e\. \"stream\"\) "
+                                          r"-> \"docs\""):
         plan_stages(dirs, st, True)
 
 
@@ -580,5 +584,5 @@ def test_a_setting_added_after_a_stage_was_made_counts_as_unchanged_at_its_defau
     assert plan_stages(dirs, st, True) == {"corpus": "reuse", "pretrain": "reuse", "sft": "reuse"}
     best = {n: {**v, "sft.pack_fit": "best"} if "sft.pack_fit" in v else v for n, v in st.items()}
     with pytest.raises(ConfigError, match=r"sft was made with other settings .*sft\.pack_fit \(not set: made before this setting "
-                                          r"existed\) -> \"best\""):
+                                          r"existed, i\.e\. \"next\"\) -> \"best\""):
         plan_stages(dirs, best, True)

@@ -103,8 +103,8 @@ def cpu_vendor() -> str:
 # On AMD, the integer tiles prefetch their weights 4 KB ahead into L2 instead of 512 bytes into L1
 # (fused_decode.c, PUYU_PF_L2: 1.4-2x faster int8/int4 decode on Zen 4; Intel is best with the latter), and a
 # single input row's integer products read one weight row at a time instead of 8 (PUYU_IROWS1=1: 1.11-1.41x on
-# Zen 5), and so do its bf16 products (PUYU_FROWS1=1, four accumulator chains: 1.31-1.34x on Zen 5); neither
-# measured on Intel, which keeps the multi-row tiles.
+# Zen 5), and so do its bf16 products (PUYU_FROWS1=1, four accumulator chains: 1.34x / 1.31x on Zen 5, AVX-512 /
+# AVX2 build, medians of 4 alternated rounds); neither measured on Intel, which keeps the multi-row tiles.
 AMD_FLAGS = ("-DPUYU_PF_L2", "-DPUYU_IROWS1=1", "-DPUYU_FROWS1=1")
 if cpu_vendor() == "AuthenticAMD":
     _TUNE = (*_TUNE, *AMD_FLAGS)

@@ -213,12 +213,16 @@ def _set_packed(model: nn.Module, name: str, packed: Packed) -> None:
     setattr(parent, attr, new)
 
 
-def _check_weights(weights: str | None, group: int, device: torch.device) -> str:
+def _check_weights(weights: str | None, group: int, device: torch.device, dtype=None) -> str:
     fmt = weights or "f32"
     check_format(fmt, group)
     if fmt != "f32" and device.type != "cpu":
         raise CheckpointError(f"weights={fmt!r} is a CPU format (the native decode kernel reads it); "
                               f"load on the CPU or leave weights unset")
+    if fmt != "f32" and dtype is not None and resolve_dtype(dtype, device) != torch.float32:
+        name = str(resolve_dtype(dtype, device)).replace("torch.", "")
+        raise CheckpointError(f"weights={fmt!r}: the model around its packed layers runs in float32 (a 16-bit KV "
+                              f"cache is --kv bf16); leave dtype unset or use float32, not {name}")
     return fmt
 
 
@@ -226,7 +230,7 @@ def load_checkpoint(path: str | Path, dtype=None, device=None, weights: str | No
                     group: int = DEFAULT_GROUP) -> InternLM2ForCausalLM:
     path = Path(path)
     device = resolve_device(device)
-    fmt = _check_weights(weights, group, device)
+    fmt = _check_weights(weights, group, device, dtype)
     from puyu.model.awq import awq_settings
     from puyu.model.llama_layout import detect_layout
 
@@ -491,6 +495,9 @@ def load_model(path_or_preset: str | Path, dtype=None, device=None, seed: int = 
     p = Path(path_or_preset)
     from puyu.model.gguf_file import is_gguf
 
+    if weights is not None:  # before any file is read
+        _check_weights(weights, group, resolve_device(device), dtype)
+
     if is_gguf(p):  # a GGUF file (llama.cpp's format): puyu.model.gguf_file
         if device is not None and resolve_device(device).type != "cpu":
             raise CheckpointError(f"{p}: GGUF files load on the CPU only")
@@ -499,7 +506,7 @@ def load_model(path_or_preset: str | Path, dtype=None, device=None, seed: int = 
         return load_checkpoint(p, dtype=dtype, device=device, weights=weights, group=group)
     if str(path_or_preset) in PRESETS:
         dev = resolve_device(device)
-        fmt = _check_weights(weights, group, dev)
+        fmt = _check_weights(weights, group, dev, dtype)
         model = InternLM2ForCausalLM(get_preset(str(path_or_preset))).reset_parameters(seed=seed)
         return quantize_model_(model.to(device=dev, dtype=resolve_dtype(dtype, dev)).eval(), fmt, group)
     raise CheckpointError(f"{path_or_preset!r} is neither a checkpoint directory nor a preset "

@@ -20,6 +20,14 @@ _IGNORED_KEYS = {
 }
 
 
+def config_object(d: Any, path: str | Path) -> dict:
+    """`d` (config.json's parsed content) when it is a JSON object; ConfigError naming what else it is."""
+    if not isinstance(d, dict):
+        kind = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(d), "null")
+        raise ConfigError(f"{path} holds a JSON {kind}, not an object of model settings")
+    return d
+
+
 @dataclass
 class ModelConfig:
     """Mirrors InternLM2 `config.json`. Defaults are the released 7B shape."""
@@ -143,7 +151,7 @@ class ModelConfig:
             d = json.loads(p.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{p} is not valid JSON: {e}") from None
-        return cls.from_hf_dict(d)
+        return cls.from_hf_dict(config_object(d, p))
 
     def save(self, path: str | Path) -> None:
         p = Path(path)

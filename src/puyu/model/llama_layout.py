@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from puyu.errors import CheckpointError, ConfigError
-from puyu.model.config import ModelConfig
+from puyu.model.config import ModelConfig, config_object
 
 _LAYER_RENAMES = [  # (InternLM2 suffix, LLaMA suffix) inside model.layers.{i}.
     ("attention.wo", "self_attn.o_proj"),
@@ -167,9 +167,10 @@ def detect_layout(path: str | Path) -> str:
     if not p.exists():
         raise CheckpointError(f"no config.json in {path}")
     try:
-        mt = json.loads(p.read_text(encoding="utf-8")).get("model_type")
-    except json.JSONDecodeError as e:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p} is not valid JSON: {e}") from None
+    mt = config_object(raw, p).get("model_type")
     if mt not in ("internlm2", "llama"):
         raise ConfigError(f"{p}: model_type {mt!r} is neither 'internlm2' nor 'llama'")
     return mt

@@ -159,7 +159,7 @@ class NanoRecipe:
     pretrain: StageSection = field(default_factory=lambda: StageSection(
         seq_len=128, steps=2650, batch_size=12, lr=5e-4, warmup_steps=30, eval_every=530))  # 5e-4: README "Third round"
     # 550 steps: README "Sixth round". Whole documents in each row (best fit, 99.6% of row tokens are document
-    # tokens): windows over the stream cut most full-length passkey documents between key and question
+    # tokens): windows over the stream cut ~93% of the full-length passkey documents between key and question
     # (README "Thirteenth round")
     longctx: StageSection = field(default_factory=lambda: StageSection(
         seq_len=512, steps=550, batch_size=3, lr=3e-4, warmup_steps=10, eval_every=275, rope_theta=100_000.0,
@@ -291,6 +291,11 @@ def stage_settings(r: NanoRecipe, stage: str) -> dict:
                 out.update({f"{key}.{k}": x for k, x in v.items()})
             else:
                 out[key] = v
+    for name in ("pretrain", "longctx", "sft"):  # the packing a stage's rows were cut with, not how it was asked for
+        if f"{name}.pack" in out:
+            out[f"{name}.pack"] = out[f"{name}.pack"] or ("docs" if name == "sft" else "stream")
+            if out[f"{name}.pack"] == "stream":  # the fit is unused; "next", what stream stages recorded before pack
+                out[f"{name}.pack_fit"] = "next"
     return json.loads(json.dumps(out))
 
 
@@ -333,13 +338,17 @@ def settings_diff(d: Path, settings: dict, defaults: dict | None = None) -> list
     def shown(values, k, absent):
         return json.dumps(values[k]) if k in values else absent  # as the recipe file writes it: true, null, "best"
 
-    return [f"{k} {shown(old, k, '(not set: made before this setting existed)')} -> {shown(settings, k, '(not set)')}"
+    def before(k):  # what a stage made before the setting existed was made with
+        return f"(not set: made before this setting existed, i.e. {json.dumps(defaults[k])})" if k in defaults else \
+            "(not set: made before this setting existed)"
+
+    return [f"{k} {shown(old, k, before(k))} -> {shown(settings, k, '(not set)')}"
             for k in sorted(set(old) | set(settings)) if not same(k)]
 
 
 # Settings added after runs were made whose default is not the behaviour from before them: a stage's settings.json
 # that lacks one of these keys was made with the value here (not with today's default), so --resume compares that.
-MADE_BEFORE = {"corpus.sft_arithmetic_chats": 0, "corpus.sft_no_call_tools": 0.0, "longctx.pack": None}
+MADE_BEFORE = {"corpus.sft_arithmetic_chats": 0, "corpus.sft_no_call_tools": 0.0, "longctx.pack": "stream"}
 
 
 def check_resumable(dirs: dict[str, Path], settings: dict[str, dict]) -> None:

@@ -80,7 +80,8 @@ def chat_arithmetic_accuracy(model, tokenizer, problems: list[Problem], engine=N
 
 def passkey_accuracy(model, tokenizer, n: int, target_tokens: int, seed: int = 0, engine=None) -> dict:
     """Keys hidden at evenly spread depths in prompts of about `target_tokens` tokens (the filler is
-    sized so the whole prompt fits); greedy continuation must start with the 5-digit key."""
+    sized so the whole prompt fits); greedy continuation must start with the 5-digit key. `right`: per key, in
+    depth order (the same keys and depths for the same `n`, `seed` and tokenizer: runs compare key by key)."""
     engine = engine or _engine(model, tokenizer)
     rng = random.Random(f"puyu-passkey-eval-{seed}")
     # The most filler blocks such that prompt + answer (6 new tokens) stays within target_tokens.
@@ -91,10 +92,9 @@ def passkey_accuracy(model, tokenizer, n: int, target_tokens: int, seed: int = 0
     depths = [(i + 0.5) / n for i in range(n)]
     prompts = [[tokenizer.bos_id] + tokenizer.encode(passkey_prompt(k, n_filler, d)) for k, d in zip(keys, depths)]
     results = _greedy(engine, prompts, max_new=6, stop_ids=[tokenizer.eos_id])
-    correct = 0
-    for k, r in zip(keys, results):
-        correct += tokenizer.decode(r.token_ids).strip().startswith(str(k))
-    return {"accuracy": correct / max(n, 1), "n": n, "prompt_tokens": len(prompts[0]), "n_filler": n_filler}
+    right = [tokenizer.decode(r.token_ids).strip().startswith(str(k)) for k, r in zip(keys, results)]
+    return {"accuracy": sum(right) / max(n, 1), "n": n, "prompt_tokens": len(prompts[0]), "n_filler": n_filler,
+            "right": right}
 
 
 SAMPLE_CHATS = [
