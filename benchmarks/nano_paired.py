@@ -40,15 +40,27 @@ def outcomes(run: Path) -> dict[str, list[bool]]:
             "chat": E.chat_arithmetic_accuracy(chat, tok, small)["right"]}
 
 
-def passkey_outcomes(run: Path, n: int) -> list[bool]:
-    """Per-key passkey outcomes of `run`'s base model (longctx/hf) at n depths, prompts of its long-context rows."""
+def longctx_seq_len(run: Path) -> int:
+    """The long-context stage's row length: its settings.json, else report.json's recipe; SystemExit without one."""
+    for f, get in ((run / "longctx" / "settings.json", lambda d: d.get("longctx.seq_len")),
+                   (run / "report.json", lambda d: d.get("recipe", {}).get("longctx", {}).get("seq_len"))):
+        try:
+            v = get(json.loads(f.read_text(encoding="utf-8")))
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(v, int) and v > 0:
+            return v
+    raise SystemExit(f"{run}: no long-context row length in longctx/settings.json or report.json")
+
+
+def passkey_outcomes(run: Path, n: int, seq_len: int) -> list[bool]:
+    """Per-key passkey outcomes of `run`'s base model (longctx/hf) at n depths, prompts of seq_len tokens."""
     from puyu.model.checkpoint import load_model
     from puyu.model.tokenizer import load_tokenizer
     from puyu.train import evaluate as E
 
-    settings = json.loads((run / "longctx" / "settings.json").read_text(encoding="utf-8"))
     base = load_model(run / "longctx" / "hf", dtype="float32", device="cpu")
-    return E.passkey_accuracy(base, load_tokenizer(run / "tokenizer"), n, settings["longctx.seq_len"], seed=0)["right"]
+    return E.passkey_accuracy(base, load_tokenizer(run / "tokenizer"), n, seq_len, seed=0)["right"]
 
 
 def main() -> None:
@@ -62,6 +74,12 @@ def main() -> None:
 
     if (args.a / "data" / "test_problems.json").read_bytes() != (args.b / "data" / "test_problems.json").read_bytes():
         raise SystemExit("the two runs hold different held-out problems: no paired comparison")
+    if args.passkey < 0:
+        raise SystemExit("--passkey must be >= 0")
+    if args.passkey:  # the same prompts for both, checked before any work
+        seq_len = {longctx_seq_len(args.a), longctx_seq_len(args.b)}
+        if len(seq_len) > 1:
+            raise SystemExit(f"the two runs' long-context rows differ in length ({sorted(seq_len)}): no paired passkey")
     oa, ob = outcomes(args.a), outcomes(args.b)
     out = {}
     for k in ("base", "chat"):
@@ -70,7 +88,8 @@ def main() -> None:
         print(f"{k} arithmetic < 100: A {100 * out[k]['a']:.1f}% -> B {100 * out[k]['b']:.1f}% of {out[k]['n']}; "
               f"right in A only {t['a_only']}, in B only {t['b_only']}; exact McNemar p = {t['p_value']:.3g}")
     if args.passkey:
-        pa, pb = passkey_outcomes(args.a, args.passkey), passkey_outcomes(args.b, args.passkey)
+        (L,) = seq_len
+        pa, pb = passkey_outcomes(args.a, args.passkey, L), passkey_outcomes(args.b, args.passkey, L)
         t = mcnemar(pa, pb)
         out["passkey"] = {"a": sum(pa) / len(pa), "b": sum(pb) / len(pb), "n": len(pa), **t}
         print(f"passkey ({len(pa)} depths): A {100 * out['passkey']['a']:.1f}% -> B {100 * out['passkey']['b']:.1f}%; "

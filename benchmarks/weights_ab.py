@@ -11,7 +11,9 @@ optionally with `src:PATH` to build another copy of fused_decode.c. The model (r
 `--shape`, packed in `--weights`, one matrix at a time: `benchmarks/quant.py`'s `packed_random_model`) is made
 once, then every round decodes `--new-tokens` tokens after a `--prompt`-token prompt with each variant, in
 alternating order, and prints the single-stream rate (what `benchmarks/quant.py` measures, prefill excluded)
-with the 1-minute load; at the end, per variant, the median, min and max.
+with the 1-minute load; at the end, per variant, the median, min and max. Every variant is built before the model
+is made (a build error stops the A/B), and a round that did not decode on the native kernel stops it too. Meant
+for the 1.8B / 7B shapes: a nano step is too short for a per-token rate.
 
 Why one process: on the 2-core VMs of this project the same build decoded the 1.8B shape at 19-50 tok/s in
 different processes (the host's memory bandwidth moved alike), while variants alternated within one process kept
@@ -62,29 +64,47 @@ def main() -> None:
     variants = [parse_variant(v) for v in args.variant]
     if len({n for n, _, _ in variants}) != len(variants):
         raise SystemExit("--variant names must differ")
+    if args.rounds < 1 or args.new_tokens < 8 or args.prompt < 1 or args.threads < 1:
+        raise SystemExit("--rounds, --prompt and --threads must be >= 1 and --new-tokens >= 8")
 
     import torch
 
     import puyu.engine.fused_decode as fd
+    from puyu.model.config import PRESETS
 
-    qb = _quant_bench()
-    torch.set_num_threads(args.threads)
+    if args.shape not in PRESETS:
+        raise SystemExit(f"--shape {args.shape!r} is not a preset ({', '.join(PRESETS)})")
     source, base = fd.SOURCE, fd.default_flags()
-    print(f"[weights_ab] packing a {args.shape}-shaped model in {args.weights} (group {args.group}) ...", flush=True)
-    model = qb.packed_random_model(args.shape, args.weights, args.group)
-    rates: dict[str, list[float]] = {n: [] for n, _, _ in variants}
+
+    def use(i: int, src: Path | None, extra: tuple[str, ...]) -> None:
+        fd.SOURCE = src or source
+        # a macro of the variant's index keys the kernel's build cache (by flags) apart for each variant
+        fd.default_flags = lambda: (*base, *extra, f"-DPUYU_AB_VARIANT={i}")
+
     try:
+        for i, (name, src, extra) in enumerate(variants):  # every build before the (slow) model: errors first
+            use(i, src, extra)
+            try:
+                fd.load()
+            except fd.FusedDecodeUnavailable as e:
+                raise SystemExit(f"--variant {name}: the kernel does not build: {e}") from None
+        qb = _quant_bench()
+        torch.set_num_threads(args.threads)
+        print(f"[weights_ab] packing a {args.shape}-shaped model in {args.weights} (group {args.group}) ...", flush=True)
+        model = qb.packed_random_model(args.shape, args.weights, args.group)
+        rates: dict[str, list[float]] = {n: [] for n, _, _ in variants}
+        order = list(enumerate(variants))
         for r in range(args.rounds):
-            for name, src, extra in variants if r % 2 == 0 else variants[::-1]:
-                fd.SOURCE = src or source
-                # a distinct macro per variant keys the kernel's build cache apart
-                fd.default_flags = lambda extra=extra, name=name: (*base, *extra, f"-DPUYU_AB_{name.upper()}")
+            for i, (name, src, extra) in order if r % 2 == 0 else order[::-1]:
+                use(i, src, extra)
                 out = qb.decode_speed(model, args.prompt, args.new_tokens)
+                if not out["decode_path"].startswith("fused"):
+                    raise SystemExit(f"--variant {name} decoded on {out['decode_path']}, not the native kernel")
                 rates[name].append(out["tok_s"])
                 print(f"round {r} {name}: {out['tok_s']:.2f} tok/s, CPU {out['cpu_s_per_token'] * 1e3:.0f} ms/token, "
                       f"path {out['decode_path']}, load {os.getloadavg()[0]:.2f}", flush=True)
     finally:
-        fd.SOURCE = source
+        fd.SOURCE, fd.default_flags = source, lambda: base
     for name, v in rates.items():
         print(f"{name}: median {statistics.median(v):.2f} tok/s (min {min(v):.2f}, max {max(v):.2f}, {len(v)} rounds)")
 

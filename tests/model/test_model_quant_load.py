@@ -48,6 +48,10 @@ def test_packed_weights_with_a_16_bit_dtype_are_refused_before_loading(tmp_path,
                       QuantLinear)
     assert main(["generate", "--model", str(tmp_path / "f"), "--weights", "bf16", "--dtype", "bfloat16", "--ids", "1 2"]) != 0
     assert "not bfloat16" in capsys.readouterr().err
+    assert main(["quantize", str(tmp_path / "f"), str(tmp_path / "q"), "--weights", "int8"]) == 0  # packed as stored
+    with pytest.raises(CheckpointError, match=r"a packed checkpoint\): the model around its packed layers runs in float32"):
+        load_model(tmp_path / "q", dtype="float16")
+    assert isinstance(load_model(tmp_path / "q").model.layers[0].feed_forward.w2, QuantLinear)
 
 
 def test_quantize_command_writes_a_checkpoint_that_reloads(tmp_path, capsys):

@@ -324,15 +324,20 @@ def test_a_long_context_stage_made_with_stream_windows_is_refused_by_the_whole_d
     assert (st["longctx"]["longctx.pack"], st["longctx"]["longctx.pack_fit"]) == ("docs", "best")
     assert st["pretrain"]["pretrain.pack"] == "stream"
     dirs = _stage_dirs(tmp_path, ("corpus", "pretrain", "longctx"))
-    for n in dirs:  # as an older puyu wrote them: no pack keys, every fit "next"
-        _stamp(dirs[n], {k: "next" if k.endswith(".pack_fit") else v for k, v in st[n].items() if not k.endswith(".pack")})
-    for sets in (["longctx.pack=stream"], ["longctx.pack=null"], ["longctx.pack=stream", "longctx.pack_fit=best"]):
-        r = load_recipe(None, sets, cls=NanoRecipe)
-        then = {n: stage_settings(r, n) for n in st}
-        assert plan_stages(dirs, then, True) == {"corpus": "reuse", "pretrain": "reuse", "longctx": "reuse"}, sets
-    with pytest.raises(ConfigError, match=r"longctx\.pack \(not set: made before this setting existed, i\.e\. \"stream\"\) "
-                                          r"-> \"docs\""):
-        plan_stages(dirs, st, True)
+    older = {  # before `pack` (every fit "next"), and before `pack_fit` too (neither key)
+        "pack": {n: {k: "next" if k.endswith(".pack_fit") else v for k, v in st[n].items() if not k.endswith(".pack")}
+                 for n in st},
+        "pack_fit": {n: {k: v for k, v in st[n].items() if not k.endswith((".pack", ".pack_fit"))} for n in st}}
+    for made in older.values():
+        for n in dirs:
+            _stamp(dirs[n], made[n])
+        for sets in (["longctx.pack=stream"], ["longctx.pack=null"], ["longctx.pack=stream", "longctx.pack_fit=best"]):
+            r = load_recipe(None, sets, cls=NanoRecipe)
+            then = {n: stage_settings(r, n) for n in st}
+            assert plan_stages(dirs, then, True) == {"corpus": "reuse", "pretrain": "reuse", "longctx": "reuse"}, sets
+        with pytest.raises(ConfigError, match=r"longctx\.pack \(not set: made before this setting existed, i\.e\. "
+                                              r"\"stream\"\) -> \"docs\""):
+            plan_stages(dirs, st, True)
 
 
 def test_pretraining_tool_dialogues_draw_from_more_cities_when_asked(tmp_path):

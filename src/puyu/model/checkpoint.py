@@ -219,11 +219,17 @@ def _check_weights(weights: str | None, group: int, device: torch.device, dtype=
     if fmt != "f32" and device.type != "cpu":
         raise CheckpointError(f"weights={fmt!r} is a CPU format (the native decode kernel reads it); "
                               f"load on the CPU or leave weights unset")
-    if fmt != "f32" and dtype is not None and resolve_dtype(dtype, device) != torch.float32:
-        name = str(resolve_dtype(dtype, device)).replace("torch.", "")
-        raise CheckpointError(f"weights={fmt!r}: the model around its packed layers runs in float32 (a 16-bit KV "
-                              f"cache is --kv bf16); leave dtype unset or use float32, not {name}")
+    if fmt != "f32":
+        _check_packed_dtype(f"weights={fmt!r}", dtype, device)
     return fmt
+
+
+def _check_packed_dtype(what: str, dtype, device: torch.device) -> None:
+    """CheckpointError unless `dtype` (of everything but the packed layers) is unset or float32."""
+    if dtype is not None and resolve_dtype(dtype, device) != torch.float32:
+        name = str(resolve_dtype(dtype, device)).replace("torch.", "")
+        raise CheckpointError(f"{what}: the model around its packed layers runs in float32 (a 16-bit KV cache is "
+                              f"--kv bf16); leave dtype unset or use float32, not {name}")
 
 
 def load_checkpoint(path: str | Path, dtype=None, device=None, weights: str | None = None,
@@ -246,6 +252,7 @@ def load_checkpoint(path: str | Path, dtype=None, device=None, weights: str | No
     cfg = ModelConfig.load(path)
     stored = cfg.extra.get(QUANT_KEY)
     if stored is not None:
+        _check_packed_dtype(f"{path} (a packed checkpoint)", dtype, device)
         return _load_packed(path, cfg, stored, weights)
     awq = awq_settings(path, cfg.extra)
     if awq is not None:

@@ -26,6 +26,7 @@ import functools
 import json
 import os
 import random
+import shlex
 import shutil
 import sys
 import time
@@ -291,12 +292,19 @@ def stage_settings(r: NanoRecipe, stage: str) -> dict:
                 out.update({f"{key}.{k}": x for k, x in v.items()})
             else:
                 out[key] = v
-    for name in ("pretrain", "longctx", "sft"):  # the packing a stage's rows were cut with, not how it was asked for
-        if f"{name}.pack" in out:
-            out[f"{name}.pack"] = out[f"{name}.pack"] or ("docs" if name == "sft" else "stream")
-            if out[f"{name}.pack"] == "stream":  # the fit is unused; "next", what stream stages recorded before pack
-                out[f"{name}.pack_fit"] = "next"
-    return json.loads(json.dumps(out))
+    return json.loads(json.dumps(_effective_packing(out)))
+
+
+def _effective_packing(values: dict) -> dict:
+    """`values` (flattened settings) with each stage's packing as its rows were cut, not as it was asked for: a
+    null `pack` resolved (docs for SFT, stream otherwise) and, with stream rows, the unused fit recorded as "next"
+    (what every stream stage recorded before `pack` existed)."""
+    for name in ("pretrain", "longctx", "sft"):
+        if f"{name}.pack" in values:
+            values[f"{name}.pack"] = values[f"{name}.pack"] or ("docs" if name == "sft" else "stream")
+            if values[f"{name}.pack"] == "stream":
+                values[f"{name}.pack_fit"] = "next"
+    return values
 
 
 def _settings_marker(d: Path) -> Path:
@@ -329,17 +337,17 @@ def settings_diff(d: Path, settings: dict, defaults: dict | None = None) -> list
     old = _read_json(m, "that stage", dict)
     missing = object()
     defaults = defaults or {}
+    # what the stage was made with: its recorded values, a key added later at its value from before it existed
+    made = _effective_packing({**{k: v for k, v in defaults.items() if k in settings and k not in old}, **old})
 
     def same(k):
-        if k not in old and k in settings and k in defaults and settings[k] == defaults[k]:
-            return True
-        return old.get(k, missing) == settings.get(k, missing)
+        return made.get(k, missing) == settings.get(k, missing)
 
     def shown(values, k, absent):
         return json.dumps(values[k]) if k in values else absent  # as the recipe file writes it: true, null, "best"
 
     def before(k):  # what a stage made before the setting existed was made with
-        return f"(not set: made before this setting existed, i.e. {json.dumps(defaults[k])})" if k in defaults else \
+        return f"(not set: made before this setting existed, i.e. {json.dumps(made[k])})" if k in made else \
             "(not set: made before this setting existed)"
 
     return [f"{k} {shown(old, k, before(k))} -> {shown(settings, k, '(not set)')}"
@@ -994,4 +1002,4 @@ def _print_summary(rep: dict) -> None:
         print(f"  user: {s['user']}\n  assistant: {s['reply']}")
     out = Path(rep["recipe"]["out_dir"])
     kind = f"the RL model; the SFT model is {out / 'sft' / 'hf'}" if rep.get("align") else "the SFT model"
-    print(f"\nreport: {out / 'report.md'}; chat model: {out / 'chat'} ({kind}; try `puyu chat {out / 'chat'}`)")
+    print(f"\nreport: {out / 'report.md'}; chat model: {out / 'chat'} ({kind}; try `puyu chat {shlex.quote(str(out / 'chat'))}`)")
