@@ -268,6 +268,19 @@ def test_a_compile_error_is_reported(monkeypatch, tmp_path):
     assert not list((tmp_path / "kernels").glob("*.so"))  # nothing half-written left behind
 
 
+def test_another_source_with_the_same_flags_is_built_not_served_from_the_cache(monkeypatch, tmp_path):
+    """benchmarks/weights_ab.py builds other copies of fused_decode.c with the flags of this one: the loaded
+    libraries are kept per source and flags, so a second source is never answered with the first's library."""
+    monkeypatch.setenv("PUYU_CACHE_DIR", str(tmp_path))
+    first = fd.load()
+    other = tmp_path / "other.c"
+    other.write_text(fd.SOURCE.read_text() + "\nint puyu_test_probe(void) { return 7; }\n")
+    monkeypatch.setattr(fd, "SOURCE", other)
+    second = fd.load()
+    assert second is not first and second.puyu_test_probe() == 7
+    assert not hasattr(first, "puyu_test_probe")
+
+
 def test_unwritable_cache_dir_and_a_damaged_library(monkeypatch, tmp_path):
     monkeypatch.setattr(fd, "_libs", {})
     blocker = tmp_path / "not-a-dir"

@@ -224,7 +224,7 @@ def cache_dir() -> Path:
     return fallback
 
 
-_libs: dict[tuple[str, ...], ctypes.CDLL] = {}
+_libs: dict[tuple[Path, tuple[str, ...]], ctypes.CDLL] = {}  # (source, flags): benchmarks build other sources
 _build_lock = threading.Lock()
 
 
@@ -253,8 +253,8 @@ def load(flags: tuple[str, ...] | None = None) -> ctypes.CDLL:
     if flags is None:
         flags = default_flags()
     with _build_lock:
-        if flags in _libs:
-            return _libs[flags]
+        if (SOURCE, flags) in _libs:
+            return _libs[(SOURCE, flags)]
         cc = os.environ.get("CC", "cc")
         try:
             version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
@@ -306,7 +306,7 @@ def load(flags: tuple[str, ...] | None = None) -> ctypes.CDLL:
         lib.puyu_pool_contended_ns.restype = ctypes.c_long
         lib.puyu_run_delay_ns.restype = ctypes.c_long
         lib.puyu_preempt_rule.restype = ctypes.c_int
-        _libs[flags] = lib
+        _libs[(SOURCE, flags)] = lib
         return lib
 
 
