@@ -140,6 +140,19 @@ def test_int8_is_close_to_awq_values(tmp_path):
     assert rms(a - b) <= 0.25 * rms(b - c)  # a small fraction of AWQ's own error (README)
 
 
+def test_a_16_bit_dtype_is_refused_for_the_packed_formats_only(tmp_path):
+    """Unpacked into int4/int8 the rest of the model runs in float32 (the engine failed mid-generation with a
+    bfloat16 rest); unpacked into float32 weights, a bfloat16 model is what was asked."""
+    from puyu.errors import CheckpointError
+
+    d, _, _ = make_awq(tmp_path)
+    with pytest.raises(CheckpointError, match=r"AWQ checkpoint, unpacked into int4\): .* runs in float32 .* not bfloat16"):
+        load_model(d, dtype="bfloat16", device="cpu")
+    with pytest.raises(CheckpointError, match=r"weights='int8': .* runs in float32 .* not bfloat16"):
+        load_model(d, weights="int8", dtype="bfloat16", device="cpu")
+    assert load_model(d, weights="f32", dtype="bfloat16", device="cpu").model.norm.weight.dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("change,msg", [({"bits": 8}, "8 bits"), ({"zero_point": False}, "zero points"),
                                         ({"version": "gemv"}, "'gemv'"), ({"quant_method": "gptq"}, "'gptq'")])
 def test_unsupported_settings_are_refused(tmp_path, change, msg):

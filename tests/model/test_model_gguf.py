@@ -184,6 +184,21 @@ def test_q8_0_bound_and_int8_requantization(tmp_path):
     assert (a - b).abs().max() <= 0.02 * (b.max() - b.min())
 
 
+def test_a_quantized_gguf_with_a_16_bit_dtype_is_refused_naming_the_packed_tensor(tmp_path):
+    """A Q8_0 file loads packed (no weights= asked): the rest of the model runs in float32, as with weights=, so
+    dtype bfloat16 is refused at the first packed tensor (the engine failed mid-generation before); an f16 file
+    with weights unset has nothing packed that forbids it."""
+    from puyu.errors import CheckpointError
+
+    q8 = write_gguf_from_model(tiny(seed=6), tmp_path / "q8.gguf", "q8_0")
+    with pytest.raises(CheckpointError, match=r"q8\.gguf \(GGUF .* packed as int8\): the model around its packed "
+                                              r"layers runs in float32 .* not bfloat16"):
+        load_model(q8, dtype="bfloat16")
+    assert isinstance(load_model(q8).model.layers[0].feed_forward.w2, QuantLinear)
+    f16 = write_gguf_from_model(tiny(seed=6), tmp_path / "f16.gguf", "f16")
+    assert load_model(f16, dtype="bfloat16").model.norm.weight.dtype == torch.bfloat16
+
+
 def test_q4_0_loads_as_int4_group_32_without_requantizing(tmp_path):
     m = tiny(seed=7)
     f = write_gguf_from_model(m, tmp_path / "m.gguf", "q4_0")

@@ -1055,18 +1055,15 @@ static inline __attribute__((always_inline)) void qtile_rows(const int fmt, cons
 #define QADD(a, b) _mm256_add_ps(a, b)
 #endif
 static inline __attribute__((always_inline)) float qdot1_bf16(int K, const float *x, const uint8_t *row) {
-    qvec a0 = QZERO(), a1 = QZERO(), a2 = QZERO(), a3 = QZERO();
+    qvec acc[4] = {QZERO(), QZERO(), QZERO(), QZERO()};
     int k = 0;
     for (; k + 4 * QVW <= K; k += 4 * QVW) {  /* 4 * QVW bf16 = 128 (AVX-512) / 64 (AVX2) bytes a step */
-        _mm_prefetch((const char *)row + 2L * k + PF_DIST, PF_HINT);
-        if (QVW == 16) _mm_prefetch((const char *)row + 2L * k + 64 + PF_DIST, PF_HINT);
-        a0 = QFMA(QLOADX(x + k), qload(FMT_BF16, row, NULL, 1, k), a0);
-        a1 = QFMA(QLOADX(x + k + QVW), qload(FMT_BF16, row, NULL, 1, k + QVW), a1);
-        a2 = QFMA(QLOADX(x + k + 2 * QVW), qload(FMT_BF16, row, NULL, 1, k + 2 * QVW), a2);
-        a3 = QFMA(QLOADX(x + k + 3 * QVW), qload(FMT_BF16, row, NULL, 1, k + 3 * QVW), a3);
+        for (int line = 0; line < 8 * QVW; line += 64) _mm_prefetch((const char *)row + 2L * k + line + PF_DIST, PF_HINT);
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; u++) acc[u] = QFMA(QLOADX(x + k + u * QVW), qload(FMT_BF16, row, NULL, 1, k + u * QVW), acc[u]);
     }
-    for (; k + QVW <= K; k += QVW) a0 = QFMA(QLOADX(x + k), qload(FMT_BF16, row, NULL, 1, k), a0);
-    float s = QHSUM(QADD(QADD(a0, a1), QADD(a2, a3)));
+    for (; k + QVW <= K; k += QVW) acc[0] = QFMA(QLOADX(x + k), qload(FMT_BF16, row, NULL, 1, k), acc[0]);
+    float s = QHSUM(QADD(QADD(acc[0], acc[1]), QADD(acc[2], acc[3])));
     return k < K ? s + qdot_scalar(FMT_BF16, x, row, NULL, 1, k, K) : s;
 }
 

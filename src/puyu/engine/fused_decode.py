@@ -42,8 +42,8 @@ the AVX2 path can be measured and tested on an AVX-512 machine. `FusedDecode.isa
 
 Build: `cc -O3 -march=native -shared` (AVX2: plus `-mno-avx512f`; portable: no -march; on AMD CPUs plus
 `-DPUYU_PF_L2`, the integer tiles' weight prefetch 4 KB ahead into L2 instead of 512 bytes into L1, the int4
-scales are prefetched one tile ahead with the same hint; and `-DPUYU_IROWS1=1`, one weight row at a time in a
-single input row's integer products instead of 8) into
+scales are prefetched one tile ahead with the same hint; `-DPUYU_IROWS1=1` and `-DPUYU_FROWS1=1`, one weight row
+at a time in a single input row's integer and bf16 products instead of 8 or 16: `AMD_FLAGS`) into
 `$PUYU_CACHE_DIR` (default `~/.cache/puyu/kernels`), named by a hash of the source, the flags, the
 compiler's version and the CPU's feature flags, so a changed source, another instruction set or another
 machine sharing the home directory builds its own. The build is atomic (rename), so parallel processes

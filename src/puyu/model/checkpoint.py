@@ -226,8 +226,9 @@ def _check_weights(weights: str | None, group: int, device: torch.device, dtype=
 
 def _check_packed_dtype(what: str, dtype, device: torch.device) -> None:
     """CheckpointError unless `dtype` (of everything but the packed layers) is unset or float32."""
-    if dtype is not None and resolve_dtype(dtype, device) != torch.float32:
-        name = str(resolve_dtype(dtype, device)).replace("torch.", "")
+    resolved = resolve_dtype(dtype, device) if dtype is not None else torch.float32
+    if resolved != torch.float32:
+        name = str(resolved).replace("torch.", "")
         raise CheckpointError(f"{what}: the model around its packed layers runs in float32 (a 16-bit KV cache is "
                               f"--kv bf16); leave dtype unset or use float32, not {name}")
 
@@ -343,6 +344,8 @@ def _load_awq(path: Path, cfg: ModelConfig, awq_group: int, weights: str | None,
     fmt = weights or awq.DEFAULT_FORMAT
     g = group if weights is not None else awq.DEFAULT_GROUP
     check_format(fmt, g)
+    if fmt != "f32":
+        _check_packed_dtype(f"{path} (an AWQ checkpoint, unpacked into {fmt})", float_dtype, torch.device("cpu"))
     wm, kind = weight_map(path)
     read = _tensor_reader(wm, kind, f"AWQ checkpoint {path}")
 
@@ -469,6 +472,8 @@ def load_gguf(path: str | Path, weights: str | None = None, group: int = DEFAULT
     from puyu.model.gguf_file import read_gguf
 
     float_dtype = resolve_dtype(dtype, torch.device("cpu"))
+    if weights is not None:
+        _check_weights(weights, group, torch.device("cpu"), dtype)
     cfg, items = read_gguf(path, weights=weights, group=group)
     with torch.device("meta"):
         model = InternLM2ForCausalLM(cfg)
@@ -477,7 +482,8 @@ def load_gguf(path: str | Path, weights: str | None = None, group: int = DEFAULT
         _check_shape(name, tuple(value.shape), tuple(params[name].shape), Path(path))
         if isinstance(value, torch.Tensor):
             _set_param(model, name, value.to(float_dtype))
-        else:
+        else:  # a quantized GGUF type kept packed (or weights=): the rest must be float32, as for any packed model
+            _check_packed_dtype(f"{path} (GGUF {name} packed as {value.fmt})", dtype, torch.device("cpu"))
             _set_packed(model, name, value)
         del value
         _trim_heap()
@@ -501,9 +507,6 @@ def load_model(path_or_preset: str | Path, dtype=None, device=None, seed: int = 
     format, a non-CPU device) or QuantError (unknown format or group)."""
     p = Path(path_or_preset)
     from puyu.model.gguf_file import is_gguf
-
-    if weights is not None:  # before any file is read
-        _check_weights(weights, group, resolve_device(device), dtype)
 
     if is_gguf(p):  # a GGUF file (llama.cpp's format): puyu.model.gguf_file
         if device is not None and resolve_device(device).type != "cpu":

@@ -295,13 +295,19 @@ def stage_settings(r: NanoRecipe, stage: str) -> dict:
     return json.loads(json.dumps(_effective_packing(out)))
 
 
+def stage_pack(name: str, pack: str | None) -> str:
+    """How stage `name`'s rows are cut: `pack`, or for null the stage's packing from before the setting existed
+    (whole conversations for SFT, windows over the stream otherwise)."""
+    return pack or ("docs" if name == "sft" else "stream")
+
+
 def _effective_packing(values: dict) -> dict:
     """`values` (flattened settings) with each stage's packing as its rows were cut, not as it was asked for: a
     null `pack` resolved (docs for SFT, stream otherwise) and, with stream rows, the unused fit recorded as "next"
     (what every stream stage recorded before `pack` existed)."""
     for name in ("pretrain", "longctx", "sft"):
         if f"{name}.pack" in values:
-            values[f"{name}.pack"] = values[f"{name}.pack"] or ("docs" if name == "sft" else "stream")
+            values[f"{name}.pack"] = stage_pack(name, values[f"{name}.pack"])
             if values[f"{name}.pack"] == "stream":
                 values[f"{name}.pack_fit"] = "next"
     return values
@@ -618,7 +624,7 @@ def stage_recipe(r: NanoRecipe, name: str, init: str | None) -> Recipe:
                            max_position_embeddings=max(st.seq_len, 512) if init else None),
         data=DataSection(train=[str(shards / f"{name}_train")], val=[str(shards / f"{name}_val")],
                          tokenizer=str(out / "tokenizer"), seq_len=st.seq_len, doc_mask=st.doc_mask,
-                         pack=st.pack or ("docs" if name == "sft" else "stream"), pack_fit=st.pack_fit),
+                         pack=stage_pack(name, st.pack), pack_fit=st.pack_fit),
         optim=OptimSection(lr=st.lr, warmup_steps=st.warmup_steps, min_lr_ratio=st.min_lr_ratio,
                            weight_decay=st.weight_decay, grad_clip=st.grad_clip),
         train=TrainSection(out_dir=str(out / name), steps=st.steps, batch_size=st.batch_size, seed=r.seed,
